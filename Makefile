@@ -1,0 +1,37 @@
+# Reflow: the two commands that matter are `make run` and `make test`.
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+
+.PHONY: run test e2e bench crds lint fmt build
+
+## run: the gateway on the embedded default (standalone, config/local manifests, fixture upstream, dev token)
+run:
+	$(CARGO) build -q -p reflow-dataplane -p reflow-e2e --bins
+	./scripts/run-local.sh $(LISTEN)
+
+## test: every test in the workspace (unit, golden, drift, integration, real SDK peers)
+test:
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+## e2e: only the whole-system tests (real SDK clients and upstream servers)
+e2e:
+	$(CARGO) test -p reflow-e2e --no-fail-fast
+
+## bench: criterion benchmarks and the gateway load run, with figures against DESIGN.md §7
+bench:
+	$(CARGO) bench -p reflow-crds --bench compile
+
+## crds: regenerate crds/yaml from the Rust types (a test fails when they drift)
+crds:
+	$(CARGO) run -q -p reflow-crds --bin crdgen -- crds/yaml
+
+## lint: formatting and clippy, warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --all-targets

@@ -1,0 +1,20 @@
+//! The user-facing resources of group `mcp.reflow.io/v1alpha1`: Target, Policy, Credential and
+//! MCPInstance, with their CEL rules and printer columns. `make crds` renders them to `crds/yaml/`.
+
+mod common;
+mod credential;
+mod instance;
+mod policy;
+mod target;
+
+pub use common::{Condition, LocalRef, ObjectStatus, SecretKeyRef};
+pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValue};
+pub use instance::{InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
+pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
+pub use target::{
+    EnvVar, Isolation, Lifetimes, PodSpecTemplate, PodTransport, Target, TargetSpec, TargetStatus,
+    Timeouts, Transport,
+};
+
+pub const GROUP: &str = "mcp.reflow.io";
+pub const VERSION: &str = "v1alpha1";

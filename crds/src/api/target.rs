@@ -1,0 +1,199 @@
+//! `Target`: one upstream MCP server, reached over HTTP, spawned as a STDIO child, or run as
+//! per-identity pods (`kubernetes`).
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::Condition;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mcp.reflow.io",
+    version = "v1alpha1",
+    kind = "Target",
+    namespaced,
+    status = "TargetStatus",
+    shortname = "mcpt",
+    category = "reflow",
+    printcolumn(name = "Transport", type_ = "string", json_path = ".spec.transport"),
+    printcolumn(name = "Prefix", type_ = "string", json_path = ".status.prefix"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.tools"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!(self.transport in ['streamableHttp', 'sse', 'auto']) || has(self.url)").message("url is required for the streamableHttp, sse and auto transports").reason(Reason::FieldValueRequired),
+    validation = Rule::new("self.transport != 'stdio' || has(self.command)").message("command is required for the stdio transport").reason(Reason::FieldValueRequired),
+    validation = Rule::new("self.transport != 'kubernetes' || has(self.pod)").message("pod is required for the kubernetes transport").reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.url) || self.transport in ['streamableHttp', 'sse', 'auto']").message("url is only valid for the streamableHttp, sse and auto transports"),
+    validation = Rule::new("!has(self.command) || self.transport == 'stdio'").message("command is only valid for the stdio transport"),
+    validation = Rule::new("!has(self.pod) || self.transport == 'kubernetes'").message("pod is only valid for the kubernetes transport"),
+    validation = Rule::new("self.transport in ['stdio', 'kubernetes'] || self.isolation == 'shared'").message("per-identity isolation needs a process to isolate: use the stdio or kubernetes transport")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    pub transport: Transport,
+    /// Upstream endpoint for HTTP transports (`http://` or `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+    /// Program to run for the stdio transport; executed directly, never through a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Plain (non-secret) environment for stdio children and pods. Secrets belong in Credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Pod to run per isolation key for the kubernetes transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSpecTemplate>,
+    /// Tool-name prefix on the aggregated endpoint; defaults to the Target's name. Lower-case
+    /// letters, digits and `-` (no `_`, which separates prefix and tool name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    )]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// A stateful server gets its own process per session; a stateless one may serve every
+    /// session with the same isolation key and credentials.
+    #[serde(default)]
+    pub stateful: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetimes: Option<Lifetimes>,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Transport {
+    #[default]
+    StreamableHttp,
+    Sse,
+    Auto,
+    Stdio,
+    Kubernetes,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Isolation {
+    #[default]
+    Shared,
+    PerRole,
+    PerGroup,
+    PerUser,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EnvVar {
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 256))]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Timeouts in milliseconds; defaults apply to unset fields.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300000))]
+    pub connect_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600000))]
+    pub request_ms: Option<u32>,
+    /// Time allowed for a new upstream (process, pod or session) to answer `initialize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub init_ms: Option<u32>,
+}
+
+/// Lifetimes of spawned processes and pods, in seconds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifetimes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub idle_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub max_seconds: Option<u32>,
+}
+
+/// How a per-identity pod is built. `template` is a core/v1 PodTemplateSpec; its schema is left
+/// open (`x-kubernetes-preserve-unknown-fields`) so the CRD stays small enough for client-side
+/// `kubectl apply`; the controller validates it when it builds the Pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecTemplate {
+    #[schemars(schema_with = "crate::api::target::open_object")]
+    pub template: serde_json::Value,
+    /// What the server container speaks: `stdio` gets the bridge sidecar in front of it.
+    #[serde(default)]
+    pub transport: PodTransport,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    #[serde(default = "default_path")]
+    pub path: String,
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+fn default_path() -> String {
+    "/mcp".to_owned()
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum PodTransport {
+    #[default]
+    Stdio,
+    StreamableHttp,
+}
+
+pub(crate) fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The effective tool-name prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Number of tools the upstream advertised, as last reported by a dataplane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<i32>,
+}

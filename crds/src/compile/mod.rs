@@ -1,0 +1,243 @@
+//! The compiler: Targets, Policies, Credentials and Secrets in → one Snapshot plus a report per
+//! object. One bad object is rejected alone; the rest still compiles. Same code in both modes.
+
+mod credential;
+mod policy;
+mod report;
+mod target;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::api::{Credential, Policy, Target};
+use crate::seal::SealingKey;
+use crate::snapshot::{
+    CompiledCredential, CompiledRule, CompiledTarget, PolicySet, Snapshot, SnapshotError,
+};
+
+pub use report::{ACCEPTED, CONFLICTED, ConditionReport, ObjectKind, ObjectReport, RESOLVED_REFS};
+
+/// Everything the compiler reads. Objects without a namespace are taken to be in `default`.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub targets: Vec<Target>,
+    pub policies: Vec<Policy>,
+    pub credentials: Vec<Credential>,
+    pub secrets: Vec<Secret>,
+}
+
+#[derive(Debug)]
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub reports: Vec<ObjectReport>,
+}
+
+impl Compiled {
+    pub fn report(&self, kind: ObjectKind, namespace: &str, name: &str) -> Option<&ObjectReport> {
+        self.reports
+            .iter()
+            .find(|r| r.kind == kind && r.namespace == namespace && r.name == name)
+    }
+
+    /// Reports with any condition that needs attention (not accepted, unresolved, conflicted).
+    pub fn problems(&self) -> impl Iterator<Item = &ObjectReport> {
+        self.reports.iter().filter(|r| {
+            r.conditions.iter().any(|c| {
+                if c.type_ == CONFLICTED {
+                    c.status
+                } else {
+                    !c.status
+                }
+            })
+        })
+    }
+}
+
+fn ns_of<K: kube::Resource>(o: &K) -> String {
+    o.meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+fn sorted<'a, K: kube::Resource + 'a>(items: &'a [K]) -> Vec<(String, String, &'a K)> {
+    let mut v: Vec<_> = items.iter().map(|o| (ns_of(o), o.name_any(), o)).collect();
+    v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    v
+}
+
+struct TargetBuild<'a> {
+    target: &'a Target,
+    routing: target::Routing,
+    rules: Vec<CompiledRule>,
+    credentials: Vec<CompiledCredential>,
+}
+
+pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotError> {
+    let mut reports = Vec::new();
+    let empty_labels = BTreeMap::new();
+
+    // Targets: routing, prefix uniqueness (first by namespace/name wins).
+    let mut builds: BTreeMap<(String, String), TargetBuild<'_>> = BTreeMap::new();
+    let mut prefixes: HashMap<Arc<str>, String> = HashMap::new();
+    for (ns, name, t) in sorted(&inputs.targets) {
+        let mut r = ObjectReport::new(ObjectKind::Target, &ns, &name, t.metadata.generation);
+        if builds.contains_key(&(ns.clone(), name.clone())) {
+            r.set(
+                ACCEPTED,
+                false,
+                "Duplicate",
+                "another Target with this namespace and name was given",
+            );
+            reports.push(r);
+            continue;
+        }
+        match target::routing(t, &name) {
+            Err((reason, msg)) => r.set(ACCEPTED, false, reason, msg),
+            Ok(routing) => {
+                if let Some(owner) = prefixes.get(&routing.prefix) {
+                    r.set(
+                        ACCEPTED,
+                        false,
+                        "PrefixConflict",
+                        format!("prefix {:?} is already used by Target {owner}; set a distinct spec.prefix", &*routing.prefix),
+                    );
+                } else {
+                    prefixes.insert(routing.prefix.clone(), format!("{ns}/{name}"));
+                    r.set(
+                        ACCEPTED,
+                        true,
+                        "Accepted",
+                        format!("routed as prefix {:?}", &*routing.prefix),
+                    );
+                    builds.insert(
+                        (ns.clone(), name.clone()),
+                        TargetBuild {
+                            target: t,
+                            routing,
+                            rules: Vec::new(),
+                            credentials: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        r.set(RESOLVED_REFS, true, "ResolvedRefs", "");
+        reports.push(r);
+    }
+
+    // Policies, in namespace/name order so rule order (the final tie-break) is deterministic.
+    for (ns, name, p) in sorted(&inputs.policies) {
+        let mut r = ObjectReport::new(ObjectKind::Policy, &ns, &name, p.metadata.generation);
+        let selectable: Vec<policy::SelectableTarget<'_>> = builds
+            .range((ns.clone(), String::new())..)
+            .take_while(|((tns, _), _)| *tns == ns)
+            .map(|((_, tname), b)| policy::SelectableTarget {
+                name: tname,
+                labels: b.target.metadata.labels.as_ref().unwrap_or(&empty_labels),
+            })
+            .collect();
+        let compiled = policy::compile_policy(p, &name, &selectable);
+        match &compiled.rejected {
+            Some((reason, msg)) => r.set(ACCEPTED, false, reason, msg.clone()),
+            None => r.set(ACCEPTED, true, "Accepted", ""),
+        }
+        match &compiled.unresolved {
+            Some((reason, msg)) => r.set(RESOLVED_REFS, false, reason, msg.clone()),
+            None if compiled.rejected.is_none() => r.set(
+                RESOLVED_REFS,
+                true,
+                "ResolvedRefs",
+                format!("applies to {} Target(s)", compiled.targets.len()),
+            ),
+            None => {}
+        }
+        for tname in &compiled.targets {
+            if let Some(b) = builds.get_mut(&(ns.clone(), tname.clone())) {
+                b.rules.extend(compiled.rules.iter().cloned());
+            }
+        }
+        reports.push(r);
+    }
+
+    // Credentials.
+    let secrets: credential::Secrets<'_> = inputs
+        .secrets
+        .iter()
+        .filter_map(|s| {
+            Some((
+                (s.metadata.namespace.as_deref().unwrap_or("default")),
+                s.metadata.name.as_deref()?,
+            ))
+            .map(|k| (k, s))
+        })
+        .collect();
+    let mut cred_reports: HashMap<(String, String), usize> = HashMap::new();
+    for (ns, name, c) in sorted(&inputs.credentials) {
+        let mut r = ObjectReport::new(ObjectKind::Credential, &ns, &name, c.metadata.generation);
+        let tname = c.spec.target_ref.name.clone();
+        match credential::validate(c) {
+            Err(msg) => r.set(ACCEPTED, false, "Invalid", msg),
+            Ok(subject) => {
+                r.set(ACCEPTED, true, "Accepted", "");
+                match builds.get_mut(&(ns.clone(), tname.clone())) {
+                    None => r.set(
+                        RESOLVED_REFS,
+                        false,
+                        "TargetNotFound",
+                        format!("no accepted Target {tname:?} in this namespace"),
+                    ),
+                    Some(b) => {
+                        match credential::seal_entries(c, &ns, &tname, &subject, &secrets, key) {
+                            Err((reason, msg)) => r.set(RESOLVED_REFS, false, reason, msg),
+                            Ok(entries) => {
+                                r.set(RESOLVED_REFS, true, "ResolvedRefs", "");
+                                r.set(CONFLICTED, false, "NoConflicts", "");
+                                b.credentials.push(CompiledCredential {
+                                    credential: name.as_str().into(),
+                                    subject,
+                                    entries,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cred_reports.insert((ns, name), reports.len());
+        reports.push(r);
+    }
+    for ((ns, _), b) in &builds {
+        for (cred, msg) in credential::ambiguities(&b.credentials) {
+            if let Some(i) = cred_reports.get(&(ns.clone(), cred.to_string())) {
+                reports[*i].set(CONFLICTED, true, "AmbiguousPrecedence", msg);
+            }
+        }
+    }
+
+    let targets = builds
+        .into_iter()
+        .map(|((ns, name), b)| {
+            Arc::new(CompiledTarget {
+                namespace: ns.into(),
+                name: name.into(),
+                generation: b.target.metadata.generation,
+                prefix: b.routing.prefix,
+                upstream: b.routing.upstream,
+                isolation: b.target.spec.isolation,
+                stateful: b.target.spec.stateful,
+                timeouts: b.routing.timeouts,
+                lifetimes: b.routing.lifetimes,
+                policy: PolicySet::new(b.rules),
+                credentials: b.credentials.into(),
+            })
+        })
+        .collect();
+    Ok(Compiled {
+        snapshot: Snapshot::new(targets)?,
+        reports,
+    })
+}

@@ -1,0 +1,226 @@
+//! Policy → CompiledRules per selected Target. An invalid Policy is rejected; a rejected *deny*
+//! Policy still denies everything to its subjects (fail closed), never silently disappears.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::{Effect, Policy, RuleKind, Subject};
+use crate::glob::Glob;
+use crate::snapshot::{CompiledRule, SubjectMatch};
+
+/// A Target as policy selection sees it.
+pub(super) struct SelectableTarget<'a> {
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+pub(super) struct CompiledPolicy {
+    /// Target names (same namespace) the rules apply to.
+    pub targets: Vec<String>,
+    pub rules: Vec<CompiledRule>,
+    /// Why the Policy was rejected (its rules are then the fail-closed form, or none).
+    pub rejected: Option<(&'static str, String)>,
+    /// Why a reference did not resolve.
+    pub unresolved: Option<(&'static str, String)>,
+}
+
+pub(super) fn subject_match(s: &Subject) -> Result<SubjectMatch, String> {
+    let everyone = s.everyone == Some(true);
+    let set = [
+        s.user.is_some(),
+        s.group.is_some(),
+        s.role.is_some(),
+        everyone,
+    ];
+    if set.iter().filter(|b| **b).count() != 1 {
+        return Err(
+            "a subject names exactly one of user, group, role, or everyone: true".to_owned(),
+        );
+    }
+    let nonempty = |v: &String, what: &str| {
+        if v.is_empty() {
+            Err(format!("subject {what} must not be empty"))
+        } else {
+            Ok(Arc::<str>::from(v.as_str()))
+        }
+    };
+    Ok(match (&s.user, &s.group, &s.role) {
+        (Some(u), _, _) => SubjectMatch::User(nonempty(u, "user")?),
+        (_, Some(g), _) => SubjectMatch::Group(nonempty(g, "group")?),
+        (_, _, Some(r)) => SubjectMatch::Role(nonempty(r, "role")?),
+        _ => SubjectMatch::Everyone,
+    })
+}
+
+pub(super) fn selector_matches(
+    sel: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if let Some(ml) = &sel.match_labels {
+        if !ml.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return Ok(false);
+        }
+    }
+    for req in sel.match_expressions.iter().flatten() {
+        let values = req.values.as_deref().unwrap_or_default();
+        let present = labels.get(&req.key);
+        let ok = match req.operator.as_str() {
+            "In" => present.is_some_and(|v| values.contains(v)),
+            "NotIn" => present.is_none_or(|v| !values.contains(v)),
+            "Exists" => present.is_some(),
+            "DoesNotExist" => present.is_none(),
+            other => return Err(format!("unknown label selector operator {other:?}")),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) fn compile_policy(
+    p: &Policy,
+    name: &str,
+    targets: &[SelectableTarget<'_>],
+) -> CompiledPolicy {
+    let s = &p.spec;
+    let mut problems: Vec<String> = Vec::new();
+    let mut reason = "Invalid";
+
+    // Which Targets: exactly one of targetRef / targetSelector, same namespace by construction.
+    let selection: Result<Vec<String>, String> = match (&s.target_ref, &s.target_selector) {
+        (Some(r), None) => Ok(targets
+            .iter()
+            .filter(|t| t.name == r.name)
+            .map(|t| t.name.to_owned())
+            .collect()),
+        (None, Some(sel)) => targets
+            .iter()
+            .filter_map(|t| match selector_matches(sel, t.labels) {
+                Ok(true) => Some(Ok(t.name.to_owned())),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect(),
+        _ => Err("exactly one of targetRef and targetSelector must be set".to_owned()),
+    };
+    let selected = selection.unwrap_or_else(|e| {
+        problems.push(e);
+        Vec::new()
+    });
+
+    let mut subjects = Vec::new();
+    if s.subjects.is_empty() {
+        problems.push("subjects must not be empty".to_owned());
+    }
+    for (i, subj) in s.subjects.iter().enumerate() {
+        match subject_match(subj) {
+            Ok(m) => subjects.push(m),
+            Err(e) => problems.push(format!("subjects[{i}]: {e}")),
+        }
+    }
+    if !(-1000..=1000).contains(&s.priority) {
+        problems.push(format!("priority {} is outside -1000..=1000", s.priority));
+    }
+    let mut rules = Vec::new();
+    if s.rules.is_empty() {
+        problems.push("rules must not be empty".to_owned());
+    }
+    for (i, rule) in s.rules.iter().enumerate() {
+        if rule.names.is_empty() {
+            problems.push(format!("rules[{i}].names must not be empty"));
+        }
+        let mut globs = Vec::new();
+        for pat in &rule.names {
+            match Glob::new(pat) {
+                Ok(g) => globs.push(g),
+                Err(e) => {
+                    reason = "InvalidPattern";
+                    problems.push(format!("rules[{i}]: {e}"));
+                }
+            }
+        }
+        rules.push((rule.kind, globs));
+    }
+
+    let policy: Arc<str> = name.into();
+    if !problems.is_empty() {
+        let mut message = problems.join("; ");
+        let fail_closed = s.effect == Effect::Deny;
+        let rules = if fail_closed {
+            // Deny everything to the subjects we could read (everyone if none), on the Targets we
+            // could select (every Target in the namespace if none), at the stated priority.
+            let subjects = if subjects.is_empty() {
+                vec![SubjectMatch::Everyone]
+            } else {
+                subjects
+            };
+            let deny_all = Glob::new("*").unwrap_or_else(|_| unreachable!("'*' is a valid glob"));
+            subjects
+                .into_iter()
+                .map(|subject| CompiledRule {
+                    policy: policy.clone(),
+                    priority: s.priority.clamp(-1000, 1000),
+                    effect: Effect::Deny,
+                    subject,
+                    kind: RuleKind::All,
+                    names: vec![deny_all.clone()],
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let targets = if fail_closed && selected.is_empty() {
+            targets.iter().map(|t| t.name.to_owned()).collect()
+        } else {
+            selected
+        };
+        if fail_closed {
+            message.push_str(". Until fixed, this deny policy is enforced as deny-all for its subjects (fail closed)");
+        } else {
+            message.push_str(". The policy grants nothing until fixed");
+        }
+        return CompiledPolicy {
+            targets,
+            rules,
+            rejected: Some((reason, message)),
+            unresolved: None,
+        };
+    }
+
+    let unresolved = if selected.is_empty() {
+        Some(match &s.target_ref {
+            Some(r) => (
+                "TargetNotFound",
+                format!("no accepted Target {:?} in this namespace", r.name),
+            ),
+            None => (
+                "NoTargetsSelected",
+                "the selector matches no accepted Target in this namespace".to_owned(),
+            ),
+        })
+    } else {
+        None
+    };
+    let compiled = subjects
+        .iter()
+        .flat_map(|subject| {
+            rules.iter().map(|(kind, names)| CompiledRule {
+                policy: policy.clone(),
+                priority: s.priority,
+                effect: s.effect,
+                subject: subject.clone(),
+                kind: *kind,
+                names: names.clone(),
+            })
+        })
+        .collect();
+    CompiledPolicy {
+        targets: selected,
+        rules: compiled,
+        rejected: None,
+        unresolved,
+    }
+}

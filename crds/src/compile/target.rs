@@ -1,0 +1,163 @@
+//! Target → CompiledTarget routing: transport checks (the same rules the CRD's CEL enforces, for
+//! standalone mode), effective prefix, timeouts and lifetimes.
+
+use std::sync::Arc;
+
+use crate::api::{Isolation, Target, Transport};
+use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, Upstream};
+
+pub(super) struct Routing {
+    pub prefix: Arc<str>,
+    pub upstream: Upstream,
+    pub timeouts: EffectiveTimeouts,
+    pub lifetimes: EffectiveLifetimes,
+}
+
+pub(super) fn valid_prefix(p: &str) -> bool {
+    let bytes = p.as_bytes();
+    !p.is_empty()
+        && p.len() <= 32
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// The effective prefix and upstream of a Target, or the reason it is not accepted.
+pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, String)> {
+    let s = &t.spec;
+    let prefix = match &s.prefix {
+        Some(p) if valid_prefix(p) => p.clone(),
+        Some(p) => {
+            return Err((
+                "InvalidPrefix",
+                format!(
+                    "prefix {p:?} must be 1-32 lower-case letters, digits or '-', not starting or ending with '-'"
+                ),
+            ));
+        }
+        None => {
+            let derived = name.replace('.', "-");
+            if !valid_prefix(&derived) {
+                return Err((
+                    "InvalidPrefix",
+                    format!(
+                        "the name {name:?} does not make a valid default prefix (1-32 of [a-z0-9-]); set spec.prefix"
+                    ),
+                ));
+            }
+            derived
+        }
+    };
+    let http_url = |transport: &str| -> Result<Arc<str>, (&'static str, String)> {
+        match &s.url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Ok(u.as_str().into())
+            }
+            Some(u) => Err((
+                "InvalidURL",
+                format!("url {u:?} must start with http:// or https://"),
+            )),
+            None => Err((
+                "MissingURL",
+                format!("url is required for the {transport} transport"),
+            )),
+        }
+    };
+    let env = || {
+        s.env
+            .iter()
+            .map(|e| (Arc::from(e.name.as_str()), Arc::from(e.value.as_str())))
+            .collect()
+    };
+    let only = |field: bool, what: &str, transports: &str| -> Result<(), (&'static str, String)> {
+        if field {
+            Err((
+                "InvalidField",
+                format!("{what} is only valid for the {transports} transport"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let upstream = match s.transport {
+        Transport::StreamableHttp | Transport::Sse | Transport::Auto => {
+            only(s.command.is_some(), "command", "stdio")?;
+            only(s.pod.is_some(), "pod", "kubernetes")?;
+            let url = http_url(match s.transport {
+                Transport::Sse => "sse",
+                Transport::Auto => "auto",
+                _ => "streamableHttp",
+            })?;
+            match s.transport {
+                Transport::Sse => Upstream::Sse { url },
+                Transport::Auto => Upstream::Auto { url },
+                _ => Upstream::StreamableHttp { url },
+            }
+        }
+        Transport::Stdio => {
+            only(s.url.is_some(), "url", "streamableHttp, sse and auto")?;
+            only(s.pod.is_some(), "pod", "kubernetes")?;
+            let command = match &s.command {
+                Some(c) if !c.trim().is_empty() => c.as_str().into(),
+                _ => {
+                    return Err((
+                        "MissingCommand",
+                        "command is required for the stdio transport".to_owned(),
+                    ));
+                }
+            };
+            Upstream::Stdio {
+                command,
+                args: s.args.iter().map(|a| a.as_str().into()).collect(),
+                env: env(),
+            }
+        }
+        Transport::Kubernetes => {
+            only(s.url.is_some(), "url", "streamableHttp, sse and auto")?;
+            only(s.command.is_some(), "command", "stdio")?;
+            let pod = match &s.pod {
+                Some(p) if p.template.is_object() => p.clone(),
+                Some(_) => {
+                    return Err((
+                        "InvalidPod",
+                        "pod.template must be a PodTemplateSpec object".to_owned(),
+                    ));
+                }
+                None => {
+                    return Err((
+                        "MissingPod",
+                        "pod is required for the kubernetes transport".to_owned(),
+                    ));
+                }
+            };
+            Upstream::Kubernetes { pod, env: env() }
+        }
+    };
+    if s.isolation != Isolation::Shared
+        && !matches!(s.transport, Transport::Stdio | Transport::Kubernetes)
+    {
+        return Err((
+            "InvalidIsolation",
+            "per-identity isolation needs a process to isolate: use the stdio or kubernetes transport".to_owned(),
+        ));
+    }
+    let d = EffectiveTimeouts::default();
+    let timeouts = s.timeouts.as_ref().map_or(d, |t| EffectiveTimeouts {
+        connect_ms: t.connect_ms.unwrap_or(d.connect_ms),
+        request_ms: t.request_ms.unwrap_or(d.request_ms),
+        init_ms: t.init_ms.unwrap_or(d.init_ms),
+    });
+    let dl = EffectiveLifetimes::default();
+    let lifetimes = s.lifetimes.as_ref().map_or(dl, |l| EffectiveLifetimes {
+        idle_seconds: l.idle_seconds.unwrap_or(dl.idle_seconds),
+        max_seconds: l.max_seconds.or(dl.max_seconds),
+    });
+    Ok(Routing {
+        prefix: prefix.into(),
+        upstream,
+        timeouts,
+        lifetimes,
+    })
+}

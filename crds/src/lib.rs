@@ -1,0 +1,16 @@
+//! Reflow's declarative model: the CRD types, the compiled Snapshot, the compiler and the policy
+//! evaluator. Pure code: no Kubernetes client, no async runtime.
+
+pub mod api;
+pub mod compile;
+pub mod crdgen;
+pub mod glob;
+pub mod identity;
+pub mod loader;
+pub mod seal;
+pub mod snapshot;
+
+pub use compile::{Compiled, Inputs, compile};
+pub use identity::{Fingerprint, Identity};
+pub use seal::SealingKey;
+pub use snapshot::{CompiledTarget, Decision, ItemKind, Snapshot};

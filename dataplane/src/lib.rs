@@ -1,0 +1,3 @@
+//! Reflow's data plane: terminates MCP, authenticates, enforces policy, injects credentials,
+//! routes to upstreams and audits.
+
