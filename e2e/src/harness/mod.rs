@@ -1,0 +1,26 @@
+//! Test harness: spawning the fixture, server-everything and Python SDK clients, bounded and on loopback.
+//! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
+
+pub mod cache;
+pub mod error;
+pub mod everything;
+pub mod fixture_process;
+pub mod http;
+pub mod net;
+pub mod node;
+pub mod paths;
+pub mod process;
+pub mod py_ops;
+pub mod python;
+pub mod sse;
+
+pub use error::{HarnessError, Result};
+pub use everything::{EverythingMode, SERVER_EVERYTHING_SPEC, ServerEverything};
+pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
+pub use http::http_client;
+pub use node::npm_package;
+pub use process::{CommandLine, ManagedChild};
+pub use python::{
+    MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
+};
+pub use sse::{SseEvent, SseReader};
