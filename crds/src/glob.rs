@@ -2,6 +2,7 @@
 //! Invalid patterns are errors (the Policy is rejected); matching is iterative, never exponential.
 
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GlobError {
@@ -33,11 +34,35 @@ enum Token {
 }
 
 /// A compiled anchored glob. `Glob::literal()` tells whether it has no wildcards, so the policy
-/// index can put it in a hash map.
+/// index can put it in a hash map. Cloning is a reference-count bump: one pattern is shared by
+/// every Target and index entry it applies to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Glob {
+    inner: Arc<GlobInner>,
+}
+
+#[derive(PartialEq, Eq)]
+struct GlobInner {
     source: Box<str>,
     tokens: Vec<Token>,
+    /// Literal text every match starts with (the tokens before the first wildcard): most names
+    /// are rejected by this one comparison.
+    prefix: Box<str>,
+    /// Number of tokens `prefix` stands for.
+    prefix_tokens: usize,
+    /// Literal text every match ends with (the literal tokens after the last `*`), if any.
+    suffix: Box<str>,
+    /// The pattern is exactly `prefix*suffix`: the two comparisons decide.
+    prefix_star_suffix: bool,
+    /// [`byte_mask`] of the literal characters: a name whose mask lacks any of these bits
+    /// cannot match.
+    required: u64,
+}
+
+/// A 64-bit summary of which bytes occur in `text` (bit `b % 64` for each byte `b`). Policy
+/// decisions compute it once per name and skip every pattern whose literals are not all there.
+pub fn byte_mask(text: &str) -> u64 {
+    text.bytes().fold(0, |m, b| m | 1 << (b & 63))
 }
 
 impl Glob {
@@ -124,19 +149,55 @@ impl Glob {
                 c => tokens.push(Token::Literal(c)),
             }
         }
+        let literal = |t: &Token| match t {
+            Token::Literal(c) => Some(*c),
+            _ => None,
+        };
+        let prefix: String = tokens.iter().map_while(literal).collect();
+        let prefix_tokens = prefix.chars().count();
+        let last_star = tokens.iter().rposition(|t| *t == Token::AnyRun);
+        let suffix: String = match last_star {
+            Some(i) if tokens[i + 1..].iter().all(|t| literal(t).is_some()) => {
+                tokens[i + 1..].iter().filter_map(literal).collect()
+            }
+            _ => String::new(),
+        };
+        let prefix_star_suffix = last_star == Some(prefix_tokens)
+            && tokens.len() == prefix_tokens + 1 + suffix.chars().count();
+        let literals: String = tokens.iter().filter_map(literal).collect();
+        let required = byte_mask(&literals);
         Ok(Self {
-            source: pattern.into(),
-            tokens,
+            inner: Arc::new(GlobInner {
+                required,
+                source: pattern.into(),
+                tokens,
+                prefix: prefix.into(),
+                prefix_tokens,
+                suffix: suffix.into(),
+                prefix_star_suffix,
+            }),
         })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.source
+        &self.inner.source
+    }
+
+    /// The literal text every matching name starts with (may be empty).
+    pub fn literal_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The literal text every matching name ends with, as far as the pattern pins it (may be
+    /// empty).
+    pub fn literal_suffix(&self) -> &str {
+        &self.inner.suffix
     }
 
     /// The exact name this pattern matches, when it has no wildcards.
     pub fn literal(&self) -> Option<String> {
-        self.tokens
+        self.inner
+            .tokens
             .iter()
             .map(|t| match t {
                 Token::Literal(c) => Some(*c),
@@ -145,37 +206,87 @@ impl Glob {
             .collect()
     }
 
-    /// Whole-string match. Classic two-pointer algorithm with one backtrack point for the last
-    /// `*`: O(len(pattern) * len(name)) worst case.
+    /// Whole-string match. Cheap literal prefix/suffix checks first, then the classic two-pointer
+    /// algorithm with one backtrack point for the last `*`: O(len(pattern) * len(name)) worst
+    /// case, and no allocation (this runs on every policy decision).
     pub fn matches(&self, name: &str) -> bool {
-        let text: Vec<char> = name.chars().collect();
-        let (mut t, mut p) = (0usize, 0usize);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match self.tokens.get(p) {
-                Some(Token::AnyRun) => {
-                    star = Some((p, t));
-                    p += 1;
-                    continue;
-                }
-                Some(tok) if tok.matches_one(text[t]) => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            }
+        // First and last bytes inline: most candidates fail here, before any memcmp call.
+        let (n, pre, suf) = (
+            name.as_bytes(),
+            self.inner.prefix.as_bytes(),
+            self.inner.suffix.as_bytes(),
+        );
+        if pre.first().is_some_and(|b| n.first() != Some(b))
+            || suf.last().is_some_and(|b| n.last() != Some(b))
+        {
+            return false;
         }
-        self.tokens[p..].iter().all(|t| *t == Token::AnyRun)
+        let Some(rest) = name.strip_prefix(&*self.inner.prefix) else {
+            return false;
+        };
+        if !rest.ends_with(&*self.inner.suffix) {
+            return false;
+        }
+        if self.inner.prefix_star_suffix {
+            return rest.len() >= self.inner.suffix.len();
+        }
+        match_tokens(&self.inner.tokens[self.inner.prefix_tokens..], rest)
     }
+
+    /// False when `name_mask` (the [`byte_mask`] of a name) shows the name lacks a character
+    /// this pattern requires; true means "maybe".
+    pub fn may_match(&self, name_mask: u64) -> bool {
+        self.inner.required & !name_mask == 0
+    }
+
+    /// [`Glob::matches`] for a name already known to start with the literal prefix (and, with
+    /// `suffix_known`, to end with the literal suffix): the policy index walks names along those
+    /// literals, so it need not compare them again.
+    pub(crate) fn matches_known_affixes(&self, name: &str, suffix_known: bool) -> bool {
+        let Some(rest) = name.get(self.inner.prefix.len()..) else {
+            return false;
+        };
+        debug_assert!(name.starts_with(&*self.inner.prefix));
+        if !suffix_known && !rest.ends_with(&*self.inner.suffix) {
+            return false;
+        }
+        if self.inner.prefix_star_suffix {
+            return rest.len() >= self.inner.suffix.len();
+        }
+        match_tokens(&self.inner.tokens[self.inner.prefix_tokens..], rest)
+    }
+}
+
+fn match_tokens(tokens: &[Token], text: &str) -> bool {
+    // `t` and the star's text position are byte offsets, always on char boundaries.
+    let next_char = |at: usize| text[at..].chars().next();
+    let (mut t, mut p) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(c) = next_char(t) {
+        match tokens.get(p) {
+            Some(Token::AnyRun) => {
+                star = Some((p, t));
+                p += 1;
+                continue;
+            }
+            Some(tok) if tok.matches_one(c) => {
+                p += 1;
+                t += c.len_utf8();
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, st)) => {
+                let skipped = next_char(st).map_or(1, char::len_utf8);
+                p = sp + 1;
+                t = st + skipped;
+                star = Some((sp, t));
+            }
+            None => return false,
+        }
+    }
+    tokens[p..].iter().all(|t| *t == Token::AnyRun)
 }
 
 impl Token {
@@ -193,13 +304,13 @@ impl Token {
 
 impl fmt::Debug for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Glob({:?})", self.source)
+        write!(f, "Glob({:?})", self.inner.source)
     }
 }
 
 impl fmt::Display for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(&self.inner.source)
     }
 }
 
@@ -232,6 +343,35 @@ mod tests {
         assert!(m("a*b*c", "axxbyyc") && !m("a*b*c", "axxbyy"));
         assert!(m("file:///*.md", "file:///docs/readme.md"));
         assert!(m("[-a]", "-") && m("[a-]", "-"));
+    }
+
+    #[test]
+    fn literal_prefix_and_suffix_shortcuts_agree_with_the_matcher() {
+        assert!(m("get_*", "get_") && m("get_*", "get_x") && !m("get_*", "get"));
+        assert!(m("*_item", "_item") && !m("*_item", "item"));
+        assert!(m("ab*ba", "abba") && m("ab*ba", "abxba") && !m("ab*ba", "aba"));
+        assert!(m("a*b?c", "axxbyc") && !m("a*b?c", "axxbc"));
+        assert!(m("a*b*", "ab") && m("x[0-9]*y", "x1zzy") && !m("x[0-9]*y", "xzy"));
+        assert!(m("é*ü", "éaü") && m("?ü", "äü") && m("*ä", "ääää") && !m("é?", "é"));
+        assert!(m("[ä-ö]*", "öx") && !m("[ä-ö]*", "üx"));
+    }
+
+    #[test]
+    fn byte_mask_never_rules_out_a_match() {
+        for (p, n) in [
+            ("*_get_*", "a_get_b"),
+            ("*issue*", "create_issue"),
+            ("a?c*", "abc"),
+            ("[x-z]*q", "yq"),
+            (r"\**", "*x"),
+            ("é*", "éa"),
+        ] {
+            let g = Glob::new(p).unwrap();
+            assert!(g.matches(n), "{p} {n}");
+            assert!(g.may_match(byte_mask(n)), "{p} {n}");
+        }
+        let g = Glob::new("*_get_*").unwrap();
+        assert!(!g.may_match(byte_mask("list_items")));
     }
 
     #[test]

@@ -35,11 +35,13 @@ pub struct CredentialSpec {
     /// HTTP headers sent to HTTP upstreams.
     #[serde(default)]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(h, !(h.name.lowerAscii() in ['host', 'content-length', 'transfer-encoding', 'connection', 'mcp-session-id', 'mcp-protocol-version']))").message("hop-by-hop and MCP protocol headers cannot be injected"))]
+    #[x_kube(validation = Rule::new("self.all(h, !(h.name.lowerAscii() in ['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'mcp-session-id', 'mcp-protocol-version']))").message("hop-by-hop and MCP protocol headers cannot be injected"))]
+    #[x_kube(validation = Rule::new("self.all(h, h.name.matches('^[A-Za-z0-9!#$%&*+.^_|~`-]+$'))").message("header names must be HTTP tokens"))]
     pub headers: Vec<InjectedValue>,
     /// Environment variables for STDIO children and pods.
     #[serde(default)]
     #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.all(e, e.name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("env names must match [A-Za-z_][A-Za-z0-9_]*"))]
     pub env: Vec<InjectedValue>,
 }
 

@@ -171,6 +171,13 @@ pub(super) fn seal_entries(
                 format!("the value for header {:?} contains CR, LF or NUL", v.name),
             ));
         }
+        // An env var cannot carry NUL (execve and the kubelet refuse it): fail here, not at spawn.
+        if inject_as == InjectAs::Env && value.contains('\0') {
+            return Err((
+                "InvalidSecretValue",
+                format!("the value for env {:?} contains NUL", v.name),
+            ));
+        }
         let name: Arc<str> = match inject_as {
             InjectAs::Header => v.name.to_ascii_lowercase().into(),
             InjectAs::Env => v.name.as_str().into(),

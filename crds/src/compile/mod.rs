@@ -63,10 +63,29 @@ fn ns_of<K: kube::Resource>(o: &K) -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
-fn sorted<'a, K: kube::Resource + 'a>(items: &'a [K]) -> Vec<(String, String, &'a K)> {
+/// Objects in namespace/name order. A second object with the same namespace and name (only
+/// possible in standalone folders) gets a `Duplicate` report and is left out.
+fn sorted<'a, K: kube::Resource + 'a>(
+    items: &'a [K],
+    kind: ObjectKind,
+    reports: &mut Vec<ObjectReport>,
+) -> Vec<(String, String, &'a K)> {
     let mut v: Vec<_> = items.iter().map(|o| (ns_of(o), o.name_any(), o)).collect();
     v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    v
+    let mut out: Vec<(String, String, &'a K)> = Vec::with_capacity(v.len());
+    for item in v {
+        if out
+            .last()
+            .is_some_and(|last| last.0 == item.0 && last.1 == item.1)
+        {
+            let mut r = ObjectReport::new(kind, &item.0, &item.1, item.2.meta().generation);
+            r.set(ACCEPTED, false, "Duplicate", "another object of this kind with this namespace and name was given; the first one is used");
+            reports.push(r);
+        } else {
+            out.push(item);
+        }
+    }
+    out
 }
 
 struct TargetBuild<'a> {
@@ -83,18 +102,8 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
     // Targets: routing, prefix uniqueness (first by namespace/name wins).
     let mut builds: BTreeMap<(String, String), TargetBuild<'_>> = BTreeMap::new();
     let mut prefixes: HashMap<Arc<str>, String> = HashMap::new();
-    for (ns, name, t) in sorted(&inputs.targets) {
+    for (ns, name, t) in sorted(&inputs.targets, ObjectKind::Target, &mut reports) {
         let mut r = ObjectReport::new(ObjectKind::Target, &ns, &name, t.metadata.generation);
-        if builds.contains_key(&(ns.clone(), name.clone())) {
-            r.set(
-                ACCEPTED,
-                false,
-                "Duplicate",
-                "another Target with this namespace and name was given",
-            );
-            reports.push(r);
-            continue;
-        }
         match target::routing(t, &name) {
             Err((reason, msg)) => r.set(ACCEPTED, false, reason, msg),
             Ok(routing) => {
@@ -113,6 +122,7 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                         "Accepted",
                         format!("routed as prefix {:?}", &*routing.prefix),
                     );
+                    r.set(RESOLVED_REFS, true, "ResolvedRefs", "");
                     builds.insert(
                         (ns.clone(), name.clone()),
                         TargetBuild {
@@ -125,12 +135,11 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                 }
             }
         }
-        r.set(RESOLVED_REFS, true, "ResolvedRefs", "");
         reports.push(r);
     }
 
     // Policies, in namespace/name order so rule order (the final tie-break) is deterministic.
-    for (ns, name, p) in sorted(&inputs.policies) {
+    for (ns, name, p) in sorted(&inputs.policies, ObjectKind::Policy, &mut reports) {
         let mut r = ObjectReport::new(ObjectKind::Policy, &ns, &name, p.metadata.generation);
         let selectable: Vec<policy::SelectableTarget<'_>> = builds
             .range((ns.clone(), String::new())..)
@@ -176,7 +185,7 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         })
         .collect();
     let mut cred_reports: HashMap<(String, String), usize> = HashMap::new();
-    for (ns, name, c) in sorted(&inputs.credentials) {
+    for (ns, name, c) in sorted(&inputs.credentials, ObjectKind::Credential, &mut reports) {
         let mut r = ObjectReport::new(ObjectKind::Credential, &ns, &name, c.metadata.generation);
         let tname = c.spec.target_ref.name.clone();
         match credential::validate(c) {

@@ -58,10 +58,10 @@ pub(super) fn selector_matches(
     sel: &LabelSelector,
     labels: &BTreeMap<String, String>,
 ) -> Result<bool, String> {
-    if let Some(ml) = &sel.match_labels {
-        if !ml.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return Ok(false);
-        }
+    if let Some(ml) = &sel.match_labels
+        && !ml.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return Ok(false);
     }
     for req in sel.match_expressions.iter().flatten() {
         let values = req.values.as_deref().unwrap_or_default();
@@ -112,13 +112,17 @@ pub(super) fn compile_policy(
     });
 
     let mut subjects = Vec::new();
+    let mut bad_subject = false;
     if s.subjects.is_empty() {
         problems.push("subjects must not be empty".to_owned());
     }
     for (i, subj) in s.subjects.iter().enumerate() {
         match subject_match(subj) {
             Ok(m) => subjects.push(m),
-            Err(e) => problems.push(format!("subjects[{i}]: {e}")),
+            Err(e) => {
+                bad_subject = true;
+                problems.push(format!("subjects[{i}]: {e}"));
+            }
         }
     }
     if !(-1000..=1000).contains(&s.priority) {
@@ -150,9 +154,10 @@ pub(super) fn compile_policy(
         let mut message = problems.join("; ");
         let fail_closed = s.effect == Effect::Deny;
         let rules = if fail_closed {
-            // Deny everything to the subjects we could read (everyone if none), on the Targets we
+            // Deny everything to its subjects (everyone if any is unreadable), on the Targets we
             // could select (every Target in the namespace if none), at the stated priority.
-            let subjects = if subjects.is_empty() {
+            // A subject we could not read may have named anyone: deny everyone.
+            let subjects = if subjects.is_empty() || bad_subject {
                 vec![SubjectMatch::Everyone]
             } else {
                 subjects

@@ -1,13 +1,15 @@
 //! The compiled policy of one Target and its index: per subject, exact names in hash maps and
-//! globs in (priority desc, deny first) order, so a decision touches only the caller's rules.
+//! globs in radix trees keyed by their literal prefix or suffix, each node's list in (priority
+//! desc, deny first) order, so a decision touches only the caller's rules that could match.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::api::{Effect, RuleKind};
-use crate::glob::{Glob, GlobError};
+use crate::glob::{Glob, GlobError, byte_mask};
 use crate::identity::Identity;
 
 /// The kind of an item being decided on (a rule may also say `all`).
@@ -96,6 +98,37 @@ impl Decision {
     };
 }
 
+/// FxHash (as in rustc): a few cycles for the short names hashed on every decision, where
+/// SipHash dominated. Not DoS-resistant, which is fine here: the keys are policy names and
+/// subjects written by administrators; callers only look names up.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // Spread the high bits (which the multiply mixes best) into the low ones hashbrown uses.
+        self.0.rotate_left(26)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 /// Ordering key of a candidate verdict: smaller is stronger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
@@ -117,9 +150,9 @@ impl Rank {
 #[derive(Default, Debug)]
 struct SubjectRules {
     /// Per item kind: exact name → the strongest rule naming it.
-    exact: [HashMap<Box<str>, Rank>; 3],
-    /// Rules with at least one wildcard pattern, strongest first.
-    globs: Vec<(Rank, RuleKind, Vec<Glob>)>,
+    exact: [FastMap<Box<str>, Rank>; 3],
+    /// Wildcard patterns, indexed by their literal prefix or suffix.
+    globs: GlobIndex,
     has_allow: bool,
 }
 
@@ -128,7 +161,6 @@ impl SubjectRules {
         if rule.effect == Effect::Allow {
             self.has_allow = true;
         }
-        let mut wild = Vec::new();
         for g in &rule.names {
             match g.literal() {
                 Some(name) => {
@@ -139,41 +171,220 @@ impl SubjectRules {
                         *slot = (*slot).min(rank);
                     }
                 }
-                None => wild.push(g.clone()),
+                None => self.globs.add(GlobEntry {
+                    rank,
+                    kind: rule.kind,
+                    glob: g.clone(),
+                }),
             }
-        }
-        if !wild.is_empty() {
-            self.globs.push((rank, rule.kind, wild));
         }
     }
 
     fn finish(&mut self) {
-        self.globs.sort_by_key(|(rank, _, _)| *rank);
+        self.globs.finish();
     }
 
     /// The strongest matching rank in this subject's rules, if stronger than `best`.
-    fn best(&self, item: ItemKind, name: &str, mut best: Option<Rank>) -> Option<Rank> {
-        if let Some(r) = self.exact[item.slot()].get(name) {
+    fn best(&self, item: ItemKind, name: &Probe<'_>, mut best: Option<Rank>) -> Option<Rank> {
+        if let Some(r) = self.exact[item.slot()].get(name.text) {
             best = Some(best.map_or(*r, |b| b.min(*r)));
         }
-        for (rank, kind, globs) in &self.globs {
-            if best.is_some_and(|b| b <= *rank) {
-                break;
-            }
-            if covers(*kind, item) && globs.iter().any(|g| g.matches(name)) {
-                best = Some(*rank);
-                break;
-            }
+        self.globs.best(item, name, best)
+    }
+}
+
+/// A name being decided on, with its [`byte_mask`] computed once.
+struct Probe<'a> {
+    text: &'a str,
+    mask: u64,
+}
+
+impl<'a> Probe<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            mask: byte_mask(text),
         }
-        best
+    }
+}
+
+#[derive(Debug)]
+struct GlobEntry {
+    rank: Rank,
+    kind: RuleKind,
+    glob: Glob,
+}
+
+/// Wildcard patterns arranged so a decision only examines patterns that can match: those whose
+/// literal prefix is a prefix of the name (a radix tree walked along the name), else those whose
+/// literal suffix is a suffix of it (a radix tree over reversed suffixes), else the few with
+/// neither (the root of the suffix tree).
+#[derive(Default, Debug)]
+struct GlobIndex {
+    by_prefix: Radix,
+    by_suffix: Radix,
+}
+
+impl GlobIndex {
+    fn add(&mut self, e: GlobEntry) {
+        let prefix = e.glob.literal_prefix().as_bytes().to_vec();
+        if !prefix.is_empty() {
+            self.by_prefix.insert(&prefix, e);
+        } else {
+            let mut suffix = e.glob.literal_suffix().as_bytes().to_vec();
+            suffix.reverse();
+            self.by_suffix.insert(&suffix, e);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.by_prefix.finish();
+        self.by_suffix.finish();
+    }
+
+    fn best(&self, item: ItemKind, name: &Probe<'_>, best: Option<Rank>) -> Option<Rank> {
+        let bytes = name.text.as_bytes();
+        // The walks check the literal prefix (resp. suffix) of every entry they examine.
+        let best = self
+            .by_prefix
+            .best(|i| bytes.get(i).copied(), false, item, name, best);
+        let from_end = |i: usize| bytes.len().checked_sub(i + 1).map(|j| bytes[j]);
+        self.by_suffix.best(from_end, true, item, name, best)
+    }
+}
+
+/// A radix tree over byte strings whose nodes hold pattern entries, strongest first. Walking a
+/// name visits only the nodes whose key is a prefix of it, one step per branching point.
+#[derive(Debug)]
+struct Radix {
+    nodes: Vec<RadixNode>,
+}
+
+#[derive(Default, Debug)]
+struct RadixNode {
+    /// The bytes on the edge from the parent (empty only at the root).
+    label: Box<[u8]>,
+    /// (first byte of the child's label, node index), sorted by byte.
+    children: Vec<(u8, u32)>,
+    entries: Vec<GlobEntry>,
+}
+
+impl Default for Radix {
+    fn default() -> Self {
+        Self {
+            nodes: vec![RadixNode::default()],
+        }
+    }
+}
+
+impl Radix {
+    fn child(&self, node: usize, b: u8) -> Option<usize> {
+        let children = &self.nodes[node].children;
+        children
+            .binary_search_by_key(&b, |(c, _)| *c)
+            .ok()
+            .map(|i| children[i].1 as usize)
+    }
+
+    fn push(&mut self, node: RadixNode) -> usize {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    fn set_child(&mut self, parent: usize, b: u8, child: usize) {
+        let children = &mut self.nodes[parent].children;
+        match children.binary_search_by_key(&b, |(c, _)| *c) {
+            Ok(i) => children[i].1 = child as u32,
+            Err(i) => children.insert(i, (b, child as u32)),
+        }
+    }
+
+    fn insert(&mut self, mut key: &[u8], e: GlobEntry) {
+        let mut node = 0;
+        while let Some(&first) = key.first() {
+            let Some(c) = self.child(node, first) else {
+                let leaf = self.push(RadixNode {
+                    label: key.into(),
+                    ..RadixNode::default()
+                });
+                self.set_child(node, first, leaf);
+                node = leaf;
+                break;
+            };
+            let label = &self.nodes[c].label;
+            let common = label.iter().zip(key).take_while(|(a, b)| a == b).count();
+            if common < label.len() {
+                // Split the edge: parent → mid (common part) → c (the rest).
+                let (head, tail) = label.split_at(common);
+                let (head, tail): (Box<[u8]>, Box<[u8]>) = (head.into(), tail.into());
+                let mid = self.push(RadixNode {
+                    label: head,
+                    children: vec![(tail[0], c as u32)],
+                    entries: Vec::new(),
+                });
+                self.nodes[c].label = tail;
+                self.set_child(node, first, mid);
+                node = mid;
+            } else {
+                node = c;
+            }
+            key = &key[common..];
+        }
+        self.nodes[node].entries.push(e);
+    }
+
+    fn finish(&mut self) {
+        for n in &mut self.nodes {
+            n.entries.sort_by_key(|e| e.rank);
+        }
+    }
+
+    /// Walks the key (`at(i)` is its i-th byte) from the root, examining the entries of every
+    /// node whose key is a prefix of it.
+    fn best(
+        &self,
+        at: impl Fn(usize) -> Option<u8>,
+        suffix_tree: bool,
+        item: ItemKind,
+        name: &Probe<'_>,
+        mut best: Option<Rank>,
+    ) -> Option<Rank> {
+        let (mut node, mut depth) = (0usize, 0usize);
+        loop {
+            for e in &self.nodes[node].entries {
+                if best.is_some_and(|b| b <= e.rank) {
+                    break;
+                }
+                if covers(e.kind, item)
+                    && e.glob.may_match(name.mask)
+                    && e.glob.matches_known_affixes(name.text, suffix_tree)
+                {
+                    best = Some(e.rank);
+                    break;
+                }
+            }
+            let Some(c) = at(depth).and_then(|b| self.child(node, b)) else {
+                return best;
+            };
+            let label = &self.nodes[c].label;
+            if !label
+                .iter()
+                .enumerate()
+                .all(|(k, b)| at(depth + k) == Some(*b))
+            {
+                return best;
+            }
+            depth += label.len();
+            node = c;
+        }
     }
 }
 
 #[derive(Default, Debug)]
 struct PolicyIndex {
-    users: HashMap<Arc<str>, SubjectRules>,
-    groups: HashMap<Arc<str>, SubjectRules>,
-    roles: HashMap<Arc<str>, SubjectRules>,
+    users: FastMap<Arc<str>, SubjectRules>,
+    groups: FastMap<Arc<str>, SubjectRules>,
+    roles: FastMap<Arc<str>, SubjectRules>,
     everyone: SubjectRules,
 }
 
@@ -217,12 +428,12 @@ impl PolicySet {
     /// The rules relevant to one caller, gathered once for many decisions.
     pub fn view(&self, id: &Identity) -> PolicyView<'_> {
         let ix = &self.index;
-        let subjects = std::iter::once(ix.users.get(&*id.user))
-            .chain(id.groups.iter().map(|g| ix.groups.get(&**g)))
-            .chain(id.roles.iter().map(|r| ix.roles.get(&**r)))
-            .chain(std::iter::once(Some(&ix.everyone)))
-            .flatten()
-            .collect();
+        // Sized up front: a flattened iterator's size hint would make `collect` reallocate.
+        let mut subjects = Vec::with_capacity(2 + id.groups.len() + id.roles.len());
+        subjects.extend(ix.users.get(&*id.user));
+        subjects.extend(id.groups.iter().filter_map(|g| ix.groups.get(&**g)));
+        subjects.extend(id.roles.iter().filter_map(|r| ix.roles.get(&**r)));
+        subjects.push(&ix.everyone);
         PolicyView {
             set: self,
             subjects,
@@ -243,10 +454,11 @@ pub struct PolicyView<'a> {
 impl PolicyView<'_> {
     /// Default deny; the strongest matching rule wins (priority, then deny over allow).
     pub fn decide(&self, kind: ItemKind, name: &str) -> Decision {
+        let probe = Probe::new(name);
         let best = self
             .subjects
             .iter()
-            .fold(None, |best, sr| sr.best(kind, name, best));
+            .fold(None, |best, sr| sr.best(kind, &probe, best));
         match best {
             None => Decision::DEFAULT_DENY,
             Some(rank) => Decision {
