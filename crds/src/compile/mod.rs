@@ -65,11 +65,12 @@ fn ns_of<K: kube::Resource>(o: &K) -> String {
 
 /// Objects in namespace/name order. A second object with the same namespace and name (only
 /// possible in standalone folders) gets a `Duplicate` report and is left out.
+/// Their reports come back separately so callers list them after the object that is used.
 fn sorted<'a, K: kube::Resource + 'a>(
     items: &'a [K],
     kind: ObjectKind,
-    reports: &mut Vec<ObjectReport>,
-) -> Vec<(String, String, &'a K)> {
+) -> (Vec<(String, String, &'a K)>, Vec<ObjectReport>) {
+    let mut duplicates = Vec::new();
     let mut v: Vec<_> = items.iter().map(|o| (ns_of(o), o.name_any(), o)).collect();
     v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut out: Vec<(String, String, &'a K)> = Vec::with_capacity(v.len());
@@ -80,12 +81,12 @@ fn sorted<'a, K: kube::Resource + 'a>(
         {
             let mut r = ObjectReport::new(kind, &item.0, &item.1, item.2.meta().generation);
             r.set(ACCEPTED, false, "Duplicate", "another object of this kind with this namespace and name was given; the first one is used");
-            reports.push(r);
+            duplicates.push(r);
         } else {
             out.push(item);
         }
     }
-    out
+    (out, duplicates)
 }
 
 struct TargetBuild<'a> {
@@ -102,7 +103,8 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
     // Targets: routing, prefix uniqueness (first by namespace/name wins).
     let mut builds: BTreeMap<(String, String), TargetBuild<'_>> = BTreeMap::new();
     let mut prefixes: HashMap<Arc<str>, String> = HashMap::new();
-    for (ns, name, t) in sorted(&inputs.targets, ObjectKind::Target, &mut reports) {
+    let (targets, target_dups) = sorted(&inputs.targets, ObjectKind::Target);
+    for (ns, name, t) in targets {
         let mut r = ObjectReport::new(ObjectKind::Target, &ns, &name, t.metadata.generation);
         match target::routing(t, &name) {
             Err((reason, msg)) => r.set(ACCEPTED, false, reason, msg),
@@ -139,7 +141,9 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
     }
 
     // Policies, in namespace/name order so rule order (the final tie-break) is deterministic.
-    for (ns, name, p) in sorted(&inputs.policies, ObjectKind::Policy, &mut reports) {
+    reports.extend(target_dups);
+    let (policies, policy_dups) = sorted(&inputs.policies, ObjectKind::Policy);
+    for (ns, name, p) in policies {
         let mut r = ObjectReport::new(ObjectKind::Policy, &ns, &name, p.metadata.generation);
         let selectable: Vec<policy::SelectableTarget<'_>> = builds
             .range((ns.clone(), String::new())..)
@@ -185,7 +189,9 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         })
         .collect();
     let mut cred_reports: HashMap<(String, String), usize> = HashMap::new();
-    for (ns, name, c) in sorted(&inputs.credentials, ObjectKind::Credential, &mut reports) {
+    reports.extend(policy_dups);
+    let (credentials, credential_dups) = sorted(&inputs.credentials, ObjectKind::Credential);
+    for (ns, name, c) in credentials {
         let mut r = ObjectReport::new(ObjectKind::Credential, &ns, &name, c.metadata.generation);
         let tname = c.spec.target_ref.name.clone();
         match credential::validate(c) {
@@ -219,6 +225,7 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         cred_reports.insert((ns, name), reports.len());
         reports.push(r);
     }
+    reports.extend(credential_dups);
     for ((ns, _), b) in &builds {
         for (cred, msg) in credential::ambiguities(&b.credentials) {
             if let Some(i) = cred_reports.get(&(ns.clone(), cred.to_string())) {
