@@ -1,0 +1,74 @@
+//! The gateway's view of authentication: one `Authenticate` trait (headers → Identity) that the
+//! JWT authenticator in `auth` plugs into, plus the 401 challenge and RFC 9728 metadata shape.
+
+use futures::future::BoxFuture;
+use http::HeaderMap;
+use reflow_crds::Identity;
+use serde_json::{Value, json};
+
+/// Why a request was not authenticated. `message` is safe to log and to return.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AuthFailure {
+    pub label: &'static str,
+    pub message: String,
+    /// False when no credentials were presented at all (no `error=` in the challenge).
+    pub token_presented: bool,
+}
+
+impl AuthFailure {
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+}
+
+pub trait Authenticate: Send + Sync + 'static {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Identity, AuthFailure>>;
+
+    /// Authorization servers advertised in the protected-resource metadata.
+    fn authorization_servers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn scopes_supported(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Every request is the same identity (local development, tests).
+pub struct FixedIdentity(pub Identity);
+
+impl Authenticate for FixedIdentity {
+    fn authenticate<'a>(
+        &'a self,
+        _: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+        let id = self.0.clone();
+        Box::pin(async move { Ok(id) })
+    }
+}
+
+/// `WWW-Authenticate` for a 401 (RFC 6750 + RFC 9728 `resource_metadata`).
+pub fn challenge(failure: &AuthFailure, metadata_url: &str) -> String {
+    let mut v = format!("Bearer resource_metadata=\"{metadata_url}\"");
+    if failure.token_presented {
+        let desc = failure.message.replace(['"', '\\'], "'");
+        v.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{desc}\""
+        ));
+    }
+    v
+}
+
+/// RFC 9728 protected-resource metadata for `resource`.
+pub fn resource_metadata(auth: &dyn Authenticate, resource: &str) -> Value {
+    json!({
+        "resource": resource,
+        "authorization_servers": auth.authorization_servers(),
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": auth.scopes_supported(),
+    })
+}

@@ -1,0 +1,477 @@
+//! The gateway's file configuration (`reflow-dataplane --config FILE`): YAML with camelCase keys
+//! for token issuers (`auth`), server settings (`gateway`), the audit sink, the sealing key and a
+//! `dev` block for local HS256 tokens. Relative paths are resolved against the file's folder.
+//! Secrets are never printed: `Debug` redacts them and errors name files, never contents.
+//!
+//! ```yaml
+//! auth:                      # optional when `dev` is set
+//!   issuers: [{issuer: https://idp.example.com, audiences: [reflow], discovery: true}]
+//! gateway: {allowedHosts: [mcp.example.com], publicUrl: https://mcp.example.com}
+//! audit: {sink: file, path: /var/log/reflow/audit.jsonl}   # or {sink: stdout} (default)
+//! sealingKeyFile: /etc/reflow/sealing-key                    # or env REFLOW_SEALING_KEY
+//! dev: {issuer: reflow-dev, audience: reflow, hs256SecretFile: dev-secret}
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reflow_crds::SealingKey;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::auth::{AuthConfig, AuthConfigError, IssuerConfig};
+use crate::gateway::GatewayConfig;
+
+/// Environment variable holding the base64 sealing key itself; wins over `sealingKeyFile`.
+pub const SEALING_KEY_ENV: &str = "REFLOW_SEALING_KEY";
+
+/// Why the configuration cannot be used. Messages name files and keys, never secret values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {source}")]
+    Auth {
+        path: PathBuf,
+        source: AuthConfigError,
+    },
+    #[error(
+        "config {path}: no token issuer configured; add `auth.issuers` or a `dev` block (or run with --insecure-dev-user for local experiments)"
+    )]
+    NoIssuers { path: PathBuf },
+    #[error("config {path}: dev: set exactly one of `hs256Secret` and `hs256SecretFile`")]
+    DevSecretSource { path: PathBuf },
+    #[error("reading dev.hs256SecretFile {path}: {source}")]
+    DevSecretRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: has no `dev` block; `token` only mints with the dev HS256 secret")]
+    NoDevBlock { path: PathBuf },
+    #[error("config {path}: audit: {reason}")]
+    Audit { path: PathBuf, reason: &'static str },
+    #[error("reading sealingKeyFile {path}: {source}")]
+    SealingKeyRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sealing key from {origin} is not the base64 encoding of 32 bytes")]
+    SealingKey { origin: String },
+}
+
+impl ConfigError {
+    /// Stable, low-cardinality label (logs, metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read",
+            Self::Parse { .. } => "parse",
+            Self::Auth { source, .. } => source.label(),
+            Self::NoIssuers { .. } => "no_issuers",
+            Self::DevSecretSource { .. } => "dev_secret_source",
+            Self::DevSecretRead { .. } => "dev_secret_read",
+            Self::NoDevBlock { .. } => "no_dev_block",
+            Self::Audit { .. } => "audit",
+            Self::SealingKeyRead { .. } => "sealing_key_read",
+            Self::SealingKey { .. } => "sealing_key",
+        }
+    }
+}
+
+/// The YAML document as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    auth: Option<AuthConfig>,
+    #[serde(default)]
+    gateway: GatewayConfig,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    sealing_key_file: Option<PathBuf>,
+    #[serde(default)]
+    dev: Option<RawDev>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    sink: AuditSinkKind,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum AuditSinkKind {
+    #[default]
+    Stdout,
+    File,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDev {
+    #[serde(default = "default_dev_issuer")]
+    issuer: String,
+    #[serde(default = "default_dev_audience")]
+    audience: String,
+    /// A literal secret: local development only.
+    #[serde(default)]
+    hs256_secret: Option<SecretString>,
+    #[serde(default)]
+    hs256_secret_file: Option<PathBuf>,
+}
+
+fn default_dev_issuer() -> String {
+    "reflow-dev".to_owned()
+}
+fn default_dev_audience() -> String {
+    "reflow".to_owned()
+}
+
+/// Where audit events are written, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    /// Appended to (created if missing).
+    File(PathBuf),
+}
+
+/// Audit settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub target: AuditTarget,
+    /// Events buffered before new ones are dropped (and counted).
+    pub capacity: usize,
+}
+
+/// The development issuer: HS256 tokens minted by `reflow-dataplane token`.
+#[derive(Clone)]
+pub struct DevIssuer {
+    pub issuer: String,
+    pub audience: String,
+    pub secret: SecretString,
+}
+
+impl fmt::Debug for DevIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Where the sealing key comes from, once resolved against the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SealingSource {
+    File(PathBuf),
+    None,
+}
+
+/// The loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    /// Trusted issuers, the dev issuer included; `None` when neither `auth` nor `dev` is set.
+    pub auth: Option<AuthConfig>,
+    pub gateway: GatewayConfig,
+    pub audit: AuditConfig,
+    pub dev: Option<DevIssuer>,
+    sealing: SealingSource,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, loading the dev secret file if one is named.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::from_yaml(&text, path, base)
+    }
+
+    /// Parses `text` as if read from `path`; relative paths are resolved against `base`.
+    pub fn from_yaml(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let path = path.to_owned();
+        // An empty file is an empty mapping: every default, no issuer.
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+        };
+
+        let dev = match raw.dev {
+            None => None,
+            Some(d) => {
+                let secret = match (d.hs256_secret, d.hs256_secret_file) {
+                    (Some(s), None) => s,
+                    (None, Some(f)) => {
+                        let f = base.join(f);
+                        let text = std::fs::read_to_string(&f)
+                            .map_err(|source| ConfigError::DevSecretRead { path: f, source })?;
+                        SecretString::from(text.trim().to_owned())
+                    }
+                    _ => return Err(ConfigError::DevSecretSource { path }),
+                };
+                Some(DevIssuer {
+                    issuer: d.issuer,
+                    audience: d.audience,
+                    secret,
+                })
+            }
+        };
+
+        let auth = match (raw.auth, &dev) {
+            (None, None) => None,
+            (auth, dev) => {
+                let mut auth = auth.unwrap_or_else(|| AuthConfig::new(Vec::new()));
+                if let Some(dev) = dev {
+                    let mut issuer = IssuerConfig::new(&dev.issuer, [&dev.audience]);
+                    issuer.hs256_secret = Some(dev.secret.clone());
+                    auth.issuers.push(issuer);
+                }
+                auth.validate().map_err(|source| ConfigError::Auth {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(auth)
+            }
+        };
+
+        let target = match (raw.audit.sink, raw.audit.path) {
+            (AuditSinkKind::Stdout, None) => AuditTarget::Stdout,
+            (AuditSinkKind::File, Some(p)) => AuditTarget::File(base.join(p)),
+            (AuditSinkKind::Stdout, Some(_)) => {
+                return Err(ConfigError::Audit {
+                    path,
+                    reason: "`path` only applies to `sink: file`",
+                });
+            }
+            (AuditSinkKind::File, None) => {
+                return Err(ConfigError::Audit {
+                    path,
+                    reason: "`sink: file` needs a `path`",
+                });
+            }
+        };
+        let capacity = raw.audit.capacity.unwrap_or(4096);
+        if capacity == 0 {
+            return Err(ConfigError::Audit {
+                path,
+                reason: "`capacity` must be at least 1",
+            });
+        }
+
+        let sealing = match raw.sealing_key_file {
+            Some(f) => SealingSource::File(base.join(f)),
+            None => SealingSource::None,
+        };
+        Ok(Self {
+            path,
+            auth,
+            gateway: raw.gateway,
+            audit: AuditConfig { target, capacity },
+            dev,
+            sealing,
+        })
+    }
+
+    /// The trusted issuers, or why there are none.
+    pub fn require_auth(&self) -> Result<&AuthConfig, ConfigError> {
+        self.auth.as_ref().ok_or_else(|| ConfigError::NoIssuers {
+            path: self.path.clone(),
+        })
+    }
+
+    /// The dev issuer, or why `token` cannot mint.
+    pub fn require_dev(&self) -> Result<&DevIssuer, ConfigError> {
+        self.dev.as_ref().ok_or_else(|| ConfigError::NoDevBlock {
+            path: self.path.clone(),
+        })
+    }
+
+    /// The sealing key: `env_value` (the content of [`SEALING_KEY_ENV`]) wins over
+    /// `sealingKeyFile`; `None` when neither is set.
+    pub fn sealing_key(&self, env_value: Option<&str>) -> Result<Option<SealingKey>, ConfigError> {
+        if let Some(v) = env_value {
+            return SealingKey::from_base64(v)
+                .map(Some)
+                .map_err(|_| ConfigError::SealingKey {
+                    origin: SEALING_KEY_ENV.to_owned(),
+                });
+        }
+        match &self.sealing {
+            SealingSource::None => Ok(None),
+            SealingSource::File(f) => {
+                let text =
+                    std::fs::read_to_string(f).map_err(|source| ConfigError::SealingKeyRead {
+                        path: f.clone(),
+                        source,
+                    })?;
+                SealingKey::from_base64(&text)
+                    .map(Some)
+                    .map_err(|_| ConfigError::SealingKey {
+                        origin: f.display().to_string(),
+                    })
+            }
+        }
+    }
+}
+
+/// A duration such as `8h`, `30m`, `90s`, `1d` or plain seconds (`3600`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (try 8h, 30m, 90s or 1d)"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "dev-only-secret-0123456789abcdef0123456789";
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, Path::new("gw.yaml"), Path::new("/base"))
+    }
+
+    fn ok(yaml: &str) -> Config {
+        parse(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn config_dev_block_adds_a_trusted_issuer_and_defaults_apply() {
+        let cfg = ok(&format!(
+            "dev: {{hs256Secret: {SECRET}}}\ngateway: {{allowedHosts: [localhost]}}\n"
+        ));
+        let auth = cfg.require_auth().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auth.issuers.len(), 1);
+        assert_eq!(auth.issuers[0].issuer, "reflow-dev");
+        assert_eq!(auth.issuers[0].audiences, ["reflow"]);
+        assert_eq!(cfg.gateway.allowed_hosts, ["localhost"]);
+        assert_eq!(cfg.audit.target, AuditTarget::Stdout);
+        assert!(matches!(cfg.sealing_key(None), Ok(None)));
+    }
+
+    #[test]
+    fn config_relative_paths_resolve_against_the_config_folder() {
+        let cfg = ok("audit: {sink: file, path: logs/audit.jsonl}\nsealingKeyFile: k\n");
+        assert_eq!(
+            cfg.audit.target,
+            AuditTarget::File(PathBuf::from("/base/logs/audit.jsonl"))
+        );
+        assert_eq!(cfg.sealing, SealingSource::File(PathBuf::from("/base/k")));
+        assert!(cfg.auth.is_none());
+        assert!(matches!(
+            cfg.require_auth(),
+            Err(ConfigError::NoIssuers { .. })
+        ));
+        assert!(matches!(
+            cfg.require_dev(),
+            Err(ConfigError::NoDevBlock { .. })
+        ));
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields_and_bad_blocks() {
+        for (yaml, needle) in [
+            ("autth: {}", "unknown field `autth`"),
+            (
+                "dev: {hs256Secret: x, hs256SecretFile: y}",
+                "exactly one of",
+            ),
+            ("dev: {}", "exactly one of"),
+            ("dev: {hs256Secret: short}", "at least 32 bytes"),
+            ("audit: {sink: file}", "needs a `path`"),
+            ("audit: {sink: stdout, path: x}", "only applies"),
+            ("audit: {sink: syslog}", "unknown variant"),
+            ("audit: {capacity: 0}", "at least 1"),
+        ] {
+            match parse(yaml) {
+                Ok(_) => panic!("{yaml} must be refused"),
+                Err(e) => assert!(e.to_string().contains(needle), "{yaml}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn config_missing_dev_secret_file_names_the_file() {
+        let e = parse("dev: {hs256SecretFile: nope/secret}")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("/base/nope/secret"), "{e}");
+    }
+
+    #[test]
+    fn config_debug_and_errors_never_print_secrets() {
+        let cfg = ok(&format!("dev: {{hs256Secret: {SECRET}}}"));
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains(SECRET), "{dbg}");
+        assert!(dbg.contains("REDACTED"), "{dbg}");
+
+        let key = "bm90LWEta2V5"; // base64, but not 32 bytes
+        let e = cfg.sealing_key(Some(key)).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains(SEALING_KEY_ENV) && !e.contains(key), "{e}");
+    }
+
+    #[test]
+    fn config_sealing_key_from_env_wins() {
+        let cfg = ok("sealingKeyFile: /does/not/exist");
+        let key = SealingKey::generate_base64();
+        assert!(matches!(cfg.sealing_key(Some(&key)), Ok(Some(_))));
+        assert!(matches!(
+            cfg.sealing_key(None),
+            Err(ConfigError::SealingKeyRead { .. })
+        ));
+    }
+
+    #[test]
+    fn config_durations_parse() {
+        assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("8 hours").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,560 @@
+//! Method handling: initialize/ping locally, lists aggregated across permitted targets and
+//! filtered by policy, named calls routed by prefix (resources by the per-session URI map).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::join_all;
+use reflow_crds::glob::Glob;
+use reflow_crds::snapshot::{CompiledTarget, PREFIX_SEPARATOR};
+use reflow_crds::{Decision, Identity, ItemKind, Snapshot};
+use serde_json::{Map, Value, json};
+use tracing::warn;
+
+use super::Gateway;
+use super::forward::Caller;
+use crate::audit::{AuditEvent, now_ms};
+use crate::jsonrpc::{self, Request};
+use crate::metrics::DecisionLabels;
+use crate::session::{Scope, Session};
+
+pub const SUPPORTED_PROTOCOLS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+pub const LATEST_PROTOCOL: &str = "2025-11-25";
+/// Upstream pages followed per list before giving up on a misbehaving cursor chain.
+const MAX_PAGES: usize = 64;
+
+pub(crate) struct Ctx {
+    pub identity: Identity,
+    pub snapshot: Arc<Snapshot>,
+    pub session: Arc<Session>,
+    pub trace_id: String,
+    pub started: Instant,
+}
+
+impl Ctx {
+    fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
+        Caller {
+            identity: &self.identity,
+            target_key,
+            session_id: &self.session.id,
+            seed: None,
+            protocol_version: &self.session.protocol_version,
+        }
+    }
+
+    fn aggregated(&self) -> bool {
+        self.session.scope == Scope::Aggregated
+    }
+
+    fn targets(&self) -> Vec<Arc<CompiledTarget>> {
+        match &self.session.scope {
+            Scope::Aggregated => self.snapshot.targets().to_vec(),
+            Scope::Target { namespace, name } => self
+                .snapshot
+                .target(namespace, name)
+                .cloned()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// The target and upstream name for a tool/prompt name as the client sees it.
+    fn route(&self, name: &str) -> Option<(Arc<CompiledTarget>, String)> {
+        match &self.session.scope {
+            Scope::Aggregated => self
+                .snapshot
+                .route(name)
+                .map(|(t, rest)| (t.clone(), rest.to_owned())),
+            Scope::Target { namespace, name: t } => self
+                .snapshot
+                .target(namespace, t)
+                .map(|t| (t.clone(), name.to_owned())),
+        }
+    }
+
+    /// The target serving a resource URI: the session map, or the only target of a scoped session.
+    fn route_uri(&self, uri: &str) -> Option<Arc<CompiledTarget>> {
+        match &self.session.scope {
+            Scope::Aggregated => {
+                let key = match self.session.resources.get(uri) {
+                    Some(key) => key,
+                    None => template_route(&self.session.resources, uri)?,
+                };
+                let (ns, name) = key.split_once('/')?;
+                self.snapshot.target(ns, name).cloned()
+            }
+            Scope::Target { namespace, name } => self.snapshot.target(namespace, name).cloned(),
+        }
+    }
+}
+
+/// The target of a URI made from a listed resource template (RFC 6570): each `{…}` expression
+/// matches any run of characters. Templates are tried in sorted order so overlaps route the
+/// same way every time; the policy is still decided on the concrete URI.
+fn template_route<'a>(routes: &'a HashMap<String, String>, uri: &str) -> Option<&'a String> {
+    let mut templates: Vec<(&String, &String)> =
+        routes.iter().filter(|(t, _)| t.contains('{')).collect();
+    templates.sort();
+    templates
+        .into_iter()
+        .find(|(t, _)| template_glob(t).is_some_and(|g| g.matches(uri)))
+        .map(|(_, target)| target)
+}
+
+fn template_glob(template: &str) -> Option<Glob> {
+    let mut pattern = String::with_capacity(template.len());
+    let mut in_expr = false;
+    for c in template.chars() {
+        match (in_expr, c) {
+            (false, '{') => {
+                in_expr = true;
+                pattern.push('*');
+            }
+            (true, '}') => in_expr = false,
+            (true, _) => {}
+            (false, '*' | '?' | '[' | ']' | '\\') => {
+                pattern.push('\\');
+                pattern.push(c);
+            }
+            (false, c) => pattern.push(c),
+        }
+    }
+    if in_expr {
+        return None;
+    }
+    Glob::new(&pattern).ok()
+}
+
+/// One list method: where the items are and which field names them for policy.
+struct ListKind {
+    method: &'static str,
+    field: &'static str,
+    kind: ItemKind,
+    key: &'static str,
+    /// Tools and prompts are renamed `prefix_name` on the aggregated endpoint.
+    prefixed: bool,
+}
+
+const TOOLS: ListKind = ListKind {
+    method: "tools/list",
+    field: "tools",
+    kind: ItemKind::Tool,
+    key: "name",
+    prefixed: true,
+};
+const PROMPTS: ListKind = ListKind {
+    method: "prompts/list",
+    field: "prompts",
+    kind: ItemKind::Prompt,
+    key: "name",
+    prefixed: true,
+};
+const RESOURCES: ListKind = ListKind {
+    method: "resources/list",
+    field: "resources",
+    kind: ItemKind::Resource,
+    key: "uri",
+    prefixed: false,
+};
+const TEMPLATES: ListKind = ListKind {
+    method: "resources/templates/list",
+    field: "resourceTemplates",
+    kind: ItemKind::Resource,
+    key: "uriTemplate",
+    prefixed: false,
+};
+
+type Reply = (Value, Option<Arc<str>>, &'static str);
+
+/// `namespace/name`, shared by the labels, the link table and the audit event of one request.
+fn key_of(target: &CompiledTarget) -> Arc<str> {
+    Arc::from(target.key())
+}
+
+impl Gateway {
+    /// Answers `initialize`: negotiates the version and opens a session.
+    pub(crate) async fn initialize(
+        &self,
+        identity: &Identity,
+        scope: Scope,
+        req: &Request,
+    ) -> (Value, Option<String>) {
+        let asked = req.param_str("protocolVersion").unwrap_or(LATEST_PROTOCOL);
+        let version = SUPPORTED_PROTOCOLS
+            .iter()
+            .find(|v| **v == asked)
+            .copied()
+            .unwrap_or(LATEST_PROTOCOL);
+        let mut session = Session::new(identity.fingerprint(), scope, version.to_owned());
+        let params = req.params();
+        session.client_info = params
+            .and_then(|p| p.get("clientInfo"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        session.client_capabilities = params
+            .and_then(|p| p.get("capabilities"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let id = session.id.clone();
+        if let Err(e) = self.sessions.create(session).await {
+            return (
+                jsonrpc::error(&req.id, jsonrpc::INTERNAL_ERROR, &e.to_string()),
+                None,
+            );
+        }
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {}, "resources": {}, "prompts": {}, "completions": {}, "logging": {}},
+            "serverInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
+        });
+        (jsonrpc::result(&req.id, result), Some(id))
+    }
+
+    /// Answers one request; returns the reply, the target it went to and an outcome label.
+    pub(crate) async fn dispatch(&self, ctx: &Ctx, req: Request) -> Reply {
+        match req.method.as_str() {
+            "ping" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
+            "logging/setLevel" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
+            "tools/list" => self.list(ctx, &req, &TOOLS).await,
+            "prompts/list" => self.list(ctx, &req, &PROMPTS).await,
+            "resources/list" => self.list(ctx, &req, &RESOURCES).await,
+            "resources/templates/list" => self.list(ctx, &req, &TEMPLATES).await,
+            "tools/call" => self.call_named(ctx, req, ItemKind::Tool).await,
+            "prompts/get" => self.call_named(ctx, req, ItemKind::Prompt).await,
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                self.call_uri(ctx, req).await
+            }
+            "completion/complete" => self.complete(ctx, req).await,
+            other => (
+                jsonrpc::method_not_found(&req.id, other),
+                None,
+                "method_not_found",
+            ),
+        }
+    }
+
+    async fn list(&self, ctx: &Ctx, req: &Request, kind: &ListKind) -> Reply {
+        if req.param_str("cursor").is_some() {
+            // Everything is returned on the first page, so no cursor of ours exists.
+            return (
+                jsonrpc::invalid_params(&req.id, "invalid cursor"),
+                None,
+                "invalid_params",
+            );
+        }
+        let targets: Vec<_> = ctx
+            .targets()
+            .into_iter()
+            .filter(|t| t.policy.view(&ctx.identity).may_allow_anything())
+            .collect();
+        let keys: Vec<Arc<str>> = targets.iter().map(|t| key_of(t)).collect();
+        let pages = join_all(
+            targets
+                .iter()
+                .zip(&keys)
+                .map(|(t, key)| self.list_one(ctx, t, key, kind)),
+        )
+        .await;
+        let mut items = Vec::new();
+        let mut routes = Vec::new();
+        for (key, page) in keys.iter().zip(pages) {
+            for item in page {
+                if !kind.prefixed
+                    && let Some(uri) = item.get(kind.key).and_then(Value::as_str)
+                {
+                    routes.push((uri.to_owned(), key.to_string()));
+                }
+                items.push(item);
+            }
+        }
+        if !routes.is_empty() {
+            self.learn_resources(&ctx.session.id, routes).await;
+        }
+        let mut result = Map::new();
+        result.insert(kind.field.to_owned(), Value::Array(items));
+        (jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
+    }
+
+    /// The permitted items of one target, all pages, renamed for the aggregated endpoint.
+    /// A failing upstream contributes nothing (logged and counted) rather than failing the list.
+    async fn list_one(
+        &self,
+        ctx: &Ctx,
+        target: &CompiledTarget,
+        key: &Arc<str>,
+        kind: &ListKind,
+    ) -> Vec<Value> {
+        let view = target.policy.view(&ctx.identity);
+        let mut out = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = cursor.take().map(|c| json!({"cursor": c}));
+            let reply = match self
+                .forward(&ctx.caller(key), target, kind.method, params.as_ref())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(target = %key, error = %e, label = e.label(), method = kind.method, "upstream list failed");
+                    return out;
+                }
+            };
+            let Some(result) = reply.get("result") else {
+                warn!(target = %key, method = kind.method, "upstream list answered an error");
+                return out;
+            };
+            let page = result
+                .get(kind.field)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for mut item in page {
+                let Some(key) = item.get(kind.key).and_then(Value::as_str) else {
+                    continue;
+                };
+                if !view.decide(kind.kind, key).allowed {
+                    continue;
+                }
+                if kind.prefixed && ctx.aggregated() {
+                    let renamed = format!("{}{PREFIX_SEPARATOR}{key}", target.prefix);
+                    item[kind.key] = Value::String(renamed);
+                }
+                out.push(item);
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => return out,
+            }
+        }
+        warn!(target = %key, method = kind.method, "too many pages; list truncated");
+        out
+    }
+
+    async fn learn_resources(&self, session_id: &str, routes: Vec<(String, String)>) {
+        if let Ok(Some(s)) = self.sessions.get(session_id).await {
+            let mut s = Session::clone(&s);
+            s.resources.extend(routes);
+            let _ = self.sessions.put(s).await;
+        }
+    }
+
+    /// tools/call and prompts/get: a denied name answers exactly like an unknown one.
+    async fn call_named(&self, ctx: &Ctx, mut req: Request, kind: ItemKind) -> Reply {
+        let Some(name) = req.param_str("name").map(str::to_owned) else {
+            return (
+                jsonrpc::invalid_params(&req.id, "params.name is required"),
+                None,
+                "invalid_params",
+            );
+        };
+        let unknown = |id: &Value| match kind {
+            ItemKind::Prompt => jsonrpc::invalid_params(id, &format!("Unknown prompt: {name}")),
+            _ => jsonrpc::invalid_params(id, &format!("Unknown tool: {name}")),
+        };
+        let Some((target, upstream_name)) = ctx.route(&name) else {
+            self.audit_decision(
+                ctx,
+                &req.method,
+                None,
+                &name,
+                &Decision::DEFAULT_DENY,
+                "unknown",
+            );
+            return (unknown(&req.id), None, "unknown");
+        };
+        let key = key_of(&target);
+        let decision = target
+            .policy
+            .view(&ctx.identity)
+            .decide(kind, &upstream_name);
+        self.count_decision(&key, kind, &decision);
+        if !decision.allowed {
+            self.audit_decision(ctx, &req.method, Some(&key), &name, &decision, "denied");
+            return (unknown(&req.id), Some(key), "denied");
+        }
+        req.params_mut()
+            .insert("name".into(), Value::String(upstream_name.clone()));
+        let (mut reply, t, outcome) = self.relay(ctx, req, &target, key, &name, &decision).await;
+        // An upstream's own "unknown" answer names its unprefixed item; restate it with the
+        // client's name so an unknown name reads exactly like a denied one.
+        let label = if kind == ItemKind::Prompt {
+            "Unknown prompt"
+        } else {
+            "Unknown tool"
+        };
+        if let Some(msg) = reply.pointer_mut("/error/message")
+            && msg.as_str() == Some(format!("{label}: {upstream_name}").as_str())
+        {
+            *msg = Value::String(format!("{label}: {name}"));
+        }
+        (reply, t, outcome)
+    }
+
+    /// resources/read, subscribe, unsubscribe: routed by URI, decided on the URI.
+    async fn call_uri(&self, ctx: &Ctx, req: Request) -> Reply {
+        let Some(uri) = req.param_str("uri").map(str::to_owned) else {
+            return (
+                jsonrpc::invalid_params(&req.id, "params.uri is required"),
+                None,
+                "invalid_params",
+            );
+        };
+        let not_found = |id: &Value| {
+            let mut e = jsonrpc::error(id, jsonrpc::RESOURCE_NOT_FOUND, "Resource not found");
+            e["error"]["data"] = json!({"uri": uri});
+            e
+        };
+        let Some(target) = ctx.route_uri(&uri) else {
+            self.audit_decision(
+                ctx,
+                &req.method,
+                None,
+                &uri,
+                &Decision::DEFAULT_DENY,
+                "unknown",
+            );
+            return (not_found(&req.id), None, "unknown");
+        };
+        let key = key_of(&target);
+        let decision = target
+            .policy
+            .view(&ctx.identity)
+            .decide(ItemKind::Resource, &uri);
+        self.count_decision(&key, ItemKind::Resource, &decision);
+        if !decision.allowed {
+            self.audit_decision(ctx, &req.method, Some(&key), &uri, &decision, "denied");
+            return (not_found(&req.id), Some(key), "denied");
+        }
+        self.relay(ctx, req, &target, key, &uri, &decision).await
+    }
+
+    /// completion/complete: `ref/prompt` by name (renamed), `ref/resource` by URI template.
+    async fn complete(&self, ctx: &Ctx, mut req: Request) -> Reply {
+        let r = req
+            .params()
+            .and_then(|p| p.get("ref"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let kind = r.get("type").and_then(Value::as_str).unwrap_or("");
+        let routed = match kind {
+            "ref/prompt" => r.get("name").and_then(Value::as_str).and_then(|n| {
+                ctx.route(n)
+                    .map(|(t, up)| (t, up, n.to_owned(), ItemKind::Prompt))
+            }),
+            "ref/resource" => r.get("uri").and_then(Value::as_str).and_then(|u| {
+                ctx.route_uri(u)
+                    .map(|t| (t, u.to_owned(), u.to_owned(), ItemKind::Resource))
+            }),
+            _ => {
+                return (
+                    jsonrpc::invalid_params(&req.id, "params.ref is invalid"),
+                    None,
+                    "invalid_params",
+                );
+            }
+        };
+        let Some((target, upstream_name, shown, item)) = routed else {
+            return (
+                jsonrpc::invalid_params(&req.id, "Unknown reference"),
+                None,
+                "unknown",
+            );
+        };
+        let key = key_of(&target);
+        let decision = target
+            .policy
+            .view(&ctx.identity)
+            .decide(item, &upstream_name);
+        self.count_decision(&key, item, &decision);
+        if !decision.allowed {
+            self.audit_decision(ctx, &req.method, Some(&key), &shown, &decision, "denied");
+            return (
+                jsonrpc::invalid_params(&req.id, "Unknown reference"),
+                Some(key),
+                "denied",
+            );
+        }
+        if item == ItemKind::Prompt
+            && let Some(Value::Object(r)) = req.params_mut().get_mut("ref")
+        {
+            r.insert("name".into(), Value::String(upstream_name));
+        }
+        self.relay(ctx, req, &target, key, &shown, &decision).await
+    }
+
+    /// Forwards an allowed request and puts the client's id back on the reply.
+    async fn relay(
+        &self,
+        ctx: &Ctx,
+        req: Request,
+        target: &CompiledTarget,
+        key: Arc<str>,
+        name: &str,
+        decision: &Decision,
+    ) -> Reply {
+        let (reply, outcome) = match self
+            .forward(
+                &ctx.caller(&key),
+                target,
+                &req.method,
+                req.object.get("params"),
+            )
+            .await
+        {
+            Ok(mut upstream) => {
+                let outcome = if upstream.contains_key("error") {
+                    "upstream_error"
+                } else {
+                    "ok"
+                };
+                upstream.insert("id".into(), req.id.clone());
+                upstream.insert("jsonrpc".into(), json!("2.0"));
+                (Value::Object(upstream), outcome)
+            }
+            Err(e) => {
+                let msg = format!("upstream {key} failed: {e}");
+                let mut err = jsonrpc::error(&req.id, jsonrpc::UPSTREAM_ERROR, &msg);
+                err["error"]["data"] = json!({"reason": e.label()});
+                (err, e.label())
+            }
+        };
+        self.audit_decision(ctx, &req.method, Some(&key), name, decision, outcome);
+        (reply, Some(key), outcome)
+    }
+
+    fn count_decision(&self, key: &Arc<str>, kind: ItemKind, d: &Decision) {
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                target: key.clone(),
+                kind: kind.as_str(),
+                decision: if d.allowed { "allow" } else { "deny" },
+            })
+            .inc();
+    }
+
+    fn audit_decision(
+        &self,
+        ctx: &Ctx,
+        method: &str,
+        target: Option<&Arc<str>>,
+        name: &str,
+        d: &Decision,
+        outcome: &str,
+    ) {
+        self.audit.record(AuditEvent {
+            time_ms: now_ms(),
+            user: ctx.identity.user.to_string(),
+            session: Some(ctx.session.id.clone()),
+            method: method.to_owned(),
+            target: target.map(|k| k.to_string()),
+            name: Some(name.to_owned()),
+            decision: Some(if d.allowed { "allow" } else { "deny" }),
+            policy: d.policy.as_deref().map(str::to_owned),
+            outcome: outcome.to_owned(),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            trace_id: ctx.trace_id.clone(),
+        });
+    }
+}

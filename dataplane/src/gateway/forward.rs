@@ -1,0 +1,176 @@
+//! One call to one upstream on behalf of one session: credentials opened at use time, the
+//! upstream link established at most once per (session, target), again on 404 or a lost stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use reflow_crds::Identity;
+use reflow_crds::snapshot::CompiledTarget;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::Gateway;
+use crate::metrics::UpstreamLabels;
+use crate::session::UpstreamState;
+use crate::upstream::{InitParams, InjectedHeaders, Link, UpstreamError};
+
+pub(crate) type Cell = Arc<AsyncMutex<Link>>;
+
+/// One gateway session's upstream links by target key, and who opened them (to resolve the
+/// credentials needed to close them when the session ends without a request: expiry).
+pub(crate) struct SessionLinks {
+    pub identity: Identity,
+    pub links: HashMap<Arc<str>, Cell>,
+}
+
+const SHARDS: usize = 16;
+
+/// Per (session id, target key) upstream link, guarded so concurrent first calls initialize once.
+/// A legacy SSE link owns its stream, which closes once the link is removed and dropped.
+/// Sharded by session id; finding an existing link allocates nothing.
+pub(crate) struct Conns([Mutex<HashMap<String, SessionLinks>>; SHARDS]);
+
+impl Default for Conns {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Mutex::new(HashMap::new())))
+    }
+}
+
+impl Conns {
+    fn shard(&self, session: &str) -> std::sync::MutexGuard<'_, HashMap<String, SessionLinks>> {
+        // Session ids are random hex: their last byte spreads them well enough.
+        let i = session.as_bytes().last().map_or(0, |b| usize::from(*b)) % SHARDS;
+        self.0[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cell(
+        &self,
+        session: &str,
+        identity: &Identity,
+        target: &Arc<str>,
+        seed: Option<&UpstreamState>,
+    ) -> Cell {
+        let mut map = self.shard(session);
+        if let Some(cell) = map.get(session).and_then(|s| s.links.get(&**target)) {
+            return cell.clone();
+        }
+        map.entry(session.to_owned())
+            .or_insert_with(|| SessionLinks {
+                identity: identity.clone(),
+                links: HashMap::new(),
+            })
+            .links
+            .entry(target.clone())
+            .or_insert_with(|| {
+                Arc::new(AsyncMutex::new(seed.map(Link::resume).unwrap_or_default()))
+            })
+            .clone()
+    }
+
+    /// Forgets a session's upstream links; returns them to be closed (DELETE, or end the stream).
+    pub(crate) fn remove_session(&self, session: &str) -> Option<SessionLinks> {
+        self.shard(session).remove(session)
+    }
+}
+
+/// Who is calling, through which session, speaking which protocol version.
+pub(crate) struct Caller<'a> {
+    pub identity: &'a Identity,
+    /// `namespace/name` of the target, computed once per request.
+    pub target_key: &'a Arc<str>,
+    pub session_id: &'a str,
+    pub seed: Option<&'a UpstreamState>,
+    pub protocol_version: &'a str,
+}
+
+impl Gateway {
+    /// Sends `method` to `target` and returns the upstream's reply object (`result` or `error`).
+    pub(crate) async fn forward(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let started = Instant::now();
+        let out = self.forward_inner(caller, target, method, params).await;
+        let labels = UpstreamLabels {
+            target: caller.target_key.clone(),
+            outcome: match &out {
+                Ok(_) => "ok",
+                Err(e) => e.label(),
+            },
+        };
+        self.metrics
+            .upstream_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if out.is_err() {
+            self.metrics.upstream_errors.get_or_create(&labels).inc();
+        }
+        out
+    }
+
+    async fn forward_inner(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let creds = target.credentials.resolve(caller.identity);
+        let headers = InjectedHeaders::open(&creds, &self.key)?;
+        let key = caller.target_key;
+        let cell = self
+            .conns
+            .cell(caller.session_id, caller.identity, key, caller.seed);
+        let init = InitParams {
+            protocol_version: caller.protocol_version.to_owned(),
+        };
+        let link = {
+            let mut guard = cell.lock().await;
+            // Not yet connected, or a legacy stream that has since dropped: (re)connect.
+            if !guard.is_ready_for(&target.upstream) {
+                *guard = self.upstream.connect(target, &headers, &init).await?;
+                self.remember(caller.session_id, key, &guard).await;
+            }
+            guard.clone()
+        };
+        match self
+            .upstream
+            .send(target, &headers, &link, method, params)
+            .await
+        {
+            Err(UpstreamError::SessionExpired) => {
+                let link = {
+                    let mut guard = cell.lock().await;
+                    // Another call may have re-initialized already.
+                    if guard.same(&link) {
+                        *guard = self.upstream.connect(target, &headers, &init).await?;
+                        self.remember(caller.session_id, key, &guard).await;
+                    }
+                    guard.clone()
+                };
+                self.upstream
+                    .send(target, &headers, &link, method, params)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Records upstream state in the session record (so another replica could resume it); a
+    /// legacy SSE link is bound to its stream, so there is nothing to record for it.
+    async fn remember(&self, session_id: &str, target_key: &str, link: &Link) {
+        if !link.is_resumable() {
+            return;
+        }
+        if let Ok(Some(s)) = self.sessions.get(session_id).await {
+            let mut s = crate::session::Session::clone(&s);
+            s.upstreams
+                .insert(target_key.to_owned(), UpstreamState::clone(link.state()));
+            let _ = self.sessions.put(s).await;
+        }
+    }
+}

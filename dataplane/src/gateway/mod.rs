@@ -1,0 +1,472 @@
+//! The MCP server side (axum): `/mcp` aggregating every target and `/mcp/{ns}/{target}` for one,
+//! with Host/Origin checks, body limits, authentication, sessions, health and metrics endpoints.
+
+mod dispatch;
+mod forward;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use reflow_crds::{Identity, SealingKey};
+use serde::Deserialize;
+use serde_json::Value;
+use tracing::{Span, instrument};
+
+use crate::audit::AuditSink;
+use crate::authn::{self, Authenticate};
+use crate::jsonrpc::{self, Message};
+use crate::metrics::{Metrics, RequestLabels, method_label};
+use crate::session::{Scope, Session, SessionStore};
+use crate::source::SnapshotStore;
+use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER, UpstreamClient, UpstreamError};
+
+pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
+
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// Server settings (also read from `--config FILE` as YAML, camelCase keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayConfig {
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Accepted `Host` values (`name` or `name:port`); empty accepts any host.
+    pub allowed_hosts: Vec<String>,
+    /// Accepted cross-origin `Origin`s (exact, or `*`). Same-origin requests are always accepted.
+    pub allowed_origins: Vec<String>,
+    pub session_idle_seconds: u64,
+    pub connect_timeout_ms: u64,
+    /// Public base URL (`https://mcp.example.com`) for RFC 9728 metadata; derived from Host if unset.
+    pub public_url: Option<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            session_idle_seconds: 3600,
+            connect_timeout_ms: 5_000,
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("upstream client: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+impl GatewayError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Upstream(e) => e.label(),
+        }
+    }
+}
+
+/// What the gateway is built from.
+pub struct Parts {
+    pub config: GatewayConfig,
+    pub snapshots: Arc<SnapshotStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub auth: Arc<dyn Authenticate>,
+    pub audit: Arc<dyn AuditSink>,
+    pub metrics: Arc<Metrics>,
+    pub key: SealingKey,
+}
+
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub snapshots: Arc<SnapshotStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub auth: Arc<dyn Authenticate>,
+    pub audit: Arc<dyn AuditSink>,
+    pub metrics: Arc<Metrics>,
+    key: SealingKey,
+    upstream: UpstreamClient,
+    conns: forward::Conns,
+    /// Where links of sessions that expire outside a request are closed.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Gateway {
+    pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
+        let upstream = UpstreamClient::new(Duration::from_millis(p.config.connect_timeout_ms))?;
+        let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
+            // Sessions the store expires (idle) take their upstream links with them.
+            let weak = weak.clone();
+            p.sessions.on_expire(Arc::new(move |id: &str| {
+                if let Some(gw) = weak.upgrade() {
+                    gw.close_session_links(id);
+                }
+            }));
+            Self {
+                config: p.config,
+                snapshots: p.snapshots,
+                sessions: p.sessions,
+                auth: p.auth,
+                audit: p.audit,
+                metrics: p.metrics,
+                key: p.key,
+                upstream,
+                conns: forward::Conns::default(),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            }
+        });
+        Ok(gw)
+    }
+
+    /// Forgets a session's upstream links and closes them in the background: DELETE for
+    /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones.
+    pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
+        let Some(links) = self.conns.remove_session(session_id) else {
+            return;
+        };
+        let snapshot = self.snapshots.load();
+        let gw = self.clone();
+        let close = async move {
+            let identity = links.identity;
+            for (key, cell) in links.links {
+                let Some((ns, name)) = key.split_once('/') else {
+                    continue;
+                };
+                let Some(target) = snapshot.target(ns, name) else {
+                    continue;
+                };
+                let link = cell.lock().await.clone();
+                let creds = target.credentials.resolve(&identity);
+                match crate::upstream::InjectedHeaders::open(&creds, &gw.key) {
+                    Ok(h) => gw.upstream.close_link(target, &h, &link).await,
+                    // No headers needed to end a stream; dropping `cell` and `link` closes it too.
+                    Err(_) => {
+                        gw.upstream
+                            .close_link(target, &Default::default(), &link)
+                            .await
+                    }
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone())
+        {
+            Some(rt) => {
+                rt.spawn(close);
+            }
+            // No runtime to close on: dropping the links still ends legacy streams.
+            None => drop(close),
+        }
+    }
+}
+
+/// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let limit = gw.config.max_body_bytes;
+    Router::new()
+        .route(
+            "/mcp",
+            get(get_mcp).post(post_aggregated).delete(delete_aggregated),
+        )
+        .route(
+            "/mcp/{namespace}/{target}",
+            get(get_mcp).post(post_target).delete(delete_target),
+        )
+        .route(METADATA_PATH, get(metadata))
+        .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(gw)
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.snapshots.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet").into_response()
+    }
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    gw.metrics.sessions.set(gw.sessions.count() as i64);
+    gw.metrics.sync_audit_dropped(gw.audit.dropped());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+fn base_url(gw: &Gateway, headers: &HeaderMap) -> String {
+    match &gw.config.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    }
+}
+
+async fn metadata(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let resource = format!("{}/mcp", base_url(&gw, &headers));
+    axum::Json(authn::resource_metadata(gw.auth.as_ref(), &resource)).into_response()
+}
+
+async fn get_mcp() -> Response {
+    // No server-initiated stream yet: the spec lets a server answer 405 here.
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST, DELETE")],
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn rpc_failure(status: StatusCode, body: Value) -> Response {
+    json_response(status, &body)
+}
+
+/// Rejects DNS-rebinding and cross-origin browser requests.
+fn check_host_origin(
+    config: &GatewayConfig,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !config.allowed_hosts.is_empty() {
+        let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+        if !config.allowed_hosts.iter().any(|h| h == host || h == name) {
+            return Err((StatusCode::FORBIDDEN, "host not allowed"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        let same_origin = !authority.is_empty() && authority.eq_ignore_ascii_case(host);
+        let listed = config
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o == origin);
+        if !same_origin && !listed {
+            return Err((StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    Ok(())
+}
+
+async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Identity, Response> {
+    gw.auth.authenticate(headers).await.map_err(|failure| {
+        let url = format!("{}{METADATA_PATH}", base_url(gw, headers));
+        let mut resp = (StatusCode::UNAUTHORIZED, failure.message.clone()).into_response();
+        if let Ok(v) = HeaderValue::from_str(&authn::challenge(&failure, &url)) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    })
+}
+
+/// Random per process (drawn once), so ids from different replicas do not collide.
+static TRACE_PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
+static TRACE_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// The caller's W3C trace id, or a fresh one: 128 bits, a random process prefix and a counter
+/// (unique without a system call per request, unlike a random v4 uuid).
+fn trace_id(headers: &HeaderMap) -> String {
+    // W3C traceparent: version-traceid-parentid-flags.
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|t| t.len() == 32)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let n = TRACE_COUNTER.fetch_add(1, Ordering::Relaxed);
+            format!("{:016x}{n:016x}", *TRACE_PREFIX)
+        })
+}
+
+async fn post_aggregated(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle_post(gw, Scope::Aggregated, headers, body).await
+}
+
+async fn post_target(
+    State(gw): State<Arc<Gateway>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle_post(gw, Scope::Target { namespace, name }, headers, body).await
+}
+
+async fn delete_aggregated(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    handle_delete(gw, Scope::Aggregated, headers).await
+}
+
+async fn delete_target(
+    State(gw): State<Arc<Gateway>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    handle_delete(gw, Scope::Target { namespace, name }, headers).await
+}
+
+/// The caller's session, or the HTTP answer for a missing (400) or unknown/foreign (404) one.
+async fn find_session(
+    gw: &Gateway,
+    scope: &Scope,
+    identity: &Identity,
+    headers: &HeaderMap,
+) -> Result<Arc<Session>, Response> {
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Err(rpc_failure(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::invalid_request(&Value::Null, "Mcp-Session-Id header is required"),
+        ));
+    };
+    let not_found = || {
+        rpc_failure(
+            StatusCode::NOT_FOUND,
+            jsonrpc::error(&Value::Null, -32001, "session not found"),
+        )
+    };
+    // Found and refreshed in one step: the request uses it.
+    match gw.sessions.get_touched(id).await {
+        // Another identity's session is indistinguishable from an unknown one.
+        Ok(Some(s)) if s.owner == identity.fingerprint() && s.scope == *scope => Ok(s),
+        Ok(_) => Err(not_found()),
+        Err(e) => Err(rpc_failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
+        )),
+    }
+}
+
+#[instrument(skip_all, fields(method, session, user))]
+async fn handle_post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
+        return refusal.into_response();
+    }
+    let identity = match authenticate(&gw, &headers).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    Span::current().record("user", &*identity.user);
+    let message = match jsonrpc::parse(&body) {
+        Ok(m) => m,
+        Err(e) => return rpc_failure(StatusCode::BAD_REQUEST, e.to_response()),
+    };
+    if let Some(v) = headers.get(PROTOCOL_HEADER) {
+        let ok = v.to_str().is_ok_and(|v| SUPPORTED_PROTOCOLS.contains(&v));
+        if !ok {
+            return rpc_failure(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::invalid_request(&Value::Null, "unsupported MCP-Protocol-Version"),
+            );
+        }
+    }
+    let trace = trace_id(&headers);
+    let request = match message {
+        Message::Request(r) if r.method == "initialize" => {
+            Span::current().record("method", "initialize");
+            let (resp, sid) = gw.initialize(&identity, scope, &r).await;
+            let mut out = json_response(StatusCode::OK, &resp);
+            if let Some(sid) = sid.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                out.headers_mut().insert(SESSION_HEADER, sid);
+            }
+            gw.count("initialize", None, "ok", started);
+            return out;
+        }
+        Message::Request(r) => r,
+        Message::Notification { .. } | Message::Response(_) => {
+            return match find_session(&gw, &scope, &identity, &headers).await {
+                Ok(_) => StatusCode::ACCEPTED.into_response(),
+                Err(resp) => resp,
+            };
+        }
+    };
+    Span::current().record("method", request.method.as_str());
+    let session = match find_session(&gw, &scope, &identity, &headers).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    Span::current().record("session", session.id.as_str());
+    let ctx = dispatch::Ctx {
+        identity,
+        snapshot: gw.snapshots.load(),
+        session,
+        trace_id: trace,
+        started,
+    };
+    let method = method_label(&request.method);
+    let (reply, target, outcome) = gw.dispatch(&ctx, request).await;
+    gw.count(method, target, outcome, started);
+    json_response(StatusCode::OK, &reply)
+}
+
+async fn handle_delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
+    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
+        return refusal.into_response();
+    }
+    let identity = match authenticate(&gw, &headers).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let session = match find_session(&gw, &scope, &identity, &headers).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let _ = gw.sessions.delete(&session.id).await;
+    gw.close_session_links(&session.id);
+    StatusCode::OK.into_response()
+}
+
+/// The `target` label of requests that reached no target.
+static NO_TARGET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
+
+impl Gateway {
+    fn count(
+        &self,
+        method: impl Into<std::borrow::Cow<'static, str>>,
+        target: Option<Arc<str>>,
+        outcome: &'static str,
+        started: Instant,
+    ) {
+        let labels = RequestLabels {
+            method: method.into(),
+            target: target.unwrap_or_else(|| NO_TARGET.clone()),
+            outcome,
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .request_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

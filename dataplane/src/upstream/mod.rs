@@ -1,0 +1,445 @@
+//! The MCP client side: Streamable HTTP to upstream servers over one pooled reqwest client, with
+//! lazily-initialized upstream sessions, injected credential headers and JSON or SSE replies.
+//! Legacy HTTP+SSE lives in `sse`, `auto` detection in `auto`, per-transport dispatch in `link`.
+
+mod auto;
+mod events;
+mod link;
+mod sse;
+
+pub use link::{Link, Transport};
+pub use sse::SseError;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use reflow_crds::SealingKey;
+use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials, Upstream};
+use reqwest::Url;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tracing::{debug, instrument};
+
+use crate::session::UpstreamState;
+use events::EventParser;
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// Largest upstream reply we buffer (JSON body or one SSE stream up to the matching message).
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest number of parsed upstream URLs kept; beyond it the cache starts over.
+const MAX_URLS: usize = 4096;
+
+/// One outgoing JSON-RPC message, serialized straight from borrowed parts (no `Value` copy).
+#[derive(Serialize)]
+pub(crate) struct Outgoing<'a> {
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a Value>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub(crate) fn request(id: u64, method: &'a str, params: Option<&'a Value>) -> Self {
+        Self {
+            jsonrpc: "2.0",
+            id: Some(id),
+            method,
+            params,
+        }
+    }
+
+    pub(crate) fn notification(method: &'a str) -> Self {
+        Self {
+            jsonrpc: "2.0",
+            id: None,
+            method,
+            params: None,
+        }
+    }
+
+    pub(crate) fn to_vec(&self) -> Result<Vec<u8>, UpstreamError> {
+        serde_json::to_vec(self).map_err(|e| UpstreamError::Protocol(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the upstream")]
+    Connect,
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream answered HTTP {0}")]
+    Status(u16),
+    #[error("the upstream no longer knows our session")]
+    SessionExpired,
+    #[error("the upstream sent an invalid reply: {0}")]
+    Protocol(String),
+    #[error("the {0} transport is not supported by this gateway yet")]
+    Unsupported(&'static str),
+    #[error("a credential for this target cannot be opened")]
+    Credential,
+    #[error("http client: {0}")]
+    Client(String),
+    #[error("{0}")]
+    Sse(#[from] SseError),
+}
+
+impl UpstreamError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::Status(_) => "status",
+            Self::SessionExpired => "session_expired",
+            Self::Protocol(_) => "protocol",
+            Self::Unsupported(_) => "unsupported",
+            Self::Credential => "credential",
+            Self::Client(_) => "client",
+            Self::Sse(e) => e.label(),
+        }
+    }
+}
+
+/// Credential headers opened for one call. Values are marked sensitive and `Debug` shows names
+/// only, so they never reach a log line.
+#[derive(Clone, Default)]
+pub struct InjectedHeaders(HeaderMap);
+
+impl InjectedHeaders {
+    pub fn open(creds: &ResolvedCredentials, key: &SealingKey) -> Result<Self, UpstreamError> {
+        let mut map = HeaderMap::new();
+        for entry in creds.headers() {
+            let secret = key
+                .open(&entry.aad, &entry.value)
+                .map_err(|_| UpstreamError::Credential)?;
+            let name = HeaderName::from_bytes(entry.name.as_bytes())
+                .map_err(|_| UpstreamError::Credential)?;
+            let mut value = HeaderValue::from_str(secret.expose_secret())
+                .map_err(|_| UpstreamError::Credential)?;
+            value.set_sensitive(true);
+            map.insert(name, value);
+        }
+        Ok(Self(map))
+    }
+}
+
+impl fmt::Debug for InjectedHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// What the gateway says about itself when it initializes an upstream session.
+#[derive(Debug, Clone)]
+pub struct InitParams {
+    pub protocol_version: String,
+}
+
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    next_id: AtomicU64,
+    /// What `auto` targets turned out to speak, per (target, url).
+    detected: auto::Detected,
+    /// Upstream URLs parsed once, keyed by their text: a snapshot that changes a target's url
+    /// brings a new key, so an entry can never be stale (only unused, until the cache resets).
+    urls: Mutex<HashMap<Box<str>, Url>>,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| UpstreamError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            next_id: AtomicU64::new(1),
+            detected: auto::Detected::default(),
+            urls: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `url` parsed (cached; reqwest would otherwise parse it on every request).
+    fn parsed(&self, url: &str) -> Result<Url, UpstreamError> {
+        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = urls.get(url) {
+            return Ok(u.clone());
+        }
+        let parsed = Url::parse(url)
+            .map_err(|e| UpstreamError::Client(format!("invalid upstream url: {e}")))?;
+        if urls.len() >= MAX_URLS {
+            urls.clear();
+        }
+        urls.insert(url.into(), parsed.clone());
+        Ok(parsed)
+    }
+
+    /// Sends one request, initializing the upstream session first if needed and once more if
+    /// the upstream forgot it (HTTP 404). `state` is updated in place; the reply keeps the
+    /// upstream's `result` or `error`.
+    #[instrument(skip_all, fields(target = %target.key(), method))]
+    pub async fn call(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        state: &mut UpstreamState,
+        init: &InitParams,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        if !state.initialized {
+            *state = self.initialize(target, headers, init).await?;
+        }
+        match self.request(target, headers, state, method, params).await {
+            Err(UpstreamError::SessionExpired) => {
+                debug!("upstream session expired; initializing again");
+                *state = self.initialize(target, headers, init).await?;
+                self.request(target, headers, state, method, params).await
+            }
+            other => other,
+        }
+    }
+
+    /// `initialize` + `notifications/initialized`; returns the new upstream session.
+    pub async fn initialize(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        init: &InitParams,
+    ) -> Result<UpstreamState, UpstreamError> {
+        let url = self.parsed(url_of(target)?)?;
+        let timeout = Duration::from_millis(u64::from(target.timeouts.init_ms));
+        let params = json!({
+            "protocolVersion": init.protocol_version,
+            "capabilities": {},
+            "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let blank = UpstreamState::default();
+        let (reply, session_id) = self
+            .exchange(&url, headers, &blank, "initialize", Some(&params), timeout)
+            .await?;
+        let result = reply
+            .get("result")
+            .ok_or_else(|| UpstreamError::Protocol("initialize failed".into()))?;
+        let state = UpstreamState {
+            session_id,
+            protocol_version: result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            initialized: true,
+        };
+        let note = Outgoing::notification("notifications/initialized").to_vec()?;
+        let resp = tokio::time::timeout(timeout, self.post(&url, headers, &state, note))
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Status(resp.status().as_u16()));
+        }
+        Ok(state)
+    }
+
+    /// One request on an initialized session.
+    pub async fn request(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let url = self.parsed(url_of(target)?)?;
+        let timeout = Duration::from_millis(u64::from(target.timeouts.request_ms));
+        self.exchange(&url, headers, state, method, params, timeout)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// Ends the upstream session (best effort).
+    pub async fn close(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+    ) {
+        let (Ok(url), Some(sid)) = (
+            url_of(target).and_then(|u| self.parsed(u)),
+            &state.session_id,
+        ) else {
+            return;
+        };
+        let req = self
+            .http
+            .delete(url)
+            .headers(headers.0.clone())
+            .header(SESSION_HEADER, sid.as_str())
+            .timeout(Duration::from_secs(5));
+        let _ = req.send().await;
+    }
+
+    /// One request and its reply, the whole exchange bounded by `timeout` (one timer).
+    async fn exchange(
+        &self,
+        url: &Url,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(Map<String, Value>, Option<String>), UpstreamError> {
+        // Our own id: the client's ids never reach the upstream (ids are remapped).
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = Outgoing::request(id, method, params).to_vec()?;
+        let work = async {
+            let resp = self.post(url, headers, state, body).await?;
+            let status = resp.status();
+            if status == StatusCode::NOT_FOUND && state.session_id.is_some() {
+                return Err(UpstreamError::SessionExpired);
+            }
+            if !status.is_success() {
+                return Err(UpstreamError::Status(status.as_u16()));
+            }
+            let session_id = resp
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let reply = read_reply(resp, id).await?;
+            Ok((reply, session_id))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    /// POSTs `body`; the caller bounds the time (reqwest's own per-request timer is not used).
+    async fn post(
+        &self,
+        url: &Url,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut req = self
+            .http
+            .post(url.clone())
+            .headers(headers.0.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .header(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            )
+            .body(body);
+        if let Some(sid) = &state.session_id {
+            req = req.header(SESSION_HEADER, sid.as_str());
+        }
+        if let Some(v) = &state.protocol_version {
+            req = req.header(PROTOCOL_HEADER, v.as_str());
+        }
+        req.send().await.map_err(map_reqwest)
+    }
+}
+
+fn url_of(target: &CompiledTarget) -> Result<&str, UpstreamError> {
+    match &target.upstream {
+        // The Streamable HTTP half only: `sse` targets (and `auto` ones detected as SSE) are
+        // served by `Link`/`connect`/`send`, which never reach here for them.
+        Upstream::StreamableHttp { url } | Upstream::Auto { url } => Ok(url),
+        Upstream::Sse { .. } => Err(UpstreamError::Unsupported("sse")),
+        Upstream::Stdio { .. } => Err(UpstreamError::Unsupported("stdio")),
+        Upstream::Kubernetes { .. } => Err(UpstreamError::Unsupported("kubernetes")),
+    }
+}
+
+fn map_reqwest(e: reqwest::Error) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout(Duration::ZERO)
+    } else if e.is_connect() {
+        UpstreamError::Connect
+    } else {
+        UpstreamError::Client(e.to_string())
+    }
+}
+
+/// Reads a JSON body, or an SSE stream up to the message answering `id`.
+async fn read_reply(resp: reqwest::Response, id: u64) -> Result<Map<String, Value>, UpstreamError> {
+    let is_sse = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if !is_sse {
+        let bytes = resp.bytes().await.map_err(map_reqwest)?;
+        return match_reply(serde_json::from_slice(&bytes), id)?
+            .ok_or_else(|| UpstreamError::Protocol("reply has another id".into()));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut sse = EventParser::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(map_reqwest)?;
+        if sse.buffered() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(UpstreamError::Protocol("reply too large".into()));
+        }
+        for event in sse.feed(&chunk) {
+            if let Some(reply) = match_reply(serde_json::from_str(&event.data), id)? {
+                return Ok(reply);
+            }
+        }
+    }
+    Err(UpstreamError::Protocol(
+        "stream ended without a reply".into(),
+    ))
+}
+
+/// `Some(reply)` when the message answers `id`; `None` for other messages (notifications).
+fn match_reply(
+    parsed: Result<Value, serde_json::Error>,
+    id: u64,
+) -> Result<Option<Map<String, Value>>, UpstreamError> {
+    let Value::Object(obj) = parsed.map_err(|e| UpstreamError::Protocol(e.to_string()))? else {
+        return Err(UpstreamError::Protocol("reply is not an object".into()));
+    };
+    let answers = obj.get("id").and_then(Value::as_u64) == Some(id)
+        && (obj.contains_key("result") || obj.contains_key("error"));
+    Ok(answers.then_some(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_matching_reply_is_taken() {
+        let other = match_reply(
+            Ok(json!({"jsonrpc":"2.0","method":"notifications/progress"})),
+            3,
+        );
+        assert!(matches!(other, Ok(None)));
+        let wrong = match_reply(Ok(json!({"jsonrpc":"2.0","id":2,"result":{}})), 3);
+        assert!(matches!(wrong, Ok(None)));
+        let right = match_reply(Ok(json!({"jsonrpc":"2.0","id":3,"result":{}})), 3);
+        assert!(matches!(right, Ok(Some(_))));
+    }
+
+    #[test]
+    fn injected_headers_debug_shows_names_only() {
+        let mut map = HeaderMap::new();
+        map.insert("x-api-key", HeaderValue::from_static("s3cret"));
+        let h = InjectedHeaders(map);
+        let shown = format!("{h:?}");
+        assert!(shown.contains("x-api-key") && !shown.contains("s3cret"));
+    }
+}
