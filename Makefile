@@ -20,6 +20,7 @@ e2e:
 ## bench: criterion benchmarks and the gateway load run, with figures against DESIGN.md §7
 bench:
 	$(CARGO) bench -p reflow-crds --bench compile
+	$(CARGO) bench -p reflow-e2e --bench gateway
 
 ## crds: regenerate crds/yaml from the Rust types (a test fails when they drift)
 crds:

@@ -1,0 +1,718 @@
+//! The gateway load run behind `make bench` (DESIGN.md §7): `tools/call echo` on one
+//! reflow-fixture, directly and through an in-process gateway (HS256 bearer auth, a Policy
+//! allowing `echo`, JSON-lines audit to a file), side by side in the same run.
+//!
+//! * concurrency 1: sequential calls in alternating blocks (direct, gateway, direct, …) so both
+//!   paths share the machine's noise; p50/p90/p99 each and the p50 added by the gateway.
+//! * concurrency 32: a fixed time per path, 32 closed-loop workers on one keep-alive HTTP/1.1
+//!   pool; requests/s each and the ratio.
+//!
+//! `cargo bench -p reflow-e2e --bench gateway` runs the full measurement (cargo passes `--bench`)
+//! and always exits 0 on budget misses: a bench reports. Without `--bench` (`cargo test
+//! --benches`) a short smoke run only checks that every call on both paths succeeds. Either way
+//! a failed call, or a gateway that cannot start, exits 1.
+//!
+//! The fixture is a child process (loopback, killed by PID on drop); the gateway runs on its own
+//! multi-thread tokio runtime on its own threads, the load client on another. A third path, a
+//! bare pass-through proxy (axum + reqwest, no parsing, no auth/policy/audit) on the gateway's
+//! runtime, is measured as a reference: the cost of the second HTTP exchange alone on this machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use reflow_crds::SealingKey;
+use reflow_dataplane::audit::{AuditSink, JsonLinesSink};
+use reflow_dataplane::auth::{AuthConfig, Authenticator, mint_dev_token};
+use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
+use reflow_dataplane::metrics::Metrics;
+use reflow_dataplane::session::MemorySessionStore;
+use reflow_dataplane::source::{self, SnapshotStore};
+use reflow_e2e::harness::FixtureProcess;
+use reflow_e2e::harness::load::{self, McpSession, Percentiles, Tally, Throughput};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// DESIGN.md §7 budgets.
+const BUDGET_ADDED_P50_US: f64 = 100.0;
+const BUDGET_THROUGHPUT_RATIO: f64 = 0.50;
+
+const ISSUER: &str = "reflow-bench";
+const AUDIENCE: &str = "reflow";
+const NAMESPACE: &str = "bench";
+const TARGET: &str = "fx";
+const ECHO_TEXT: &str = "bench";
+
+struct Plan {
+    name: &'static str,
+    /// Whether the figures are judged against the budgets (not for the smoke run).
+    judged: bool,
+    /// Sequential calls per path before measuring (connections, caches, upstream session).
+    warmup_calls: usize,
+    /// Sequential calls measured per path.
+    latency_calls: usize,
+    /// Calls per block; blocks alternate between the paths.
+    block: usize,
+    workers: usize,
+    /// Closed-loop time per path before measuring (fills the pools).
+    throughput_warmup: Duration,
+    /// Closed-loop time measured per path.
+    throughput_time: Duration,
+}
+
+const FULL: Plan = Plan {
+    name: "full",
+    judged: true,
+    warmup_calls: 300,
+    latency_calls: 2_000,
+    block: 100,
+    workers: 32,
+    throughput_warmup: Duration::from_millis(500),
+    throughput_time: Duration::from_secs(5),
+};
+
+const SMOKE: Plan = Plan {
+    name: "smoke (cargo test; run `cargo bench -p reflow-e2e --bench gateway` for figures)",
+    judged: false,
+    warmup_calls: 5,
+    latency_calls: 20,
+    block: 10,
+    workers: 32,
+    throughput_warmup: Duration::ZERO,
+    throughput_time: Duration::from_millis(500),
+};
+
+type BenchResult<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    keep_loopback_off_proxies();
+    let plan = if std::env::args().any(|a| a == "--bench") {
+        &FULL
+    } else {
+        &SMOKE
+    };
+    let started = Instant::now();
+    let outcome = run(plan);
+    match outcome {
+        Ok(report) => {
+            report.print(plan, started.elapsed());
+            if report.failures() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("gateway bench: some calls failed (see above)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("gateway bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The gateway's upstream client honours proxy variables; loopback traffic must never leave.
+fn keep_loopback_off_proxies() {
+    let proxied = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if proxied {
+        // SAFETY: first thing in main, before any other thread exists.
+        unsafe {
+            std::env::set_var("NO_PROXY", "127.0.0.1,localhost");
+            std::env::set_var("no_proxy", "127.0.0.1,localhost");
+        }
+    }
+}
+
+fn run(plan: &Plan) -> BenchResult<Report> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The fixture cargo built for this bench's profile (release under `cargo bench`).
+    let bin = std::env::var_os("REFLOW_FIXTURE_BIN")
+        .map_or_else(|| reflow_e2e::fixture_bin!(), PathBuf::from);
+    let fixture = FixtureProcess::spawn_with(&bin, ["--listen", "127.0.0.1:0", "--name", TARGET])
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+
+    let dir = std::env::temp_dir().join(format!(
+        "reflow-bench-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    write_manifests(&dir, &fixture.mcp_url())?;
+
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let auth: AuthConfig = serde_json::from_value(json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "hs256Secret": secret}]
+    }))
+    .map_err(|e| format!("auth config: {e}"))?;
+    let token = {
+        let secret = auth.issuers[0]
+            .hs256_secret
+            .as_ref()
+            .ok_or("auth config lost its secret")?;
+        mint_dev_token(
+            secret,
+            ISSUER,
+            AUDIENCE,
+            "bench-user",
+            &["bench".to_owned()],
+            &[],
+            Duration::from_secs(3600),
+        )
+        .map_err(|e| format!("minting a token: {e}"))?
+    };
+
+    let gw = GatewayThread::start(
+        dir.join("manifests"),
+        auth,
+        dir.join("audit.jsonl"),
+        fixture.mcp_url(),
+    )?;
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("load-client")
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))?;
+    let paths = [
+        Path {
+            name: "direct",
+            url: fixture.mcp_url(),
+            token: None,
+            tool: "echo".to_owned(),
+        },
+        Path {
+            name: "pass-through",
+            url: format!("http://{}/mcp", gw.passthrough),
+            token: None,
+            tool: "echo".to_owned(),
+        },
+        Path {
+            name: "gateway",
+            url: format!("http://{}/mcp", gw.addr),
+            token: Some(token),
+            tool: format!("{TARGET}_echo"),
+        },
+    ];
+    let measured = client_rt.block_on(measure(plan, &paths));
+    client_rt.shutdown_timeout(Duration::from_secs(1));
+    let measured = measured?;
+
+    let audit_dropped = gw.audit.dropped();
+    gw.stop();
+    // The writer has flushed every line it received once its runtime is gone.
+    let audit_lines = std::fs::read_to_string(dir.join("audit.jsonl"))
+        .map(|s| s.lines().count() as u64)
+        .unwrap_or(0);
+    drop(fixture);
+    Ok(Report {
+        measured,
+        audit_lines,
+        audit_dropped,
+        fixture: bin,
+    })
+}
+
+/// Manifests for one Target (the fixture) and a Policy allowing `echo` to everyone.
+fn write_manifests(dir: &std::path::Path, fixture_url: &str) -> BenchResult<()> {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).map_err(|e| format!("{}: {e}", manifests.display()))?;
+    let yaml = format!(
+        "apiVersion: mcp.reflow.io/v1alpha1
+kind: Target
+metadata: {{name: {TARGET}, namespace: {NAMESPACE}}}
+spec:
+  transport: streamableHttp
+  url: {fixture_url}
+  prefix: {TARGET}
+  timeouts: {{requestMs: 10000}}
+---
+apiVersion: mcp.reflow.io/v1alpha1
+kind: Policy
+metadata: {{name: allow-echo, namespace: {NAMESPACE}}}
+spec:
+  targetRef: {{name: {TARGET}}}
+  subjects: [{{everyone: true}}]
+  rules: [{{kind: tool, names: [\"echo\"]}}]
+  effect: Allow
+  priority: 0
+"
+    );
+    let path = manifests.join("bench.yaml");
+    std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway on its own tokio runtime and threads, wired like `reflow-dataplane` but with the
+/// JWT authenticator.
+struct GatewayThread {
+    addr: SocketAddr,
+    passthrough: SocketAddr,
+    audit: Arc<JsonLinesSink>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+type Started = BenchResult<(SocketAddr, SocketAddr, Arc<JsonLinesSink>)>;
+
+impl GatewayThread {
+    fn start(
+        manifests: PathBuf,
+        auth: AuthConfig,
+        audit_file: PathBuf,
+        upstream: String,
+    ) -> BenchResult<Self> {
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Started>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("gateway-main".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("gateway")
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("gateway runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(serve_gateway(
+                    manifests, auth, audit_file, upstream, ready_tx, stop_rx,
+                ));
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| format!("gateway thread: {e}"))?;
+        match ready_rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(Ok((addr, passthrough, audit))) => Ok(Self {
+                addr,
+                passthrough,
+                audit,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(e) => {
+                // Its thread is left to finish on its own; the process is about to exit.
+                drop(stop_tx);
+                Err(format!("gateway did not start: {e}"))
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GatewayThread {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn serve_gateway(
+    manifests: PathBuf,
+    auth: AuthConfig,
+    audit_file: PathBuf,
+    upstream: String,
+    ready: std_mpsc::Sender<Started>,
+    stop: oneshot::Receiver<()>,
+) {
+    let built = async {
+        let key = SealingKey::from_base64(&SealingKey::generate_base64())
+            .map_err(|e| format!("sealing key: {e}"))?;
+        let snapshots = SnapshotStore::new();
+        let snapshot =
+            source::compile_dir(&manifests, &key).map_err(|e| format!("manifests: {e}"))?;
+        if snapshot.target(NAMESPACE, TARGET).is_none() {
+            return Err(format!(
+                "the manifests in {} compiled to no target",
+                manifests.display()
+            ));
+        }
+        snapshots.publish(snapshot);
+        let authenticator = Authenticator::new(auth).map_err(|e| format!("auth: {e}"))?;
+        let file = std::fs::File::create(&audit_file)
+            .map_err(|e| format!("{}: {e}", audit_file.display()))?;
+        let audit = Arc::new(JsonLinesSink::spawn(file, 4096));
+        let config = GatewayConfig::default();
+        let gw = Gateway::new(Parts {
+            sessions: MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds)),
+            config,
+            snapshots,
+            auth: Arc::new(authenticator),
+            audit: audit.clone() as Arc<dyn AuditSink>,
+            metrics: Arc::new(Metrics::new()),
+            key,
+        })
+        .map_err(|e| format!("gateway: {e}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("gateway listen: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let bare = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("pass-through listen: {e}"))?;
+        let bare_addr = bare.local_addr().map_err(|e| e.to_string())?;
+        let proxy = Passthrough {
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .map_err(|e| format!("pass-through client: {e}"))?,
+            upstream,
+        };
+        let bare_app = axum::Router::new()
+            .route("/mcp", axum::routing::post(pass_through))
+            .with_state(proxy);
+        tokio::spawn(async move {
+            let _ = axum::serve(bare, bare_app).await;
+        });
+        Ok((listener, addr, bare_addr, audit, gw))
+    }
+    .await;
+    let (listener, addr, bare_addr, audit, gw) = match built {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok((addr, bare_addr, audit)));
+    // Served exactly like the reflow-dataplane binary does.
+    tokio::select! {
+        served = axum::serve(listener, gateway::router(gw)) => {
+            if let Err(e) = served {
+                eprintln!("gateway bench: gateway stopped serving: {e}");
+            }
+        }
+        _ = stop => {}
+    }
+}
+
+/// The reference proxy: forwards the body and the MCP headers, returns the upstream's bytes.
+#[derive(Clone)]
+struct Passthrough {
+    http: reqwest::Client,
+    upstream: String,
+}
+
+const FORWARDED: [&str; 4] = [
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+];
+
+async fn pass_through(
+    axum::extract::State(p): axum::extract::State<Passthrough>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut req = p.http.post(&p.upstream).body(body);
+    for name in FORWARDED {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = resp.status();
+    let mut out = axum::http::HeaderMap::new();
+    for name in ["content-type", "mcp-session-id"] {
+        if let Some(v) = resp.headers().get(name) {
+            out.insert(name, v.clone());
+        }
+    }
+    match resp.bytes().await {
+        Ok(bytes) => (status, out, bytes).into_response(),
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// One way of reaching the fixture's `echo`.
+struct Path {
+    name: &'static str,
+    url: String,
+    token: Option<String>,
+    tool: String,
+}
+
+struct PathFigures {
+    name: &'static str,
+    /// Every successful call on this path, warm-ups included (the gateway audits each).
+    calls: u64,
+    latency: Percentiles,
+    /// Failures at concurrency 1 (warm-up included).
+    latency_tally: Tally,
+    throughput: Throughput,
+}
+
+async fn measure(plan: &Plan, paths: &[Path]) -> BenchResult<Vec<PathFigures>> {
+    let client = load::load_client().map_err(|e| e.to_string())?;
+    let expect = format!("[{TARGET}] {ECHO_TEXT}");
+    let mut calls = Vec::with_capacity(paths.len());
+    for p in paths {
+        let session = McpSession::open(&client, &p.url, p.token.as_deref())
+            .await
+            .map_err(|e| format!("{} session: {e}", p.name))?;
+        // The tool must be listed (for the gateway: the policy allows it) before anything is timed.
+        let listed = session
+            .request("tools/list", json!({}))
+            .await
+            .map_err(|e| format!("{} tools/list: {e}", p.name))?;
+        let listed_names: Vec<&str> = listed
+            .pointer("/result/tools")
+            .and_then(|t| t.as_array())
+            .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
+            .unwrap_or_default();
+        if !listed_names.contains(&p.tool.as_str()) {
+            return Err(format!("{} does not list {}: {listed}", p.name, p.tool));
+        }
+        calls.push(session.tool_call(&p.tool, json!({"text": ECHO_TEXT}), &expect));
+    }
+    let n = calls.len();
+    let mut figures: Vec<PathFigures> = paths
+        .iter()
+        .map(|p| PathFigures {
+            name: p.name,
+            calls: 0,
+            latency: Percentiles::default(),
+            latency_tally: Tally::default(),
+            throughput: Throughput {
+                tally: Tally::default(),
+                elapsed: Duration::ZERO,
+            },
+        })
+        .collect();
+    let absorb = |f: &mut PathFigures, t: Tally| {
+        f.calls += t.ok;
+        f.latency_tally.failed += t.failed;
+        if f.latency_tally.first_error.is_none() {
+            f.latency_tally.first_error = t.first_error;
+        }
+    };
+
+    // Warm-up: connections, the token cache, the gateway's upstream session.
+    for (f, call) in figures.iter_mut().zip(&calls) {
+        absorb(
+            f,
+            load::sequential(call, plan.warmup_calls, &mut Vec::new()).await,
+        );
+    }
+
+    // Concurrency 1, alternating blocks so every path sees the same noise.
+    let mut samples: Vec<Vec<Duration>> = (0..n)
+        .map(|_| Vec::with_capacity(plan.latency_calls))
+        .collect();
+    let mut done = 0;
+    while done < plan.latency_calls {
+        let k = plan.block.min(plan.latency_calls - done);
+        for ((f, call), s) in figures.iter_mut().zip(&calls).zip(samples.iter_mut()) {
+            absorb(f, load::sequential(call, k, s).await);
+        }
+        done += k;
+    }
+    for (f, s) in figures.iter_mut().zip(&samples) {
+        f.latency = Percentiles::of(s);
+    }
+
+    // Concurrency N: one fixed window per path, each preceded by its own warm-up.
+    for (f, call) in figures.iter_mut().zip(&calls) {
+        if !plan.throughput_warmup.is_zero() {
+            let w = load::closed_loop(call, plan.workers, plan.throughput_warmup).await;
+            if w.tally.failed > 0 {
+                return Err(format!(
+                    "{}: {} calls failed while warming up at c={}: {}",
+                    f.name,
+                    w.tally.failed,
+                    plan.workers,
+                    w.tally.first_error.unwrap_or_default()
+                ));
+            }
+            f.calls += w.tally.ok;
+        }
+        let r = load::closed_loop(call, plan.workers, plan.throughput_time).await;
+        f.calls += r.tally.ok;
+        f.throughput = r;
+    }
+    Ok(figures)
+}
+
+struct Report {
+    measured: Vec<PathFigures>,
+    audit_lines: u64,
+    audit_dropped: u64,
+    fixture: PathBuf,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn verdict(plan: &Plan, pass: bool) -> &'static str {
+    match (plan.judged, pass) {
+        (false, _) => "not judged (smoke run)",
+        (true, true) => "PASS",
+        (true, false) => "FAIL",
+    }
+}
+
+impl Report {
+    fn failures(&self) -> u64 {
+        self.measured
+            .iter()
+            .map(|p| p.latency_tally.failed + p.throughput.tally.failed)
+            .sum()
+    }
+
+    fn path(&self, name: &str) -> Option<&PathFigures> {
+        self.measured.iter().find(|p| p.name == name)
+    }
+
+    fn print(&self, plan: &Plan, wall: Duration) {
+        let (Some(d), Some(g)) = (self.path("direct"), self.path("gateway")) else {
+            return;
+        };
+        let bare = self.path("pass-through");
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        println!();
+        println!(
+            "gateway load run — {} — {profile} build, {cpus} CPUs, loopback",
+            plan.name
+        );
+        println!("  upstream:     {} (echo)", self.fixture.display());
+        println!(
+            "  gateway:      in-process, own runtime; HS256 JWT auth, Policy allowing echo, JSON-lines audit to a file"
+        );
+        println!(
+            "  pass-through: reference proxy on the gateway's runtime (axum + reqwest, bytes only, no auth/policy/audit)"
+        );
+        println!();
+        println!(
+            "  concurrency 1: {} sequential tools/call per path, blocks of {} alternating",
+            plan.latency_calls, plan.block
+        );
+        println!(
+            "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "path", "p50 µs", "p90 µs", "p99 µs", "mean µs", "max µs", "failed"
+        );
+        for p in &self.measured {
+            let l = &p.latency;
+            println!(
+                "  {:<14} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+                p.name,
+                us(l.p50),
+                us(l.p90),
+                us(l.p99),
+                us(l.mean),
+                us(l.max),
+                p.latency_tally.failed
+            );
+        }
+        let added_row = |label: &str, a: &PathFigures, b: &PathFigures| {
+            println!(
+                "  {:<14} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                label,
+                us(a.latency.p50) - us(b.latency.p50),
+                us(a.latency.p90) - us(b.latency.p90),
+                us(a.latency.p99) - us(b.latency.p99),
+                us(a.latency.mean) - us(b.latency.mean),
+            );
+        };
+        added_row("added by gw", g, d);
+        if let Some(b) = bare {
+            added_row("added by bare", b, d);
+        }
+        let added = us(g.latency.p50) - us(d.latency.p50);
+        println!();
+        println!(
+            "  concurrency {}: {:.1} s closed loop per path, one keep-alive HTTP/1.1 pool",
+            plan.workers,
+            plan.throughput_time.as_secs_f64()
+        );
+        println!(
+            "  {:<14} {:>9} {:>10} {:>9} {:>7}",
+            "path", "calls", "req/s", "vs direct", "failed"
+        );
+        let direct_rps = d.throughput.rps().max(1e-9);
+        for p in &self.measured {
+            let t = &p.throughput;
+            println!(
+                "  {:<14} {:>9} {:>10.0} {:>8.1}% {:>7}",
+                p.name,
+                t.tally.ok,
+                t.rps(),
+                t.rps() / direct_rps * 100.0,
+                t.tally.failed
+            );
+        }
+        let ratio = g.throughput.rps() / direct_rps;
+        println!();
+        println!("  DESIGN.md §7 budgets (gateway vs direct)");
+        println!(
+            "  p50 added latency at c=1      {:>7.1} µs  (≤ {BUDGET_ADDED_P50_US} µs)  {}",
+            added,
+            verdict(plan, added <= BUDGET_ADDED_P50_US)
+        );
+        println!(
+            "  throughput vs direct at c={:<3} {:>7.1} %   (≥ {:.0} %)     {}",
+            plan.workers,
+            ratio * 100.0,
+            BUDGET_THROUGHPUT_RATIO * 100.0,
+            verdict(plan, ratio >= BUDGET_THROUGHPUT_RATIO)
+        );
+        println!(
+            "  audit: {} lines written, {} dropped, for {} successful gateway calls (warm-ups included)",
+            self.audit_lines, self.audit_dropped, g.calls
+        );
+        for p in &self.measured {
+            let first = p.latency_tally.first_error.as_ref().or(p
+                .throughput
+                .tally
+                .first_error
+                .as_ref());
+            if let Some(e) = first {
+                println!("  first {} failure: {e}", p.name);
+            }
+        }
+        println!("  wall time {:.1} s", wall.as_secs_f64());
+        println!();
+    }
+}
