@@ -513,18 +513,7 @@ async fn an_expired_session_ends_its_upstream_sessions() {
     };
     let url = start_upstream(up.clone()).await;
     let dir = temp_dir();
-    std::fs::write(dir.join("target.yaml"), target_yaml("one", &url, 5000)).unwrap();
-    std::fs::write(dir.join("secret.yaml"), SECRET).unwrap();
-    std::fs::write(
-        dir.join("cred.yaml"),
-        credential_yaml("alice-key", "one", "alice", "x-api-key", "alice"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("policy.yaml"),
-        policy_yaml("all", "one", "Allow", &["*"], 0),
-    )
-    .unwrap();
+    write_single_target(&dir, "one", &target_yaml("one", &url, 5000));
     let store = MemorySessionStore::new(Duration::from_millis(300));
     let h = start_gateway_with(dir, GatewayConfig::default(), store.clone()).await;
     let sid = h.open("/mcp", "alice").await;

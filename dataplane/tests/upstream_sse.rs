@@ -172,22 +172,7 @@ fn target(name: &str, transport: &str, url: &str, request_ms: u32) -> String {
 /// A gateway with one target `up` (all tools allowed, alice's `x-api-key` credential).
 async fn gateway(transport: &str, url: &str, request_ms: u32) -> Harness {
     let dir = temp_dir();
-    std::fs::write(
-        dir.join("target.yaml"),
-        target("up", transport, url, request_ms),
-    )
-    .unwrap();
-    std::fs::write(dir.join("secret.yaml"), SECRET).unwrap();
-    std::fs::write(
-        dir.join("cred.yaml"),
-        credential_yaml("alice-key", "up", "alice", "x-api-key", "alice"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("policy.yaml"),
-        policy_yaml("all", "up", "Allow", &["*"], 0),
-    )
-    .unwrap();
+    write_single_target(&dir, "up", &target("up", transport, url, request_ms));
     start_gateway(dir, GatewayConfig::default()).await
 }
 

@@ -216,6 +216,23 @@ pub fn credential_yaml(
     )
 }
 
+/// Writes a manifests folder with one Target (`target_doc`, named `target`), alice's `x-api-key`
+/// Credential and a policy allowing everything on it.
+pub fn write_single_target(dir: &std::path::Path, target: &str, target_doc: &str) {
+    std::fs::write(dir.join("target.yaml"), target_doc).unwrap();
+    std::fs::write(dir.join("secret.yaml"), SECRET).unwrap();
+    std::fs::write(
+        dir.join("cred.yaml"),
+        credential_yaml("alice-key", target, "alice", "x-api-key", "alice"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        policy_yaml("all", target, "Allow", &["*"], 0),
+    )
+    .unwrap();
+}
+
 pub const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: t}\nstringData:\n  alice: alice-upstream-secret\n";
 
 pub struct Harness {
