@@ -234,15 +234,7 @@ async fn sessions_are_required_and_bound_to_their_identity() {
     let ping = h.rpc("/mcp", "alice", Some(&sid), "ping", json!({})).await;
     assert_eq!(ping.body["result"], json!({}));
     // DELETE ends it.
-    let del = h
-        .http
-        .delete(format!("{}/mcp", h.base))
-        .header("authorization", "Bearer alice")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 200);
+    assert_eq!(h.delete_session("/mcp", "alice", &sid).await, 200);
     assert_eq!(
         h.rpc("/mcp", "alice", Some(&sid), "ping", json!({}))
             .await

@@ -169,6 +169,15 @@ fn target(name: &str, transport: &str, url: &str, request_ms: u32) -> String {
     )
 }
 
+/// A legacy SSE upstream behind a gateway target `up` of `transport`, and alice's open session.
+async fn legacy_for_alice(transport: &str, request_ms: u32) -> (Legacy, Harness, String) {
+    let up = Legacy::default();
+    let url = start_legacy(up.clone()).await;
+    let h = gateway(transport, &url, request_ms).await;
+    let sid = h.open("/mcp", "alice").await;
+    (up, h, sid)
+}
+
 /// A gateway with one target `up` (all tools allowed, alice's `x-api-key` credential).
 async fn gateway(transport: &str, url: &str, request_ms: u32) -> Harness {
     let dir = temp_dir();
@@ -201,10 +210,7 @@ async fn eventually(f: impl Fn() -> bool) -> bool {
 #[tokio::test]
 async fn sse_target_lists_and_calls_tools_over_one_stream() {
     bounded(async {
-        let up = Legacy::default();
-        let url = start_legacy(up.clone()).await;
-        let h = gateway("sse", &url, 5000).await;
-        let sid = h.open("/mcp", "alice").await;
+        let (up, h, sid) = legacy_for_alice("sse", 5000).await;
         assert_eq!(
             h.tool_names("/mcp", "alice", &sid).await,
             ["up_drop", "up_echo", "up_slow"]
@@ -226,10 +232,7 @@ async fn sse_target_lists_and_calls_tools_over_one_stream() {
 #[tokio::test]
 async fn sse_credentials_go_on_stream_and_posts_and_client_token_never_does() {
     bounded(async {
-        let up = Legacy::default();
-        let url = start_legacy(up.clone()).await;
-        let h = gateway("sse", &url, 5000).await;
-        let sid = h.open("/mcp", "alice").await;
+        let (up, h, sid) = legacy_for_alice("sse", 5000).await;
         let r = call(&h, &sid, "up_echo").await;
         assert!(r["result"].is_object(), "{r:?}");
         let seen = up.seen.lock().unwrap().clone();
@@ -251,10 +254,7 @@ async fn sse_credentials_go_on_stream_and_posts_and_client_token_never_does() {
 #[tokio::test]
 async fn dropped_stream_fails_the_call_clearly_and_the_next_call_reconnects() {
     bounded(async {
-        let up = Legacy::default();
-        let url = start_legacy(up.clone()).await;
-        let h = gateway("sse", &url, 5000).await;
-        let sid = h.open("/mcp", "alice").await;
+        let (up, h, sid) = legacy_for_alice("sse", 5000).await;
         assert!(call(&h, &sid, "up_echo").await["result"].is_object());
         let started = Instant::now();
         let r = call(&h, &sid, "up_drop").await;
@@ -275,10 +275,7 @@ async fn dropped_stream_fails_the_call_clearly_and_the_next_call_reconnects() {
 #[tokio::test]
 async fn unanswered_request_times_out_per_target_and_the_stream_stays_usable() {
     bounded(async {
-        let up = Legacy::default();
-        let url = start_legacy(up.clone()).await;
-        let h = gateway("sse", &url, 300).await;
-        let sid = h.open("/mcp", "alice").await;
+        let (up, h, sid) = legacy_for_alice("sse", 300).await;
         let started = Instant::now();
         let r = call(&h, &sid, "up_slow").await;
         assert_eq!(r["error"]["data"]["reason"], "timeout", "{r:?}");
@@ -323,10 +320,7 @@ async fn endpoint_on_another_origin_is_refused() {
 #[tokio::test]
 async fn auto_falls_back_to_sse_and_remembers_it_for_later_sessions() {
     bounded(async {
-        let up = Legacy::default();
-        let url = start_legacy(up.clone()).await;
-        let h = gateway("auto", &url, 5000).await;
-        let first = h.open("/mcp", "alice").await;
+        let (up, h, first) = legacy_for_alice("auto", 5000).await;
         let r = call(&h, &first, "up_echo").await;
         assert_eq!(r["result"]["content"][0]["text"], "echo \"hi\"", "{r:?}");
         assert_eq!(up.probes.load(Ordering::SeqCst), 1);
@@ -368,21 +362,10 @@ async fn auto_uses_streamable_http_when_the_upstream_speaks_it() {
 #[tokio::test]
 async fn ending_the_gateway_session_closes_the_upstream_stream() {
     bounded(async {
-        let up = Legacy::default();
-        let url = start_legacy(up.clone()).await;
-        let h = gateway("sse", &url, 5000).await;
-        let sid = h.open("/mcp", "alice").await;
+        let (up, h, sid) = legacy_for_alice("sse", 5000).await;
         assert!(call(&h, &sid, "up_echo").await["result"].is_object());
         assert_eq!(up.closed.load(Ordering::SeqCst), 0);
-        let del = h
-            .http
-            .delete(format!("{}/mcp", h.base))
-            .header("authorization", "Bearer alice")
-            .header("mcp-session-id", &sid)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(del.status(), 200);
+        assert_eq!(h.delete_session("/mcp", "alice", &sid).await, 200);
         let closed = up.closed.clone();
         assert!(eventually(|| closed.load(Ordering::SeqCst) == 1).await);
     })
@@ -395,12 +378,7 @@ async fn an_expired_gateway_session_closes_the_upstream_stream() {
         let up = Legacy::default();
         let url = start_legacy(up.clone()).await;
         let dir = temp_dir();
-        std::fs::write(dir.join("target.yaml"), target("up", "sse", &url, 5000)).unwrap();
-        std::fs::write(
-            dir.join("policy.yaml"),
-            policy_yaml("all", "up", "Allow", &["*"], 0),
-        )
-        .unwrap();
+        write_single_target(&dir, "up", &target("up", "sse", &url, 5000));
         let store = MemorySessionStore::new(Duration::from_millis(300));
         let h = start_gateway_with(dir, GatewayConfig::default(), store.clone()).await;
         let sid = h.open("/mcp", "alice").await;

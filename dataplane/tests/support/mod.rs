@@ -338,6 +338,19 @@ impl Harness {
             .await
     }
 
+    /// DELETE of a session; returns the HTTP status.
+    pub async fn delete_session(&self, path: &str, user: &str, sid: &str) -> u16 {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {user}"))
+            .header("mcp-session-id", sid)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// initialize + notifications/initialized; returns the session id.
     pub async fn open(&self, path: &str, user: &str) -> String {
         let r = self
