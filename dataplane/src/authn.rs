@@ -1,10 +1,38 @@
 //! The gateway's view of authentication: one `Authenticate` trait (headers → Identity) that the
 //! JWT authenticator in `auth` plugs into, plus the 401 challenge and RFC 9728 metadata shape.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use http::HeaderMap;
 use reflow_crds::Identity;
 use serde_json::{Value, json};
+
+use crate::scope::TokenScope;
+
+/// Who is calling, and what their token says beyond the identity: the token id and issue time
+/// (for revocation) and its scope (which only narrows what policies allow).
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub identity: Identity,
+    /// `jti`, when the token carries one.
+    pub token_id: Option<Arc<str>>,
+    /// `iat` in seconds since the epoch, when the token carries one.
+    pub issued_at: Option<u64>,
+    pub scope: Arc<TokenScope>,
+}
+
+impl Principal {
+    /// An identity with no token facts and nothing narrowed (fixed identities, tests).
+    pub fn from_identity(identity: Identity) -> Self {
+        Self {
+            identity,
+            token_id: None,
+            issued_at: None,
+            scope: TokenScope::unrestricted(),
+        }
+    }
+}
 
 /// Why a request was not authenticated. `message` is safe to log and to return.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +54,7 @@ pub trait Authenticate: Send + Sync + 'static {
     fn authenticate<'a>(
         &'a self,
         headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>>;
+    ) -> BoxFuture<'a, Result<Principal, AuthFailure>>;
 
     /// Authorization servers advertised in the protected-resource metadata.
     fn authorization_servers(&self) -> Vec<String> {
@@ -45,9 +73,9 @@ impl Authenticate for FixedIdentity {
     fn authenticate<'a>(
         &'a self,
         _: &'a HeaderMap,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+    ) -> BoxFuture<'a, Result<Principal, AuthFailure>> {
         let id = self.0.clone();
-        Box::pin(async move { Ok(id) })
+        Box::pin(async move { Ok(Principal::from_identity(id)) })
     }
 }
 

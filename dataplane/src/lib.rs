@@ -8,6 +8,8 @@ pub mod config;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod net;
+pub mod scope;
 pub mod session;
 pub mod source;
 pub mod upstream;

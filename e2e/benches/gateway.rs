@@ -409,7 +409,7 @@ async fn serve_gateway(
     let _ = ready.send(Ok((addr, bare_addr, audit)));
     // Served exactly like the reflow-dataplane binary does.
     tokio::select! {
-        served = axum::serve(listener, gateway::router(gw)) => {
+        served = axum::serve(listener, gateway::service(gw)) => {
             if let Err(e) = served {
                 eprintln!("gateway bench: gateway stopped serving: {e}");
             }

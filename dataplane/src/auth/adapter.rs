@@ -3,11 +3,10 @@
 
 use futures::future::BoxFuture;
 use http::HeaderMap;
-use reflow_crds::Identity;
 
 use super::authenticator::Authenticator;
 use super::error::AuthError;
-use crate::authn::{AuthFailure, Authenticate};
+use crate::authn::{AuthFailure, Authenticate, Principal};
 
 impl From<AuthError> for AuthFailure {
     fn from(e: AuthError) -> Self {
@@ -23,7 +22,7 @@ impl Authenticate for Authenticator {
     fn authenticate<'a>(
         &'a self,
         headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+    ) -> BoxFuture<'a, Result<Principal, AuthFailure>> {
         Box::pin(async move {
             Authenticator::authenticate(self, headers)
                 .await

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use reflow_crds::Identity;
 use serde_json::{Map, Value};
 use tracing::{Span, debug, field, instrument};
 
@@ -17,6 +16,8 @@ use super::error::{AuthConfigError, AuthError};
 use super::jwks::{self, Jwks, Refresh};
 use super::jwt::{self, Unverified, Validations};
 use super::keys::VerifyingKey;
+use crate::authn::Principal;
+use crate::scope::{SCOPE_CLAIM, TokenScope};
 
 /// Verifies bearer tokens against the configured issuers. Cheap to clone; all clones share the
 /// JWKS caches and the verified-token cache.
@@ -30,6 +31,9 @@ struct Inner {
     issuers: Vec<String>,
     scopes_supported: Vec<String>,
     cache: TokenCache,
+    /// This gateway's environment; a token's `env` claim must equal it.
+    environment: Option<String>,
+    require_env: bool,
 }
 
 struct Issuer {
@@ -108,6 +112,8 @@ impl Authenticator {
                 issuers: config.issuers.iter().map(|i| i.issuer.clone()).collect(),
                 scopes_supported: config.scopes_supported.clone(),
                 cache: TokenCache::new(config.cache_ttl),
+                environment: config.environment.clone(),
+                require_env: config.require_env_claim,
             }),
         })
     }
@@ -148,14 +154,14 @@ impl Authenticator {
 
     /// Authenticates a request by its `Authorization: Bearer` header only.
     #[instrument(name = "authenticate", skip_all, fields(issuer = field::Empty, user = field::Empty))]
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let result = match jwt::bearer_token(headers) {
             Ok(token) => self.verify_token(token).await,
             Err(e) => Err(e),
         };
         match &result {
-            Ok(id) => {
-                Span::current().record("user", field::display(&id.user));
+            Ok(p) => {
+                Span::current().record("user", field::display(&p.identity.user));
             }
             Err(e) => debug!(reason = e.label(), "bearer token refused"),
         }
@@ -164,16 +170,16 @@ impl Authenticator {
 
     /// Authenticates a bare token (e.g. one a bridge sidecar received out of band).
     #[instrument(name = "authenticate_token", skip_all, fields(issuer = field::Empty))]
-    pub async fn authenticate_token(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn authenticate_token(&self, token: &str) -> Result<Principal, AuthError> {
         if token.is_empty() || token.len() > jwt::MAX_TOKEN_BYTES {
             return Err(AuthError::Malformed);
         }
         self.verify_token(token).await
     }
 
-    async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
-        if let Some(id) = self.inner.cache.get(token) {
-            return Ok(id);
+    async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(p) = self.inner.cache.get(token) {
+            return Ok(p);
         }
         let unverified = jwt::peek(token)?;
         let issuer = self
@@ -183,10 +189,43 @@ impl Authenticator {
             .ok_or(AuthError::UnknownIssuer)?;
         Span::current().record("issuer", field::display(&issuer.name));
         let claims = issuer.verify(token, &unverified).await?;
+        self.check_env(&claims)?;
         let identity = claims::identity(&claims, &issuer.claims)?;
+        let scope = TokenScope::from_claim(claims.get(SCOPE_CLAIM))
+            .map_err(|_| AuthError::invalid(SCOPE_CLAIM))?;
+        let token_id = match claims.get("jti") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(j)) if !j.is_empty() => Some(j.as_str().into()),
+            Some(_) => return Err(AuthError::invalid("jti")),
+        };
+        let principal = Principal {
+            identity,
+            token_id,
+            issued_at: claims.get("iat").and_then(numeric_date),
+            scope: if scope.is_unrestricted() {
+                TokenScope::unrestricted()
+            } else {
+                Arc::new(scope)
+            },
+        };
         let exp = claims.get("exp").and_then(numeric_date);
-        self.inner.cache.insert(token, &identity, exp);
-        Ok(identity)
+        self.inner.cache.insert(token, &principal, exp);
+        Ok(principal)
+    }
+
+    /// The `env` claim must name this gateway's environment when it has one; a token minted
+    /// for staging is refused in production. Without `requireEnvClaim`, tokens that carry no
+    /// `env` at all are accepted (most IdPs cannot add one).
+    fn check_env(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let Some(expected) = &self.inner.environment else {
+            return Ok(());
+        };
+        match claims.get("env") {
+            Some(Value::String(env)) if env == expected => Ok(()),
+            None | Some(Value::Null) if !self.inner.require_env => Ok(()),
+            None | Some(Value::Null) => Err(AuthError::missing("env")),
+            Some(_) => Err(AuthError::WrongEnvironment),
+        }
     }
 }
 

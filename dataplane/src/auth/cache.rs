@@ -1,12 +1,15 @@
-//! A short-lived cache from a verified token's SHA-256 to its identity, so a client that sends
+//! A short-lived cache from a verified token's SHA-256 to its principal, so a client that sends
 //! the same token on every MCP message pays for signature verification once, not per request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[cfg(test)]
 use reflow_crds::Identity;
 use sha2::{Digest, Sha256};
+
+use crate::authn::Principal;
 
 /// Entries beyond this are evicted (expired first, then everything) so memory stays bounded.
 const MAX_ENTRIES: usize = 16 * 1024;
@@ -19,7 +22,7 @@ pub(crate) struct TokenCache {
 
 #[derive(Debug)]
 struct Entry {
-    identity: Identity,
+    principal: Principal,
     expires: Instant,
 }
 
@@ -40,14 +43,14 @@ impl TokenCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, token: &str) -> Option<Identity> {
+    pub fn get(&self, token: &str) -> Option<Principal> {
         if self.ttl.is_zero() {
             return None;
         }
         let key = Self::key(token);
         let mut entries = self.lock();
         match entries.get(&key) {
-            Some(e) if e.expires > Instant::now() => Some(e.identity.clone()),
+            Some(e) if e.expires > Instant::now() => Some(e.principal.clone()),
             Some(_) => {
                 entries.remove(&key);
                 None
@@ -58,7 +61,7 @@ impl TokenCache {
 
     /// Remembers a verified token until the earlier of the cache TTL and the token's `exp`
     /// (without leeway, so a cached answer is never more lenient than a fresh check).
-    pub fn insert(&self, token: &str, identity: &Identity, exp: Option<u64>) {
+    pub fn insert(&self, token: &str, principal: &Principal, exp: Option<u64>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -84,7 +87,7 @@ impl TokenCache {
         entries.insert(
             Self::key(token),
             Entry {
-                identity: identity.clone(),
+                principal: principal.clone(),
                 expires: now + lifetime,
             },
         );
@@ -105,15 +108,17 @@ mod tests {
     #[test]
     fn auth_cache_returns_identity_until_expiry() {
         let cache = TokenCache::new(Duration::from_secs(60));
-        let id = Identity::new("alice", ["g"], ["r"]);
+        let id = Principal::from_identity(Identity::new("alice", ["g"], ["r"]));
         cache.insert("tok", &id, Some(now() + 300));
-        assert_eq!(cache.get("tok"), Some(id.clone()));
-        assert_eq!(cache.get("other"), None);
+        assert_eq!(
+            cache.get("tok").map(|p| p.identity),
+            Some(id.identity.clone())
+        );
+        assert!(cache.get("other").is_none());
 
         cache.insert("expired", &id, Some(now().saturating_sub(1)));
-        assert_eq!(
-            cache.get("expired"),
-            None,
+        assert!(
+            cache.get("expired").is_none(),
             "an expired token is never cached"
         );
     }
@@ -121,18 +126,18 @@ mod tests {
     #[test]
     fn auth_cache_disabled_with_zero_ttl() {
         let cache = TokenCache::new(Duration::ZERO);
-        let id = Identity::new("alice", ["g"], ["r"]);
+        let id = Principal::from_identity(Identity::new("alice", ["g"], ["r"]));
         cache.insert("tok", &id, None);
-        assert_eq!(cache.get("tok"), None);
+        assert!(cache.get("tok").is_none());
     }
 
     #[test]
     fn auth_cache_entry_lapses_at_ttl() {
         let cache = TokenCache::new(Duration::from_millis(20));
-        let id = Identity::new("alice", ["g"], ["r"]);
+        let id = Principal::from_identity(Identity::new("alice", ["g"], ["r"]));
         cache.insert("tok", &id, None);
         assert!(cache.get("tok").is_some());
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(cache.get("tok"), None);
+        assert!(cache.get("tok").is_none());
     }
 }

@@ -69,6 +69,13 @@ pub struct AuthConfig {
     /// Advertised as `scopes_supported` in the protected-resource metadata when not empty.
     #[serde(default)]
     pub scopes_supported: Vec<String>,
+    /// This gateway's environment (`production`, `staging`, `development`…). When set, a
+    /// token's `env` claim, if present, must equal it.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Also refuse tokens that carry no `env` claim (needs `environment`).
+    #[serde(default)]
+    pub require_env_claim: bool,
 }
 
 impl AuthConfig {
@@ -83,6 +90,8 @@ impl AuthConfig {
             http_timeout: default_http_timeout(),
             cache_ttl: default_cache_ttl(),
             scopes_supported: Vec::new(),
+            environment: None,
+            require_env_claim: false,
         }
     }
 
@@ -91,6 +100,9 @@ impl AuthConfig {
     pub fn validate(&self) -> Result<(), AuthConfigError> {
         if self.issuers.is_empty() {
             return Err(AuthConfigError::NoIssuers);
+        }
+        if self.require_env_claim && self.environment.is_none() {
+            return Err(AuthConfigError::EnvClaimWithoutEnvironment);
         }
         let mut seen = HashSet::new();
         for issuer in &self.issuers {

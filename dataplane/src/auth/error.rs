@@ -35,6 +35,8 @@ pub enum AuthError {
     MissingClaim(Arc<str>),
     #[error("the token's `{0}` claim has an unexpected type")]
     InvalidClaim(Arc<str>),
+    #[error("the token was issued for another environment")]
+    WrongEnvironment,
 }
 
 impl AuthError {
@@ -54,6 +56,7 @@ impl AuthError {
             Self::JwksUnavailable => "jwks_unavailable",
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
+            Self::WrongEnvironment => "wrong_environment",
         }
     }
 
@@ -79,6 +82,8 @@ impl AuthError {
 pub enum AuthConfigError {
     #[error("auth: at least one issuer must be configured")]
     NoIssuers,
+    #[error("auth: requireEnvClaim needs `environment` to be set")]
+    EnvClaimWithoutEnvironment,
     #[error("auth: issuer must not be empty")]
     EmptyIssuer,
     #[error("auth: issuer {0:?} is configured twice")]
@@ -113,6 +118,7 @@ impl AuthConfigError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::NoIssuers => "no_issuers",
+            Self::EnvClaimWithoutEnvironment => "env_claim_without_environment",
             Self::EmptyIssuer => "empty_issuer",
             Self::DuplicateIssuer(_) => "duplicate_issuer",
             Self::NoAudience(_) => "no_audience",

@@ -20,7 +20,33 @@ struct DevClaims<'a> {
     iat: u64,
     nbf: u64,
     exp: u64,
-    jti: String,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reflow: Option<&'a serde_json::Value>,
+}
+
+/// What a minted token says: who, for how long, and what it is narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub ttl: Duration,
+    /// Valid only from this many seconds after now (`nbf`).
+    pub not_before_secs: u64,
+    /// The gateway environment the token is for (`env` claim).
+    pub env: Option<String>,
+    /// The `reflow` scope claim (see `scope::TokenScope::claim`).
+    pub scope: Option<serde_json::Value>,
+}
+
+/// A minted token and its id (`jti`), which is what a revocation names.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    pub token: String,
+    pub jti: String,
 }
 
 /// Mints an HS256 token valid from now for `ttl`, with `iat`, `nbf`, `exp` and a random `jti`.
@@ -33,37 +59,60 @@ pub fn mint_dev_token(
     roles: &[String],
     ttl: Duration,
 ) -> Result<String, MintError> {
+    let request = TokenRequest {
+        user: user.to_owned(),
+        groups: groups.to_vec(),
+        roles: roles.to_vec(),
+        ttl,
+        ..TokenRequest::default()
+    };
+    mint_token(secret, issuer, audience, &request).map(|m| m.token)
+}
+
+/// Mints an HS256 gateway API token: always with `exp` and a random `jti`; optionally delayed
+/// (`nbf`), bound to an environment and narrowed by a scope.
+pub fn mint_token(
+    secret: &SecretString,
+    issuer: &str,
+    audience: &str,
+    request: &TokenRequest,
+) -> Result<MintedToken, MintError> {
     let secret = secret.expose_secret().as_bytes();
     if secret.len() < MIN_HS_SECRET_BYTES {
         return Err(MintError::WeakSecret);
     }
-    if ttl.as_secs() == 0 {
+    if request.ttl.as_secs() == 0 {
         return Err(MintError::ZeroTtl);
     }
-    if user.is_empty() {
+    if request.user.is_empty() {
         return Err(MintError::EmptyUser);
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| MintError::Signing)?
         .as_secs();
+    let nbf = now.saturating_add(request.not_before_secs);
+    let jti = uuid::Uuid::new_v4().to_string();
     let claims = DevClaims {
         iss: issuer,
         aud: audience,
-        sub: user,
-        groups,
-        roles,
+        sub: &request.user,
+        groups: &request.groups,
+        roles: &request.roles,
         iat: now,
-        nbf: now,
-        exp: now.saturating_add(ttl.as_secs()),
-        jti: uuid::Uuid::new_v4().to_string(),
+        nbf,
+        exp: nbf.saturating_add(request.ttl.as_secs()),
+        jti: &jti,
+        env: request.env.as_deref(),
+        reflow: request.scope.as_ref(),
     };
-    jsonwebtoken::encode(
+    let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
         &EncodingKey::from_secret(secret),
     )
-    .map_err(|_| MintError::Signing)
+    .map_err(|_| MintError::Signing)?;
+    Ok(MintedToken { token, jti })
 }
 
 #[cfg(test)]

@@ -24,4 +24,4 @@ pub use challenge::{
 };
 pub use config::{AuthConfig, ClaimMapping, ClaimPath, IssuerConfig, PublicKeyConfig};
 pub use error::{AuthConfigError, AuthError, MintError};
-pub use mint::mint_dev_token;
+pub use mint::{MintedToken, TokenRequest, mint_dev_token, mint_token};

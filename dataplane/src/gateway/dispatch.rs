@@ -2,7 +2,7 @@
 //! filtered by policy, named calls routed by prefix (resources by the per-session URI map).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use futures::future::join_all;
@@ -17,6 +17,7 @@ use super::forward::Caller;
 use crate::audit::{AuditEvent, now_ms};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::DecisionLabels;
+use crate::scope::{OutOfScope, Permission, TokenScope};
 use crate::session::{Scope, Session};
 
 pub const SUPPORTED_PROTOCOLS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
@@ -24,8 +25,15 @@ pub const LATEST_PROTOCOL: &str = "2025-11-25";
 /// Upstream pages followed per list before giving up on a misbehaving cursor chain.
 const MAX_PAGES: usize = 64;
 
+/// JSON-RPC error code for a request the caller's token scope does not permit.
+pub const FORBIDDEN: i64 = -32003;
+
+/// The decider named in audit events when a token scope, not a Policy, refused.
+pub static TOKEN_SCOPE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("token-scope"));
+
 pub(crate) struct Ctx {
     pub identity: Identity,
+    pub scope: Arc<TokenScope>,
     pub snapshot: Arc<Snapshot>,
     pub session: Arc<Session>,
     pub trace_id: String,
@@ -47,8 +55,9 @@ impl Ctx {
         self.session.scope == Scope::Aggregated
     }
 
+    /// The targets this session reaches that the token scope admits.
     fn targets(&self) -> Vec<Arc<CompiledTarget>> {
-        match &self.session.scope {
+        let all = match &self.session.scope {
             Scope::Aggregated => self.snapshot.targets().to_vec(),
             Scope::Target { namespace, name } => self
                 .snapshot
@@ -56,7 +65,25 @@ impl Ctx {
                 .cloned()
                 .into_iter()
                 .collect(),
+        };
+        if self.scope.is_unrestricted() {
+            return all;
         }
+        all.into_iter()
+            .filter(|t| self.scope.allows_target(&t.namespace, &t.name))
+            .collect()
+    }
+
+    /// The policy decision for one item, narrowed by the token scope: a target outside the
+    /// scope is denied whatever the policies say.
+    fn decide(&self, target: &CompiledTarget, kind: ItemKind, name: &str) -> Decision {
+        if !self.scope.allows_target(&target.namespace, &target.name) {
+            return Decision {
+                allowed: false,
+                policy: Some(TOKEN_SCOPE.clone()),
+            };
+        }
+        target.policy.view(&self.identity).decide(kind, name)
     }
 
     /// The target and upstream name for a tool/prompt name as the client sees it.
@@ -213,6 +240,14 @@ impl Gateway {
 
     /// Answers one request; returns the reply, the target it went to and an outcome label.
     pub(crate) async fn dispatch(&self, ctx: &Ctx, req: Request) -> Reply {
+        if let Err(why) = ctx.scope.permits(Permission::for_method(&req.method)) {
+            self.audit_out_of_scope(ctx, &req.method, why);
+            return (
+                jsonrpc::error(&req.id, FORBIDDEN, &why.to_string()),
+                None,
+                why.label(),
+            );
+        }
         match req.method.as_str() {
             "ping" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
             "logging/setLevel" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
@@ -364,10 +399,7 @@ impl Gateway {
             return (unknown(&req.id), None, "unknown");
         };
         let key = key_of(&target);
-        let decision = target
-            .policy
-            .view(&ctx.identity)
-            .decide(kind, &upstream_name);
+        let decision = ctx.decide(&target, kind, &upstream_name);
         self.count_decision(&key, kind, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &name, &decision, "denied");
@@ -417,10 +449,7 @@ impl Gateway {
             return (not_found(&req.id), None, "unknown");
         };
         let key = key_of(&target);
-        let decision = target
-            .policy
-            .view(&ctx.identity)
-            .decide(ItemKind::Resource, &uri);
+        let decision = ctx.decide(&target, ItemKind::Resource, &uri);
         self.count_decision(&key, ItemKind::Resource, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &uri, &decision, "denied");
@@ -462,10 +491,7 @@ impl Gateway {
             );
         };
         let key = key_of(&target);
-        let decision = target
-            .policy
-            .view(&ctx.identity)
-            .decide(item, &upstream_name);
+        let decision = ctx.decide(&target, item, &upstream_name);
         self.count_decision(&key, item, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &shown, &decision, "denied");
@@ -532,6 +558,23 @@ impl Gateway {
                 decision: if d.allowed { "allow" } else { "deny" },
             })
             .inc();
+    }
+
+    /// A request refused by the token scope before any target was chosen.
+    fn audit_out_of_scope(&self, ctx: &Ctx, method: &str, why: OutOfScope) {
+        self.audit.record(AuditEvent {
+            time_ms: now_ms(),
+            user: ctx.identity.user.to_string(),
+            session: Some(ctx.session.id.clone()),
+            method: method.to_owned(),
+            target: None,
+            name: None,
+            decision: Some("deny"),
+            policy: Some(TOKEN_SCOPE.to_string()),
+            outcome: why.label().to_owned(),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            trace_id: ctx.trace_id.clone(),
+        });
     }
 
     fn audit_decision(

@@ -19,10 +19,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use tracing::{Span, instrument};
 
-use crate::audit::AuditSink;
-use crate::authn::{self, Authenticate};
+use crate::audit::{AuditEvent, AuditSink, now_ms};
+use crate::authn::{self, Authenticate, Principal};
 use crate::jsonrpc::{self, Message};
 use crate::metrics::{Metrics, RequestLabels, method_label};
+use crate::net::Peer;
+use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
 use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER, UpstreamClient, UpstreamError};
@@ -169,6 +171,15 @@ impl Gateway {
     }
 }
 
+/// The router as a service that records each connection's peer address, which token source
+/// ranges and trusted proxies need: serve with `axum::serve(listener, gateway::service(gw))`.
+/// A server built from [`router`] alone refuses source-limited tokens (fail closed).
+pub fn service(
+    gw: Arc<Gateway>,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr> {
+    router(gw).into_make_service_with_connect_info::<std::net::SocketAddr>()
+}
+
 /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
 pub fn router(gw: Arc<Gateway>) -> Router {
     let limit = gw.config.max_body_bytes;
@@ -276,15 +287,36 @@ fn check_host_origin(
     Ok(())
 }
 
-async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Identity, Response> {
-    gw.auth.authenticate(headers).await.map_err(|failure| {
+/// Authenticates the request and applies the request-level limits of its token: the peer
+/// address and time window of a scoped token (403 `insufficient_scope`, audited).
+async fn authenticate(
+    gw: &Gateway,
+    peer: Peer,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
+    let principal = gw.auth.authenticate(headers).await.map_err(|failure| {
         let url = format!("{}{METADATA_PATH}", base_url(gw, headers));
         let mut resp = (StatusCode::UNAUTHORIZED, failure.message.clone()).into_response();
         if let Ok(v) = HeaderValue::from_str(&authn::challenge(&failure, &url)) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp
-    })
+    })?;
+    let now = u64::try_from(now_ms() / 1000).unwrap_or(u64::MAX);
+    if let Err(why) = principal.scope.admits(peer.0, now) {
+        gw.audit_refusal(&principal.identity, why);
+        return Err(insufficient_scope(why));
+    }
+    Ok(principal)
+}
+
+fn insufficient_scope(why: OutOfScope) -> Response {
+    let mut resp = (StatusCode::FORBIDDEN, why.to_string()).into_response();
+    let challenge = format!("Bearer error=\"insufficient_scope\", error_description=\"{why}\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }
 
 /// Random per process (drawn once), so ids from different replicas do not collide.
@@ -309,31 +341,38 @@ fn trace_id(headers: &HeaderMap) -> String {
 
 async fn post_aggregated(
     State(gw): State<Arc<Gateway>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle_post(gw, Scope::Aggregated, headers, body).await
+    handle_post(gw, Scope::Aggregated, peer, headers, body).await
 }
 
 async fn post_target(
     State(gw): State<Arc<Gateway>>,
     Path((namespace, name)): Path<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle_post(gw, Scope::Target { namespace, name }, headers, body).await
+    handle_post(gw, Scope::Target { namespace, name }, peer, headers, body).await
 }
 
-async fn delete_aggregated(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    handle_delete(gw, Scope::Aggregated, headers).await
+async fn delete_aggregated(
+    State(gw): State<Arc<Gateway>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    handle_delete(gw, Scope::Aggregated, peer, headers).await
 }
 
 async fn delete_target(
     State(gw): State<Arc<Gateway>>,
     Path((namespace, name)): Path<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    handle_delete(gw, Scope::Target { namespace, name }, headers).await
+    handle_delete(gw, Scope::Target { namespace, name }, peer, headers).await
 }
 
 /// The caller's session, or the HTTP answer for a missing (400) or unknown/foreign (404) one.
@@ -368,15 +407,26 @@ async fn find_session(
 }
 
 #[instrument(skip_all, fields(method, session, user))]
-async fn handle_post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle_post(
+    gw: Arc<Gateway>,
+    scope: Scope,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     if let Err(refusal) = check_host_origin(&gw.config, &headers) {
         return refusal.into_response();
     }
-    let identity = match authenticate(&gw, &headers).await {
-        Ok(id) => id,
+    let principal = match authenticate(&gw, peer, &headers).await {
+        Ok(p) => p,
         Err(resp) => return resp,
     };
+    let Principal {
+        identity,
+        scope: token_scope,
+        ..
+    } = principal;
     Span::current().record("user", &*identity.user);
     let message = match jsonrpc::parse(&body) {
         Ok(m) => m,
@@ -419,6 +469,7 @@ async fn handle_post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: B
     Span::current().record("session", session.id.as_str());
     let ctx = dispatch::Ctx {
         identity,
+        scope: token_scope,
         snapshot: gw.snapshots.load(),
         session,
         trace_id: trace,
@@ -430,12 +481,12 @@ async fn handle_post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: B
     json_response(StatusCode::OK, &reply)
 }
 
-async fn handle_delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
+async fn handle_delete(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
     if let Err(refusal) = check_host_origin(&gw.config, &headers) {
         return refusal.into_response();
     }
-    let identity = match authenticate(&gw, &headers).await {
-        Ok(id) => id,
+    let identity = match authenticate(&gw, peer, &headers).await {
+        Ok(p) => p.identity,
         Err(resp) => return resp,
     };
     let session = match find_session(&gw, &scope, &identity, &headers).await {
@@ -451,6 +502,23 @@ async fn handle_delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Re
 static NO_TARGET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
 
 impl Gateway {
+    /// A request refused by its token's scope before it reached a session.
+    fn audit_refusal(&self, identity: &Identity, why: OutOfScope) {
+        self.audit.record(AuditEvent {
+            time_ms: now_ms(),
+            user: identity.user.to_string(),
+            session: None,
+            method: "-".to_owned(),
+            target: None,
+            name: None,
+            decision: Some("deny"),
+            policy: Some(dispatch::TOKEN_SCOPE.to_string()),
+            outcome: why.label().to_owned(),
+            duration_ms: 0.0,
+            trace_id: String::new(),
+        });
+    }
+
     fn count(
         &self,
         method: impl Into<std::borrow::Cow<'static, str>>,

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::audit::MemorySink;
-use reflow_dataplane::authn::{AuthFailure, Authenticate};
+use reflow_dataplane::authn::{AuthFailure, Authenticate, Principal};
 use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
 use reflow_dataplane::metrics::Metrics;
 use reflow_dataplane::session::MemorySessionStore;
@@ -28,7 +28,7 @@ impl Authenticate for TokenIsUser {
     fn authenticate<'a>(
         &'a self,
         headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Result<Identity, AuthFailure>> {
+    ) -> BoxFuture<'a, Result<Principal, AuthFailure>> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -38,7 +38,11 @@ impl Authenticate for TokenIsUser {
             match token {
                 Some(t) => {
                     let (user, group) = t.split_once(':').unwrap_or((&t, "none"));
-                    Ok(Identity::new(user, [group], Vec::<String>::new()))
+                    Ok(Principal::from_identity(Identity::new(
+                        user,
+                        [group],
+                        Vec::<String>::new(),
+                    )))
                 }
                 None => Err(AuthFailure {
                     label: "missing",
@@ -255,6 +259,16 @@ pub async fn start_gateway_with(
     config: GatewayConfig,
     sessions: Arc<MemorySessionStore>,
 ) -> Harness {
+    start_gateway_auth(dir, config, sessions, Arc::new(TokenIsUser)).await
+}
+
+/// A gateway with a real authenticator (tokens passed where other helpers take a user name).
+pub async fn start_gateway_auth(
+    dir: PathBuf,
+    config: GatewayConfig,
+    sessions: Arc<MemorySessionStore>,
+    auth: Arc<dyn Authenticate>,
+) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = SealingKey::from_base64(&SealingKey::generate_base64()).unwrap();
     let snapshots = SnapshotStore::new();
@@ -264,7 +278,7 @@ pub async fn start_gateway_with(
         sessions,
         config,
         snapshots,
-        auth: Arc::new(TokenIsUser),
+        auth,
         audit: Arc::new(audit.clone()),
         metrics: Arc::new(Metrics::new()),
         key,
@@ -272,7 +286,7 @@ pub async fn start_gateway_with(
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = gateway::router(gw.clone());
+    let app = gateway::service(gw.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Harness {
         base: format!("http://{addr}"),

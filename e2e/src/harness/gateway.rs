@@ -303,7 +303,7 @@ impl TestGateway {
         let addr = listener
             .local_addr()
             .map_err(|e| other("gateway address")(&e))?;
-        let app = gateway::router(gateway.clone());
+        let app = gateway::service(gateway.clone());
         let server = runtime.spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 eprintln!("test gateway stopped serving: {e}");
