@@ -171,6 +171,7 @@ fn inputs(on_target: Option<usize>) -> Inputs {
         policies,
         credentials,
         secrets,
+        ..Inputs::default()
     }
 }
 

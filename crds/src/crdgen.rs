@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{Credential, MCPInstance, Policy, Target};
+use crate::api::{Credential, MCPInstance, Policy, Target, TokenRevocation};
 
 /// (file name, CRD) for every Reflow kind.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -13,6 +13,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("policies.yaml", Policy::crd()),
         ("credentials.yaml", Credential::crd()),
         ("mcpinstances.yaml", MCPInstance::crd()),
+        ("tokenrevocations.yaml", TokenRevocation::crd()),
     ]
 }
 

@@ -111,6 +111,9 @@ pub fn load_str(path: &Path, text: &str, loaded: &mut Loaded) -> Result<(), Load
             ("mcp.reflow.io/v1alpha1", "Credential") => {
                 inputs.credentials.push(typed(value).map_err(err)?)
             }
+            ("mcp.reflow.io/v1alpha1", "TokenRevocation") => {
+                inputs.revocations.push(typed(value).map_err(err)?)
+            }
             ("v1", "Secret") => inputs.secrets.push(typed(value).map_err(err)?),
             ("", _) | (_, "") => return Err(err("apiVersion and kind are required".to_owned())),
             (api, kind) => loaded.skipped.push(format!(

@@ -370,3 +370,25 @@ fn mcp_instance_isolation_key_and_target_are_immutable() {
     rolled.spec.credential_fingerprint = Some("abc".into());
     accepted(validate_cel_update(&rolled, &old));
 }
+
+fn revocation(spec: &str) -> reflow_crds::api::TokenRevocation {
+    obj(&format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: TokenRevocation\nmetadata: {{name: r}}\nspec: {spec}\n"
+    ))
+}
+
+#[test]
+fn token_revocation_must_name_something() {
+    rejected_with(
+        validate_cel(&revocation("{reason: nothing}")),
+        "a TokenRevocation names at least one token id or subject",
+    );
+    rejected_with(
+        validate_cel(&revocation("{tokenIds: ['']}")),
+        "token ids are 1 to 256 characters",
+    );
+    accepted(validate_cel(&revocation("{tokenIds: [abc]}")));
+    accepted(validate_cel(&revocation(
+        "{subjects: [{user: alice, issuedBefore: '2026-11-22T00:00:00Z'}]}",
+    )));
+}

@@ -25,7 +25,7 @@ fn committed(file: &str) -> String {
 #[test]
 fn committed_yaml_matches_the_rust_types_byte_for_byte() {
     let all = crdgen::all();
-    assert_eq!(all.len(), 4, "one CRD per kind");
+    assert_eq!(all.len(), 5, "one CRD per kind");
     for (file, crd) in all {
         let rendered = crdgen::render(&crd).expect("CRD renders to YAML");
         let on_disk = committed(file);
@@ -81,7 +81,14 @@ fn every_crd_follows_the_shared_conventions() {
         let crd = parse(file);
         let spec = &crd.spec;
         assert_eq!(spec.group, "mcp.reflow.io", "{file}");
-        assert_eq!(spec.scope, "Namespaced", "{file}");
+        // Revocations refuse tokens gateway-wide, so only they are cluster-scoped (an admin
+        // action); everything a team declares lives in its namespace (DESIGN §3).
+        let scope = if spec.names.kind == "TokenRevocation" {
+            "Cluster"
+        } else {
+            "Namespaced"
+        };
+        assert_eq!(spec.scope, scope, "{file}");
         assert_eq!(
             crd.metadata.name.as_deref(),
             Some(format!("{}.mcp.reflow.io", spec.names.plural).as_str()),

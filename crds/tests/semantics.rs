@@ -1791,3 +1791,41 @@ fn resolved_credentials_fingerprint() {
         bob
     );
 }
+
+// ---- token revocations ------------------------------------------------------------------------
+
+#[test]
+fn token_revocations_compile_into_the_snapshot_and_change_its_hash() {
+    let base = http_target(NS, "gh");
+    let without = compile(&base);
+    assert!(without.snapshot.revocations().is_empty());
+    let revoke = "---\napiVersion: mcp.reflow.io/v1alpha1\nkind: TokenRevocation\nmetadata: {name: lost-laptop}\nspec:\n  tokenIds: [j-1, j-2]\n  subjects: [{user: bob, issuedBefore: '2026-11-22T10:00:00Z'}]\n  reason: laptop stolen\n---\napiVersion: mcp.reflow.io/v1alpha1\nkind: TokenRevocation\nmetadata: {name: empty}\nspec: {}\n";
+    let with = compile(&(base.clone() + revoke));
+    let r = with.snapshot.revocations();
+    assert!(r.revokes(Some("j-2"), "alice", Some(1)));
+    let cutoff = 1_795_341_600; // 2026-11-22T10:00:00Z
+    assert!(r.revokes(Some("x"), "bob", Some(cutoff - 1)));
+    assert!(!r.revokes(Some("x"), "bob", Some(cutoff)));
+    assert!(!r.revokes(Some("x"), "alice", Some(1)));
+    assert_ne!(with.snapshot.hash(), without.snapshot.hash());
+
+    let ok = with
+        .report(ObjectKind::TokenRevocation, "", "lost-laptop")
+        .unwrap();
+    assert!(ok.is_true(ACCEPTED));
+    let bad = with
+        .report(ObjectKind::TokenRevocation, "", "empty")
+        .unwrap();
+    let accepted = bad.condition(ACCEPTED).unwrap();
+    assert_eq!(
+        (accepted.status, accepted.reason.as_str()),
+        (false, "Invalid")
+    );
+
+    // Revocations survive the wire, and a tampered list is refused by the hash check.
+    let json = with.snapshot.to_json().unwrap();
+    let back: Snapshot = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back.revocations(), with.snapshot.revocations());
+    let tampered = String::from_utf8(json).unwrap().replace("j-2", "j-3");
+    assert!(serde_json::from_str::<Snapshot>(&tampered).is_err());
+}

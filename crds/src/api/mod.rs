@@ -1,5 +1,5 @@
-//! The user-facing resources of group `mcp.reflow.io/v1alpha1`: Target, Policy, Credential and
-//! MCPInstance, with their CEL rules and printer columns. `make crds` renders them to `crds/yaml/`.
+//! The user-facing resources of group `mcp.reflow.io/v1alpha1`: Target, Policy, Credential,
+//! MCPInstance and TokenRevocation, with their CEL rules and printer columns. `make crds` renders them to `crds/yaml/`.
 
 // Every `printcolumn(...)` of a `#[kube(...)]` repeats `type_ = "string"` etc.; clippy reads the
 // repeated key-value pairs as duplicated attributes.
@@ -9,12 +9,14 @@ mod common;
 mod credential;
 mod instance;
 mod policy;
+mod revocation;
 mod target;
 
 pub use common::{Condition, LocalRef, ObjectStatus, SecretKeyRef};
 pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValue};
 pub use instance::{InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
 pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
+pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
 pub use target::{
     EnvVar, Isolation, Lifetimes, PodSpecTemplate, PodTransport, Target, TargetSpec, TargetStatus,
     Timeouts, Transport,

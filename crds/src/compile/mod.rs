@@ -12,10 +12,11 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::api::{Credential, Policy, Target};
+use crate::api::{Credential, Policy, Target, TokenRevocation};
 use crate::seal::SealingKey;
 use crate::snapshot::{
-    CompiledCredential, CompiledRule, CompiledTarget, PolicySet, Snapshot, SnapshotError,
+    CompiledCredential, CompiledRule, CompiledTarget, PolicySet, Revocations, Snapshot,
+    SnapshotError,
 };
 
 pub use report::{ACCEPTED, CONFLICTED, ConditionReport, ObjectKind, ObjectReport, RESOLVED_REFS};
@@ -27,6 +28,7 @@ pub struct Inputs {
     pub policies: Vec<Policy>,
     pub credentials: Vec<Credential>,
     pub secrets: Vec<Secret>,
+    pub revocations: Vec<TokenRevocation>,
 }
 
 #[derive(Debug)]
@@ -252,8 +254,57 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
             })
         })
         .collect();
+    let revocations = compile_revocations(&inputs.revocations, &mut reports);
     Ok(Compiled {
-        snapshot: Snapshot::new(targets)?,
+        snapshot: Snapshot::with_revocations(targets, revocations)?,
         reports,
     })
+}
+
+/// Token revocations are cluster-scoped and independent of Targets: each valid one adds its
+/// token ids and subject cut-offs. An invalid one is rejected alone (the others still apply).
+fn compile_revocations(items: &[TokenRevocation], reports: &mut Vec<ObjectReport>) -> Revocations {
+    let mut out = Revocations::default();
+    let mut sorted: Vec<&TokenRevocation> = items.iter().collect();
+    sorted.sort_by_key(|r| r.name_any());
+    for rev in sorted {
+        let name = rev.name_any();
+        let mut r = ObjectReport::new(
+            ObjectKind::TokenRevocation,
+            "",
+            &name,
+            rev.metadata.generation,
+        );
+        let spec = &rev.spec;
+        let problem = if spec.token_ids.is_empty() && spec.subjects.is_empty() {
+            Some("names no token id and no subject")
+        } else if spec.token_ids.iter().any(|j| j.is_empty() || j.len() > 256) {
+            Some("token ids must be 1 to 256 characters")
+        } else if spec.subjects.iter().any(|s| s.user.is_empty()) {
+            Some("every subject needs a user")
+        } else {
+            None
+        };
+        match problem {
+            Some(msg) => r.set(ACCEPTED, false, "Invalid", msg),
+            None => {
+                out.token_ids.extend(spec.token_ids.iter().cloned());
+                for s in &spec.subjects {
+                    out.add_subject(&s.user, s.issued_before.0.as_second());
+                }
+                r.set(
+                    ACCEPTED,
+                    true,
+                    "Accepted",
+                    format!(
+                        "revokes {} token id(s) and the earlier tokens of {} user(s)",
+                        spec.token_ids.len(),
+                        spec.subjects.len()
+                    ),
+                );
+            }
+        }
+        reports.push(r);
+    }
+    out
 }

@@ -8,6 +8,8 @@ pub enum ObjectKind {
     Target,
     Policy,
     Credential,
+    /// Cluster-scoped: reported with an empty namespace.
+    TokenRevocation,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

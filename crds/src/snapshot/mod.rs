@@ -3,6 +3,7 @@
 
 mod credentials;
 mod policy;
+mod revocations;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +17,7 @@ pub use credentials::{
     ResolvedEntry, SealedEntry,
 };
 pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch};
+pub use revocations::Revocations;
 
 use crate::api::{Isolation, PodSpecTemplate};
 
@@ -148,6 +150,7 @@ struct Inner {
     targets: Vec<Arc<CompiledTarget>>,
     by_prefix: HashMap<Arc<str>, usize>,
     by_key: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
+    revocations: Arc<Revocations>,
 }
 
 /// An immutable compiled model. Clone is an `Arc` bump.
@@ -160,14 +163,24 @@ struct SnapshotWire {
     version: u64,
     hash: String,
     targets: Vec<Arc<CompiledTarget>>,
+    #[serde(default, skip_serializing_if = "Revocations::is_empty")]
+    revocations: Revocations,
 }
 
 impl Snapshot {
     /// Builds a snapshot from compiled targets (sorted by namespace/name), computing its hash.
-    pub fn new(mut targets: Vec<Arc<CompiledTarget>>) -> Result<Self, SnapshotError> {
+    pub fn new(targets: Vec<Arc<CompiledTarget>>) -> Result<Self, SnapshotError> {
+        Self::with_revocations(targets, Revocations::default())
+    }
+
+    /// Like [`new`](Self::new), also carrying revoked tokens.
+    pub fn with_revocations(
+        mut targets: Vec<Arc<CompiledTarget>>,
+        revocations: Revocations,
+    ) -> Result<Self, SnapshotError> {
         targets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let hash = content_hash(&targets)?;
-        Self::assemble(0, hash, targets)
+        let hash = content_hash(&targets, &revocations)?;
+        Self::assemble(0, hash, targets, Arc::new(revocations))
     }
 
     pub fn empty() -> Self {
@@ -178,6 +191,7 @@ impl Snapshot {
         version: u64,
         hash: String,
         targets: Vec<Arc<CompiledTarget>>,
+        revocations: Arc<Revocations>,
     ) -> Result<Self, SnapshotError> {
         let mut by_prefix = HashMap::with_capacity(targets.len());
         let mut by_key = HashMap::with_capacity(targets.len());
@@ -197,6 +211,7 @@ impl Snapshot {
             targets,
             by_prefix,
             by_key,
+            revocations,
         })))
     }
 
@@ -208,6 +223,7 @@ impl Snapshot {
             targets: self.0.targets.clone(),
             by_prefix: self.0.by_prefix.clone(),
             by_key: self.0.by_key.clone(),
+            revocations: self.0.revocations.clone(),
         }))
     }
 
@@ -223,6 +239,11 @@ impl Snapshot {
 
     pub fn targets(&self) -> &[Arc<CompiledTarget>] {
         &self.0.targets
+    }
+
+    /// Revoked gateway API tokens.
+    pub fn revocations(&self) -> &Revocations {
+        &self.0.revocations
     }
 
     pub fn target(&self, namespace: &str, name: &str) -> Option<&Arc<CompiledTarget>> {
@@ -248,6 +269,7 @@ impl Snapshot {
             version: self.0.version,
             hash: self.0.hash.clone(),
             targets: self.0.targets.clone(),
+            revocations: Revocations::clone(&self.0.revocations),
         };
         serde_json::to_vec(&wire).map_err(|e| SnapshotError::Serialize(e.to_string()))
     }
@@ -264,6 +286,7 @@ impl Serialize for Snapshot {
             version: self.0.version,
             hash: self.0.hash.clone(),
             targets: self.0.targets.clone(),
+            revocations: Revocations::clone(&self.0.revocations),
         }
         .serialize(s)
     }
@@ -274,14 +297,21 @@ impl<'de> Deserialize<'de> for Snapshot {
     /// a model that fails to validate is never served.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let wire = SnapshotWire::deserialize(d)?;
-        let actual = content_hash(&wire.targets).map_err(serde::de::Error::custom)?;
+        let actual =
+            content_hash(&wire.targets, &wire.revocations).map_err(serde::de::Error::custom)?;
         if actual != wire.hash {
             return Err(serde::de::Error::custom(SnapshotError::HashMismatch {
                 claimed: wire.hash,
                 actual,
             }));
         }
-        Self::assemble(wire.version, wire.hash, wire.targets).map_err(serde::de::Error::custom)
+        Self::assemble(
+            wire.version,
+            wire.hash,
+            wire.targets,
+            Arc::new(wire.revocations),
+        )
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -291,6 +321,7 @@ impl fmt::Debug for Snapshot {
             .field("version", &self.0.version)
             .field("hash", &self.0.hash)
             .field("targets", &self.0.targets)
+            .field("revocations", &self.0.revocations)
             .finish()
     }
 }
@@ -319,8 +350,18 @@ fn strip_sealed(v: &mut serde_json::Value) {
     }
 }
 
-fn content_hash(targets: &[Arc<CompiledTarget>]) -> Result<String, SnapshotError> {
-    let v = normalized(targets)?;
+/// Without revocations the hash covers the targets alone, so snapshots (and their goldens)
+/// from before revocations existed keep their hashes.
+fn content_hash(
+    targets: &[Arc<CompiledTarget>],
+    revocations: &Revocations,
+) -> Result<String, SnapshotError> {
+    let mut v = normalized(targets)?;
+    if !revocations.is_empty() {
+        let r = serde_json::to_value(revocations)
+            .map_err(|e| SnapshotError::Serialize(e.to_string()))?;
+        v = serde_json::json!({"targets": v, "revocations": r});
+    }
     let bytes = serde_json::to_vec(&v).map_err(|e| SnapshotError::Serialize(e.to_string()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }

@@ -33,6 +33,9 @@ pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
+/// The decider named in audit events for a revoked token.
+const REVOKED_BY: &str = "token-revocation";
+
 /// Server settings (also read from `--config FILE` as YAML, camelCase keys).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -294,17 +297,32 @@ async fn authenticate(
     peer: Peer,
     headers: &HeaderMap,
 ) -> Result<Principal, Response> {
-    let principal = gw.auth.authenticate(headers).await.map_err(|failure| {
+    let unauthorized = |failure: authn::AuthFailure| {
         let url = format!("{}{METADATA_PATH}", base_url(gw, headers));
         let mut resp = (StatusCode::UNAUTHORIZED, failure.message.clone()).into_response();
         if let Ok(v) = HeaderValue::from_str(&authn::challenge(&failure, &url)) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp
-    })?;
+    };
+    let principal = gw.auth.authenticate(headers).await.map_err(unauthorized)?;
+    // Checked on every request against the active snapshot (never cached with the token), so
+    // a revocation applies as soon as the snapshot carrying it is.
+    if gw.snapshots.load().revocations().revokes(
+        principal.token_id.as_deref(),
+        &principal.identity.user,
+        principal.issued_at,
+    ) {
+        gw.audit_token_refusal(&principal.identity, REVOKED_BY, "revoked");
+        return Err(unauthorized(authn::AuthFailure {
+            label: "revoked",
+            message: "the token has been revoked".to_owned(),
+            token_presented: true,
+        }));
+    }
     let now = u64::try_from(now_ms() / 1000).unwrap_or(u64::MAX);
     if let Err(why) = principal.scope.admits(peer.0, now) {
-        gw.audit_refusal(&principal.identity, why);
+        gw.audit_token_refusal(&principal.identity, &dispatch::TOKEN_SCOPE, why.label());
         return Err(insufficient_scope(why));
     }
     Ok(principal)
@@ -502,8 +520,9 @@ async fn handle_delete(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Head
 static NO_TARGET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
 
 impl Gateway {
-    /// A request refused by its token's scope before it reached a session.
-    fn audit_refusal(&self, identity: &Identity, why: OutOfScope) {
+    /// A request refused for what its token is (revoked, out of scope) before it reached a
+    /// session.
+    fn audit_token_refusal(&self, identity: &Identity, by: &str, outcome: &str) {
         self.audit.record(AuditEvent {
             time_ms: now_ms(),
             user: identity.user.to_string(),
@@ -512,8 +531,8 @@ impl Gateway {
             target: None,
             name: None,
             decision: Some("deny"),
-            policy: Some(dispatch::TOKEN_SCOPE.to_string()),
-            outcome: why.label().to_owned(),
+            policy: Some(by.to_owned()),
+            outcome: outcome.to_owned(),
             duration_ms: 0.0,
             trace_id: String::new(),
         });
