@@ -475,3 +475,89 @@ mod tests {
         assert!(parse_duration("99999999999999999999d").is_err());
     }
 }
+
+/// Names of environments where development defaults are expected.
+const DEVELOPMENT: [&str; 3] = ["development", "dev", "local"];
+
+impl Config {
+    /// The gateway's environment (`auth.environment`), `development` when unset.
+    pub fn environment(&self) -> &str {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.environment.as_deref())
+            .unwrap_or("development")
+    }
+
+    /// Development defaults still in use outside development, one sentence each, for the
+    /// startup log. `sealing_key_from_env` says whether the key comes from the environment.
+    pub fn warnings(&self, sealing_key_from_env: bool) -> Vec<String> {
+        let env = self.environment();
+        if DEVELOPMENT.contains(&env) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if self.dev.is_some() {
+            out.push(format!(
+                "environment {env}: the `dev` HS256 issuer is configured; anyone with its secret can mint tokens"
+            ));
+        }
+        if self.sealing == SealingSource::None && !sealing_key_from_env {
+            out.push(format!(
+                "environment {env}: no sealing key; credentials are sealed with a random per-process key that other replicas cannot open"
+            ));
+        }
+        if self.gateway.allowed_hosts.is_empty() {
+            out.push(format!(
+                "environment {env}: gateway.allowedHosts is empty, so any Host is served (DNS rebinding)"
+            ));
+        }
+        if self
+            .gateway
+            .public_url
+            .as_deref()
+            .is_none_or(|u| !u.starts_with("https://"))
+        {
+            out.push(format!(
+                "environment {env}: gateway.publicUrl is not an https:// URL"
+            ));
+        }
+        if self.auth.as_ref().is_some_and(|a| !a.require_exp) {
+            out.push(format!(
+                "environment {env}: auth.requireExp is off; tokens without expiry are accepted"
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod warning_tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        Config::from_yaml(yaml, Path::new("c.yaml"), Path::new(""))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn config_development_defaults_warn_only_outside_development() {
+        let dev = "dev: {hs256Secret: 0123456789abcdef0123456789abcdef}\n";
+        assert!(
+            config(dev).warnings(false).is_empty(),
+            "development by default"
+        );
+        let prod = format!("{dev}auth: {{issuers: [], environment: production}}\n");
+        let w = config(&prod).warnings(false);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w.iter().all(|l| l.starts_with("environment production: ")));
+        assert!(w[0].contains("`dev` HS256 issuer"));
+        assert_eq!(
+            config(&prod).warnings(true).len(),
+            3,
+            "key from the environment"
+        );
+
+        let hardened = "auth: {issuers: [{issuer: https://idp, audiences: [r], discovery: true}], environment: production}\ngateway: {allowedHosts: [mcp.example.com], publicUrl: 'https://mcp.example.com'}\nsealingKeyFile: key\n";
+        assert!(config(hardened).warnings(false).is_empty());
+    }
+}

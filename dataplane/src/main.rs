@@ -182,6 +182,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let env_key = std::env::var(SEALING_KEY_ENV).ok();
+    for warning in config.warnings(env_key.is_some()) {
+        warn!("{warning}");
+    }
     let key = match config.sealing_key(env_key.as_deref())? {
         Some(k) => k,
         None => {
@@ -239,6 +242,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
 
+    let listener = gateway::LimitedListener::new(listener, config.gateway.http.max_connections);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, gateway::service(gw)).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;

@@ -103,12 +103,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
+        let ext = &parts.extensions;
+        let addr = ext
+            .get::<ConnectInfo<crate::gateway::PeerAddr>>()
+            .map(|ConnectInfo(p)| p.0)
+            .or_else(|| {
+                ext.get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(a)| *a)
+            });
+        Ok(Peer(addr.map(|a| a.ip())))
     }
 }
 

@@ -298,3 +298,66 @@ fn cli_missing_manifests_folder_fails_at_start() {
     assert!(err.contains(must_str(&missing)), "{err}");
     assert!(!out.contains("listening on"), "{out}");
 }
+
+#[test]
+fn cli_token_mints_scoped_tokens_and_prints_the_jti() {
+    let fx = Fixture::new(&good_config());
+    let config = must_str(&fx.config()).to_owned();
+    let (status, out, err) = run(&[
+        "token",
+        "--config",
+        &config,
+        "--user",
+        "ci-bot",
+        "--target",
+        "dev-tools/*",
+        "--permission",
+        "list",
+        "--source-range",
+        "10.0.0.0/8,127.0.0.1",
+        "--window",
+        "08:00-18:00",
+        "--env",
+        "staging",
+        "--ttl",
+        "15m",
+    ]);
+    assert!(status.success(), "{err}");
+    let jti = err
+        .lines()
+        .find_map(|l| l.strip_prefix("jti: "))
+        .unwrap_or_else(|| panic!("no jti on stderr: {err}"));
+    let payload = out.trim().split('.').nth(1).unwrap_or_default();
+    let claims: Value = must(serde_json::from_slice(&must(base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        payload,
+    ))));
+    assert_eq!(claims["jti"], jti);
+    assert_eq!(claims["sub"], "ci-bot");
+    assert_eq!(claims["env"], "staging");
+    assert_eq!(
+        claims["reflow"],
+        json!({
+            "targets": ["dev-tools/*"],
+            "permissions": ["list"],
+            "sourceRanges": ["10.0.0.0/8", "127.0.0.1"],
+            "window": "08:00-18:00"
+        })
+    );
+    let exp = claims["exp"].as_u64().unwrap_or_default();
+    let iat = claims["iat"].as_u64().unwrap_or_default();
+    assert_eq!(exp - iat, 900, "exp is always set");
+
+    let (status, _, err) = run(&[
+        "token",
+        "--config",
+        &config,
+        "--user",
+        "u",
+        "--permission",
+        "admin",
+    ]);
+    assert!(!status.success());
+    assert!(err.contains("token scope"), "{err}");
+    assert!(err.contains("permissions"), "{err}");
+}

@@ -3,6 +3,8 @@
 
 mod dispatch;
 mod forward;
+mod hardening;
+mod proxy;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -30,6 +32,8 @@ use crate::source::SnapshotStore;
 use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER, UpstreamClient, UpstreamError};
 
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
+pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
+pub use proxy::TrustedProxyConfig;
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -50,6 +54,10 @@ pub struct GatewayConfig {
     pub connect_timeout_ms: u64,
     /// Public base URL (`https://mcp.example.com`) for RFC 9728 metadata; derived from Host if unset.
     pub public_url: Option<String>,
+    /// Security headers, CORS, security.txt and request/connection limits.
+    pub http: HttpConfig,
+    /// Identity asserted by an authenticating proxy (off unless configured).
+    pub trusted_proxy: Option<TrustedProxyConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -61,6 +69,8 @@ impl Default for GatewayConfig {
             session_idle_seconds: 3600,
             connect_timeout_ms: 5_000,
             public_url: None,
+            http: HttpConfig::default(),
+            trusted_proxy: None,
         }
     }
 }
@@ -100,6 +110,7 @@ pub struct Gateway {
     key: SealingKey,
     upstream: UpstreamClient,
     conns: forward::Conns,
+    guard: Arc<hardening::Guard>,
     /// Where links of sessions that expire outside a request are closed.
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -107,6 +118,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
         let upstream = UpstreamClient::new(Duration::from_millis(p.config.connect_timeout_ms))?;
+        let guard = hardening::Guard::new(&p.config.http);
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -125,6 +137,7 @@ impl Gateway {
                 key: p.key,
                 upstream,
                 conns: forward::Conns::default(),
+                guard,
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }
         });
@@ -177,10 +190,11 @@ impl Gateway {
 /// The router as a service that records each connection's peer address, which token source
 /// ranges and trusted proxies need: serve with `axum::serve(listener, gateway::service(gw))`.
 /// A server built from [`router`] alone refuses source-limited tokens (fail closed).
+/// Works with a plain `TcpListener` or a [`LimitedListener`].
 pub fn service(
     gw: Arc<Gateway>,
-) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr> {
-    router(gw).into_make_service_with_connect_info::<std::net::SocketAddr>()
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, PeerAddr> {
+    router(gw).into_make_service_with_connect_info::<PeerAddr>()
 }
 
 /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
@@ -200,7 +214,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/robots.txt", get(hardening::robots_txt))
+        .route(
+            "/.well-known/security.txt",
+            get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
+        )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.guard.clone(),
+            hardening::middleware,
+        ))
         .with_state(gw)
 }
 
@@ -282,7 +305,8 @@ fn check_host_origin(
         let listed = config
             .allowed_origins
             .iter()
-            .any(|o| o == "*" || o == origin);
+            .any(|o| o == "*" || o == origin)
+            || config.http.cors.allows(origin);
         if !same_origin && !listed {
             return Err((StatusCode::FORBIDDEN, "origin not allowed"));
         }
@@ -290,8 +314,9 @@ fn check_host_origin(
     Ok(())
 }
 
-/// Authenticates the request and applies the request-level limits of its token: the peer
-/// address and time window of a scoped token (403 `insufficient_scope`, audited).
+/// Authenticates the request (a trusted proxy's identity headers, else the bearer token),
+/// refuses revoked tokens, and applies the request-level limits of a scoped token: the client
+/// address and the time window (403 `insufficient_scope`, audited).
 async fn authenticate(
     gw: &Gateway,
     peer: Peer,
@@ -305,7 +330,12 @@ async fn authenticate(
         }
         resp
     };
-    let principal = gw.auth.authenticate(headers).await.map_err(unauthorized)?;
+    let proxy = gw.config.trusted_proxy.as_ref();
+    let principal = match proxy.and_then(|p| p.principal(peer.0, headers)) {
+        Some(asserted) => asserted.map_err(unauthorized)?,
+        None => gw.auth.authenticate(headers).await.map_err(unauthorized)?,
+    };
+    let client = proxy.map_or(peer.0, |p| p.client_addr(peer.0, headers));
     // Checked on every request against the active snapshot (never cached with the token), so
     // a revocation applies as soon as the snapshot carrying it is.
     if gw.snapshots.load().revocations().revokes(
@@ -321,7 +351,7 @@ async fn authenticate(
         }));
     }
     let now = u64::try_from(now_ms() / 1000).unwrap_or(u64::MAX);
-    if let Err(why) = principal.scope.admits(peer.0, now) {
+    if let Err(why) = principal.scope.admits(client, now) {
         gw.audit_token_refusal(&principal.identity, &dispatch::TOKEN_SCOPE, why.label());
         return Err(insufficient_scope(why));
     }
