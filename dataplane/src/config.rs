@@ -280,6 +280,10 @@ impl Config {
             });
         }
 
+        let mut gateway = raw.gateway;
+        if let Some(f) = gateway.identity_tokens.signing_key_file.take() {
+            gateway.identity_tokens.signing_key_file = Some(base.join(f));
+        }
         let sealing = match raw.sealing_key_file {
             Some(f) => SealingSource::File(base.join(f)),
             None => SealingSource::None,
@@ -287,7 +291,7 @@ impl Config {
         Ok(Self {
             path,
             auth,
-            gateway: raw.gateway,
+            gateway,
             audit: AuditConfig { target, capacity },
             dev,
             sealing,
@@ -521,6 +525,11 @@ impl Config {
                 "environment {env}: gateway.publicUrl is not an https:// URL"
             ));
         }
+        if self.gateway.identity_tokens.signing_key_file.is_none() {
+            out.push(format!(
+                "environment {env}: gateway.identityTokens.signingKeyFile is unset; each replica signs forwarded identities with its own key"
+            ));
+        }
         if self.auth.as_ref().is_some_and(|a| !a.require_exp) {
             out.push(format!(
                 "environment {env}: auth.requireExp is off; tokens without expiry are accepted"
@@ -548,16 +557,16 @@ mod warning_tests {
         );
         let prod = format!("{dev}auth: {{issuers: [], environment: production}}\n");
         let w = config(&prod).warnings(false);
-        assert_eq!(w.len(), 4, "{w:#?}");
+        assert_eq!(w.len(), 5, "{w:#?}");
         assert!(w.iter().all(|l| l.starts_with("environment production: ")));
         assert!(w[0].contains("`dev` HS256 issuer"));
         assert_eq!(
             config(&prod).warnings(true).len(),
-            3,
+            4,
             "key from the environment"
         );
 
-        let hardened = "auth: {issuers: [{issuer: https://idp, audiences: [r], discovery: true}], environment: production}\ngateway: {allowedHosts: [mcp.example.com], publicUrl: 'https://mcp.example.com'}\nsealingKeyFile: key\n";
+        let hardened = "auth: {issuers: [{issuer: https://idp, audiences: [r], discovery: true}], environment: production}\ngateway: {allowedHosts: [mcp.example.com], publicUrl: 'https://mcp.example.com', identityTokens: {signingKeyFile: id.pem}}\nsealingKeyFile: key\n";
         assert!(config(hardened).warnings(false).is_empty());
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authn;
 pub mod config;
 pub mod gateway;
+pub mod identity_token;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod net;

@@ -18,8 +18,8 @@ pub use instance::{InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
 pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
 pub use target::{
-    EnvVar, Isolation, Lifetimes, PodSpecTemplate, PodTransport, Target, TargetSpec, TargetStatus,
-    Timeouts, Transport,
+    EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PodSpecTemplate, PodTransport,
+    Target, TargetSpec, TargetStatus, Timeouts, Transport,
 };
 
 pub const GROUP: &str = "mcp.reflow.io";

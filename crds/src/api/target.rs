@@ -76,6 +76,37 @@ pub struct TargetSpec {
     pub timeouts: Option<Timeouts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetimes: Option<Lifetimes>,
+    /// Tell the upstream who is calling (opt-in): a short-lived JWT signed by the gateway
+    /// and/or plain headers. The client's own token is never forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_forwarding: Option<IdentityForwarding>,
+}
+
+/// How the caller's identity (user, email, name, groups, roles) reaches the upstream.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityForwarding {
+    /// A JWT signed by the gateway, verifiable with its JWKS at `/.well-known/jwks.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<ForwardedJwt>,
+    /// Plain `X-Reflow-User`, `-Email`, `-Name`, `-Groups`, `-Roles` headers, for simple servers
+    /// that only the gateway can reach (anyone who can reach the server can forge them).
+    #[serde(default)]
+    pub headers: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardedJwt {
+    /// Header carrying the token (default `X-Reflow-Identity`); sent as the bare JWT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~`-]+$') && !(self.lowerAscii() in ['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'mcp-session-id', 'mcp-protocol-version', 'cookie'])").message("the identity header must be an HTTP token and not a hop-by-hop or MCP protocol header"))]
+    pub header: Option<String>,
+    /// `aud` of the token (default `namespace/name` of the Target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: Option<String>,
 }
 
 #[derive(

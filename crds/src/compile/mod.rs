@@ -251,6 +251,12 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                 lifetimes: b.routing.lifetimes,
                 policy: PolicySet::new(b.rules),
                 credentials: b.credentials.into(),
+                identity_forwarding: b
+                    .target
+                    .spec
+                    .identity_forwarding
+                    .clone()
+                    .filter(|f| f.jwt.is_some() || f.headers),
             })
         })
         .collect();

@@ -27,6 +27,37 @@ pub(super) fn valid_prefix(p: &str) -> bool {
 /// The effective prefix and upstream of a Target, or the reason it is not accepted.
 pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, String)> {
     let s = &t.spec;
+    if let Some(header) = s
+        .identity_forwarding
+        .as_ref()
+        .and_then(|f| f.jwt.as_ref())
+        .and_then(|j| j.header.as_deref())
+    {
+        let token = !header.is_empty()
+            && header.len() <= 128
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&*+.^_|~`-".contains(&b));
+        const RESERVED: [&str; 9] = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "cookie",
+        ];
+        if !token || RESERVED.contains(&header.to_ascii_lowercase().as_str()) {
+            return Err((
+                "InvalidIdentityHeader",
+                format!(
+                    "identityForwarding.jwt.header {header:?} must be an HTTP token and not a hop-by-hop or MCP protocol header"
+                ),
+            ));
+        }
+    }
     let prefix = match &s.prefix {
         Some(p) if valid_prefix(p) => p.clone(),
         Some(p) => {

@@ -112,6 +112,9 @@ pub struct CompiledTarget {
     pub lifetimes: EffectiveLifetimes,
     pub policy: PolicySet,
     pub credentials: CredentialSet,
+    /// Opted-in identity forwarding (absent: the upstream learns nothing about the caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_forwarding: Option<crate::api::IdentityForwarding>,
 }
 
 impl CompiledTarget {

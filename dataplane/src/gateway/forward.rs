@@ -120,7 +120,16 @@ impl Gateway {
         params: Option<&Value>,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let creds = target.credentials.resolve(caller.identity);
-        let headers = InjectedHeaders::open(&creds, &self.key)?;
+        let mut headers = InjectedHeaders::open(&creds, &self.key)?;
+        if let Some(forwarding) = &target.identity_forwarding {
+            let forwarded = self
+                .signer
+                .headers(forwarding, caller.identity, caller.target_key)
+                .map_err(|e| UpstreamError::Identity(e.to_string()))?;
+            for (name, value) in forwarded {
+                headers.insert(name, value);
+            }
+        }
         let key = caller.target_key;
         let cell = self
             .conns

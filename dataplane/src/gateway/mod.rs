@@ -23,6 +23,7 @@ use tracing::{Span, instrument};
 
 use crate::audit::{AuditEvent, AuditSink, now_ms};
 use crate::authn::{self, Authenticate, Principal};
+use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig, JWKS_PATH};
 use crate::jsonrpc::{self, Message};
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::net::Peer;
@@ -58,6 +59,8 @@ pub struct GatewayConfig {
     pub http: HttpConfig,
     /// Identity asserted by an authenticating proxy (off unless configured).
     pub trusted_proxy: Option<TrustedProxyConfig>,
+    /// Signing of identity tokens forwarded to opted-in Targets.
+    pub identity_tokens: IdentityTokensConfig,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +74,7 @@ impl Default for GatewayConfig {
             public_url: None,
             http: HttpConfig::default(),
             trusted_proxy: None,
+            identity_tokens: IdentityTokensConfig::default(),
         }
     }
 }
@@ -79,12 +83,15 @@ impl Default for GatewayConfig {
 pub enum GatewayError {
     #[error("upstream client: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    IdentityTokens(#[from] IdentityTokenError),
 }
 
 impl GatewayError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Upstream(e) => e.label(),
+            Self::IdentityTokens(_) => "identity_tokens",
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct Gateway {
     upstream: UpstreamClient,
     conns: forward::Conns,
     guard: Arc<hardening::Guard>,
+    /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
+    pub(crate) signer: IdentitySigner,
     /// Where links of sessions that expire outside a request are closed.
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -119,6 +128,8 @@ impl Gateway {
     pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
         let upstream = UpstreamClient::new(Duration::from_millis(p.config.connect_timeout_ms))?;
         let guard = hardening::Guard::new(&p.config.http);
+        let signer =
+            IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -138,6 +149,7 @@ impl Gateway {
                 upstream,
                 conns: forward::Conns::default(),
                 guard,
+                signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }
         });
@@ -215,6 +227,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/robots.txt", get(hardening::robots_txt))
+        .route(
+            JWKS_PATH,
+            get(|State(gw): State<Arc<Gateway>>| async move {
+                axum::Json(gw.signer.jwks().clone()).into_response()
+            }),
+        )
         .route(
             "/.well-known/security.txt",
             get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),

@@ -87,6 +87,8 @@ pub enum UpstreamError {
     Unsupported(&'static str),
     #[error("a credential for this target cannot be opened")]
     Credential,
+    #[error("the caller's identity cannot be forwarded: {0}")]
+    Identity(String),
     #[error("http client: {0}")]
     Client(String),
     #[error("{0}")]
@@ -103,6 +105,7 @@ impl UpstreamError {
             Self::Protocol(_) => "protocol",
             Self::Unsupported(_) => "unsupported",
             Self::Credential => "credential",
+            Self::Identity(_) => "identity",
             Self::Client(_) => "client",
             Self::Sse(e) => e.label(),
         }
@@ -129,6 +132,13 @@ impl InjectedHeaders {
             map.insert(name, value);
         }
         Ok(Self(map))
+    }
+}
+
+impl InjectedHeaders {
+    /// Adds a header the gateway computed (forwarded identity), replacing any of that name.
+    pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.insert(name, value);
     }
 }
 
