@@ -284,6 +284,9 @@ impl Config {
         if let Some(f) = gateway.identity_tokens.signing_key_file.take() {
             gateway.identity_tokens.signing_key_file = Some(base.join(f));
         }
+        if let Some(tls) = &mut gateway.tls {
+            tls.resolve_paths(base);
+        }
         let sealing = match raw.sealing_key_file {
             Some(f) => SealingSource::File(base.join(f)),
             None => SealingSource::None,

@@ -235,19 +235,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    info!(listen = %addr, "serving");
+    let scheme = if config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    info!(listen = %addr, scheme, "serving");
+    let max_connections = config.gateway.http.max_connections;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let service = gateway::service(gw);
+    let mut server = match config.gateway.tls.clone() {
+        Some(tls) => {
+            let listener = gateway::TlsListener::new(listener, tls, max_connections)
+                .context("TLS listener")?;
+            let serve = axum::serve(listener, service).with_graceful_shutdown(stopped);
+            tokio::spawn(serve.into_future())
+        }
+        None => {
+            let listener = gateway::LimitedListener::new(listener, max_connections);
+            let serve = axum::serve(listener, service).with_graceful_shutdown(stopped);
+            tokio::spawn(serve.into_future())
+        }
+    };
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{addr}")?;
+        writeln!(out, "listening on {scheme}://{addr}")?;
         out.flush()?;
     }
-
-    let listener = gateway::LimitedListener::new(listener, config.gateway.http.max_connections);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, gateway::service(gw)).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    });
-    let mut server = tokio::spawn(server.into_future());
     tokio::select! {
         done = &mut server => return Ok(done.context("server task")??),
         signal = shutdown_signal() => info!(signal, "shutting down"),

@@ -95,23 +95,32 @@ pub fn any_contains(ranges: &[Cidr], addr: IpAddr) -> bool {
 }
 
 /// The TCP peer of a request, when the server was started with connect info (see
-/// `gateway::serve`). Absent in servers built without it: checks that need it then fail closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer(pub Option<IpAddr>);
+/// `gateway::service`), and the identity its verified client certificate names (mTLS with
+/// `clientIdentity: certificate`). Absent in servers built without connect info: checks that
+/// need the address then fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub ip: Option<IpAddr>,
+    pub cert: Option<std::sync::Arc<reflow_crds::Identity>>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let ext = &parts.extensions;
-        let addr = ext
-            .get::<ConnectInfo<crate::gateway::PeerAddr>>()
-            .map(|ConnectInfo(p)| p.0)
-            .or_else(|| {
-                ext.get::<ConnectInfo<SocketAddr>>()
-                    .map(|ConnectInfo(a)| *a)
+        if let Some(ConnectInfo(p)) = ext.get::<ConnectInfo<crate::gateway::PeerAddr>>() {
+            return Ok(Peer {
+                ip: Some(p.addr.ip()),
+                cert: p.cert.clone(),
             });
-        Ok(Peer(addr.map(|a| a.ip())))
+        }
+        Ok(Peer {
+            ip: ext
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip()),
+            cert: None,
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
+use reflow_crds::Identity;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -244,14 +245,36 @@ impl LimitedListener {
     }
 }
 
-/// One accepted connection and its slot.
-pub struct LimitedStream {
-    io: tokio::net::TcpStream,
+/// One accepted connection and its connection slot, freed when the connection is dropped.
+pub struct LimitedStream<T> {
+    io: T,
     _slot: OwnedSemaphorePermit,
+    /// Who a verified client certificate names (TLS listeners with `clientIdentity:
+    /// certificate` only).
+    client_identity: Option<Arc<Identity>>,
+}
+
+impl<T> LimitedStream<T> {
+    pub(crate) fn new(io: T, slot: OwnedSemaphorePermit) -> Self {
+        Self {
+            io,
+            _slot: slot,
+            client_identity: None,
+        }
+    }
+
+    pub(crate) fn with_client_identity(mut self, id: Option<Arc<Identity>>) -> Self {
+        self.client_identity = id;
+        self
+    }
+
+    pub(crate) fn client_identity(&self) -> Option<Arc<Identity>> {
+        self.client_identity.clone()
+    }
 }
 
 impl Listener for LimitedListener {
-    type Io = LimitedStream;
+    type Io = LimitedStream<tokio::net::TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -261,7 +284,7 @@ impl Listener for LimitedListener {
             Err(_) => std::future::pending().await,
         };
         let (io, addr) = Listener::accept(&mut self.inner).await;
-        (LimitedStream { io, _slot: slot }, addr)
+        (LimitedStream::new(io, slot), addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -269,7 +292,7 @@ impl Listener for LimitedListener {
     }
 }
 
-impl tokio::io::AsyncRead for LimitedStream {
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LimitedStream<T> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -279,7 +302,7 @@ impl tokio::io::AsyncRead for LimitedStream {
     }
 }
 
-impl tokio::io::AsyncWrite for LimitedStream {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LimitedStream<T> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -315,18 +338,28 @@ impl tokio::io::AsyncWrite for LimitedStream {
     }
 }
 
-/// The peer address of a connection from either listener, for `ConnectInfo`.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+/// What the gateway knows about a connection, for `ConnectInfo`: the peer address and, on a
+/// TLS listener that maps certificates to identities, who the client certificate names.
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    pub addr: SocketAddr,
+    pub cert: Option<Arc<Identity>>,
+}
 
 impl Connected<IncomingStream<'_, LimitedListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, LimitedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr {
+            addr: *stream.remote_addr(),
+            cert: None,
+        }
     }
 }
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr {
+            addr: *stream.remote_addr(),
+            cert: None,
+        }
     }
 }

@@ -5,6 +5,7 @@ mod dispatch;
 mod forward;
 mod hardening;
 mod proxy;
+mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -35,6 +36,7 @@ use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER, UpstreamClient, UpstreamE
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
 pub use proxy::TrustedProxyConfig;
+pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -61,6 +63,8 @@ pub struct GatewayConfig {
     pub trusted_proxy: Option<TrustedProxyConfig>,
     /// Signing of identity tokens forwarded to opted-in Targets.
     pub identity_tokens: IdentityTokensConfig,
+    /// TLS (and mutual TLS) on the listener; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -75,6 +79,7 @@ impl Default for GatewayConfig {
             http: HttpConfig::default(),
             trusted_proxy: None,
             identity_tokens: IdentityTokensConfig::default(),
+            tls: None,
         }
     }
 }
@@ -349,11 +354,16 @@ async fn authenticate(
         resp
     };
     let proxy = gw.config.trusted_proxy.as_ref();
-    let principal = match proxy.and_then(|p| p.principal(peer.0, headers)) {
-        Some(asserted) => asserted.map_err(unauthorized)?,
-        None => gw.auth.authenticate(headers).await.map_err(unauthorized)?,
+    let principal = if let Some(cert) = &peer.cert {
+        // A verified client certificate that names the caller (mTLS, clientIdentity: certificate).
+        Principal::from_identity(Identity::clone(cert))
+    } else {
+        match proxy.and_then(|p| p.principal(peer.ip, headers)) {
+            Some(asserted) => asserted.map_err(unauthorized)?,
+            None => gw.auth.authenticate(headers).await.map_err(unauthorized)?,
+        }
     };
-    let client = proxy.map_or(peer.0, |p| p.client_addr(peer.0, headers));
+    let client = proxy.map_or(peer.ip, |p| p.client_addr(peer.ip, headers));
     // Checked on every request against the active snapshot (never cached with the token), so
     // a revocation applies as soon as the snapshot carrying it is.
     if gw.snapshots.load().revocations().revokes(
