@@ -25,7 +25,9 @@ use crate::jsonrpc::{self, Message};
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
-use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER, UpstreamClient, UpstreamError};
+use crate::upstream::{
+    PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
+};
 
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 
@@ -45,6 +47,8 @@ pub struct GatewayConfig {
     pub connect_timeout_ms: u64,
     /// Public base URL (`https://mcp.example.com`) for RFC 9728 metadata; derived from Host if unset.
     pub public_url: Option<String>,
+    /// STDIO process manager: process limits, HOME folders, stop grace, restart backoff.
+    pub stdio: StdioConfig,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +60,7 @@ impl Default for GatewayConfig {
             session_idle_seconds: 3600,
             connect_timeout_ms: 5_000,
             public_url: None,
+            stdio: StdioConfig::default(),
         }
     }
 }
@@ -101,7 +106,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
-        let upstream = UpstreamClient::new(Duration::from_millis(p.config.connect_timeout_ms))?;
+        let upstream = UpstreamClient::with_stdio(
+            Duration::from_millis(p.config.connect_timeout_ms),
+            p.config.stdio.clone(),
+        )?;
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -126,9 +134,28 @@ impl Gateway {
         Ok(gw)
     }
 
+    /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).
+    pub async fn shutdown(&self) {
+        self.upstream.stdio().shutdown().await;
+    }
+
+    /// The STDIO process pool (live children, counters).
+    pub fn stdio(&self) -> &Arc<crate::upstream::stdio::StdioPool> {
+        self.upstream.stdio()
+    }
+
     /// Forgets a session's upstream links and closes them in the background: DELETE for
-    /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones.
+    /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones, stopping
+    /// the session's own children of stateful STDIO targets.
     pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
+        let rt = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone());
+        if let Some(rt) = &rt {
+            let gw = self.clone();
+            let sid = session_id.to_owned();
+            rt.spawn(async move { gw.upstream.stdio().end_session(&sid).await });
+        }
         let Some(links) = self.conns.remove_session(session_id) else {
             return;
         };
@@ -201,6 +228,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.sessions.set(gw.sessions.count() as i64);
     gw.metrics.sync_audit_dropped(gw.audit.dropped());
+    gw.metrics.sync_stdio(gw.upstream.stdio().stats());
     (
         [(
             header::CONTENT_TYPE,
