@@ -534,3 +534,124 @@ async fn notifications_with_no_client_stream_are_counted_and_dropped() {
     })
     .await;
 }
+
+/// The real `reflow-dataplane serve` process, killed by PID (through its handle) on drop.
+struct GatewayProc(std::process::Child);
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_process_environment_never_reaches_a_child() {
+    use std::io::BufRead;
+    const BIN: &str = env!("CARGO_BIN_EXE_reflow-dataplane");
+    const CANARY: &str = "gateway-canary-value-7f3a";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    bounded(async {
+        let dir = temp_dir();
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("target.yaml"),
+            stdio_target("fx", &["--stdio"], ""),
+        )
+        .unwrap();
+        std::fs::write(
+            manifests.join("policy.yaml"),
+            policy_yaml("all", "fx", "Allow", &["*"], 0),
+        )
+        .unwrap();
+        let secret = "stdio-cli-test-secret-0123456789abcdef";
+        std::fs::write(
+            dir.join("gateway.yaml"),
+            format!("dev: {{issuer: reflow-dev, audience: reflow, hs256Secret: {secret}}}\ngateway: {{allowedHosts: [127.0.0.1]}}\naudit: {{sink: file, path: audit.jsonl}}\n"),
+        )
+        .unwrap();
+        let sealing_key = reflow_crds::SealingKey::generate_base64();
+        let token = std::process::Command::new(BIN)
+            .args(["token", "--user", "alice", "--config"])
+            .arg(dir.join("gateway.yaml"))
+            .output()
+            .unwrap();
+        assert!(token.status.success());
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifests"])
+            .arg(&manifests)
+            .arg("--config")
+            .arg(dir.join("gateway.yaml"))
+            .env("REFLOW_SEALING_KEY", &sealing_key)
+            .env("GATEWAY_CANARY", CANARY)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut gw = GatewayProc(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("listening line");
+        let base = line.strip_prefix("listening on ").unwrap().to_owned();
+
+        let http = reqwest::Client::new();
+        let post = |sid: Option<String>, body: Value| {
+            let mut req = http
+                .post(format!("{base}/mcp"))
+                .bearer_auth(&token)
+                .header("accept", "application/json, text/event-stream")
+                .json(&body);
+            if let Some(s) = sid {
+                req = req.header("mcp-session-id", s);
+            }
+            req.send()
+        };
+        let init = post(None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await.unwrap();
+        let sid = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        // The snapshot may still be compiling: retry until the tool is routed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let report = loop {
+            let r: Value = post(Some(sid.clone()), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "fx_whoami", "arguments": {}}}))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(text) = r["result"]["content"][0]["text"].as_str() {
+                break serde_json::from_str::<Value>(text).unwrap();
+            }
+            assert!(Instant::now() < deadline, "whoami never answered: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let env = report["env"].as_object().unwrap();
+        assert!(!env.contains_key("REFLOW_SEALING_KEY") && !env.contains_key("GATEWAY_CANARY"));
+        let values = serde_json::to_string(env).unwrap();
+        assert!(!values.contains(CANARY) && !values.contains(&sealing_key));
+        let pid = pid_of(&report);
+        assert!(alive(pid));
+
+        // SIGTERM: the gateway stops its children before it exits.
+        let gpid = libc::pid_t::try_from(gw.0.id()).unwrap();
+        // SAFETY: kill(2) with plain integers, on the gateway process this test started.
+        unsafe {
+            libc::kill(gpid, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while matches!(gw.0.try_wait(), Ok(None)) {
+            assert!(Instant::now() < end, "gateway did not stop");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!alive(pid), "the gateway exited leaving its child running");
+    })
+    .await;
+}
