@@ -214,6 +214,8 @@ impl StdioPool {
             }
             if let Some(child) = &st.child {
                 if child.is_alive() {
+                    // Marked used now, so the sweeper does not take it before the request lands.
+                    child.touch();
                     return Ok(child.clone());
                 }
                 if !child.stop_requested() {
@@ -411,7 +413,7 @@ impl StdioPool {
     /// One sweep: stops children idle longer than their Target's idle TTL, retires those older
     /// than its max lifetime (new calls get a fresh child; the old one stops once drained), and
     /// forgets slots with nothing left to remember.
-    pub fn sweep(&self) {
+    fn sweep(&self) {
         let entries: Vec<(IsolationKey, Arc<Slot>)> = self
             .lock_slots()
             .iter()

@@ -74,7 +74,7 @@ impl ChildProcess {
             make_private_dir(home)
                 .map_err(|e| StdioError::Spawn(format!("cannot create its HOME: {e}")))?;
         }
-        let mut cmd = tokio::process::Command::new(&spec.command);
+        let mut cmd = tokio::process::Command::new(program(&spec.command));
         cmd.args(&spec.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -95,7 +95,8 @@ impl ChildProcess {
             }
         };
         let pid = child.id();
-        let span = info_span!("stdio", child = %spec.label, pid);
+        // A root span: the child outlives the request that happened to start it.
+        let span = info_span!(parent: None, "stdio", child = %spec.label, pid);
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -223,7 +224,7 @@ impl ChildProcess {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = self.started.elapsed().as_millis();
         self.last_used_ms
             .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -388,6 +389,19 @@ fn signal_group(pid: u32, signal: Signal) {
     }
     #[cfg(not(unix))]
     let _ = (pid, signal);
+}
+
+/// A relative path with a `/` in it (`bin/server`) means the gateway's working directory, as
+/// it reads in a manifest; the child itself runs in its HOME. Bare names are looked up in PATH.
+fn program(command: &str) -> PathBuf {
+    let path = std::path::Path::new(command);
+    if path.is_relative()
+        && command.contains('/')
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        return cwd.join(path);
+    }
+    path.to_path_buf()
 }
 
 fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
