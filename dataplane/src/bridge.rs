@@ -22,7 +22,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{info, instrument, warn};
 
 use crate::jsonrpc;
-use crate::upstream::stdio::{ChildEnv, ChildProcess, ChildSpec, StdioError};
+use crate::upstream::stdio::{ChildEnv, ChildProcess, ChildSpec, RestartBackoff, StdioError};
 
 /// Environment variables with this prefix never reach the child.
 pub const RESERVED_ENV_PREFIX: &str = "REFLOW_";
@@ -52,6 +52,13 @@ pub struct BridgeConfig {
     pub request_timeout: Duration,
     pub stop_grace: Duration,
     pub stderr_lines_per_second: u32,
+    /// Delays restarts of a child that keeps crashing or failing to start.
+    pub restarts: RestartBackoff,
+}
+
+#[derive(Default)]
+struct Slot {
+    running: Option<Running>,
 }
 
 struct Running {
@@ -62,7 +69,7 @@ struct Running {
 pub struct Bridge {
     config: BridgeConfig,
     token_digest: [u8; 32],
-    child: AsyncMutex<Option<Running>>,
+    child: AsyncMutex<(Slot, RestartBackoff)>,
 }
 
 impl Bridge {
@@ -72,10 +79,11 @@ impl Bridge {
             return Err(BridgeError::EmptyToken);
         }
         let token_digest = Sha256::digest(token.as_bytes()).into();
+        let restarts = config.restarts.clone();
         Ok(Arc::new(Self {
             config,
             token_digest,
-            child: AsyncMutex::new(None),
+            child: AsyncMutex::new((Slot::default(), restarts)),
         }))
     }
 
@@ -99,6 +107,8 @@ impl Bridge {
     pub async fn child_pid(&self) -> Option<u32> {
         let guard = self.child.lock().await;
         guard
+            .0
+            .running
             .as_ref()
             .filter(|r| r.child.is_alive())
             .and_then(|r| r.child.pid())
@@ -110,9 +120,14 @@ impl Bridge {
         params: Option<&Value>,
     ) -> Result<(Arc<ChildProcess>, Map<String, Value>), StdioError> {
         let mut guard = self.child.lock().await;
-        if let Some(r) = guard.as_ref().filter(|r| r.child.is_alive()) {
+        let (slot, restarts) = &mut *guard;
+        if let Some(r) = slot.running.as_ref().filter(|r| r.child.is_alive()) {
             return Ok((r.child.clone(), r.init.clone()));
         }
+        if let Some(gone) = slot.running.take() {
+            restarts.child_gone(&gone.child);
+        }
+        restarts.wait().await?;
         let mut env = ChildEnv::default();
         for (k, v) in std::env::vars_os() {
             let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
@@ -131,7 +146,8 @@ impl Bridge {
             stderr_lines_per_second: self.config.stderr_lines_per_second,
             unrouted: None,
             on_exit: None,
-        })?;
+        })
+        .inspect_err(|_| restarts.failed())?;
         info!(pid = child.pid(), "STDIO server started");
         let default = json!({
             "protocolVersion": crate::gateway::LATEST_PROTOCOL,
@@ -145,11 +161,12 @@ impl Bridge {
             Ok(init) => init,
             Err(e) => {
                 warn!(error = %e, "STDIO server failed to initialize; stopping it");
+                restarts.failed();
                 child.stop(self.config.stop_grace).await;
                 return Err(e);
             }
         };
-        *guard = Some(Running {
+        slot.running = Some(Running {
             child: child.clone(),
             init: init.clone(),
         });
@@ -158,7 +175,7 @@ impl Bridge {
 
     /// Stops the child gracefully (stdin closed, SIGTERM, SIGKILL).
     pub async fn shutdown(&self) {
-        let running = self.child.lock().await.take();
+        let running = self.child.lock().await.0.running.take();
         if let Some(r) = running {
             r.child.stop(self.config.stop_grace).await;
         }

@@ -280,6 +280,7 @@ async fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         stop_grace: Duration::from_millis(defaults.stop_grace_ms),
         stderr_lines_per_second: defaults.stderr_lines_per_second,
+        restarts: defaults.backoff(),
     })?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -655,3 +655,114 @@ async fn the_gateway_process_environment_never_reaches_a_child() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn per_group_children_are_shared_by_exactly_the_same_groups() {
+    bounded(async {
+        let h = gateway(
+            &[(
+                "fx",
+                stdio_target("fx", &["--stdio"], "  isolation: perGroup\n"),
+            )],
+            StdioConfig::default(),
+        )
+        .await;
+        // TokenIsUser: `user:group`. carol, dave and erin have no credentials.
+        let mut pid = std::collections::HashMap::new();
+        for who in ["carol:dev", "dave:dev", "erin:ops"] {
+            let sid = open(&h, "fx", who).await;
+            pid.insert(who, pid_of(&whoami(&h, "fx", who, &sid).await));
+        }
+        assert_eq!(pid["carol:dev"], pid["dave:dev"]);
+        assert_ne!(pid["carol:dev"], pid["erin:ops"]);
+        // Same group, different credentials: never shared.
+        let sid = open(&h, "fx", "alice:dev").await;
+        let alice = whoami(&h, "fx", "alice:dev", &sid).await;
+        assert_ne!(pid_of(&alice), pid["carol:dev"]);
+        assert_eq!(alice["env"]["API_TOKEN"], "alice-child-secret");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_credential_change_moves_the_caller_to_a_new_child() {
+    bounded(async {
+        let h = gateway(
+            &[(
+                "fx",
+                stdio_target("fx", &["--stdio"], "  isolation: perUser\n"),
+            )],
+            StdioConfig::default(),
+        )
+        .await;
+        let sid = open(&h, "fx", "alice").await;
+        let before = whoami(&h, "fx", "alice", &sid).await;
+        assert_eq!(before["env"]["API_TOKEN"], "alice-child-secret");
+        std::fs::write(
+            h.dir.join("secret.yaml"),
+            TOKENS.replace("alice-child-secret", "alice-rotated-secret"),
+        )
+        .unwrap();
+        // Same session, same user: once the snapshot has the new value, a new child serves it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let after = loop {
+            let r = whoami(&h, "fx", "alice", &sid).await;
+            if r["env"]["API_TOKEN"] == "alice-rotated-secret" {
+                break r;
+            }
+            assert_eq!(r["env"]["API_TOKEN"], "alice-child-secret");
+            assert_eq!(pid_of(&r), pid_of(&before));
+            assert!(
+                Instant::now() < deadline,
+                "the rotated secret never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_ne!(pid_of(&after), pid_of(&before));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_that_keeps_failing_is_restarted_with_growing_backoff() {
+    bounded(async {
+        // Exits at once: every start fails to initialize.
+        let h = gateway(
+            &[("dead", stdio_target_cmd("dead", "/bin/false", &[], ""))],
+            StdioConfig::default(),
+        )
+        .await;
+        let sid = open(&h, "dead", "carol").await;
+        let mut reasons = Vec::new();
+        for _ in 0..8 {
+            let r = call(&h, "dead", "carol", &sid, "echo", json!({"text": "x"})).await;
+            let reason = error_reason(&r).to_owned();
+            reasons.push(reason.clone());
+            if reason == "stdio_restarting" {
+                let msg = r["error"]["message"].as_str().unwrap();
+                assert!(msg.contains("restarting; retry in"), "{msg}");
+                break;
+            }
+        }
+        // Backoff 100, 200, 400, 800 ms are waited out; the next (1.6 s) fails fast.
+        assert_eq!(
+            reasons.last().map(String::as_str),
+            Some("stdio_restarting"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[..reasons.len() - 1]
+                .iter()
+                .all(|r| r == "stdio_exited" || r == "stdio_initialize"),
+            "{reasons:?}"
+        );
+        assert!(reasons.len() >= 5, "{reasons:?}");
+        let spawned =
+            h.gw.stdio()
+                .stats()
+                .spawned
+                .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(spawned as usize, reasons.len() - 1);
+    })
+    .await;
+}

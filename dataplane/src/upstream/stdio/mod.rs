@@ -2,10 +2,12 @@
 //! isolation key (boundary + credential fingerprint [+ session when stateful]), pooled with limits.
 //! `env` builds what a child sees, `process` owns one child's I/O, `pool` decides who shares it.
 
+mod backoff;
 mod env;
 mod pool;
 mod process;
 
+pub use backoff::RestartBackoff;
 pub use env::{ChildEnv, EnvError};
 pub use pool::{Boundary, IsolationKey, Start, StdioPool, StdioStats};
 pub use process::{ChildProcess, ChildSpec, Unrouted};
@@ -54,6 +56,13 @@ impl Default for StdioConfig {
 }
 
 impl StdioConfig {
+    pub fn backoff(&self) -> RestartBackoff {
+        RestartBackoff::new(
+            Duration::from_millis(self.restart_backoff_ms),
+            Duration::from_millis(self.max_restart_backoff_ms),
+        )
+    }
+
     pub(crate) fn grace(&self) -> Duration {
         Duration::from_millis(self.stop_grace_ms)
     }

@@ -21,14 +21,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
+use super::backoff::{HEALTHY_UPTIME, RestartBackoff};
 use super::env::ChildEnv;
 use super::process::{ChildProcess, ChildSpec, Unrouted};
 use super::{StdioConfig, StdioError};
-
-/// A crashed child that had been up this long restarts without backoff.
-const HEALTHY_UPTIME: Duration = Duration::from_secs(60);
-/// A restart delay up to this long is waited out by the caller; a longer one fails fast.
-const MAX_WAIT_FOR_RESTART: Duration = Duration::from_secs(1);
 
 /// Who may share a child, before credentials are considered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -106,21 +102,31 @@ pub struct StdioStats {
     pub stopped_max_age: AtomicU64,
 }
 
-#[derive(Default)]
 struct SlotState {
     child: Option<Arc<ChildProcess>>,
     idle: Duration,
     max_age: Option<Duration>,
-    /// Consecutive crashes, and when the next start is allowed.
-    crashes: u32,
-    retry_at: Option<Instant>,
+    restarts: RestartBackoff,
     /// Taken out of the pool by the sweeper: look the key up again.
     removed: bool,
 }
 
-#[derive(Default)]
 struct Slot {
     state: AsyncMutex<SlotState>,
+}
+
+impl Slot {
+    fn new(restarts: RestartBackoff) -> Self {
+        Self {
+            state: AsyncMutex::new(SlotState {
+                child: None,
+                idle: Duration::ZERO,
+                max_age: None,
+                restarts,
+                removed: false,
+            }),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -207,39 +213,30 @@ impl StdioPool {
         start: &Start<'_>,
     ) -> Result<Arc<ChildProcess>, StdioError> {
         loop {
-            let slot = self.lock_slots().entry(key.clone()).or_default().clone();
+            let slot = self
+                .lock_slots()
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Slot::new(self.config.backoff())))
+                .clone();
             let mut st = slot.state.lock().await;
             if st.removed {
                 continue;
             }
-            if let Some(child) = &st.child {
+            if let Some(child) = st.child.clone() {
                 if child.is_alive() {
                     // Marked used now, so the sweeper does not take it before the request lands.
                     child.touch();
-                    return Ok(child.clone());
+                    return Ok(child);
                 }
-                if !child.stop_requested() {
-                    if child.age() >= HEALTHY_UPTIME {
-                        st.crashes = 0;
-                    }
-                    st.crashes += 1;
-                    st.retry_at = Some(Instant::now() + self.backoff(st.crashes));
-                }
+                st.restarts.child_gone(&child);
                 st.child = None;
             }
-            if let Some(at) = st.retry_at {
-                let wait = at.saturating_duration_since(Instant::now());
-                if wait > MAX_WAIT_FOR_RESTART {
-                    return Err(StdioError::Restarting(wait));
-                }
-                tokio::time::sleep(wait).await;
-            }
+            st.restarts.wait().await?;
             let child = match self.start(key, start).await {
                 Ok(c) => c,
                 Err(e) => {
                     if !matches!(e, StdioError::Limit { .. }) {
-                        st.crashes += 1;
-                        st.retry_at = Some(Instant::now() + self.backoff(st.crashes));
+                        st.restarts.failed();
                     }
                     return Err(e);
                 }
@@ -253,15 +250,6 @@ impl StdioPool {
             st.child = Some(child.clone());
             return Ok(child);
         }
-    }
-
-    fn backoff(&self, crashes: u32) -> Duration {
-        let base = self.config.restart_backoff_ms;
-        let factor = 1u64 << crashes.saturating_sub(1).min(20);
-        Duration::from_millis(
-            base.saturating_mul(factor)
-                .min(self.config.max_restart_backoff_ms),
-        )
     }
 
     /// Reserves a process slot, spawns the child and initializes it.
@@ -427,7 +415,8 @@ impl StdioPool {
             };
             let Some(child) = st.child.clone() else {
                 let backoff_over = st
-                    .retry_at
+                    .restarts
+                    .retry_at()
                     .is_none_or(|at| at.elapsed() >= self.config.grace() + HEALTHY_UPTIME);
                 if backoff_over {
                     st.removed = true;
@@ -555,26 +544,5 @@ mod tests {
             env: vec![],
         };
         assert_ne!(base, key(&other, &alice, "s"));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let pool = StdioPool {
-            config: StdioConfig {
-                restart_backoff_ms: 100,
-                max_restart_backoff_ms: 1_000,
-                ..StdioConfig::default()
-            },
-            home_root: std::env::temp_dir().join("reflow-pool-unit-test-never-created"),
-            slots: Mutex::default(),
-            counts: Arc::default(),
-            stats: Arc::default(),
-            next_instance: AtomicU64::new(1),
-        };
-        let ms = |n| pool.backoff(n).as_millis();
-        assert_eq!(
-            (ms(1), ms(2), ms(3), ms(5), ms(40)),
-            (100, 200, 400, 1000, 1000)
-        );
     }
 }
