@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod authn;
+pub mod bridge;
 pub mod config;
 pub mod gateway;
 pub mod identity_token;

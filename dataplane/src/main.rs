@@ -1,5 +1,6 @@
 //! `reflow-dataplane`: the MCP gateway binary. `serve` (the default) runs the gateway on a folder
-//! of manifests; `token` mints a development token. Wiring only; everything else is the library.
+//! of manifests; `token` mints a development token; `bridge` exposes one STDIO server over
+//! authenticated Streamable HTTP. Wiring only; everything else is the library.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,7 +51,31 @@ enum Command {
     Serve(ServeArgs),
     /// Print an HS256 token signed with the config's `dev` secret.
     Token(TokenArgs),
+    /// Expose one STDIO MCP server as Streamable HTTP: `bridge --listen ADDR -- CMD ARGS…`.
+    Bridge(BridgeArgs),
 }
+
+#[derive(Args)]
+struct BridgeArgs {
+    /// Address to bind; the bound address is printed as `listening on http://ADDR`.
+    #[arg(long, env = "REFLOW_BRIDGE_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: String,
+    /// File holding the bearer token clients must present (else env REFLOW_BRIDGE_TOKEN).
+    #[arg(long, env = "REFLOW_BRIDGE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Time the server gets to answer `initialize`.
+    #[arg(long, env = "REFLOW_BRIDGE_INIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    init_timeout: Duration,
+    /// Time the server gets to answer any other request.
+    #[arg(long, env = "REFLOW_BRIDGE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// The STDIO server and its arguments (after `--`), run directly, never through a shell.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Env var holding the bridge's bearer token itself (when no --token-file is given).
+const BRIDGE_TOKEN_ENV: &str = "REFLOW_BRIDGE_TOKEN";
 
 #[derive(Args)]
 struct ServeArgs {
@@ -108,6 +133,9 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match (cli.command, cli.serve) {
         (Some(Command::Token(args)), _) => token(&args),
+        (Some(Command::Bridge(args)), _) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(bridge(args)),
         (Some(Command::Serve(args)), _) | (None, Some(args)) => {
             // Installed once, before any TLS client (JWKS, upstreams) is built.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -246,7 +274,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stopped = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
-    let service = gateway::service(gw);
+    let service = gateway::service(gw.clone());
     let mut server = match config.gateway.tls.clone() {
         Some(tls) => {
             let listener = gateway::TlsListener::new(listener, tls, max_connections)
@@ -266,7 +294,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     tokio::select! {
-        done = &mut server => return Ok(done.context("server task")??),
+        done = &mut server => {
+            gw.shutdown().await;
+            return Ok(done.context("server task")??);
+        }
         signal = shutdown_signal() => info!(signal, "shutting down"),
     }
     let _ = stop_tx.send(true);
@@ -274,6 +305,50 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(done) => done.context("server task")??,
         Err(_) => warn!(after = ?DRAIN, "connections still open; exiting anyway"),
     }
+    gw.shutdown().await;
+    Ok(())
+}
+
+async fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading token file {}", path.display()))?,
+        None => std::env::var(BRIDGE_TOKEN_ENV)
+            .with_context(|| format!("no --token-file and no {BRIDGE_TOKEN_ENV}"))?,
+    };
+    let Some((command, rest)) = args.command.split_first() else {
+        bail!("no command given after --");
+    };
+    let defaults = reflow_dataplane::upstream::StdioConfig::default();
+    let b = reflow_dataplane::bridge::Bridge::new(reflow_dataplane::bridge::BridgeConfig {
+        command: command.clone(),
+        args: rest.to_vec(),
+        token: token.into(),
+        init_timeout: args.init_timeout,
+        request_timeout: args.request_timeout,
+        stop_grace: Duration::from_millis(defaults.stop_grace_ms),
+        stderr_lines_per_second: defaults.stderr_lines_per_second,
+        restarts: defaults.backoff(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    info!(listen = %addr, command, "bridging");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    let app = reflow_dataplane::bridge::router(b.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let signal = shutdown_signal().await;
+            info!(signal, "shutting down");
+        })
+        .await
+        .context("bridge server")?;
+    b.shutdown().await;
     Ok(())
 }
 

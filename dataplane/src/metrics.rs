@@ -79,6 +79,15 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     /// Audit events the sink had to drop (queue full); synced from the sink at render time.
     pub audit_dropped: Counter,
+    /// STDIO process pool, synced from the pool at render time.
+    pub stdio_live: Gauge<i64, AtomicI64>,
+    pub stdio_events: Family<StdioLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StdioLabels {
+    /// spawned | crashed | limit_refused | unrouted_message | stopped_idle | stopped_max_age
+    pub event: &'static str,
 }
 
 impl Metrics {
@@ -116,8 +125,22 @@ impl Metrics {
             "Audit events dropped because the audit queue was full",
             audit_dropped.clone(),
         );
+        let stdio_live = Gauge::<i64, AtomicI64>::default();
+        let stdio_events = Family::<StdioLabels, Counter>::default();
+        registry.register(
+            "stdio_processes",
+            "Live STDIO server processes",
+            stdio_live.clone(),
+        );
+        registry.register(
+            "stdio_events",
+            "STDIO process events (spawns, crashes, limit refusals, dropped unroutable messages, stops)",
+            stdio_events.clone(),
+        );
         Self {
             registry,
+            stdio_live,
+            stdio_events,
             requests,
             request_seconds,
             decisions,
@@ -133,6 +156,26 @@ impl Metrics {
         self.audit_dropped
             .inner()
             .fetch_max(dropped, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Copies the STDIO pool's counters (monotonic) and live count.
+    pub fn sync_stdio(&self, stats: &crate::upstream::stdio::StdioStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = stats.live.load(Relaxed);
+        self.stdio_live.set(i64::try_from(live).unwrap_or(i64::MAX));
+        for (event, n) in [
+            ("spawned", &stats.spawned),
+            ("crashed", &stats.crashed),
+            ("limit_refused", &stats.limit_refusals),
+            ("unrouted_message", &stats.unrouted),
+            ("stopped_idle", &stats.stopped_idle),
+            ("stopped_max_age", &stats.stopped_max_age),
+        ] {
+            self.stdio_events
+                .get_or_create(&StdioLabels { event })
+                .inner()
+                .fetch_max(n.load(Relaxed), Relaxed);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -16,6 +16,8 @@
 //! multi-thread tokio runtime on its own threads, the load client on another. A third path, a
 //! bare pass-through proxy (axum + reqwest, no parsing, no auth/policy/audit) on the gateway's
 //! runtime, is measured as a reference: the cost of the second HTTP exchange alone on this machine.
+//! A fourth path goes through the same gateway to a STDIO Target (the same fixture binary with
+//! `--stdio`, one warm shared child): the cost of a STDIO hop next to the HTTP one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +47,8 @@ const ISSUER: &str = "reflow-bench";
 const AUDIENCE: &str = "reflow";
 const NAMESPACE: &str = "bench";
 const TARGET: &str = "fx";
+/// The STDIO Target (same fixture binary, `--stdio`, same server name so echo answers alike).
+const STDIO_TARGET: &str = "fxstdio";
 const ECHO_TEXT: &str = "bench";
 
 struct Plan {
@@ -142,7 +146,7 @@ fn run(plan: &Plan) -> BenchResult<Report> {
         uuid::Uuid::new_v4().simple()
     ));
     let _cleanup = RemoveOnDrop(dir.clone());
-    write_manifests(&dir, &fixture.mcp_url())?;
+    write_manifests(&dir, &fixture.mcp_url(), &bin)?;
 
     let secret = format!(
         "{}{}",
@@ -198,8 +202,14 @@ fn run(plan: &Plan) -> BenchResult<Report> {
         Path {
             name: "gateway",
             url: format!("http://{}/mcp", gw.addr),
-            token: Some(token),
+            token: Some(token.clone()),
             tool: format!("{TARGET}_echo"),
+        },
+        Path {
+            name: "gateway-stdio",
+            url: format!("http://{}/mcp", gw.addr),
+            token: Some(token),
+            tool: format!("{STDIO_TARGET}_echo"),
         },
     ];
     let measured = client_rt.block_on(measure(plan, &paths));
@@ -221,8 +231,14 @@ fn run(plan: &Plan) -> BenchResult<Report> {
     })
 }
 
-/// Manifests for one Target (the fixture) and a Policy allowing `echo` to everyone.
-fn write_manifests(dir: &std::path::Path, fixture_url: &str) -> BenchResult<()> {
+/// Manifests for two Targets (the HTTP fixture, and the fixture binary as a STDIO server) and
+/// Policies allowing `echo` on both to everyone.
+fn write_manifests(
+    dir: &std::path::Path,
+    fixture_url: &str,
+    fixture_bin: &std::path::Path,
+) -> BenchResult<()> {
+    let command = json!(fixture_bin.to_string_lossy());
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).map_err(|e| format!("{}: {e}", manifests.display()))?;
     let yaml = format!(
@@ -240,6 +256,26 @@ kind: Policy
 metadata: {{name: allow-echo, namespace: {NAMESPACE}}}
 spec:
   targetRef: {{name: {TARGET}}}
+  subjects: [{{everyone: true}}]
+  rules: [{{kind: tool, names: [\"echo\"]}}]
+  effect: Allow
+  priority: 0
+---
+apiVersion: mcp.reflow.io/v1alpha1
+kind: Target
+metadata: {{name: {STDIO_TARGET}, namespace: {NAMESPACE}}}
+spec:
+  transport: stdio
+  command: {command}
+  args: [\"--stdio\", \"--name\", \"{TARGET}\"]
+  prefix: {STDIO_TARGET}
+  timeouts: {{requestMs: 10000}}
+---
+apiVersion: mcp.reflow.io/v1alpha1
+kind: Policy
+metadata: {{name: allow-echo-stdio, namespace: {NAMESPACE}}}
+spec:
+  targetRef: {{name: {STDIO_TARGET}}}
   subjects: [{{everyone: true}}]
   rules: [{{kind: tool, names: [\"echo\"]}}]
   effect: Allow
@@ -622,6 +658,9 @@ impl Report {
             "  gateway:      in-process, own runtime; HS256 JWT auth, Policy allowing echo, JSON-lines audit to a file"
         );
         println!(
+            "  gateway-stdio: the same gateway to a STDIO Target (the fixture with --stdio, one warm shared child)"
+        );
+        println!(
             "  pass-through: reference proxy on the gateway's runtime (axum + reqwest, bytes only, no auth/policy/audit)"
         );
         println!();
@@ -659,6 +698,11 @@ impl Report {
         added_row("added by gw", g, d);
         if let Some(b) = bare {
             added_row("added by bare", b, d);
+        }
+        if let Some(st) = self.path("gateway-stdio") {
+            // The STDIO hop's own cost: the same gateway work, a child's pipes instead of HTTP.
+            added_row("stdio vs http", st, g);
+            added_row("stdio vs direct", st, d);
         }
         let added = us(g.latency.p50) - us(d.latency.p50);
         println!();
@@ -700,7 +744,9 @@ impl Report {
         );
         println!(
             "  audit: {} lines written, {} dropped, for {} successful gateway calls (warm-ups included)",
-            self.audit_lines, self.audit_dropped, g.calls
+            self.audit_lines,
+            self.audit_dropped,
+            g.calls + self.path("gateway-stdio").map_or(0, |p| p.calls)
         );
         for p in &self.measured {
             let first = p.latency_tally.first_error.as_ref().or(p

@@ -1,18 +1,20 @@
 //! One call to one upstream on behalf of one session: credentials opened at use time, the
-//! upstream link established at most once per (session, target), again on 404 or a lost stream.
+//! upstream link established at most once per (session, target), again on 404 or a lost stream;
+//! `stdio` targets go to the process pool instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use reflow_crds::Identity;
-use reflow_crds::snapshot::CompiledTarget;
+use reflow_crds::snapshot::{CompiledTarget, Upstream};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::Gateway;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
+use crate::upstream::stdio::{IsolationKey, Start};
 use crate::upstream::{InitParams, InjectedHeaders, Link, UpstreamError};
 
 pub(crate) type Cell = Arc<AsyncMutex<Link>>;
@@ -120,6 +122,28 @@ impl Gateway {
         params: Option<&Value>,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let creds = target.credentials.resolve(caller.identity);
+        if let Upstream::Stdio { .. } = target.upstream {
+            // No link: the pool picks the child by isolation key, which includes the
+            // fingerprint of these credentials, so a child never serves other credentials.
+            let key = IsolationKey::new(
+                target,
+                caller.target_key,
+                caller.identity,
+                &creds,
+                caller.session_id,
+            );
+            let start = Start {
+                target,
+                creds: &creds,
+                key: &self.key,
+                protocol_version: caller.protocol_version,
+            };
+            return Ok(self
+                .upstream
+                .stdio()
+                .call(&key, &start, method, params)
+                .await?);
+        }
         let mut headers = InjectedHeaders::open(&creds, &self.key)?;
         if let Some(forwarding) = &target.identity_forwarding {
             let forwarded = self

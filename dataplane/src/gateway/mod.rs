@@ -31,7 +31,9 @@ use crate::net::Peer;
 use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
-use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER, UpstreamClient, UpstreamError};
+use crate::upstream::{
+    PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
+};
 
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
@@ -65,6 +67,8 @@ pub struct GatewayConfig {
     pub identity_tokens: IdentityTokensConfig,
     /// TLS (and mutual TLS) on the listener; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// STDIO process manager: process limits, HOME folders, stop grace, restart backoff.
+    pub stdio: StdioConfig,
 }
 
 impl Default for GatewayConfig {
@@ -80,6 +84,7 @@ impl Default for GatewayConfig {
             trusted_proxy: None,
             identity_tokens: IdentityTokensConfig::default(),
             tls: None,
+            stdio: StdioConfig::default(),
         }
     }
 }
@@ -131,7 +136,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
-        let upstream = UpstreamClient::new(Duration::from_millis(p.config.connect_timeout_ms))?;
+        let upstream = UpstreamClient::with_stdio(
+            Duration::from_millis(p.config.connect_timeout_ms),
+            p.config.stdio.clone(),
+        )?;
         let guard = hardening::Guard::new(&p.config.http);
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
@@ -161,9 +169,28 @@ impl Gateway {
         Ok(gw)
     }
 
+    /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).
+    pub async fn shutdown(&self) {
+        self.upstream.stdio().shutdown().await;
+    }
+
+    /// The STDIO process pool (live children, counters).
+    pub fn stdio(&self) -> &Arc<crate::upstream::stdio::StdioPool> {
+        self.upstream.stdio()
+    }
+
     /// Forgets a session's upstream links and closes them in the background: DELETE for
-    /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones.
+    /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones, stopping
+    /// the session's own children of stateful STDIO targets.
     pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
+        let rt = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone());
+        if let Some(rt) = &rt {
+            let gw = self.clone();
+            let sid = session_id.to_owned();
+            rt.spawn(async move { gw.upstream.stdio().end_session(&sid).await });
+        }
         let Some(links) = self.conns.remove_session(session_id) else {
             return;
         };
@@ -261,6 +288,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.sessions.set(gw.sessions.count() as i64);
     gw.metrics.sync_audit_dropped(gw.audit.dropped());
+    gw.metrics.sync_stdio(gw.upstream.stdio().stats());
     (
         [(
             header::CONTENT_TYPE,

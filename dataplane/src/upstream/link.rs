@@ -100,7 +100,8 @@ impl UpstreamClient {
                 .map(Link::streamable),
             Upstream::Sse { url } => self.connect_sse(target, url, headers, init).await,
             Upstream::Auto { url } => self.connect_auto(target, url, headers, init).await,
-            Upstream::Stdio { .. } => Err(UpstreamError::Unsupported("stdio")),
+            // Served by the process pool (`UpstreamClient::stdio`), never through a link.
+            Upstream::Stdio { .. } => Err(UpstreamError::Unsupported("stdio link")),
             Upstream::Kubernetes { .. } => Err(UpstreamError::Unsupported("kubernetes")),
         }
     }

@@ -6,14 +6,16 @@ mod auto;
 mod events;
 mod link;
 mod sse;
+pub mod stdio;
 
 pub use link::{Link, Transport};
 pub use sse::SseError;
+pub use stdio::{StdioConfig, StdioError};
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -93,6 +95,8 @@ pub enum UpstreamError {
     Client(String),
     #[error("{0}")]
     Sse(#[from] SseError),
+    #[error("{0}")]
+    Stdio(#[from] StdioError),
 }
 
 impl UpstreamError {
@@ -108,6 +112,7 @@ impl UpstreamError {
             Self::Identity(_) => "identity",
             Self::Client(_) => "client",
             Self::Sse(e) => e.label(),
+            Self::Stdio(e) => e.label(),
         }
     }
 }
@@ -162,10 +167,19 @@ pub struct UpstreamClient {
     /// Upstream URLs parsed once, keyed by their text: a snapshot that changes a target's url
     /// brings a new key, so an entry can never be stale (only unused, until the cache resets).
     urls: Mutex<HashMap<Box<str>, Url>>,
+    /// Children of `stdio` targets.
+    stdio: Arc<stdio::StdioPool>,
 }
 
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration) -> Result<Self, UpstreamError> {
+        Self::with_stdio(connect_timeout, StdioConfig::default())
+    }
+
+    pub fn with_stdio(
+        connect_timeout: Duration,
+        stdio: StdioConfig,
+    ) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -176,7 +190,13 @@ impl UpstreamClient {
             next_id: AtomicU64::new(1),
             detected: auto::Detected::default(),
             urls: Mutex::new(HashMap::new()),
+            stdio: stdio::StdioPool::new(stdio),
         })
+    }
+
+    /// The STDIO process pool.
+    pub fn stdio(&self) -> &Arc<stdio::StdioPool> {
+        &self.stdio
     }
 
     /// `url` parsed (cached; reqwest would otherwise parse it on every request).

@@ -1,0 +1,613 @@
+//! One child process speaking newline-delimited JSON-RPC: a writer task serialises every line to
+//! stdin, a reader task matches replies to our (remapped) ids, stderr goes to the log rate-limited,
+//! and a waiter fails everything in flight with the exit status when the child dies.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::StdioError;
+use super::env::ChildEnv;
+
+/// Longest line read from a child's stdout; longer ones are discarded (and logged).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest stderr line logged; the rest of it is cut.
+const MAX_STDERR_LINE: usize = 4096;
+
+/// Called with each message the child sends that answers none of our requests: notifications and
+/// server-to-client requests (the latter are also refused to the child, see `route_unsolicited`).
+pub type Unrouted = Arc<dyn Fn(&Value) + Send + Sync>;
+
+/// What to run, and how. `command` is executed directly (no shell), with exactly `env`.
+pub struct ChildSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: ChildEnv,
+    /// Created (0700) before the spawn, removed once the child has exited; also the working dir.
+    pub home: Option<PathBuf>,
+    /// For logs: which Target and instance this child serves.
+    pub label: String,
+    pub stderr_lines_per_second: u32,
+    pub unrouted: Option<Unrouted>,
+    /// Runs once when the process has exited (and been reaped).
+    pub on_exit: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Map<String, Value>>>>>;
+
+/// A running (or exited) child. Ids on the wire are ours, counted per child: the ids of the
+/// sessions it serves never reach it, so they cannot collide.
+pub struct ChildProcess {
+    label: Arc<str>,
+    pid: Option<u32>,
+    writer: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    exit: watch::Receiver<Option<Arc<str>>>,
+    started: Instant,
+    /// Milliseconds after `started` of the last request or reply.
+    last_used_ms: AtomicU64,
+    stop_requested: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildProcess")
+            .field("label", &self.label)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChildProcess {
+    /// Starts the child and its I/O tasks. Needs a tokio runtime.
+    pub fn spawn(spec: ChildSpec) -> Result<Arc<Self>, StdioError> {
+        if let Some(home) = &spec.home {
+            make_private_dir(home)
+                .map_err(|e| StdioError::Spawn(format!("cannot create its HOME: {e}")))?;
+        }
+        let mut cmd = tokio::process::Command::new(program(&spec.command));
+        cmd.args(&spec.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .current_dir(spec.home.as_deref().unwrap_or(std::path::Path::new("/")));
+        spec.env.apply(&mut cmd);
+        // Its own process group, so a stop reaches what it started too (npx → node → …).
+        #[cfg(unix)]
+        cmd.process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(home) = &spec.home {
+                    let _ = std::fs::remove_dir_all(home);
+                }
+                return Err(StdioError::Spawn(format!("{}: {e}", spec.command)));
+            }
+        };
+        let pid = child.id();
+        // A root span: the child outlives the request that happened to start it.
+        let span = info_span!(parent: None, "stdio", child = %spec.label, pid);
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(StdioError::Spawn("stdio pipes unavailable".into()));
+        };
+        let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let pending: Pending = Arc::default();
+        let stop_requested = Arc::new(AtomicBool::new(false));
+
+        // Writer: the only owner of stdin; when every sender is gone, stdin closes.
+        let mut stdin = stdin;
+        tokio::spawn(
+            async move {
+                while let Some(line) = line_rx.recv().await {
+                    if let Err(e) = stdin.write_all(&line).await {
+                        debug!(error = %e, "stdin closed");
+                        break;
+                    }
+                    if stdin.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        );
+
+        let reply_tx = line_tx.clone();
+        let reader_pending = pending.clone();
+        let unrouted = spec.unrouted.clone();
+        tokio::spawn(
+            async move {
+                read_stdout(stdout, &reader_pending, &reply_tx, unrouted.as_ref()).await;
+                // A child whose stdout is gone cannot answer anything: end it.
+                if let Some(pid) = pid {
+                    signal_group(pid, Signal::Kill);
+                }
+            }
+            .instrument(span.clone()),
+        );
+
+        let rate = spec.stderr_lines_per_second.max(1);
+        tokio::spawn(log_stderr(stderr, rate).instrument(span.clone()));
+
+        let wait_pending = pending.clone();
+        let home = spec.home.clone();
+        let stopping = stop_requested.clone();
+        let on_exit = spec.on_exit;
+        tokio::spawn(
+            async move {
+                let status = match child.wait().await {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                let expected = stopping.load(Ordering::SeqCst);
+                if expected {
+                    debug!(%status, "stopped");
+                } else {
+                    warn!(%status, "exited unexpectedly");
+                }
+                // Cleaned up and counted before anyone waiting on the exit is woken.
+                if let Some(home) = home {
+                    let _ = tokio::fs::remove_dir_all(&home).await;
+                }
+                if let Some(f) = on_exit {
+                    f(expected);
+                }
+                // Exit first, then fail what is in flight: a request that registers after the
+                // drain sees the exit status instead of waiting forever.
+                let _ = exit_tx.send(Some(Arc::from(status.as_str())));
+                let drained: Vec<_> = {
+                    let mut map = wait_pending.lock().unwrap_or_else(|p| p.into_inner());
+                    map.drain().collect()
+                };
+                drop(drained);
+            }
+            .instrument(span),
+        );
+
+        Ok(Arc::new(Self {
+            label: Arc::from(spec.label.as_str()),
+            pid,
+            writer: Mutex::new(Some(line_tx)),
+            pending,
+            next_id: AtomicU64::new(1),
+            exit: exit_rx,
+            started: Instant::now(),
+            last_used_ms: AtomicU64::new(0),
+            stop_requested,
+        }))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exit_status(&self) -> Option<Arc<str>> {
+        self.exit.borrow().clone()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    /// True when the exit (if any) was asked for by `stop`.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst)
+    }
+
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = self.started.elapsed().as_millis();
+        self.last_used_ms
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Resolves once the process has exited.
+    pub async fn exited(&self) {
+        let mut rx = self.exit.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    fn write(&self, mut line: Vec<u8>) -> Result<(), StdioError> {
+        line.push(b'\n');
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match writer.as_ref() {
+            Some(tx) => tx
+                .send(line)
+                .map_err(|_| StdioError::Write("stdin is closed".into())),
+            None => Err(StdioError::Write("the server is stopping".into())),
+        }
+    }
+
+    /// `initialize` then `notifications/initialized`; returns the `initialize` result.
+    pub async fn initialize(
+        &self,
+        params: &Value,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, StdioError> {
+        let reply = self
+            .request("initialize", Some(params), timeout)
+            .await
+            .map_err(|e| match e {
+                StdioError::Timeout(_) | StdioError::Exited(_) => e,
+                other => StdioError::Initialize(other.to_string()),
+            })?;
+        let result = match reply.get("result") {
+            Some(Value::Object(r)) => r.clone(),
+            _ => {
+                let why = reply
+                    .get("error")
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no result");
+                return Err(StdioError::Initialize(why.to_owned()));
+            }
+        };
+        self.notify("notifications/initialized", None)?;
+        Ok(result)
+    }
+
+    /// One request; the reply keeps the child's `result` or `error` (its id is ours).
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, StdioError> {
+        self.touch();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        if let Some(status) = self.exit_status() {
+            self.forget(id);
+            return Err(StdioError::Exited(status.to_string()));
+        }
+        let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        if let Some(p) = params {
+            msg["params"] = p.clone();
+        }
+        let line = serde_json::to_vec(&msg).map_err(|e| StdioError::Write(e.to_string()))?;
+        if let Err(e) = self.write(line) {
+            self.forget(id);
+            return Err(e);
+        }
+        let out = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => {
+                // Dropped by the waiter: the child died with this request in flight.
+                self.exited().await;
+                let status = self.exit_status().unwrap_or_else(|| Arc::from("unknown"));
+                Err(StdioError::Exited(status.to_string()))
+            }
+            Err(_) => {
+                self.forget(id);
+                let params = json!({"requestId": id, "reason": "timed out in the gateway"});
+                let _ = self.notify("notifications/cancelled", Some(&params));
+                Err(StdioError::Timeout(timeout))
+            }
+        };
+        self.touch();
+        out
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Sends one notification.
+    pub fn notify(&self, method: &str, params: Option<&Value>) -> Result<(), StdioError> {
+        let mut msg = json!({"jsonrpc": "2.0", "method": method});
+        if let Some(p) = params {
+            msg["params"] = p.clone();
+        }
+        let line = serde_json::to_vec(&msg).map_err(|e| StdioError::Write(e.to_string()))?;
+        self.write(line)
+    }
+
+    /// Graceful stop: close stdin, wait `grace`; SIGTERM the process group, wait `grace`;
+    /// then SIGKILL it. Returns once the process has exited.
+    pub async fn stop(&self, grace: Duration) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if tokio::time::timeout(grace, self.exited()).await.is_ok() {
+            return;
+        }
+        let Some(pid) = self.pid else {
+            return;
+        };
+        if self.is_alive() {
+            debug!(child = %self.label, pid, "no exit after stdin closed; SIGTERM");
+            signal_group(pid, Signal::Term);
+        }
+        if tokio::time::timeout(grace, self.exited()).await.is_ok() {
+            return;
+        }
+        if self.is_alive() {
+            warn!(child = %self.label, pid, "no exit after SIGTERM; SIGKILL");
+            signal_group(pid, Signal::Kill);
+        }
+        self.exited().await;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Signal {
+    Term,
+    Kill,
+}
+
+/// Signals the child's process group (its pid: it was made a group leader at spawn).
+fn signal_group(pid: u32, signal: Signal) {
+    #[cfg(unix)]
+    {
+        let Ok(pgid) = libc::pid_t::try_from(pid) else {
+            return;
+        };
+        let sig = match signal {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: kill(2) takes plain integers and has no memory effects; a negative pid names
+        // the process group, which only our child (and what it started) belongs to.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (pid, signal);
+}
+
+/// A relative path with a `/` in it (`bin/server`) means the gateway's working directory, as
+/// it reads in a manifest; the child itself runs in its HOME. Bare names are looked up in PATH.
+fn program(command: &str) -> PathBuf {
+    let path = std::path::Path::new(command);
+    if path.is_relative()
+        && command.contains('/')
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        return cwd.join(path);
+    }
+    path.to_path_buf()
+}
+
+fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path)
+}
+
+/// Reads newline-delimited JSON until EOF, routing each message.
+async fn read_stdout(
+    stdout: impl AsyncRead + Unpin,
+    pending: &Pending,
+    replies: &mpsc::UnboundedSender<Vec<u8>>,
+    unrouted: Option<&Unrouted>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line_capped(&mut reader, &mut line).await {
+            Ok(None) => break,
+            Ok(Some(false)) => {
+                warn!(
+                    limit = MAX_LINE_BYTES,
+                    "discarded an over-long line from the child"
+                );
+                continue;
+            }
+            Ok(Some(true)) => {}
+            Err(e) => {
+                debug!(error = %e, "stdout read failed");
+                break;
+            }
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Value>(&line) {
+            Ok(Value::Array(items)) => {
+                for item in items {
+                    route(item, pending, replies, unrouted);
+                }
+            }
+            Ok(msg) => route(msg, pending, replies, unrouted),
+            Err(e) => debug!(error = %e, "child wrote a line that is not JSON"),
+        }
+    }
+}
+
+/// One line into `buf` (without the newline). `Ok(None)` at EOF, `Ok(Some(false))` when the
+/// line was longer than the cap and was discarded.
+async fn read_line_capped(
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<bool>> {
+    let mut overflow = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok((!buf.is_empty() || overflow).then_some(!overflow));
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let body = &chunk[..if done { take - 1 } else { take }];
+        if !overflow && buf.len() + body.len() <= MAX_LINE_BYTES {
+            buf.extend_from_slice(body);
+        } else {
+            overflow = true;
+            buf.clear();
+        }
+        reader.consume(take);
+        if done {
+            return Ok(Some(!overflow));
+        }
+    }
+}
+
+fn route(
+    msg: Value,
+    pending: &Pending,
+    replies: &mpsc::UnboundedSender<Vec<u8>>,
+    unrouted: Option<&Unrouted>,
+) {
+    let Value::Object(obj) = msg else {
+        debug!("child wrote a JSON value that is not an object");
+        return;
+    };
+    let is_reply =
+        !obj.contains_key("method") && (obj.contains_key("result") || obj.contains_key("error"));
+    if is_reply {
+        let Some(id) = obj.get("id").and_then(Value::as_u64) else {
+            debug!("reply without a usable id");
+            return;
+        };
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(obj);
+            }
+            // Timed out already (we sent a cancellation), or an id we never used.
+            None => debug!(id, "reply to no pending request"),
+        }
+        return;
+    }
+    route_unsolicited(Value::Object(obj), replies, unrouted);
+}
+
+/// Notifications and server-to-client requests. The gateway has no stream to the owning client
+/// yet (GET /mcp answers 405), so they are handed to `unrouted` (logged and counted); a request
+/// is also answered with an error so the child does not wait for a reply that will never come.
+fn route_unsolicited(
+    msg: Value,
+    replies: &mpsc::UnboundedSender<Vec<u8>>,
+    unrouted: Option<&Unrouted>,
+) {
+    if let Some(f) = unrouted {
+        f(&msg);
+    }
+    let (Some(id), Some(method)) = (msg.get("id"), msg.get("method").and_then(Value::as_str))
+    else {
+        return;
+    };
+    let refusal = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": -32601, "message": format!("{method}: no client stream to route this request to")},
+    });
+    if let Ok(mut line) = serde_json::to_vec(&refusal) {
+        line.push(b'\n');
+        let _ = replies.send(line);
+    }
+}
+
+/// Logs stderr line by line, at most `per_second` lines per second; the rest are counted.
+async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut window = Instant::now();
+    let mut logged = 0u32;
+    let mut suppressed = 0u64;
+    loop {
+        line.clear();
+        match read_line_capped(&mut reader, &mut line).await {
+            Ok(None) | Err(_) => break,
+            Ok(Some(_)) => {}
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if suppressed > 0 {
+                warn!(suppressed, "stderr lines not logged (rate limit)");
+            }
+            window = Instant::now();
+            logged = 0;
+            suppressed = 0;
+        }
+        if logged >= per_second {
+            suppressed += 1;
+            continue;
+        }
+        logged += 1;
+        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
+        info!(stderr = %text.trim_end());
+    }
+    if suppressed > 0 {
+        warn!(suppressed, "stderr lines not logged (rate limit)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn capped_reader_splits_lines_and_discards_long_ones() {
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        let mut input = b"one\n".to_vec();
+        input.extend_from_slice(&long);
+        input.extend_from_slice(b"\ntwo");
+        let mut r = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line_capped(&mut r, &mut buf).await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(buf, b"one");
+        buf.clear();
+        assert_eq!(
+            read_line_capped(&mut r, &mut buf).await.unwrap(),
+            Some(false)
+        );
+        buf.clear();
+        assert_eq!(
+            read_line_capped(&mut r, &mut buf).await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(buf, b"two");
+        buf.clear();
+        assert_eq!(read_line_capped(&mut r, &mut buf).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! `reflow-dataplane bridge` end to end: the real binary bridging the real `reflow-fixture --stdio`
+//! on loopback. Bearer token (401 without it), id remapping across concurrent clients, the
+//! child's environment, crash and restart, SIGTERM stopping the child, and the gateway talking
+//! to the bridge as a Streamable HTTP Target.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reflow_dataplane::gateway::GatewayConfig;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_reflow-dataplane");
+const TOKEN: &str = "bridge-token-0123456789";
+
+async fn bounded<F: Future<Output = ()>>(f: F) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test timed out");
+}
+
+fn fixture_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REFLOW_FIXTURE_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(BIN)
+        .parent()
+        .map(|d| d.join("reflow-fixture"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("reflow-fixture not found; run `cargo build -p reflow-e2e --bin reflow-fixture` or set REFLOW_FIXTURE_BIN")
+        })
+}
+
+/// The bridge process; killed by PID (through its handle) if the test did not stop it.
+struct BridgeProc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for BridgeProc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl BridgeProc {
+    /// Starts the bridge over the fixture, with the token in a file and a canary variable (and
+    /// a REFLOW_ one) in its environment.
+    fn start() -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bridge-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["bridge", "--listen", "127.0.0.1:0", "--token-file"])
+            .arg(&token_file)
+            .args(["--request-timeout", "5s", "--"])
+            .arg(fixture_bin())
+            .args(["--stdio", "--name", "bridged"])
+            .env("BRIDGE_PASSED", "visible")
+            .env("REFLOW_SEALING_KEY", "must-not-reach-the-child")
+            .env("REFLOW_BRIDGE_TOKEN", "also-not")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("bridge printed no listening line");
+        let addr = line.strip_prefix("listening on ").expect("listening line");
+        Self {
+            child,
+            url: format!("{addr}/mcp"),
+        }
+    }
+
+    fn stop(&mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with plain integers on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            assert!(Instant::now() < end, "bridge did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn call(id: Value, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}})
+}
+
+fn text(reply: &Value) -> &str {
+    reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {reply}"))
+}
+
+fn alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn bridge_requires_its_token() {
+    bounded(async {
+        let b = BridgeProc::start();
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let resp = reqwest::Client::new()
+            .post(&b.url)
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        assert_eq!(post(&b.url, Some("wrong"), init.clone()).await.0, 401);
+        assert_eq!(
+            post(&b.url, Some(&format!("{TOKEN}x")), init.clone()).await.0,
+            401
+        );
+        let (status, reply) = post(&b.url, Some(TOKEN), init).await;
+        assert_eq!(status, 200);
+        assert_eq!(reply["result"]["serverInfo"]["name"], "bridged");
+        assert_eq!(reply["id"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bridge_remaps_ids_restarts_after_a_crash_and_stops_its_child() {
+    bounded(async {
+        let mut b = BridgeProc::start();
+        // Two clients, same request id, concurrent: each gets its own answer.
+        let slow = post(
+            &b.url,
+            Some(TOKEN),
+            call(json!(7), "slow", json!({"ms": 600})),
+        );
+        let echo = post(
+            &b.url,
+            Some(TOKEN),
+            call(json!(7), "echo", json!({"text": "b"})),
+        );
+        let ((s1, r1), (s2, r2)) = tokio::join!(slow, echo);
+        assert_eq!((s1, s2), (200, 200));
+        assert_eq!((text(&r1), r1["id"].clone()), ("slept 600 ms", json!(7)));
+        assert_eq!((text(&r2), r2["id"].clone()), ("[bridged] b", json!(7)));
+
+        // The child sees the bridge's environment minus every REFLOW_ variable.
+        let (_, who) = post(&b.url, Some(TOKEN), call(json!("w"), "whoami", json!({}))).await;
+        let report: Value = serde_json::from_str(text(&who)).unwrap();
+        assert_eq!(report["env"]["BRIDGE_PASSED"], "visible");
+        let env = report["env"].as_object().unwrap();
+        assert!(env.keys().all(|k| !k.starts_with("REFLOW_")), "{env:?}");
+        let first = report["pid"].as_u64().unwrap();
+
+        // A crash fails the call with a clear error; the next call gets a new child.
+        let (_, crashed) = post(&b.url, Some(TOKEN), call(json!(2), "crash", json!({}))).await;
+        assert_eq!(
+            crashed["error"]["data"]["reason"], "stdio_exited",
+            "{crashed}"
+        );
+        let (_, who) = post(&b.url, Some(TOKEN), call(json!(3), "whoami", json!({}))).await;
+        let second = serde_json::from_str::<Value>(text(&who)).unwrap()["pid"]
+            .as_u64()
+            .unwrap();
+        assert_ne!(first, second);
+        assert!(!alive(first));
+
+        // SIGTERM: the bridge stops its child before it exits.
+        b.stop();
+        assert!(!alive(second), "the bridge left its child running");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_gateway_reaches_a_stdio_server_through_the_bridge() {
+    bounded(async {
+        let b = BridgeProc::start();
+        let dir = support::temp_dir();
+        let target = format!(
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: bridged, namespace: t}}\nspec:\n  transport: streamableHttp\n  url: {}\n",
+            b.url
+        );
+        std::fs::write(dir.join("target.yaml"), target).unwrap();
+        std::fs::write(
+            dir.join("secret.yaml"),
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: bridge, namespace: t}}\nstringData:\n  token: {TOKEN}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("cred.yaml"),
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: Credential\nmetadata: {name: bridge, namespace: t}\nspec:\n  targetRef: {name: bridged}\n  subject: {default: true}\n  headers:\n    - {name: Authorization, prefix: \"Bearer \", secretKeyRef: {name: bridge, key: token}}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("policy.yaml"),
+            support::policy_yaml("all", "bridged", "Allow", &["*"], 0),
+        )
+        .unwrap();
+        let h = support::start_gateway(dir, GatewayConfig::default()).await;
+        let end = Instant::now() + Duration::from_secs(20);
+        while h.gw.snapshots.load().targets().is_empty() {
+            assert!(Instant::now() < end, "no snapshot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sid = h.open("/mcp", "carol").await;
+        let names = h.tool_names("/mcp", "carol", &sid).await;
+        assert!(names.contains(&"bridged_echo".to_owned()), "{names:?}");
+        let r = h
+            .rpc(
+                "/mcp",
+                "carol",
+                Some(&sid),
+                "tools/call",
+                json!({"name": "bridged_echo", "arguments": {"text": "via bridge"}}),
+            )
+            .await;
+        assert_eq!(text(&r.body), "[bridged] via bridge");
+    })
+    .await;
+}
