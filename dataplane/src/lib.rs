@@ -8,6 +8,7 @@ pub mod config;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod postgres;
 pub mod session;
 pub mod source;
 pub mod upstream;

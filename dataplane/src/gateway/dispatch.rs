@@ -544,6 +544,7 @@ impl Gateway {
         outcome: &str,
     ) {
         self.audit.record(AuditEvent {
+            id: crate::audit::new_event_id(),
             time_ms: now_ms(),
             user: ctx.identity.user.to_string(),
             session: Some(ctx.session.id.clone()),

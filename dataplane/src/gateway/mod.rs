@@ -391,6 +391,9 @@ async fn handle_post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: B
             );
         }
     }
+    if gw.audit.fail_closed() && !gw.audit.healthy() {
+        return audit_unavailable(&gw, &message, started);
+    }
     let trace = trace_id(&headers);
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
@@ -428,6 +431,27 @@ async fn handle_post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: B
     let (reply, target, outcome) = gw.dispatch(&ctx, request).await;
     gw.count(method, target, outcome, started);
     json_response(StatusCode::OK, &reply)
+}
+
+/// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,
+/// so nothing happens unaudited. 503 with `Retry-After`, and a JSON-RPC error for requests.
+fn audit_unavailable(gw: &Gateway, message: &Message, started: Instant) -> Response {
+    let id = match message {
+        Message::Request(r) => r.id.clone(),
+        _ => Value::Null,
+    };
+    gw.count("-", None, "audit_unavailable", started);
+    let mut resp = rpc_failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        jsonrpc::error(
+            &id,
+            jsonrpc::INTERNAL_ERROR,
+            "audit log unavailable: requests are refused until audit events can be written (audit.failurePolicy: failClosed)",
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 async fn handle_delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {

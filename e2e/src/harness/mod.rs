@@ -11,6 +11,7 @@ pub mod load;
 pub mod net;
 pub mod node;
 pub mod paths;
+pub mod postgres;
 pub mod process;
 pub mod py_ops;
 pub mod python;
@@ -22,6 +23,7 @@ pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
 pub use gateway::{GatewayBuilder, PolicyDoc, TestGateway};
 pub use http::http_client;
 pub use node::npm_package;
+pub use postgres::TestPostgres;
 pub use process::{CommandLine, ManagedChild};
 pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
