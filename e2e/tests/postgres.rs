@@ -614,3 +614,126 @@ fn replicas_starting_together_apply_migrations_once() {
         assert!(!bad.is_empty() && !bad.contains("s3cret"), "{bad}");
     });
 }
+
+const DEV_SECRET: &str = "reflow-pg-test-dev-secret-0123456789abcdef";
+
+/// One replica's folder: config (dev issuer, shared sealing key, database, its own spill dir).
+fn replica_config(dir: &std::path::Path, name: &str, key: &str, url: &str) -> PathBuf {
+    std::fs::write(dir.join("sealing-key"), key).expect("key file");
+    std::fs::write(dir.join("db-url"), url).expect("url file");
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "dev: {{hs256Secret: {DEV_SECRET}}}\nsealingKeyFile: sealing-key\n\
+             database: {{urlFile: db-url, maxConnections: 4}}\n\
+             audit: {{spillDir: spill-{name}, failurePolicy: buffer}}\n"
+        ),
+    )
+    .expect("config");
+    config
+}
+
+fn dev_token(user: &str) -> String {
+    reflow_dataplane::auth::mint_dev_token(
+        &SecretString::from(DEV_SECRET),
+        "reflow-dev",
+        "reflow",
+        user,
+        &[],
+        &[],
+        Duration::from_secs(600),
+    )
+    .expect("token")
+}
+
+#[test]
+fn two_dataplane_processes_share_one_session_and_one_audit_log() {
+    use reflow_e2e::harness::gateway::target_yaml;
+    use reflow_e2e::harness::{DataplaneProcess, dataplane_bin};
+
+    let pg = TestPostgres::start().expect("postgres starts");
+    let url = pg.create_database("replicas").expect("database");
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let dir = temp_dir("replicas");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    std::fs::write(
+        manifests.join("all.yaml"),
+        [
+            target_yaml("one", "streamableHttp", &fixture.mcp_url()),
+            PolicyDoc::allow("one-all", "one")
+                .everyone()
+                .rule("all", &["*"])
+                .to_yaml(),
+        ]
+        .join("---\n"),
+    )
+    .expect("manifests");
+    let key = SealingKey::generate_base64();
+    // Both migrate the same fresh database at start (under the migration lock).
+    let a = DataplaneProcess::spawn(&manifests, &replica_config(&dir, "a", &key, &url), &[])
+        .expect("replica a");
+    let b = DataplaneProcess::spawn(&manifests, &replica_config(&dir, "b", &key, &url), &[])
+        .expect("replica b");
+    let rt = client_runtime();
+    let rpc = Rpc {
+        http: http_client().expect("http client"),
+        token: dev_token("frank"),
+    };
+    let (ta, tb) = (format!("{:032x}", 0xa1u32), format!("{:032x}", 0xb1u32));
+    rt.block_on(async {
+        let sid = rpc.open(&a.mcp_url()).await;
+        let tools_a = rpc.tools(&a.mcp_url(), &sid).await;
+        let tools_b = rpc.tools(&b.mcp_url(), &sid).await;
+        assert!(
+            tools_a.as_array().is_some_and(|t| !t.is_empty()),
+            "{tools_a}\n{}",
+            a.output()
+        );
+        assert_eq!(tools_a, tools_b, "{}", b.output());
+        let on_b = rpc
+            .call(&b.mcp_url(), &sid, Some(&tb), "one_echo", "via B")
+            .await;
+        assert_eq!(on_b.status, 200, "{}\n{}", on_b.body, b.output());
+        assert!(echo_text(&on_b).contains("via B"));
+        let on_a = rpc
+            .call(&a.mcp_url(), &sid, Some(&ta), "one_echo", "via A")
+            .await;
+        assert_eq!(on_a.status, 200, "{}", on_a.body);
+    });
+
+    // `reflow-dataplane audit query` sees both replicas' events.
+    let bin = dataplane_bin().expect("binary");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["audit", "query", "--database-url-file"])
+            .arg(dir.join("db-url"))
+            .args(["--user", "frank", "--method", "tools/call", "--since", "1h"])
+            .env_remove("REFLOW_DATABASE_URL");
+        let out = reflow_e2e::harness::process::run_bounded("audit query", &mut cmd, WAIT)
+            .expect("audit query runs");
+        let rows: Vec<Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let traces: Vec<&str> = rows.iter().filter_map(|r| r["trace_id"].as_str()).collect();
+        if traces.contains(&ta.as_str()) && traces.contains(&tb.as_str()) {
+            assert_eq!(rows.len(), 2, "{out}");
+            assert!(
+                rows.iter()
+                    .all(|r| r["user"] == "frank" && r["decision"] == "allow")
+            );
+            assert!(!out.contains("postgres://"), "the URL is never printed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit query never showed both events: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,6 +2,7 @@
 //! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
 
 pub mod cache;
+pub mod dataplane_process;
 pub mod error;
 pub mod everything;
 pub mod fixture_process;
@@ -17,6 +18,7 @@ pub mod py_ops;
 pub mod python;
 pub mod sse;
 
+pub use dataplane_process::{DataplaneProcess, dataplane_bin};
 pub use error::{HarnessError, Result};
 pub use everything::{EverythingMode, SERVER_EVERYTHING_SPEC, ServerEverything};
 pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
