@@ -82,7 +82,11 @@ fn event(i: usize) -> AuditEvent {
         method: "tools/call".into(),
         target: Some("bench/fx".into()),
         name: Some("fx_echo".into()),
-        decision: Some(if i.is_multiple_of(10) { "deny" } else { "allow" }),
+        decision: Some(if i.is_multiple_of(10) {
+            "deny"
+        } else {
+            "allow"
+        }),
         policy: Some("bench-allow".into()),
         outcome: "ok".into(),
         duration_ms: 0.25,
@@ -112,8 +116,10 @@ fn run(plan: &Plan) -> BenchResult<()> {
         db.connect_and_migrate(Duration::from_secs(60))
             .await
             .map_err(|e| e.to_string())?;
-        let sink = PgAuditSink::start(db.clone(), AuditSettings::new(spill_root.join("raw")))
-            .map_err(|e| e.to_string())?;
+        // Room for every event, as for the JSON-lines sink below: this measures the writer.
+        let mut settings = AuditSettings::new(spill_root.join("raw"));
+        settings.capacity = plan.events;
+        let sink = PgAuditSink::start(db.clone(), settings).map_err(|e| e.to_string())?;
         let started = Instant::now();
         for i in 0..plan.events {
             sink.record(event(i));
