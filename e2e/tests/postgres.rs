@@ -737,3 +737,160 @@ fn two_dataplane_processes_share_one_session_and_one_audit_log() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn event(user: &str, trace: String) -> reflow_dataplane::audit::AuditEvent {
+    reflow_dataplane::audit::AuditEvent {
+        id: reflow_dataplane::audit::new_event_id(),
+        time_ms: reflow_dataplane::audit::now_ms(),
+        user: user.into(),
+        session: None,
+        method: "tools/call".into(),
+        target: Some("e2e/one".into()),
+        name: Some("one_echo".into()),
+        decision: Some("allow"),
+        policy: Some("one-all".into()),
+        outcome: "ok".into(),
+        duration_ms: 1.0,
+        trace_id: trace,
+    }
+}
+
+#[test]
+fn a_spill_file_left_by_an_earlier_run_is_replayed_at_start() {
+    let mut pg = TestPostgres::start().expect("postgres starts");
+    migrated(&pg.url());
+    pg.stop().expect("postgres stops");
+    let spill = temp_dir("spill-restart");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sent = traces(9, 30);
+    rt.block_on(async {
+        let mut settings = AuditSettings::new(spill.clone());
+        settings.retry_interval = Duration::from_millis(100);
+        let sink = PgAuditSink::start(database(&pg.url()), settings).expect("sink");
+        for t in &sent {
+            sink.record(event("gina", t.clone()));
+        }
+        // The database is down: closing spills what is queued instead of losing it.
+        sink.close().await;
+        assert_eq!(sink.dropped(), 0);
+    });
+    let file = spill.join(reflow_dataplane::postgres::SPILL_FILE);
+    let text = std::fs::read_to_string(&file).expect("a spill file");
+    assert_eq!(text.lines().count(), sent.len());
+    // A crash mid-append leaves a torn last line: it is skipped, the rest replayed.
+    std::fs::write(&file, format!("{text}{{\"id\":\"0190")).expect("torn line");
+
+    pg.start_again().expect("postgres restarts");
+    rt.block_on(async {
+        let sink = PgAuditSink::start(database(&pg.url()), AuditSettings::new(spill.clone()))
+            .expect("sink");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(got) = audited(&pg.url()).await
+                && sent.iter().all(|t| got.contains_key(t))
+            {
+                assert!(sent.iter().all(|t| got[t] == 1));
+                assert_eq!(got.len(), sent.len());
+                break;
+            }
+            assert!(Instant::now() < deadline, "the spill file was not replayed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let deadline = Instant::now() + WAIT;
+        while file.exists() {
+            assert!(Instant::now() < deadline, "the replayed spill file stays");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(sink.healthy());
+        sink.close().await;
+    });
+    let _ = std::fs::remove_dir_all(&spill);
+}
+
+#[test]
+fn sessions_slide_while_used_and_expire_everywhere_when_idle() {
+    let pg = TestPostgres::start().expect("postgres starts");
+    migrated(&pg.url());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let key = SealingKey::from_base64(&SealingKey::generate_base64()).expect("key");
+        let settings = SessionSettings {
+            idle: Duration::from_secs(3),
+            cache_ttl: Duration::from_millis(200),
+            flush_interval: Duration::from_millis(100),
+            cleanup_interval: Duration::from_millis(300),
+        };
+        let a = PgSessionStore::start(
+            database(&pg.url()),
+            key.clone(),
+            settings.clone(),
+            "a".into(),
+            None,
+        );
+        let b = PgSessionStore::start(database(&pg.url()), key, settings, "b".into(), None);
+        let expired = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let heard = expired.clone();
+        a.on_expire(Arc::new(move |id: &str| {
+            heard.lock().unwrap().push(id.to_owned())
+        }));
+        let owner = reflow_crds::Identity::new("hank", Vec::<String>::new(), Vec::<String>::new())
+            .fingerprint();
+        let mut s = reflow_dataplane::session::Session::new(
+            owner,
+            reflow_dataplane::session::Scope::Aggregated,
+            "2025-06-18".into(),
+        );
+        s.upstreams.insert(
+            "e2e/one".into(),
+            reflow_dataplane::session::UpstreamState {
+                session_id: Some("upstream-secret-session".into()),
+                protocol_version: Some("2025-06-18".into()),
+                initialized: true,
+            },
+        );
+        let id = s.id.clone();
+        a.create(s).await.expect("create");
+
+        // Used on A for longer than the idle timeout: B still finds it, state intact.
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            assert!(a.get_touched(&id).await.expect("get").is_some());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let on_b = b.get(&id).await.expect("get").expect("alive on B");
+        assert_eq!(on_b.owner, owner);
+        assert_eq!(
+            on_b.upstreams["e2e/one"].session_id.as_deref(),
+            Some("upstream-secret-session")
+        );
+
+        // Then idle: gone for both, the row deleted, A's expiry hook told.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let gone_b = b.get(&id).await.expect("get").is_none();
+            let rows: i64 = database(&pg.url())
+                .client()
+                .await
+                .expect("db")
+                .query_one("SELECT count(*) FROM reflow_sessions", &[])
+                .await
+                .expect("count")
+                .get(0);
+            if gone_b && rows == 0 && expired.lock().unwrap().contains(&id) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the idle session never expired");
+        }
+        assert!(a.get(&id).await.expect("get").is_none());
+        assert_eq!(a.count(), 0);
+    });
+}
