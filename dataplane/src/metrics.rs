@@ -79,6 +79,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     /// Audit events the sink had to drop (queue full); synced from the sink at render time.
     pub audit_dropped: Counter,
+    /// 1 while audit events reach their store, 0 while they are buffered (database away).
+    pub audit_writable: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -93,6 +95,8 @@ impl Metrics {
             HistogramFamily::<UpstreamLabels>::new_with_constructor(latency as fn() -> Histogram);
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let audit_writable = Gauge::<i64, AtomicI64>::default();
+        audit_writable.set(1);
         registry.register("mcp_requests", "MCP requests handled", requests.clone());
         registry.register(
             "mcp_request_seconds",
@@ -116,6 +120,11 @@ impl Metrics {
             "Audit events dropped because the audit queue was full",
             audit_dropped.clone(),
         );
+        registry.register(
+            "audit_writable",
+            "1 while audit events are written to their store, 0 while they are buffered or spilled",
+            audit_writable.clone(),
+        );
         Self {
             registry,
             requests,
@@ -125,6 +134,7 @@ impl Metrics {
             upstream_seconds,
             upstream_errors,
             audit_dropped,
+            audit_writable,
         }
     }
 

@@ -201,6 +201,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.sessions.set(gw.sessions.count() as i64);
     gw.metrics.sync_audit_dropped(gw.audit.dropped());
+    gw.metrics.audit_writable.set(i64::from(gw.audit.healthy()));
     (
         [(
             header::CONTENT_TYPE,
