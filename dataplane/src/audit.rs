@@ -10,6 +10,10 @@ use tracing::{error, warn};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEvent {
+    /// Unique per event (uuid v7, time-ordered): a replayed event is recognised, never stored
+    /// twice.
+    #[serde(serialize_with = "uuid_text")]
+    pub id: uuid::Uuid,
     /// RFC 3339-ish UTC time in milliseconds since the epoch.
     pub time_ms: u128,
     pub user: String,
@@ -26,6 +30,15 @@ pub struct AuditEvent {
     pub trace_id: String,
 }
 
+fn uuid_text<S: serde::Serializer>(id: &uuid::Uuid, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&id.hyphenated())
+}
+
+/// A fresh event id: uuid v7, so ids sort by creation time and index well.
+pub fn new_event_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
 pub fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -40,6 +53,18 @@ pub trait AuditSink: Send + Sync + 'static {
     /// Events this sink had to drop (exported as `reflow_audit_dropped_total`).
     fn dropped(&self) -> u64 {
         0
+    }
+
+    /// Whether events are being written to their store right now (a sink that buffers while its
+    /// store is unreachable answers `false` until it is back).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Whether requests must be refused while the sink is not `healthy` (the `failClosed`
+    /// policy); `false` means events are buffered and requests keep flowing.
+    fn fail_closed(&self) -> bool {
+        false
     }
 }
 
@@ -236,6 +261,7 @@ mod tests {
         let buf = Buf::default();
         let sink = JsonLinesSink::spawn(buf.clone(), 8);
         sink.record(AuditEvent {
+            id: new_event_id(),
             time_ms: 1,
             user: "alice".into(),
             session: None,
@@ -258,11 +284,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["user"], "alice");
         assert_eq!(v["decision"], "allow");
+        let id = v["id"].as_str().unwrap_or_default();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "event id {id}");
         assert_eq!(sink.dropped(), 0);
     }
 
     fn event(n: usize) -> AuditEvent {
         AuditEvent {
+            id: new_event_id(),
             time_ms: n as u128,
             user: "u".into(),
             session: None,

@@ -10,6 +10,9 @@
 //! audit: {sink: file, path: /var/log/reflow/audit.jsonl}   # or {sink: stdout} (default)
 //! sealingKeyFile: /etc/reflow/sealing-key                    # or env REFLOW_SEALING_KEY
 //! dev: {issuer: reflow-dev, audience: reflow, hs256SecretFile: dev-secret}
+//! database: {urlFile: /etc/reflow/database-url, maxConnections: 16}  # or env REFLOW_DATABASE_URL
+//! # with `database`, audit defaults to {sink: postgres}: add failurePolicy (buffer | failClosed),
+//! # spillDir (required), batchSize, retentionDays
 //! ```
 
 use std::fmt;
@@ -22,9 +25,13 @@ use serde::Deserialize;
 
 use crate::auth::{AuthConfig, AuthConfigError, IssuerConfig};
 use crate::gateway::GatewayConfig;
+use crate::postgres::FailurePolicy;
 
 /// Environment variable holding the base64 sealing key itself; wins over `sealingKeyFile`.
 pub const SEALING_KEY_ENV: &str = "REFLOW_SEALING_KEY";
+
+/// Environment variable holding the Postgres URL itself; wins over `database.urlFile`.
+pub const DATABASE_URL_ENV: &str = "REFLOW_DATABASE_URL";
 
 /// Why the configuration cannot be used. Messages name files and keys, never secret values.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,15 @@ pub enum ConfigError {
     },
     #[error("sealing key from {origin} is not the base64 encoding of 32 bytes")]
     SealingKey { origin: String },
+    #[error("reading database.urlFile {path}: {source}")]
+    DatabaseUrlRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "config {path}: database: set `urlFile` or the {DATABASE_URL_ENV} environment variable"
+    )]
+    NoDatabaseUrl { path: PathBuf },
 }
 
 impl ConfigError {
@@ -80,6 +96,8 @@ impl ConfigError {
             Self::Audit { .. } => "audit",
             Self::SealingKeyRead { .. } => "sealing_key_read",
             Self::SealingKey { .. } => "sealing_key",
+            Self::DatabaseUrlRead { .. } => "database_url_read",
+            Self::NoDatabaseUrl { .. } => "no_database_url",
         }
     }
 }
@@ -98,25 +116,45 @@ struct RawConfig {
     sealing_key_file: Option<PathBuf>,
     #[serde(default)]
     dev: Option<RawDev>,
+    #[serde(default)]
+    database: Option<RawDatabase>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDatabase {
+    #[serde(default)]
+    url_file: Option<PathBuf>,
+    #[serde(default)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawAudit {
+    /// Unset: `postgres` with a `database` block, else `stdout`.
     #[serde(default)]
-    sink: AuditSinkKind,
+    sink: Option<AuditSinkKind>,
     #[serde(default)]
     path: Option<PathBuf>,
     #[serde(default)]
     capacity: Option<usize>,
+    #[serde(default)]
+    failure_policy: Option<FailurePolicy>,
+    #[serde(default)]
+    spill_dir: Option<PathBuf>,
+    #[serde(default)]
+    batch_size: Option<usize>,
+    #[serde(default)]
+    retention_days: Option<u64>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum AuditSinkKind {
-    #[default]
     Stdout,
     File,
+    Postgres,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +184,18 @@ pub enum AuditTarget {
     Stdout,
     /// Appended to (created if missing).
     File(PathBuf),
+    /// The `database`'s `reflow_audit_events` table, spilling to `spill_dir` while it is away.
+    Postgres(PostgresAudit),
+}
+
+/// Settings of the Postgres audit sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresAudit {
+    pub failure_policy: FailurePolicy,
+    pub spill_dir: PathBuf,
+    pub batch_size: usize,
+    /// Events older than this are deleted; `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 /// Audit settings.
@@ -154,6 +204,14 @@ pub struct AuditConfig {
     pub target: AuditTarget,
     /// Events buffered before new ones are dropped (and counted).
     pub capacity: usize,
+}
+
+/// Where sessions and (by default) audit events are kept when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// File holding the URL (`postgres://user:password@host/db`); the env var wins.
+    pub url_file: Option<PathBuf>,
+    pub max_connections: usize,
 }
 
 /// The development issuer: HS256 tokens minted by `reflow-dataplane token`.
@@ -191,6 +249,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub audit: AuditConfig,
     pub dev: Option<DevIssuer>,
+    /// Postgres for sessions and audit; `None` keeps both in process (memory, JSON lines).
+    pub database: Option<DatabaseConfig>,
     sealing: SealingSource,
 }
 
@@ -256,23 +316,64 @@ impl Config {
             }
         };
 
-        let target = match (raw.audit.sink, raw.audit.path) {
+        let database = raw.database.map(|d| DatabaseConfig {
+            url_file: d.url_file.map(|f| base.join(f)),
+            max_connections: d.max_connections.unwrap_or(16),
+        });
+        let audit_err = |reason| ConfigError::Audit {
+            path: path.clone(),
+            reason,
+        };
+        let a = raw.audit;
+        let sink = a.sink.unwrap_or(if database.is_some() {
+            AuditSinkKind::Postgres
+        } else {
+            AuditSinkKind::Stdout
+        });
+        if sink != AuditSinkKind::Postgres
+            && (a.failure_policy.is_some()
+                || a.spill_dir.is_some()
+                || a.batch_size.is_some()
+                || a.retention_days.is_some())
+        {
+            return Err(audit_err(
+                "`failurePolicy`, `spillDir`, `batchSize` and `retentionDays` only apply to `sink: postgres`",
+            ));
+        }
+        let target = match (sink, a.path) {
             (AuditSinkKind::Stdout, None) => AuditTarget::Stdout,
             (AuditSinkKind::File, Some(p)) => AuditTarget::File(base.join(p)),
-            (AuditSinkKind::Stdout, Some(_)) => {
-                return Err(ConfigError::Audit {
-                    path,
-                    reason: "`path` only applies to `sink: file`",
-                });
+            (AuditSinkKind::Postgres, None) => {
+                if database.is_none() {
+                    return Err(audit_err("`sink: postgres` needs a `database` block"));
+                }
+                let Some(spill_dir) = a.spill_dir else {
+                    return Err(audit_err(
+                        "`sink: postgres` needs a `spillDir` (a writable folder of its own per replica, where events wait while the database is away)",
+                    ));
+                };
+                let batch_size = a.batch_size.unwrap_or(500);
+                if batch_size == 0 {
+                    return Err(audit_err("`batchSize` must be at least 1"));
+                }
+                AuditTarget::Postgres(PostgresAudit {
+                    failure_policy: a.failure_policy.unwrap_or_default(),
+                    spill_dir: base.join(spill_dir),
+                    batch_size,
+                    retention: match a.retention_days.unwrap_or(90) {
+                        0 => None,
+                        d => Some(Duration::from_secs(d.saturating_mul(86_400))),
+                    },
+                })
+            }
+            (AuditSinkKind::Stdout | AuditSinkKind::Postgres, Some(_)) => {
+                return Err(audit_err("`path` only applies to `sink: file`"));
             }
             (AuditSinkKind::File, None) => {
-                return Err(ConfigError::Audit {
-                    path,
-                    reason: "`sink: file` needs a `path`",
-                });
+                return Err(audit_err("`sink: file` needs a `path`"));
             }
         };
-        let capacity = raw.audit.capacity.unwrap_or(4096);
+        let capacity = a.capacity.unwrap_or(4096);
         if capacity == 0 {
             return Err(ConfigError::Audit {
                 path,
@@ -297,6 +398,7 @@ impl Config {
             gateway,
             audit: AuditConfig { target, capacity },
             dev,
+            database,
             sealing,
         })
     }
@@ -339,6 +441,33 @@ impl Config {
                         origin: f.display().to_string(),
                     })
             }
+        }
+    }
+}
+
+impl Config {
+    /// The database URL: `env_value` (the content of [`DATABASE_URL_ENV`]) wins over
+    /// `database.urlFile`; `None` without a `database` block. Never printed.
+    pub fn database_url(
+        &self,
+        env_value: Option<&str>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let Some(db) = &self.database else {
+            return Ok(None);
+        };
+        if let Some(v) = env_value.filter(|v| !v.trim().is_empty()) {
+            return Ok(Some(SecretString::from(v.trim().to_owned())));
+        }
+        match &db.url_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map(|t| Some(SecretString::from(t.trim().to_owned())))
+                .map_err(|source| ConfigError::DatabaseUrlRead {
+                    path: f.clone(),
+                    source,
+                }),
+            None => Err(ConfigError::NoDatabaseUrl {
+                path: self.path.clone(),
+            }),
         }
     }
 }
@@ -430,6 +559,17 @@ mod tests {
             ("audit: {sink: stdout, path: x}", "only applies"),
             ("audit: {sink: syslog}", "unknown variant"),
             ("audit: {capacity: 0}", "at least 1"),
+            ("audit: {sink: postgres, spillDir: s}", "needs a `database`"),
+            ("database: {}\naudit: {batchSize: 10}", "needs a `spillDir`"),
+            (
+                "audit: {failurePolicy: failClosed}",
+                "only apply to `sink: postgres`",
+            ),
+            (
+                "database: {}\naudit: {spillDir: s, failurePolicy: open}",
+                "unknown variant",
+            ),
+            ("database: {url: postgres://x}", "unknown field `url`"),
         ] {
             match parse(yaml) {
                 Ok(_) => panic!("{yaml} must be refused"),
@@ -469,6 +609,49 @@ mod tests {
             cfg.sealing_key(None),
             Err(ConfigError::SealingKeyRead { .. })
         ));
+    }
+
+    #[test]
+    fn config_database_makes_postgres_the_audit_default_and_reads_the_url_secretly() {
+        let dir = std::env::temp_dir().join(format!("reflow-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = "postgres://reflow:hunter2-secret@127.0.0.1:5/reflow";
+        std::fs::write(dir.join("db-url"), format!("{url}\n")).unwrap();
+        let cfg = Config::from_yaml(
+            "database: {urlFile: db-url}\naudit: {spillDir: spill, failurePolicy: failClosed, retentionDays: 7}",
+            Path::new("gw.yaml"),
+            &dir,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let AuditTarget::Postgres(pg) = &cfg.audit.target else {
+            panic!("{:?}", cfg.audit.target)
+        };
+        assert_eq!(pg.failure_policy, FailurePolicy::FailClosed);
+        assert_eq!(pg.spill_dir, dir.join("spill"));
+        assert_eq!(pg.retention, Some(Duration::from_secs(7 * 86_400)));
+        let got = cfg.database_url(None).unwrap_or_else(|e| panic!("{e}"));
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            got.map(|u| u.expose_secret().to_owned()).as_deref(),
+            Some(url)
+        );
+        let from_env = cfg.database_url(Some("postgres://env")).ok().flatten();
+        assert_eq!(
+            from_env.map(|u| u.expose_secret().to_owned()).as_deref(),
+            Some("postgres://env")
+        );
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+
+        // Without a database the defaults stay: JSON lines on stdout, memory sessions.
+        let plain = ok("");
+        assert_eq!(plain.audit.target, AuditTarget::Stdout);
+        assert!(matches!(plain.database_url(Some("postgres://x")), Ok(None)));
+        let missing = ok("database: {}\naudit: {sink: stdout}");
+        assert!(matches!(
+            missing.database_url(None),
+            Err(ConfigError::NoDatabaseUrl { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod identity_token;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod net;
+pub mod postgres;
 pub mod scope;
 pub mod session;
 pub mod source;

@@ -1,6 +1,7 @@
 //! `reflow-dataplane`: the MCP gateway binary. `serve` (the default) runs the gateway on a folder
 //! of manifests; `token` mints a development token; `bridge` exposes one STDIO server over
-//! authenticated Streamable HTTP. Wiring only; everything else is the library.
+//! authenticated Streamable HTTP; `audit query` reads the Postgres audit log. Wiring only;
+//! everything else is the library.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reflow_crds::{Identity, SealingKey};
-use reflow_dataplane::config::{AuditTarget, Config, SEALING_KEY_ENV, parse_duration};
-use reflow_dataplane::{audit, auth, authn, gateway, metrics, session, source};
+use reflow_dataplane::config::{
+    AuditTarget, Config, DATABASE_URL_ENV, SEALING_KEY_ENV, parse_duration,
+};
+use reflow_dataplane::{audit, auth, authn, gateway, metrics, postgres, session, source};
+use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 /// How long open connections get to finish after SIGTERM/SIGINT.
@@ -53,6 +57,40 @@ enum Command {
     Token(TokenArgs),
     /// Expose one STDIO MCP server as Streamable HTTP: `bridge --listen ADDR -- CMD ARGS…`.
     Bridge(BridgeArgs),
+    /// Read the Postgres audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print matching audit events as JSON lines, newest first.
+    Query(AuditQueryArgs),
+}
+
+#[derive(Args)]
+struct AuditQueryArgs {
+    /// File holding the Postgres URL (or set REFLOW_DATABASE_URL).
+    #[arg(long, env = "REFLOW_DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+    #[arg(long)]
+    user: Option<String>,
+    /// `namespace/name` of a Target.
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, value_parser = ["allow", "deny"])]
+    decision: Option<String>,
+    /// JSON-RPC method, e.g. tools/call.
+    #[arg(long)]
+    method: Option<String>,
+    /// Mcp-Session-Id.
+    #[arg(long)]
+    session: Option<String>,
+    /// Only events newer than this: 15m, 8h, 1d or seconds.
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
 }
 
 #[derive(Args)]
@@ -136,6 +174,9 @@ fn main() -> anyhow::Result<()> {
         (Some(Command::Bridge(args)), _) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(bridge(args)),
+        (Some(Command::Audit(AuditCommand::Query(args))), _) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(audit_query(args)),
         (Some(Command::Serve(args)), _) | (None, Some(args)) => {
             // Installed once, before any TLS client (JWKS, upstreams) is built.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -187,6 +228,144 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
+    let url = match (
+        std::env::var(DATABASE_URL_ENV).ok(),
+        &args.database_url_file,
+    ) {
+        (Some(url), _) if !url.trim().is_empty() => SecretString::from(url.trim().to_owned()),
+        (_, Some(f)) => SecretString::from(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        _ => bail!("pass --database-url-file or set {DATABASE_URL_ENV}"),
+    };
+    let db = postgres::Database::new(&url, 2)?;
+    let since_ms = args.since.map(|d| {
+        let now = i64::try_from(audit::now_ms()).unwrap_or(i64::MAX);
+        now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    });
+    let filter = postgres::AuditFilter {
+        user: args.user,
+        target: args.target,
+        decision: args.decision,
+        method: args.method,
+        session: args.session,
+        since_ms,
+        until_ms: None,
+        limit: args.limit,
+    };
+    let rows = postgres::query_audit(&db, &filter).await?;
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        serde_json::to_writer(&mut out, &row)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Sessions, audit and the notification bus, in Postgres when a database is configured.
+struct Stores {
+    sessions: Arc<dyn session::SessionStore>,
+    audit: Arc<dyn audit::AuditSink>,
+    /// Closed (flushed or spilled) on shutdown.
+    pg_audit: Option<Arc<postgres::PgAuditSink>>,
+    _bus: Arc<dyn postgres::NotificationBus>,
+}
+
+async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
+    let idle = Duration::from_secs(config.gateway.session_idle_seconds);
+    let env_url = std::env::var(DATABASE_URL_ENV).ok();
+    let db = match config.database_url(env_url.as_deref())? {
+        Some(url) => {
+            let max = config.database.as_ref().map_or(16, |d| d.max_connections);
+            let db = postgres::Database::new(&url, max)?;
+            // Several replicas may start together: the migrations take a lock.
+            db.connect_and_migrate(Duration::from_secs(60))
+                .await
+                .context("preparing the database")?;
+            info!("sessions and audit in Postgres");
+            Some(db)
+        }
+        None => None,
+    };
+    let capacity = config.audit.capacity;
+    let mut pg_audit = None;
+    let audit: Arc<dyn audit::AuditSink> = match &config.audit.target {
+        AuditTarget::Stdout => Arc::new(audit::JsonLinesSink::spawn(std::io::stdout(), capacity)),
+        AuditTarget::File(p) => Arc::new(audit::JsonLinesSink::spawn(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening audit file {}", p.display()))?,
+            capacity,
+        )),
+        AuditTarget::Postgres(pg) => {
+            let Some(db) = &db else {
+                bail!("audit sink postgres needs a database URL");
+            };
+            let mut settings = postgres::AuditSettings::new(pg.spill_dir.clone());
+            settings.batch_size = pg.batch_size;
+            settings.capacity = capacity.max(pg.batch_size);
+            settings.policy = pg.failure_policy;
+            let sink = postgres::PgAuditSink::start(db.clone(), settings)?;
+            if let Some(retention) = pg.retention {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match postgres::purge_expired_audit(&db, retention).await {
+                            Ok(Some(n)) if n > 0 => info!(deleted = n, "audit retention"),
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "audit retention job failed"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                });
+            }
+            pg_audit = Some(sink.clone());
+            sink
+        }
+    };
+    let (sessions, bus): (
+        Arc<dyn session::SessionStore>,
+        Arc<dyn postgres::NotificationBus>,
+    ) = match db {
+        Some(db) => {
+            let bus = postgres::PgBus::start(db.clone());
+            let replica = uuid::Uuid::new_v4().simple().to_string();
+            let store = postgres::PgSessionStore::start(
+                db,
+                key.clone(),
+                postgres::SessionSettings::new(idle),
+                replica,
+                Some(bus.session_changes()),
+            );
+            (store, bus)
+        }
+        None => {
+            let store = session::MemorySessionStore::new(idle);
+            let sweeper = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    sweeper.sweep();
+                }
+            });
+            (store, Arc::new(postgres::LocalBus::default()))
+        }
+    };
+    Ok(Stores {
+        sessions,
+        audit,
+        pg_audit,
+        _bus: bus,
+    })
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let auth: Arc<dyn authn::Authenticate> = match &args.insecure_dev_user {
@@ -228,33 +407,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _watch = source::watch_manifests(args.manifests.clone(), key.clone(), snapshots.clone())
         .with_context(|| format!("manifests {}", args.manifests.display()))?;
 
-    let sessions =
-        session::MemorySessionStore::new(Duration::from_secs(config.gateway.session_idle_seconds));
-    let sweeper = sessions.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            sweeper.sweep();
-        }
-    });
-    let capacity = config.audit.capacity;
-    let audit: Arc<dyn audit::AuditSink> = match &config.audit.target {
-        AuditTarget::Stdout => Arc::new(audit::JsonLinesSink::spawn(std::io::stdout(), capacity)),
-        AuditTarget::File(p) => Arc::new(audit::JsonLinesSink::spawn(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening audit file {}", p.display()))?,
-            capacity,
-        )),
-    };
+    let stores = stores(&config, &key).await?;
     let gw = gateway::Gateway::new(gateway::Parts {
         config: config.gateway.clone(),
         snapshots,
-        sessions,
+        sessions: stores.sessions.clone(),
         auth,
-        audit,
+        audit: stores.audit.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
         key,
     })?;
@@ -306,6 +465,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(_) => warn!(after = ?DRAIN, "connections still open; exiting anyway"),
     }
     gw.shutdown().await;
+    if let Some(sink) = &stores.pg_audit {
+        // Written, or spilled for the next start: never lost on a clean shutdown.
+        sink.close().await;
+    }
     Ok(())
 }
 

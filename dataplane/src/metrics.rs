@@ -82,6 +82,8 @@ pub struct Metrics {
     /// STDIO process pool, synced from the pool at render time.
     pub stdio_live: Gauge<i64, AtomicI64>,
     pub stdio_events: Family<StdioLabels, Counter>,
+    /// 1 while audit events reach their store, 0 while they are buffered (database away).
+    pub audit_writable: Gauge<i64, AtomicI64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +104,8 @@ impl Metrics {
             HistogramFamily::<UpstreamLabels>::new_with_constructor(latency as fn() -> Histogram);
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let audit_writable = Gauge::<i64, AtomicI64>::default();
+        audit_writable.set(1);
         registry.register("mcp_requests", "MCP requests handled", requests.clone());
         registry.register(
             "mcp_request_seconds",
@@ -137,6 +141,11 @@ impl Metrics {
             "STDIO process events (spawns, crashes, limit refusals, dropped unroutable messages, stops)",
             stdio_events.clone(),
         );
+        registry.register(
+            "audit_writable",
+            "1 while audit events are written to their store, 0 while they are buffered or spilled",
+            audit_writable.clone(),
+        );
         Self {
             registry,
             stdio_live,
@@ -148,6 +157,7 @@ impl Metrics {
             upstream_seconds,
             upstream_errors,
             audit_dropped,
+            audit_writable,
         }
     }
 

@@ -563,6 +563,7 @@ impl Gateway {
     /// A request refused by the token scope before any target was chosen.
     fn audit_out_of_scope(&self, ctx: &Ctx, method: &str, why: OutOfScope) {
         self.audit.record(AuditEvent {
+            id: crate::audit::new_event_id(),
             time_ms: now_ms(),
             user: ctx.identity.user.to_string(),
             session: Some(ctx.session.id.clone()),
@@ -587,6 +588,7 @@ impl Gateway {
         outcome: &str,
     ) {
         self.audit.record(AuditEvent {
+            id: crate::audit::new_event_id(),
             time_ms: now_ms(),
             user: ctx.identity.user.to_string(),
             session: Some(ctx.session.id.clone()),

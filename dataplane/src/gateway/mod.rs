@@ -289,6 +289,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.sessions.set(gw.sessions.count() as i64);
     gw.metrics.sync_audit_dropped(gw.audit.dropped());
     gw.metrics.sync_stdio(gw.upstream.stdio().stats());
+    gw.metrics.audit_writable.set(i64::from(gw.audit.healthy()));
     (
         [(
             header::CONTENT_TYPE,
@@ -545,6 +546,9 @@ async fn handle_post(
             );
         }
     }
+    if gw.audit.fail_closed() && !gw.audit.healthy() {
+        return audit_unavailable(&gw, &message, started);
+    }
     let trace = trace_id(&headers);
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
@@ -585,6 +589,27 @@ async fn handle_post(
     json_response(StatusCode::OK, &reply)
 }
 
+/// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,
+/// so nothing happens unaudited. 503 with `Retry-After`, and a JSON-RPC error for requests.
+fn audit_unavailable(gw: &Gateway, message: &Message, started: Instant) -> Response {
+    let id = match message {
+        Message::Request(r) => r.id.clone(),
+        _ => Value::Null,
+    };
+    gw.count("-", None, "audit_unavailable", started);
+    let mut resp = rpc_failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        jsonrpc::error(
+            &id,
+            jsonrpc::INTERNAL_ERROR,
+            "audit log unavailable: requests are refused until audit events can be written (audit.failurePolicy: failClosed)",
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 async fn handle_delete(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
     if let Err(refusal) = check_host_origin(&gw.config, &headers) {
         return refusal.into_response();
@@ -610,6 +635,7 @@ impl Gateway {
     /// session.
     fn audit_token_refusal(&self, identity: &Identity, by: &str, outcome: &str) {
         self.audit.record(AuditEvent {
+            id: crate::audit::new_event_id(),
             time_ms: now_ms(),
             user: identity.user.to_string(),
             session: None,

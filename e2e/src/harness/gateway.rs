@@ -14,11 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reflow_crds::SealingKey;
-use reflow_dataplane::audit::{AuditEvent, MemorySink};
+use reflow_dataplane::audit::{AuditEvent, AuditSink, MemorySink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
 use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
 use reflow_dataplane::metrics::Metrics;
-use reflow_dataplane::session::MemorySessionStore;
+use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_dataplane::source::{self, SnapshotStore};
 use secrecy::SecretString;
 use serde_json::json;
@@ -157,11 +157,28 @@ pub fn secret_yaml(name: &str, data: &[(&str, &str)]) -> String {
     yaml
 }
 
+/// Builds the session store and audit sink of a gateway, on the gateway's runtime (Postgres
+/// stores spawn their background tasks there), from the gateway's sealing key.
+pub type StoresFactory =
+    Arc<dyn Fn(&SealingKey) -> (Arc<dyn SessionStore>, Arc<dyn AuditSink>) + Send + Sync>;
+
 /// Collects manifests and settings, then [`start`](Self::start)s the gateway.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct GatewayBuilder {
     docs: Vec<String>,
     config: GatewayConfig,
+    sealing_key: Option<String>,
+    stores: Option<StoresFactory>,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("docs", &self.docs)
+            .field("config", &self.config)
+            .field("custom_stores", &self.stores.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GatewayBuilder {
@@ -205,6 +222,20 @@ impl GatewayBuilder {
 
     pub fn config(mut self, config: GatewayConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The sealing key (base64), so several gateways can share sealed state (sessions in one
+    /// database). A fresh key otherwise.
+    pub fn sealing_key(mut self, base64: impl Into<String>) -> Self {
+        self.sealing_key = Some(base64.into());
+        self
+    }
+
+    /// Session store and audit sink other than memory (e.g. Postgres). With these,
+    /// [`TestGateway::audit_events`] sees nothing.
+    pub fn stores(mut self, factory: StoresFactory) -> Self {
+        self.stores = Some(factory);
         self
     }
 
@@ -264,8 +295,11 @@ impl TestGateway {
         let file = dir.0.join(MANIFEST_FILE);
         std::fs::write(&file, b.docs.join("---\n")).map_err(|e| HarnessError::io(&file, e))?;
 
-        let key = SealingKey::from_base64(&SealingKey::generate_base64())
-            .map_err(|e| other("sealing key")(&e))?;
+        let key_text = b
+            .sealing_key
+            .clone()
+            .unwrap_or_else(SealingKey::generate_base64);
+        let key = SealingKey::from_base64(&key_text).map_err(|e| other("sealing key")(&e))?;
         let snapshot =
             source::compile_dir(&dir.0, &key).map_err(|e| other("compiling manifests")(&e))?;
         let snapshots = SnapshotStore::new();
@@ -284,13 +318,21 @@ impl TestGateway {
             .map_err(|e| other("gateway runtime")(&e))?;
         let audit = MemorySink::default();
         let config = b.config;
+        let stores = b.stores.clone();
         let (gateway, listener) = runtime.block_on(async {
+            let (sessions, audit_sink): (Arc<dyn SessionStore>, Arc<dyn AuditSink>) = match stores {
+                Some(make) => make(&key),
+                None => (
+                    MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds)),
+                    Arc::new(audit.clone()),
+                ),
+            };
             let gateway = Gateway::new(Parts {
-                sessions: MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds)),
+                sessions,
                 config,
                 snapshots: snapshots.clone(),
                 auth: Arc::new(authenticator),
-                audit: Arc::new(audit.clone()),
+                audit: audit_sink,
                 metrics: Arc::new(Metrics::new()),
                 key: key.clone(),
             })
@@ -343,6 +385,14 @@ impl TestGateway {
     /// The gateway itself (metrics, sessions, snapshots).
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// Runs `fut` to completion on the gateway's runtime (from synchronous test code).
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match &self.runtime {
+            Some(rt) => rt.block_on(fut),
+            None => unreachable!("the runtime lives until drop"),
+        }
     }
 
     /// The manifests folder.

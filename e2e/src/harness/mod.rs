@@ -2,6 +2,7 @@
 //! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
 
 pub mod cache;
+pub mod dataplane_process;
 pub mod error;
 pub mod everything;
 pub mod fixture_process;
@@ -11,17 +12,20 @@ pub mod load;
 pub mod net;
 pub mod node;
 pub mod paths;
+pub mod postgres;
 pub mod process;
 pub mod py_ops;
 pub mod python;
 pub mod sse;
 
+pub use dataplane_process::{DataplaneProcess, dataplane_bin};
 pub use error::{HarnessError, Result};
 pub use everything::{EverythingMode, SERVER_EVERYTHING_SPEC, ServerEverything};
 pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
 pub use gateway::{GatewayBuilder, PolicyDoc, TestGateway};
 pub use http::http_client;
 pub use node::npm_package;
+pub use postgres::TestPostgres;
 pub use process::{CommandLine, ManagedChild};
 pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,

@@ -1,0 +1,96 @@
+//! The `reflow-dataplane` binary as a child process (loopback, killed by PID on drop), for tests
+//! that need real replicas: several processes on one manifests folder and one database.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::error::{HarnessError, Result};
+use super::paths::workspace_root;
+use super::process::{ManagedChild, SpawnOptions, run_bounded};
+
+const BINARY: &str = "reflow-dataplane";
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `$REFLOW_DATAPLANE_BIN`, else the binary next to the running test executable, else built
+/// once with `cargo build -p reflow-dataplane --bin reflow-dataplane` (bounded).
+pub fn dataplane_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("REFLOW_DATAPLANE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| HarnessError::Other(format!("cannot locate the test binary: {e}")))?;
+    let near = || {
+        exe.ancestors()
+            .skip(1)
+            .take(2)
+            .map(|dir| dir.join(BINARY))
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = near() {
+        return Ok(p);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "-q",
+        "-p",
+        "reflow-dataplane",
+        "--bin",
+        BINARY,
+    ]);
+    run_bounded(
+        "cargo build reflow-dataplane",
+        &mut build,
+        Duration::from_secs(900),
+    )?;
+    near().ok_or_else(|| HarnessError::Other(format!("{BINARY} not found after building it")))
+}
+
+/// One running gateway process.
+#[derive(Debug)]
+pub struct DataplaneProcess {
+    child: ManagedChild,
+    addr: std::net::SocketAddr,
+}
+
+impl DataplaneProcess {
+    /// `reflow-dataplane --manifests DIR --config FILE --listen 127.0.0.1:0` with extra `env`;
+    /// waits for its `listening on http://ADDR` line.
+    pub fn spawn(manifests: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = Command::new(dataplane_bin()?);
+        cmd.arg("--manifests")
+            .arg(manifests)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let opts = SpawnOptions {
+            stdout_lines: true,
+            ..SpawnOptions::default()
+        };
+        let child = ManagedChild::spawn(BINARY, &mut cmd, opts)?;
+        let line = child.next_line(LISTEN_TIMEOUT)?;
+        let addr = line
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| HarnessError::NotReady {
+                what: BINARY.to_owned(),
+                detail: format!("unexpected first line {line:?}\n{}", child.output()),
+            })?;
+        Ok(Self { child, addr })
+    }
+
+    /// The aggregated endpoint, `http://ADDR/mcp`.
+    pub fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    pub fn output(&self) -> String {
+        self.child.output()
+    }
+}
