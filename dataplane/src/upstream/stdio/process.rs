@@ -21,6 +21,8 @@ use super::env::ChildEnv;
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// Longest stderr line logged; the rest of it is cut.
 const MAX_STDERR_LINE: usize = 4096;
+/// How long a child may live on after closing its stdout before it is killed.
+const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(2);
 
 /// Called with each message the child sends that answers none of our requests: notifications and
 /// server-to-client requests (the latter are also refused to the child, see `route_unsolicited`).
@@ -56,6 +58,7 @@ pub struct ChildProcess {
     /// Milliseconds after `started` of the last request or reply.
     last_used_ms: AtomicU64,
     stop_requested: Arc<AtomicBool>,
+    reaped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ChildProcess {
@@ -106,6 +109,9 @@ impl ChildProcess {
         let (exit_tx, exit_rx) = watch::channel(None);
         let pending: Pending = Arc::default();
         let stop_requested = Arc::new(AtomicBool::new(false));
+        // Set the moment the process is reaped: after that its pid may be reused, so nothing
+        // signals it any more.
+        let reaped = Arc::new(AtomicBool::new(false));
 
         // Writer: the only owner of stdin; when every sender is gone, stdin closes.
         let mut stdin = stdin;
@@ -127,12 +133,21 @@ impl ChildProcess {
         let reply_tx = line_tx.clone();
         let reader_pending = pending.clone();
         let unrouted = spec.unrouted.clone();
+        let mut reader_exit = exit_rx.clone();
+        let reader_reaped = reaped.clone();
         tokio::spawn(
             async move {
                 read_stdout(stdout, &reader_pending, &reply_tx, unrouted.as_ref()).await;
-                // A child whose stdout is gone cannot answer anything: end it.
-                if let Some(pid) = pid {
-                    signal_group(pid, Signal::Kill);
+                // A child whose stdout is gone cannot answer anything: if it does not exit on
+                // its own shortly, end it.
+                let exited = reader_exit.wait_for(Option::is_some);
+                if tokio::time::timeout(STDOUT_CLOSED_GRACE, exited)
+                    .await
+                    .is_err()
+                    && let Some(pid) = pid
+                {
+                    warn!("stdout closed but the process lives on; SIGKILL");
+                    signal_group(pid, Signal::Kill, &reader_reaped);
                 }
             }
             .instrument(span.clone()),
@@ -145,12 +160,14 @@ impl ChildProcess {
         let home = spec.home.clone();
         let stopping = stop_requested.clone();
         let on_exit = spec.on_exit;
+        let wait_reaped = reaped.clone();
         tokio::spawn(
             async move {
                 let status = match child.wait().await {
                     Ok(s) => s.to_string(),
                     Err(e) => format!("wait failed: {e}"),
                 };
+                wait_reaped.store(true, Ordering::SeqCst);
                 let expected = stopping.load(Ordering::SeqCst);
                 if expected {
                     debug!(%status, "stopped");
@@ -186,6 +203,7 @@ impl ChildProcess {
             started: Instant::now(),
             last_used_ms: AtomicU64::new(0),
             stop_requested,
+            reaped,
         }))
     }
 
@@ -349,17 +367,13 @@ impl ChildProcess {
         let Some(pid) = self.pid else {
             return;
         };
-        if self.is_alive() {
-            debug!(child = %self.label, pid, "no exit after stdin closed; SIGTERM");
-            signal_group(pid, Signal::Term);
-        }
+        debug!(child = %self.label, pid, "no exit after stdin closed; SIGTERM");
+        signal_group(pid, Signal::Term, &self.reaped);
         if tokio::time::timeout(grace, self.exited()).await.is_ok() {
             return;
         }
-        if self.is_alive() {
-            warn!(child = %self.label, pid, "no exit after SIGTERM; SIGKILL");
-            signal_group(pid, Signal::Kill);
-        }
+        warn!(child = %self.label, pid, "no exit after SIGTERM; SIGKILL");
+        signal_group(pid, Signal::Kill, &self.reaped);
         self.exited().await;
     }
 }
@@ -370,8 +384,12 @@ enum Signal {
     Kill,
 }
 
-/// Signals the child's process group (its pid: it was made a group leader at spawn).
-fn signal_group(pid: u32, signal: Signal) {
+/// Signals the child's process group (its pid: it was made a group leader at spawn), unless the
+/// child has been reaped already.
+fn signal_group(pid: u32, signal: Signal, reaped: &AtomicBool) {
+    if reaped.load(Ordering::SeqCst) {
+        return;
+    }
     #[cfg(unix)]
     {
         let Ok(pgid) = libc::pid_t::try_from(pid) else {
