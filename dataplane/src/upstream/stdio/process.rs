@@ -563,43 +563,85 @@ fn route_unsolicited(
     }
 }
 
-/// Logs stderr line by line, at most `per_second` lines per second; the rest are counted.
+/// At most `per_second` lines per one-second window; the rest are counted and reported when
+/// the next window opens (or at the end).
+struct LineBudget {
+    per_second: u32,
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LineBudget {
+    fn new(per_second: u32, now: Instant) -> Self {
+        Self {
+            per_second: per_second.max(1),
+            window: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether the line arriving at `now` may be logged, and how many were suppressed in the
+    /// window that `now` closed (0 if none).
+    fn admit(&mut self, now: Instant) -> (bool, u64) {
+        let mut closed = 0;
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            closed = std::mem::take(&mut self.suppressed);
+            self.window = now;
+            self.logged = 0;
+        }
+        if self.logged >= self.per_second {
+            self.suppressed += 1;
+            return (false, closed);
+        }
+        self.logged += 1;
+        (true, closed)
+    }
+}
+
+/// Logs stderr line by line, rate-limited by `LineBudget`.
 async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    let mut window = Instant::now();
-    let mut logged = 0u32;
-    let mut suppressed = 0u64;
+    let mut budget = LineBudget::new(per_second, Instant::now());
     loop {
         line.clear();
         match read_line_capped(&mut reader, &mut line).await {
             Ok(None) | Err(_) => break,
             Ok(Some(_)) => {}
         }
-        if window.elapsed() >= Duration::from_secs(1) {
-            if suppressed > 0 {
-                warn!(suppressed, "stderr lines not logged (rate limit)");
-            }
-            window = Instant::now();
-            logged = 0;
-            suppressed = 0;
+        let (log, suppressed) = budget.admit(Instant::now());
+        if suppressed > 0 {
+            warn!(suppressed, "stderr lines not logged (rate limit)");
         }
-        if logged >= per_second {
-            suppressed += 1;
-            continue;
+        if log {
+            let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
+            info!(stderr = %text.trim_end());
         }
-        logged += 1;
-        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
-        info!(stderr = %text.trim_end());
     }
-    if suppressed > 0 {
-        warn!(suppressed, "stderr lines not logged (rate limit)");
+    if budget.suppressed > 0 {
+        warn!(
+            suppressed = budget.suppressed,
+            "stderr lines not logged (rate limit)"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stderr_budget_limits_each_window_and_reports_what_it_dropped() {
+        let t0 = Instant::now();
+        let mut b = LineBudget::new(3, t0);
+        let first: Vec<bool> = (0..5).map(|_| b.admit(t0).0).collect();
+        assert_eq!(first, [true, true, true, false, false]);
+        // The next window opens: two lines were suppressed in the last one.
+        assert_eq!(b.admit(t0 + Duration::from_millis(1_001)), (true, 2));
+        assert_eq!(b.admit(t0 + Duration::from_millis(1_002)), (true, 0));
+    }
 
     #[tokio::test]
     async fn capped_reader_splits_lines_and_discards_long_ones() {
