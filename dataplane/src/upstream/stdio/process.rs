@@ -21,6 +21,8 @@ use super::env::ChildEnv;
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// Longest stderr line logged; the rest of it is cut.
 const MAX_STDERR_LINE: usize = 4096;
+/// How long a child may live on after closing its stdout before it is killed.
+const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(2);
 
 /// Called with each message the child sends that answers none of our requests: notifications and
 /// server-to-client requests (the latter are also refused to the child, see `route_unsolicited`).
@@ -56,6 +58,7 @@ pub struct ChildProcess {
     /// Milliseconds after `started` of the last request or reply.
     last_used_ms: AtomicU64,
     stop_requested: Arc<AtomicBool>,
+    reaped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ChildProcess {
@@ -106,6 +109,9 @@ impl ChildProcess {
         let (exit_tx, exit_rx) = watch::channel(None);
         let pending: Pending = Arc::default();
         let stop_requested = Arc::new(AtomicBool::new(false));
+        // Set the moment the process is reaped: after that its pid may be reused, so nothing
+        // signals it any more.
+        let reaped = Arc::new(AtomicBool::new(false));
 
         // Writer: the only owner of stdin; when every sender is gone, stdin closes.
         let mut stdin = stdin;
@@ -127,12 +133,21 @@ impl ChildProcess {
         let reply_tx = line_tx.clone();
         let reader_pending = pending.clone();
         let unrouted = spec.unrouted.clone();
+        let mut reader_exit = exit_rx.clone();
+        let reader_reaped = reaped.clone();
         tokio::spawn(
             async move {
                 read_stdout(stdout, &reader_pending, &reply_tx, unrouted.as_ref()).await;
-                // A child whose stdout is gone cannot answer anything: end it.
-                if let Some(pid) = pid {
-                    signal_group(pid, Signal::Kill);
+                // A child whose stdout is gone cannot answer anything: if it does not exit on
+                // its own shortly, end it.
+                let exited = reader_exit.wait_for(Option::is_some);
+                if tokio::time::timeout(STDOUT_CLOSED_GRACE, exited)
+                    .await
+                    .is_err()
+                    && let Some(pid) = pid
+                {
+                    warn!("stdout closed but the process lives on; SIGKILL");
+                    signal_group(pid, Signal::Kill, &reader_reaped);
                 }
             }
             .instrument(span.clone()),
@@ -145,12 +160,14 @@ impl ChildProcess {
         let home = spec.home.clone();
         let stopping = stop_requested.clone();
         let on_exit = spec.on_exit;
+        let wait_reaped = reaped.clone();
         tokio::spawn(
             async move {
                 let status = match child.wait().await {
                     Ok(s) => s.to_string(),
                     Err(e) => format!("wait failed: {e}"),
                 };
+                wait_reaped.store(true, Ordering::SeqCst);
                 let expected = stopping.load(Ordering::SeqCst);
                 if expected {
                     debug!(%status, "stopped");
@@ -186,6 +203,7 @@ impl ChildProcess {
             started: Instant::now(),
             last_used_ms: AtomicU64::new(0),
             stop_requested,
+            reaped,
         }))
     }
 
@@ -349,17 +367,13 @@ impl ChildProcess {
         let Some(pid) = self.pid else {
             return;
         };
-        if self.is_alive() {
-            debug!(child = %self.label, pid, "no exit after stdin closed; SIGTERM");
-            signal_group(pid, Signal::Term);
-        }
+        debug!(child = %self.label, pid, "no exit after stdin closed; SIGTERM");
+        signal_group(pid, Signal::Term, &self.reaped);
         if tokio::time::timeout(grace, self.exited()).await.is_ok() {
             return;
         }
-        if self.is_alive() {
-            warn!(child = %self.label, pid, "no exit after SIGTERM; SIGKILL");
-            signal_group(pid, Signal::Kill);
-        }
+        warn!(child = %self.label, pid, "no exit after SIGTERM; SIGKILL");
+        signal_group(pid, Signal::Kill, &self.reaped);
         self.exited().await;
     }
 }
@@ -370,8 +384,12 @@ enum Signal {
     Kill,
 }
 
-/// Signals the child's process group (its pid: it was made a group leader at spawn).
-fn signal_group(pid: u32, signal: Signal) {
+/// Signals the child's process group (its pid: it was made a group leader at spawn), unless the
+/// child has been reaped already.
+fn signal_group(pid: u32, signal: Signal, reaped: &AtomicBool) {
+    if reaped.load(Ordering::SeqCst) {
+        return;
+    }
     #[cfg(unix)]
     {
         let Ok(pgid) = libc::pid_t::try_from(pid) else {
@@ -545,43 +563,85 @@ fn route_unsolicited(
     }
 }
 
-/// Logs stderr line by line, at most `per_second` lines per second; the rest are counted.
+/// At most `per_second` lines per one-second window; the rest are counted and reported when
+/// the next window opens (or at the end).
+struct LineBudget {
+    per_second: u32,
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LineBudget {
+    fn new(per_second: u32, now: Instant) -> Self {
+        Self {
+            per_second: per_second.max(1),
+            window: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether the line arriving at `now` may be logged, and how many were suppressed in the
+    /// window that `now` closed (0 if none).
+    fn admit(&mut self, now: Instant) -> (bool, u64) {
+        let mut closed = 0;
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            closed = std::mem::take(&mut self.suppressed);
+            self.window = now;
+            self.logged = 0;
+        }
+        if self.logged >= self.per_second {
+            self.suppressed += 1;
+            return (false, closed);
+        }
+        self.logged += 1;
+        (true, closed)
+    }
+}
+
+/// Logs stderr line by line, rate-limited by `LineBudget`.
 async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    let mut window = Instant::now();
-    let mut logged = 0u32;
-    let mut suppressed = 0u64;
+    let mut budget = LineBudget::new(per_second, Instant::now());
     loop {
         line.clear();
         match read_line_capped(&mut reader, &mut line).await {
             Ok(None) | Err(_) => break,
             Ok(Some(_)) => {}
         }
-        if window.elapsed() >= Duration::from_secs(1) {
-            if suppressed > 0 {
-                warn!(suppressed, "stderr lines not logged (rate limit)");
-            }
-            window = Instant::now();
-            logged = 0;
-            suppressed = 0;
+        let (log, suppressed) = budget.admit(Instant::now());
+        if suppressed > 0 {
+            warn!(suppressed, "stderr lines not logged (rate limit)");
         }
-        if logged >= per_second {
-            suppressed += 1;
-            continue;
+        if log {
+            let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
+            info!(stderr = %text.trim_end());
         }
-        logged += 1;
-        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
-        info!(stderr = %text.trim_end());
     }
-    if suppressed > 0 {
-        warn!(suppressed, "stderr lines not logged (rate limit)");
+    if budget.suppressed > 0 {
+        warn!(
+            suppressed = budget.suppressed,
+            "stderr lines not logged (rate limit)"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stderr_budget_limits_each_window_and_reports_what_it_dropped() {
+        let t0 = Instant::now();
+        let mut b = LineBudget::new(3, t0);
+        let first: Vec<bool> = (0..5).map(|_| b.admit(t0).0).collect();
+        assert_eq!(first, [true, true, true, false, false]);
+        // The next window opens: two lines were suppressed in the last one.
+        assert_eq!(b.admit(t0 + Duration::from_millis(1_001)), (true, 2));
+        assert_eq!(b.admit(t0 + Duration::from_millis(1_002)), (true, 0));
+    }
 
     #[tokio::test]
     async fn capped_reader_splits_lines_and_discards_long_ones() {
