@@ -821,7 +821,8 @@ fn sessions_slide_while_used_and_expire_everywhere_when_idle() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let key = SealingKey::from_base64(&SealingKey::generate_base64()).expect("key");
+        let key_text = SealingKey::generate_base64();
+        let key = SealingKey::from_base64(&key_text).expect("key");
         let settings = SessionSettings {
             idle: Duration::from_secs(3),
             cache_ttl: Duration::from_millis(200),
@@ -858,6 +859,27 @@ fn sessions_slide_while_used_and_expire_everywhere_when_idle() {
         );
         let id = s.id.clone();
         a.create(s).await.expect("create");
+
+        // Both replicas add a resource route from their own copy: neither erases the other.
+        let mut on_a = reflow_dataplane::session::Session::clone(
+            &a.get(&id).await.expect("get").expect("on A"),
+        );
+        let mut on_b = reflow_dataplane::session::Session::clone(
+            &b.get(&id).await.expect("get").expect("on B"),
+        );
+        on_a.resources.insert("file:///a".into(), "e2e/one".into());
+        on_b.resources.insert("file:///b".into(), "e2e/two".into());
+        a.put(on_a).await.expect("put");
+        b.put(on_b).await.expect("put");
+        let fresh = PgSessionStore::start(
+            database(&pg.url()),
+            SealingKey::from_base64(&key_text).expect("key"),
+            SessionSettings::new(Duration::from_secs(3)),
+            "c".into(),
+            None,
+        );
+        let merged = fresh.get(&id).await.expect("get").expect("on C");
+        assert_eq!(merged.resources.len(), 2, "{:?}", merged.resources);
 
         // Used on A for longer than the idle timeout: B still finds it, state intact.
         let until = Instant::now() + Duration::from_secs(4);

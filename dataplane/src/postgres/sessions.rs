@@ -2,7 +2,9 @@
 //! local cache in front of the table so the hot path reads memory:
 //!
 //! * `create` and `put` write through (another replica may get the next request at once); if the
-//!   database is away they are kept and written by the flusher when it returns;
+//!   database is away they are kept and written by the flusher when it returns; a `put` merges
+//!   upstream states and resource routes into the row, so two replicas adding entries to one
+//!   session concurrently both keep theirs;
 //! * `touch` is write-behind: the flusher extends `expires_at` for the sessions used since its
 //!   last run, in one statement;
 //! * a changed or deleted session is announced on `LISTEN/NOTIFY` (channel `reflow_session`) and
@@ -256,8 +258,11 @@ impl PgSessionStore {
             .iter()
             .map(|(k, u)| (k.as_str(), StoredUpstream::seal(&self.key, &s.id, k, u)))
             .collect();
-        let upstreams = serde_json::to_value(upstreams).unwrap_or(Value::Null);
-        let resources = serde_json::to_value(&s.resources).unwrap_or(Value::Null);
+        // Maps of strings always serialize; an empty object keeps the row's merge well-formed.
+        let upstreams =
+            serde_json::to_value(upstreams).unwrap_or_else(|_| Value::Object(Default::default()));
+        let resources = serde_json::to_value(&s.resources)
+            .unwrap_or_else(|_| Value::Object(Default::default()));
         let idle = self.settings.idle.as_secs_f64();
         let change = format!("{} {}", self.replica, s.id);
         if insert {
@@ -267,8 +272,10 @@ impl PgSessionStore {
                        INSERT INTO reflow_sessions (id, owner, scope, protocol_version, client_info,
                            client_capabilities, upstreams, resources, expires_at)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
-                       ON CONFLICT (id) DO UPDATE SET upstreams = EXCLUDED.upstreams,
-                           resources = EXCLUDED.resources, updated_at = now(),
+                       ON CONFLICT (id) DO UPDATE
+                       SET upstreams = reflow_sessions.upstreams || EXCLUDED.upstreams,
+                           resources = reflow_sessions.resources || EXCLUDED.resources,
+                           updated_at = now(),
                            expires_at = EXCLUDED.expires_at
                        RETURNING id)
                      SELECT pg_notify($10, $11) FROM w",
@@ -293,11 +300,14 @@ impl PgSessionStore {
                 )
                 .await?;
         } else {
-            // A session deleted meanwhile stays deleted.
+            // A session deleted meanwhile stays deleted. Upstream states and resource routes
+            // only ever gain or replace entries, so merging keeps what another replica added
+            // concurrently instead of the last writer erasing it.
             let stmt = client
                 .prepare_cached(
                     "WITH w AS (
-                       UPDATE reflow_sessions SET upstreams = $2, resources = $3, updated_at = now(),
+                       UPDATE reflow_sessions SET upstreams = upstreams || $2,
+                           resources = resources || $3, updated_at = now(),
                            expires_at = now() + make_interval(secs => $4)
                        WHERE id = $1
                        RETURNING id)
@@ -528,16 +538,11 @@ impl SessionStore for PgSessionStore {
     fn put(&self, session: Session) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async move {
             let session = Arc::new(session);
-            {
-                let mut cache = lock(&self.cache);
-                match cache.get_mut(&session.id) {
-                    Some(e) => {
-                        e.session = session.clone();
-                        e.last_used = Instant::now();
-                    }
-                    // Not cached here: it was deleted (or never seen); nothing to replace.
-                    None => return Ok(()),
-                }
+            // Not cached here (deleted, or invalidated by another replica's change): the row
+            // is still updated if it exists, merged with that change.
+            if let Some(e) = lock(&self.cache).get_mut(&session.id) {
+                e.session = session.clone();
+                e.last_used = Instant::now();
             }
             let pending = lock(&self.unsaved).contains_key(&session.id);
             if let Err(e) = self.save(&session, pending).await {
