@@ -13,7 +13,7 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::audit::AuditSink;
 use reflow_dataplane::postgres::{
     AuditFilter, AuditSettings, Database, FailurePolicy, NotificationBus, PgAuditSink, PgBus,
-    PgSessionStore, SessionSettings, query_audit,
+    PgSessionStore, SessionSettings, purge_expired_audit, query_audit,
 };
 use reflow_dataplane::session::SessionStore;
 use reflow_e2e::fixture_bin;
@@ -577,7 +577,7 @@ fn fail_closed_refuses_requests_while_postgres_is_down() {
 }
 
 #[test]
-fn replicas_starting_together_apply_migrations_once() {
+fn replicas_starting_together_apply_migrations_once_and_retention_trims_old_events() {
     let pg = TestPostgres::start().expect("postgres starts");
     let url = pg.create_database("together").expect("database");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -603,6 +603,30 @@ fn replicas_starting_together_apply_migrations_once() {
             .expect("count")
             .get(0);
         assert_eq!(n, reflow_dataplane::postgres::MIGRATIONS.len() as i64);
+
+        // Retention: events older than the window go, newer ones stay.
+        let sink = PgAuditSink::start(db.clone(), AuditSettings::new(temp_dir("spill-retention")))
+            .expect("sink");
+        let mut old = event("ivan", "old".into());
+        old.time_ms -= 40 * 86_400 * 1000;
+        sink.record(old);
+        sink.record(event("ivan", "new".into()));
+        sink.close().await;
+        let window = Duration::from_secs(30 * 86_400);
+        let deleted = purge_expired_audit(&db, window).await.expect("purge");
+        assert_eq!(deleted, Some(1));
+        let left = query_audit(
+            &db,
+            &AuditFilter {
+                user: Some("ivan".into()),
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .expect("query");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].trace_id, "new");
         // A bad URL is refused without echoing it (it may hold a password).
         let bad = Database::new(
             &SecretString::from("postgres://u:s3cret@[bad".to_owned()),
