@@ -35,9 +35,10 @@ fn database(url: &str) -> Database {
     Database::new(&SecretString::from(url.to_owned()), 8).expect("database URL parses")
 }
 
-fn temp_dir(what: &str) -> PathBuf {
-    let dir = reflow_e2e::harness::paths::target_dir()
-        .join("pg-test")
+/// A folder inside the cluster's own folder, so it goes when the cluster is dropped.
+fn temp_dir(pg: &TestPostgres, what: &str) -> PathBuf {
+    let dir = pg
+        .dir()
         .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -222,8 +223,8 @@ fn a_session_opened_on_one_replica_is_served_by_another() {
     migrated(&pg.url());
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
     let key = SealingKey::generate_base64();
-    let (stores_a, _sink_a) = pg_stores(&pg.url(), temp_dir("spill-a"), FailurePolicy::Buffer);
-    let (stores_b, _sink_b) = pg_stores(&pg.url(), temp_dir("spill-b"), FailurePolicy::Buffer);
+    let (stores_a, _sink_a) = pg_stores(&pg.url(), temp_dir(&pg, "spill-a"), FailurePolicy::Buffer);
+    let (stores_b, _sink_b) = pg_stores(&pg.url(), temp_dir(&pg, "spill-b"), FailurePolicy::Buffer);
     let a = gateway(&fixture, &key, stores_a);
     let b = gateway(&fixture, &key, stores_b);
     let rt = client_runtime();
@@ -380,7 +381,7 @@ fn audit_events_survive_a_postgres_outage_exactly_once() {
     let mut pg = TestPostgres::start().expect("postgres starts");
     migrated(&pg.url());
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let spill = temp_dir("spill");
+    let spill = temp_dir(&pg, "spill");
     let (stores, sink) = pg_stores(&pg.url(), spill.clone(), FailurePolicy::Buffer);
     let gw = gateway(&fixture, &SealingKey::generate_base64(), stores);
     let rt = client_runtime();
@@ -488,7 +489,11 @@ fn fail_closed_refuses_requests_while_postgres_is_down() {
     let mut pg = TestPostgres::start().expect("postgres starts");
     migrated(&pg.url());
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let (stores, _sink) = pg_stores(&pg.url(), temp_dir("spill-fc"), FailurePolicy::FailClosed);
+    let (stores, _sink) = pg_stores(
+        &pg.url(),
+        temp_dir(&pg, "spill-fc"),
+        FailurePolicy::FailClosed,
+    );
     let gw = gateway(&fixture, &SealingKey::generate_base64(), stores);
     let rt = client_runtime();
     let rpc = Rpc {
@@ -605,8 +610,11 @@ fn replicas_starting_together_apply_migrations_once_and_retention_trims_old_even
         assert_eq!(n, reflow_dataplane::postgres::MIGRATIONS.len() as i64);
 
         // Retention: events older than the window go, newer ones stay.
-        let sink = PgAuditSink::start(db.clone(), AuditSettings::new(temp_dir("spill-retention")))
-            .expect("sink");
+        let sink = PgAuditSink::start(
+            db.clone(),
+            AuditSettings::new(temp_dir(&pg, "spill-retention")),
+        )
+        .expect("sink");
         let mut old = event("ivan", "old".into());
         old.time_ms -= 40 * 86_400 * 1000;
         sink.record(old);
@@ -679,7 +687,7 @@ fn two_dataplane_processes_share_one_session_and_one_audit_log() {
     let pg = TestPostgres::start().expect("postgres starts");
     let url = pg.create_database("replicas").expect("database");
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let dir = temp_dir("replicas");
+    let dir = temp_dir(&pg, "replicas");
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).expect("manifests dir");
     std::fs::write(
@@ -784,7 +792,7 @@ fn a_spill_file_left_by_an_earlier_run_is_replayed_at_start() {
     let mut pg = TestPostgres::start().expect("postgres starts");
     migrated(&pg.url());
     pg.stop().expect("postgres stops");
-    let spill = temp_dir("spill-restart");
+    let spill = temp_dir(&pg, "spill-restart");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
