@@ -156,9 +156,14 @@ impl PgSessionStore {
         Some(e.session.clone())
     }
 
-    /// Any cached copy, however old (served while the database is away).
+    /// Any cached copy, however old (served while the database is away). It counts as fresh
+    /// for another `cache_ttl`, so an outage costs one failed read per session per TTL, not
+    /// one per request.
     fn stale(&self, id: &str) -> Option<Arc<Session>> {
-        lock(&self.cache).get(id).map(|e| e.session.clone())
+        lock(&self.cache).get_mut(id).map(|e| {
+            e.loaded = Instant::now();
+            e.session.clone()
+        })
     }
 
     async fn lookup(&self, id: &str, touch: bool) -> Result<Option<Arc<Session>>, SessionError> {
