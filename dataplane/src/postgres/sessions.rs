@@ -593,3 +593,52 @@ impl SessionStore for PgSessionStore {
         lock(&self.hooks).push(hook);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SealingKey {
+        SealingKey::from_bytes(&[7; 32])
+    }
+
+    fn state() -> UpstreamState {
+        UpstreamState {
+            session_id: Some("upstream-session-secret".into()),
+            protocol_version: Some("2025-06-18".into()),
+            initialized: true,
+        }
+    }
+
+    #[test]
+    fn stored_upstream_ids_are_sealed_and_bound_to_session_and_target() {
+        let stored = StoredUpstream::seal(&key(), "s1", "ns/t", &state());
+        let text = serde_json::to_string(&stored).unwrap_or_default();
+        assert!(!text.contains("upstream-session-secret"), "{text}");
+        let back: StoredUpstream = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.open(&key(), "s1", "ns/t"), state());
+
+        // Copied onto another session or target, or opened with another key: forgotten, so the
+        // upstream session is re-established instead of borrowed.
+        for (k, session, target) in [
+            (key(), "s2", "ns/t"),
+            (key(), "s1", "ns/other"),
+            (SealingKey::from_bytes(&[8; 32]), "s1", "ns/t"),
+        ] {
+            let copy: StoredUpstream =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            let opened = copy.open(&k, session, target);
+            assert_eq!(opened.session_id, None);
+            assert!(!opened.initialized);
+        }
+    }
+
+    #[test]
+    fn fingerprints_round_trip_through_hex_and_bad_ones_are_refused() {
+        let fp = reflow_crds::Identity::new("a", Vec::<String>::new(), Vec::<String>::new())
+            .fingerprint();
+        assert_eq!(parse_fingerprint(&fp.to_hex()), Some(fp));
+        assert_eq!(parse_fingerprint("zz"), None);
+        assert_eq!(parse_fingerprint("abcd"), None);
+    }
+}
