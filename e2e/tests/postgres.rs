@@ -44,19 +44,23 @@ fn temp_dir(pg: &TestPostgres, what: &str) -> PathBuf {
     dir
 }
 
-/// Postgres sessions and audit for a test gateway. Returns the factory and, once the gateway
-/// is built, its audit sink (to close it).
+/// What a test keeps alive beside its gateway: the audit sink (to inspect) and the bus (whose
+/// listener feeds the session store's cache invalidation).
+#[derive(Default)]
+struct Held {
+    sink: Option<Arc<PgAuditSink>>,
+    buses: Vec<Arc<PgBus>>,
+}
+
+/// Postgres sessions and audit for a test gateway, and what must outlive the builder.
 fn pg_stores(
     url: &str,
     spill: PathBuf,
     policy: FailurePolicy,
-) -> (
-    StoresFactory,
-    Arc<std::sync::Mutex<Option<Arc<PgAuditSink>>>>,
-) {
+) -> (StoresFactory, Arc<std::sync::Mutex<Held>>) {
     let url = url.to_owned();
-    let sink_slot = Arc::new(std::sync::Mutex::new(None));
-    let slot = sink_slot.clone();
+    let held = Arc::new(std::sync::Mutex::new(Held::default()));
+    let slot = held.clone();
     let factory: StoresFactory = Arc::new(move |key: &SealingKey| {
         let db = database(&url);
         let bus = PgBus::start(db.clone());
@@ -67,17 +71,17 @@ fn pg_stores(
             uuid::Uuid::new_v4().simple().to_string(),
             Some(bus.session_changes()),
         );
-        // The bus lives as long as the process of the test.
-        std::mem::forget(bus);
         let mut settings = AuditSettings::new(spill.clone());
         settings.policy = policy;
         settings.batch_size = 64;
         settings.retry_interval = Duration::from_millis(200);
         let sink = PgAuditSink::start(db, settings).expect("audit sink starts");
-        *slot.lock().unwrap() = Some(sink.clone());
+        let mut held = slot.lock().unwrap();
+        held.sink = Some(sink.clone());
+        held.buses.push(bus);
         (sessions, sink as Arc<dyn AuditSink>)
     });
-    (factory, sink_slot)
+    (factory, held)
 }
 
 fn migrated(url: &str) {
@@ -298,7 +302,8 @@ fn a_session_opened_on_one_replica_is_served_by_another() {
             .await
             .expect("delete");
         assert_eq!(del.status().as_u16(), 200);
-        let deadline = Instant::now() + WAIT;
+        // Well under the 30 s cache TTL: only the change notification explains a 404 here.
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let again = rpc.call(&a.mcp_url(), &sid, None, "one_echo", "late").await;
             if again.status == 404 {
@@ -406,7 +411,7 @@ fn audit_events_survive_a_postgres_outage_exactly_once() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let sink = sink.lock().unwrap().clone().expect("sink built");
+    let sink = sink.lock().unwrap().sink.clone().expect("sink built");
     assert!(!sink.healthy(), "the sink knows the database is away");
     pg.start_again().expect("postgres restarts");
     rt.block_on(async {
