@@ -10,8 +10,12 @@ run:
 	./scripts/run-local.sh $(LISTEN)
 
 ## test: every test in the workspace (unit, golden, drift, integration, real SDK peers)
+# Tests that run the real binaries use the ones this very build produced.
+BIN_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
+
 test:
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  $(CARGO) test --workspace --all-targets --no-fail-fast
 
 ## e2e: only the whole-system tests (real SDK clients and upstream servers)
 e2e:

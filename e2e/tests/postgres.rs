@@ -13,7 +13,7 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::audit::AuditSink;
 use reflow_dataplane::postgres::{
     AuditFilter, AuditSettings, Database, FailurePolicy, NotificationBus, PgAuditSink, PgBus,
-    PgSessionStore, SessionSettings, query_audit,
+    PgSessionStore, SessionSettings, purge_expired_audit, query_audit,
 };
 use reflow_dataplane::session::SessionStore;
 use reflow_e2e::fixture_bin;
@@ -35,27 +35,32 @@ fn database(url: &str) -> Database {
     Database::new(&SecretString::from(url.to_owned()), 8).expect("database URL parses")
 }
 
-fn temp_dir(what: &str) -> PathBuf {
-    let dir = reflow_e2e::harness::paths::target_dir()
-        .join("pg-test")
+/// A folder inside the cluster's own folder, so it goes when the cluster is dropped.
+fn temp_dir(pg: &TestPostgres, what: &str) -> PathBuf {
+    let dir = pg
+        .dir()
         .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 
-/// Postgres sessions and audit for a test gateway. Returns the factory and, once the gateway
-/// is built, its audit sink (to close it).
+/// What a test keeps alive beside its gateway: the audit sink (to inspect) and the bus (whose
+/// listener feeds the session store's cache invalidation).
+#[derive(Default)]
+struct Held {
+    sink: Option<Arc<PgAuditSink>>,
+    buses: Vec<Arc<PgBus>>,
+}
+
+/// Postgres sessions and audit for a test gateway, and what must outlive the builder.
 fn pg_stores(
     url: &str,
     spill: PathBuf,
     policy: FailurePolicy,
-) -> (
-    StoresFactory,
-    Arc<std::sync::Mutex<Option<Arc<PgAuditSink>>>>,
-) {
+) -> (StoresFactory, Arc<std::sync::Mutex<Held>>) {
     let url = url.to_owned();
-    let sink_slot = Arc::new(std::sync::Mutex::new(None));
-    let slot = sink_slot.clone();
+    let held = Arc::new(std::sync::Mutex::new(Held::default()));
+    let slot = held.clone();
     let factory: StoresFactory = Arc::new(move |key: &SealingKey| {
         let db = database(&url);
         let bus = PgBus::start(db.clone());
@@ -66,17 +71,17 @@ fn pg_stores(
             uuid::Uuid::new_v4().simple().to_string(),
             Some(bus.session_changes()),
         );
-        // The bus lives as long as the process of the test.
-        std::mem::forget(bus);
         let mut settings = AuditSettings::new(spill.clone());
         settings.policy = policy;
         settings.batch_size = 64;
         settings.retry_interval = Duration::from_millis(200);
         let sink = PgAuditSink::start(db, settings).expect("audit sink starts");
-        *slot.lock().unwrap() = Some(sink.clone());
+        let mut held = slot.lock().unwrap();
+        held.sink = Some(sink.clone());
+        held.buses.push(bus);
         (sessions, sink as Arc<dyn AuditSink>)
     });
-    (factory, sink_slot)
+    (factory, held)
 }
 
 fn migrated(url: &str) {
@@ -222,8 +227,8 @@ fn a_session_opened_on_one_replica_is_served_by_another() {
     migrated(&pg.url());
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
     let key = SealingKey::generate_base64();
-    let (stores_a, _sink_a) = pg_stores(&pg.url(), temp_dir("spill-a"), FailurePolicy::Buffer);
-    let (stores_b, _sink_b) = pg_stores(&pg.url(), temp_dir("spill-b"), FailurePolicy::Buffer);
+    let (stores_a, _sink_a) = pg_stores(&pg.url(), temp_dir(&pg, "spill-a"), FailurePolicy::Buffer);
+    let (stores_b, _sink_b) = pg_stores(&pg.url(), temp_dir(&pg, "spill-b"), FailurePolicy::Buffer);
     let a = gateway(&fixture, &key, stores_a);
     let b = gateway(&fixture, &key, stores_b);
     let rt = client_runtime();
@@ -297,7 +302,8 @@ fn a_session_opened_on_one_replica_is_served_by_another() {
             .await
             .expect("delete");
         assert_eq!(del.status().as_u16(), 200);
-        let deadline = Instant::now() + WAIT;
+        // Well under the 30 s cache TTL: only the change notification explains a 404 here.
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let again = rpc.call(&a.mcp_url(), &sid, None, "one_echo", "late").await;
             if again.status == 404 {
@@ -380,7 +386,7 @@ fn audit_events_survive_a_postgres_outage_exactly_once() {
     let mut pg = TestPostgres::start().expect("postgres starts");
     migrated(&pg.url());
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let spill = temp_dir("spill");
+    let spill = temp_dir(&pg, "spill");
     let (stores, sink) = pg_stores(&pg.url(), spill.clone(), FailurePolicy::Buffer);
     let gw = gateway(&fixture, &SealingKey::generate_base64(), stores);
     let rt = client_runtime();
@@ -405,7 +411,7 @@ fn audit_events_survive_a_postgres_outage_exactly_once() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let sink = sink.lock().unwrap().clone().expect("sink built");
+    let sink = sink.lock().unwrap().sink.clone().expect("sink built");
     assert!(!sink.healthy(), "the sink knows the database is away");
     pg.start_again().expect("postgres restarts");
     rt.block_on(async {
@@ -488,7 +494,11 @@ fn fail_closed_refuses_requests_while_postgres_is_down() {
     let mut pg = TestPostgres::start().expect("postgres starts");
     migrated(&pg.url());
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let (stores, _sink) = pg_stores(&pg.url(), temp_dir("spill-fc"), FailurePolicy::FailClosed);
+    let (stores, _sink) = pg_stores(
+        &pg.url(),
+        temp_dir(&pg, "spill-fc"),
+        FailurePolicy::FailClosed,
+    );
     let gw = gateway(&fixture, &SealingKey::generate_base64(), stores);
     let rt = client_runtime();
     let rpc = Rpc {
@@ -577,7 +587,7 @@ fn fail_closed_refuses_requests_while_postgres_is_down() {
 }
 
 #[test]
-fn replicas_starting_together_apply_migrations_once() {
+fn replicas_starting_together_apply_migrations_once_and_retention_trims_old_events() {
     let pg = TestPostgres::start().expect("postgres starts");
     let url = pg.create_database("together").expect("database");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -603,6 +613,33 @@ fn replicas_starting_together_apply_migrations_once() {
             .expect("count")
             .get(0);
         assert_eq!(n, reflow_dataplane::postgres::MIGRATIONS.len() as i64);
+
+        // Retention: events older than the window go, newer ones stay.
+        let sink = PgAuditSink::start(
+            db.clone(),
+            AuditSettings::new(temp_dir(&pg, "spill-retention")),
+        )
+        .expect("sink");
+        let mut old = event("ivan", "old".into());
+        old.time_ms -= 40 * 86_400 * 1000;
+        sink.record(old);
+        sink.record(event("ivan", "new".into()));
+        sink.close().await;
+        let window = Duration::from_secs(30 * 86_400);
+        let deleted = purge_expired_audit(&db, window).await.expect("purge");
+        assert_eq!(deleted, Some(1));
+        let left = query_audit(
+            &db,
+            &AuditFilter {
+                user: Some("ivan".into()),
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .expect("query");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].trace_id, "new");
         // A bad URL is refused without echoing it (it may hold a password).
         let bad = Database::new(
             &SecretString::from("postgres://u:s3cret@[bad".to_owned()),
@@ -655,7 +692,7 @@ fn two_dataplane_processes_share_one_session_and_one_audit_log() {
     let pg = TestPostgres::start().expect("postgres starts");
     let url = pg.create_database("replicas").expect("database");
     let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let dir = temp_dir("replicas");
+    let dir = temp_dir(&pg, "replicas");
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).expect("manifests dir");
     std::fs::write(
@@ -760,7 +797,7 @@ fn a_spill_file_left_by_an_earlier_run_is_replayed_at_start() {
     let mut pg = TestPostgres::start().expect("postgres starts");
     migrated(&pg.url());
     pg.stop().expect("postgres stops");
-    let spill = temp_dir("spill-restart");
+    let spill = temp_dir(&pg, "spill-restart");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -821,7 +858,8 @@ fn sessions_slide_while_used_and_expire_everywhere_when_idle() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let key = SealingKey::from_base64(&SealingKey::generate_base64()).expect("key");
+        let key_text = SealingKey::generate_base64();
+        let key = SealingKey::from_base64(&key_text).expect("key");
         let settings = SessionSettings {
             idle: Duration::from_secs(3),
             cache_ttl: Duration::from_millis(200),
@@ -858,6 +896,27 @@ fn sessions_slide_while_used_and_expire_everywhere_when_idle() {
         );
         let id = s.id.clone();
         a.create(s).await.expect("create");
+
+        // Both replicas add a resource route from their own copy: neither erases the other.
+        let mut on_a = reflow_dataplane::session::Session::clone(
+            &a.get(&id).await.expect("get").expect("on A"),
+        );
+        let mut on_b = reflow_dataplane::session::Session::clone(
+            &b.get(&id).await.expect("get").expect("on B"),
+        );
+        on_a.resources.insert("file:///a".into(), "e2e/one".into());
+        on_b.resources.insert("file:///b".into(), "e2e/two".into());
+        a.put(on_a).await.expect("put");
+        b.put(on_b).await.expect("put");
+        let fresh = PgSessionStore::start(
+            database(&pg.url()),
+            SealingKey::from_base64(&key_text).expect("key"),
+            SessionSettings::new(Duration::from_secs(3)),
+            "c".into(),
+            None,
+        );
+        let merged = fresh.get(&id).await.expect("get").expect("on C");
+        assert_eq!(merged.resources.len(), 2, "{:?}", merged.resources);
 
         // Used on A for longer than the idle timeout: B still finds it, state intact.
         let until = Instant::now() + Duration::from_secs(4);

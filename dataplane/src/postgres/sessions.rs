@@ -2,7 +2,9 @@
 //! local cache in front of the table so the hot path reads memory:
 //!
 //! * `create` and `put` write through (another replica may get the next request at once); if the
-//!   database is away they are kept and written by the flusher when it returns;
+//!   database is away they are kept and written by the flusher when it returns; a `put` merges
+//!   upstream states and resource routes into the row, so two replicas adding entries to one
+//!   session concurrently both keep theirs;
 //! * `touch` is write-behind: the flusher extends `expires_at` for the sessions used since its
 //!   last run, in one statement;
 //! * a changed or deleted session is announced on `LISTEN/NOTIFY` (channel `reflow_session`) and
@@ -154,9 +156,14 @@ impl PgSessionStore {
         Some(e.session.clone())
     }
 
-    /// Any cached copy, however old (served while the database is away).
+    /// Any cached copy, however old (served while the database is away). It counts as fresh
+    /// for another `cache_ttl`, so an outage costs one failed read per session per TTL, not
+    /// one per request.
     fn stale(&self, id: &str) -> Option<Arc<Session>> {
-        lock(&self.cache).get(id).map(|e| e.session.clone())
+        lock(&self.cache).get_mut(id).map(|e| {
+            e.loaded = Instant::now();
+            e.session.clone()
+        })
     }
 
     async fn lookup(&self, id: &str, touch: bool) -> Result<Option<Arc<Session>>, SessionError> {
@@ -256,8 +263,11 @@ impl PgSessionStore {
             .iter()
             .map(|(k, u)| (k.as_str(), StoredUpstream::seal(&self.key, &s.id, k, u)))
             .collect();
-        let upstreams = serde_json::to_value(upstreams).unwrap_or(Value::Null);
-        let resources = serde_json::to_value(&s.resources).unwrap_or(Value::Null);
+        // Maps of strings always serialize; an empty object keeps the row's merge well-formed.
+        let upstreams =
+            serde_json::to_value(upstreams).unwrap_or_else(|_| Value::Object(Default::default()));
+        let resources = serde_json::to_value(&s.resources)
+            .unwrap_or_else(|_| Value::Object(Default::default()));
         let idle = self.settings.idle.as_secs_f64();
         let change = format!("{} {}", self.replica, s.id);
         if insert {
@@ -267,8 +277,10 @@ impl PgSessionStore {
                        INSERT INTO reflow_sessions (id, owner, scope, protocol_version, client_info,
                            client_capabilities, upstreams, resources, expires_at)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
-                       ON CONFLICT (id) DO UPDATE SET upstreams = EXCLUDED.upstreams,
-                           resources = EXCLUDED.resources, updated_at = now(),
+                       ON CONFLICT (id) DO UPDATE
+                       SET upstreams = reflow_sessions.upstreams || EXCLUDED.upstreams,
+                           resources = reflow_sessions.resources || EXCLUDED.resources,
+                           updated_at = now(),
                            expires_at = EXCLUDED.expires_at
                        RETURNING id)
                      SELECT pg_notify($10, $11) FROM w",
@@ -293,11 +305,14 @@ impl PgSessionStore {
                 )
                 .await?;
         } else {
-            // A session deleted meanwhile stays deleted.
+            // A session deleted meanwhile stays deleted. Upstream states and resource routes
+            // only ever gain or replace entries, so merging keeps what another replica added
+            // concurrently instead of the last writer erasing it.
             let stmt = client
                 .prepare_cached(
                     "WITH w AS (
-                       UPDATE reflow_sessions SET upstreams = $2, resources = $3, updated_at = now(),
+                       UPDATE reflow_sessions SET upstreams = upstreams || $2,
+                           resources = resources || $3, updated_at = now(),
                            expires_at = now() + make_interval(secs => $4)
                        WHERE id = $1
                        RETURNING id)
@@ -528,16 +543,11 @@ impl SessionStore for PgSessionStore {
     fn put(&self, session: Session) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async move {
             let session = Arc::new(session);
-            {
-                let mut cache = lock(&self.cache);
-                match cache.get_mut(&session.id) {
-                    Some(e) => {
-                        e.session = session.clone();
-                        e.last_used = Instant::now();
-                    }
-                    // Not cached here: it was deleted (or never seen); nothing to replace.
-                    None => return Ok(()),
-                }
+            // Not cached here (deleted, or invalidated by another replica's change): the row
+            // is still updated if it exists, merged with that change.
+            if let Some(e) = lock(&self.cache).get_mut(&session.id) {
+                e.session = session.clone();
+                e.last_used = Instant::now();
             }
             let pending = lock(&self.unsaved).contains_key(&session.id);
             if let Err(e) = self.save(&session, pending).await {
@@ -581,5 +591,54 @@ impl SessionStore for PgSessionStore {
 
     fn on_expire(&self, hook: ExpiryHook) {
         lock(&self.hooks).push(hook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SealingKey {
+        SealingKey::from_bytes(&[7; 32])
+    }
+
+    fn state() -> UpstreamState {
+        UpstreamState {
+            session_id: Some("upstream-session-secret".into()),
+            protocol_version: Some("2025-06-18".into()),
+            initialized: true,
+        }
+    }
+
+    #[test]
+    fn stored_upstream_ids_are_sealed_and_bound_to_session_and_target() {
+        let stored = StoredUpstream::seal(&key(), "s1", "ns/t", &state());
+        let text = serde_json::to_string(&stored).unwrap_or_default();
+        assert!(!text.contains("upstream-session-secret"), "{text}");
+        let back: StoredUpstream = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.open(&key(), "s1", "ns/t"), state());
+
+        // Copied onto another session or target, or opened with another key: forgotten, so the
+        // upstream session is re-established instead of borrowed.
+        for (k, session, target) in [
+            (key(), "s2", "ns/t"),
+            (key(), "s1", "ns/other"),
+            (SealingKey::from_bytes(&[8; 32]), "s1", "ns/t"),
+        ] {
+            let copy: StoredUpstream =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            let opened = copy.open(&k, session, target);
+            assert_eq!(opened.session_id, None);
+            assert!(!opened.initialized);
+        }
+    }
+
+    #[test]
+    fn fingerprints_round_trip_through_hex_and_bad_ones_are_refused() {
+        let fp = reflow_crds::Identity::new("a", Vec::<String>::new(), Vec::<String>::new())
+            .fingerprint();
+        assert_eq!(parse_fingerprint(&fp.to_hex()), Some(fp));
+        assert_eq!(parse_fingerprint("zz"), None);
+        assert_eq!(parse_fingerprint("abcd"), None);
     }
 }
