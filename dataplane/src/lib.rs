@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod authn;
 pub mod config;
+pub mod controller_client;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod metrics;

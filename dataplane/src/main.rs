@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::config::{AuditTarget, Config, SEALING_KEY_ENV, parse_duration};
-use reflow_dataplane::{audit, auth, authn, gateway, metrics, session, source};
+use reflow_dataplane::{audit, auth, authn, controller_client, gateway, metrics, session, source};
 use tracing::{error, info, warn};
 
 /// How long open connections get to finish after SIGTERM/SIGINT.
@@ -55,8 +55,25 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Folder of Target/Policy/Credential/Secret manifests (standalone mode); watched for changes.
-    #[arg(long, env = "REFLOW_MANIFESTS")]
-    manifests: PathBuf,
+    #[arg(
+        long,
+        env = "REFLOW_MANIFESTS",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    manifests: Option<PathBuf>,
+    /// Controller base URL (controller mode): snapshots are streamed from it instead of a folder.
+    #[arg(long, env = "REFLOW_CONTROLLER", requires = "controller_token_file")]
+    controller: Option<String>,
+    /// File holding the bearer token for the controller's API.
+    #[arg(long, env = "REFLOW_CONTROLLER_TOKEN_FILE")]
+    controller_token_file: Option<PathBuf>,
+    /// This dataplane's name on the controller (defaults to a random `dataplane-…`).
+    #[arg(long, env = "POD_NAME")]
+    dataplane_name: Option<String>,
+    /// Where the last good snapshot from the controller is kept, sealed with the sealing key.
+    #[arg(long, env = "REFLOW_SNAPSHOT_CACHE")]
+    snapshot_cache: Option<PathBuf>,
     /// Address to bind; port 0 picks a free one. The bound address is printed on stdout as
     /// `listening on http://ADDR`.
     #[arg(long, env = "REFLOW_LISTEN", default_value = "127.0.0.1:8080")]
@@ -156,6 +173,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let env_key = std::env::var(SEALING_KEY_ENV).ok();
     let key = match config.sealing_key(env_key.as_deref())? {
         Some(k) => k,
+        None if args.controller.is_some() => bail!(
+            "controller mode needs the sealing key the controller uses (sealingKeyFile or {SEALING_KEY_ENV})"
+        ),
         None => {
             warn!(
                 "no sealing key (sealingKeyFile or {SEALING_KEY_ENV}); using a random one for this process"
@@ -164,10 +184,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("generating a sealing key")?
         }
     };
-    check_manifests_dir(&args.manifests)?;
     let snapshots = source::SnapshotStore::new();
-    let _watch = source::watch_manifests(args.manifests.clone(), key.clone(), snapshots.clone())
-        .with_context(|| format!("manifests {}", args.manifests.display()))?;
+    let _source = start_source(&args, &key, &snapshots)?;
 
     let sessions =
         session::MemorySessionStore::new(Duration::from_secs(config.gateway.session_idle_seconds));
@@ -226,6 +244,50 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(_) => warn!(after = ?DRAIN, "connections still open; exiting anyway"),
     }
     Ok(())
+}
+
+/// Starts the snapshot source (folder watch or controller stream); it runs while the returned
+/// guard is held.
+fn start_source(
+    args: &ServeArgs,
+    key: &SealingKey,
+    snapshots: &Arc<source::SnapshotStore>,
+) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+    if let Some(url) = &args.controller {
+        let token_file = args
+            .controller_token_file
+            .as_ref()
+            .context("--controller needs --controller-token-file")?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("controller token file {}", token_file.display()))?;
+        let dataplane = args.dataplane_name.clone().unwrap_or_else(|| {
+            format!(
+                "dataplane-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
+        info!(controller = %url, dataplane, "following the controller");
+        let client = controller_client::spawn(
+            controller_client::ControllerConfig {
+                url: url.clone(),
+                token: token.trim().to_owned().into(),
+                dataplane,
+                cache: args.snapshot_cache.clone(),
+                key: key.clone(),
+                backoff: controller_client::Backoff::default(),
+            },
+            snapshots.clone(),
+        );
+        return Ok(Box::new(client));
+    }
+    let dir = args
+        .manifests
+        .as_ref()
+        .context("pass --manifests DIR or --controller URL")?;
+    check_manifests_dir(dir)?;
+    let watch = source::watch_manifests(dir.clone(), key.clone(), snapshots.clone())
+        .with_context(|| format!("manifests {}", dir.display()))?;
+    Ok(Box::new(watch))
 }
 
 /// A missing or unreadable folder fails at start with the path in the message.
