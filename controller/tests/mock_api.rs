@@ -32,7 +32,11 @@ fn mock_client() -> (Client, ApiHandle) {
 }
 
 /// The next call: asserts method and path (with query), returns the JSON body (Null if empty).
-async fn expect(handle: &mut ApiHandle, method: Method, path: &str) -> (Value, mock::SendResponse<Response<Body>>) {
+async fn expect(
+    handle: &mut ApiHandle,
+    method: Method,
+    path: &str,
+) -> (Value, mock::SendResponse<Response<Body>>) {
     let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
@@ -122,7 +126,13 @@ fn published() -> Published {
 struct Objects(HashMap<(ObjectKind, String), Current>);
 
 impl Objects {
-    fn with(mut self, kind: ObjectKind, plural: &str, name: &str, status: Option<ObjectStatus>) -> Self {
+    fn with(
+        mut self,
+        kind: ObjectKind,
+        plural: &str,
+        name: &str,
+        status: Option<ObjectStatus>,
+    ) -> Self {
         let reference = ObjectReference {
             api_version: Some("mcp.reflow.io/v1alpha1".into()),
             kind: Some(format!("{kind:?}")),
@@ -131,7 +141,8 @@ impl Objects {
             uid: Some(format!("uid-{plural}-{name}")),
             ..ObjectReference::default()
         };
-        self.0.insert((kind, name.into()), Current { status, reference });
+        self.0
+            .insert((kind, name.into()), Current { status, reference });
         self
     }
 }
@@ -171,7 +182,8 @@ async fn status_patches_changed_objects_only_and_warns_once_per_new_failure() {
         .iter()
         .find(|r| r.kind == ObjectKind::Target)
         .expect("target report");
-    let up_to_date = reflow_controller::conditions::object_status(target_report, &FLEET, None, None, "t0");
+    let up_to_date =
+        reflow_controller::conditions::object_status(target_report, &FLEET, None, None, "t0");
     let objects = Objects::default()
         .with(ObjectKind::Target, "targets", "gh", Some(up_to_date))
         .with(ObjectKind::Policy, "policies", "readers", None)
@@ -191,7 +203,11 @@ async fn status_patches_changed_objects_only_and_warns_once_per_new_failure() {
         assert_eq!(programmed["status"], "True");
         assert_eq!(programmed["message"], "applied by 2 of 2 dataplanes");
         assert_eq!(programmed["observedGeneration"], 2);
-        respond(send, StatusCode::OK, object_with_status("Policy", "readers", &body));
+        respond(
+            send,
+            StatusCode::OK,
+            object_with_status("Policy", "readers", &body),
+        );
 
         let (body, send) = expect(
             &mut handle,
@@ -203,7 +219,11 @@ async fn status_patches_changed_objects_only_and_warns_once_per_new_failure() {
         assert_eq!(refs["status"], "False");
         assert_eq!(refs["reason"], "SecretNotFound");
         assert_eq!(condition(&body, "Programmed")["status"], "True");
-        respond(send, StatusCode::OK, object_with_status("Credential", "token", &body));
+        respond(
+            send,
+            StatusCode::OK,
+            object_with_status("Credential", "token", &body),
+        );
 
         // The new failure becomes one Warning Event on the Credential.
         let (event, send) = expect(
@@ -247,12 +267,28 @@ async fn a_failed_patch_is_reported_and_the_others_are_still_written() {
             "/apis/mcp.reflow.io/v1alpha1/namespaces/team/policies/readers/status?",
         )
         .await;
-        respond(send, StatusCode::OK, object_with_status("Policy", "readers", &body));
+        respond(
+            send,
+            StatusCode::OK,
+            object_with_status("Policy", "readers", &body),
+        );
         // The Credential is not in the cluster's view (deleted since the compile): skipped.
         expect_quiet(&mut handle).await;
     });
-    let err = w.sync(&p, &FLEET, &objects).await.expect_err("the 404 surfaces");
-    assert!(matches!(err, StatusError::Patch { kind: ObjectKind::Target, .. }), "{err}");
+    let err = w
+        .sync(&p, &FLEET, &objects)
+        .await
+        .expect_err("the 404 surfaces");
+    assert!(
+        matches!(
+            err,
+            StatusError::Patch {
+                kind: ObjectKind::Target,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.label(), "patch");
     verifier.await.expect("verifier");
 }
@@ -295,7 +331,12 @@ async fn lease_is_created_when_missing_then_followed_or_taken_over() {
     let cfg = lease_cfg();
     let verifier = tokio::spawn(async move {
         // Missing: created with us as holder.
-        let (_, send) = expect(&mut handle, Method::GET, &format!("{LEASE_PATH}/reflow-controller")).await;
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{LEASE_PATH}/reflow-controller"),
+        )
+        .await;
         not_found(send);
         let (body, send) = expect(&mut handle, Method::POST, &format!("{LEASE_PATH}?")).await;
         assert_eq!(body["spec"]["holderIdentity"], "controller-0");
@@ -303,23 +344,52 @@ async fn lease_is_created_when_missing_then_followed_or_taken_over() {
         respond(send, StatusCode::CREATED, body);
 
         // Held by a live peer: no write.
-        let (_, send) = expect(&mut handle, Method::GET, &format!("{LEASE_PATH}/reflow-controller")).await;
-        respond(send, StatusCode::OK, lease_held_by("controller-1", Timestamp::now()));
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{LEASE_PATH}/reflow-controller"),
+        )
+        .await;
+        respond(
+            send,
+            StatusCode::OK,
+            lease_held_by("controller-1", Timestamp::now()),
+        );
 
         // Expired: taken over with the resourceVersion we read (optimistic concurrency)...
-        let (_, send) = expect(&mut handle, Method::GET, &format!("{LEASE_PATH}/reflow-controller")).await;
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{LEASE_PATH}/reflow-controller"),
+        )
+        .await;
         let stale = Timestamp::now() - Duration::from_secs(60);
         respond(send, StatusCode::OK, lease_held_by("controller-1", stale));
-        let (body, send) = expect(&mut handle, Method::PUT, &format!("{LEASE_PATH}/reflow-controller?")).await;
+        let (body, send) = expect(
+            &mut handle,
+            Method::PUT,
+            &format!("{LEASE_PATH}/reflow-controller?"),
+        )
+        .await;
         assert_eq!(body["metadata"]["resourceVersion"], "41");
         assert_eq!(body["spec"]["holderIdentity"], "controller-0");
         assert_eq!(body["spec"]["leaseTransitions"], 2);
         respond(send, StatusCode::OK, body);
 
         // ...and a lost race (409) is an error the caller treats as "not leading".
-        let (_, send) = expect(&mut handle, Method::GET, &format!("{LEASE_PATH}/reflow-controller")).await;
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{LEASE_PATH}/reflow-controller"),
+        )
+        .await;
         respond(send, StatusCode::OK, lease_held_by("controller-1", stale));
-        let (_, send) = expect(&mut handle, Method::PUT, &format!("{LEASE_PATH}/reflow-controller?")).await;
+        let (_, send) = expect(
+            &mut handle,
+            Method::PUT,
+            &format!("{LEASE_PATH}/reflow-controller?"),
+        )
+        .await;
         respond(
             send,
             StatusCode::CONFLICT,
@@ -330,6 +400,9 @@ async fn lease_is_created_when_missing_then_followed_or_taken_over() {
     assert!(!lease::round(&api, &cfg).await.expect("follow"));
     assert!(lease::round(&api, &cfg).await.expect("take over"));
     let err = lease::round(&api, &cfg).await.expect_err("conflict");
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409), "{err}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err}"
+    );
     verifier.await.expect("verifier");
 }

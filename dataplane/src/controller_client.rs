@@ -169,6 +169,9 @@ pub fn spawn(config: ControllerConfig, store: Arc<SnapshotStore>) -> ControllerC
 }
 
 async fn follow(config: ControllerConfig, store: Arc<SnapshotStore>) {
+    // reqwest panics when building a client with no rustls provider; the dataplane uses ring
+    // everywhere, and installing it again is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = match reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
