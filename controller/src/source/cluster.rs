@@ -236,3 +236,39 @@ pub fn start(
     ));
     ClusterSource { stores, tasks }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reflow_crds::compile::{ObjectKind, RESOLVED_REFS};
+
+    #[test]
+    fn a_missing_secret_names_the_label_the_controller_watches() {
+        let mut r = ObjectReport::new(ObjectKind::Credential, "ns", "c", Some(1));
+        r.set(
+            RESOLVED_REFS,
+            false,
+            "SecretNotFound",
+            "Secret \"gh\" not found in this namespace",
+        );
+        let mut other = ObjectReport::new(ObjectKind::Credential, "ns", "d", Some(1));
+        other.set(
+            RESOLVED_REFS,
+            false,
+            "SecretKeyNotFound",
+            "Secret \"gh\" has no key \"x\"",
+        );
+        let mut reports = vec![r, other];
+        explain_secret_scoping(&mut reports);
+        explain_secret_scoping(&mut reports);
+        let msg = &reports[0].conditions[0].message;
+        assert!(
+            msg.ends_with(
+                "(the controller only reads Secrets labelled mcp.reflow.io/credential=true)"
+            ),
+            "{msg}"
+        );
+        assert_eq!(msg.matches(SECRET_LABEL).count(), 1, "added once");
+        assert!(!reports[1].conditions[0].message.contains(SECRET_LABEL));
+    }
+}
