@@ -189,8 +189,11 @@ async fn follow(config: ControllerConfig, store: Arc<SnapshotStore>) {
         let mut received = false;
         match session(&http, &config, &store, &mut received).await {
             Ok(()) => info!("the controller closed the watch stream; reconnecting"),
-            Err(e) => {
+            Err(e) if store.is_ready() => {
                 warn!(error = %e, label = e.label(), "controller unavailable; serving the last good snapshot")
+            }
+            Err(e) => {
+                warn!(error = %e, label = e.label(), "controller unavailable and no snapshot yet; not ready")
             }
         }
         if received {

@@ -223,3 +223,75 @@ async fn a_garbage_line_breaks_the_stream_but_not_the_snapshot() {
     assert_eq!(store.load().hash(), good.hash());
     server.abort();
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_reflow-dataplane");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("REFLOW_SEALING_KEY")
+        .env_remove("REFLOW_MANIFESTS")
+        .env_remove("REFLOW_CONTROLLER")
+        .output()
+        .expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn controller_mode_flags_are_checked_at_start() {
+    let dir = support::temp_dir();
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, "gateway: {allowedHosts: [localhost]}\n").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t").unwrap();
+    let (config, token) = (config.to_str().unwrap(), token.to_str().unwrap());
+
+    let (ok, err) = run(
+        &[
+            "--config",
+            config,
+            "--manifests",
+            "/tmp",
+            "--controller",
+            "http://127.0.0.1:1",
+            "--controller-token-file",
+            token,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    let (ok, err) = run(
+        &["--config", config, "--controller", "http://127.0.0.1:1"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("--controller-token-file"), "{err}");
+
+    // The snapshot's credentials are sealed under the controller's key: no key, no start.
+    let (ok, err) = run(
+        &[
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-dev-user",
+            "u",
+            "--controller",
+            "http://127.0.0.1:1",
+            "--controller-token-file",
+            token,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("controller mode needs the sealing key"),
+        "{err}"
+    );
+}
