@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod fleet;
+pub mod instance;
 pub mod lease;
 pub mod metrics;
 pub mod publish;

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
 use reflow_controller::fleet::Fleet;
 use reflow_controller::metrics::Metrics;
 use reflow_controller::publish::Publisher;
 use reflow_controller::server::{self, ApiState};
 use reflow_controller::source::{cluster, manifests};
 use reflow_controller::token::ApiToken;
-use reflow_controller::{lease, status};
+use reflow_controller::{instance, lease, status};
 use reflow_crds::SealingKey;
+use reflow_crds::api::MCPInstance;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
@@ -46,6 +48,21 @@ struct Cli {
     lease_namespace: String,
     #[arg(long, env = "REFLOW_LEASE_NAME", default_value = "reflow-controller")]
     lease_name: String,
+    /// Image with `reflow-dataplane`, run as the bridge in MCPInstance pods of STDIO servers.
+    #[arg(
+        long,
+        env = "REFLOW_BRIDGE_IMAGE",
+        default_value = "ghcr.io/reflow-mcp/reflow-dataplane:latest"
+    )]
+    bridge_image: String,
+    /// Namespace of the dataplane pods (the only ones MCPInstance NetworkPolicies admit; they
+    /// must carry app.kubernetes.io/name=reflow-dataplane).
+    #[arg(
+        long,
+        env = "REFLOW_DATAPLANE_NAMESPACE",
+        default_value = "reflow-system"
+    )]
+    dataplane_namespace: String,
     #[arg(long, env = "REFLOW_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
 }
@@ -97,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // Held for the life of the process: dropping a source stops it.
     let mut guards: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let mut instance_client = None;
     match &cli.manifests {
         Some(dir) => {
             info!(dir = %dir.display(), "folder mode: no cluster, status at /v1/status");
@@ -131,14 +149,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     renew_every: Duration::from_secs(5),
                 },
             );
-            let writer = status::StatusWriter::new(client, &cli.identity, metrics.clone());
+            let writer = status::StatusWriter::new(client.clone(), &cli.identity, metrics.clone());
             let status_task = status::spawn(
                 writer,
                 Arc::new(source.stores.clone()),
                 publisher.subscribe(),
                 fleet.clone(),
-                leading,
+                leading.clone(),
             );
+            instance_client = Some(client.clone());
+            let ctx = Arc::new(instance::Context {
+                client: client.clone(),
+                leading,
+                published: publisher.subscribe(),
+                config: instance::InstanceConfig {
+                    bridge_image: cli.bridge_image.clone(),
+                    dataplane_labels: [(
+                        "app.kubernetes.io/name".to_owned(),
+                        "reflow-dataplane".to_owned(),
+                    )]
+                    .into(),
+                    dataplane_namespace: cli.dataplane_namespace.clone(),
+                },
+                metrics: metrics.clone(),
+            });
+            let instances_task = tokio::spawn(run_instances(
+                client,
+                namespaces_for_instances(&cli.namespaces),
+                ctx,
+            ));
+            guards.push(Box::new(AbortOnDrop(instances_task)));
             guards.push(Box::new(source));
             guards.push(Box::new(AbortOnDrop(lease_task)));
             guards.push(Box::new(AbortOnDrop(status_task)));
@@ -161,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         token,
         metrics,
         heartbeat: server::HEARTBEAT,
+        instances: instance_client,
     });
     tokio::select! {
         r = axum::serve(listener, app) => r.context("serving")?,
@@ -169,6 +210,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     drop(guards);
     Ok(())
+}
+
+/// The MCPInstance controller (kube-runtime): reconciles on instance changes and on changes
+/// of the Pods it owns.
+async fn run_instances(
+    client: kube::Client,
+    namespaces: Option<Vec<String>>,
+    ctx: Arc<instance::Context>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{Controller, watcher};
+    let apis: Vec<(kube::Api<MCPInstance>, kube::Api<Pod>)> = match namespaces {
+        None => vec![(kube::Api::all(client.clone()), kube::Api::all(client))],
+        Some(list) => list
+            .iter()
+            .map(|ns| {
+                (
+                    kube::Api::namespaced(client.clone(), ns),
+                    kube::Api::namespaced(client.clone(), ns),
+                )
+            })
+            .collect(),
+    };
+    let runs = apis.into_iter().map(|(instances, pods)| {
+        Controller::new(instances, watcher::Config::default())
+            .owns(
+                pods,
+                watcher::Config::default().labels(instance::children::INSTANCE_LABEL),
+            )
+            .run(instance::reconcile, instance::error_policy, ctx.clone())
+            .for_each(|_| async {})
+    });
+    futures::future::join_all(runs).await;
+}
+
+fn namespaces_for_instances(list: &[String]) -> Option<Vec<String>> {
+    (!list.is_empty()).then(|| list.to_vec())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub token: ApiToken,
     pub metrics: Arc<Metrics>,
     pub heartbeat: Duration,
+    /// The cluster client for the instance API; `None` in folder mode (the API answers 501).
+    pub instances: Option<kube::Client>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -43,6 +45,8 @@ pub fn router(state: ApiState) -> Router {
         .route(WATCH_PATH, get(watch_snapshots))
         .route(APPLIED_PATH, post(applied))
         .route("/v1/status", get(status))
+        .route("/v1/instances/ensure", post(ensure_instance))
+        .route("/v1/instances/used", post(instance_used))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -147,14 +151,14 @@ async fn watch_snapshots(State(state): State<ApiState>, headers: HeaderMap) -> R
         .into_response()
 }
 
-async fn applied(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Json(report): Json<AppliedReport>,
-) -> Response {
+async fn applied(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    let report: AppliedReport = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
     let outcome = match report.outcome {
         Outcome::Applied => "applied",
         Outcome::Refused => "refused",
@@ -241,4 +245,80 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Bodies are parsed only after the token check, so strangers learn nothing from parse errors.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new((StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()))
+}
+
+fn no_cluster() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "per-identity instances need a cluster; this controller runs from a manifests folder\n",
+    )
+        .into_response()
+}
+
+fn ensure_failure(e: &crate::instance::api::EnsureError) -> Response {
+    use crate::instance::api::EnsureError as E;
+    let code = match e {
+        E::TargetNotFound(_) => StatusCode::NOT_FOUND,
+        E::NotKubernetes(_) | E::BadKey => StatusCode::BAD_REQUEST,
+        E::Kube(_) => StatusCode::BAD_GATEWAY,
+    };
+    warn!(error = %e, label = e.label(), "instance request failed");
+    (code, format!("{e}\n")).into_response()
+}
+
+async fn ensure_instance(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let req: crate::instance::api::EnsureRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let Some(client) = &state.instances else {
+        return no_cluster();
+    };
+    let Some(snapshot) = state
+        .published
+        .borrow()
+        .as_ref()
+        .map(|p| p.snapshot.clone())
+    else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no snapshot compiled yet\n",
+        )
+            .into_response();
+    };
+    match crate::instance::api::ensure(client, &snapshot, &req).await {
+        Ok(r) if r.endpoint.is_some() => (StatusCode::OK, Json(r)).into_response(),
+        Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
+        Err(e) => ensure_failure(&e),
+    }
+}
+
+async fn instance_used(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let req: crate::instance::api::UsedRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let Some(client) = &state.instances else {
+        return no_cluster();
+    };
+    match crate::instance::api::used(client, &req).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ensure_failure(&e),
+    }
 }

@@ -38,6 +38,7 @@ fn state(publisher: &Publisher, fleet: &Fleet) -> ApiState {
         token: ApiToken::new(&SecretString::from(TOKEN)).unwrap(),
         metrics: Arc::new(Metrics::new()),
         heartbeat: Duration::from_millis(200),
+        instances: None,
     }
 }
 

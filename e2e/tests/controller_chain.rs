@@ -86,6 +86,7 @@ impl Controller {
                 token: ApiToken::new(&SecretString::from(TOKEN)).expect("token"),
                 metrics,
                 heartbeat: server::HEARTBEAT,
+                instances: None,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
