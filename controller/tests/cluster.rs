@@ -1,23 +1,29 @@
 //! Against a real API server; `#[ignore]`d (run with `cargo test -p reflow-controller --test
 //! cluster -- --ignored` and `KUBECONFIG` set). Applies the CRDs and `config/samples/`, runs the
-//! cluster source, the lease and the status writer in-process, and waits for the conditions.
+//! cluster source, the lease and the status writer in-process, and waits for the conditions;
+//! then creates an MCPInstance of a `kubernetes` Target and sees its Pod, Service, Secret and
+//! NetworkPolicy.
 //! Leaves the CRDs in place and deletes the samples' namespace at the end.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use reflow_controller::fleet::Fleet;
+use reflow_controller::instance;
 use reflow_controller::lease::{self, LeaseConfig};
 use reflow_controller::metrics::Metrics;
 use reflow_controller::publish::Publisher;
 use reflow_controller::source::cluster::{self, Namespaces};
 use reflow_controller::status::{self, StatusWriter};
 use reflow_crds::SealingKey;
+use reflow_crds::api::MCPInstance;
 use reflow_crds::api::{Credential, Policy, Target};
 use serde::Deserialize;
 
@@ -174,6 +180,76 @@ async fn samples_get_accepted_and_resolved_conditions_from_the_lease_holder() {
         publisher
             .current()
             .is_some_and(|p| !p.snapshot.targets().is_empty())
+    );
+
+    // A kubernetes Target and an MCPInstance for it: the reconciler creates its children.
+    let pod_target = serde_json::json!({
+        "apiVersion": "mcp.reflow.io/v1alpha1", "kind": "Target",
+        "metadata": {"name": "podded", "namespace": NS},
+        "spec": {"transport": "kubernetes", "isolation": "perUser", "pod": {
+            "transport": "streamableHttp", "port": 8080,
+            "template": {"spec": {"containers": [{"name": "server", "image": "registry.invalid/mcp:1"}]}}}}
+    });
+    apply(&Api::<Target>::namespaced(client.clone(), NS), &pod_target).await;
+    let compiled_by = Instant::now() + Duration::from_secs(30);
+    let snapshot = loop {
+        if let Some(s) = publisher
+            .current()
+            .map(|p| p.snapshot)
+            .filter(|s| s.target(NS, "podded").is_some())
+        {
+            break s;
+        }
+        assert!(Instant::now() < compiled_by, "Target podded never compiled");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let instances: Api<MCPInstance> = Api::namespaced(client.clone(), NS);
+    apply(&instances, &serde_json::json!({
+        "apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance",
+        "metadata": {"name": "podded-alice", "namespace": NS},
+        "spec": {"targetRef": {"name": "podded"}, "isolationKey": "alice", "credentialFingerprint": "fp"}
+    }))
+    .await;
+    let inst = instances.get("podded-alice").await.expect("instance");
+    let config = instance::InstanceConfig {
+        bridge_image: "registry.invalid/reflow-dataplane:test".into(),
+        dataplane_labels: [(
+            "app.kubernetes.io/name".to_owned(),
+            "reflow-dataplane".to_owned(),
+        )]
+        .into(),
+        dataplane_namespace: "reflow-system".into(),
+    };
+    instance::reconcile_with(&inst, &snapshot, &client, &config, Timestamp::now())
+        .await
+        .expect("reconcile");
+    let child = "mcpi-podded-alice";
+    let pod = Api::<Pod>::namespaced(client.clone(), NS)
+        .get(child)
+        .await
+        .expect("pod");
+    assert_eq!(pod.owner_references()[0].name, "podded-alice");
+    Api::<Service>::namespaced(client.clone(), NS)
+        .get(child)
+        .await
+        .expect("service");
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .get(child)
+        .await
+        .expect("secret");
+    Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+        .get(child)
+        .await
+        .expect("network policy");
+    let status = instances
+        .get("podded-alice")
+        .await
+        .expect("instance")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("http://mcpi-podded-alice.dev-tools.svc:8080/mcp")
     );
 
     lease_task.abort();
