@@ -1,5 +1,14 @@
-//! Reflow's control plane: watches Targets, Policies, Credentials, MCPInstances and the Secrets
-//! they reference, compiles them with `reflow-crds`, and publishes snapshots to dataplanes.
-//!
-//! Not built yet (tracked as the controller issue): this crate only reserves its place in the
-//! workspace so the dependency rule (controller and dataplane never depend on each other) holds.
+//! Reflow's control plane: watches Targets, Policies, Credentials and the Secrets they reference
+//! (or a manifests folder), compiles them with `reflow-crds`, streams snapshots to every
+//! dataplane, and writes status conditions back as the lease holder.
+
+pub mod conditions;
+pub mod fleet;
+pub mod instance;
+pub mod lease;
+pub mod metrics;
+pub mod publish;
+pub mod server;
+pub mod source;
+pub mod status;
+pub mod token;

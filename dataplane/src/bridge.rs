@@ -230,8 +230,13 @@ impl Bridge {
 
 /// `POST /mcp` (other methods: 405) and `/healthz`.
 pub fn router(bridge: Arc<Bridge>) -> Router {
+    router_at(bridge, "/mcp")
+}
+
+/// The bridge's routes with MCP served at `path` (the Target's pod `path`, e.g. `/mcp`).
+pub fn router_at(bridge: Arc<Bridge>, path: &str) -> Router {
     Router::new()
-        .route("/mcp", post(post_mcp).get(not_allowed).delete(not_allowed))
+        .route(path, post(post_mcp).get(not_allowed).delete(not_allowed))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(bridge)
 }

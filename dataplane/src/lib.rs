@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authn;
 pub mod bridge;
 pub mod config;
+pub mod controller_client;
 pub mod gateway;
 pub mod identity_token;
 pub mod jsonrpc;

@@ -14,7 +14,9 @@ use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::config::{
     AuditTarget, Config, DATABASE_URL_ENV, SEALING_KEY_ENV, parse_duration,
 };
-use reflow_dataplane::{audit, auth, authn, gateway, metrics, postgres, session, source};
+use reflow_dataplane::{
+    audit, auth, authn, controller_client, gateway, metrics, postgres, session, source,
+};
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
@@ -57,6 +59,12 @@ enum Command {
     Token(TokenArgs),
     /// Expose one STDIO MCP server as Streamable HTTP: `bridge --listen ADDR -- CMD ARGS…`.
     Bridge(BridgeArgs),
+    /// Copy this binary to DIR/reflow-dataplane (an MCPInstance init container does this so a
+    /// STDIO server's own container can run the bridge).
+    InstallBridge {
+        /// Destination folder (a shared emptyDir in the instance Pod).
+        dir: PathBuf,
+    },
     /// Read the Postgres audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -98,9 +106,15 @@ struct BridgeArgs {
     /// Address to bind; the bound address is printed as `listening on http://ADDR`.
     #[arg(long, env = "REFLOW_BRIDGE_LISTEN", default_value = "127.0.0.1:8090")]
     listen: String,
-    /// File holding the bearer token clients must present (else env REFLOW_BRIDGE_TOKEN).
+    /// File holding the bearer token clients must present (else the env var `--token-env`).
     #[arg(long, env = "REFLOW_BRIDGE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Env var holding the token itself; must start with `REFLOW_`, which the child never sees.
+    #[arg(long, default_value = BRIDGE_TOKEN_ENV)]
+    token_env: String,
+    /// Path MCP is served at.
+    #[arg(long, default_value = "/mcp")]
+    path: String,
     /// Time the server gets to answer `initialize`.
     #[arg(long, env = "REFLOW_BRIDGE_INIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     init_timeout: Duration,
@@ -118,8 +132,25 @@ const BRIDGE_TOKEN_ENV: &str = "REFLOW_BRIDGE_TOKEN";
 #[derive(Args)]
 struct ServeArgs {
     /// Folder of Target/Policy/Credential/Secret manifests (standalone mode); watched for changes.
-    #[arg(long, env = "REFLOW_MANIFESTS")]
-    manifests: PathBuf,
+    #[arg(
+        long,
+        env = "REFLOW_MANIFESTS",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    manifests: Option<PathBuf>,
+    /// Controller base URL (controller mode): snapshots are streamed from it instead of a folder.
+    #[arg(long, env = "REFLOW_CONTROLLER", requires = "controller_token_file")]
+    controller: Option<String>,
+    /// File holding the bearer token for the controller's API.
+    #[arg(long, env = "REFLOW_CONTROLLER_TOKEN_FILE")]
+    controller_token_file: Option<PathBuf>,
+    /// This dataplane's name on the controller (defaults to a random `dataplane-…`).
+    #[arg(long, env = "POD_NAME")]
+    dataplane_name: Option<String>,
+    /// Where the last good snapshot from the controller is kept, sealed with the sealing key.
+    #[arg(long, env = "REFLOW_SNAPSHOT_CACHE")]
+    snapshot_cache: Option<PathBuf>,
     /// Address to bind; port 0 picks a free one. The bound address is printed on stdout as
     /// `listening on http://ADDR`.
     #[arg(long, env = "REFLOW_LISTEN", default_value = "127.0.0.1:8080")]
@@ -171,6 +202,7 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match (cli.command, cli.serve) {
         (Some(Command::Token(args)), _) => token(&args),
+        (Some(Command::InstallBridge { dir }), _) => install_bridge(&dir),
         (Some(Command::Bridge(args)), _) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(bridge(args)),
@@ -394,6 +426,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let key = match config.sealing_key(env_key.as_deref())? {
         Some(k) => k,
+        None if args.controller.is_some() => bail!(
+            "controller mode needs the sealing key the controller uses (sealingKeyFile or {SEALING_KEY_ENV})"
+        ),
         None => {
             warn!(
                 "no sealing key (sealingKeyFile or {SEALING_KEY_ENV}); using a random one for this process"
@@ -402,10 +437,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("generating a sealing key")?
         }
     };
-    check_manifests_dir(&args.manifests)?;
     let snapshots = source::SnapshotStore::new();
-    let _watch = source::watch_manifests(args.manifests.clone(), key.clone(), snapshots.clone())
-        .with_context(|| format!("manifests {}", args.manifests.display()))?;
+    let _source = start_source(&args, &key, &snapshots)?;
 
     let stores = stores(&config, &key).await?;
     let gw = gateway::Gateway::new(gateway::Parts {
@@ -472,12 +505,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the running binary into `dir` atomically (write aside, then rename), executable.
+fn install_bridge(dir: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let tmp = dir.join(".reflow-dataplane.partial");
+    let dest = dir.join("reflow-dataplane");
+    std::fs::copy(&exe, &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
+    println!("installed {}", dest.display());
+    Ok(())
+}
+
 async fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
+    if !args
+        .token_env
+        .starts_with(reflow_dataplane::bridge::RESERVED_ENV_PREFIX)
+    {
+        bail!(
+            "--token-env {} must start with {} so the token never reaches the child",
+            args.token_env,
+            reflow_dataplane::bridge::RESERVED_ENV_PREFIX
+        );
+    }
+    if !args.path.starts_with('/') {
+        bail!("--path must start with /");
+    }
     let token = match &args.token_file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading token file {}", path.display()))?,
-        None => std::env::var(BRIDGE_TOKEN_ENV)
-            .with_context(|| format!("no --token-file and no {BRIDGE_TOKEN_ENV}"))?,
+        None => std::env::var(&args.token_env)
+            .with_context(|| format!("no --token-file and no {}", args.token_env))?,
     };
     let Some((command, rest)) = args.command.split_first() else {
         bail!("no command given after --");
@@ -503,7 +566,7 @@ async fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
-    let app = reflow_dataplane::bridge::router(b.clone());
+    let app = reflow_dataplane::bridge::router_at(b.clone(), &args.path);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let signal = shutdown_signal().await;
@@ -513,6 +576,50 @@ async fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
         .context("bridge server")?;
     b.shutdown().await;
     Ok(())
+}
+
+/// Starts the snapshot source (folder watch or controller stream); it runs while the returned
+/// guard is held.
+fn start_source(
+    args: &ServeArgs,
+    key: &SealingKey,
+    snapshots: &Arc<source::SnapshotStore>,
+) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+    if let Some(url) = &args.controller {
+        let token_file = args
+            .controller_token_file
+            .as_ref()
+            .context("--controller needs --controller-token-file")?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("controller token file {}", token_file.display()))?;
+        let dataplane = args.dataplane_name.clone().unwrap_or_else(|| {
+            format!(
+                "dataplane-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
+        info!(controller = %url, dataplane, "following the controller");
+        let client = controller_client::spawn(
+            controller_client::ControllerConfig {
+                url: url.clone(),
+                token: token.trim().to_owned().into(),
+                dataplane,
+                cache: args.snapshot_cache.clone(),
+                key: key.clone(),
+                backoff: controller_client::Backoff::default(),
+            },
+            snapshots.clone(),
+        );
+        return Ok(Box::new(client));
+    }
+    let dir = args
+        .manifests
+        .as_ref()
+        .context("pass --manifests DIR or --controller URL")?;
+    check_manifests_dir(dir)?;
+    let watch = source::watch_manifests(dir.clone(), key.clone(), snapshots.clone())
+        .with_context(|| format!("manifests {}", dir.display()))?;
+    Ok(Box::new(watch))
 }
 
 /// A missing or unreadable folder fails at start with the path in the message.

@@ -257,3 +257,78 @@ async fn the_gateway_reaches_a_stdio_server_through_the_bridge() {
     })
     .await;
 }
+
+/// What an MCPInstance Pod does: an init container runs `install-bridge DIR`, then the server's
+/// container runs the installed copy as `bridge --path P --token-env REFLOW_… -- CMD`.
+#[tokio::test]
+async fn installed_bridge_serves_the_pod_path_with_the_token_from_env() {
+    bounded(async {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("install-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(BIN)
+            .arg("install-bridge")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let installed = dir.join("reflow-dataplane");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+            assert_eq!(mode & 0o755, 0o755, "installed bridge is executable");
+        }
+
+        // A token env var outside REFLOW_* would reach the child: refused before anything runs.
+        let refused = Command::new(&installed)
+            .args(["bridge", "--token-env", "POD_TOKEN", "--", "true"])
+            .env("POD_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("must start with REFLOW_"), "{err}");
+
+        let mut child = Command::new(&installed)
+            .args([
+                "bridge",
+                "--listen",
+                "127.0.0.1:0",
+                "--path",
+                "/pod-mcp",
+                "--token-env",
+                "REFLOW_INSTANCE_TOKEN",
+                "--",
+            ])
+            .arg(fixture_bin())
+            .args(["--stdio", "--name", "pod"])
+            .env("REFLOW_INSTANCE_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::task::spawn_blocking(move || lines.next())
+            .await
+            .unwrap()
+            .expect("a listening line")
+            .unwrap();
+        let addr = line.strip_prefix("listening on ").expect("listening line");
+        let mut proc = BridgeProc {
+            child,
+            url: format!("{addr}/pod-mcp"),
+        };
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let (status, _) = post(&proc.url, None, init.clone()).await;
+        assert_eq!(status, 401);
+        let (status, body) = post(&proc.url, Some(TOKEN), init).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["serverInfo"]["name"], "pod");
+        let (status, _) = post(&format!("{addr}/mcp"), Some(TOKEN), json!({})).await;
+        assert_eq!(status, 404, "only the configured path is served");
+        proc.stop();
+    })
+    .await;
+}

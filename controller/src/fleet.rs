@@ -1,0 +1,185 @@
+//! The dataplanes this replica serves: who has a watch stream open and which snapshot each last
+//! applied or refused. Turned into the `Programmed` condition (applied by N of M dataplanes).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use reflow_crds::wire::{AppliedReport, Outcome};
+use serde::Serialize;
+use tokio::sync::watch;
+
+#[derive(Debug, Default)]
+struct Dataplane {
+    streams: usize,
+    last: Option<AppliedReport>,
+}
+
+/// Shared by the watch server (connect/disconnect, reports) and the status writer (reads).
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Mutex<BTreeMap<String, Dataplane>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+/// Where the dataplanes stand for one snapshot hash.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Programmed {
+    /// Connected dataplanes that applied the snapshot.
+    pub applied: usize,
+    /// Connected dataplanes.
+    pub connected: usize,
+    /// Connected dataplanes that refused it, with their reason.
+    pub refused: Vec<(String, String)>,
+}
+
+/// One dataplane as `/v1/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneView {
+    pub name: String,
+    pub connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<AppliedReport>,
+}
+
+/// Keeps a dataplane counted as connected while its watch stream lives.
+pub struct Connection {
+    fleet: Fleet,
+    name: String,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut map = self.fleet.lock();
+        if let Some(d) = map.get_mut(&self.name) {
+            d.streams = d.streams.saturating_sub(1);
+            if d.streams == 0 {
+                map.remove(&self.name);
+            }
+        }
+        drop(map);
+        self.fleet.bump();
+    }
+}
+
+impl Fleet {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Dataplane>> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ticks whenever a dataplane connects, disconnects or reports.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn connect(&self, name: &str) -> Connection {
+        self.lock().entry(name.to_owned()).or_default().streams += 1;
+        self.bump();
+        Connection {
+            fleet: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Records a report. Reports from dataplanes with no open stream are ignored: they are not
+    /// part of M, and counting them would let a departed dataplane vote.
+    pub fn report(&self, report: AppliedReport) -> bool {
+        let mut map = self.lock();
+        let Some(d) = map.get_mut(&report.dataplane) else {
+            return false;
+        };
+        d.last = Some(report);
+        drop(map);
+        self.bump();
+        true
+    }
+
+    pub fn programmed(&self, hash: &str) -> Programmed {
+        let map = self.lock();
+        let mut p = Programmed {
+            connected: map.len(),
+            ..Programmed::default()
+        };
+        for (name, d) in map.iter() {
+            match &d.last {
+                Some(r) if r.hash == hash && r.outcome == Outcome::Applied => p.applied += 1,
+                Some(r) if r.hash == hash => p.refused.push((
+                    name.clone(),
+                    r.message.clone().unwrap_or_else(|| "refused".to_owned()),
+                )),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    pub fn view(&self) -> Vec<DataplaneView> {
+        self.lock()
+            .iter()
+            .map(|(name, d)| DataplaneView {
+                name: name.clone(),
+                connected: d.streams > 0,
+                last: d.last.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(dp: &str, hash: &str, outcome: Outcome) -> AppliedReport {
+        AppliedReport {
+            dataplane: dp.into(),
+            version: 1,
+            hash: hash.into(),
+            outcome,
+            message: (outcome == Outcome::Refused).then(|| "hash mismatch".into()),
+        }
+    }
+
+    #[test]
+    fn n_of_m_counts_only_connected_dataplanes_on_the_current_hash() {
+        let fleet = Fleet::default();
+        let mut ticks = fleet.subscribe();
+        assert!(!fleet.report(report("ghost", "h1", Outcome::Applied)));
+        let a = fleet.connect("a");
+        let b = fleet.connect("b");
+        let _c = fleet.connect("c");
+        assert!(ticks.has_changed().unwrap());
+        ticks.mark_unchanged();
+        assert!(fleet.report(report("a", "h1", Outcome::Applied)));
+        assert!(ticks.has_changed().unwrap());
+        fleet.report(report("b", "h0", Outcome::Applied));
+        fleet.report(report("c", "h1", Outcome::Refused));
+        let p = fleet.programmed("h1");
+        assert_eq!((p.applied, p.connected), (1, 3));
+        assert_eq!(p.refused, vec![("c".into(), "hash mismatch".into())]);
+
+        // A second stream from the same dataplane keeps it connected until both end.
+        let a2 = fleet.connect("a");
+        drop(a);
+        assert_eq!(fleet.programmed("h1").applied, 1);
+        drop(a2);
+        drop(b);
+        let p = fleet.programmed("h1");
+        assert_eq!((p.applied, p.connected), (0, 1));
+        assert_eq!(fleet.view().len(), 1);
+    }
+}

@@ -1,0 +1,323 @@
+//! What one MCPInstance becomes: a Secret (the resolved env and the bridge token), a Pod (the
+//! Target's template under a restricted security context, with limits, and the bridge in front
+//! of a STDIO server), a ClusterIP Service and a NetworkPolicy admitting only dataplane pods.
+//! Pure: every object carries an owner reference to the instance so deletion cascades.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvFromSource, Pod, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use reflow_crds::api::{MCPInstance, PodSpecTemplate, PodTransport};
+
+/// Labels every child carries; the instance label selects the Pod.
+pub const INSTANCE_LABEL: &str = "mcp.reflow.io/instance";
+pub const TARGET_LABEL: &str = "mcp.reflow.io/target";
+/// On the Pod: the credential fingerprint it was started with (a change rolls the Pod).
+pub const FINGERPRINT_ANNOTATION: &str = "mcp.reflow.io/credential-fingerprint";
+/// The env var holding the per-instance token the bridge demands from dataplanes.
+pub const BRIDGE_TOKEN_ENV: &str = "REFLOW_BRIDGE_TOKEN";
+const BRIDGE_VOLUME: &str = "reflow-bridge";
+const BRIDGE_DIR: &str = "/reflow";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("pod.template is not a valid PodTemplateSpec: {0}")]
+    Template(String),
+    #[error("pod.template has no containers")]
+    NoContainer,
+    #[error("the STDIO server container needs `command` so the bridge can start it")]
+    NoCommand,
+    #[error("the MCPInstance has no uid yet")]
+    NoUid,
+}
+
+/// Cluster-wide settings of the instance reconciler.
+#[derive(Clone, Debug)]
+pub struct InstanceConfig {
+    /// Image holding `reflow-dataplane` (the bridge).
+    pub bridge_image: String,
+    /// Labels of dataplane pods, the only ones the NetworkPolicy admits.
+    pub dataplane_labels: BTreeMap<String, String>,
+    /// Namespace of the dataplane pods.
+    pub dataplane_namespace: String,
+}
+
+pub struct Children {
+    pub secret: Secret,
+    pub pod: Pod,
+    pub service: Service,
+    pub network_policy: NetworkPolicy,
+}
+
+/// The name of every child of `inst`.
+pub fn child_name(inst: &MCPInstance) -> String {
+    format!("mcpi-{}", inst.name_any())
+}
+
+/// `http://svc.ns.svc:port/path`, where dataplanes reach the instance.
+pub fn endpoint(inst: &MCPInstance, pod: &PodSpecTemplate) -> String {
+    format!(
+        "http://{}.{}.svc:{}{}",
+        child_name(inst),
+        inst.namespace().unwrap_or_default(),
+        pod.port,
+        pod.path
+    )
+}
+
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn default_limits(c: &mut Container) {
+    let r = c
+        .resources
+        .get_or_insert_with(ResourceRequirements::default);
+    let limits = r.limits.get_or_insert_with(BTreeMap::new);
+    limits
+        .entry("cpu".into())
+        .or_insert_with(|| Quantity("500m".into()));
+    limits
+        .entry("memory".into())
+        .or_insert_with(|| Quantity("256Mi".into()));
+    let requests = r.requests.get_or_insert_with(BTreeMap::new);
+    requests
+        .entry("cpu".into())
+        .or_insert_with(|| Quantity("50m".into()));
+    requests
+        .entry("memory".into())
+        .or_insert_with(|| Quantity("64Mi".into()));
+}
+
+pub fn build(
+    inst: &MCPInstance,
+    target: &PodSpecTemplate,
+    env: &[(String, String)],
+    bridge_token: &str,
+    cfg: &InstanceConfig,
+) -> Result<Children, BuildError> {
+    let owner = inst.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
+    let name = child_name(inst);
+    let ns = inst.namespace();
+    let labels = BTreeMap::from([
+        (INSTANCE_LABEL.to_owned(), inst.name_any()),
+        (TARGET_LABEL.to_owned(), inst.spec.target_ref.name.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "reflow-controller".to_owned(),
+        ),
+    ]);
+    let meta = |annotations: Option<BTreeMap<String, String>>| ObjectMeta {
+        name: Some(name.clone()),
+        namespace: ns.clone(),
+        labels: Some(labels.clone()),
+        annotations,
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+
+    let mut data: BTreeMap<String, ByteString> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect();
+    data.insert(
+        BRIDGE_TOKEN_ENV.into(),
+        ByteString(bridge_token.as_bytes().to_vec()),
+    );
+    let secret = Secret {
+        metadata: meta(None),
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+
+    let template: PodTemplateSpec = serde_json::from_value(target.template.clone())
+        .map_err(|e| BuildError::Template(e.to_string()))?;
+    let mut spec: PodSpec = template.spec.unwrap_or_default();
+    if spec.containers.is_empty() {
+        return Err(BuildError::NoContainer);
+    }
+    spec.automount_service_account_token = Some(false);
+    spec.enable_service_links = Some(false);
+    let psc = spec
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    psc.run_as_non_root = Some(true);
+    psc.seccomp_profile = Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    });
+    let env_from = EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: name.clone(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    };
+    let server = &mut spec.containers[0];
+    server.env_from.get_or_insert_with(Vec::new).push(env_from);
+    server.ports = Some(vec![ContainerPort {
+        name: Some("mcp".into()),
+        container_port: i32::from(target.port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }]);
+    if target.transport == PodTransport::Stdio {
+        // A sidecar cannot reach another container's stdin, so the bridge wraps the server in
+        // its own container: an init container copies the dataplane binary into a shared
+        // volume and the server starts as `reflow-dataplane bridge … -- <command>`.
+        let mut command = server.command.clone().ok_or(BuildError::NoCommand)?;
+        command.extend(server.args.clone().unwrap_or_default());
+        server.command = Some(vec![format!("{BRIDGE_DIR}/reflow-dataplane")]);
+        let mut args = vec![
+            "bridge".to_owned(),
+            "--listen".to_owned(),
+            format!("0.0.0.0:{}", target.port),
+            "--path".to_owned(),
+            target.path.clone(),
+            "--token-env".to_owned(),
+            BRIDGE_TOKEN_ENV.to_owned(),
+            "--".to_owned(),
+        ];
+        args.extend(command);
+        server.args = Some(args);
+        server
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: BRIDGE_VOLUME.into(),
+                mount_path: BRIDGE_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: BRIDGE_VOLUME.into(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        });
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .push(Container {
+                name: "reflow-bridge-install".into(),
+                image: Some(cfg.bridge_image.clone()),
+                command: Some(vec![
+                    "/reflow-dataplane".into(),
+                    "install-bridge".into(),
+                    BRIDGE_DIR.into(),
+                ]),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: BRIDGE_VOLUME.into(),
+                    mount_path: BRIDGE_DIR.into(),
+                    ..VolumeMount::default()
+                }]),
+                ..Container::default()
+            });
+    }
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        c.security_context = Some(restricted());
+        default_limits(c);
+    }
+    let fingerprint = inst.spec.credential_fingerprint.clone().unwrap_or_default();
+    let mut pod_meta = meta(Some(BTreeMap::from([(
+        FINGERPRINT_ANNOTATION.to_owned(),
+        fingerprint,
+    )])));
+    if let Some(extra) = template.metadata.and_then(|m| m.labels) {
+        let l = pod_meta.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in extra {
+            l.entry(k).or_insert(v);
+        }
+    }
+    let pod = Pod {
+        metadata: pod_meta,
+        spec: Some(spec),
+        status: None,
+    };
+
+    let selector = BTreeMap::from([(INSTANCE_LABEL.to_owned(), inst.name_any())]);
+    let service = Service {
+        metadata: meta(None),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("mcp".into()),
+                port: i32::from(target.port),
+                target_port: Some(IntOrString::String("mcp".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+
+    let network_policy = NetworkPolicy {
+        metadata: meta(None),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(cfg.dataplane_labels.clone()),
+                        match_expressions: None,
+                    }),
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".to_owned(),
+                            cfg.dataplane_namespace.clone(),
+                        )])),
+                        match_expressions: None,
+                    }),
+                    ip_block: None,
+                }]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(i32::from(target.port))),
+                    protocol: Some("TCP".into()),
+                    end_port: None,
+                }]),
+            }]),
+            egress: None,
+        }),
+    };
+    Ok(Children {
+        secret,
+        pod,
+        service,
+        network_policy,
+    })
+}

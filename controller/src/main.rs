@@ -1,0 +1,267 @@
+//! `reflow-controller`: compiles Targets, Policies and Credentials (from the cluster, or from a
+//! manifests folder with `--manifests`) and streams snapshots to dataplanes. Wiring only.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use reflow_controller::fleet::Fleet;
+use reflow_controller::metrics::Metrics;
+use reflow_controller::publish::Publisher;
+use reflow_controller::server::{self, ApiState};
+use reflow_controller::source::{cluster, manifests};
+use reflow_controller::token::ApiToken;
+use reflow_controller::{instance, lease, status};
+use reflow_crds::SealingKey;
+use reflow_crds::api::MCPInstance;
+use secrecy::SecretString;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(version, about = "Reflow's control plane")]
+struct Cli {
+    /// Compile this folder of manifests instead of watching a cluster (no Kubernetes needed).
+    #[arg(long, env = "REFLOW_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Namespaces to watch in cluster mode (comma-separated); all namespaces when empty.
+    #[arg(long, env = "REFLOW_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of the API (watch stream, reports, health, metrics); port 0 picks a free one. The
+    /// bound address is printed on stdout as `listening on http://ADDR`.
+    #[arg(long, env = "REFLOW_LISTEN", default_value = "0.0.0.0:9090")]
+    listen: String,
+    /// File holding the bearer token dataplanes present (or REFLOW_CONTROLLER_TOKEN).
+    #[arg(long, env = "REFLOW_CONTROLLER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// File holding the base64 AES-256 sealing key shared with dataplanes (or REFLOW_SEALING_KEY).
+    #[arg(long, env = "REFLOW_SEALING_KEY_FILE")]
+    sealing_key_file: Option<PathBuf>,
+    /// This replica's name (lease holder identity, event reporter).
+    #[arg(long, env = "POD_NAME", default_value = "reflow-controller")]
+    identity: String,
+    /// Namespace and name of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "reflow-system")]
+    lease_namespace: String,
+    #[arg(long, env = "REFLOW_LEASE_NAME", default_value = "reflow-controller")]
+    lease_name: String,
+    /// Image with `reflow-dataplane`, run as the bridge in MCPInstance pods of STDIO servers.
+    #[arg(
+        long,
+        env = "REFLOW_BRIDGE_IMAGE",
+        default_value = "ghcr.io/reflow-mcp/reflow-dataplane:latest"
+    )]
+    bridge_image: String,
+    /// Namespace of the dataplane pods (the only ones MCPInstance NetworkPolicies admit; they
+    /// must carry app.kubernetes.io/name=reflow-dataplane).
+    #[arg(
+        long,
+        env = "REFLOW_DATAPLANE_NAMESPACE",
+        default_value = "reflow-system"
+    )]
+    dataplane_namespace: String,
+    #[arg(long, env = "REFLOW_LOG_FORMAT", default_value = "pretty")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    // Installed once, before the kube client builds its TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Runtime::new()
+        .context("starting the tokio runtime")?
+        .block_on(run(cli))
+}
+
+fn secret_from(file: Option<&PathBuf>, env: &str, what: &str) -> anyhow::Result<String> {
+    if let Ok(v) = std::env::var(env) {
+        return Ok(v);
+    }
+    let Some(file) = file else {
+        bail!("{what}: pass its file or set {env}");
+    };
+    std::fs::read_to_string(file).with_context(|| format!("{what} {}", file.display()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = ApiToken::new(&SecretString::from(secret_from(
+        cli.token_file.as_ref(),
+        "REFLOW_CONTROLLER_TOKEN",
+        "controller token",
+    )?))?;
+    let key = SealingKey::from_base64(&secret_from(
+        cli.sealing_key_file.as_ref(),
+        "REFLOW_SEALING_KEY",
+        "sealing key",
+    )?)
+    .context("sealing key")?;
+    let publisher = Arc::new(Publisher::new());
+    let metrics = Arc::new(Metrics::new());
+    let fleet = Fleet::default();
+
+    // Held for the life of the process: dropping a source stops it.
+    let mut guards: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let mut instance_client = None;
+    match &cli.manifests {
+        Some(dir) => {
+            info!(dir = %dir.display(), "folder mode: no cluster, status at /v1/status");
+            guards.push(Box::new(
+                manifests::watch(dir.clone(), key.clone(), publisher.clone(), metrics.clone())
+                    .with_context(|| format!("manifests {}", dir.display()))?,
+            ));
+        }
+        None => {
+            let client = kube::Client::try_default().await.context(
+                "connecting to Kubernetes (use --manifests DIR to run without a cluster)",
+            )?;
+            let namespaces = if cli.namespaces.is_empty() {
+                cluster::Namespaces::All
+            } else {
+                cluster::Namespaces::List(cli.namespaces.clone())
+            };
+            let source = cluster::start(
+                client.clone(),
+                namespaces,
+                key.clone(),
+                publisher.clone(),
+                metrics.clone(),
+            );
+            let (leading, lease_task) = lease::spawn(
+                client.clone(),
+                lease::LeaseConfig {
+                    namespace: cli.lease_namespace.clone(),
+                    name: cli.lease_name.clone(),
+                    identity: cli.identity.clone(),
+                    duration: Duration::from_secs(15),
+                    renew_every: Duration::from_secs(5),
+                },
+            );
+            let writer = status::StatusWriter::new(client.clone(), &cli.identity, metrics.clone());
+            let status_task = status::spawn(
+                writer,
+                Arc::new(source.stores.clone()),
+                publisher.subscribe(),
+                fleet.clone(),
+                leading.clone(),
+            );
+            instance_client = Some(client.clone());
+            let ctx = Arc::new(instance::Context {
+                client: client.clone(),
+                leading,
+                published: publisher.subscribe(),
+                config: instance::InstanceConfig {
+                    bridge_image: cli.bridge_image.clone(),
+                    dataplane_labels: [(
+                        "app.kubernetes.io/name".to_owned(),
+                        "reflow-dataplane".to_owned(),
+                    )]
+                    .into(),
+                    dataplane_namespace: cli.dataplane_namespace.clone(),
+                },
+                metrics: metrics.clone(),
+            });
+            let instances_task = tokio::spawn(run_instances(
+                client,
+                namespaces_for_instances(&cli.namespaces),
+                ctx,
+            ));
+            guards.push(Box::new(AbortOnDrop(instances_task)));
+            guards.push(Box::new(source));
+            guards.push(Box::new(AbortOnDrop(lease_task)));
+            guards.push(Box::new(AbortOnDrop(status_task)));
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(&cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    info!(listen = %addr, "serving");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    let app = server::router(ApiState {
+        published: publisher.subscribe(),
+        fleet,
+        token,
+        metrics,
+        heartbeat: server::HEARTBEAT,
+        instances: instance_client,
+    });
+    tokio::select! {
+        r = axum::serve(listener, app) => r.context("serving")?,
+        _ = tokio::signal::ctrl_c() => warn!("interrupted; shutting down"),
+        _ = sigterm() => info!("SIGTERM; shutting down"),
+    }
+    drop(guards);
+    Ok(())
+}
+
+/// The MCPInstance controller (kube-runtime): reconciles on instance changes and on changes
+/// of the Pods it owns.
+async fn run_instances(
+    client: kube::Client,
+    namespaces: Option<Vec<String>>,
+    ctx: Arc<instance::Context>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{Controller, watcher};
+    let apis: Vec<(kube::Api<MCPInstance>, kube::Api<Pod>)> = match namespaces {
+        None => vec![(kube::Api::all(client.clone()), kube::Api::all(client))],
+        Some(list) => list
+            .iter()
+            .map(|ns| {
+                (
+                    kube::Api::namespaced(client.clone(), ns),
+                    kube::Api::namespaced(client.clone(), ns),
+                )
+            })
+            .collect(),
+    };
+    let runs = apis.into_iter().map(|(instances, pods)| {
+        Controller::new(instances, watcher::Config::default())
+            .owns(
+                pods,
+                watcher::Config::default().labels(instance::children::INSTANCE_LABEL),
+            )
+            .run(instance::reconcile, instance::error_policy, ctx.clone())
+            .for_each(|_| async {})
+    });
+    futures::future::join_all(runs).await;
+}
+
+fn namespaces_for_instances(list: &[String]) -> Option<Vec<String>> {
+    (!list.is_empty()).then(|| list.to_vec())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn sigterm() {
+    #[cfg(unix)]
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        s.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
+}

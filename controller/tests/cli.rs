@@ -1,0 +1,137 @@
+//! The `reflow-controller` binary in folder mode: prints its address, serves readiness and the
+//! token-gated status, stops on SIGTERM; a bad sealing key or a missing folder fails at start.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_reflow-controller");
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("reflow-ctl-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn command(dir: &std::path::Path, key: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .env("REFLOW_CONTROLLER_TOKEN", "cli-token")
+    .env("REFLOW_SEALING_KEY", key)
+    .env_remove("REFLOW_CONTROLLER_TOKEN_FILE")
+    .env_remove("REFLOW_SEALING_KEY_FILE");
+    c
+}
+
+/// A bare HTTP/1.1 GET; returns the status line and body.
+fn get(addr: &str, path: &str, token: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[test]
+fn folder_mode_serves_and_stops_on_sigterm() {
+    let dir = temp_dir("serve");
+    std::fs::write(
+        dir.join("t.yaml"),
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {name: a, namespace: ns}\nspec: {transport: streamableHttp, url: 'http://127.0.0.1:9/mcp'}\n",
+    )
+    .unwrap();
+    let mut child = Kill(
+        command(&dir, KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect(&line)
+        .to_owned();
+
+    assert!(get(&addr, "/readyz", None).0.contains("200"));
+    assert!(get(&addr, "/v1/status", None).0.contains("401"));
+    let (status, body) = get(&addr, "/v1/status", Some("cli-token"));
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("\"Target\""), "{body}");
+    assert!(!body.contains(KEY) && !body.contains("cli-token"));
+
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_key_or_a_missing_folder_fails_at_start() {
+    let dir = temp_dir("bad");
+    let out = command(&dir, "not-a-key").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sealing key"), "{err}");
+    assert!(
+        !err.contains("not-a-key"),
+        "the key is never printed: {err}"
+    );
+
+    let out = command(&dir.join("missing"), KEY).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing"),
+        "the message names the folder: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,297 @@
+//! The dataplane's controller client against a scripted controller on loopback: it presents its
+//! token and name, applies a valid snapshot and reports it, refuses a tampered one (keeping the
+//! last good snapshot) and says why, and reconnects after the stream breaks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Json, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use reflow_crds::wire::{
+    APPLIED_PATH, AppliedReport, DATAPLANE_HEADER, Outcome, WATCH_PATH, WatchFrame,
+};
+use reflow_crds::{SealingKey, Snapshot};
+use reflow_dataplane::controller_client::{self, Backoff, ControllerConfig};
+use reflow_dataplane::source::{SnapshotStore, compile_dir};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+
+mod support;
+
+#[derive(Clone)]
+struct Fake {
+    /// Lines to send on the next watch connection; the stream ends when the sender is dropped.
+    streams: Arc<Mutex<Vec<mpsc::Receiver<Vec<u8>>>>>,
+    connects: Arc<Mutex<Vec<(String, String)>>>,
+    reports: Arc<Mutex<Vec<AppliedReport>>>,
+}
+
+async fn watch(State(f): State<Fake>, headers: HeaderMap) -> Response {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    f.connects
+        .lock()
+        .unwrap()
+        .push((h("authorization"), h(DATAPLANE_HEADER)));
+    let next = f.streams.lock().unwrap().pop();
+    let Some(rx) = next else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Body::from_stream(stream).into_response()
+}
+
+async fn applied(State(f): State<Fake>, Json(r): Json<AppliedReport>) -> StatusCode {
+    f.reports.lock().unwrap().push(r);
+    StatusCode::NO_CONTENT
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn snapshot(dir_name: &str, url: &str, key: &SealingKey, version: u64) -> Snapshot {
+    let dir = support::temp_dir().join(dir_name);
+    std::fs::create_dir_all(&dir).unwrap();
+    support::write_single_target(&dir, "fx", &support::target_yaml("fx", url, 1000));
+    compile_dir(&dir, key).unwrap().with_version(version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_good_snapshots_refuses_tampered_ones_and_reconnects() {
+    let key = SealingKey::from_bytes(&[5; 32]);
+    let good = snapshot("good", "http://127.0.0.1:9/a", &key, 10);
+    let next = snapshot("next", "http://127.0.0.1:9/b", &key, 11);
+    assert_ne!(good.hash(), next.hash());
+
+    // A frame whose snapshot was altered after hashing: the url changes, the hash does not.
+    let mut tampered = WatchFrame::snapshot_line(&next).unwrap();
+    let text = String::from_utf8(tampered.clone()).unwrap();
+    tampered = text
+        .replace("127.0.0.1:9/b", "evil.example:9/b")
+        .into_bytes();
+    assert_ne!(tampered, WatchFrame::snapshot_line(&next).unwrap());
+
+    let (tx1, rx1) = mpsc::channel(8);
+    let (tx2, rx2) = mpsc::channel(8);
+    let fake = Fake {
+        // Popped from the end: the first connection gets rx1.
+        streams: Arc::new(Mutex::new(vec![rx2, rx1])),
+        connects: Arc::default(),
+        reports: Arc::default(),
+    };
+    let app = Router::new()
+        .route(WATCH_PATH, get(watch))
+        .route(APPLIED_PATH, post(applied))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cache = support::temp_dir().join("cache.sealed");
+    let store = SnapshotStore::new();
+    let _client = controller_client::spawn(
+        ControllerConfig {
+            url,
+            token: SecretString::from("tok-123"),
+            dataplane: "dp-a".into(),
+            cache: Some(cache.clone()),
+            key: key.clone(),
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+            },
+        },
+        store.clone(),
+    );
+
+    tx1.send(WatchFrame::heartbeat_line()).await.unwrap();
+    tx1.send(WatchFrame::snapshot_line(&good).unwrap())
+        .await
+        .unwrap();
+    wait_until("the good snapshot", || store.is_ready()).await;
+    assert_eq!(store.load().hash(), good.hash());
+    wait_until("its report", || !fake.reports.lock().unwrap().is_empty()).await;
+    let r = fake.reports.lock().unwrap()[0].clone();
+    assert_eq!(
+        (r.dataplane.as_str(), r.version, r.outcome),
+        ("dp-a", 10, Outcome::Applied)
+    );
+    assert_eq!(
+        fake.connects.lock().unwrap()[0],
+        ("Bearer tok-123".to_owned(), "dp-a".to_owned())
+    );
+    // The sealed cache now holds it.
+    wait_until("the cache file", || cache.exists()).await;
+
+    tx1.send(tampered).await.unwrap();
+    wait_until("the refusal", || fake.reports.lock().unwrap().len() == 2).await;
+    let r = fake.reports.lock().unwrap()[1].clone();
+    assert_eq!((r.version, r.outcome), (11, Outcome::Refused));
+    assert!(
+        r.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("hash mismatch"),
+        "{r:?}"
+    );
+    assert_eq!(
+        store.load().hash(),
+        good.hash(),
+        "the last good snapshot stays"
+    );
+    let cached = controller_client::read_cache(&cache, &key).unwrap();
+    assert_eq!(
+        cached.hash(),
+        good.hash(),
+        "a refused snapshot is never cached"
+    );
+
+    // The stream breaks; the client reconnects and takes the next snapshot.
+    drop(tx1);
+    tx2.send(WatchFrame::snapshot_line(&next).unwrap())
+        .await
+        .unwrap();
+    wait_until("the next snapshot", || store.load().hash() == next.hash()).await;
+    assert_eq!(fake.connects.lock().unwrap().len(), 2);
+    wait_until("its report", || fake.reports.lock().unwrap().len() == 3).await;
+    assert_eq!(fake.reports.lock().unwrap()[2].outcome, Outcome::Applied);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_garbage_line_breaks_the_stream_but_not_the_snapshot() {
+    let key = SealingKey::from_bytes(&[6; 32]);
+    let good = snapshot("good2", "http://127.0.0.1:9/a", &key, 1);
+    let (tx1, rx1) = mpsc::channel(8);
+    let fake = Fake {
+        streams: Arc::new(Mutex::new(vec![rx1])),
+        connects: Arc::default(),
+        reports: Arc::default(),
+    };
+    let app = Router::new()
+        .route(WATCH_PATH, get(watch))
+        .route(APPLIED_PATH, post(applied))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let store = SnapshotStore::new();
+    let _client = controller_client::spawn(
+        ControllerConfig {
+            url,
+            token: SecretString::from("t"),
+            dataplane: "dp-b".into(),
+            cache: None,
+            key,
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(50),
+            },
+        },
+        store.clone(),
+    );
+    tx1.send(WatchFrame::snapshot_line(&good).unwrap())
+        .await
+        .unwrap();
+    wait_until("the snapshot", || store.is_ready()).await;
+    tx1.send(b"{not json\n".to_vec()).await.unwrap();
+    // The client drops the stream and keeps reconnecting (the fake answers 503 from now on).
+    wait_until("reconnect attempts", || {
+        fake.connects.lock().unwrap().len() >= 3
+    })
+    .await;
+    assert_eq!(store.load().hash(), good.hash());
+    server.abort();
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_reflow-dataplane");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("REFLOW_SEALING_KEY")
+        .env_remove("REFLOW_MANIFESTS")
+        .env_remove("REFLOW_CONTROLLER")
+        .output()
+        .expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn controller_mode_flags_are_checked_at_start() {
+    let dir = support::temp_dir();
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, "gateway: {allowedHosts: [localhost]}\n").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t").unwrap();
+    let (config, token) = (config.to_str().unwrap(), token.to_str().unwrap());
+
+    let (ok, err) = run(
+        &[
+            "--config",
+            config,
+            "--manifests",
+            "/tmp",
+            "--controller",
+            "http://127.0.0.1:1",
+            "--controller-token-file",
+            token,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    let (ok, err) = run(
+        &["--config", config, "--controller", "http://127.0.0.1:1"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("--controller-token-file"), "{err}");
+
+    // The snapshot's credentials are sealed under the controller's key: no key, no start.
+    let (ok, err) = run(
+        &[
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-dev-user",
+            "u",
+            "--controller",
+            "http://127.0.0.1:1",
+            "--controller-token-file",
+            token,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("controller mode needs the sealing key"),
+        "{err}"
+    );
+}
