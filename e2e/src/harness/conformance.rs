@@ -45,13 +45,21 @@ impl Verdict {
         self.failures.is_empty() && self.passed > 0
     }
 
-    /// `pass (3)`, `FAIL 1/2`, for tables.
+    /// `pass 3/3`, `FAIL 1/2`, `pass 2/2 +1w` (warnings), for tables.
     pub fn cell(&self) -> String {
         let total = self.passed + self.failures.len();
-        if self.ok() {
-            format!("pass ({total})")
+        let head = if self.ok() {
+            format!("pass {}/{total}", self.passed)
+        } else if total == 0 {
+            // Only informational checks: the scenario found nothing it could judge.
+            "n/a".to_owned()
         } else {
             format!("FAIL {}/{total}", self.failures.len())
+        };
+        if self.warnings.is_empty() {
+            head
+        } else {
+            format!("{head} +{}w", self.warnings.len())
         }
     }
 }
@@ -99,12 +107,14 @@ impl Suite {
         cmd
     }
 
-    /// Runs every active server scenario against `url`, keeping results under `out_dir`.
+    /// Runs every server scenario (`--suite all`: the active ones and the pending
+    /// `json-schema-2020-12` and `server-sse-polling`) against `url`, results under `out_dir`.
     /// A failing scenario is a verdict, not an error; a suite that cannot run is an error.
     pub fn run_server(&self, url: &str, out_dir: &Path) -> Result<Report> {
         std::fs::create_dir_all(out_dir).map_err(|e| HarnessError::io(out_dir, e))?;
         let mut cmd = self.command();
-        cmd.args(["server", "--url", url, "-o"]).arg(out_dir);
+        cmd.args(["server", "--suite", "all", "--url", url, "-o"])
+            .arg(out_dir);
         let what = format!("conformance server --url {url}");
         let output = match run_bounded(&what, &mut cmd, RUN_TIMEOUT) {
             Ok(out) => out,
@@ -310,7 +320,10 @@ mod tests {
         assert_eq!(v.passed, 1);
         assert_eq!(v.failures, ["b: nope"]);
         assert!(!v.ok());
-        assert_eq!(v.cell(), "FAIL 1/2");
+        assert_eq!(v.cell(), "FAIL 1/2 +1w");
         assert!(!verdict(&json!([])).ok(), "no checks is not a pass");
+        let info_only = verdict(&json!([{"id": "x", "status": "INFO"}]));
+        assert!(!info_only.ok(), "nothing judged is not a pass");
+        assert_eq!(info_only.cell(), "n/a");
     }
 }
