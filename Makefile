@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test e2e bench crds lint fmt build
+.PHONY: run test e2e conformance bench crds lint fmt build
 
 ## run: the gateway on the embedded default (standalone, config/local manifests, fixture upstream, dev token)
 run:
@@ -20,6 +20,12 @@ test:
 ## e2e: only the whole-system tests (real SDK clients and upstream servers)
 e2e:
 	$(CARGO) test -p reflow-e2e --no-fail-fast
+
+## conformance: the official MCP conformance suite (Node 22, cached under target/e2e) against the
+## fixture directly and through the gateway's single-target endpoint, printed side by side
+conformance:
+	$(CARGO) build -q -p reflow-dataplane -p reflow-e2e --bins
+	$(CARGO) run -q -p reflow-e2e --bin reflow-conformance
 
 ## bench: criterion benchmarks and the gateway load run, with figures against DESIGN.md §7
 bench:

@@ -2,6 +2,7 @@
 //! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
 
 pub mod cache;
+pub mod conformance;
 pub mod dataplane_process;
 pub mod error;
 pub mod everything;
