@@ -1,5 +1,6 @@
 //! `reflow-controller`: compiles Targets, Policies and Credentials (from the cluster, or from a
-//! manifests folder with `--manifests`) and streams snapshots to dataplanes. Wiring only.
+//! manifests folder with `--manifests`) and streams snapshots to dataplanes; `token` mints a
+//! gateway API token. Wiring only.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,8 +23,14 @@ use secrecy::SecretString;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(version, about = "Reflow's control plane")]
+#[command(
+    version,
+    about = "Reflow's control plane",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Compile this folder of manifests instead of watching a cluster (no Kubernetes needed).
     #[arg(long, env = "REFLOW_MANIFESTS")]
     manifests: Option<PathBuf>,
@@ -67,8 +74,47 @@ struct Cli {
     log_format: String,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Mint a gateway API token (HS256, with `exp` and `jti`) for an issuer the dataplanes trust.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// File holding the issuer's HS256 secret (at least 32 bytes), e.g. a mounted Secret.
+    #[arg(long, env = "REFLOW_TOKEN_SECRET_FILE")]
+    secret_file: PathBuf,
+    #[arg(long, env = "REFLOW_TOKEN_ISSUER", default_value = "reflow")]
+    issuer: String,
+    #[arg(long, env = "REFLOW_TOKEN_AUDIENCE", default_value = "reflow")]
+    audience: String,
+    #[command(flatten)]
+    mint: reflow_crds::token::cli::MintArgs,
+}
+
+/// Prints the token on stdout and its id (what a TokenRevocation names) on stderr.
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let secret = std::fs::read_to_string(&args.secret_file)
+        .with_context(|| format!("token secret {}", args.secret_file.display()))?;
+    let request = args.mint.request().context("token scope")?;
+    let minted = reflow_crds::token::mint_token(
+        &SecretString::from(secret.trim().to_owned()),
+        &args.issuer,
+        &args.audience,
+        &request,
+    )
+    .context("minting the token")?;
+    eprintln!("jti: {}", minted.jti);
+    println!("{}", minted.token);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Token(args)) = &cli.command {
+        return token(args);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

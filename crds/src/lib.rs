@@ -9,6 +9,7 @@ pub mod identity;
 pub mod loader;
 pub mod seal;
 pub mod snapshot;
+pub mod token;
 pub mod wire;
 
 pub use compile::{Compiled, Inputs, compile};

@@ -13,7 +13,8 @@ pub mod jsonrpc;
 pub mod metrics;
 pub mod net;
 pub mod postgres;
-pub mod scope;
+/// Token scopes live in the model (`reflow_crds::token::scope`) so every minting binary shares them.
+pub use reflow_crds::token::scope;
 pub mod session;
 pub mod source;
 pub mod upstream;

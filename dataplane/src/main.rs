@@ -168,33 +168,8 @@ struct TokenArgs {
     /// Gateway configuration with a `dev` block.
     #[arg(long, env = "REFLOW_CONFIG")]
     config: PathBuf,
-    #[arg(long, env = "REFLOW_TOKEN_USER")]
-    user: String,
-    #[arg(long = "group", env = "REFLOW_TOKEN_GROUPS", value_delimiter = ',')]
-    groups: Vec<String>,
-    #[arg(long = "role", env = "REFLOW_TOKEN_ROLES", value_delimiter = ',')]
-    roles: Vec<String>,
-    /// Lifetime: 8h, 30m, 90s, 1d or seconds.
-    #[arg(long, env = "REFLOW_TOKEN_TTL", default_value = "8h", value_parser = parse_duration)]
-    ttl: Duration,
-    /// Scope: only these targets (`namespace/name` globs; repeat or comma-separate).
-    #[arg(long = "target", value_delimiter = ',')]
-    targets: Vec<String>,
-    /// Scope: only these permissions (`list`, `call`).
-    #[arg(long = "permission", value_delimiter = ',')]
-    permissions: Vec<String>,
-    /// Scope: only from these source addresses (CIDR ranges).
-    #[arg(long = "source-range", value_delimiter = ',')]
-    source_ranges: Vec<String>,
-    /// Scope: only within this daily UTC window, e.g. `08:00-18:00`.
-    #[arg(long)]
-    window: Option<String>,
-    /// The gateway environment the token is for (`env` claim).
-    #[arg(long)]
-    env: Option<String>,
-    /// Valid only after this delay (`nbf`): 10m, 1h…
-    #[arg(long, value_parser = parse_duration)]
-    not_before: Option<Duration>,
+    #[command(flatten)]
+    mint: reflow_crds::token::cli::MintArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -236,22 +211,7 @@ fn init_tracing(format: LogFormat) {
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let dev = config.require_dev()?;
-    let scope = reflow_dataplane::scope::TokenScope::claim(
-        &args.targets,
-        &args.permissions,
-        &args.source_ranges,
-        args.window.as_deref(),
-    )
-    .context("token scope")?;
-    let request = auth::TokenRequest {
-        user: args.user.clone(),
-        groups: args.groups.clone(),
-        roles: args.roles.clone(),
-        ttl: args.ttl,
-        not_before_secs: args.not_before.map_or(0, |d| d.as_secs()),
-        env: args.env.clone(),
-        scope,
-    };
+    let request = args.mint.request().context("token scope")?;
     let minted = auth::mint_token(&dev.secret, &dev.issuer, &dev.audience, &request)
         .context("minting the token")?;
     // The token alone on stdout (scripts capture it); its id, for revocation, on stderr.

@@ -11,8 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::error::AuthConfigError;
 
-/// Minimum HS256 key length: RFC 7518 §3.2 requires a key at least as long as the hash output.
-pub(crate) const MIN_HS_SECRET_BYTES: usize = 32;
+pub(crate) use reflow_crds::token::MIN_HS_SECRET_BYTES;
 
 /// Bearer-token authentication for the gateway.
 ///

@@ -132,17 +132,3 @@ impl AuthConfigError {
         }
     }
 }
-
-/// Why a development token could not be minted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MintError {
-    #[error("the HS256 secret must be at least 32 bytes")]
-    WeakSecret,
-    #[error("the token lifetime must be at least one second")]
-    ZeroTtl,
-    #[error("the user must not be empty")]
-    EmptyUser,
-    #[error("signing the token failed")]
-    Signing,
-}

@@ -15,7 +15,6 @@ mod error;
 mod jwks;
 mod jwt;
 mod keys;
-mod mint;
 
 pub use authenticator::Authenticator;
 pub use challenge::{
@@ -23,5 +22,5 @@ pub use challenge::{
     www_authenticate,
 };
 pub use config::{AuthConfig, ClaimMapping, ClaimPath, IssuerConfig, PublicKeyConfig};
-pub use error::{AuthConfigError, AuthError, MintError};
-pub use mint::{MintedToken, TokenRequest, mint_dev_token, mint_token};
+pub use error::{AuthConfigError, AuthError};
+pub use reflow_crds::token::{MintError, MintedToken, TokenRequest, mint_dev_token, mint_token};

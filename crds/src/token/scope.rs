@@ -24,10 +24,10 @@
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
-use reflow_crds::glob::Glob;
+use crate::glob::Glob;
 use serde_json::Value;
 
-use crate::net::Cidr;
+use super::cidr::Cidr;
 
 /// The private claim carrying the scope.
 pub const SCOPE_CLAIM: &str = "reflow";
@@ -201,7 +201,7 @@ impl TokenScope {
     pub fn admits(&self, peer: Option<IpAddr>, now_unix_secs: u64) -> Result<(), OutOfScope> {
         if let Some(ranges) = &self.sources {
             match peer {
-                Some(ip) if crate::net::any_contains(ranges, ip) => {}
+                Some(ip) if super::cidr::any_contains(ranges, ip) => {}
                 _ => return Err(OutOfScope::Source),
             }
         }

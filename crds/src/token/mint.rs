@@ -1,14 +1,12 @@
-//! Development tokens: HS256 JWTs minted from the shared secret for `reflow-dataplane token`,
-//! carrying the claims the default claim mapping reads.
+//! Gateway API tokens: HS256 JWTs minted from a shared secret (by `reflow-dataplane token` and
+//! `reflow-controller token`), carrying the claims the default claim mapping reads, a `jti`,
+//! and optionally an `env` and a scope.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-
-use super::config::MIN_HS_SECRET_BYTES;
-use super::error::MintError;
 
 #[derive(Serialize)]
 struct DevClaims<'a> {
@@ -47,6 +45,22 @@ pub struct TokenRequest {
 pub struct MintedToken {
     pub token: String,
     pub jti: String,
+}
+
+/// Minimum HS256 key length: RFC 7518 §3.2 requires a key at least as long as the hash output.
+pub const MIN_HS_SECRET_BYTES: usize = 32;
+
+/// Why a token could not be minted. Never carries the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    #[error("the HS256 secret must be at least 32 bytes")]
+    WeakSecret,
+    #[error("the token lifetime must be at least one second")]
+    ZeroTtl,
+    #[error("the user must not be empty")]
+    EmptyUser,
+    #[error("signing the token failed")]
+    Signing,
 }
 
 /// Mints an HS256 token valid from now for `ttl`, with `iat`, `nbf`, `exp` and a random `jti`.
