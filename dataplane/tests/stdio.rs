@@ -96,6 +96,15 @@ async fn gateway(targets: &[(&str, String)], stdio: StdioConfig) -> Harness {
     h
 }
 
+/// One Target `fx`: the fixture in `--stdio` mode with `extra` spec lines, default limits.
+async fn fixture_gateway(extra: &str) -> Harness {
+    gateway(
+        &[("fx", stdio_target("fx", &["--stdio"], extra))],
+        StdioConfig::default(),
+    )
+    .await
+}
+
 async fn wait_ready(h: &Harness) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !h.gw.snapshots.is_ready() || h.gw.snapshots.load().targets().is_empty() {
@@ -155,14 +164,7 @@ fn error_reason(body: &Value) -> &str {
 #[tokio::test]
 async fn per_user_children_are_distinct_processes_with_their_own_env() {
     bounded(async {
-        let h = gateway(
-            &[(
-                "fx",
-                stdio_target("fx", &["--stdio"], "  isolation: perUser\n"),
-            )],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("  isolation: perUser\n").await;
         let a1 = open(&h, "fx", "alice").await;
         let a2 = open(&h, "fx", "alice").await;
         let b1 = open(&h, "fx", "bob").await;
@@ -207,14 +209,7 @@ async fn per_user_children_are_distinct_processes_with_their_own_env() {
 #[tokio::test]
 async fn a_shared_target_never_mixes_credentials() {
     bounded(async {
-        let h = gateway(
-            &[(
-                "fx",
-                stdio_target("fx", &["--stdio"], "  isolation: shared\n"),
-            )],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("  isolation: shared\n").await;
         let mut pids = Vec::new();
         for user in ["alice", "bob", "carol", "dave"] {
             let sid = open(&h, "fx", user).await;
@@ -270,14 +265,7 @@ async fn stateful_targets_get_a_child_per_session_stopped_with_the_session() {
 #[tokio::test]
 async fn a_crash_fails_in_flight_calls_and_the_child_restarts_on_next_use() {
     bounded(async {
-        let h = gateway(
-            &[(
-                "fx",
-                stdio_target("fx", &["--stdio"], "  isolation: perUser\n"),
-            )],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("  isolation: perUser\n").await;
         let sid = open(&h, "fx", "alice").await;
         let before = pid_of(&whoami(&h, "fx", "alice", &sid).await);
         let slow = call(&h, "fx", "alice", &sid, "slow", json!({"ms": 20_000}));
@@ -370,14 +358,7 @@ async fn a_slow_start_is_waited_for_and_a_hung_start_times_out() {
 #[tokio::test]
 async fn a_hung_call_times_out_and_the_child_keeps_serving() {
     bounded(async {
-        let h = gateway(
-            &[(
-                "fx",
-                stdio_target("fx", &["--stdio"], "  timeouts: {requestMs: 500}\n"),
-            )],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("  timeouts: {requestMs: 500}\n").await;
         let sid = open(&h, "fx", "carol").await;
         let pid = pid_of(&whoami(&h, "fx", "carol", &sid).await);
         let r = call(&h, "fx", "carol", &sid, "slow", json!({"ms": 10_000})).await;
@@ -508,11 +489,7 @@ async fn shutdown_stops_children_and_escalates_to_sigkill() {
 #[tokio::test]
 async fn notifications_with_no_client_stream_are_counted_and_dropped() {
     bounded(async {
-        let h = gateway(
-            &[("fx", stdio_target("fx", &["--stdio"], ""))],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("").await;
         let sid = open(&h, "fx", "carol").await;
         let r = h
             .rpc(
@@ -659,14 +636,7 @@ async fn the_gateway_process_environment_never_reaches_a_child() {
 #[tokio::test]
 async fn per_group_children_are_shared_by_exactly_the_same_groups() {
     bounded(async {
-        let h = gateway(
-            &[(
-                "fx",
-                stdio_target("fx", &["--stdio"], "  isolation: perGroup\n"),
-            )],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("  isolation: perGroup\n").await;
         // TokenIsUser: `user:group`. carol, dave and erin have no credentials.
         let mut pid = std::collections::HashMap::new();
         for who in ["carol:dev", "dave:dev", "erin:ops"] {
@@ -687,14 +657,7 @@ async fn per_group_children_are_shared_by_exactly_the_same_groups() {
 #[tokio::test]
 async fn a_credential_change_moves_the_caller_to_a_new_child() {
     bounded(async {
-        let h = gateway(
-            &[(
-                "fx",
-                stdio_target("fx", &["--stdio"], "  isolation: perUser\n"),
-            )],
-            StdioConfig::default(),
-        )
-        .await;
+        let h = fixture_gateway("  isolation: perUser\n").await;
         let sid = open(&h, "fx", "alice").await;
         let before = whoami(&h, "fx", "alice", &sid).await;
         assert_eq!(before["env"]["API_TOKEN"], "alice-child-secret");
