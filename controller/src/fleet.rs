@@ -1,11 +1,12 @@
 //! The dataplanes this replica serves: who has a watch stream open and which snapshot each last
-//! applied or refused. Turned into the `Programmed` condition (applied by N of M dataplanes).
+//! applied or refused. Turned into the `Programmed` condition (applied by N of M dataplanes),
+//! together with the dataplanes other replicas serve (their rosters, see `roster`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use reflow_crds::wire::{AppliedReport, Outcome};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 #[derive(Debug, Default)]
@@ -42,8 +43,8 @@ pub struct Programmed {
     pub refused: Vec<(String, String)>,
 }
 
-/// One dataplane as `/v1/status` shows it.
-#[derive(Clone, Debug, Serialize)]
+/// One dataplane as `/v1/status` shows it (and as replica rosters carry it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataplaneView {
     pub name: String,
@@ -110,13 +111,34 @@ impl Fleet {
     }
 
     pub fn programmed(&self, hash: &str) -> Programmed {
-        let map = self.lock();
+        self.programmed_with(hash, &[])
+    }
+
+    /// `Programmed` over this replica's dataplanes and `peers` (other replicas' rosters). A
+    /// dataplane listed twice (it moved between replicas) counts once, with its newest report.
+    pub fn programmed_with(&self, hash: &str, peers: &[DataplaneView]) -> Programmed {
+        let mut all: BTreeMap<String, Option<AppliedReport>> = self
+            .lock()
+            .iter()
+            .map(|(name, d)| (name.clone(), d.last.clone()))
+            .collect();
+        for peer in peers {
+            let slot = all.entry(peer.name.clone()).or_default();
+            let newer = match (&*slot, &peer.last) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(mine), Some(theirs)) => theirs.version > mine.version,
+            };
+            if newer {
+                *slot = peer.last.clone();
+            }
+        }
         let mut p = Programmed {
-            connected: map.len(),
+            connected: all.len(),
             ..Programmed::default()
         };
-        for (name, d) in map.iter() {
-            match &d.last {
+        for (name, last) in &all {
+            match last {
                 Some(r) if r.hash == hash && r.outcome == Outcome::Applied => p.applied += 1,
                 Some(r) if r.hash == hash => p.refused.push((
                     name.clone(),
@@ -181,5 +203,37 @@ mod tests {
         let p = fleet.programmed("h1");
         assert_eq!((p.applied, p.connected), (0, 1));
         assert_eq!(fleet.view().len(), 1);
+    }
+
+    #[test]
+    fn peers_rosters_join_the_count_and_a_moved_dataplane_counts_once() {
+        let fleet = Fleet::default();
+        let _a = fleet.connect("a");
+        fleet.report(report("a", "h1", Outcome::Applied));
+        let peer = |name: &str, version: u64, hash: &str, outcome| DataplaneView {
+            name: name.into(),
+            connected: true,
+            last: Some(AppliedReport {
+                version,
+                ..report(name, hash, outcome)
+            }),
+        };
+        let peers = [
+            peer("b", 1, "h1", Outcome::Applied),
+            peer("c", 1, "h1", Outcome::Refused),
+            DataplaneView {
+                name: "d".into(),
+                connected: true,
+                last: None,
+            },
+            // `a` reconnected here from another replica whose roster still has an old report.
+            peer("a", 0, "h0", Outcome::Applied),
+        ];
+        let p = fleet.programmed_with("h1", &peers);
+        assert_eq!((p.applied, p.connected), (2, 4));
+        assert_eq!(p.refused, vec![("c".into(), "hash mismatch".into())]);
+        // A newer report from a peer wins over this replica's older one.
+        let p = fleet.programmed_with("h1", &[peer("a", 9, "h1", Outcome::Refused)]);
+        assert_eq!((p.applied, p.connected, p.refused.len()), (0, 1, 1));
     }
 }

@@ -8,6 +8,7 @@ pub mod instance;
 pub mod lease;
 pub mod metrics;
 pub mod publish;
+pub mod roster;
 pub mod server;
 pub mod source;
 pub mod status;

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use reflow_controller::fleet::Fleet;
 use reflow_controller::metrics::Metrics;
 use reflow_controller::publish::Publisher;
+use reflow_controller::roster::Rosters;
 use reflow_controller::server::{self, ApiState};
 use reflow_controller::source::{cluster, manifests};
 use reflow_controller::token::ApiToken;
@@ -185,24 +186,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 publisher.clone(),
                 metrics.clone(),
             );
-            let (leading, lease_task) = lease::spawn(
-                client.clone(),
-                lease::LeaseConfig {
-                    namespace: cli.lease_namespace.clone(),
-                    name: cli.lease_name.clone(),
-                    identity: cli.identity.clone(),
-                    duration: Duration::from_secs(15),
-                    renew_every: Duration::from_secs(5),
-                },
-            );
+            let lease_config = lease::LeaseConfig {
+                namespace: cli.lease_namespace.clone(),
+                name: cli.lease_name.clone(),
+                identity: cli.identity.clone(),
+                duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            };
+            let (leading, lease_task) = lease::spawn(client.clone(), lease_config.clone());
+            // Every replica publishes the dataplanes it serves; the lease holder counts them all.
+            let rosters = Rosters::new(client.clone(), lease_config);
+            let roster_task = rosters.clone().spawn_publisher(fleet.clone());
             let writer = status::StatusWriter::new(client.clone(), &cli.identity, metrics.clone());
             let status_task = status::spawn(
                 writer,
                 Arc::new(source.stores.clone()),
                 publisher.subscribe(),
                 fleet.clone(),
+                Some(rosters),
                 leading.clone(),
             );
+            guards.push(Box::new(AbortOnDrop(roster_task)));
             instance_client = Some(client.clone());
             let ctx = Arc::new(instance::Context {
                 client: client.clone(),

@@ -20,6 +20,7 @@ use crate::conditions::{self, differs};
 use crate::fleet::{Fleet, Programmed};
 use crate::metrics::Metrics;
 use crate::publish::Published;
+use crate::roster::Rosters;
 use crate::source::cluster::Stores;
 
 /// The field manager and event reporter name.
@@ -262,15 +263,18 @@ impl StatusWriter {
 }
 
 /// Runs status passes while `leading` is true: on every new compilation, on fleet changes
-/// (debounced) and every [`RESYNC`].
+/// (debounced) and every [`RESYNC`] — or, with `rosters`, every roster refresh period, since
+/// other replicas' dataplanes move `Programmed` too.
 pub fn spawn(
     writer: StatusWriter,
     lookup: Arc<dyn Lookup>,
     mut published: watch::Receiver<Option<Published>>,
     fleet: Fleet,
+    rosters: Option<Rosters>,
     mut leading: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let mut fleet_changes = fleet.subscribe();
+    let every = rosters.as_ref().map_or(RESYNC, Rosters::refresh_every);
     tokio::spawn(
         async move {
             loop {
@@ -278,7 +282,7 @@ pub fn spawn(
                     r = published.changed() => if r.is_err() { return },
                     r = fleet_changes.changed() => if r.is_err() { return },
                     r = leading.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(RESYNC) => {}
+                    _ = tokio::time::sleep(every) => {}
                 }
                 tokio::time::sleep(SETTLE).await;
                 if !*leading.borrow_and_update() {
@@ -288,7 +292,18 @@ pub fn spawn(
                     continue;
                 };
                 fleet_changes.mark_unchanged();
-                let programmed = fleet.programmed(p.hash());
+                let peers = match &rosters {
+                    Some(r) => match r.peers().await {
+                        Ok(peers) => peers,
+                        Err(e) => {
+                            // Counting this replica's dataplanes alone would under-count: wait.
+                            warn!(error = %e, label = e.label(), "cannot read replica rosters; status pass skipped");
+                            continue;
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                let programmed = fleet.programmed_with(p.hash(), &peers);
                 match writer.sync(&p, &programmed, lookup.as_ref()).await {
                     Ok(n) if n > 0 => debug!(patched = n, "status written"),
                     Ok(_) => {}

@@ -20,6 +20,7 @@ use reflow_controller::instance;
 use reflow_controller::lease::{self, LeaseConfig};
 use reflow_controller::metrics::Metrics;
 use reflow_controller::publish::Publisher;
+use reflow_controller::roster::Rosters;
 use reflow_controller::source::cluster::{self, Namespaces};
 use reflow_controller::status::{self, StatusWriter};
 use reflow_crds::SealingKey;
@@ -114,22 +115,24 @@ async fn samples_get_accepted_and_resolved_conditions_from_the_lease_holder() {
         publisher.clone(),
         metrics.clone(),
     );
-    let (leading, lease_task) = lease::spawn(
-        client.clone(),
-        LeaseConfig {
-            namespace: NS.into(),
-            name: "reflow-controller-it".into(),
-            identity: "it-0".into(),
-            duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(2),
-        },
-    );
+    let lease_config = LeaseConfig {
+        namespace: NS.into(),
+        name: "reflow-controller-it".into(),
+        identity: "it-0".into(),
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(2),
+    };
+    let (leading, lease_task) = lease::spawn(client.clone(), lease_config.clone());
+    let fleet = Fleet::default();
+    let rosters = Rosters::new(client.clone(), lease_config);
+    let roster_task = rosters.clone().spawn_publisher(fleet.clone());
     let writer = StatusWriter::new(client.clone(), "it-0", metrics);
     let status_task = status::spawn(
         writer,
         Arc::new(source.stores.clone()),
         publisher.subscribe(),
-        Fleet::default(),
+        fleet,
+        Some(rosters),
         leading,
     );
 
@@ -253,6 +256,7 @@ async fn samples_get_accepted_and_resolved_conditions_from_the_lease_holder() {
     );
 
     lease_task.abort();
+    roster_task.abort();
     status_task.abort();
     drop(source);
     let _ = namespaces.delete(NS, &DeleteParams::default()).await;

@@ -1,4 +1,4 @@
-//! The status writer and the lease against kube-rs's mock API server (`tower_test::mock::pair`):
+//! The status writer, the lease and replica rosters against kube-rs's mock API server (`tower_test::mock::pair`):
 //! each test states the exact calls (method, path, body) it expects, in order, and answers them.
 
 use std::collections::HashMap;
@@ -12,14 +12,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::{Api, Client};
-use reflow_controller::fleet::Programmed;
+use reflow_controller::fleet::{Fleet, Programmed};
 use reflow_controller::lease::{self, LeaseConfig};
 use reflow_controller::metrics::Metrics;
 use reflow_controller::publish::{Published, Publisher};
+use reflow_controller::roster::Rosters;
 use reflow_controller::status::{Current, Lookup, StatusError, StatusWriter};
 use reflow_crds::api::ObjectStatus;
 use reflow_crds::compile::ObjectKind;
 use reflow_crds::loader::{Loaded, load_str};
+use reflow_crds::wire::{AppliedReport, Outcome};
 use reflow_crds::{SealingKey, compile};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
@@ -404,5 +406,110 @@ async fn lease_is_created_when_missing_then_followed_or_taken_over() {
         matches!(err, kube::Error::Api(ref s) if s.code == 409),
         "{err}"
     );
+    verifier.await.expect("verifier");
+}
+
+fn roster_lease_json(holder: &str, renewed: Timestamp, dataplanes: Value) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {
+            "name": format!("reflow-controller-roster-{holder}"), "namespace": "reflow-system",
+            "labels": {"mcp.reflow.io/roster-of": "reflow-controller"},
+            "annotations": {"mcp.reflow.io/dataplanes": dataplanes.to_string()}
+        },
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                 "renewTime": MicroTime(renewed)}
+    })
+}
+
+fn applied(dataplane: &str, hash: &str) -> AppliedReport {
+    AppliedReport {
+        dataplane: dataplane.into(),
+        version: 1,
+        hash: hash.into(),
+        outcome: Outcome::Applied,
+        message: None,
+    }
+}
+
+#[tokio::test]
+async fn replicas_publish_rosters_and_the_holder_counts_every_replicas_dataplanes() {
+    let (client, mut handle) = mock_client();
+    let rosters = Rosters::new(client, lease_cfg());
+    let fleet = Fleet::default();
+    let _stream = fleet.connect("dp-a");
+    assert!(fleet.report(applied("dp-a", "h1")));
+
+    let verifier = tokio::spawn(async move {
+        // This replica's roster: server-side applied under its own name, forced (it owns it).
+        let (body, send) = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!(
+                "{LEASE_PATH}/reflow-controller-roster-controller-0?&force=true&fieldManager=reflow-controller"
+            ),
+        )
+        .await;
+        assert_eq!(body["spec"]["holderIdentity"], "controller-0");
+        assert_eq!(
+            body["metadata"]["labels"]["mcp.reflow.io/roster-of"],
+            "reflow-controller"
+        );
+        let roster: Value = serde_json::from_str(
+            body["metadata"]["annotations"]["mcp.reflow.io/dataplanes"]
+                .as_str()
+                .expect("roster annotation"),
+        )
+        .expect("roster JSON");
+        assert_eq!(roster[0]["name"], "dp-a");
+        assert_eq!(roster[0]["last"]["hash"], "h1");
+        respond(send, StatusCode::OK, body);
+
+        // The holder reads every roster by label: its own, a live peer's and a dead peer's.
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{LEASE_PATH}?&labelSelector=mcp.reflow.io%2Froster-of%3Dreflow-controller"),
+        )
+        .await;
+        let now = Timestamp::now();
+        let dead = now - Duration::from_secs(60);
+        let view =
+            |r: AppliedReport| json!({"name": r.dataplane.clone(), "connected": true, "last": r});
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {},
+            "items": [
+                roster_lease_json("controller-0", now, json!([view(applied("dp-a", "h0"))])),
+                roster_lease_json("controller-1", now, json!([view(applied("dp-b", "h1")),
+                                                            view(applied("dp-c", "h0"))])),
+                roster_lease_json("controller-2", dead, json!([view(applied("dp-d", "h1"))])),
+            ]}),
+        );
+
+        // A failed list is an error (the status pass waits rather than under-count).
+        let (_, send) = expect(
+            &mut handle,
+            Method::GET,
+            &format!("{LEASE_PATH}?&labelSelector=mcp.reflow.io%2Froster-of%3Dreflow-controller"),
+        )
+        .await;
+        respond(
+            send,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd unavailable"}),
+        );
+        expect_quiet(&mut handle).await;
+    });
+
+    rosters.publish(&fleet).await.expect("publish");
+    let peers = rosters.peers().await.expect("peers");
+    let names: Vec<_> = peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["dp-b", "dp-c"], "own and dead rosters are left out");
+    let p = fleet.programmed_with("h1", &peers);
+    assert_eq!((p.applied, p.connected), (2, 3), "{p:?}");
+    let err = rosters.peers().await.expect_err("500");
+    assert_eq!(err.label(), "list");
     verifier.await.expect("verifier");
 }

@@ -136,6 +136,51 @@ async fn denied_tool_answers_exactly_like_unknown() {
 }
 
 #[tokio::test]
+async fn lists_audit_what_was_shown_and_each_hidden_item() {
+    let (h, _one, _two) = two_upstreams().await;
+    let sid = h.open("/mcp", "alice").await;
+    h.tool_names("/mcp", "alice", &sid).await;
+    let listed: Vec<_> = h
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.method == "tools/list")
+        .collect();
+    let summary = |target: &str| {
+        listed
+            .iter()
+            .filter(|e| e.target.as_deref() == Some(target) && e.outcome == "listed")
+            .count()
+    };
+    assert_eq!((summary("t/one"), summary("t/two")), (1, 1), "{listed:?}");
+    let hidden: Vec<_> = listed.iter().filter(|e| e.outcome == "hidden").collect();
+    assert_eq!(hidden.len(), 1, "{listed:?}");
+    let ev = hidden[0];
+    assert_eq!(ev.name.as_deref(), Some("one_secret_tool"));
+    assert_eq!(ev.decision, Some("deny"));
+    assert_eq!(ev.policy.as_deref(), Some("no-secret"));
+    assert_eq!(ev.session.as_deref(), Some(sid.as_str()));
+    assert!(listed.iter().all(|e| e.user == "alice"));
+}
+
+#[tokio::test]
+async fn a_single_target_list_audits_hidden_items_by_their_upstream_name() {
+    // A single-target session shows (and so audits) names unprefixed.
+    let (h, _one, _two) = two_upstreams().await;
+    let sid = h.open("/mcp/t/one", "bob").await;
+    let names = h.tool_names("/mcp/t/one", "bob", &sid).await;
+    assert!(!names.iter().any(|n| n == "secret_tool"), "{names:?}");
+    let ev = h
+        .audit
+        .events()
+        .into_iter()
+        .find(|e| e.method == "tools/list" && e.outcome == "hidden")
+        .expect("hidden item audited");
+    assert_eq!(ev.name.as_deref(), Some("secret_tool"));
+    assert_eq!(ev.policy.as_deref(), Some("no-secret"));
+}
+
+#[tokio::test]
 async fn call_routes_by_prefix_remaps_ids_and_passes_meta() {
     let (h, _one, two) = two_upstreams().await;
     let sid = h.open("/mcp", "alice").await;

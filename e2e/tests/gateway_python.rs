@@ -294,9 +294,28 @@ fn policy_hides_and_refuses_a_denied_tool_like_an_unknown_one() {
     // The upstream never saw the denied call (it would have answered 500 and broken the session).
     assert_eq!(first_text(ok_result(&alice, 4)), "[one] still fine");
 
+    // The list hid it (audited as such) and the call was refused (audited too).
+    let hidden = gw
+        .wait_for_audit(Duration::from_secs(5), |e| {
+            e.user == "alice" && e.method == "tools/list" && e.name.as_deref() == Some("one_crash")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no audit event for the hidden tool: {:#?}",
+                gw.audit_events()
+            )
+        });
+    assert_eq!(
+        (
+            hidden.decision,
+            hidden.outcome.as_str(),
+            hidden.policy.as_deref()
+        ),
+        (Some("deny"), "hidden", Some("no-crash-for-developers"))
+    );
     let deny = gw
         .wait_for_audit(Duration::from_secs(5), |e| {
-            e.user == "alice" && e.name.as_deref() == Some("one_crash")
+            e.user == "alice" && e.method == "tools/call" && e.name.as_deref() == Some("one_crash")
         })
         .unwrap_or_else(|| {
             panic!(

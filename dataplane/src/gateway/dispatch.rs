@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::Gateway;
 use super::forward::Caller;
+use super::list_audit::ListDecisions;
 use crate::audit::{AuditEvent, now_ms};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::DecisionLabels;
@@ -311,14 +312,32 @@ impl Gateway {
         (jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
     }
 
-    /// The permitted items of one target, all pages, renamed for the aggregated endpoint.
-    /// A failing upstream contributes nothing (logged and counted) rather than failing the list.
+    /// The permitted items of one target, all pages, renamed for the aggregated endpoint; what
+    /// was shown and hidden is audited. A failing upstream contributes nothing (logged, counted
+    /// and audited) rather than failing the list.
     async fn list_one(
         &self,
         ctx: &Ctx,
         target: &CompiledTarget,
         key: &Arc<str>,
         kind: &ListKind,
+    ) -> Vec<Value> {
+        let mut decisions = ListDecisions::default();
+        let out = self
+            .list_pages(ctx, target, key, kind, &mut decisions)
+            .await;
+        decisions.shown = out.len();
+        self.audit_list(ctx, kind.method, key, decisions);
+        out
+    }
+
+    async fn list_pages(
+        &self,
+        ctx: &Ctx,
+        target: &CompiledTarget,
+        key: &Arc<str>,
+        kind: &ListKind,
+        decisions: &mut ListDecisions,
     ) -> Vec<Value> {
         let view = target.policy.view(&ctx.identity);
         let mut out = Vec::new();
@@ -332,11 +351,13 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(target = %key, error = %e, label = e.label(), method = kind.method, "upstream list failed");
+                    decisions.failed = out.is_empty();
                     return out;
                 }
             };
             let Some(result) = reply.get("result") else {
                 warn!(target = %key, method = kind.method, "upstream list answered an error");
+                decisions.failed = out.is_empty();
                 return out;
             };
             let page = result
@@ -348,7 +369,15 @@ impl Gateway {
                 let Some(key) = item.get(kind.key).and_then(Value::as_str) else {
                     continue;
                 };
-                if !view.decide(kind.kind, key).allowed {
+                let decision = view.decide(kind.kind, key);
+                if !decision.allowed {
+                    // Audited under the name the client would have seen, as calls are.
+                    if kind.prefixed && ctx.aggregated() {
+                        let shown_as = format!("{}{PREFIX_SEPARATOR}{key}", target.prefix);
+                        decisions.hide(&shown_as, &decision);
+                    } else {
+                        decisions.hide(key, &decision);
+                    }
                     continue;
                 }
                 if kind.prefixed && ctx.aggregated() {

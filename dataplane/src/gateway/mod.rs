@@ -4,6 +4,7 @@
 mod dispatch;
 mod forward;
 mod hardening;
+mod list_audit;
 mod proxy;
 mod tls;
 
