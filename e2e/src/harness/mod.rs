@@ -1,4 +1,5 @@
-//! Test harness: spawning the fixture, server-everything and Python SDK clients, bounded and on loopback.
+//! Test harness: spawning the fixture, server-everything and the Python and TypeScript SDK clients,
+//! bounded and on loopback.
 //! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
 
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod process;
 pub mod py_ops;
 pub mod python;
 pub mod sse;
+pub mod typescript;
 
 pub use dataplane_process::{DataplaneProcess, dataplane_bin};
 pub use error::{HarnessError, Result};
@@ -32,3 +34,4 @@ pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
 };
 pub use sse::{SseEvent, SseReader};
+pub use typescript::{TS_SDK_SPEC, TsClient};

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::error::{HarnessError, Result};
 
 /// Bytes of stderr (and captured stdout) kept for diagnostics.
@@ -293,5 +295,50 @@ impl CommandLine {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
         cmd
+    }
+}
+
+/// Runs a client program that prints a JSON report as its last stdout line: loopback only (proxy
+/// variables removed), killed after `timeout`, the report parsed (errors carry its output).
+pub fn run_for_report(what: String, cmd: &mut Command, timeout: Duration) -> Result<Value> {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_PROXY", "127.0.0.1,localhost,::1")
+        .env("no_proxy", "127.0.0.1,localhost,::1");
+    let opts = SpawnOptions {
+        full_stdout: true,
+        ..SpawnOptions::default()
+    };
+    let mut child = ManagedChild::spawn(&what, cmd, opts)?;
+    let Some(status) = child.wait_timeout(timeout) else {
+        child.kill();
+        child.finish_output(Duration::from_secs(2));
+        return Err(HarnessError::Timeout {
+            what,
+            after: timeout,
+            output: child.output(),
+        });
+    };
+    child.finish_output(Duration::from_secs(2));
+    let stdout = child.stdout_text();
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+    match last.map(serde_json::from_str::<Value>) {
+        Some(Ok(report)) => Ok(report),
+        Some(Err(e)) => Err(HarnessError::NoReport {
+            what,
+            detail: format!("{e} (exit {status})\n{}", child.output()),
+        }),
+        None => Err(HarnessError::NoReport {
+            what,
+            detail: format!("empty stdout (exit {status})\n{}", child.output()),
+        }),
     }
 }

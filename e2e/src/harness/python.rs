@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::cache;
 use super::error::{HarnessError, Result};
 use super::paths;
-use super::process::{CommandLine, ManagedChild, SpawnOptions, run_bounded};
+use super::process::{CommandLine, run_bounded, run_for_report};
 
 /// The exact Python SDK release the e2e tests run (newest on PyPI when pinned).
 pub const MCP_PIN: &str = "mcp==2.3.0";
@@ -86,47 +86,8 @@ pub fn run_python_script(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("NO_PROXY", "127.0.0.1,localhost,::1")
-        .env("no_proxy", "127.0.0.1,localhost,::1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let opts = SpawnOptions {
-        full_stdout: true,
-        ..SpawnOptions::default()
-    };
-    let mut child = ManagedChild::spawn(&what, &mut cmd, opts)?;
-    let Some(status) = child.wait_timeout(timeout) else {
-        child.kill();
-        child.finish_output(Duration::from_secs(2));
-        return Err(HarnessError::Timeout {
-            what,
-            after: timeout,
-            output: child.output(),
-        });
-    };
-    child.finish_output(Duration::from_secs(2));
-    let stdout = child.stdout_text();
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
-    match last.map(serde_json::from_str::<Value>) {
-        Some(Ok(report)) => Ok(report),
-        Some(Err(e)) => Err(HarnessError::NoReport {
-            what,
-            detail: format!("{e} (exit {status})\n{}", child.output()),
-        }),
-        None => Err(HarnessError::NoReport {
-            what,
-            detail: format!("empty stdout (exit {status})\n{}", child.output()),
-        }),
-    }
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    run_for_report(what, &mut cmd, timeout)
 }
 
 /// Runs `e2e/py/<script>` with `args` and `env`, bounded by `DEFAULT_CLIENT_TIMEOUT`.
