@@ -5,7 +5,10 @@ mod dispatch;
 mod forward;
 mod hardening;
 mod proxy;
+mod relay;
+mod streams;
 mod tls;
+mod upcalls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -26,7 +29,7 @@ use crate::audit::{AuditEvent, AuditSink, now_ms};
 use crate::authn::{self, Authenticate, Principal};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig, JWKS_PATH};
 use crate::jsonrpc::{self, Message};
-use crate::metrics::{Metrics, RequestLabels, method_label};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::net::Peer;
 use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
@@ -38,7 +41,10 @@ use crate::upstream::{
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
 pub use proxy::TrustedProxyConfig;
+pub use relay::TARGET_META;
+pub use streams::StreamError;
 pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};
+pub use upcalls::UpcallError;
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -69,6 +75,9 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// STDIO process manager: process limits, HOME folders, stop grace, restart backoff.
     pub stdio: StdioConfig,
+    /// How long a client has to answer a relayed server-to-client request (sampling,
+    /// elicitation, roots) before the upstream gets an error.
+    pub client_answer_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +94,7 @@ impl Default for GatewayConfig {
             identity_tokens: IdentityTokensConfig::default(),
             tls: None,
             stdio: StdioConfig::default(),
+            client_answer_timeout_ms: 120_000,
         }
     }
 }
@@ -132,6 +142,10 @@ pub struct Gateway {
     pub(crate) signer: IdentitySigner,
     /// Where links of sessions that expire outside a request are closed.
     runtime: Option<tokio::runtime::Handle>,
+    /// Each session's SSE streams (GET and streamed POST replies) and cancellable requests.
+    hubs: streams::Hubs,
+    /// Server-to-client requests waiting for the client's answer.
+    upcalls: Arc<upcalls::Upcalls>,
 }
 
 impl Gateway {
@@ -143,6 +157,7 @@ impl Gateway {
         let guard = hardening::Guard::new(&p.config.http);
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
+        let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -164,6 +179,8 @@ impl Gateway {
                 guard,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                hubs: streams::Hubs::default(),
+                upcalls: upcalls::Upcalls::new(answer_timeout),
             }
         });
         Ok(gw)
@@ -183,6 +200,8 @@ impl Gateway {
     /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones, stopping
     /// the session's own children of stateful STDIO targets.
     pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
+        self.hubs.remove(session_id);
+        self.upcalls.drop_session(session_id);
         let rt = tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.runtime.clone());
@@ -247,11 +266,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/mcp",
-            get(get_mcp).post(post_aggregated).delete(delete_aggregated),
+            get(get_aggregated)
+                .post(post_aggregated)
+                .delete(delete_aggregated),
         )
         .route(
             "/mcp/{namespace}/{target}",
-            get(get_mcp).post(post_target).delete(delete_target),
+            get(get_target).post(post_target).delete(delete_target),
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
@@ -318,13 +339,78 @@ async fn metadata(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
     axum::Json(authn::resource_metadata(gw.auth.as_ref(), &resource)).into_response()
 }
 
-async fn get_mcp() -> Response {
-    // No server-initiated stream yet: the spec lets a server answer 405 here.
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST, DELETE")],
-    )
-        .into_response()
+async fn get_aggregated(
+    State(gw): State<Arc<Gateway>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    handle_get(gw, Scope::Aggregated, peer, headers).await
+}
+
+async fn get_target(
+    State(gw): State<Arc<Gateway>>,
+    Path((namespace, name)): Path<(String, String)>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    handle_get(gw, Scope::Target { namespace, name }, peer, headers).await
+}
+
+fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(media))
+}
+
+/// `GET /mcp`: the session's stream of messages that belong to no open request, or with
+/// `Last-Event-ID` the rest of any stream of the session (SSE polling, SEP-1699).
+#[instrument(skip_all, fields(session, user))]
+async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
+    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
+        return refusal.into_response();
+    }
+    let identity = match authenticate(&gw, peer, &headers).await {
+        Ok(p) => p.identity,
+        Err(resp) => return resp,
+    };
+    Span::current().record("user", &*identity.user);
+    if !accepts(&headers, "text/event-stream") {
+        return (
+            StatusCode::NOT_ACCEPTABLE,
+            "GET /mcp needs Accept: text/event-stream",
+        )
+            .into_response();
+    }
+    let session = match find_session(&gw, &scope, &identity, &headers).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    Span::current().record("session", session.id.as_str());
+    let hub = gw.hubs.get(&session.id);
+    let primes = streams::primes(&session.protocol_version);
+    match headers.get("last-event-id").map(|v| v.to_str()) {
+        Some(Ok(last)) => match hub.resume(last) {
+            Ok(frames) => streams::sse_response(None, frames),
+            Err(e) => rpc_failure(
+                StatusCode::NOT_FOUND,
+                jsonrpc::error(&Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string()),
+            ),
+        },
+        Some(Err(_)) => rpc_failure(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "malformed Last-Event-ID",
+            ),
+        ),
+        None => {
+            let (priming, frames) = hub.attach_get();
+            streams::sse_response(primes.then_some(priming), frames)
+        }
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -562,10 +648,39 @@ async fn handle_post(
             return out;
         }
         Message::Request(r) => r,
-        Message::Notification { .. } | Message::Response(_) => {
+        Message::Notification { method, object } => {
             return match find_session(&gw, &scope, &identity, &headers).await {
-                Ok(_) => StatusCode::ACCEPTED.into_response(),
+                Ok(session) => {
+                    if method == "notifications/cancelled"
+                        && let Some(id) = object.get("params").and_then(|p| p.get("requestId"))
+                    {
+                        let found = gw.hubs.get(&session.id).cancel(&id.to_string());
+                        tracing::debug!(found, "client cancelled a request");
+                    }
+                    StatusCode::ACCEPTED.into_response()
+                }
                 Err(resp) => resp,
+            };
+        }
+        Message::Response(answer) => {
+            let session = match find_session(&gw, &scope, &identity, &headers).await {
+                Ok(s) => s,
+                Err(resp) => return resp,
+            };
+            let id = answer.get("id").cloned().unwrap_or(Value::Null);
+            return match gw.upcalls.resolve(&session.id, &id, &answer).await {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(e @ UpcallError::Unknown) => rpc_failure(
+                    StatusCode::BAD_REQUEST,
+                    jsonrpc::error(&id, jsonrpc::INVALID_REQUEST, &e.to_string()),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, label = e.label(), "relaying a client answer failed");
+                    rpc_failure(
+                        StatusCode::BAD_GATEWAY,
+                        jsonrpc::error(&id, jsonrpc::UPSTREAM_ERROR, &e.to_string()),
+                    )
+                }
             };
         }
     };
@@ -582,11 +697,10 @@ async fn handle_post(
         session,
         trace_id: trace,
         started,
+        hooks: Default::default(),
     };
-    let method = method_label(&request.method);
-    let (reply, target, outcome) = gw.dispatch(&ctx, request).await;
-    gw.count(method, target, outcome, started);
-    json_response(StatusCode::OK, &reply)
+    let sse = accepts(&headers, "text/event-stream");
+    gw.respond(ctx, request, sse).await
 }
 
 /// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,

@@ -96,6 +96,8 @@ pub enum StdioError {
     Env(#[from] EnvError),
     #[error("cannot write to the STDIO server: {0}")]
     Write(String),
+    #[error("the client cancelled the request")]
+    Cancelled,
 }
 
 impl StdioError {
@@ -109,6 +111,7 @@ impl StdioError {
             Self::Restarting(_) => "stdio_restarting",
             Self::Env(e) => e.label(),
             Self::Write(_) => "stdio_write",
+            Self::Cancelled => "cancelled",
         }
     }
 }

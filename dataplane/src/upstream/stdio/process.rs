@@ -16,6 +16,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::StdioError;
 use super::env::ChildEnv;
+use crate::upstream::UpstreamError;
+use crate::upstream::upcall::{self, CallHooks, Inbound, Responder, Sink, Unsolicited};
 
 /// Longest line read from a child's stdout; longer ones are discarded (and logged).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -24,8 +26,8 @@ const MAX_STDERR_LINE: usize = 4096;
 /// How long a child may live on after closing its stdout before it is killed.
 const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(2);
 
-/// Called with each message the child sends that answers none of our requests: notifications and
-/// server-to-client requests (the latter are also refused to the child, see `route_unsolicited`).
+/// Called with each message the child sends that answers none of our requests and that no
+/// in-flight call can take (see `route_unsolicited`): requests among them are also refused.
 pub type Unrouted = Arc<dyn Fn(&Value) + Send + Sync>;
 
 /// What to run, and how. `command` is executed directly (no shell), with exactly `env`.
@@ -43,7 +45,21 @@ pub struct ChildSpec {
     pub on_exit: Option<Box<dyn FnOnce(bool) + Send>>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Map<String, Value>>>>>;
+/// One request waiting for the child's reply, and where the child's messages about it go.
+struct Waiting {
+    tx: oneshot::Sender<Map<String, Value>>,
+    route: Option<CallRoute>,
+}
+
+/// The call's relay: its session (to tell whether in-flight calls share one) and the progress
+/// token it was sent with (gateway-minted, so unique across the sessions a child serves).
+struct CallRoute {
+    sink: Sink,
+    session: Arc<str>,
+    progress: Option<Value>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
 
 /// A running (or exited) child. Ids on the wire are ours, counted per child: the ids of the
 /// sessions it serves never reach it, so they cannot collide.
@@ -300,13 +316,37 @@ impl ChildProcess {
         params: Option<&Value>,
         timeout: Duration,
     ) -> Result<Map<String, Value>, StdioError> {
+        self.request_with(method, params, timeout, &CallHooks::default(), None)
+            .await
+    }
+
+    /// `request` for a session: the child's notifications and requests about it go to
+    /// `hooks.sink`, and `hooks.cancel` stops it (the child gets `notifications/cancelled`).
+    pub async fn request_with(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+        hooks: &CallHooks,
+        session: Option<&str>,
+    ) -> Result<Map<String, Value>, StdioError> {
         self.touch();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        let route = match (&hooks.sink, session) {
+            (Some(sink), Some(session)) => Some(CallRoute {
+                sink: sink.clone(),
+                session: Arc::from(session),
+                progress: params
+                    .and_then(|p| p.pointer("/_meta/progressToken"))
+                    .cloned(),
+            }),
+            _ => None,
+        };
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+            .insert(id, Waiting { tx, route });
         if let Some(status) = self.exit_status() {
             self.forget(id);
             return Err(StdioError::Exited(status.to_string()));
@@ -320,19 +360,30 @@ impl ChildProcess {
             self.forget(id);
             return Err(e);
         }
-        let out = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => {
+        let waited = tokio::select! {
+            r = tokio::time::timeout(timeout, rx) => Some(r),
+            () = hooks.cancelled() => None,
+        };
+        let out = match waited {
+            Some(Ok(Ok(reply))) => Ok(reply),
+            Some(Ok(Err(_))) => {
                 // Dropped by the waiter: the child died with this request in flight.
                 self.exited().await;
                 let status = self.exit_status().unwrap_or_else(|| Arc::from("unknown"));
                 Err(StdioError::Exited(status.to_string()))
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 self.forget(id);
                 let params = json!({"requestId": id, "reason": "timed out in the gateway"});
                 let _ = self.notify("notifications/cancelled", Some(&params));
                 Err(StdioError::Timeout(timeout))
+            }
+            None => {
+                // Forgotten first, so a late reply finds no waiter and is dropped.
+                self.forget(id);
+                let params = json!({"requestId": id, "reason": "cancelled by the client"});
+                let _ = self.notify("notifications/cancelled", Some(&params));
+                Err(StdioError::Cancelled)
             }
         };
         self.touch();
@@ -526,41 +577,87 @@ fn route(
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         match waiter {
-            Some(tx) => {
-                let _ = tx.send(obj);
+            Some(w) => {
+                let _ = w.tx.send(obj);
             }
             // Timed out already (we sent a cancellation), or an id we never used.
             None => debug!(id, "reply to no pending request"),
         }
         return;
     }
-    route_unsolicited(Value::Object(obj), replies, unrouted);
+    route_unsolicited(Value::Object(obj), pending, replies, unrouted);
 }
 
-/// Notifications and server-to-client requests. The gateway has no stream to the owning client
-/// yet (GET /mcp answers 405), so they are handed to `unrouted` (logged and counted); a request
-/// is also answered with an error so the child does not wait for a reply that will never come.
+/// Notifications and server-to-client requests go to the in-flight call they belong to: a
+/// progress notification by its token; anything else to the newest call when every call in
+/// flight belongs to one session (STDIO carries no other link between a message and a
+/// request, and guessing across sessions would hand one user's elicitation to another).
+/// What no call can take goes to `unrouted`, and a request among it is refused.
 fn route_unsolicited(
     msg: Value,
+    pending: &Pending,
     replies: &mpsc::UnboundedSender<Vec<u8>>,
     unrouted: Option<&Unrouted>,
 ) {
-    if let Some(f) = unrouted {
-        f(&msg);
-    }
-    let (Some(id), Some(method)) = (msg.get("id"), msg.get("method").and_then(Value::as_str))
-    else {
+    let Value::Object(obj) = msg else {
         return;
     };
-    let refusal = json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {"code": -32601, "message": format!("{method}: no client stream to route this request to")},
-    });
-    if let Ok(mut line) = serde_json::to_vec(&refusal) {
-        line.push(b'\n');
-        let _ = replies.send(line);
+    let sink = {
+        let map = pending.lock().unwrap_or_else(|p| p.into_inner());
+        pick_route(&map, &obj)
+    };
+    let inbound = match upcall::classify(obj) {
+        Some(Unsolicited::Notification(n)) => Inbound::Notification(n),
+        Some(Unsolicited::Request(id, r)) => {
+            let out = replies.clone();
+            let responder = Responder::new(
+                id,
+                Box::new(move |mut line| {
+                    line.push(b'\n');
+                    let sent: Result<(), UpstreamError> = out
+                        .send(line)
+                        .map_err(|_| StdioError::Write("stdin is closed".into()).into());
+                    Box::pin(async move { sent })
+                }),
+            );
+            Inbound::Request(r, responder)
+        }
+        None => return,
+    };
+    match sink {
+        Some(sink) => sink.deliver(inbound),
+        None => {
+            if let Some(f) = unrouted {
+                let msg = match &inbound {
+                    Inbound::Notification(m) | Inbound::Request(m, _) => Value::Object(m.clone()),
+                    Inbound::Streaming => Value::Null,
+                };
+                f(&msg);
+            }
+            upcall::unroutable(inbound);
+        }
     }
+}
+
+fn pick_route(map: &HashMap<u64, Waiting>, msg: &Map<String, Value>) -> Option<Sink> {
+    if msg.get("method").and_then(Value::as_str) == Some("notifications/progress")
+        && let Some(token) = msg.get("params").and_then(|p| p.get("progressToken"))
+    {
+        return map
+            .values()
+            .filter_map(|w| w.route.as_ref())
+            .find(|r| r.progress.as_ref() == Some(token))
+            .map(|r| r.sink.clone());
+    }
+    let mut sessions = map.values().map(|w| w.route.as_ref().map(|r| &r.session));
+    let first = sessions.next()??;
+    if !sessions.all(|s| s == Some(first)) {
+        return None;
+    }
+    map.iter()
+        .max_by_key(|(id, _)| **id)
+        .and_then(|(_, w)| w.route.as_ref())
+        .map(|r| r.sink.clone())
 }
 
 /// At most `per_second` lines per one-second window; the rest are counted and reported when
