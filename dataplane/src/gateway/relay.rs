@@ -1,8 +1,8 @@
 //! One client request and what its upstreams say meanwhile: answered as plain JSON unless an
 //! upstream streams, then as SSE (progress, logging, server-to-client requests, then the reply).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,9 @@ const SINK_CAPACITY: usize = 256;
 pub const TARGET_META: &str = "io.reflow/target";
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+/// Random per process: minted tokens of two replicas never collide at a shared upstream.
+static TOKEN_PREFIX: LazyLock<String> =
+    LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
 
 /// The client's progress token, and the one the upstreams got instead: unique per gateway
 /// process, so tokens of different clients sharing an upstream (a STDIO child) never collide.
@@ -36,8 +39,8 @@ fn mint_progress(req: &mut Request) -> Option<Progress> {
     let meta = req.params_mut().get_mut("_meta")?.as_object_mut()?;
     let original = meta.get("progressToken")?.clone();
     let minted = json!(format!(
-        "reflow-p{}-{}",
-        std::process::id(),
+        "reflow-{}-{}",
+        *TOKEN_PREFIX,
         NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
     ));
     meta.insert("progressToken".into(), minted.clone());
@@ -202,12 +205,34 @@ impl Gateway {
                     None => {}
                 },
                 (reply, target, outcome) = &mut work => {
-                    while let Ok(up) = rx.try_recv() {
-                        relay.handle(up, GET_STREAM);
-                    }
                     hub.untrack(&key);
                     self.count(method, target, outcome, started);
-                    return (StatusCode::OK, axum::Json(reply)).into_response();
+                    let mut early = Vec::new();
+                    while let Ok(up) = rx.try_recv() {
+                        if !matches!(up.inbound, Inbound::Streaming) {
+                            early.push(up);
+                        }
+                    }
+                    if early.is_empty() {
+                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                    }
+                    if !accepts_sse {
+                        for up in early {
+                            relay.handle(up, GET_STREAM);
+                        }
+                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                    }
+                    // The whole upstream stream arrived before we looked: relay it in order.
+                    let (stream, frames) = hub.open_stream();
+                    let priming = primes(&relay.session.protocol_version).then(|| format!("{stream}:0"));
+                    for up in early {
+                        relay.handle(up, stream);
+                    }
+                    if let Ok(text) = serde_json::to_string(&reply) {
+                        hub.publish(stream, text);
+                    }
+                    hub.finish(stream);
+                    return sse_response(priming, frames);
                 }
             }
         };
