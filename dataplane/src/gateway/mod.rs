@@ -1,6 +1,7 @@
 //! The MCP server side (axum): `/mcp` aggregating every target and `/mcp/{ns}/{target}` for one,
 //! with Host/Origin checks, body limits, authentication, sessions, health and metrics endpoints.
 
+mod client_stream;
 mod dispatch;
 mod forward;
 mod hardening;
@@ -266,13 +267,15 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/mcp",
-            get(get_aggregated)
+            get(client_stream::get_aggregated)
                 .post(post_aggregated)
                 .delete(delete_aggregated),
         )
         .route(
             "/mcp/{namespace}/{target}",
-            get(get_target).post(post_target).delete(delete_target),
+            get(client_stream::get_target)
+                .post(post_target)
+                .delete(delete_target),
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
@@ -337,80 +340,6 @@ fn base_url(gw: &Gateway, headers: &HeaderMap) -> String {
 async fn metadata(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let resource = format!("{}/mcp", base_url(&gw, &headers));
     axum::Json(authn::resource_metadata(gw.auth.as_ref(), &resource)).into_response()
-}
-
-async fn get_aggregated(
-    State(gw): State<Arc<Gateway>>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    handle_get(gw, Scope::Aggregated, peer, headers).await
-}
-
-async fn get_target(
-    State(gw): State<Arc<Gateway>>,
-    Path((namespace, name)): Path<(String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    handle_get(gw, Scope::Target { namespace, name }, peer, headers).await
-}
-
-fn accepts(headers: &HeaderMap, media: &str) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains(media))
-}
-
-/// `GET /mcp`: the session's stream of messages that belong to no open request, or with
-/// `Last-Event-ID` the rest of any stream of the session (SSE polling, SEP-1699).
-#[instrument(skip_all, fields(session, user))]
-async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
-    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
-        return refusal.into_response();
-    }
-    let identity = match authenticate(&gw, peer, &headers).await {
-        Ok(p) => p.identity,
-        Err(resp) => return resp,
-    };
-    Span::current().record("user", &*identity.user);
-    if !accepts(&headers, "text/event-stream") {
-        return (
-            StatusCode::NOT_ACCEPTABLE,
-            "GET /mcp needs Accept: text/event-stream",
-        )
-            .into_response();
-    }
-    let session = match find_session(&gw, &scope, &identity, &headers).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
-    Span::current().record("session", session.id.as_str());
-    let hub = gw.hubs.get(&session.id);
-    let primes = streams::primes(&session.protocol_version);
-    match headers.get("last-event-id").map(|v| v.to_str()) {
-        Some(Ok(last)) => match hub.resume(last) {
-            Ok(frames) => streams::sse_response(None, frames),
-            Err(e) => rpc_failure(
-                StatusCode::NOT_FOUND,
-                jsonrpc::error(&Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string()),
-            ),
-        },
-        Some(Err(_)) => rpc_failure(
-            StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                &Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                "malformed Last-Event-ID",
-            ),
-        ),
-        None => {
-            let (priming, frames) = hub.attach_get();
-            streams::sse_response(primes.then_some(priming), frames)
-        }
-    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -650,37 +579,14 @@ async fn handle_post(
         Message::Request(r) => r,
         Message::Notification { method, object } => {
             return match find_session(&gw, &scope, &identity, &headers).await {
-                Ok(session) => {
-                    if method == "notifications/cancelled"
-                        && let Some(id) = object.get("params").and_then(|p| p.get("requestId"))
-                    {
-                        let found = gw.hubs.get(&session.id).cancel(&id.to_string());
-                        tracing::debug!(found, "client cancelled a request");
-                    }
-                    StatusCode::ACCEPTED.into_response()
-                }
+                Ok(session) => client_stream::notification(&gw, &session, &method, &object),
                 Err(resp) => resp,
             };
         }
         Message::Response(answer) => {
-            let session = match find_session(&gw, &scope, &identity, &headers).await {
-                Ok(s) => s,
-                Err(resp) => return resp,
-            };
-            let id = answer.get("id").cloned().unwrap_or(Value::Null);
-            return match gw.upcalls.resolve(&session.id, &id, &answer).await {
-                Ok(()) => StatusCode::ACCEPTED.into_response(),
-                Err(e @ UpcallError::Unknown) => rpc_failure(
-                    StatusCode::BAD_REQUEST,
-                    jsonrpc::error(&id, jsonrpc::INVALID_REQUEST, &e.to_string()),
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, label = e.label(), "relaying a client answer failed");
-                    rpc_failure(
-                        StatusCode::BAD_GATEWAY,
-                        jsonrpc::error(&id, jsonrpc::UPSTREAM_ERROR, &e.to_string()),
-                    )
-                }
+            return match find_session(&gw, &scope, &identity, &headers).await {
+                Ok(session) => client_stream::response(&gw, &session, &answer).await,
+                Err(resp) => resp,
             };
         }
     };
@@ -699,7 +605,7 @@ async fn handle_post(
         started,
         hooks: Default::default(),
     };
-    let sse = accepts(&headers, "text/event-stream");
+    let sse = client_stream::accepts(&headers, "text/event-stream");
     gw.respond(ctx, request, sse).await
 }
 

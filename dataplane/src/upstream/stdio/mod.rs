@@ -6,6 +6,7 @@ mod backoff;
 mod env;
 mod pool;
 mod process;
+mod routing;
 
 pub use backoff::RestartBackoff;
 pub use env::{ChildEnv, EnvError};

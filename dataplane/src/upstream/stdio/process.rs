@@ -2,7 +2,6 @@
 //! stdin, a reader task matches replies to our (remapped) ids, stderr goes to the log rate-limited,
 //! and a waiter fails everything in flight with the exit status when the child dies.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +15,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::StdioError;
 use super::env::ChildEnv;
-use crate::upstream::UpstreamError;
-use crate::upstream::upcall::{self, CallHooks, Inbound, Responder, Sink, Unsolicited};
+use super::routing::CallRoute;
+use crate::upstream::CallHooks;
 
 /// Longest line read from a child's stdout; longer ones are discarded (and logged).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -45,21 +44,7 @@ pub struct ChildSpec {
     pub on_exit: Option<Box<dyn FnOnce(bool) + Send>>,
 }
 
-/// One request waiting for the child's reply, and where the child's messages about it go.
-struct Waiting {
-    tx: oneshot::Sender<Map<String, Value>>,
-    route: Option<CallRoute>,
-}
-
-/// The call's relay: its session (to tell whether in-flight calls share one) and the progress
-/// token it was sent with (gateway-minted, so unique across the sessions a child serves).
-struct CallRoute {
-    sink: Sink,
-    session: Arc<str>,
-    progress: Option<Value>,
-}
-
-type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
+use super::routing::{Pending, Waiting, route};
 
 /// A running (or exited) child. Ids on the wire are ours, counted per child: the ids of the
 /// sessions it serves never reach it, so they cannot collide.
@@ -553,111 +538,6 @@ async fn read_line_capped(
             return Ok(Some(!overflow));
         }
     }
-}
-
-fn route(
-    msg: Value,
-    pending: &Pending,
-    replies: &mpsc::UnboundedSender<Vec<u8>>,
-    unrouted: Option<&Unrouted>,
-) {
-    let Value::Object(obj) = msg else {
-        debug!("child wrote a JSON value that is not an object");
-        return;
-    };
-    let is_reply =
-        !obj.contains_key("method") && (obj.contains_key("result") || obj.contains_key("error"));
-    if is_reply {
-        let Some(id) = obj.get("id").and_then(Value::as_u64) else {
-            debug!("reply without a usable id");
-            return;
-        };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        match waiter {
-            Some(w) => {
-                let _ = w.tx.send(obj);
-            }
-            // Timed out already (we sent a cancellation), or an id we never used.
-            None => debug!(id, "reply to no pending request"),
-        }
-        return;
-    }
-    route_unsolicited(Value::Object(obj), pending, replies, unrouted);
-}
-
-/// Notifications and server-to-client requests go to the in-flight call they belong to: a
-/// progress notification by its token; anything else to the newest call when every call in
-/// flight belongs to one session (STDIO carries no other link between a message and a
-/// request, and guessing across sessions would hand one user's elicitation to another).
-/// What no call can take goes to `unrouted`, and a request among it is refused.
-fn route_unsolicited(
-    msg: Value,
-    pending: &Pending,
-    replies: &mpsc::UnboundedSender<Vec<u8>>,
-    unrouted: Option<&Unrouted>,
-) {
-    let Value::Object(obj) = msg else {
-        return;
-    };
-    let sink = {
-        let map = pending.lock().unwrap_or_else(|p| p.into_inner());
-        pick_route(&map, &obj)
-    };
-    let inbound = match upcall::classify(obj) {
-        Some(Unsolicited::Notification(n)) => Inbound::Notification(n),
-        Some(Unsolicited::Request(id, r)) => {
-            let out = replies.clone();
-            let responder = Responder::new(
-                id,
-                Box::new(move |mut line| {
-                    line.push(b'\n');
-                    let sent: Result<(), UpstreamError> = out
-                        .send(line)
-                        .map_err(|_| StdioError::Write("stdin is closed".into()).into());
-                    Box::pin(async move { sent })
-                }),
-            );
-            Inbound::Request(r, responder)
-        }
-        None => return,
-    };
-    match sink {
-        Some(sink) => sink.deliver(inbound),
-        None => {
-            if let Some(f) = unrouted {
-                let msg = match &inbound {
-                    Inbound::Notification(m) | Inbound::Request(m, _) => Value::Object(m.clone()),
-                    Inbound::Streaming => Value::Null,
-                };
-                f(&msg);
-            }
-            upcall::unroutable(inbound);
-        }
-    }
-}
-
-fn pick_route(map: &HashMap<u64, Waiting>, msg: &Map<String, Value>) -> Option<Sink> {
-    if msg.get("method").and_then(Value::as_str) == Some("notifications/progress")
-        && let Some(token) = msg.get("params").and_then(|p| p.get("progressToken"))
-    {
-        return map
-            .values()
-            .filter_map(|w| w.route.as_ref())
-            .find(|r| r.progress.as_ref() == Some(token))
-            .map(|r| r.sink.clone());
-    }
-    let mut sessions = map.values().map(|w| w.route.as_ref().map(|r| &r.session));
-    let first = sessions.next()??;
-    if !sessions.all(|s| s == Some(first)) {
-        return None;
-    }
-    map.iter()
-        .max_by_key(|(id, _)| **id)
-        .and_then(|(_, w)| w.route.as_ref())
-        .map(|r| r.sink.clone())
 }
 
 /// At most `per_second` lines per one-second window; the rest are counted and reported when
