@@ -1,5 +1,6 @@
 //! Streams with the official Python `mcp` SDK as the client, through the in-process gateway, to
-//! `reflow-fixture --conformance` over Streamable HTTP and as a STDIO child: progress, logging,
+//! `reflow-fixture --conformance` over Streamable HTTP, legacy HTTP+SSE and as a STDIO child:
+//! progress, logging,
 //! sampling and elicitation round trips, and the refusal a client without those capabilities gets.
 
 use reflow_e2e::fixture_bin;
@@ -8,7 +9,8 @@ use reflow_e2e::harness::py_ops::{self, first_text, ok_result};
 use reflow_e2e::harness::{FixtureProcess, PolicyDoc, PyClient, TestGateway};
 use serde_json::{Value, json};
 
-/// Target `web` (HTTP) and `kid` (a shared STDIO child), both fully allowed.
+/// Targets `web` (Streamable HTTP), `old` (legacy SSE, same fixture) and `kid` (a shared STDIO
+/// child), all fully allowed.
 fn gateway() -> (FixtureProcess, TestGateway) {
     let web = FixtureProcess::spawn_with(&fixture_bin!(), ["--conformance", "--name", "web"])
         .expect("fixture starts");
@@ -20,6 +22,7 @@ fn gateway() -> (FixtureProcess, TestGateway) {
     );
     let gw = TestGateway::builder()
         .target("web", &web.mcp_url())
+        .target_with("old", "sse", &format!("{}/sse", web.base_url()))
         .manifest(kid)
         .policy(
             PolicyDoc::allow("web-all", "web")
@@ -28,6 +31,11 @@ fn gateway() -> (FixtureProcess, TestGateway) {
         )
         .policy(
             PolicyDoc::allow("kid-all", "kid")
+                .everyone()
+                .rule("all", &["*"]),
+        )
+        .policy(
+            PolicyDoc::allow("old-all", "old")
                 .everyone()
                 .rule("all", &["*"]),
         )
@@ -49,7 +57,7 @@ fn progress_values(report: &Value, i: usize) -> Vec<Value> {
 fn python_sdk_gets_progress_logs_sampling_and_elicitation_from_http_and_stdio_upstreams() {
     let (_web, gw) = gateway();
     let mut actions = Vec::new();
-    for prefix in ["web", "kid"] {
+    for prefix in ["web", "kid", "old"] {
         actions.extend([
             py_ops::call_tool_with_progress(
                 &format!("{prefix}_test_tool_with_progress"),
@@ -74,7 +82,7 @@ fn python_sdk_gets_progress_logs_sampling_and_elicitation_from_http_and_stdio_up
         .expect("python client runs");
     assert_eq!(report["ok"], true, "{report:#}");
 
-    for (prefix, base) in [("web", 0), ("kid", 4)] {
+    for (prefix, base) in [("web", 0), ("kid", 4), ("old", 8)] {
         assert_eq!(
             progress_values(&report, base),
             [json!(0.0), json!(50.0), json!(100.0)],
@@ -103,12 +111,7 @@ fn python_sdk_gets_progress_logs_sampling_and_elicitation_from_http_and_stdio_up
         .collect();
     assert_eq!(
         asked,
-        [
-            "sampling/createMessage",
-            "elicitation/create",
-            "sampling/createMessage",
-            "elicitation/create"
-        ]
+        ["sampling/createMessage", "elicitation/create"].repeat(3)
     );
     let logs: Vec<&str> = report["logs"]
         .as_array()
@@ -120,8 +123,8 @@ fn python_sdk_gets_progress_logs_sampling_and_elicitation_from_http_and_stdio_up
         .iter()
         .filter(|l| **l == "Tool execution started")
         .count();
-    assert_eq!(started, 2, "one per upstream: {logs:?}");
-    assert_eq!(logs.len(), 6, "{logs:?}");
+    assert_eq!(started, 3, "one per upstream: {logs:?}");
+    assert_eq!(logs.len(), 9, "{logs:?}");
 }
 
 #[test]
@@ -132,10 +135,11 @@ fn a_client_without_sampling_gets_the_upstreams_refusal_not_a_hang() {
         .actions([
             py_ops::call_tool("web_test_sampling", json!({"prompt": "x"})),
             py_ops::call_tool("kid_test_sampling", json!({"prompt": "x"})),
+            py_ops::call_tool("old_test_sampling", json!({"prompt": "x"})),
         ])
         .run()
         .expect("python client runs");
-    for i in 0..2 {
+    for i in 0..3 {
         let result = ok_result(&report, i);
         assert_eq!(result["isError"], true, "{result:#}");
         let text = first_text(result);

@@ -119,7 +119,7 @@ impl UpstreamClient {
         match (&link.transport, &link.sse) {
             (Some(Transport::Sse), Some(sse)) => {
                 let timeout = Duration::from_millis(u64::from(target.timeouts.request_ms));
-                let call = sse.request(&self.http, &headers.0, method, params, timeout);
+                let call = sse.request(&self.http, &headers.0, method, params, timeout, hooks);
                 tokio::select! {
                     out = call => out,
                     () = hooks.cancelled() => Err(UpstreamError::Cancelled),
@@ -160,13 +160,18 @@ impl UpstreamClient {
         let sse = SseLink::open(&self.http, url, &headers.0, timeout).await?;
         let params = json!({
             "protocolVersion": init.protocol_version,
-            // Legacy streams are not relayed to the client (their upcalls are dropped): claim
-            // nothing the gateway would then refuse.
-            "capabilities": {},
+            "capabilities": init.capabilities,
             "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
         });
         let reply = sse
-            .request(&self.http, &headers.0, "initialize", Some(&params), timeout)
+            .request(
+                &self.http,
+                &headers.0,
+                "initialize",
+                Some(&params),
+                timeout,
+                &CallHooks::default(),
+            )
             .await?;
         let result = reply
             .get("result")
