@@ -159,6 +159,7 @@ impl Gateway {
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
         let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
+        let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -184,6 +185,17 @@ impl Gateway {
                 upcalls: upcalls::Upcalls::new(answer_timeout),
             }
         });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&gw);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(idle.min(Duration::from_secs(60)));
+                loop {
+                    tick.tick().await;
+                    let Some(gw) = weak.upgrade() else { return };
+                    gw.hubs.sweep(idle);
+                }
+            });
+        }
         Ok(gw)
     }
 

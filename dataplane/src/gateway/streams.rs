@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
@@ -64,6 +65,7 @@ struct State {
     live: HashMap<u64, mpsc::Sender<Frame>>,
     finished: HashSet<u64>,
     inflight: HashMap<String, Cancel>,
+    last_used: Instant,
 }
 
 /// One session's streams.
@@ -83,11 +85,22 @@ impl Hub {
             live: HashMap::new(),
             finished: HashSet::new(),
             inflight: HashMap::new(),
+            last_used: Instant::now(),
         }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_used = Instant::now();
+        st
+    }
+
+    /// Unused for `idle`, with no connection and no request in flight: safe to forget.
+    fn is_idle(&self, idle: Duration) -> bool {
+        let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_used.elapsed() >= idle
+            && st.inflight.is_empty()
+            && st.live.values().all(mpsc::Sender::is_closed)
     }
 
     /// A new POST reply stream with this connection attached; its priming event id.
@@ -240,6 +253,15 @@ impl Hubs {
             .clone()
     }
 
+    /// Forgets idle hubs: a session that ended where this replica did not see it (another
+    /// replica's expiry, a request racing its DELETE) must not keep its buffer forever.
+    pub(crate) fn sweep(&self, idle: Duration) -> usize {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, hub| !hub.is_idle(idle));
+        before - map.len()
+    }
+
     pub(crate) fn remove(&self, session: &str) {
         let hub = self
             .0
@@ -320,6 +342,20 @@ mod tests {
         assert_eq!(ids(&mut again), ["1:4", "end"]);
         assert_eq!(hub.resume("9:0").unwrap_err(), StreamError::UnknownStream);
         assert_eq!(hub.resume("x").unwrap_err(), StreamError::Malformed);
+    }
+
+    #[test]
+    fn only_idle_hubs_without_connections_are_swept() {
+        let hubs = Hubs::default();
+        let quiet = hubs.get("quiet");
+        quiet.publish(GET_STREAM, "x".into());
+        drop(quiet);
+        let watched = hubs.get("watched");
+        let (_, _conn) = watched.attach_get();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(hubs.sweep(Duration::from_millis(20)), 1);
+        assert!(Arc::ptr_eq(&hubs.get("watched"), &watched));
+        assert_eq!(hubs.sweep(Duration::from_secs(60)), 0);
     }
 
     #[test]
