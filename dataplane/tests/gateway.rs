@@ -181,7 +181,7 @@ async fn a_single_target_list_audits_hidden_items_by_their_upstream_name() {
 }
 
 #[tokio::test]
-async fn call_routes_by_prefix_remaps_ids_and_passes_meta() {
+async fn call_routes_by_prefix_remaps_ids_and_progress_tokens_and_passes_meta() {
     let (h, _one, two) = two_upstreams().await;
     let sid = h.open("/mcp", "alice").await;
     let r = h
@@ -190,12 +190,23 @@ async fn call_routes_by_prefix_remaps_ids_and_passes_meta() {
             "alice",
             Some(&sid),
             "tools/call",
-            json!({"name": "two_search", "arguments": {"q": 1}, "_meta": {"progressToken": "p1"}}),
+            json!({"name": "two_search", "arguments": {"q": 1}, "_meta": {"progressToken": "p1", "k": "v"}}),
         )
         .await;
     assert_eq!(r.body["id"], 42, "{:?}", r.body);
     assert_eq!(r.body["result"]["content"][0]["text"], "search");
-    assert_eq!(r.body["result"]["meta_seen"]["progressToken"], "p1");
+    // The upstream gets a gateway-minted progress token (tokens of different clients never
+    // collide upstream); the rest of `_meta` passes as sent.
+    let minted = &r.body["result"]["meta_seen"]["progressToken"];
+    assert!(minted.is_string() && minted != "p1", "{minted}");
+    assert_eq!(r.body["result"]["meta_seen"]["k"], "v");
+    // The upstream answered as SSE with a log message first: relayed, tagged with the Target.
+    assert_eq!(r.events.len(), 1, "{:?}", r.events);
+    assert_eq!(r.events[0]["method"], "notifications/message");
+    assert_eq!(
+        r.events[0]["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+        "t/two"
+    );
     assert_eq!(r.body["result"]["args"]["q"], 1);
     assert!(two.headers_seen().iter().any(|(m, _)| m == "tools/call"));
     let ev = h

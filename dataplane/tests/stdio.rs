@@ -487,7 +487,7 @@ async fn shutdown_stops_children_and_escalates_to_sigkill() {
 }
 
 #[tokio::test]
-async fn notifications_with_no_client_stream_are_counted_and_dropped() {
+async fn a_childs_progress_reaches_the_calling_session_with_its_own_token() {
     bounded(async {
         let h = fixture_gateway("").await;
         let sid = open(&h, "fx", "carol").await;
@@ -501,12 +501,27 @@ async fn notifications_with_no_client_stream_are_counted_and_dropped() {
             )
             .await;
         assert_eq!(r.body["result"]["content"][0]["text"], "slept 40 ms");
-        assert!(
+        let progress: Vec<_> = r
+            .events
+            .iter()
+            .filter(|e| e["method"] == "notifications/progress")
+            .collect();
+        assert!(!progress.is_empty(), "{:?}", r.events);
+        for p in &progress {
+            // The child saw a gateway-minted token; the client gets its own back.
+            assert_eq!(p["params"]["progressToken"], "p1", "{p}");
+            assert_eq!(
+                p["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+                "t/fx"
+            );
+        }
+        // Routed by token to the in-flight call: nothing was dropped.
+        assert_eq!(
             h.gw.stdio()
                 .stats()
                 .unrouted
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= 4
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
     })
     .await;

@@ -16,6 +16,10 @@
    "argument": {"name": A, "value": V}}
   {"op": "set_logging_level", "level": L}
   {"op": "ping"}
+--answer-client-requests declares sampling and elicitation: sampling answers "sampled: <last
+user text>", elicitation accepts with {"username": "py-user", "email": "py@example.com"}; each
+request is listed in the report's "client_requests" ({"method", "params"}), and every log
+message the server sends in "logs".
 
 The last stdout line is the report:
   {"ok": bool, "protocol_version": str, "server_info": {...}, "server_capabilities": {...},
@@ -123,7 +127,39 @@ def key_values(pairs):
     return out
 
 
-async def connect(stack, args):
+def client_callbacks(args, report):
+    """Sampling/elicitation answers and a logging sink that record what the server sent."""
+    async def on_log(params):
+        report["logs"].append(dump(params))
+
+    callbacks = {"logging_callback": on_log}
+    if not args.answer_client_requests:
+        return callbacks
+
+    async def on_sampling(context, params):
+        report["client_requests"].append({"method": "sampling/createMessage", "params": dump(params)})
+        said = ""
+        for message in params.messages:
+            content = message.content
+            if getattr(content, "type", None) == "text":
+                said = content.text
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=f"sampled: {said}"),
+            model="reflow-e2e",
+            stop_reason="endTurn",
+        )
+
+    async def on_elicitation(context, params):
+        report["client_requests"].append({"method": "elicitation/create", "params": dump(params)})
+        return types.ElicitResult(action="accept", content={"username": "py-user", "email": "py@example.com"})
+
+    callbacks["sampling_callback"] = on_sampling
+    callbacks["elicitation_callback"] = on_elicitation
+    return callbacks
+
+
+async def connect(stack, args, report):
     headers = key_values(args.header)
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
@@ -136,14 +172,16 @@ async def connect(stack, args):
         server = sse_client(args.url, headers=headers, timeout=args.timeout, sse_read_timeout=args.timeout)
     else:
         server = StdioServerParameters(command=args.command, args=args.arg, env=key_values(args.env) or None)
-    client = Client(server, mode=args.mode, cache=None, read_timeout_seconds=args.timeout)
+    client = Client(
+        server, mode=args.mode, cache=None, read_timeout_seconds=args.timeout, **client_callbacks(args, report)
+    )
     return await stack.enter_async_context(client)
 
 
 async def run(args, report):
     actions = json.loads(args.actions)
     async with AsyncExitStack() as stack:
-        client = await connect(stack, args)
+        client = await connect(stack, args, report)
         report["protocol_version"] = client.protocol_version
         report["server_info"] = dump(client.server_info) if client.server_info else None
         report["server_capabilities"] = dump(client.server_capabilities)
@@ -165,6 +203,7 @@ def parse_args():
     p.add_argument("--timeout", type=float, default=20.0, help="per-request timeout, seconds")
     p.add_argument("--deadline", type=float, default=50.0, help="whole-run deadline, seconds")
     p.add_argument("--actions", default="[]")
+    p.add_argument("--answer-client-requests", action="store_true", help="declare sampling and elicitation")
     args = p.parse_args()
     if args.transport == "stdio" and not args.command:
         p.error("--command is required for stdio")
@@ -175,7 +214,15 @@ def parse_args():
 
 async def main():
     args = parse_args()
-    report = {"ok": False, "protocol_version": None, "server_info": None, "results": [], "error": None}
+    report = {
+        "ok": False,
+        "protocol_version": None,
+        "server_info": None,
+        "results": [],
+        "client_requests": [],
+        "logs": [],
+        "error": None,
+    }
     try:
         async with asyncio.timeout(args.deadline):
             await run(args, report)

@@ -1,7 +1,7 @@
 //! The official MCP conformance suite (`@modelcontextprotocol/conformance`, on Node 22) judges
 //! `reflow-fixture --conformance` directly and through the gateway's single-target endpoint.
 //! The fixture must pass every server scenario; the gateway must pass all of them except an
-//! exact, named list of known gaps (issue #5), so this test fails when a gap closes or opens.
+//! exact, named list of known gaps (empty today), so this test fails when a gap closes or opens.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -51,26 +51,9 @@ const FIXTURE_SCENARIOS: &[&str] = &[
     "tools-list",
 ];
 
-/// Scenarios the fixture passes and the gateway fails today, each for a missing issue #5 feature.
-/// Remove an entry when its feature lands (the test fails until you do).
-const GATEWAY_KNOWN_GAPS: &[&str] = &[
-    // Server→client requests: the gateway does not relay `elicitation/create` from the upstream's
-    // SSE response to the client, nor the client's answer back, so the call times out.
-    "elicitation-sep1034-defaults",
-    "elicitation-sep1330-enums",
-    "tools-call-elicitation",
-    // Server→client requests: same for `sampling/createMessage`.
-    "tools-call-sampling",
-    // Notification forwarding / SSE responses: `notifications/message` the upstream sends on
-    // the call's SSE stream are dropped; the client gets a plain JSON result.
-    "tools-call-with-logging",
-    // Same for `notifications/progress`.
-    "tools-call-with-progress",
-    // SSE responses / GET stream resumption: the gateway answers `test_reconnection` with plain
-    // JSON, so the scenario finds no SSE stream (no priming event, no Last-Event-ID resume) and
-    // judges nothing.
-    "server-sse-polling",
-];
+/// Scenarios the fixture passes and the gateway fails. None since issue #5 (SSE replies,
+/// server→client requests, the GET stream): add an entry, with why, only for a known gap.
+const GATEWAY_KNOWN_GAPS: &[&str] = &[];
 
 /// True if the npm registry answers (`npm ping`, bounded).
 fn registry_reachable() -> bool {

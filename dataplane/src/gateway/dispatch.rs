@@ -20,6 +20,7 @@ use crate::jsonrpc::{self, Request};
 use crate::metrics::DecisionLabels;
 use crate::scope::{OutOfScope, Permission, TokenScope};
 use crate::session::{Scope, Session};
+use crate::upstream::CallHooks;
 
 pub const SUPPORTED_PROTOCOLS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 pub const LATEST_PROTOCOL: &str = "2025-11-25";
@@ -39,6 +40,8 @@ pub(crate) struct Ctx {
     pub session: Arc<Session>,
     pub trace_id: String,
     pub started: Instant,
+    /// Where upstream notifications and requests for this request go, and its cancellation.
+    pub hooks: CallHooks,
 }
 
 impl Ctx {
@@ -49,6 +52,8 @@ impl Ctx {
             session_id: &self.session.id,
             seed: None,
             protocol_version: &self.session.protocol_version,
+            client_capabilities: &self.session.client_capabilities,
+            hooks: &self.hooks,
         }
     }
 

@@ -15,7 +15,7 @@ use super::Gateway;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
 use crate::upstream::stdio::{IsolationKey, Start};
-use crate::upstream::{InitParams, InjectedHeaders, Link, UpstreamError};
+use crate::upstream::{CallHooks, InitParams, InjectedHeaders, Link, UpstreamError};
 
 pub(crate) type Cell = Arc<AsyncMutex<Link>>;
 
@@ -84,6 +84,9 @@ pub(crate) struct Caller<'a> {
     pub session_id: &'a str,
     pub seed: Option<&'a UpstreamState>,
     pub protocol_version: &'a str,
+    /// What the client declared in `initialize` (mirrored to its HTTP upstream sessions).
+    pub client_capabilities: &'a serde_json::Value,
+    pub hooks: &'a CallHooks,
 }
 
 impl Gateway {
@@ -122,6 +125,14 @@ impl Gateway {
         params: Option<&Value>,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let creds = target.credentials.resolve(caller.identity);
+        let hooks = CallHooks {
+            sink: caller
+                .hooks
+                .sink
+                .as_ref()
+                .map(|s| s.for_target(caller.target_key.clone())),
+            cancel: caller.hooks.cancel.clone(),
+        };
         if let Upstream::Stdio { .. } = target.upstream {
             // No link: the pool picks the child by isolation key, which includes the
             // fingerprint of these credentials, so a child never serves other credentials.
@@ -137,11 +148,12 @@ impl Gateway {
                 creds: &creds,
                 key: &self.key,
                 protocol_version: caller.protocol_version,
+                session: Some(caller.session_id),
             };
             return Ok(self
                 .upstream
                 .stdio()
-                .call(&key, &start, method, params)
+                .call(&key, &start, method, params, &hooks)
                 .await?);
         }
         let mut headers = InjectedHeaders::open(&creds, &self.key)?;
@@ -160,6 +172,7 @@ impl Gateway {
             .cell(caller.session_id, caller.identity, key, caller.seed);
         let init = InitParams {
             protocol_version: caller.protocol_version.to_owned(),
+            capabilities: super::relay::relayable_capabilities(caller.client_capabilities),
         };
         let link = {
             let mut guard = cell.lock().await;
@@ -172,7 +185,7 @@ impl Gateway {
         };
         match self
             .upstream
-            .send(target, &headers, &link, method, params)
+            .send(target, &headers, &link, method, params, &hooks)
             .await
         {
             Err(UpstreamError::SessionExpired) => {
@@ -186,7 +199,7 @@ impl Gateway {
                     guard.clone()
                 };
                 self.upstream
-                    .send(target, &headers, &link, method, params)
+                    .send(target, &headers, &link, method, params, &hooks)
                     .await
             }
             other => other,

@@ -1,12 +1,16 @@
 //! The MCP server side (axum): `/mcp` aggregating every target and `/mcp/{ns}/{target}` for one,
 //! with Host/Origin checks, body limits, authentication, sessions, health and metrics endpoints.
 
+mod client_stream;
 mod dispatch;
 mod forward;
 mod hardening;
 mod list_audit;
 mod proxy;
+mod relay;
+mod streams;
 mod tls;
+mod upcalls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -27,7 +31,7 @@ use crate::audit::{AuditEvent, AuditSink, now_ms};
 use crate::authn::{self, Authenticate, Principal};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig, JWKS_PATH};
 use crate::jsonrpc::{self, Message};
-use crate::metrics::{Metrics, RequestLabels, method_label};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::net::Peer;
 use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
@@ -39,7 +43,10 @@ use crate::upstream::{
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
 pub use proxy::TrustedProxyConfig;
+pub use relay::TARGET_META;
+pub use streams::StreamError;
 pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};
+pub use upcalls::UpcallError;
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -70,6 +77,9 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// STDIO process manager: process limits, HOME folders, stop grace, restart backoff.
     pub stdio: StdioConfig,
+    /// How long a client has to answer a relayed server-to-client request (sampling,
+    /// elicitation, roots) before the upstream gets an error.
+    pub client_answer_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -86,6 +96,7 @@ impl Default for GatewayConfig {
             identity_tokens: IdentityTokensConfig::default(),
             tls: None,
             stdio: StdioConfig::default(),
+            client_answer_timeout_ms: 120_000,
         }
     }
 }
@@ -133,6 +144,10 @@ pub struct Gateway {
     pub(crate) signer: IdentitySigner,
     /// Where links of sessions that expire outside a request are closed.
     runtime: Option<tokio::runtime::Handle>,
+    /// Each session's SSE streams (GET and streamed POST replies) and cancellable requests.
+    hubs: streams::Hubs,
+    /// Server-to-client requests waiting for the client's answer.
+    upcalls: Arc<upcalls::Upcalls>,
 }
 
 impl Gateway {
@@ -144,6 +159,8 @@ impl Gateway {
         let guard = hardening::Guard::new(&p.config.http);
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
+        let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
+        let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -165,8 +182,21 @@ impl Gateway {
                 guard,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                hubs: streams::Hubs::default(),
+                upcalls: upcalls::Upcalls::new(answer_timeout),
             }
         });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&gw);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(idle.min(Duration::from_secs(60)));
+                loop {
+                    tick.tick().await;
+                    let Some(gw) = weak.upgrade() else { return };
+                    gw.hubs.sweep(idle);
+                }
+            });
+        }
         Ok(gw)
     }
 
@@ -184,6 +214,8 @@ impl Gateway {
     /// Streamable HTTP sessions (best effort), ending the stream for legacy SSE ones, stopping
     /// the session's own children of stateful STDIO targets.
     pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
+        self.hubs.remove(session_id);
+        self.upcalls.drop_session(session_id);
         let rt = tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.runtime.clone());
@@ -248,11 +280,15 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/mcp",
-            get(get_mcp).post(post_aggregated).delete(delete_aggregated),
+            get(client_stream::get_aggregated)
+                .post(post_aggregated)
+                .delete(delete_aggregated),
         )
         .route(
             "/mcp/{namespace}/{target}",
-            get(get_mcp).post(post_target).delete(delete_target),
+            get(client_stream::get_target)
+                .post(post_target)
+                .delete(delete_target),
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
@@ -317,15 +353,6 @@ fn base_url(gw: &Gateway, headers: &HeaderMap) -> String {
 async fn metadata(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let resource = format!("{}/mcp", base_url(&gw, &headers));
     axum::Json(authn::resource_metadata(gw.auth.as_ref(), &resource)).into_response()
-}
-
-async fn get_mcp() -> Response {
-    // No server-initiated stream yet: the spec lets a server answer 405 here.
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST, DELETE")],
-    )
-        .into_response()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -563,9 +590,15 @@ async fn handle_post(
             return out;
         }
         Message::Request(r) => r,
-        Message::Notification { .. } | Message::Response(_) => {
+        Message::Notification { method, object } => {
             return match find_session(&gw, &scope, &identity, &headers).await {
-                Ok(_) => StatusCode::ACCEPTED.into_response(),
+                Ok(session) => client_stream::notification(&gw, &session, &method, &object),
+                Err(resp) => resp,
+            };
+        }
+        Message::Response(answer) => {
+            return match find_session(&gw, &scope, &identity, &headers).await {
+                Ok(session) => client_stream::response(&gw, &session, &answer).await,
                 Err(resp) => resp,
             };
         }
@@ -583,11 +616,10 @@ async fn handle_post(
         session,
         trace_id: trace,
         started,
+        hooks: Default::default(),
     };
-    let method = method_label(&request.method);
-    let (reply, target, outcome) = gw.dispatch(&ctx, request).await;
-    gw.count(method, target, outcome, started);
-    json_response(StatusCode::OK, &reply)
+    let sse = client_stream::accepts(&headers, "text/event-stream");
+    gw.respond(ctx, request, sse).await
 }
 
 /// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,

@@ -13,6 +13,11 @@ pub(crate) struct Event {
 #[derive(Default)]
 pub(crate) struct EventParser {
     buf: Vec<u8>,
+    /// The last `id:` seen (kept across events, as the event-stream rules say): what a
+    /// reconnect sends as `Last-Event-ID`.
+    last_id: Option<String>,
+    /// The last `retry:` (milliseconds) the server asked for.
+    retry_ms: Option<u64>,
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -23,6 +28,14 @@ impl EventParser {
     /// Bytes received but not yet part of a complete event.
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    pub(crate) fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    pub(crate) fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
     }
 
     pub(crate) fn feed(&mut self, chunk: &[u8]) -> Vec<Event> {
@@ -51,6 +64,12 @@ impl EventParser {
                 match field {
                     "data" => data.push(value),
                     "event" => name = Some(value.to_owned()),
+                    "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+                    "retry" => {
+                        if let Ok(ms) = value.trim().parse() {
+                            self.retry_ms = Some(ms);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -104,6 +123,15 @@ mod tests {
         let out = p.feed(b"id: 1\ndata: \n\nid: 2\ndata: {\"jsonrpc\":\"2.0\"}\n\n");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data, "{\"jsonrpc\":\"2.0\"}");
+    }
+
+    #[test]
+    fn remembers_the_last_id_and_retry_even_from_priming_events() {
+        let mut p = EventParser::default();
+        assert!(p.feed(b"id: s:0\nretry: 500\ndata: \n\n").is_empty());
+        assert_eq!((p.last_id(), p.retry_ms()), (Some("s:0"), Some(500)));
+        p.feed(b"data: {}\n\n");
+        assert_eq!(p.last_id(), Some("s:0"));
     }
 
     #[test]

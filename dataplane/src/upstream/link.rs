@@ -7,7 +7,7 @@ use reflow_crds::snapshot::{CompiledTarget, Upstream};
 use serde_json::{Map, Value, json};
 
 use super::sse::SseLink;
-use super::{InitParams, InjectedHeaders, UpstreamClient, UpstreamError};
+use super::{CallHooks, InitParams, InjectedHeaders, UpstreamClient, UpstreamError};
 use crate::session::UpstreamState;
 
 /// The wire transport a link (or a detected `auto` target) uses.
@@ -114,15 +114,19 @@ impl UpstreamClient {
         link: &Link,
         method: &str,
         params: Option<&Value>,
+        hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
         match (&link.transport, &link.sse) {
             (Some(Transport::Sse), Some(sse)) => {
                 let timeout = Duration::from_millis(u64::from(target.timeouts.request_ms));
-                sse.request(&self.http, &headers.0, method, params, timeout)
-                    .await
+                let call = sse.request(&self.http, &headers.0, method, params, timeout, hooks);
+                tokio::select! {
+                    out = call => out,
+                    () = hooks.cancelled() => Err(UpstreamError::Cancelled),
+                }
             }
             (Some(Transport::StreamableHttp), _) => {
-                self.request(target, headers, &link.state, method, params)
+                self.request(target, headers, &link.state, method, params, hooks)
                     .await
             }
             // Not connected: the caller reconnects and retries once.
@@ -156,11 +160,18 @@ impl UpstreamClient {
         let sse = SseLink::open(&self.http, url, &headers.0, timeout).await?;
         let params = json!({
             "protocolVersion": init.protocol_version,
-            "capabilities": {},
+            "capabilities": init.capabilities,
             "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
         });
         let reply = sse
-            .request(&self.http, &headers.0, "initialize", Some(&params), timeout)
+            .request(
+                &self.http,
+                &headers.0,
+                "initialize",
+                Some(&params),
+                timeout,
+                &CallHooks::default(),
+            )
             .await?;
         let result = reply
             .get("result")

@@ -7,10 +7,12 @@ mod events;
 mod link;
 mod sse;
 pub mod stdio;
+mod upcall;
 
 pub use link::{Link, Transport};
 pub use sse::SseError;
 pub use stdio::{StdioConfig, StdioError};
+pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -93,6 +95,8 @@ pub enum UpstreamError {
     Identity(String),
     #[error("http client: {0}")]
     Client(String),
+    #[error("the client cancelled the request")]
+    Cancelled,
     #[error("{0}")]
     Sse(#[from] SseError),
     #[error("{0}")]
@@ -111,6 +115,7 @@ impl UpstreamError {
             Self::Credential => "credential",
             Self::Identity(_) => "identity",
             Self::Client(_) => "client",
+            Self::Cancelled => "cancelled",
             Self::Sse(e) => e.label(),
             Self::Stdio(e) => e.label(),
         }
@@ -157,7 +162,15 @@ impl fmt::Debug for InjectedHeaders {
 #[derive(Debug, Clone)]
 pub struct InitParams {
     pub protocol_version: String,
+    /// What the gateway declares it can do for the upstream (`sampling`, `elicitation`,
+    /// `roots`): what its client declared, since those requests are relayed to that client.
+    pub capabilities: Value,
 }
+
+/// Longest wait before resuming an upstream reply stream, whatever `retry` it asked for.
+const MAX_RESUME_WAIT: Duration = Duration::from_secs(5);
+/// Resumptions of one reply stream before giving up.
+const MAX_RESUMES: u32 = 8;
 
 pub struct UpstreamClient {
     http: reqwest::Client,
@@ -224,17 +237,21 @@ impl UpstreamClient {
         headers: &InjectedHeaders,
         state: &mut UpstreamState,
         init: &InitParams,
-        method: &str,
-        params: Option<&Value>,
+        (method, params): (&str, Option<&Value>),
+        hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
         if !state.initialized {
             *state = self.initialize(target, headers, init).await?;
         }
-        match self.request(target, headers, state, method, params).await {
+        match self
+            .request(target, headers, state, method, params, hooks)
+            .await
+        {
             Err(UpstreamError::SessionExpired) => {
                 debug!("upstream session expired; initializing again");
                 *state = self.initialize(target, headers, init).await?;
-                self.request(target, headers, state, method, params).await
+                self.request(target, headers, state, method, params, hooks)
+                    .await
             }
             other => other,
         }
@@ -251,12 +268,19 @@ impl UpstreamClient {
         let timeout = Duration::from_millis(u64::from(target.timeouts.init_ms));
         let params = json!({
             "protocolVersion": init.protocol_version,
-            "capabilities": {},
+            "capabilities": init.capabilities,
             "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
         });
         let blank = UpstreamState::default();
         let (reply, session_id) = self
-            .exchange(&url, headers, &blank, "initialize", Some(&params), timeout)
+            .exchange(
+                &url,
+                headers,
+                &blank,
+                ("initialize", Some(&params)),
+                timeout,
+                &CallHooks::default(),
+            )
             .await?;
         let result = reply
             .get("result")
@@ -287,10 +311,11 @@ impl UpstreamClient {
         state: &UpstreamState,
         method: &str,
         params: Option<&Value>,
+        hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let url = self.parsed(url_of(target)?)?;
         let timeout = Duration::from_millis(u64::from(target.timeouts.request_ms));
-        self.exchange(&url, headers, state, method, params, timeout)
+        self.exchange(&url, headers, state, (method, params), timeout, hooks)
             .await
             .map(|(reply, _)| reply)
     }
@@ -317,15 +342,16 @@ impl UpstreamClient {
         let _ = req.send().await;
     }
 
-    /// One request and its reply, the whole exchange bounded by `timeout` (one timer).
+    /// One request and its reply, the whole exchange bounded by `timeout` (one timer). A
+    /// cancelled call tells the upstream (`notifications/cancelled`) and drops its late reply.
     async fn exchange(
         &self,
         url: &Url,
         headers: &InjectedHeaders,
         state: &UpstreamState,
-        method: &str,
-        params: Option<&Value>,
+        (method, params): (&str, Option<&Value>),
         timeout: Duration,
+        hooks: &CallHooks,
     ) -> Result<(Map<String, Value>, Option<String>), UpstreamError> {
         // Our own id: the client's ids never reach the upstream (ids are remapped).
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -344,12 +370,186 @@ impl UpstreamClient {
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let reply = read_reply(resp, id).await?;
+            let live = UpstreamState {
+                session_id: session_id.clone().or_else(|| state.session_id.clone()),
+                protocol_version: state.protocol_version.clone(),
+                initialized: state.initialized,
+            };
+            let reply = self
+                .read_reply(
+                    resp,
+                    id,
+                    &Route {
+                        url,
+                        headers,
+                        state: &live,
+                    },
+                    hooks,
+                )
+                .await?;
             Ok((reply, session_id))
         };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
+        let out = tokio::select! {
+            out = tokio::time::timeout(timeout, work) => out.map_err(|_| UpstreamError::Timeout(timeout)),
+            () = hooks.cancelled() => Err(UpstreamError::Cancelled),
+        };
+        match out {
+            Ok(done) => done,
+            Err(e) => {
+                let reason = match e {
+                    UpstreamError::Cancelled => "cancelled by the client",
+                    _ => "timed out in the gateway",
+                };
+                self.cancel_upstream(url, headers, state, id, reason);
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the upstream (best effort, in the background) to stop working on request `id`.
+    fn cancel_upstream(
+        &self,
+        url: &Url,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        id: u64,
+        reason: &'static str,
+    ) {
+        let params = json!({"requestId": id, "reason": reason});
+        let Ok(body) = serde_json::to_vec(&json!({
+            "jsonrpc": "2.0", "method": "notifications/cancelled", "params": params,
+        })) else {
+            return;
+        };
+        let req = self.post_request(url, headers, state, body);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), req.send()).await;
+            });
+        }
+    }
+
+    /// The way back for a server-to-client request that arrived on this upstream session.
+    fn responder(&self, route: &Route<'_>, id: Value) -> Responder {
+        let req = self.post_request(route.url, route.headers, route.state, Vec::new());
+        Responder::new(
+            id,
+            Box::new(move |body| {
+                Box::pin(async move {
+                    let resp = tokio::time::timeout(Duration::from_secs(30), req.body(body).send())
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(Duration::from_secs(30)))?
+                        .map_err(map_reqwest)?;
+                    if resp.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(UpstreamError::Status(resp.status().as_u16()))
+                    }
+                })
+            }),
+        )
+    }
+
+    /// Reads a JSON body, or an SSE stream up to the message answering `id`: the stream's
+    /// notifications and requests go to `hooks`, and a stream that ends early after naming an
+    /// event id is resumed with `GET` + `Last-Event-ID` (SSE polling, SEP-1699).
+    async fn read_reply(
+        &self,
+        resp: reqwest::Response,
+        id: u64,
+        route: &Route<'_>,
+        hooks: &CallHooks,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        if !is_event_stream(resp.headers()) {
+            let bytes = resp.bytes().await.map_err(map_reqwest)?;
+            return match_reply(serde_json::from_slice(&bytes), id)?
+                .ok_or_else(|| UpstreamError::Protocol("reply has another id".into()));
+        }
+        hooks.deliver(Inbound::Streaming);
+        let mut sse = EventParser::default();
+        let mut resp = resp;
+        let mut resumes = 0;
+        loop {
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else {
+                    // A dropped connection is resumable like a closed one.
+                    break;
+                };
+                if sse.buffered() + chunk.len() > MAX_REPLY_BYTES {
+                    return Err(UpstreamError::Protocol("reply too large".into()));
+                }
+                for event in sse.feed(&chunk) {
+                    let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(&event.data) else {
+                        debug!("ignoring a non-object event on an upstream reply stream");
+                        continue;
+                    };
+                    if let Some(reply) = match_reply(Ok(Value::Object(msg.clone())), id)? {
+                        return Ok(reply);
+                    }
+                    match upcall::classify(msg) {
+                        Some(upcall::Unsolicited::Notification(n)) => {
+                            hooks.deliver(Inbound::Notification(n));
+                        }
+                        Some(upcall::Unsolicited::Request(rid, r)) => {
+                            hooks.deliver(Inbound::Request(r, self.responder(route, rid)));
+                        }
+                        None => debug!("ignoring a reply to another request"),
+                    }
+                }
+            }
+            let Some(last) = sse.last_id().map(str::to_owned) else {
+                return Err(UpstreamError::Protocol(
+                    "stream ended without a reply".into(),
+                ));
+            };
+            resumes += 1;
+            if resumes > MAX_RESUMES {
+                return Err(UpstreamError::Protocol(
+                    "stream kept ending without a reply".into(),
+                ));
+            }
+            let wait = sse
+                .retry_ms()
+                .map_or(Duration::from_millis(100), Duration::from_millis)
+                .min(MAX_RESUME_WAIT);
+            tokio::time::sleep(wait).await;
+            debug!(last_event_id = %last, "resuming the upstream reply stream");
+            resp = self.resume(route, &last).await?;
+        }
+    }
+
+    /// `GET` with `Last-Event-ID` on the upstream session: the rest of a closed reply stream.
+    async fn resume(
+        &self,
+        route: &Route<'_>,
+        last: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut req = self
+            .http
+            .get(route.url.clone())
+            .headers(route.headers.0.clone())
+            .header(
+                http::header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            )
+            .header("last-event-id", last);
+        if let Some(sid) = &route.state.session_id {
+            req = req.header(SESSION_HEADER, sid.as_str());
+        }
+        if let Some(v) = &route.state.protocol_version {
+            req = req.header(PROTOCOL_HEADER, v.as_str());
+        }
+        let resp = req.send().await.map_err(map_reqwest)?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Status(resp.status().as_u16()));
+        }
+        if !is_event_stream(resp.headers()) {
+            return Err(UpstreamError::Protocol(
+                "the resumed reply is not an event stream".into(),
+            ));
+        }
+        Ok(resp)
     }
 
     /// POSTs `body`; the caller bounds the time (reqwest's own per-request timer is not used).
@@ -360,6 +560,20 @@ impl UpstreamClient {
         state: &UpstreamState,
         body: Vec<u8>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.post_request(url, headers, state, body)
+            .send()
+            .await
+            .map_err(map_reqwest)
+    }
+
+    /// The POST of one message to the upstream session, with its headers.
+    fn post_request(
+        &self,
+        url: &Url,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(url.clone())
@@ -379,8 +593,22 @@ impl UpstreamClient {
         if let Some(v) = &state.protocol_version {
             req = req.header(PROTOCOL_HEADER, v.as_str());
         }
-        req.send().await.map_err(map_reqwest)
+        req
     }
+}
+
+/// Where one exchange goes: what a resumption or an answer to the upstream needs.
+struct Route<'a> {
+    url: &'a Url,
+    headers: &'a InjectedHeaders,
+    state: &'a UpstreamState,
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
 fn url_of(target: &CompiledTarget) -> Result<&str, UpstreamError> {
@@ -402,36 +630,6 @@ fn map_reqwest(e: reqwest::Error) -> UpstreamError {
     } else {
         UpstreamError::Client(e.to_string())
     }
-}
-
-/// Reads a JSON body, or an SSE stream up to the message answering `id`.
-async fn read_reply(resp: reqwest::Response, id: u64) -> Result<Map<String, Value>, UpstreamError> {
-    let is_sse = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if !is_sse {
-        let bytes = resp.bytes().await.map_err(map_reqwest)?;
-        return match_reply(serde_json::from_slice(&bytes), id)?
-            .ok_or_else(|| UpstreamError::Protocol("reply has another id".into()));
-    }
-    let mut stream = resp.bytes_stream();
-    let mut sse = EventParser::default();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(map_reqwest)?;
-        if sse.buffered() + chunk.len() > MAX_REPLY_BYTES {
-            return Err(UpstreamError::Protocol("reply too large".into()));
-        }
-        for event in sse.feed(&chunk) {
-            if let Some(reply) = match_reply(serde_json::from_str(&event.data), id)? {
-                return Ok(reply);
-            }
-        }
-    }
-    Err(UpstreamError::Protocol(
-        "stream ended without a reply".into(),
-    ))
 }
 
 /// `Some(reply)` when the message answers `id`; `None` for other messages (notifications).

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use super::events::EventParser;
+use super::upcall::{self, CallHooks, Inbound, Responder, Sink, Unsolicited};
 use super::{MAX_REPLY_BYTES, Outgoing, UpstreamError, map_reqwest};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,28 +66,44 @@ impl Drop for AbortOnDrop {
 }
 
 /// Requests awaiting their reply event, by our (remapped) id; `closed` once the stream ended.
+/// `post` is how to answer the upstream's own requests (known once the endpoint is).
 #[derive(Default)]
-struct Shared(Mutex<Pending>);
+struct Shared {
+    pending: Mutex<Pending>,
+    post: OnceLock<(reqwest::Client, Url, HeaderMap)>,
+}
+
+/// One request waiting for its reply event, and where the stream's other messages for it go.
+struct Waiting {
+    tx: oneshot::Sender<Map<String, Value>>,
+    sink: Option<Sink>,
+    progress: Option<Value>,
+}
 
 #[derive(Default)]
 struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Map<String, Value>>>,
+    waiting: HashMap<u64, Waiting>,
     closed: bool,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `None` when the stream is already gone (nothing was sent, so a retry is safe).
-    fn register(&self, id: u64) -> Option<oneshot::Receiver<Map<String, Value>>> {
+    fn register(
+        &self,
+        id: u64,
+        sink: Option<Sink>,
+        progress: Option<Value>,
+    ) -> Option<oneshot::Receiver<Map<String, Value>>> {
         let mut p = self.lock();
         if p.closed {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        p.waiting.insert(id, tx);
+        p.waiting.insert(id, Waiting { tx, sink, progress });
         Some(rx)
     }
 
@@ -107,14 +124,62 @@ impl Shared {
             return;
         };
         let is_reply = msg.contains_key("result") || msg.contains_key("error");
-        let Some(id) = msg.get("id").and_then(Value::as_u64).filter(|_| is_reply) else {
-            // Notifications and server-to-client requests are not relayed yet.
-            debug!("ignoring an unsolicited message on the upstream event stream");
+        if is_reply {
+            let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+                debug!("ignoring a reply without a usable id on the upstream event stream");
+                return;
+            };
+            if let Some(w) = self.lock().waiting.remove(&id) {
+                let _ = w.tx.send(msg);
+            }
             return;
-        };
-        if let Some(tx) = self.lock().waiting.remove(&id) {
-            let _ = tx.send(msg);
         }
+        // The stream belongs to one gateway session: a progress notification goes to the call
+        // with its token, anything else to the newest call in flight.
+        let sink = {
+            let p = self.lock();
+            let token = (msg.get("method").and_then(Value::as_str)
+                == Some("notifications/progress"))
+            .then(|| msg.get("params").and_then(|p| p.get("progressToken")))
+            .flatten();
+            match token {
+                Some(t) => p
+                    .waiting
+                    .values()
+                    .find(|w| w.progress.as_ref() == Some(t))
+                    .and_then(|w| w.sink.clone()),
+                None => p
+                    .waiting
+                    .iter()
+                    .max_by_key(|(id, _)| **id)
+                    .and_then(|(_, w)| w.sink.clone()),
+            }
+        };
+        let inbound = match upcall::classify(msg) {
+            Some(Unsolicited::Notification(n)) => Inbound::Notification(n),
+            Some(Unsolicited::Request(id, r)) => Inbound::Request(r, self.responder(id)),
+            None => return,
+        };
+        match sink {
+            Some(s) => s.deliver(inbound),
+            None => upcall::unroutable(inbound),
+        }
+    }
+
+    /// Answers go to the endpoint, like our requests.
+    fn responder(&self, id: Value) -> Responder {
+        let post = self.post.get().cloned();
+        Responder::new(
+            id,
+            Box::new(move |body| {
+                Box::pin(async move {
+                    let Some((http, endpoint, headers)) = post else {
+                        return Err(UpstreamError::Sse(SseError::NoEndpoint));
+                    };
+                    post_to(&http, &endpoint, &headers, body).await
+                })
+            }),
+        )
     }
 }
 
@@ -170,6 +235,9 @@ impl SseLink {
             let announced = endpoint_rx.await.map_err(|_| SseError::NoEndpoint)?;
             let endpoint = same_origin_endpoint(&base, &announced)?;
             debug!(%endpoint, "upstream event stream open");
+            let _ = shared
+                .post
+                .set((http.clone(), endpoint.clone(), headers.clone()));
             Ok(Self(Arc::new(Conn {
                 endpoint,
                 shared,
@@ -206,13 +274,17 @@ impl SseLink {
         method: &str,
         params: Option<&Value>,
         timeout: Duration,
+        hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let msg = Outgoing::request(id, method, params).to_vec()?;
+        let progress = params
+            .and_then(|p| p.pointer("/_meta/progressToken"))
+            .cloned();
         let rx = self
             .0
             .shared
-            .register(id)
+            .register(id, hooks.sink.clone(), progress)
             .ok_or(UpstreamError::SessionExpired)?;
         let _pending = Unregister(&self.0.shared, id);
         // One timer for the whole exchange (POST and reply event).
@@ -246,19 +318,29 @@ impl SseLink {
         headers: &HeaderMap,
         body: Vec<u8>,
     ) -> Result<(), UpstreamError> {
-        let resp = http
-            .post(self.0.endpoint.clone())
-            .headers(headers.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(map_reqwest)?;
-        match resp.status() {
-            s if s == http::StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
-            s if s.is_success() => Ok(()),
-            s => Err(UpstreamError::Status(s.as_u16())),
-        }
+        post_to(http, &self.0.endpoint, headers, body).await
+    }
+}
+
+/// POSTs one message to the endpoint; a 404 means the upstream forgot the stream.
+async fn post_to(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<(), UpstreamError> {
+    let resp = http
+        .post(endpoint.clone())
+        .headers(headers.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(map_reqwest)?;
+    match resp.status() {
+        s if s == http::StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
+        s if s.is_success() => Ok(()),
+        s => Err(UpstreamError::Status(s.as_u16())),
     }
 }
 
@@ -340,14 +422,14 @@ mod tests {
     #[tokio::test]
     async fn replies_reach_their_request_and_closing_fails_the_rest() {
         let shared = Shared::default();
-        let a = shared.register(1).unwrap();
-        let b = shared.register(2).unwrap();
+        let a = shared.register(1, None, None).unwrap();
+        let b = shared.register(2, None, None).unwrap();
         shared.deliver(r#"{"jsonrpc":"2.0","method":"notifications/message"}"#);
         shared.deliver(r#"{"jsonrpc":"2.0","id":1,"result":{"ok":true}}"#);
         shared.deliver("not json");
         assert_eq!(a.await.unwrap()["result"]["ok"], true);
         shared.close();
         assert!(b.await.is_err());
-        assert!(shared.register(3).is_none());
+        assert!(shared.register(3, None, None).is_none());
     }
 }

@@ -301,8 +301,25 @@ pub async fn start_gateway_auth(
 pub struct Reply {
     pub status: u16,
     pub session: Option<String>,
+    /// The JSON body, or for an SSE reply the response message it ended with.
     pub body: Value,
     pub headers: reqwest::header::HeaderMap,
+    /// For an SSE reply, every message before the response (notifications, requests).
+    pub events: Vec<Value>,
+}
+
+/// The JSON messages of an SSE body, in order (priming events carry none).
+pub fn sse_messages(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .collect();
+            serde_json::from_str(&data.join("\n")).ok()
+        })
+        .collect()
 }
 
 impl Harness {
@@ -330,12 +347,23 @@ impl Harness {
             .get("mcp-session-id")
             .map(|v| v.to_str().unwrap().to_owned());
         let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let is_sse = headers
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+        let (body, events) = if is_sse {
+            let mut all = sse_messages(&text);
+            let last = all.pop().unwrap_or(Value::Null);
+            (last, all)
+        } else {
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (body, Vec::new())
+        };
         Reply {
             status,
             session,
             body,
             headers,
+            events,
         }
     }
 

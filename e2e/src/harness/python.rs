@@ -131,6 +131,7 @@ pub struct PyClient {
     actions: Vec<Value>,
     request_timeout: Duration,
     timeout: Duration,
+    answers: bool,
 }
 
 impl PyClient {
@@ -146,6 +147,7 @@ impl PyClient {
             actions: Vec::new(),
             request_timeout: Duration::from_secs(20),
             timeout: DEFAULT_CLIENT_TIMEOUT,
+            answers: false,
         }
     }
 
@@ -209,6 +211,13 @@ impl PyClient {
         self
     }
 
+    /// Declares the sampling and elicitation capabilities and answers such requests with
+    /// canned replies; the report lists them under `client_requests`.
+    pub fn answer_client_requests(mut self) -> Self {
+        self.answers = true;
+        self
+    }
+
     /// Whole-run bound; the client process is killed after it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -255,6 +264,9 @@ impl PyClient {
         }
         for (k, v) in &self.env {
             args.extend(["--env".to_owned(), format!("{k}={v}")]);
+        }
+        if self.answers {
+            args.push("--answer-client-requests".to_owned());
         }
         args
     }

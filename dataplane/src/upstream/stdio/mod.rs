@@ -6,6 +6,7 @@ mod backoff;
 mod env;
 mod pool;
 mod process;
+mod routing;
 
 pub use backoff::RestartBackoff;
 pub use env::{ChildEnv, EnvError};
@@ -96,6 +97,8 @@ pub enum StdioError {
     Env(#[from] EnvError),
     #[error("cannot write to the STDIO server: {0}")]
     Write(String),
+    #[error("the client cancelled the request")]
+    Cancelled,
 }
 
 impl StdioError {
@@ -109,6 +112,7 @@ impl StdioError {
             Self::Restarting(_) => "stdio_restarting",
             Self::Env(e) => e.label(),
             Self::Write(_) => "stdio_write",
+            Self::Cancelled => "cancelled",
         }
     }
 }

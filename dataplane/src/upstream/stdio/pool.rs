@@ -25,6 +25,7 @@ use super::backoff::{HEALTHY_UPTIME, RestartBackoff};
 use super::env::ChildEnv;
 use super::process::{ChildProcess, ChildSpec, Unrouted};
 use super::{StdioConfig, StdioError};
+use crate::upstream::CallHooks;
 
 /// Who may share a child, before credentials are considered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -150,6 +151,8 @@ pub struct Start<'a> {
     pub creds: &'a ResolvedCredentials,
     pub key: &'a SealingKey,
     pub protocol_version: &'a str,
+    /// The gateway session calling: the child's messages about its calls go back to it.
+    pub session: Option<&'a str>,
 }
 
 impl StdioPool {
@@ -200,10 +203,13 @@ impl StdioPool {
         start: &Start<'_>,
         method: &str,
         params: Option<&Value>,
+        hooks: &CallHooks,
     ) -> Result<Map<String, Value>, StdioError> {
         let child = self.acquire(key, start).await?;
         let timeout = Duration::from_millis(u64::from(start.target.timeouts.request_ms));
-        child.request(method, params, timeout).await
+        child
+            .request_with(method, params, timeout, hooks, start.session)
+            .await
     }
 
     /// The live child for `key`; spawns and initializes one if there is none.
@@ -293,7 +299,7 @@ impl StdioPool {
             let method = msg.get("method").and_then(|m| m.as_str()).unwrap_or("");
             debug!(
                 method,
-                "message from a STDIO server dropped: no client stream to route it to"
+                "message from a STDIO server dropped: no in-flight call of one session to route it to"
             );
         });
         let label = format!("{}#{instance}", key.target);
@@ -319,7 +325,9 @@ impl StdioPool {
         info!(child = %label, pid = child.pid(), "STDIO server started");
         let params = json!({
             "protocolVersion": start.protocol_version,
-            "capabilities": {},
+            // A child may serve many sessions: it is told the gateway can relay every kind of
+            // request, and the gateway refuses per session what that client did not declare.
+            "capabilities": {"sampling": {}, "elicitation": {}, "roots": {}},
             "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
         });
         let init_timeout = Duration::from_millis(u64::from(start.target.timeouts.init_ms));

@@ -2,7 +2,6 @@
 //! stdin, a reader task matches replies to our (remapped) ids, stderr goes to the log rate-limited,
 //! and a waiter fails everything in flight with the exit status when the child dies.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +15,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::StdioError;
 use super::env::ChildEnv;
+use super::routing::CallRoute;
+use crate::upstream::CallHooks;
 
 /// Longest line read from a child's stdout; longer ones are discarded (and logged).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -24,8 +25,8 @@ const MAX_STDERR_LINE: usize = 4096;
 /// How long a child may live on after closing its stdout before it is killed.
 const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(2);
 
-/// Called with each message the child sends that answers none of our requests: notifications and
-/// server-to-client requests (the latter are also refused to the child, see `route_unsolicited`).
+/// Called with each message the child sends that answers none of our requests and that no
+/// in-flight call can take (see `route_unsolicited`): requests among them are also refused.
 pub type Unrouted = Arc<dyn Fn(&Value) + Send + Sync>;
 
 /// What to run, and how. `command` is executed directly (no shell), with exactly `env`.
@@ -43,7 +44,7 @@ pub struct ChildSpec {
     pub on_exit: Option<Box<dyn FnOnce(bool) + Send>>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Map<String, Value>>>>>;
+use super::routing::{Pending, Waiting, route};
 
 /// A running (or exited) child. Ids on the wire are ours, counted per child: the ids of the
 /// sessions it serves never reach it, so they cannot collide.
@@ -300,13 +301,37 @@ impl ChildProcess {
         params: Option<&Value>,
         timeout: Duration,
     ) -> Result<Map<String, Value>, StdioError> {
+        self.request_with(method, params, timeout, &CallHooks::default(), None)
+            .await
+    }
+
+    /// `request` for a session: the child's notifications and requests about it go to
+    /// `hooks.sink`, and `hooks.cancel` stops it (the child gets `notifications/cancelled`).
+    pub async fn request_with(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+        hooks: &CallHooks,
+        session: Option<&str>,
+    ) -> Result<Map<String, Value>, StdioError> {
         self.touch();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        let route = match (&hooks.sink, session) {
+            (Some(sink), Some(session)) => Some(CallRoute {
+                sink: sink.clone(),
+                session: Arc::from(session),
+                progress: params
+                    .and_then(|p| p.pointer("/_meta/progressToken"))
+                    .cloned(),
+            }),
+            _ => None,
+        };
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+            .insert(id, Waiting { tx, route });
         if let Some(status) = self.exit_status() {
             self.forget(id);
             return Err(StdioError::Exited(status.to_string()));
@@ -320,19 +345,30 @@ impl ChildProcess {
             self.forget(id);
             return Err(e);
         }
-        let out = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => {
+        let waited = tokio::select! {
+            r = tokio::time::timeout(timeout, rx) => Some(r),
+            () = hooks.cancelled() => None,
+        };
+        let out = match waited {
+            Some(Ok(Ok(reply))) => Ok(reply),
+            Some(Ok(Err(_))) => {
                 // Dropped by the waiter: the child died with this request in flight.
                 self.exited().await;
                 let status = self.exit_status().unwrap_or_else(|| Arc::from("unknown"));
                 Err(StdioError::Exited(status.to_string()))
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 self.forget(id);
                 let params = json!({"requestId": id, "reason": "timed out in the gateway"});
                 let _ = self.notify("notifications/cancelled", Some(&params));
                 Err(StdioError::Timeout(timeout))
+            }
+            None => {
+                // Forgotten first, so a late reply finds no waiter and is dropped.
+                self.forget(id);
+                let params = json!({"requestId": id, "reason": "cancelled by the client"});
+                let _ = self.notify("notifications/cancelled", Some(&params));
+                Err(StdioError::Cancelled)
             }
         };
         self.touch();
@@ -501,65 +537,6 @@ async fn read_line_capped(
         if done {
             return Ok(Some(!overflow));
         }
-    }
-}
-
-fn route(
-    msg: Value,
-    pending: &Pending,
-    replies: &mpsc::UnboundedSender<Vec<u8>>,
-    unrouted: Option<&Unrouted>,
-) {
-    let Value::Object(obj) = msg else {
-        debug!("child wrote a JSON value that is not an object");
-        return;
-    };
-    let is_reply =
-        !obj.contains_key("method") && (obj.contains_key("result") || obj.contains_key("error"));
-    if is_reply {
-        let Some(id) = obj.get("id").and_then(Value::as_u64) else {
-            debug!("reply without a usable id");
-            return;
-        };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(obj);
-            }
-            // Timed out already (we sent a cancellation), or an id we never used.
-            None => debug!(id, "reply to no pending request"),
-        }
-        return;
-    }
-    route_unsolicited(Value::Object(obj), replies, unrouted);
-}
-
-/// Notifications and server-to-client requests. The gateway has no stream to the owning client
-/// yet (GET /mcp answers 405), so they are handed to `unrouted` (logged and counted); a request
-/// is also answered with an error so the child does not wait for a reply that will never come.
-fn route_unsolicited(
-    msg: Value,
-    replies: &mpsc::UnboundedSender<Vec<u8>>,
-    unrouted: Option<&Unrouted>,
-) {
-    if let Some(f) = unrouted {
-        f(&msg);
-    }
-    let (Some(id), Some(method)) = (msg.get("id"), msg.get("method").and_then(Value::as_str))
-    else {
-        return;
-    };
-    let refusal = json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {"code": -32601, "message": format!("{method}: no client stream to route this request to")},
-    });
-    if let Ok(mut line) = serde_json::to_vec(&refusal) {
-        line.push(b'\n');
-        let _ = replies.send(line);
     }
 }
 

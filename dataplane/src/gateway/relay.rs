@@ -1,0 +1,271 @@
+//! One client request and what its upstreams say meanwhile: answered as plain JSON unless an
+//! upstream streams, then as SSE (progress, logging, server-to-client requests, then the reply).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug};
+
+use super::Gateway;
+use super::dispatch::Ctx;
+use super::streams::{GET_STREAM, Hub, primes, sse_response};
+use crate::jsonrpc::{self, Request};
+use crate::metrics::method_label;
+use crate::session::Session;
+use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+
+/// Upcalls queued per request before the relay drops notifications (and refuses requests).
+const SINK_CAPACITY: usize = 256;
+/// Where in `_meta` a relayed notification names the Target it came from.
+pub const TARGET_META: &str = "io.reflow/target";
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+/// Random per process: minted tokens of two replicas never collide at a shared upstream.
+static TOKEN_PREFIX: LazyLock<String> =
+    LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+
+/// The client's progress token, and the one the upstreams got instead: unique per gateway
+/// process, so tokens of different clients sharing an upstream (a STDIO child) never collide.
+struct Progress {
+    minted: Value,
+    original: Value,
+}
+
+fn mint_progress(req: &mut Request) -> Option<Progress> {
+    let meta = req.params_mut().get_mut("_meta")?.as_object_mut()?;
+    let original = meta.get("progressToken")?.clone();
+    let minted = json!(format!(
+        "reflow-{}-{}",
+        *TOKEN_PREFIX,
+        NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+    ));
+    meta.insert("progressToken".into(), minted.clone());
+    Some(Progress { minted, original })
+}
+
+/// The capability a client must have declared for an upstream's request method.
+fn capability_for(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
+/// What the gateway declares to an HTTP upstream: the relayable capabilities its client has.
+pub(crate) fn relayable_capabilities(client: &Value) -> Value {
+    let mut out = Map::new();
+    for cap in ["sampling", "elicitation", "roots"] {
+        if let Some(v) = client.get(cap) {
+            out.insert(cap.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// Turns upcalls into messages for the client, on one stream.
+struct Relay {
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+    hub: Arc<Hub>,
+    progress: Option<Progress>,
+}
+
+impl Relay {
+    /// Publishes `up` on `stream` (a request goes to the GET stream when `stream` has no
+    /// connection to answer on).
+    fn handle(&self, up: Upcall, stream: u64) {
+        match up.inbound {
+            Inbound::Streaming => {}
+            Inbound::Notification(mut msg) => {
+                self.rewrite_notification(&mut msg, &up.target);
+                self.publish(stream, &msg);
+            }
+            Inbound::Request(msg, responder) => self.request(msg, responder, stream),
+        }
+    }
+
+    fn rewrite_notification(&self, msg: &mut Map<String, Value>, target: &str) {
+        let Some(Value::Object(params)) = msg.get_mut("params") else {
+            return;
+        };
+        if let Some(p) = &self.progress
+            && params.get("progressToken") == Some(&p.minted)
+        {
+            params.insert("progressToken".into(), p.original.clone());
+        }
+        let meta = params
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(meta) = meta {
+            meta.insert(TARGET_META.into(), json!(target));
+        }
+    }
+
+    fn request(&self, mut msg: Map<String, Value>, responder: Responder, stream: u64) {
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if method == "ping" {
+            // Answered here: the gateway is the upstream's client.
+            tokio::spawn(async move {
+                let _ = responder.answer(&result_of(json!({}))).await;
+            });
+            return;
+        }
+        let Some(cap) = capability_for(&method) else {
+            responder.refuse_later(
+                jsonrpc::METHOD_NOT_FOUND,
+                "method not relayed by the gateway",
+            );
+            return;
+        };
+        if self.session.client_capabilities.get(cap).is_none() {
+            debug!(method, "client did not declare the capability; refused");
+            responder.refuse_later(
+                jsonrpc::METHOD_NOT_FOUND,
+                "the client did not declare this capability",
+            );
+            return;
+        }
+        let id = match self.gw.upcalls.register(&self.session.id, responder) {
+            Ok(id) => id,
+            Err((e, responder)) => {
+                debug!(error = %e, "relayed request refused");
+                responder.refuse_later(jsonrpc::INTERNAL_ERROR, "too many requests pending");
+                return;
+            }
+        };
+        msg.insert("id".into(), json!(id));
+        let stream = if stream != GET_STREAM && self.hub.has_live(stream) {
+            stream
+        } else {
+            GET_STREAM
+        };
+        self.publish(stream, &msg);
+    }
+
+    fn publish(&self, stream: u64, msg: &Map<String, Value>) {
+        if let Ok(text) = serde_json::to_string(msg) {
+            self.hub.publish(stream, text);
+        }
+    }
+}
+
+fn result_of(result: Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("result".into(), result);
+    m
+}
+
+type Outcome = (Value, Option<Arc<str>>, &'static str);
+
+impl Gateway {
+    /// Dispatches `req` and answers it: as JSON when nothing streams before the reply (the
+    /// common case costs one channel), else as SSE on a new stream of the session.
+    pub(crate) async fn respond(
+        self: &Arc<Self>,
+        mut ctx: Ctx,
+        mut req: Request,
+        accepts_sse: bool,
+    ) -> Response {
+        let hub = self.hubs.get(&ctx.session.id);
+        let key = req.id.to_string();
+        let cancel = Cancel::default();
+        hub.track(key.clone(), cancel.clone());
+        let (tx, mut rx) = mpsc::channel(SINK_CAPACITY);
+        ctx.hooks = CallHooks {
+            sink: Some(Sink::new(tx, Arc::from("-"))),
+            cancel: Some(cancel.clone()),
+        };
+        let relay = Relay {
+            gw: self.clone(),
+            session: ctx.session.clone(),
+            hub: hub.clone(),
+            progress: mint_progress(&mut req),
+        };
+        let method = method_label(&req.method);
+        let started = ctx.started;
+        let gw = self.clone();
+        let mut work = Box::pin(async move { gw.dispatch(&ctx, req).await });
+        let up = loop {
+            tokio::select! {
+                biased;
+                up = rx.recv() => match up {
+                    Some(up) if accepts_sse => break up,
+                    // A JSON-only client: what the upstream says goes to its GET stream.
+                    Some(up) => relay.handle(up, GET_STREAM),
+                    None => {}
+                },
+                (reply, target, outcome) = &mut work => {
+                    hub.untrack(&key);
+                    self.count(method, target, outcome, started);
+                    let mut early = Vec::new();
+                    while let Ok(up) = rx.try_recv() {
+                        if !matches!(up.inbound, Inbound::Streaming) {
+                            early.push(up);
+                        }
+                    }
+                    if early.is_empty() {
+                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                    }
+                    if !accepts_sse {
+                        for up in early {
+                            relay.handle(up, GET_STREAM);
+                        }
+                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                    }
+                    // The whole upstream stream arrived before we looked: relay it in order.
+                    let (stream, frames) = hub.open_stream();
+                    let priming = primes(&relay.session.protocol_version).then(|| format!("{stream}:0"));
+                    for up in early {
+                        relay.handle(up, stream);
+                    }
+                    if let Ok(text) = serde_json::to_string(&reply) {
+                        hub.publish(stream, text);
+                    }
+                    hub.finish(stream);
+                    return sse_response(priming, frames);
+                }
+            }
+        };
+        // An upstream streams: so does the reply, on a new stream of this session.
+        let (stream, frames) = hub.open_stream();
+        let priming = primes(&relay.session.protocol_version).then(|| format!("{stream}:0"));
+        relay.handle(up, stream);
+        let gw = self.clone();
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let (reply, target, outcome): Outcome = loop {
+                    tokio::select! {
+                        biased;
+                        Some(up) = rx.recv() => relay.handle(up, stream),
+                        done = &mut work => break done,
+                    }
+                };
+                while let Ok(up) = rx.try_recv() {
+                    relay.handle(up, stream);
+                }
+                relay.hub.untrack(&key);
+                // A cancelled request gets no response (the client has moved on).
+                if !cancel.is_cancelled()
+                    && let Ok(text) = serde_json::to_string(&reply)
+                {
+                    relay.hub.publish(stream, text);
+                }
+                relay.hub.finish(stream);
+                gw.count(method, target, outcome, started);
+            }
+            .instrument(span),
+        );
+        sse_response(priming, frames)
+    }
+}

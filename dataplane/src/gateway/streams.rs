@@ -1,0 +1,370 @@
+//! Per-session SSE streams: event ids, a bounded replay buffer, `Last-Event-ID` resumption, and
+//! which connection (a POST reply or the GET stream) carries each stream, so a message goes out once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::upstream::Cancel;
+
+/// The session's GET stream; POST reply streams are numbered from 1.
+pub(crate) const GET_STREAM: u64 = 0;
+/// Events kept for replay per session (and their total size): older ones cannot be resumed.
+const REPLAY_EVENTS: usize = 256;
+const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// Frames queued for one connection; a client that falls further behind is detached and
+/// resumes from the replay buffer with `Last-Event-ID`.
+const CONNECTION_QUEUE: usize = 256;
+/// What priming events ask clients to wait before reconnecting.
+pub(crate) const RETRY_MS: u64 = 1000;
+/// Requests a session may have in flight for cancellation tracking; beyond it, calls still run
+/// but cannot be cancelled.
+const MAX_TRACKED: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("malformed Last-Event-ID")]
+    Malformed,
+    #[error("Last-Event-ID names no stream of this session")]
+    UnknownStream,
+}
+
+impl StreamError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed_event_id",
+            Self::UnknownStream => "unknown_stream",
+        }
+    }
+}
+
+/// What one connection writes.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Event { id: String, data: Arc<str> },
+    End,
+}
+
+struct Stored {
+    stream: u64,
+    seq: u64,
+    data: Arc<str>,
+}
+
+struct State {
+    next_seq: u64,
+    next_stream: u64,
+    replay: VecDeque<Stored>,
+    bytes: usize,
+    live: HashMap<u64, mpsc::Sender<Frame>>,
+    finished: HashSet<u64>,
+    inflight: HashMap<String, Cancel>,
+    last_used: Instant,
+}
+
+/// One session's streams.
+pub(crate) struct Hub(Mutex<State>);
+
+fn event_id(stream: u64, seq: u64) -> String {
+    format!("{stream}:{seq}")
+}
+
+impl Hub {
+    fn new() -> Self {
+        Self(Mutex::new(State {
+            next_seq: 1,
+            next_stream: 1,
+            replay: VecDeque::new(),
+            bytes: 0,
+            live: HashMap::new(),
+            finished: HashSet::new(),
+            inflight: HashMap::new(),
+            last_used: Instant::now(),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_used = Instant::now();
+        st
+    }
+
+    /// Unused for `idle`, with no connection and no request in flight: safe to forget.
+    fn is_idle(&self, idle: Duration) -> bool {
+        let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_used.elapsed() >= idle
+            && st.inflight.is_empty()
+            && st.live.values().all(mpsc::Sender::is_closed)
+    }
+
+    /// A new POST reply stream with this connection attached; its priming event id.
+    pub(crate) fn open_stream(&self) -> (u64, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let mut st = self.lock();
+        let stream = st.next_stream;
+        st.next_stream += 1;
+        st.live.insert(stream, tx);
+        (stream, rx)
+    }
+
+    /// Attaches a new GET connection (a previous one ends: one message, one stream).
+    pub(crate) fn attach_get(&self) -> (String, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let mut st = self.lock();
+        if let Some(old) = st.live.insert(GET_STREAM, tx) {
+            let _ = old.try_send(Frame::End);
+        }
+        // Resuming from the priming id replays only what comes after it.
+        (event_id(GET_STREAM, st.next_seq - 1), rx)
+    }
+
+    pub(crate) fn has_live(&self, stream: u64) -> bool {
+        self.lock()
+            .live
+            .get(&stream)
+            .is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Records one message on `stream` and sends it to the connection carrying it, if any.
+    pub(crate) fn publish(&self, stream: u64, data: String) {
+        let data: Arc<str> = Arc::from(data);
+        let mut st = self.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.bytes += data.len();
+        st.replay.push_back(Stored {
+            stream,
+            seq,
+            data: data.clone(),
+        });
+        while st.replay.len() > REPLAY_EVENTS || st.bytes > REPLAY_BYTES {
+            match st.replay.pop_front() {
+                Some(old) => st.bytes -= old.data.len(),
+                None => break,
+            }
+        }
+        if let Some(tx) = st.live.get(&stream) {
+            let frame = Frame::Event {
+                id: event_id(stream, seq),
+                data,
+            };
+            if tx.try_send(frame).is_err() {
+                // Gone or too slow: the client resumes from the replay buffer.
+                st.live.remove(&stream);
+            }
+        }
+    }
+
+    /// Ends a POST reply stream (its final response was published).
+    pub(crate) fn finish(&self, stream: u64) {
+        let mut st = self.lock();
+        st.finished.insert(stream);
+        if let Some(tx) = st.live.remove(&stream) {
+            let _ = tx.try_send(Frame::End);
+        }
+    }
+
+    /// `Last-Event-ID` (`stream:seq`): the events of that stream after it, then the stream
+    /// goes on live on this connection (or ends, if its response was already sent).
+    pub(crate) fn resume(&self, last: &str) -> Result<mpsc::Receiver<Frame>, StreamError> {
+        let (stream, seq) = last
+            .trim()
+            .split_once(':')
+            .and_then(|(s, n)| Some((s.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+            .ok_or(StreamError::Malformed)?;
+        let mut st = self.lock();
+        if stream != GET_STREAM && stream >= st.next_stream {
+            return Err(StreamError::UnknownStream);
+        }
+        let missed: Vec<Frame> = st
+            .replay
+            .iter()
+            .filter(|e| e.stream == stream && e.seq > seq)
+            .map(|e| Frame::Event {
+                id: event_id(e.stream, e.seq),
+                data: e.data.clone(),
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE.max(missed.len() + 1));
+        for frame in missed {
+            let _ = tx.try_send(frame);
+        }
+        if st.finished.contains(&stream) {
+            let _ = tx.try_send(Frame::End);
+        } else if let Some(old) = st.live.insert(stream, tx) {
+            let _ = old.try_send(Frame::End);
+        }
+        Ok(rx)
+    }
+
+    /// Registers a request the client may cancel, by its JSON-RPC id (as JSON text).
+    pub(crate) fn track(&self, id: String, cancel: Cancel) {
+        let mut st = self.lock();
+        if st.inflight.len() < MAX_TRACKED {
+            st.inflight.insert(id, cancel);
+        }
+    }
+
+    pub(crate) fn untrack(&self, id: &str) {
+        self.lock().inflight.remove(id);
+    }
+
+    /// `notifications/cancelled`: true when a request with that id was in flight.
+    pub(crate) fn cancel(&self, id: &str) -> bool {
+        match self.lock().inflight.remove(id) {
+            Some(c) => {
+                c.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every connection (the session is gone).
+    fn close(&self) {
+        let mut st = self.lock();
+        for (_, tx) in st.live.drain() {
+            let _ = tx.try_send(Frame::End);
+        }
+        for (_, c) in st.inflight.drain() {
+            c.cancel();
+        }
+    }
+}
+
+/// Every session's hub, created on first use.
+#[derive(Default)]
+pub(crate) struct Hubs(Mutex<HashMap<String, Arc<Hub>>>);
+
+impl Hubs {
+    pub(crate) fn get(&self, session: &str) -> Arc<Hub> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get(session) {
+            return h.clone();
+        }
+        map.entry(session.to_owned())
+            .or_insert_with(|| Arc::new(Hub::new()))
+            .clone()
+    }
+
+    /// Forgets idle hubs: a session that ended where this replica did not see it (another
+    /// replica's expiry, a request racing its DELETE) must not keep its buffer forever.
+    pub(crate) fn sweep(&self, idle: Duration) -> usize {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, hub| !hub.is_idle(idle));
+        before - map.len()
+    }
+
+    pub(crate) fn remove(&self, session: &str) {
+        let hub = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session);
+        if let Some(h) = hub {
+            h.close();
+        }
+    }
+}
+
+/// An SSE response: the priming event (when the client's protocol revision knows them), then
+/// each frame until `End` or the connection drops.
+pub(crate) fn sse_response(priming: Option<String>, frames: mpsc::Receiver<Frame>) -> Response {
+    let first = priming.map(|id| Bytes::from(format!("id: {id}\nretry: {RETRY_MS}\ndata: \n\n")));
+    let rest = futures::stream::unfold(frames, |mut rx| async move {
+        match rx.recv().await {
+            Some(Frame::Event { id, data }) => {
+                let text = format!("id: {id}\nevent: message\ndata: {data}\n\n");
+                Some((Ok::<_, Infallible>(Bytes::from(text)), rx))
+            }
+            Some(Frame::End) | None => None,
+        }
+    });
+    let body =
+        futures::StreamExt::chain(futures::stream::iter(first.map(Ok::<_, Infallible>)), rest);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Priming events (empty data) are for clients of 2025-11-25 and later; older ones may take an
+/// empty `data` for a malformed message.
+pub(crate) fn primes(protocol_version: &str) -> bool {
+    protocol_version >= "2025-11-25"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            match f {
+                Frame::Event { id, .. } => out.push(id),
+                Frame::End => out.push("end".into()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_message_goes_to_its_own_stream_only_and_resumes_after_the_last_id() {
+        let hub = Hub::new();
+        let (_, mut get) = hub.attach_get();
+        let (s, post) = hub.open_stream();
+        hub.publish(s, "a".into());
+        hub.publish(GET_STREAM, "b".into());
+        // The POST connection drops; later events wait in the replay buffer.
+        drop(post);
+        hub.publish(s, "c".into());
+        hub.publish(s, "d".into());
+        assert_eq!(ids(&mut get), ["0:2"]);
+        let mut resumed = hub.resume(&format!("{s}:1")).unwrap();
+        assert_eq!(ids(&mut resumed), ["1:3", "1:4"]);
+        hub.finish(s);
+        assert_eq!(ids(&mut resumed), ["end"]);
+        // A finished stream replays and ends at once.
+        let mut again = hub.resume(&format!("{s}:3")).unwrap();
+        assert_eq!(ids(&mut again), ["1:4", "end"]);
+        assert_eq!(hub.resume("9:0").unwrap_err(), StreamError::UnknownStream);
+        assert_eq!(hub.resume("x").unwrap_err(), StreamError::Malformed);
+    }
+
+    #[test]
+    fn only_idle_hubs_without_connections_are_swept() {
+        let hubs = Hubs::default();
+        let quiet = hubs.get("quiet");
+        quiet.publish(GET_STREAM, "x".into());
+        drop(quiet);
+        let watched = hubs.get("watched");
+        let (_, _conn) = watched.attach_get();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(hubs.sweep(Duration::from_millis(20)), 1);
+        assert!(Arc::ptr_eq(&hubs.get("watched"), &watched));
+        assert_eq!(hubs.sweep(Duration::from_secs(60)), 0);
+    }
+
+    #[test]
+    fn cancel_reaches_a_tracked_request_once() {
+        let hub = Hub::new();
+        let c = Cancel::default();
+        hub.track("7".into(), c.clone());
+        assert!(hub.cancel("7"));
+        assert!(c.is_cancelled());
+        assert!(!hub.cancel("7"));
+    }
+}
