@@ -265,7 +265,8 @@ struct Stores {
     audit: Arc<dyn audit::AuditSink>,
     /// Closed (flushed or spilled) on shutdown.
     pg_audit: Option<Arc<postgres::PgAuditSink>>,
-    _bus: Arc<dyn postgres::NotificationBus>,
+    /// Only with a database: one replica needs no bus (its own streams are all there is).
+    bus: Option<Arc<dyn postgres::NotificationBus>>,
 }
 
 async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
@@ -324,7 +325,7 @@ async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
     };
     let (sessions, bus): (
         Arc<dyn session::SessionStore>,
-        Arc<dyn postgres::NotificationBus>,
+        Option<Arc<dyn postgres::NotificationBus>>,
     ) = match db {
         Some(db) => {
             let bus = postgres::PgBus::start(db.clone());
@@ -336,7 +337,7 @@ async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
                 replica,
                 Some(bus.session_changes()),
             );
-            (store, bus)
+            (store, Some(bus as Arc<dyn postgres::NotificationBus>))
         }
         None => {
             let store = session::MemorySessionStore::new(idle);
@@ -347,14 +348,14 @@ async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
                     sweeper.sweep();
                 }
             });
-            (store, Arc::new(postgres::LocalBus::default()))
+            (store, None)
         }
     };
     Ok(Stores {
         sessions,
         audit,
         pg_audit,
-        _bus: bus,
+        bus,
     })
 }
 
@@ -410,6 +411,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(metrics::Metrics::new()),
         key,
     })?;
+    if let Some(bus) = stores.bus.clone() {
+        gw.attach_bus(bus);
+    }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

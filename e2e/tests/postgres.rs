@@ -22,73 +22,8 @@ use reflow_e2e::harness::{FixtureProcess, PolicyDoc, TestGateway, TestPostgres, 
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn client_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime")
-}
-
-fn database(url: &str) -> Database {
-    Database::new(&SecretString::from(url.to_owned()), 8).expect("database URL parses")
-}
-
-/// A folder inside the cluster's own folder, so it goes when the cluster is dropped.
-fn temp_dir(pg: &TestPostgres, what: &str) -> PathBuf {
-    let dir = pg
-        .dir()
-        .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// What a test keeps alive beside its gateway: the audit sink (to inspect) and the bus (whose
-/// listener feeds the session store's cache invalidation).
-#[derive(Default)]
-struct Held {
-    sink: Option<Arc<PgAuditSink>>,
-    buses: Vec<Arc<PgBus>>,
-}
-
-/// Postgres sessions and audit for a test gateway, and what must outlive the builder.
-fn pg_stores(
-    url: &str,
-    spill: PathBuf,
-    policy: FailurePolicy,
-) -> (StoresFactory, Arc<std::sync::Mutex<Held>>) {
-    let url = url.to_owned();
-    let held = Arc::new(std::sync::Mutex::new(Held::default()));
-    let slot = held.clone();
-    let factory: StoresFactory = Arc::new(move |key: &SealingKey| {
-        let db = database(&url);
-        let bus = PgBus::start(db.clone());
-        let sessions: Arc<dyn SessionStore> = PgSessionStore::start(
-            db.clone(),
-            key.clone(),
-            SessionSettings::new(Duration::from_secs(3600)),
-            uuid::Uuid::new_v4().simple().to_string(),
-            Some(bus.session_changes()),
-        );
-        let mut settings = AuditSettings::new(spill.clone());
-        settings.policy = policy;
-        settings.batch_size = 64;
-        settings.retry_interval = Duration::from_millis(200);
-        let sink = PgAuditSink::start(db, settings).expect("audit sink starts");
-        let mut held = slot.lock().unwrap();
-        held.sink = Some(sink.clone());
-        held.buses.push(bus);
-        (sessions, sink as Arc<dyn AuditSink>)
-    });
-    (factory, held)
-}
-
-fn migrated(url: &str) {
-    let rt = client_runtime();
-    rt.block_on(database(url).connect_and_migrate(WAIT))
-        .expect("migrations apply");
-}
+mod pg_support;
+use pg_support::{WAIT, client_runtime, database, migrated, pg_stores, temp_dir};
 
 fn gateway(fixture: &FixtureProcess, key: &str, stores: StoresFactory) -> TestGateway {
     TestGateway::builder()

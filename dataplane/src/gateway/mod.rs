@@ -2,6 +2,7 @@
 //! with Host/Origin checks, body limits, authentication, sessions, health and metrics endpoints.
 
 mod client_stream;
+mod cross_replica;
 mod dispatch;
 mod forward;
 mod hardening;
@@ -148,6 +149,8 @@ pub struct Gateway {
     hubs: streams::Hubs,
     /// Server-to-client requests waiting for the client's answer.
     upcalls: Arc<upcalls::Upcalls>,
+    /// The notification bus to other replicas, when sessions are shared (Postgres).
+    bus: std::sync::OnceLock<cross_replica::BusLink>,
 }
 
 impl Gateway {
@@ -184,6 +187,7 @@ impl Gateway {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 hubs: streams::Hubs::default(),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
+                bus: std::sync::OnceLock::new(),
             }
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

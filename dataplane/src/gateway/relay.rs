@@ -84,7 +84,12 @@ impl Relay {
             Inbound::Streaming => {}
             Inbound::Notification(mut msg) => {
                 self.rewrite_notification(&mut msg, &up.target);
-                self.publish(stream, &msg);
+                if stream == GET_STREAM {
+                    // Possibly held by another replica.
+                    self.gw.to_get_stream(&self.session.id, &self.hub, &msg);
+                } else {
+                    self.publish(stream, &msg);
+                }
             }
             Inbound::Request(msg, responder) => self.request(msg, responder, stream),
         }

@@ -253,6 +253,15 @@ impl Hubs {
             .clone()
     }
 
+    /// The session's hub if this replica has one (never creates it).
+    pub(crate) fn find(&self, session: &str) -> Option<Arc<Hub>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .cloned()
+    }
+
     /// Forgets idle hubs: a session that ended where this replica did not see it (another
     /// replica's expiry, a request racing its DELETE) must not keep its buffer forever.
     pub(crate) fn sweep(&self, idle: Duration) -> usize {
