@@ -8,4 +8,4 @@ mod json_log;
 pub mod propagation;
 mod setup;
 
-pub use setup::{LogFormat, Telemetry, TelemetryError, init};
+pub use setup::{LogFormat, Telemetry, TelemetryError, init, init_with_filter};

@@ -1,6 +1,7 @@
 //! The process-wide subscriber: the log layer (pretty or JSON on stderr, `RUST_LOG`) and, when an
 //! OTLP endpoint is configured, the OpenTelemetry layer with its batch exporter and its flush.
 
+use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -92,13 +93,22 @@ impl Drop for Telemetry {
 /// `service` names the process unless `OTEL_SERVICE_NAME` does; `OTEL_TRACES_SAMPLER`,
 /// `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT` and `OTEL_BSP_*` are read by the SDK.
 pub fn init(service: &'static str, format: LogFormat) -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_filter(service, format, filter)
+}
+
+/// [`init`] with the log filter chosen by the caller.
+pub fn init_with_filter(
+    service: &'static str,
+    format: LogFormat,
+    filter: EnvFilter,
+) -> Result<Telemetry, TelemetryError> {
     let env = |name: &str| std::env::var(name).ok();
     let provider = if exporter_wanted(env) {
         Some(provider(service)?)
     } else {
         None
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let dispatch = build_dispatch(format, provider.as_ref(), std::io::stderr, filter);
     dispatch
         .try_init()
@@ -157,6 +167,8 @@ where
     let handle: Arc<OnceLock<WeakDispatch>> = Arc::new(OnceLock::new());
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match (format, provider.is_some()) {
         (LogFormat::Pretty, _) => tracing_subscriber::fmt::layer()
+            // Colour codes only for a person at a terminal, never in collected logs.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(writer)
             .with_filter(filter)
             .boxed(),

@@ -10,6 +10,7 @@ use reflow_crds::Identity;
 use reflow_crds::snapshot::{CompiledTarget, Upstream};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
+use tracing::instrument;
 
 use super::Gateway;
 use crate::metrics::UpstreamLabels;
@@ -88,6 +89,8 @@ pub(crate) struct Caller<'a> {
 
 impl Gateway {
     /// Sends `method` to `target` and returns the upstream's reply object (`result` or `error`).
+    /// Its span is the parent named in the `traceparent` the upstream receives.
+    #[instrument(name = "upstream", skip_all, fields(otel.kind = "client", target = %caller.target_key, method = method))]
     pub(crate) async fn forward(
         &self,
         caller: &Caller<'_>,
