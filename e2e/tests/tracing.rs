@@ -365,3 +365,48 @@ fn with_tracing_off_nothing_is_exported_and_a_dead_collector_does_not_hold_reque
     let _ = std::fs::remove_dir_all(&off_dir);
     let _ = std::fs::remove_dir_all(&dead_dir);
 }
+
+#[test]
+fn a_graceful_stop_flushes_the_spans_still_queued() {
+    let receiver = OtlpReceiver::start().expect("receiver");
+    let endpoint = receiver.endpoint();
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let dir = temp_dir("flush");
+    let (manifests, config, _audit) = gateway_files(&dir, &fixture.mcp_url());
+    // Batches leave every 60 s: within this test only the shutdown flush can send them.
+    let mut gateway = DataplaneProcess::spawn(
+        &manifests,
+        &config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    )
+    .expect("gateway");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let reply = rt.block_on(async {
+        let client = Client::connect(gateway.mcp_url()).await;
+        client.echo(2, "flushed").await
+    });
+    assert_eq!(echoed(&reply), "[one] flushed");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        receiver.exports(),
+        0,
+        "nothing is sent before the batch is due"
+    );
+
+    let status = gateway.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        gateway.output()
+    );
+    let spans = receiver.spans();
+    assert!(
+        !of(&spans, "reflow-dataplane", "handle_post").is_empty()
+            && !of(&spans, "reflow-dataplane", "upstream").is_empty(),
+        "{spans:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
