@@ -71,8 +71,10 @@ struct Cli {
         default_value = "reflow-system"
     )]
     dataplane_namespace: String,
-    #[arg(long, env = "REFLOW_LOG_FORMAT", default_value = "pretty")]
-    log_format: String,
+    /// Log lines on stderr: `pretty`, or `json` (one object per line, with `trace_id` and
+    /// `span_id` inside traced spans when OTEL_EXPORTER_OTLP_ENDPOINT turns tracing on).
+    #[arg(long, env = "REFLOW_LOG_FORMAT", value_enum, default_value = "pretty")]
+    log_format: reflow_telemetry::LogFormat,
 }
 
 #[derive(clap::Subcommand)]
@@ -116,21 +118,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Token(args)) = &cli.command {
         return token(args);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    // Installed once, before the kube client builds its TLS config.
+    // Installed once, before the kube client or the OTLP exporter builds its TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Runtime::new()
-        .context("starting the tokio runtime")?
-        .block_on(run(cli))
+    let telemetry = reflow_telemetry::init("reflow-controller", cli.log_format)?;
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    // After the runtime has ended: the exporter flushes on its own thread.
+    telemetry.shutdown();
+    result
 }
 
 fn secret_from(file: Option<&PathBuf>, env: &str, what: &str) -> anyhow::Result<String> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::config::{
     AuditTarget, Config, DATABASE_URL_ENV, SEALING_KEY_ENV, parse_duration,
@@ -17,6 +17,7 @@ use reflow_dataplane::config::{
 use reflow_dataplane::{
     audit, auth, authn, controller_client, gateway, metrics, postgres, session, source,
 };
+use reflow_telemetry::LogFormat;
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
@@ -35,6 +36,8 @@ struct Cli {
     /// `serve` flags, also accepted without the subcommand.
     #[command(flatten)]
     serve: Option<ServeArgs>,
+    /// Log lines on stderr: `pretty`, or `json` (one object per line, with `trace_id` and
+    /// `span_id` inside traced requests when OTEL_EXPORTER_OTLP_ENDPOINT turns tracing on).
     #[arg(
         long,
         env = "REFLOW_LOG_FORMAT",
@@ -43,12 +46,6 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Pretty,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -174,7 +171,16 @@ struct TokenArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Installed once, before any TLS client (JWKS, upstreams, the OTLP exporter) is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let telemetry = reflow_telemetry::init("reflow-dataplane", cli.log_format)?;
+    let result = run(cli);
+    // Outside the runtime (it has ended): the exporter flushes on its own thread.
+    telemetry.shutdown();
+    result
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match (cli.command, cli.serve) {
         (Some(Command::Token(args)), _) => token(&args),
         (Some(Command::InstallBridge { dir }), _) => install_bridge(&dir),
@@ -184,27 +190,10 @@ fn main() -> anyhow::Result<()> {
         (Some(Command::Audit(AuditCommand::Query(args))), _) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(audit_query(args)),
-        (Some(Command::Serve(args)), _) | (None, Some(args)) => {
-            // Installed once, before any TLS client (JWKS, upstreams) is built.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            tokio::runtime::Runtime::new()
-                .context("starting the tokio runtime")?
-                .block_on(serve(args))
-        }
+        (Some(Command::Serve(args)), _) | (None, Some(args)) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(serve(args)),
         (None, None) => bail!("nothing to do: pass --manifests and --config (see --help)"),
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs on stderr; stdout carries the `listening on` line and stdout audit events.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

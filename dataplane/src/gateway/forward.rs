@@ -10,6 +10,7 @@ use reflow_crds::Identity;
 use reflow_crds::snapshot::{CompiledTarget, Upstream};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
+use tracing::{Instrument, Span, info_span};
 
 use super::Gateway;
 use crate::metrics::UpstreamLabels;
@@ -92,6 +93,25 @@ pub(crate) struct Caller<'a> {
 impl Gateway {
     /// Sends `method` to `target` and returns the upstream's reply object (`result` or `error`).
     pub(crate) async fn forward(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        // The parent named in the `traceparent` the upstream receives. Only traced requests pay
+        // for it: with tracing off, formatting its fields for the logs would be the cost.
+        let span = if reflow_telemetry::propagation::enabled() {
+            info_span!("upstream", otel.kind = "client", target = %caller.target_key, method)
+        } else {
+            Span::none()
+        };
+        self.forward_timed(caller, target, method, params)
+            .instrument(span)
+            .await
+    }
+
+    async fn forward_timed(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,

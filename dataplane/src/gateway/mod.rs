@@ -26,7 +26,7 @@ use axum::routing::get;
 use reflow_crds::{Identity, SealingKey};
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::{Span, instrument};
+use tracing::{Instrument, Span, field, info_span};
 
 use crate::audit::{AuditEvent, AuditSink, now_ms};
 use crate::authn::{self, Authenticate, Principal};
@@ -543,8 +543,29 @@ async fn find_session(
     }
 }
 
-#[instrument(skip_all, fields(method, session, user))]
+/// The request span continues the caller's trace (`traceparent`) when tracing is on; its parent
+/// is set before it is first entered, which `#[instrument]` would not allow.
 async fn handle_post(
+    gw: Arc<Gateway>,
+    scope: Scope,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let span = info_span!(
+        "handle_post",
+        otel.kind = "server",
+        method = field::Empty,
+        session = field::Empty,
+        user = field::Empty
+    );
+    reflow_telemetry::propagation::continue_remote(&span, &headers);
+    serve_post(gw, scope, peer, headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn serve_post(
     gw: Arc<Gateway>,
     scope: Scope,
     peer: Peer,
@@ -581,7 +602,9 @@ async fn handle_post(
     if gw.audit.fail_closed() && !gw.audit.healthy() {
         return audit_unavailable(&gw, &message, started);
     }
-    let trace = trace_id(&headers);
+    // The OTel trace id when tracing is on, so the audit row leads to the trace.
+    let trace = reflow_telemetry::propagation::trace_id(&Span::current())
+        .unwrap_or_else(|| trace_id(&headers));
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
             Span::current().record("method", "initialize");

@@ -141,6 +141,8 @@ impl InjectedHeaders {
             value.set_sensitive(true);
             map.insert(name, value);
         }
+        // Every request these headers go on (Streamable HTTP, legacy SSE) continues the trace.
+        reflow_telemetry::propagation::inject_current(&mut map);
         Ok(Self(map))
     }
 }

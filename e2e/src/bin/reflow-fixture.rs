@@ -5,17 +5,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use reflow_e2e::fixture::{self, FixtureConfig};
+use reflow_telemetry::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cfg = FixtureConfig::parse();
     let filter =
         EnvFilter::try_from_env("REFLOW_FIXTURE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(filter)
-        .try_init();
+    // Spans go to OTEL_EXPORTER_OTLP_ENDPOINT when it is set (the tracing e2e test).
+    let telemetry =
+        match reflow_telemetry::init_with_filter("reflow-fixture", LogFormat::Pretty, filter) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("reflow-fixture: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(fixture::run(cfg));
     runtime.shutdown_background();
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -98,4 +98,18 @@ impl DataplaneProcess {
     pub fn output(&self) -> String {
         self.child.output()
     }
+
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the exit; `None` when the
+    /// process is still running then (dropping it kills it).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.pid().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent {
+            return None;
+        }
+        self.child.wait_timeout(timeout)
+    }
 }

@@ -67,8 +67,20 @@ impl FixtureProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn_with_env(bin, args, &[])
+    }
+
+    /// [`FixtureProcess::spawn_with`] with extra environment variables (e.g. OTLP settings).
+    pub fn spawn_with_env<I, S>(bin: &Path, args: I, env: &[(&str, &str)]) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut cmd = Command::new(bin);
         cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let opts = SpawnOptions {
             stdout_lines: true,
             ..SpawnOptions::default()

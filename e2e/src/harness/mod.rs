@@ -13,6 +13,7 @@ pub mod http;
 pub mod load;
 pub mod net;
 pub mod node;
+pub mod otlp;
 pub mod paths;
 pub mod postgres;
 pub mod process;
@@ -28,6 +29,7 @@ pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
 pub use gateway::{GatewayBuilder, PolicyDoc, TestGateway};
 pub use http::http_client;
 pub use node::npm_package;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::TestPostgres;
 pub use process::{CommandLine, ManagedChild};
 pub use python::{
