@@ -32,9 +32,12 @@ bench:
 	$(CARGO) bench -p reflow-crds --bench compile
 	$(CARGO) bench -p reflow-e2e --bench gateway
 
-## crds: regenerate crds/yaml from the Rust types (a test fails when they drift)
+## crds: regenerate crds/yaml from the Rust types, and the copies the Helm chart and the kustomize
+## base ship (tests fail when any of them drift)
 crds:
 	$(CARGO) run -q -p reflow-crds --bin crdgen -- crds/yaml
+	cp crds/yaml/*.yaml chart/crds/
+	cp crds/yaml/*.yaml kustomize/base/crds/
 
 ## lint: formatting and clippy, warnings as errors
 lint:
