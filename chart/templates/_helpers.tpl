@@ -78,7 +78,8 @@ annotations of both Deployments see the same values.
 {{- $pick := dict
   "sealing-key" (list .Values.secrets.sealingKey 32)
   "controller-token" (list .Values.secrets.controllerToken 48)
-  "token-issuer" (list .Values.secrets.tokenIssuerSecret 48) -}}
+  "token-issuer" (list .Values.secrets.tokenIssuerSecret 48)
+  "identity-signing-key" (list .Values.secrets.identitySigningKey 0) -}}
 {{- $data := dict -}}
 {{- range $key, $spec := $pick -}}
 {{- $given := index $spec 0 -}}
@@ -89,6 +90,9 @@ annotations of both Deployments see the same values.
 {{- else if eq $key "sealing-key" -}}
 {{- /* 32 random characters are 32 bytes: the key is their base64. */ -}}
 {{- $_ := set $data $key (randAlphaNum 32 | b64enc | b64enc) -}}
+{{- else if eq $key "identity-signing-key" -}}
+{{- /* Shared by every replica so Targets can verify forwarded identities with one JWKS. */ -}}
+{{- $_ := set $data $key (genPrivateKey "ed25519" | b64enc) -}}
 {{- else -}}
 {{- $_ := set $data $key (randAlphaNum (index $spec 1) | b64enc) -}}
 {{- end -}}
@@ -122,6 +126,11 @@ annotations of both Deployments see the same values.
 {{- end -}}
 {{- $gateway := deepCopy .Values.dataplane.gateway -}}
 {{- $_ := set $gateway "allowedHosts" (include "reflow.allowedHosts" . | fromJsonArray) -}}
+{{- $identity := deepCopy (default dict $gateway.identityTokens) -}}
+{{- if not $identity.signingKeyFile -}}
+{{- $_ := set $identity "signingKeyFile" "/etc/reflow/secrets/identity-signing-key" -}}
+{{- end -}}
+{{- $_ := set $gateway "identityTokens" $identity -}}
 {{- $config := dict "gateway" $gateway "sealingKeyFile" "/etc/reflow/secrets/sealing-key" -}}
 {{- if .Values.auth.issuers -}}
 {{- $auth := deepCopy .Values.auth.settings -}}

@@ -1,5 +1,5 @@
 //! Test harness: spawning the fixture, server-everything and Python SDK clients, bounded and on loopback.
-//! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
+//! Also the cached, concurrency-safe installs (Python venv, npm packages, helm/kubectl/lua) those peers need.
 
 pub mod cache;
 pub mod conformance;
@@ -9,7 +9,9 @@ pub mod everything;
 pub mod fixture_process;
 pub mod gateway;
 pub mod http;
+pub mod k8s_tools;
 pub mod load;
+pub mod manifests;
 pub mod net;
 pub mod node;
 pub mod paths;
@@ -25,6 +27,7 @@ pub use everything::{EverythingMode, SERVER_EVERYTHING_SPEC, ServerEverything};
 pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
 pub use gateway::{GatewayBuilder, PolicyDoc, TestGateway};
 pub use http::http_client;
+pub use k8s_tools::{K8sTools, k8s_tools};
 pub use node::npm_package;
 pub use postgres::TestPostgres;
 pub use process::{CommandLine, ManagedChild};
