@@ -15,6 +15,7 @@ BIN_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 
 test:
 	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  REFLOW_CONTROLLER_BIN=$(BIN_DIR)/reflow-controller \
 	  $(CARGO) test --workspace --all-targets --no-fail-fast
 
 ## e2e: only the whole-system tests (real SDK clients and upstream servers)

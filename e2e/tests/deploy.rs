@@ -1,165 +1,31 @@
 //! The Helm chart and the kustomize overlays, rendered by the real `helm` and `kubectl kustomize`
-//! (installed by the harness from a registry package): kinds, least-privilege RBAC, a dataplane
-//! without API access, restricted pods, checksums, generated secrets, the values schema, lint, the
-//! CRD copies, and the gateway config the dataplane's own loader must accept. No cluster involved.
+//! (installed by the harness from a registry package): kinds and wiring, least-privilege RBAC, a
+//! dataplane without API access, restricted pods, lint. Values, secrets and the gateway config
+//! are in deploy_config.rs. No cluster involved.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::path::Path;
 
-use reflow_dataplane::config::{AuditTarget, Config};
-use reflow_dataplane::identity_token::IdentitySigner;
-use reflow_e2e::harness::k8s_tools::{ToolOutput, run_tool};
 use reflow_e2e::harness::manifests::{Manifests, strings};
-use reflow_e2e::harness::{K8sTools, k8s_tools, paths};
+use reflow_e2e::harness::render::{self, EVERYTHING_VALUES, NAMESPACE as NS, Scratch, tools};
 use serde_json::Value;
 
-const NS: &str = "reflow-system";
-const RELEASE: &str = "reflow";
-const RENDER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Everything optional switched on.
-const EVERYTHING: &str = r#"
-postgres:
-  enabled: true
-  url: postgres://reflow:pw@db.example.com:5432/reflow?sslmode=require
-  auditFailurePolicy: failClosed
-ingress:
-  enabled: true
-  className: nginx
-  hosts: [{host: mcp.example.com}]
-  tls: [{secretName: mcp-tls, hosts: [mcp.example.com]}]
-httpRoute:
-  enabled: true
-  parentRefs: [{name: public, namespace: gateway-system}]
-  hostnames: [mcp.example.org]
-serviceMonitor:
-  enabled: true
-dataplane:
-  autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 12}
-auth:
-  builtinIssuer: {enabled: false}
-  issuers:
-    - issuer: https://idp.example.com/realms/eng
-      audiences: [reflow]
-      discovery: true
-      claims: {user: preferred_username, roles: realm_access.roles}
-  settings: {leewaySeconds: 10}
-otel:
-  endpoint: http://otel-collector.observability:4317
-"#;
-
-fn tools() -> &'static K8sTools {
-    static TOOLS: OnceLock<K8sTools> = OnceLock::new();
-    TOOLS.get_or_init(|| k8s_tools().expect("helm and kubectl from the kubectl layer package"))
-}
-
-fn root() -> PathBuf {
-    paths::workspace_root()
-}
-
-fn chart() -> PathBuf {
-    root().join("chart")
-}
-
-/// A scratch folder under the e2e cache, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = paths::cache_dir()
-            .join("deploy-scratch")
-            .join(format!("{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    /// Writes `content` to `rel` inside the folder and returns its path.
-    fn write(&self, rel: &str, content: &str) -> PathBuf {
-        let path = self.0.join(rel);
-        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("scratch subdir");
-        std::fs::write(&path, content).expect("scratch write");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `helm template` with `--set` pairs and values files; the raw outcome (to test failures).
-fn helm_template_raw(sets: &[&str], files: &[&Path]) -> ToolOutput {
-    let mut cmd = tools().helm();
-    cmd.args(["template", RELEASE])
-        .arg(chart())
-        .args(["--namespace", NS]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    for f in files {
-        cmd.arg("--values").arg(f);
-    }
-    run_tool("helm template", &mut cmd, RENDER_TIMEOUT).expect("helm runs")
-}
+const RENDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn helm_template(sets: &[&str], files: &[&Path]) -> Manifests {
-    let out = helm_template_raw(sets, files);
-    assert!(
-        out.success,
-        "helm template {sets:?} failed:\n{}",
-        out.stderr
-    );
-    Manifests::parse(&out.stdout).expect("helm output parses")
+    render::helm_template(sets, files).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn everything() -> Manifests {
-    let scratch = Scratch::new("everything");
-    helm_template(&[], &[&scratch.write("values.yaml", EVERYTHING)])
+    render::helm_template_everything().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn kustomize(overlay: &str) -> Manifests {
-    let dir = root().join("kustomize/overlays").join(overlay);
-    let mut cmd = tools().kubectl();
-    cmd.arg("kustomize").arg(&dir);
-    let out = run_tool("kubectl kustomize", &mut cmd, RENDER_TIMEOUT).expect("kubectl runs");
-    assert!(
-        out.success,
-        "kubectl kustomize {overlay} failed:\n{}",
-        out.stderr
-    );
-    Manifests::parse(&out.stdout).expect("kustomize output parses")
-}
-
-fn deployment_args(m: &Manifests, name: &str) -> Vec<String> {
-    strings(&m.get("Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"])
-        .into_iter()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn annotation<'a>(m: &'a Manifests, deployment: &str, key: &str) -> &'a str {
-    m.get("Deployment", deployment)["spec"]["template"]["metadata"]["annotations"][key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{deployment} has no {key} annotation"))
+    render::kustomize(overlay).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn secret_value(secret: &Value, key: &str) -> String {
-    use base64::Engine;
-    if let Some(s) = secret["stringData"][key].as_str() {
-        return s.to_owned();
-    }
-    let b64 = secret["data"][key]
-        .as_str()
-        .unwrap_or_else(|| panic!("secret has no {key}"));
-    // kustomize folds long values over several lines.
-    let b64: String = b64.split_whitespace().collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("secret data is base64");
-    String::from_utf8(bytes).expect("secret value is UTF-8")
+    render::secret_value(secret, key).unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------- kinds and wiring
@@ -194,7 +60,7 @@ fn default_render_has_every_component_wired_together() {
 
     let controller = m.get("Deployment", "reflow-controller");
     assert_eq!(controller["spec"]["replicas"], 2);
-    let args = deployment_args(&m, "reflow-controller");
+    let args = m.container_args("reflow-controller");
     for want in [
         "--dataplane-namespace=reflow-system",
         "--bridge-image=ghcr.io/reflow-mcp/reflow-dataplane:0.1.0",
@@ -207,7 +73,7 @@ fn default_render_has_every_component_wired_together() {
             "controller args {args:?} lack {want}"
         );
     }
-    let dp_args = deployment_args(&m, "reflow-dataplane");
+    let dp_args = m.container_args("reflow-dataplane");
     assert!(
         dp_args
             .iter()
@@ -309,15 +175,18 @@ fn everything_on_renders_ingress_route_monitor_hpa_and_postgres() {
 
 #[test]
 fn helm_lint_passes_with_default_and_everything_values() {
-    let scratch = Scratch::new("lint");
-    let everything = scratch.write("values.yaml", EVERYTHING);
+    let scratch = Scratch::new("lint").expect("scratch");
+    let everything = scratch
+        .write("values.yaml", EVERYTHING_VALUES)
+        .expect("values");
     for files in [vec![], vec![everything.as_path()]] {
-        let mut cmd = tools().helm();
-        cmd.args(["lint", "--strict"]).arg(chart());
+        let mut cmd = tools().expect("helm").helm();
+        cmd.args(["lint", "--strict"]).arg(render::chart_dir());
         for f in &files {
             cmd.arg("--values").arg(f);
         }
-        let out = run_tool("helm lint", &mut cmd, RENDER_TIMEOUT).expect("helm lint runs");
+        let out = reflow_e2e::harness::k8s_tools::run_tool("helm lint", &mut cmd, RENDER_TIMEOUT)
+            .expect("helm lint runs");
         assert!(
             out.success,
             "helm lint {files:?}:\n{}{}",
@@ -516,7 +385,7 @@ fn watch_namespaces_bind_the_controller_only_there() {
         cluster_bound,
         [&Value::from("reflow-controller-revocations")]
     );
-    let args = deployment_args(&m, "reflow-controller");
+    let args = m.container_args("reflow-controller");
     assert!(
         args.iter().any(|a| a == "--namespaces=team-a,team-b"),
         "{args:?}"
@@ -562,329 +431,6 @@ fn every_pod_runs_under_the_restricted_profile() {
     assert_restricted(&everything(), "helm everything");
     assert_restricted(&kustomize("dev"), "kustomize dev");
     assert_restricted(&kustomize("production"), "kustomize production");
-}
-
-// ---------------------------------------------------------------- secrets and checksums
-
-const KEY_A: &str = "secrets.sealingKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const KEY_B: &str = "secrets.sealingKey=HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=";
-const TOKEN: &str = "secrets.controllerToken=0123456789abcdef0123456789abcdef";
-const ISSUER: &str = "secrets.tokenIssuerSecret=issuer-secret-of-at-least-32-bytes-long";
-
-/// A fixed identity signing key (a PEM does not fit `--set`).
-const IDENTITY_KEY_VALUES: &str = "secrets:
-  identitySigningKey: |
-    -----BEGIN PRIVATE KEY-----
-    MC4CAQAwBQYDK2VwBCIEIFY34lKlNROLQKboFKXYe4pKfySg03CmRUZ2zljNoKJX
-    -----END PRIVATE KEY-----
-";
-
-#[test]
-fn checksums_change_exactly_when_what_they_cover_changes() {
-    // Every generated value given, so renders are comparable.
-    let scratch = Scratch::new("checksums");
-    let fixed = scratch.write("fixed.yaml", IDENTITY_KEY_VALUES);
-    let fixed = [fixed.as_path()];
-    let a1 = helm_template(&[KEY_A, TOKEN, ISSUER], &fixed);
-    let a2 = helm_template(&[KEY_A, TOKEN, ISSUER], &fixed);
-    let b = helm_template(&[KEY_B, TOKEN, ISSUER], &fixed);
-    let hosts = helm_template(
-        &[
-            KEY_A,
-            TOKEN,
-            ISSUER,
-            "dataplane.gateway.allowedHosts={mcp.example.net}",
-        ],
-        &fixed,
-    );
-    for d in ["reflow-controller", "reflow-dataplane"] {
-        assert_eq!(
-            annotation(&a1, d, "checksum/secrets"),
-            annotation(&a2, d, "checksum/secrets"),
-            "{d}"
-        );
-        assert_ne!(
-            annotation(&a1, d, "checksum/secrets"),
-            annotation(&b, d, "checksum/secrets"),
-            "{d}"
-        );
-    }
-    // Both Deployments see the same secret values (computed once per render).
-    assert_eq!(
-        annotation(&a1, "reflow-controller", "checksum/secrets"),
-        annotation(&a1, "reflow-dataplane", "checksum/secrets")
-    );
-    assert_eq!(
-        annotation(&a1, "reflow-dataplane", "checksum/config"),
-        annotation(&b, "reflow-dataplane", "checksum/config")
-    );
-    assert_ne!(
-        annotation(&a1, "reflow-dataplane", "checksum/config"),
-        annotation(&hosts, "reflow-dataplane", "checksum/config")
-    );
-    assert_eq!(
-        annotation(&a1, "reflow-dataplane", "checksum/secrets"),
-        annotation(&hosts, "reflow-dataplane", "checksum/secrets")
-    );
-    // The given values are the ones in the Secret.
-    let s = a1.get("Secret", "reflow-secrets");
-    assert_eq!(
-        secret_value(s, "sealing-key"),
-        KEY_A.split_once('=').unwrap().1
-    );
-    assert_eq!(
-        secret_value(s, "controller-token"),
-        TOKEN.split_once('=').unwrap().1
-    );
-    // A database URL change rolls the dataplanes too.
-    let pg = |url: &str| {
-        let m = helm_template(
-            &["postgres.enabled=true", &format!("postgres.url={url}")],
-            &[],
-        );
-        annotation(&m, "reflow-dataplane", "checksum/database").to_owned()
-    };
-    assert_ne!(pg("postgres://a@db/x"), pg("postgres://b@db/x"));
-}
-
-#[test]
-fn secrets_left_empty_are_generated_and_usable() {
-    let m = helm_template(&[], &[]);
-    let s = m.get("Secret", "reflow-secrets");
-    assert_eq!(
-        s["metadata"]["annotations"]["helm.sh/resource-policy"],
-        "keep"
-    );
-    let key = secret_value(s, "sealing-key");
-    reflow_crds::SealingKey::from_base64(&key).expect("generated sealing key is 32 base64 bytes");
-    assert!(secret_value(s, "controller-token").len() >= 32);
-    assert!(secret_value(s, "token-issuer").len() >= 32);
-    assert!(secret_value(s, "identity-signing-key").starts_with("-----BEGIN PRIVATE KEY-----"));
-    // Random per install (upgrades keep them through `lookup`, which needs a cluster).
-    let other = helm_template(&[], &[]);
-    assert_ne!(
-        key,
-        secret_value(other.get("Secret", "reflow-secrets"), "sealing-key")
-    );
-
-    // A Secret of one's own: the chart creates none and mounts that one.
-    let own = helm_template(&["secrets.existingSecret=my-reflow-secrets"], &[]);
-    assert!(
-        own.of_kind("Secret")
-            .all(|s| s["metadata"]["name"] != "reflow-secrets")
-    );
-    for d in ["reflow-controller", "reflow-dataplane"] {
-        let vols = own.get("Deployment", d)["spec"]["template"]["spec"]["volumes"].to_string();
-        assert!(vols.contains("my-reflow-secrets"), "{d}: {vols}");
-    }
-}
-
-// ---------------------------------------------------------------- the gateway config
-
-/// Loads a rendered gateway.yaml with the dataplane's own loader, its `/etc/reflow/…` paths
-/// moved into a scratch folder holding the files the pod would have mounted.
-fn load_gateway_config(yaml: &str, files: &[(&str, &str)], name: &str) -> Config {
-    let scratch = Scratch::new(&format!("config-{name}"));
-    let text = yaml.replace("/etc/reflow/", &format!("{}/", scratch.0.display()));
-    for (path, content) in files {
-        scratch.write(path, content);
-    }
-    let path = scratch.write("config/gateway.yaml", &text);
-    let config = Config::load(&path)
-        .unwrap_or_else(|e| panic!("{name}: the dataplane refuses its config: {e}\n{text}"));
-    // Read lazily by the dataplane, so checked while the files exist.
-    let key = config.sealing_key(None);
-    assert!(matches!(key, Ok(Some(_))), "{name}: sealing key {key:?}");
-    // Every replica signs forwarded identities with the one key from the Secret.
-    let signer = IdentitySigner::from_config(
-        &config.gateway.identity_tokens,
-        config.gateway.public_url.as_deref(),
-    )
-    .unwrap_or_else(|e| panic!("{name}: identity signing key: {e}"));
-    assert!(!signer.ephemeral, "{name}: no shared identity signing key");
-    config
-}
-
-fn secret_files(m: &Manifests) -> Vec<(String, String)> {
-    let s = m.get("Secret", "reflow-secrets");
-    SHARED_KEYS
-        .iter()
-        .map(|k| (format!("secrets/{k}"), secret_value(s, k)))
-        .collect()
-}
-
-/// Keys of the shared Secret.
-const SHARED_KEYS: [&str; 4] = [
-    "sealing-key",
-    "controller-token",
-    "token-issuer",
-    "identity-signing-key",
-];
-
-#[test]
-fn rendered_gateway_configs_are_accepted_by_the_dataplane() {
-    let m = helm_template(&[], &[]);
-    let files = secret_files(&m);
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let yaml = secret_value(m.get("Secret", "reflow-dataplane-config"), "gateway.yaml");
-    let config = load_gateway_config(&yaml, &refs, "default");
-    let dev = config.require_dev().expect("built-in issuer");
-    assert_eq!(dev.issuer, "reflow");
-    assert!(
-        config
-            .gateway
-            .allowed_hosts
-            .contains(&"reflow-dataplane.reflow-system.svc".to_owned())
-    );
-    assert!(config.database.is_none());
-
-    let m = everything();
-    let yaml = secret_value(m.get("Secret", "reflow-dataplane-config"), "gateway.yaml");
-    let mut files = secret_files(&m);
-    files.push((
-        "database/url".into(),
-        secret_value(m.get("Secret", "reflow-database"), "url"),
-    ));
-    files.retain(|(path, _)| path != "secrets/token-issuer");
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let config = load_gateway_config(&yaml, &refs, "everything");
-    assert!(config.dev.is_none(), "built-in issuer is off");
-    let auth = config.require_auth().expect("OIDC issuer");
-    assert_eq!(auth.issuers.len(), 1);
-    assert_eq!(auth.leeway_seconds, 10);
-    assert!(config.database.is_some());
-    match &config.audit.target {
-        AuditTarget::Postgres(pg) => assert_eq!(pg.spill_dir.file_name().unwrap(), "spill"),
-        other => panic!("audit goes to {other:?}"),
-    }
-
-    // The kustomize overlays' configs, with the files their Secrets provide.
-    let dev = kustomize("dev");
-    let dev_files = secret_files_prefixed(&dev);
-    let refs: Vec<(&str, &str)> = dev_files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let yaml = secret_value(
-        dev.get_prefixed("Secret", "reflow-dataplane-config-"),
-        "gateway.yaml",
-    );
-    load_gateway_config(&yaml, &refs, "kustomize-dev")
-        .require_dev()
-        .expect("dev issuer");
-    let prod = kustomize("production");
-    let yaml = secret_value(
-        prod.get_prefixed("Secret", "reflow-dataplane-config-"),
-        "gateway.yaml",
-    );
-    let pem =
-        std::fs::read_to_string(root().join("kustomize/overlays/dev/identity-signing-key.pem"))
-            .expect("dev identity key");
-    let config = load_gateway_config(
-        &yaml,
-        &[
-            ("secrets/sealing-key", KEY_A.split_once('=').unwrap().1),
-            ("secrets/identity-signing-key", &pem),
-        ],
-        "kustomize-prod",
-    );
-    assert!(config.dev.is_none());
-    assert!(
-        config.warnings(false).is_empty(),
-        "production config warns: {:?}",
-        config.warnings(false)
-    );
-}
-
-fn secret_files_prefixed(m: &Manifests) -> Vec<(String, String)> {
-    let s = m.get_prefixed("Secret", "reflow-secrets-");
-    SHARED_KEYS
-        .iter()
-        .map(|k| (format!("secrets/{k}"), secret_value(s, k)))
-        .collect()
-}
-
-// ---------------------------------------------------------------- schema and CRDs
-
-#[test]
-fn values_schema_rejects_bad_values() {
-    for (set, complaint) in [
-        ("controller.replicas=two", "/controller/replicas"),
-        ("logFormat=yaml", "/logFormat"),
-        ("noSuchKey=1", "noSuchKey"),
-        ("secrets.sealingKey=too-short", "/secrets/sealingKey"),
-        (
-            "dataplane.image.pullPolicy=Sometimes",
-            "/dataplane/image/pullPolicy",
-        ),
-        (
-            "postgres.auditFailurePolicy=ignore",
-            "/postgres/auditFailurePolicy",
-        ),
-    ] {
-        let out = helm_template_raw(&[set], &[]);
-        assert!(!out.success, "{set} was accepted");
-        assert!(out.stderr.contains(complaint), "{set}: {}", out.stderr);
-    }
-    // Rules a schema cannot say are checked by the templates.
-    let out = helm_template_raw(&["auth.builtinIssuer.enabled=false"], &[]);
-    assert!(
-        !out.success && out.stderr.contains("auth.issuers"),
-        "{}",
-        out.stderr
-    );
-    let out = helm_template_raw(&["postgres.enabled=true"], &[]);
-    assert!(
-        !out.success && out.stderr.contains("postgres.url"),
-        "{}",
-        out.stderr
-    );
-}
-
-fn yaml_files(dir: &Path) -> BTreeMap<String, String> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn chart_and_kustomize_crds_are_the_generated_ones() {
-    let generated = yaml_files(&root().join("crds/yaml"));
-    assert!(generated.len() >= 5);
-    for copy in ["chart/crds", "kustomize/base/crds"] {
-        let files = yaml_files(&root().join(copy));
-        assert_eq!(
-            files.keys().collect::<Vec<_>>(),
-            generated.keys().collect::<Vec<_>>(),
-            "{copy}: run `make crds`"
-        );
-        for (name, text) in &generated {
-            assert!(
-                files[name] == *text,
-                "{copy}/{name} differs from crds/yaml/{name}: run `make crds`"
-            );
-        }
-    }
-    // And kustomize really ships them.
-    assert_eq!(
-        kustomize("dev").count("CustomResourceDefinition"),
-        generated.len()
-    );
 }
 
 // ---------------------------------------------------------------- kustomize

@@ -11,6 +11,7 @@ use std::time::Duration;
 use reflow_crds::api::{Condition, InstancePhase, InstanceStatus, ObjectStatus};
 use reflow_e2e::harness::k8s_tools::{lua, run_tool};
 use reflow_e2e::harness::paths;
+use reflow_e2e::harness::render::Scratch;
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -81,13 +82,8 @@ for i, case in ipairs(cases) do
 end
 "#
     );
-    let dir = paths::cache_dir().join(format!("argocd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "{}.lua",
-        script.file_stem().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&path, driver).unwrap();
+    let scratch = Scratch::new("argocd").expect("scratch");
+    let path = scratch.write("driver.lua", &driver).expect("driver");
     let bin = lua().expect("lua5.4 (the harness installs it as root with apt-get)");
     let out = run_tool(
         "lua health check",
@@ -95,7 +91,6 @@ end
         Duration::from_secs(30),
     )
     .expect("lua runs");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(out.success, "lua failed: {}", out.stderr);
     let rows: Vec<(String, String)> = out
         .stdout

@@ -78,6 +78,21 @@ impl Manifests {
             .collect()
     }
 
+    /// The first container's args of Deployment `name`.
+    pub fn container_args(&self, deployment: &str) -> Vec<String> {
+        strings(&self.get("Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]["args"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A pod-template annotation of Deployment `name`; panics when absent.
+    pub fn pod_annotation(&self, deployment: &str, key: &str) -> &str {
+        self.get("Deployment", deployment)["spec"]["template"]["metadata"]["annotations"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{deployment} has no {key} annotation"))
+    }
+
     /// `(workload name, pod spec)` of every workload.
     pub fn pod_specs(&self) -> Vec<(String, &Value)> {
         self.objects

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod conformance;
+pub mod controller_bin;
 pub mod dataplane_process;
 pub mod error;
 pub mod everything;
@@ -19,8 +20,10 @@ pub mod postgres;
 pub mod process;
 pub mod py_ops;
 pub mod python;
+pub mod render;
 pub mod sse;
 
+pub use controller_bin::controller_bin;
 pub use dataplane_process::{DataplaneProcess, dataplane_bin};
 pub use error::{HarnessError, Result};
 pub use everything::{EverythingMode, SERVER_EVERYTHING_SPEC, ServerEverything};
