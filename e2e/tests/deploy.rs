@@ -80,7 +80,8 @@ fn default_render_has_every_component_wired_together() {
             .any(|a| a == "--controller=http://reflow-controller.reflow-system.svc:9090"),
         "{dp_args:?}"
     );
-    assert_eq!(dp_args[0], "serve");
+    // Serving is the default command: `serve` with POD_NAME in the env fails to parse.
+    assert!(!dp_args.iter().any(|a| a == "serve"), "{dp_args:?}");
     // The controller's MCPInstance NetworkPolicies admit exactly this label.
     let dp = m.get("Deployment", "reflow-dataplane");
     assert_eq!(
@@ -455,6 +456,24 @@ fn kustomize_overlays_render_what_each_environment_needs() {
         dev.count("PodDisruptionBudget"),
         0,
         "one replica: a PDB would block drains"
+    );
+    // The JSON patches replace args by index: they must hit the right ones.
+    for d in ["reflow-controller", "reflow-dataplane"] {
+        let args = dev.container_args(d);
+        assert!(
+            args.iter().any(|a| a == "--log-format=pretty"),
+            "{d}: {args:?}"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--log-format=json" || a == "serve"),
+            "{d}: {args:?}"
+        );
+    }
+    assert!(
+        dev.container_args("reflow-controller")
+            .contains(&"--bridge-image=ghcr.io/reflow-mcp/reflow-dataplane:dev".to_owned())
     );
     // Generated Secrets are hash-suffixed and the Deployments follow the new names.
     let secrets = dev.get_prefixed("Secret", "reflow-secrets-")["metadata"]["name"]
