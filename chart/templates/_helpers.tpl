@@ -170,12 +170,12 @@ seccompProfile:
 {{- end -}}
 
 {{- define "reflow.otelEnv" -}}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
 {{- if .root.Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .root.Values.otel.endpoint | quote }}
 {{- end }}
-- name: OTEL_SERVICE_NAME
-  value: {{ .service | quote }}
 {{- range $k, $v := .root.Values.otel.env }}
 - name: {{ $k }}
   value: {{ $v | quote }}
