@@ -1,5 +1,5 @@
-//! The chart's Deployments, run: the real `reflow-controller` and `reflow-dataplane` binaries
-//! started with exactly the args and env `helm template` renders (paths moved into a scratch
+//! The chart's (and the kustomize dev overlay's) Deployments, run: the real `reflow-controller`
+//! and `reflow-dataplane` binaries started with exactly the args and env that are rendered (paths moved into a scratch
 //! folder, addresses onto loopback, the controller in folder mode since there is no cluster),
 //! reading the rendered Secrets. The dataplane must follow the controller with the shared token
 //! and sealing key, and serve MCP to a token minted the way NOTES.txt tells users to.
@@ -104,14 +104,26 @@ fn initialize() -> Value {
 }
 
 #[test]
-fn the_rendered_deployments_run_and_serve_mcp() {
+fn the_chart_deployments_run_and_serve_mcp() {
     let m = render::helm_template(&[], &[]).unwrap_or_else(|e| panic!("{e}"));
-    let scratch = Scratch::new("run").expect("scratch");
+    run_and_serve(&m, "chart");
+}
+
+#[test]
+fn the_kustomize_dev_deployments_run_and_serve_mcp() {
+    let m = render::kustomize("dev").unwrap_or_else(|e| panic!("{e}"));
+    run_and_serve(&m, "kustomize-dev");
+}
+
+/// Starts both Deployments of `m` and talks MCP to the dataplane. Secrets are found by name
+/// prefix: kustomize adds hash suffixes.
+fn run_and_serve(m: &Manifests, name: &str) {
+    let scratch = Scratch::new(&format!("run-{name}")).expect("scratch");
     let remap = Remap {
         root: scratch.path().display().to_string(),
     };
     // What the pods mount: the shared Secret's keys and the dataplane's config.
-    let shared = m.get("Secret", "reflow-secrets");
+    let shared = m.get_prefixed("Secret", "reflow-secrets");
     for key in [
         "sealing-key",
         "controller-token",
@@ -123,8 +135,11 @@ fn the_rendered_deployments_run_and_serve_mcp() {
             .write(&format!("etc/secrets/{key}"), &value)
             .expect("secret file");
     }
-    let config = secret_value(m.get("Secret", "reflow-dataplane-config"), "gateway.yaml")
-        .expect("gateway.yaml");
+    let config = secret_value(
+        m.get_prefixed("Secret", "reflow-dataplane-config"),
+        "gateway.yaml",
+    )
+    .expect("gateway.yaml");
     scratch
         .write("etc/config/gateway.yaml", &remap.apply(&config))
         .expect("config file");
@@ -133,7 +148,7 @@ fn the_rendered_deployments_run_and_serve_mcp() {
 
     // The controller, in folder mode on the sample manifests (no cluster here).
     let samples = paths::workspace_root().join("config/samples");
-    let (mut ctrl_args, ctrl_env) = container_command(&m, "reflow-controller", &remap, |a| {
+    let (mut ctrl_args, ctrl_env) = container_command(m, "reflow-controller", &remap, |a| {
         a.starts_with("--listen=")
             .then(|| "--listen=127.0.0.1:0".to_owned())
     });
@@ -142,7 +157,7 @@ fn the_rendered_deployments_run_and_serve_mcp() {
     let (controller, ctrl_addr) =
         spawn("reflow-controller", &controller_bin, &ctrl_args, &ctrl_env);
 
-    let (dp_args, dp_env) = container_command(&m, "reflow-dataplane", &remap, |a| {
+    let (dp_args, dp_env) = container_command(m, "reflow-dataplane", &remap, |a| {
         if a.starts_with("--listen=") {
             Some("--listen=127.0.0.1:0".to_owned())
         } else if a.starts_with("--controller=") {
