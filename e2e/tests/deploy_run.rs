@@ -1,8 +1,8 @@
 //! The chart's (and the kustomize dev overlay's) Deployments, run: the real `reflow-controller`
-//! and `reflow-dataplane` binaries started with exactly the args and env that are rendered (paths moved into a scratch
-//! folder, addresses onto loopback, the controller in folder mode since there is no cluster),
-//! reading the rendered Secrets. The dataplane must follow the controller with the shared token
-//! and sealing key, and serve MCP to a token minted the way NOTES.txt tells users to.
+//! and `reflow-dataplane` binaries started with exactly the rendered args and env (paths moved
+//! into a scratch folder, addresses onto loopback, the controller in folder mode since there is
+//! no cluster), reading the rendered Secrets. The dataplane must follow the controller with the
+//! shared token and sealing key, and serve MCP to a token minted the way NOTES.txt says.
 
 use std::path::Path;
 use std::process::Command;
