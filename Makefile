@@ -15,6 +15,7 @@ BIN_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 
 test:
 	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  REFLOW_CONTROLLER_BIN=$(BIN_DIR)/reflow-controller \
 	  $(CARGO) test --workspace --all-targets --no-fail-fast
 
 ## e2e: only the whole-system tests (real SDK clients and upstream servers)
@@ -32,9 +33,12 @@ bench:
 	$(CARGO) bench -p reflow-crds --bench compile
 	$(CARGO) bench -p reflow-e2e --bench gateway
 
-## crds: regenerate crds/yaml from the Rust types (a test fails when they drift)
+## crds: regenerate crds/yaml from the Rust types, and the copies the Helm chart and the kustomize
+## base ship (tests fail when any of them drift)
 crds:
 	$(CARGO) run -q -p reflow-crds --bin crdgen -- crds/yaml
+	cp crds/yaml/*.yaml chart/crds/
+	cp crds/yaml/*.yaml kustomize/base/crds/
 
 ## lint: formatting and clippy, warnings as errors
 lint:

@@ -1,16 +1,19 @@
-//! Test harness: spawning the fixture, server-everything and the Python and TypeScript SDK clients,
-//! bounded and on loopback.
-//! Also the cached, concurrency-safe installs (Python venv, npm packages) those peers need.
+//! Test harness: spawning the fixture, server-everything and the Python and TypeScript SDK
+//! clients, bounded and on loopback; the cached, concurrency-safe installs (Python venv, npm
+//! packages, helm/kubectl/lua) those peers need.
 
 pub mod cache;
 pub mod conformance;
+pub mod controller_bin;
 pub mod dataplane_process;
 pub mod error;
 pub mod everything;
 pub mod fixture_process;
 pub mod gateway;
 pub mod http;
+pub mod k8s_tools;
 pub mod load;
+pub mod manifests;
 pub mod net;
 pub mod node;
 pub mod otlp;
@@ -19,15 +22,18 @@ pub mod postgres;
 pub mod process;
 pub mod py_ops;
 pub mod python;
+pub mod render;
 pub mod sse;
 pub mod typescript;
 
+pub use controller_bin::controller_bin;
 pub use dataplane_process::{DataplaneProcess, dataplane_bin};
 pub use error::{HarnessError, Result};
 pub use everything::{EverythingMode, SERVER_EVERYTHING_SPEC, ServerEverything};
 pub use fixture_process::{FixtureProcess, StdioFixture, fixture_bin};
 pub use gateway::{GatewayBuilder, PolicyDoc, TestGateway};
 pub use http::http_client;
+pub use k8s_tools::{K8sTools, k8s_tools};
 pub use node::npm_package;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::TestPostgres;

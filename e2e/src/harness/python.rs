@@ -22,7 +22,7 @@ const VENV_LOCK_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 const PIP_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The interpreter used to create the venv: `$REFLOW_E2E_PYTHON`, else `python3`.
-fn base_python() -> OsString {
+pub(crate) fn base_python() -> OsString {
     std::env::var_os("REFLOW_E2E_PYTHON").unwrap_or_else(|| "python3".into())
 }
 
