@@ -1,6 +1,7 @@
-//! What one MCPInstance becomes: a Secret (the resolved env and the bridge token), a Pod (the
-//! Target's template under a restricted security context, with limits, and the bridge in front
-//! of a STDIO server), a ClusterIP Service and a NetworkPolicy admitting only dataplane pods.
+//! What one MCPInstance becomes: a Secret (the Target's env, the resolved Credential env values
+//! and the bridge token), a Pod (the Target's template under a restricted security context, with
+//! limits, and the bridge in front of a STDIO server), a ClusterIP Service and a NetworkPolicy
+//! admitting only dataplane pods.
 //! Pure: every object carries an owner reference to the instance so deletion cascades.
 
 use std::collections::BTreeMap;
@@ -52,6 +53,8 @@ pub struct InstanceConfig {
     pub dataplane_labels: BTreeMap<String, String>,
     /// Namespace of the dataplane pods.
     pub dataplane_namespace: String,
+    /// Opens the callers' Credential values for the instance Secret (the snapshot's key).
+    pub key: reflow_crds::SealingKey,
 }
 
 pub struct Children {
@@ -119,6 +122,7 @@ pub fn build(
     inst: &MCPInstance,
     target: &PodSpecTemplate,
     env: &[(String, String)],
+    fingerprint: &str,
     bridge_token: &str,
     cfg: &InstanceConfig,
 ) -> Result<Children, BuildError> {
@@ -247,10 +251,9 @@ pub fn build(
         c.security_context = Some(restricted());
         default_limits(c);
     }
-    let fingerprint = inst.spec.credential_fingerprint.clone().unwrap_or_default();
     let mut pod_meta = meta(Some(BTreeMap::from([(
         FINGERPRINT_ANNOTATION.to_owned(),
-        fingerprint,
+        fingerprint.to_owned(),
     )])));
     if let Some(extra) = template.metadata.and_then(|m| m.labels) {
         let l = pod_meta.labels.get_or_insert_with(BTreeMap::new);
