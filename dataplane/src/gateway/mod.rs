@@ -4,6 +4,7 @@
 mod dispatch;
 mod forward;
 mod hardening;
+mod instances;
 mod proxy;
 mod tls;
 
@@ -31,6 +32,7 @@ use crate::net::Peer;
 use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
+use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{
     PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
 };
@@ -69,6 +71,8 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// STDIO process manager: process limits, HOME folders, stop grace, restart backoff.
     pub stdio: StdioConfig,
+    /// `kubernetes` Targets: how long a call waits for its instance, polling, use reports.
+    pub instances: InstancesConfig,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +89,7 @@ impl Default for GatewayConfig {
             identity_tokens: IdentityTokensConfig::default(),
             tls: None,
             stdio: StdioConfig::default(),
+            instances: InstancesConfig::default(),
         }
     }
 }
@@ -127,6 +132,8 @@ pub struct Gateway {
     key: SealingKey,
     upstream: UpstreamClient,
     conns: forward::Conns,
+    /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
+    instances: Instances,
     guard: Arc<hardening::Guard>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
@@ -143,6 +150,7 @@ impl Gateway {
         let guard = hardening::Guard::new(&p.config.http);
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
+        let instances = Instances::new(p.config.instances.clone());
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -161,12 +169,19 @@ impl Gateway {
                 key: p.key,
                 upstream,
                 conns: forward::Conns::default(),
+                instances,
                 guard,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }
         });
         Ok(gw)
+    }
+
+    /// Serves `kubernetes` Targets through the controller's instance API (controller mode);
+    /// without it they answer an error at once. Only the first call takes effect.
+    pub fn use_controller_instances(&self, api: ControllerApi) -> bool {
+        self.instances.use_controller(api)
     }
 
     /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).
