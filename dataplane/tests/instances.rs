@@ -137,7 +137,7 @@ impl BridgeProc {
 #[derive(Default)]
 struct Standin {
     /// Instance endpoints and tokens, handed to keys in the order they first ask.
-    bridges: Vec<(String, String)>,
+    bridges: Mutex<Vec<(String, String)>>,
     ensures: Mutex<Vec<EnsureRequest>>,
     assigned: Mutex<HashMap<String, usize>>,
     used: Mutex<Vec<UsedRequest>>,
@@ -205,7 +205,7 @@ async fn ensure(
                 let next = assigned.len();
                 *assigned.entry(req.isolation_key.clone()).or_insert(next)
             };
-            let (endpoint, token) = s.bridges[i].clone();
+            let (endpoint, token) = s.bridges.lock().unwrap()[i].clone();
             (
                 StatusCode::OK,
                 Json(EnsureResponse {
@@ -302,10 +302,10 @@ async fn each_caller_reaches_their_own_instance_through_the_bridge_with_its_toke
         let a = BridgeProc::start(TOKEN_A, "instance-a", "ghp-alice");
         let b = BridgeProc::start(TOKEN_B, "instance-b", "ghp-bob");
         let standin = Arc::new(Standin {
-            bridges: vec![
+            bridges: Mutex::new(vec![
                 (a.url.clone(), TOKEN_A.to_owned()),
                 (b.url.clone(), TOKEN_B.to_owned()),
-            ],
+            ]),
             ..Standin::default()
         });
         let controller = start_standin(standin.clone()).await;
@@ -404,6 +404,46 @@ async fn each_caller_reaches_their_own_instance_through_the_bridge_with_its_toke
             assert!(!metrics.contains(secret), "{secret} in metrics");
         }
         drop((a, b));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_instance_that_stops_answering_is_ensured_again() {
+    bounded(async {
+        let a = BridgeProc::start(TOKEN_A, "instance-a", "ghp-alice");
+        let standin = Arc::new(Standin {
+            bridges: Mutex::new(vec![(a.url.clone(), TOKEN_A.to_owned())]),
+            ..Standin::default()
+        });
+        let controller = start_standin(standin.clone()).await;
+        let h = gateway(&["gh"], 20_000).await;
+        h.gw.use_controller_instances(ControllerApi {
+            url: controller,
+            token: CONTROLLER_TOKEN.to_owned().into(),
+        });
+        assert_eq!(whoami(&h, "alice").await["env"]["INSTANCE"], "instance-a");
+        assert_eq!(standin.ensures.lock().unwrap().len(), 2);
+
+        // The pod is replaced: the old bridge is gone, the new one listens elsewhere with
+        // another token. The cached instance refuses connections, so the gateway asks again.
+        drop(a);
+        let replaced = BridgeProc::start(TOKEN_B, "instance-a2", "ghp-alice");
+        standin.bridges.lock().unwrap()[0] = (replaced.url.clone(), TOKEN_B.to_owned());
+        assert_eq!(whoami(&h, "alice").await["env"]["INSTANCE"], "instance-a2");
+        assert_eq!(
+            standin.ensures.lock().unwrap().len(),
+            3,
+            "exactly one more ensure"
+        );
+        let calls: Vec<String> = h
+            .audit
+            .events()
+            .into_iter()
+            .filter(|e| e.method == "tools/call")
+            .map(|e| e.outcome)
+            .collect();
+        assert_eq!(calls, ["ok", "ok"]);
     })
     .await;
 }
