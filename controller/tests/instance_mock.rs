@@ -718,7 +718,7 @@ mod ensure_api {
                 &applied(
                     2,
                     json!({"phase": "Failed", "observedGeneration": 2,
-                           "conditions": [{"type": "Ready", "status": "False", "reason": "CredentialMismatch", "message": "stale"}]}),
+                           "conditions": [{"type": "Ready", "status": "False", "reason": "NotKubernetes", "message": "uses transport stdio"}]}),
                 ),
             );
             expect_quiet(&mut h).await;
@@ -745,9 +745,49 @@ mod ensure_api {
                         "{v}"
                     );
                 }
-                None => assert!(body.contains("CredentialMismatch"), "{body}"),
+                None => assert!(
+                    body.contains("NotKubernetes: uses transport stdio"),
+                    "{body}"
+                ),
             }
         }
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_instance_refused_for_its_stored_identity_is_repaired_by_a_caller_who_resolves_to_it()
+     {
+        let (client, mut h) = mock_client();
+        let (app, _p) = app(Some(client));
+        let verifier = tokio::spawn(async move {
+            // Same fingerprint as alice's, but stored for someone whose Credentials have since
+            // changed: the reconciler refused it.
+            let mut found = applied(
+                2,
+                json!({"phase": "Failed", "observedGeneration": 2,
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "CredentialMismatch", "message": "stale"}]}),
+            );
+            found["spec"]["identity"] = json!({"user": "carol"});
+            let (_, send) = expect(&mut h, Method::GET, &format!("{INSTANCES}/gh-alice")).await;
+            respond(send, StatusCode::OK, &found);
+            let (doc, send) =
+                expect(&mut h, Method::PATCH, &format!("{INSTANCES}/gh-alice{SSA}")).await;
+            assert_eq!(doc["spec"]["identity"], json!({"user": "alice"}));
+            respond(
+                send,
+                StatusCode::OK,
+                &applied(3, json!({"phase": "Failed", "observedGeneration": 2})),
+            );
+            expect_quiet(&mut h).await;
+        });
+        let (code, body) = read(
+            app.clone()
+                .oneshot(post("/v1/instances/ensure", alice_request()))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
         verifier.await.unwrap();
     }
 

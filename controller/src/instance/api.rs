@@ -60,6 +60,17 @@ fn valid_key(k: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// The reconciler refused the instance because its stored identity no longer resolves to its
+/// fingerprint; this caller's identity does (checked above), so applying it repairs the instance.
+fn stale_identity(inst: &MCPInstance) -> bool {
+    inst.status.as_ref().is_some_and(|s| {
+        s.phase == InstancePhase::Failed
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "CredentialMismatch")
+    })
+}
+
 /// Creates (server-side apply) the instance `<target>-<isolationKey>` unless it already exists
 /// for the same credentials, and answers with its endpoint and bridge token once it runs them.
 pub async fn ensure(
@@ -94,7 +105,12 @@ pub async fn ensure(
     // Callers sharing an instance (same boundary, same fingerprint) leave it as it is: applying
     // their identity would bump its generation and make everyone wait for a reconcile.
     let inst = match existing {
-        Some(i) if i.spec.credential_fingerprint.as_deref() == Some(fingerprint.as_str()) => i,
+        Some(i)
+            if i.spec.credential_fingerprint.as_deref() == Some(fingerprint.as_str())
+                && !stale_identity(&i) =>
+        {
+            i
+        }
         found => {
             if found.is_some() {
                 info!(instance = %name, "credentials changed; the instance rolls");

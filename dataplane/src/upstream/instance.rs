@@ -26,6 +26,9 @@ use crate::session::UpstreamState;
 
 /// Longest controller message passed on to a client.
 const MAX_MESSAGE: usize = 300;
+/// Cached instances (and use timestamps) kept before unused entries are dropped; a dropped one
+/// costs one ensure, which the controller answers at once for a running instance.
+const MAX_CACHED: usize = 10_000;
 
 /// `gateway.instances` in the config file (camelCase keys).
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +185,10 @@ impl Instances {
 
     fn cell(&self, key: &str) -> Cell {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        if cells.len() >= MAX_CACHED && !cells.contains_key(key) {
+            // Only the map holds an unused cell: no call is using or ensuring it.
+            cells.retain(|_, c| Arc::strong_count(c) > 1);
+        }
         cells.entry(key.to_owned()).or_default().clone()
     }
 
@@ -240,6 +247,9 @@ impl Instances {
             {
                 return;
             }
+            if reported.len() >= MAX_CACHED {
+                reported.retain(|_, last| now.duration_since(*last) < interval);
+            }
             reported.insert(id.clone(), now);
         }
         let req = self
@@ -285,6 +295,10 @@ impl Instances {
         let max_wait = Duration::from_millis(self.config.poll_max_ms.max(1));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let total = Duration::from_millis(self.config.ready_timeout_ms);
+                return Err(InstanceError::NotReady(total));
+            }
             let resp = self
                 .http
                 .post(&url)
