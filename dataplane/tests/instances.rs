@@ -174,6 +174,12 @@ async fn ensure(
             ),
         )
             .into_response(),
+        // What a controller running from a manifests folder answers.
+        "folder" => (
+            StatusCode::NOT_IMPLEMENTED,
+            "per-identity instances need a cluster; this controller runs from a manifests folder\n",
+        )
+            .into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(20)).await;
             StatusCode::ACCEPTED.into_response()
@@ -453,7 +459,7 @@ async fn a_failing_slow_unknown_or_never_ready_instance_is_a_clear_error_in_boun
     bounded(async {
         let standin = Arc::new(Standin::default());
         let controller = start_standin(standin.clone()).await;
-        let h = gateway(&["broken", "gone", "slow", "stuck"], 1_500).await;
+        let h = gateway(&["broken", "gone", "folder", "slow", "stuck"], 1_500).await;
         h.gw.use_controller_instances(ControllerApi {
             url: controller,
             token: CONTROLLER_TOKEN.to_owned().into(),
@@ -461,6 +467,12 @@ async fn a_failing_slow_unknown_or_never_ready_instance_is_a_clear_error_in_boun
         for (target, reason, says, within) in [
             ("broken", "instance_refused", "HTTP 502", 2),
             ("gone", "instance_refused", "no accepted Target t/gone", 2),
+            (
+                "folder",
+                "instance_refused",
+                "HTTP 501): per-identity instances need a cluster",
+                2,
+            ),
             ("slow", "instance_unreachable", "no answer within", 3),
             (
                 "stuck",

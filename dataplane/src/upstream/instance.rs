@@ -333,18 +333,22 @@ impl Instances {
                 return serde_json::from_slice(&bytes)
                     .map_err(|e| InstanceError::Protocol(e.to_string()));
             }
-            // Client errors explain themselves (unknown Target, fingerprint mismatch); server
-            // errors may carry cluster internals, so only their status is passed on.
-            let message = if status.is_client_error() {
-                let text = resp.text().await.unwrap_or_default();
-                let text: String = text.trim().chars().take(MAX_MESSAGE).collect();
-                if text.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {text}")
-                }
-            } else {
+            // The controller's own refusals explain themselves (unknown Target, fingerprint
+            // mismatch, folder mode); 500 and 502 may carry Kubernetes API internals, so those
+            // stay in this log and the client gets the status only.
+            let text = resp.text().await.unwrap_or_default();
+            let text: String = text.trim().chars().take(MAX_MESSAGE).collect();
+            let internal = matches!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY
+            );
+            if internal {
+                warn!(status = status.as_u16(), error = %text, "the controller could not ensure the instance");
+            }
+            let message = if internal || text.is_empty() {
                 String::new()
+            } else {
+                format!(": {text}")
             };
             return Err(InstanceError::Refused {
                 status: status.as_u16(),
