@@ -92,7 +92,7 @@ impl Gateway {
                 }
                 Err(e) if stale(&e) && !retried => {
                     debug!(instance = %inst.name, error = %e, "instance stopped answering; ensuring again");
-                    self.instances.forget(&req, &inst);
+                    self.instances.forget(&req, &inst).await;
                     retried = true;
                 }
                 Err(e) => return Err(e),

@@ -222,12 +222,11 @@ impl Instances {
 
     /// Drops a cached instance that stopped answering (a replaced pod, a new token), so the next
     /// call ensures it again. A newer entry for the same key is left alone.
-    pub fn forget(&self, req: &EnsureRequest, stale: &Arc<Instance>) {
+    pub async fn forget(&self, req: &EnsureRequest, stale: &Arc<Instance>) {
         let key = format!("{}/{}/{}", req.namespace, req.target, req.isolation_key);
         let cell = self.cell(&key);
-        if let Ok(mut slot) = cell.try_lock()
-            && slot.as_ref().is_some_and(|i| Arc::ptr_eq(i, stale))
-        {
+        let mut slot = cell.lock().await;
+        if slot.as_ref().is_some_and(|i| Arc::ptr_eq(i, stale)) {
             *slot = None;
         }
     }
