@@ -216,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )]
                     .into(),
                     dataplane_namespace: cli.dataplane_namespace.clone(),
+                    key: key.clone(),
                 },
                 metrics: metrics.clone(),
             });

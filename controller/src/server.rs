@@ -266,7 +266,8 @@ fn ensure_failure(e: &crate::instance::api::EnsureError) -> Response {
     let code = match e {
         E::TargetNotFound(_) => StatusCode::NOT_FOUND,
         E::NotKubernetes(_) | E::BadKey => StatusCode::BAD_REQUEST,
-        E::Kube(_) => StatusCode::BAD_GATEWAY,
+        E::FingerprintMismatch(_) => StatusCode::CONFLICT,
+        E::Failed { .. } | E::Kube(_) => StatusCode::BAD_GATEWAY,
     };
     warn!(error = %e, label = e.label(), "instance request failed");
     (code, format!("{e}\n")).into_response()
@@ -300,7 +301,9 @@ async fn ensure_instance(
             .into_response();
     };
     match crate::instance::api::ensure(client, &snapshot, &req).await {
-        Ok(r) if r.endpoint.is_some() => (StatusCode::OK, Json(r)).into_response(),
+        Ok(r) if r.endpoint.is_some() && r.token.is_some() => {
+            (StatusCode::OK, Json(r)).into_response()
+        }
         Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
         Err(e) => ensure_failure(&e),
     }

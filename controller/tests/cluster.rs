@@ -111,7 +111,7 @@ async fn samples_get_accepted_and_resolved_conditions_from_the_lease_holder() {
     let source = cluster::start(
         client.clone(),
         Namespaces::List(vec![NS.into()]),
-        key,
+        key.clone(),
         publisher.clone(),
         metrics.clone(),
     );
@@ -207,11 +207,14 @@ async fn samples_get_accepted_and_resolved_conditions_from_the_lease_holder() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let instances: Api<MCPInstance> = Api::namespaced(client.clone(), NS);
-    apply(&instances, &serde_json::json!({
-        "apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance",
-        "metadata": {"name": "podded-alice", "namespace": NS},
-        "spec": {"targetRef": {"name": "podded"}, "isolationKey": "alice", "credentialFingerprint": "fp"}
-    }))
+    apply(
+        &instances,
+        &serde_json::json!({
+            "apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance",
+            "metadata": {"name": "podded-alice", "namespace": NS},
+            "spec": {"targetRef": {"name": "podded"}, "isolationKey": "alice"}
+        }),
+    )
     .await;
     let inst = instances.get("podded-alice").await.expect("instance");
     let config = instance::InstanceConfig {
@@ -222,6 +225,7 @@ async fn samples_get_accepted_and_resolved_conditions_from_the_lease_holder() {
         )]
         .into(),
         dataplane_namespace: "reflow-system".into(),
+        key: key.clone(),
     };
     instance::reconcile_with(&inst, &snapshot, &client, &config, Timestamp::now())
         .await

@@ -1,6 +1,8 @@
 //! The MCPInstance reconciler against kube-rs's mock API server: the exact calls for a first
-//! reconcile (children applied with owner references, a restricted Pod with the bridge in front
-//! of the STDIO server, status), a credential roll, idle GC, and a Target that is not there.
+//! reconcile (children applied with owner references, the caller's resolved Credential values in
+//! the Secret, a restricted Pod with the bridge in front of the STDIO server, status), a
+//! credential roll, a fingerprint that no longer resolves, idle GC, a Target that is not there;
+//! and the ensure API (fingerprint check, endpoint and bridge token once running).
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use reflow_controller::instance::{self, InstanceConfig};
-use reflow_crds::api::{InstanceSpec, LocalRef, MCPInstance};
+use reflow_crds::api::{InstanceIdentity, InstanceSpec, LocalRef, MCPInstance};
 use reflow_crds::loader::{Loaded, load_str};
 use reflow_crds::{SealingKey, Snapshot, compile};
 use serde_json::{Value, json};
@@ -39,12 +41,57 @@ spec:
             image: ghcr.io/github/github-mcp-server:1
             command: [github-mcp-server]
             args: [stdio]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys, namespace: team}
+stringData: {alice: ghp-alice-value, bob: ghp-bob-value}
+---
+apiVersion: mcp.reflow.io/v1alpha1
+kind: Credential
+metadata: {name: alice-gh, namespace: team}
+spec:
+  targetRef: {name: gh}
+  subject: {user: alice}
+  env: [{name: GITHUB_TOKEN, secretKeyRef: {name: keys, key: alice}}]
+---
+apiVersion: mcp.reflow.io/v1alpha1
+kind: Credential
+metadata: {name: bob-gh, namespace: team}
+spec:
+  targetRef: {name: gh}
+  subject: {user: bob}
+  env: [{name: GITHUB_TOKEN, secretKeyRef: {name: keys, key: bob}}]
 "#;
+
+/// The sealing key the snapshot is compiled with (the controller's own).
+const KEY: [u8; 32] = [2; 32];
+
+/// What `user`'s Credentials for team/gh resolve to, as a dataplane with the same snapshot
+/// computes it.
+fn fingerprint_of(user: &str) -> String {
+    snapshot()
+        .target("team", "gh")
+        .expect("target")
+        .credentials
+        .resolve(&reflow_crds::Identity::new(
+            user,
+            Vec::<String>::new(),
+            Vec::<String>::new(),
+        ))
+        .fingerprint
+        .to_hex()
+}
+
+/// How a Secret's `data` carries `s` (base64, as k8s-openapi writes it).
+fn b64(s: &str) -> Value {
+    serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).expect("bytes")
+}
 
 fn snapshot() -> Snapshot {
     let mut loaded = Loaded::default();
     load_str(std::path::Path::new("t.yaml"), TARGET, &mut loaded).expect("target");
-    let c = compile(&loaded.inputs, &SealingKey::from_bytes(&[2; 32])).expect("compile");
+    let c = compile(&loaded.inputs, &SealingKey::from_bytes(&KEY)).expect("compile");
     assert!(c.problems().next().is_none(), "{:?}", c.reports);
     c.snapshot
 }
@@ -58,6 +105,10 @@ fn instance(target: &str, created: Timestamp, fingerprint: &str) -> MCPInstance 
             },
             isolation_key: "alice".into(),
             credential_fingerprint: Some(fingerprint.into()),
+            identity: Some(InstanceIdentity {
+                user: "alice".into(),
+                ..InstanceIdentity::default()
+            }),
         },
     );
     i.metadata.namespace = Some("team".into());
@@ -76,6 +127,7 @@ fn config() -> InstanceConfig {
         )]
         .into(),
         dataplane_namespace: "reflow-system".into(),
+        key: SealingKey::from_bytes(&KEY),
     }
 }
 
@@ -148,7 +200,8 @@ fn owned_by_instance(obj: &Value) {
 #[tokio::test]
 async fn first_reconcile_applies_every_child_and_reports_pending() {
     let (client, mut h) = mock_client();
-    let inst = instance("gh", Timestamp::now(), "fp-1");
+    let fp = fingerprint_of("alice");
+    let inst = instance("gh", Timestamp::now(), &fp);
     let verifier = tokio::spawn(async move {
         let (_, send) = expect(
             &mut h,
@@ -164,7 +217,12 @@ async fn first_reconcile_applies_every_child_and_reports_pending() {
         )
         .await;
         owned_by_instance(&secret);
-        assert!(secret["data"]["GITHUB_TOOLSETS"].is_string());
+        assert_eq!(secret["data"]["GITHUB_TOOLSETS"], b64("repos"));
+        assert_eq!(
+            secret["data"]["GITHUB_TOKEN"],
+            b64("ghp-alice-value"),
+            "alice's resolved Credential value, opened for the pod"
+        );
         assert!(
             secret["data"]["REFLOW_BRIDGE_TOKEN"]
                 .as_str()
@@ -183,7 +241,11 @@ async fn first_reconcile_applies_every_child_and_reports_pending() {
         owned_by_instance(&pod);
         assert_eq!(
             pod["metadata"]["annotations"]["mcp.reflow.io/credential-fingerprint"],
-            "fp-1"
+            fp.as_str()
+        );
+        assert!(
+            !pod.to_string().contains("ghp-alice-value"),
+            "values only in the Secret"
         );
         assert_eq!(
             pod["metadata"]["labels"]["mcp.reflow.io/instance"],
@@ -291,9 +353,10 @@ async fn first_reconcile_applies_every_child_and_reports_pending() {
 }
 
 #[tokio::test]
-async fn a_credential_change_rolls_the_pod_and_keeps_the_bridge_token() {
+async fn a_credential_change_rolls_the_pod_with_new_secret_content_and_keeps_the_bridge_token() {
     let (client, mut h) = mock_client();
-    let inst = instance("gh", Timestamp::now(), "fp-2");
+    // The pod runs with "fp-1"; the instance now wants alice's current credentials.
+    let inst = instance("gh", Timestamp::now(), &fingerprint_of("alice"));
     let verifier = tokio::spawn(async move {
         let (_, send) = expect(
             &mut h,
@@ -317,6 +380,7 @@ async fn a_credential_change_rolls_the_pod_and_keeps_the_bridge_token() {
             secret["data"]["REFLOW_BRIDGE_TOKEN"], "b2xkLXRva2Vu",
             "the token survives"
         );
+        assert_eq!(secret["data"]["GITHUB_TOKEN"], b64("ghp-alice-value"));
         respond(send, StatusCode::OK, &secret);
         let (_, send) = expect(&mut h, Method::GET, &format!("{CORE}/pods/mcpi-gh-alice")).await;
         respond(
@@ -375,7 +439,7 @@ async fn a_credential_change_rolls_the_pod_and_keeps_the_bridge_token() {
 async fn an_idle_instance_is_deleted_and_its_children_follow() {
     let (client, mut h) = mock_client();
     let created = Timestamp::now() - Duration::from_secs(601);
-    let inst = instance("gh", created, "fp-1");
+    let inst = instance("gh", created, &fingerprint_of("alice"));
     let verifier = tokio::spawn(async move {
         let (body, send) = expect(&mut h, Method::DELETE, &format!("{INSTANCES}/gh-alice?")).await;
         assert_eq!(body["propagationPolicy"], "Background");
@@ -393,7 +457,7 @@ async fn an_idle_instance_is_deleted_and_its_children_follow() {
     verifier.await.expect("verifier");
 
     // Recent use keeps it: `lastUsed` counts instead of the creation time.
-    let mut used = instance("gh", created, "fp-1");
+    let mut used = instance("gh", created, &fingerprint_of("alice"));
     used.status = Some(reflow_crds::api::InstanceStatus {
         last_used: Some(Timestamp::now().to_string()),
         ..Default::default()
@@ -407,9 +471,45 @@ async fn an_idle_instance_is_deleted_and_its_children_follow() {
 }
 
 #[tokio::test]
+async fn credentials_that_no_longer_resolve_to_the_fingerprint_are_refused_without_touching_children()
+ {
+    let (client, mut h) = mock_client();
+    // Created for credentials the served snapshot no longer resolves to (bob's, say).
+    let inst = instance("gh", Timestamp::now(), &fingerprint_of("bob"));
+    let verifier = tokio::spawn(async move {
+        let (status, send) = expect(
+            &mut h,
+            Method::PATCH,
+            &format!("{INSTANCES}/gh-alice/status?"),
+        )
+        .await;
+        assert_eq!(status["status"]["phase"], "Failed");
+        let c = &status["status"]["conditions"][0];
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("CredentialMismatch"))
+        );
+        assert!(!status.to_string().contains("ghp-"), "no values in status");
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance", "metadata": {"name": "gh-alice"}, "spec": {"targetRef": {"name": "gh"}, "isolationKey": "alice"}}),
+        );
+        // No Secret, Pod, Service or NetworkPolicy call: alice's values never reach a pod
+        // started for other credentials.
+        expect_quiet(&mut h).await;
+    });
+    let action = instance::reconcile_with(&inst, &snapshot(), &client, &config(), Timestamp::now())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    verifier.await.expect("verifier");
+}
+
+#[tokio::test]
 async fn a_missing_target_fails_the_instance_without_touching_children() {
     let (client, mut h) = mock_client();
-    let inst = instance("nope", Timestamp::now(), "fp-1");
+    let inst = instance("nope", Timestamp::now(), &fingerprint_of("alice"));
     let verifier = tokio::spawn(async move {
         let (status, send) = expect(
             &mut h,
@@ -454,7 +554,7 @@ mod ensure_api {
         load_str(std::path::Path::new("t.yaml"), TARGET, &mut loaded).unwrap();
         let publisher = Publisher::new();
         publisher
-            .publish(compile(&loaded.inputs, &SealingKey::from_bytes(&[2; 32])).unwrap())
+            .publish(compile(&loaded.inputs, &SealingKey::from_bytes(&KEY)).unwrap())
             .unwrap();
         let state = ApiState {
             published: publisher.subscribe(),
@@ -485,21 +585,56 @@ mod ensure_api {
         (code, String::from_utf8_lossy(&b).into_owned())
     }
 
+    fn alice_request() -> Value {
+        json!({"namespace": "team", "target": "gh", "isolationKey": "alice",
+               "credentialFingerprint": fingerprint_of("alice"), "identity": {"user": "alice"}})
+    }
+
+    fn applied(generation: i64, status: Value) -> Value {
+        json!({"apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance",
+               "metadata": {"name": "gh-alice", "namespace": "team", "uid": "uid-1", "generation": generation},
+               "spec": {"targetRef": {"name": "gh"}, "isolationKey": "alice",
+                        "credentialFingerprint": fingerprint_of("alice"), "identity": {"user": "alice"}},
+               "status": status})
+    }
+
     #[tokio::test]
-    async fn ensure_applies_the_instance_and_answers_with_its_endpoint_once_running() {
+    async fn ensure_applies_the_instance_and_answers_with_endpoint_and_token_once_running() {
         let (client, mut h) = mock_client();
         let (app, _p) = app(Some(client));
         let verifier = tokio::spawn(async move {
+            let (_, send) = expect(&mut h, Method::GET, &format!("{INSTANCES}/gh-alice")).await;
+            not_found(send);
             let (doc, send) =
                 expect(&mut h, Method::PATCH, &format!("{INSTANCES}/gh-alice{SSA}")).await;
             assert_eq!(
                 doc["spec"],
-                json!({"targetRef": {"name": "gh"}, "isolationKey": "alice", "credentialFingerprint": "fp-9"})
+                json!({"targetRef": {"name": "gh"}, "isolationKey": "alice",
+                       "credentialFingerprint": fingerprint_of("alice"),
+                       "identity": {"user": "alice"}}),
+                "the identity travels so the reconciler can resolve alice's values"
             );
-            let mut obj = doc.clone();
-            obj["status"] =
-                json!({"phase": "Running", "endpoint": "http://mcpi-gh-alice.team.svc:8080/mcp"});
-            respond(send, StatusCode::OK, &obj);
+            respond(
+                send,
+                StatusCode::OK,
+                &applied(
+                    1,
+                    json!({"phase": "Running", "observedGeneration": 1,
+                           "endpoint": "http://mcpi-gh-alice.team.svc:8080/mcp"}),
+                ),
+            );
+            let (_, send) = expect(
+                &mut h,
+                Method::GET,
+                &format!("{CORE}/secrets/mcpi-gh-alice"),
+            )
+            .await;
+            respond(
+                send,
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mcpi-gh-alice"},
+                        "data": {"REFLOW_BRIDGE_TOKEN": b64("tok-for-alice"), "GITHUB_TOKEN": b64("ghp-alice-value")}}),
+            );
             let (doc, send) = expect(
                 &mut h,
                 Method::PATCH,
@@ -512,20 +647,31 @@ mod ensure_api {
                     .is_some_and(|t| t.parse::<Timestamp>().is_ok()),
                 "{doc}"
             );
-            respond(send, StatusCode::OK, &obj);
+            respond(send, StatusCode::OK, &applied(1, json!({})));
             expect_quiet(&mut h).await;
         });
-        let req = json!({"namespace": "team", "target": "gh", "isolationKey": "alice", "credentialFingerprint": "fp-9"});
         let (code, body) = read(
             app.clone()
-                .oneshot(post("/v1/instances/ensure", req))
+                .oneshot(post("/v1/instances/ensure", alice_request()))
                 .await
                 .unwrap(),
         )
         .await;
         assert_eq!(code, StatusCode::OK, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["endpoint"], "http://mcpi-gh-alice.team.svc:8080/mcp");
+        assert_eq!(
+            (
+                v["name"].as_str(),
+                v["endpoint"].as_str(),
+                v["token"].as_str()
+            ),
+            (
+                Some("gh-alice"),
+                Some("http://mcpi-gh-alice.team.svc:8080/mcp"),
+                Some("tok-for-alice")
+            )
+        );
+        assert!(!body.contains("ghp-alice-value"), "only the bridge token");
         let (code, _) = read(
             app.clone()
                 .oneshot(post(
@@ -538,6 +684,147 @@ mod ensure_api {
         .await;
         assert_eq!(code, StatusCode::NO_CONTENT);
         verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ensure_leaves_a_matching_instance_alone_and_answers_202_until_it_runs() {
+        let (client, mut h) = mock_client();
+        let (app, _p) = app(Some(client));
+        let verifier = tokio::spawn(async move {
+            // Running, but the status describes generation 1 and the spec is at 2: the pod may
+            // still hold other credentials, so no endpoint yet.
+            let (_, send) = expect(&mut h, Method::GET, &format!("{INSTANCES}/gh-alice")).await;
+            respond(
+                send,
+                StatusCode::OK,
+                &applied(
+                    2,
+                    json!({"phase": "Running", "observedGeneration": 1,
+                           "endpoint": "http://mcpi-gh-alice.team.svc:8080/mcp"}),
+                ),
+            );
+            // Pending at the current generation.
+            let (_, send) = expect(&mut h, Method::GET, &format!("{INSTANCES}/gh-alice")).await;
+            respond(
+                send,
+                StatusCode::OK,
+                &applied(2, json!({"phase": "Pending", "observedGeneration": 2})),
+            );
+            // Failed at the current generation: an error naming the reason, not a wait.
+            let (_, send) = expect(&mut h, Method::GET, &format!("{INSTANCES}/gh-alice")).await;
+            respond(
+                send,
+                StatusCode::OK,
+                &applied(
+                    2,
+                    json!({"phase": "Failed", "observedGeneration": 2,
+                           "conditions": [{"type": "Ready", "status": "False", "reason": "NotKubernetes", "message": "uses transport stdio"}]}),
+                ),
+            );
+            expect_quiet(&mut h).await;
+        });
+        for (want, phase) in [
+            (StatusCode::ACCEPTED, Some("Pending")),
+            (StatusCode::ACCEPTED, Some("Pending")),
+            (StatusCode::BAD_GATEWAY, None),
+        ] {
+            let (code, body) = read(
+                app.clone()
+                    .oneshot(post("/v1/instances/ensure", alice_request()))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(code, want, "{body}");
+            match phase {
+                Some(p) => {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(v["phase"], p);
+                    assert!(
+                        v.get("endpoint").is_none() && v.get("token").is_none(),
+                        "{v}"
+                    );
+                }
+                None => assert!(
+                    body.contains("NotKubernetes: uses transport stdio"),
+                    "{body}"
+                ),
+            }
+        }
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_instance_refused_for_its_stored_identity_is_repaired_by_a_caller_who_resolves_to_it()
+     {
+        let (client, mut h) = mock_client();
+        let (app, _p) = app(Some(client));
+        let verifier = tokio::spawn(async move {
+            // Same fingerprint as alice's, but stored for someone whose Credentials have since
+            // changed: the reconciler refused it.
+            let mut found = applied(
+                2,
+                json!({"phase": "Failed", "observedGeneration": 2,
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "CredentialMismatch", "message": "stale"}]}),
+            );
+            found["spec"]["identity"] = json!({"user": "carol"});
+            let (_, send) = expect(&mut h, Method::GET, &format!("{INSTANCES}/gh-alice")).await;
+            respond(send, StatusCode::OK, &found);
+            let (doc, send) =
+                expect(&mut h, Method::PATCH, &format!("{INSTANCES}/gh-alice{SSA}")).await;
+            assert_eq!(doc["spec"]["identity"], json!({"user": "alice"}));
+            respond(
+                send,
+                StatusCode::OK,
+                &applied(3, json!({"phase": "Failed", "observedGeneration": 2})),
+            );
+            expect_quiet(&mut h).await;
+        });
+        let (code, body) = read(
+            app.clone()
+                .oneshot(post("/v1/instances/ensure", alice_request()))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_fingerprint_the_controller_does_not_resolve_is_refused_with_409() {
+        let (client, mut h) = mock_client();
+        let (app, _p) = app(Some(client));
+        for fp in [json!(fingerprint_of("bob")), json!("00"), Value::Null] {
+            let mut req = alice_request();
+            req["credentialFingerprint"] = fp.clone();
+            let (code, body) = read(
+                app.clone()
+                    .oneshot(post("/v1/instances/ensure", req))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(code, StatusCode::CONFLICT, "{fp}: {body}");
+            assert!(body.contains("fingerprint mismatch"), "{body}");
+        }
+        // Bob's fingerprint is right for bob.
+        let mut bob = alice_request();
+        bob["identity"] = json!({"user": "bob"});
+        bob["credentialFingerprint"] = json!(fingerprint_of("alice"));
+        let (code, _) = read(
+            app.clone()
+                .oneshot(post("/v1/instances/ensure", bob))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            code,
+            StatusCode::CONFLICT,
+            "alice's fingerprint is not bob's"
+        );
+        expect_quiet(&mut h).await;
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ pub mod compile;
 pub mod crdgen;
 pub mod glob;
 pub mod identity;
+pub mod instance_wire;
 pub mod loader;
 pub mod seal;
 pub mod snapshot;

@@ -403,6 +403,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(bus) = stores.bus.clone() {
         gw.attach_bus(bus);
     }
+    if let Some(api) = controller_instances(&args)? {
+        gw.use_controller_instances(api);
+    }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -573,6 +576,22 @@ fn start_source(
     let watch = source::watch_manifests(dir.clone(), key.clone(), snapshots.clone())
         .with_context(|| format!("manifests {}", dir.display()))?;
     Ok(Box::new(watch))
+}
+
+/// In controller mode, `kubernetes` Targets are served through the controller's instance API
+/// with the same URL and token as the snapshot stream.
+fn controller_instances(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<reflow_dataplane::upstream::instance::ControllerApi>> {
+    let (Some(url), Some(token_file)) = (&args.controller, &args.controller_token_file) else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("controller token file {}", token_file.display()))?;
+    Ok(Some(reflow_dataplane::upstream::instance::ControllerApi {
+        url: url.clone(),
+        token: token.trim().to_owned().into(),
+    }))
 }
 
 /// A missing or unreadable folder fails at start with the path in the message.

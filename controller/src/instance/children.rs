@@ -1,6 +1,7 @@
-//! What one MCPInstance becomes: a Secret (the resolved env and the bridge token), a Pod (the
-//! Target's template under a restricted security context, with limits, and the bridge in front
-//! of a STDIO server), a ClusterIP Service and a NetworkPolicy admitting only dataplane pods.
+//! What one MCPInstance becomes: a Secret (the Target's env, the resolved Credential env values
+//! and the bridge token), a Pod (the Target's template under a restricted security context, with
+//! limits, and the bridge in front of a STDIO server), a ClusterIP Service and a NetworkPolicy
+//! admitting only dataplane pods.
 //! Pure: every object carries an owner reference to the instance so deletion cascades.
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use reflow_crds::api::{MCPInstance, PodSpecTemplate, PodTransport};
+use sha2::{Digest, Sha256};
 
 /// Labels every child carries; the instance label selects the Pod.
 pub const INSTANCE_LABEL: &str = "mcp.reflow.io/instance";
@@ -52,6 +54,8 @@ pub struct InstanceConfig {
     pub dataplane_labels: BTreeMap<String, String>,
     /// Namespace of the dataplane pods.
     pub dataplane_namespace: String,
+    /// Opens the callers' Credential values for the instance Secret (the snapshot's key).
+    pub key: reflow_crds::SealingKey,
 }
 
 pub struct Children {
@@ -61,9 +65,35 @@ pub struct Children {
     pub network_policy: NetworkPolicy,
 }
 
-/// The name of every child of `inst`.
+/// Longest Service name (an RFC 1035 label) and longest label value.
+const MAX_LABEL: usize = 63;
+
+/// `name` if it fits in `max` characters, else a prefix of it and 10 hex digits of its digest:
+/// distinct long names stay distinct, and the result still ends alphanumeric.
+fn fit(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let digest: String = Sha256::digest(name.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keep = name
+        .get(..max - 11)
+        .unwrap_or_default()
+        .trim_end_matches(['-', '.']);
+    format!("{keep}-{digest}")
+}
+
+/// The name of every child of `inst` (a Service name, so at most 63 characters).
 pub fn child_name(inst: &MCPInstance) -> String {
-    format!("mcpi-{}", inst.name_any())
+    format!("mcpi-{}", fit(&inst.name_any(), MAX_LABEL - 5))
+}
+
+/// The instance label's value (label values are limited to 63 characters too).
+fn instance_label(inst: &MCPInstance) -> String {
+    fit(&inst.name_any(), MAX_LABEL)
 }
 
 /// `http://svc.ns.svc:port/path`, where dataplanes reach the instance.
@@ -119,6 +149,7 @@ pub fn build(
     inst: &MCPInstance,
     target: &PodSpecTemplate,
     env: &[(String, String)],
+    fingerprint: &str,
     bridge_token: &str,
     cfg: &InstanceConfig,
 ) -> Result<Children, BuildError> {
@@ -126,7 +157,7 @@ pub fn build(
     let name = child_name(inst);
     let ns = inst.namespace();
     let labels = BTreeMap::from([
-        (INSTANCE_LABEL.to_owned(), inst.name_any()),
+        (INSTANCE_LABEL.to_owned(), instance_label(inst)),
         (TARGET_LABEL.to_owned(), inst.spec.target_ref.name.clone()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
@@ -247,10 +278,9 @@ pub fn build(
         c.security_context = Some(restricted());
         default_limits(c);
     }
-    let fingerprint = inst.spec.credential_fingerprint.clone().unwrap_or_default();
     let mut pod_meta = meta(Some(BTreeMap::from([(
         FINGERPRINT_ANNOTATION.to_owned(),
-        fingerprint,
+        fingerprint.to_owned(),
     )])));
     if let Some(extra) = template.metadata.and_then(|m| m.labels) {
         let l = pod_meta.labels.get_or_insert_with(BTreeMap::new);
@@ -264,7 +294,7 @@ pub fn build(
         status: None,
     };
 
-    let selector = BTreeMap::from([(INSTANCE_LABEL.to_owned(), inst.name_any())]);
+    let selector = BTreeMap::from([(INSTANCE_LABEL.to_owned(), instance_label(inst))]);
     let service = Service {
         metadata: meta(None),
         spec: Some(ServiceSpec {
@@ -320,4 +350,40 @@ pub fn build(
         service,
         network_policy,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reflow_crds::api::{InstanceSpec, LocalRef};
+
+    fn named(name: &str) -> MCPInstance {
+        MCPInstance::new(
+            name,
+            InstanceSpec {
+                target_ref: LocalRef { name: "t".into() },
+                isolation_key: "k".into(),
+                credential_fingerprint: None,
+                identity: None,
+            },
+        )
+    }
+
+    #[test]
+    fn child_names_and_labels_fit_in_63_characters_and_stay_distinct() {
+        assert_eq!(child_name(&named("gh-alice")), "mcpi-gh-alice");
+        assert_eq!(instance_label(&named("gh-alice")), "gh-alice");
+        // A 30-character Target with the dataplane's 33-character key.
+        let key = "0123456789abcdef-fedcba9876543210";
+        let a = named(&format!("{}-{key}", "a".repeat(30)));
+        let b = named(&format!("{}-{key}", "a".repeat(31)));
+        for inst in [&a, &b] {
+            let (child, label) = (child_name(inst), instance_label(inst));
+            assert!(child.len() <= 63 && label.len() <= 63, "{child} {label}");
+            assert!(child.starts_with("mcpi-aaaa"));
+            assert!(child.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        }
+        assert_ne!(child_name(&a), child_name(&b));
+        assert_ne!(instance_label(&a), instance_label(&b));
+    }
 }

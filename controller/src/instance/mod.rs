@@ -1,6 +1,8 @@
-//! The MCPInstance reconciler: looks the instance's Target up in the served snapshot, applies its
-//! children (server-side apply, owner references), rolls the Pod when the credential fingerprint
-//! changes, reports phase and endpoint, and deletes instances past their idle TTL or lifetime.
+//! The MCPInstance reconciler: looks the instance's Target up in the served snapshot, resolves the
+//! Credentials of the instance's identity (refusing when they no longer match its fingerprint),
+//! applies its children (server-side apply, owner references), rolls the Pod when the credential
+//! fingerprint changes, reports phase and endpoint, and deletes instances past their idle TTL or
+//! lifetime.
 
 pub mod api;
 pub mod children;
@@ -17,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use reflow_crds::api::{Condition, InstancePhase, InstanceStatus, MCPInstance};
 use reflow_crds::snapshot::{EffectiveLifetimes, Upstream};
 use reflow_crds::{SealingKey, Snapshot};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, instrument};
@@ -33,6 +36,8 @@ pub enum InstanceError {
     Kube(#[from] kube::Error),
     #[error("building the instance: {0}")]
     Build(#[from] BuildError),
+    #[error("the Credential value for env {0} cannot be opened with the controller's sealing key")]
+    Credential(String),
 }
 
 impl InstanceError {
@@ -40,6 +45,7 @@ impl InstanceError {
         match self {
             Self::Kube(_) => "kube",
             Self::Build(_) => "build",
+            Self::Credential(_) => "credential",
         }
     }
 }
@@ -169,6 +175,48 @@ pub async fn reconcile_with(
         return Ok(Action::await_change());
     }
 
+    // Resolved now, from the served snapshot: the values the pod gets are exactly those whose
+    // fingerprint the instance was created for, or none at all.
+    let identity = inst.spec.identity.clone().unwrap_or_default().to_identity();
+    let resolved = target.credentials.resolve(&identity);
+    let fingerprint = resolved.fingerprint.to_hex();
+    if let Some(want) = &inst.spec.credential_fingerprint
+        && *want != fingerprint
+    {
+        info!("credentials resolve to another fingerprint; leaving the children as they are");
+        let status = InstanceStatus {
+            observed_generation: generation,
+            phase: InstancePhase::Failed,
+            conditions: vec![condition(
+                false,
+                "CredentialMismatch",
+                "the served snapshot resolves this instance's Credentials to another fingerprint \
+                 than it was created for; callers with the current snapshot get a new instance"
+                    .into(),
+                generation,
+                &now_s,
+            )],
+            ..previous
+        };
+        if inst.status.as_ref() != Some(&status) {
+            patch_status(&instances, inst, status).await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    // Target env first, then Credentials (they win on a shared name), as for STDIO children.
+    let mut values: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for entry in resolved.env() {
+        let secret = config
+            .key
+            .open(&entry.aad, &entry.value)
+            .map_err(|_| InstanceError::Credential(entry.name.to_string()))?;
+        values.retain(|(k, _)| **k != *entry.name);
+        values.push((entry.name.to_string(), secret.expose_secret().to_owned()));
+    }
+
     let name = children::child_name(inst);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // The bridge token stays for the instance's life: reuse the one already issued.
@@ -179,11 +227,7 @@ pub async fn reconcile_with(
         .and_then(|d| d.get(children::BRIDGE_TOKEN_ENV).cloned())
         .and_then(|b| String::from_utf8(b.0).ok())
         .unwrap_or_else(SealingKey::generate_base64);
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let built = children::build(inst, template, &env, &token, config)?;
+    let built = children::build(inst, template, &values, &fingerprint, &token, config)?;
 
     let ssa = PatchParams::apply(MANAGER).force();
     secrets
@@ -191,14 +235,13 @@ pub async fn reconcile_with(
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let existing = pods.get_opt(&name).await?;
-    let want_fp = inst.spec.credential_fingerprint.clone().unwrap_or_default();
     let running_fp = existing.as_ref().and_then(|p| {
         p.annotations()
             .get(children::FINGERPRINT_ANNOTATION)
             .cloned()
     });
     let phase = match &existing {
-        Some(_) if running_fp.as_deref() != Some(want_fp.as_str()) => {
+        Some(_) if running_fp.as_deref() != Some(fingerprint.as_str()) => {
             // Pods are immutable where it matters: a credential change replaces the Pod.
             info!("credential fingerprint changed; rolling the pod");
             pods.delete(&name, &DeleteParams::default()).await?;

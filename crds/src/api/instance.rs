@@ -37,9 +37,43 @@ pub struct InstanceSpec {
     )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("isolationKey is immutable"))]
     pub isolation_key: String,
-    /// Fingerprint of the credentials the pod is started with; a change rolls the pod.
+    /// Fingerprint of the credentials the pod is started with; a change rolls the pod. When
+    /// set, the reconciler refuses to start the pod with credentials that resolve differently.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_fingerprint: Option<String>,
+    /// Whose Credentials the pod gets (the first caller with this isolation key; every caller
+    /// sharing the instance resolves to the same fingerprint). Absent: only `default` ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<InstanceIdentity>,
+}
+
+/// The claims Credential resolution looks at: names only, never a token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceIdentity {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl InstanceIdentity {
+    pub fn to_identity(&self) -> crate::Identity {
+        crate::Identity::new(
+            self.user.as_str(),
+            self.groups.iter().map(String::as_str),
+            self.roles.iter().map(String::as_str),
+        )
+    }
+
+    pub fn from_identity(id: &crate::Identity) -> Self {
+        Self {
+            user: id.user.to_string(),
+            groups: id.groups.iter().map(|g| g.to_string()).collect(),
+            roles: id.roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
 }
 
 #[derive(

@@ -14,7 +14,7 @@ mod target;
 
 pub use common::{Condition, LocalRef, ObjectStatus, SecretKeyRef};
 pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValue};
-pub use instance::{InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
+pub use instance::{InstanceIdentity, InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
 pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
 pub use target::{

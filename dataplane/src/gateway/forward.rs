@@ -1,13 +1,13 @@
 //! One call to one upstream on behalf of one session: credentials opened at use time, the
 //! upstream link established at most once per (session, target), again on 404 or a lost stream;
-//! `stdio` targets go to the process pool instead.
+//! `stdio` targets go to the process pool, `kubernetes` ones to their instance (`instances`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use reflow_crds::Identity;
-use reflow_crds::snapshot::{CompiledTarget, Upstream};
+use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials, Upstream};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{Instrument, Span, info_span};
@@ -176,16 +176,12 @@ impl Gateway {
                 .call(&key, &start, method, params, &hooks)
                 .await?);
         }
-        let mut headers = InjectedHeaders::open(&creds, &self.key)?;
-        if let Some(forwarding) = &target.identity_forwarding {
-            let forwarded = self
-                .signer
-                .headers(forwarding, caller.identity, caller.target_key)
-                .map_err(|e| UpstreamError::Identity(e.to_string()))?;
-            for (name, value) in forwarded {
-                headers.insert(name, value);
-            }
+        if let Upstream::Kubernetes { .. } = target.upstream {
+            return self
+                .forward_instance(caller, target, &creds, (method, params), &hooks)
+                .await;
         }
+        let headers = self.call_headers(caller, target, &creds)?;
         let key = caller.target_key;
         let cell = self
             .conns
@@ -224,6 +220,26 @@ impl Gateway {
             }
             other => other,
         }
+    }
+
+    /// The caller's credential headers and, where the Target opted in, forwarded identity.
+    pub(super) fn call_headers(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        creds: &ResolvedCredentials,
+    ) -> Result<InjectedHeaders, UpstreamError> {
+        let mut headers = InjectedHeaders::open(creds, &self.key)?;
+        if let Some(forwarding) = &target.identity_forwarding {
+            let forwarded = self
+                .signer
+                .headers(forwarding, caller.identity, caller.target_key)
+                .map_err(|e| UpstreamError::Identity(e.to_string()))?;
+            for (name, value) in forwarded {
+                headers.insert(name, value);
+            }
+        }
+        Ok(headers)
     }
 
     /// Records upstream state in the session record (so another replica could resume it); a

@@ -6,6 +6,7 @@ mod cross_replica;
 mod dispatch;
 mod forward;
 mod hardening;
+mod instances;
 mod list_audit;
 mod proxy;
 mod relay;
@@ -37,6 +38,7 @@ use crate::net::Peer;
 use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
+use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{
     PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
 };
@@ -81,6 +83,8 @@ pub struct GatewayConfig {
     /// How long a client has to answer a relayed server-to-client request (sampling,
     /// elicitation, roots) before the upstream gets an error.
     pub client_answer_timeout_ms: u64,
+    /// `kubernetes` Targets: how long a call waits for its instance, polling, use reports.
+    pub instances: InstancesConfig,
 }
 
 impl Default for GatewayConfig {
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             tls: None,
             stdio: StdioConfig::default(),
             client_answer_timeout_ms: 120_000,
+            instances: InstancesConfig::default(),
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Gateway {
     key: SealingKey,
     upstream: UpstreamClient,
     conns: forward::Conns,
+    /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
+    instances: Instances,
     guard: Arc<hardening::Guard>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
@@ -164,6 +171,7 @@ impl Gateway {
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
         let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
         let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
+        let instances = Instances::new(p.config.instances.clone());
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let weak = weak.clone();
@@ -182,6 +190,7 @@ impl Gateway {
                 key: p.key,
                 upstream,
                 conns: forward::Conns::default(),
+                instances,
                 guard,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
@@ -202,6 +211,12 @@ impl Gateway {
             });
         }
         Ok(gw)
+    }
+
+    /// Serves `kubernetes` Targets through the controller's instance API (controller mode);
+    /// without it they answer an error at once. Only the first call takes effect.
+    pub fn use_controller_instances(&self, api: ControllerApi) -> bool {
+        self.instances.use_controller(api)
     }
 
     /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).

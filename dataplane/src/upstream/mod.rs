@@ -4,6 +4,7 @@
 
 mod auto;
 mod events;
+pub mod instance;
 mod link;
 mod sse;
 pub mod stdio;
@@ -101,6 +102,8 @@ pub enum UpstreamError {
     Sse(#[from] SseError),
     #[error("{0}")]
     Stdio(#[from] StdioError),
+    #[error("{0}")]
+    Instance(#[from] instance::InstanceError),
 }
 
 impl UpstreamError {
@@ -118,6 +121,7 @@ impl UpstreamError {
             Self::Cancelled => "cancelled",
             Self::Sse(e) => e.label(),
             Self::Stdio(e) => e.label(),
+            Self::Instance(e) => e.label(),
         }
     }
 }
