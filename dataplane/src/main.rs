@@ -3,13 +3,14 @@
 //! authenticated Streamable HTTP; `audit query` reads the Postgres audit log. Wiring only;
 //! everything else is the library.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::config::{
     AuditTarget, Config, DATABASE_URL_ENV, SEALING_KEY_ENV, parse_duration,
@@ -27,15 +28,11 @@ const DRAIN: Duration = Duration::from_secs(10);
 #[derive(Parser)]
 #[command(
     version,
-    about = "Reflow's MCP gateway data plane",
-    args_conflicts_with_subcommands = true
+    about = "Reflow's MCP gateway data plane (with no subcommand: `serve`)"
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
-    /// `serve` flags, also accepted without the subcommand.
-    #[command(flatten)]
-    serve: Option<ServeArgs>,
+    command: Command,
     /// Log lines on stderr: `pretty`, or `json` (one object per line, with `trace_id` and
     /// `span_id` inside traced requests when OTEL_EXPORTER_OTLP_ENDPOINT turns tracing on).
     #[arg(
@@ -169,8 +166,33 @@ struct TokenArgs {
     mint: reflow_crds::token::cli::MintArgs,
 }
 
+/// `reflow-dataplane [--log-format F] --config …` means `serve`: the word is inserted before
+/// parsing, so `serve`'s flags (several read env vars, such as POD_NAME in a pod) are only ever
+/// parsed for `serve` and never stand in the way of another subcommand.
+fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+    let command = Cli::command();
+    let names: Vec<&str> = command
+        .get_subcommands()
+        .map(clap::Command::get_name)
+        .chain(["help"])
+        .collect();
+    let mut i = 1;
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        match arg {
+            // The one global flag may come before the subcommand.
+            "--log-format" => i += 2,
+            a if a.starts_with("--log-format=") => i += 1,
+            "-h" | "--help" | "-V" | "--version" => return args,
+            a if names.contains(&a) => return args,
+            _ => break,
+        }
+    }
+    args.insert(i.min(args.len()), OsString::from("serve"));
+    args
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));
     // Installed once, before any TLS client (JWKS, upstreams, the OTLP exporter) is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = reflow_telemetry::init("reflow-dataplane", cli.log_format)?;
@@ -181,19 +203,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match (cli.command, cli.serve) {
-        (Some(Command::Token(args)), _) => token(&args),
-        (Some(Command::InstallBridge { dir }), _) => install_bridge(&dir),
-        (Some(Command::Bridge(args)), _) => tokio::runtime::Runtime::new()
+    match cli.command {
+        Command::Token(args) => token(&args),
+        Command::InstallBridge { dir } => install_bridge(&dir),
+        Command::Bridge(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(bridge(args)),
-        (Some(Command::Audit(AuditCommand::Query(args))), _) => tokio::runtime::Runtime::new()
+        Command::Audit(AuditCommand::Query(args)) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(audit_query(args)),
-        (Some(Command::Serve(args)), _) | (None, Some(args)) => tokio::runtime::Runtime::new()
+        Command::Serve(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(serve(args)),
-        (None, None) => bail!("nothing to do: pass --manifests and --config (see --help)"),
     }
 }
 

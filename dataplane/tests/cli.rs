@@ -361,3 +361,48 @@ fn cli_token_mints_scoped_tokens_and_prints_the_jti() {
     assert!(err.contains("token scope"), "{err}");
     assert!(err.contains("permissions"), "{err}");
 }
+
+/// A pod's environment sets serve's env-backed flags (POD_NAME, REFLOW_CONFIG, …); other
+/// subcommands run there with `kubectl exec` must not be taken for a half-configured `serve`.
+#[test]
+fn subcommands_run_in_a_pod_environment_and_no_subcommand_means_serve() {
+    let fx = Fixture::new(&good_config());
+    let config = must_str(&fx.config()).to_owned();
+    let run_env = |args: &[&str]| {
+        let out = must(
+            Command::new(BIN)
+                .args(args)
+                .env("POD_NAME", "reflow-dataplane-7c9d")
+                .env("REFLOW_CONTROLLER", "http://reflow-controller:9090")
+                .env("REFLOW_SNAPSHOT_CACHE", "/var/cache/reflow/snapshot")
+                .env_remove("REFLOW_SEALING_KEY")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .output(),
+        );
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, out, err) = run_env(&["token", "--config", &config, "--user", "ops"]);
+    assert!(status.success(), "token in a pod environment: {err}");
+    assert_eq!(out.trim().split('.').count(), 3, "a JWT: {out}");
+    let (status, _, err) = run_env(&[
+        "--log-format",
+        "json",
+        "token",
+        "--config",
+        &config,
+        "--user",
+        "ops",
+    ]);
+    assert!(status.success(), "global flag before the subcommand: {err}");
+
+    // No subcommand is `serve`: its own checks answer (here: the controller flag needs a token
+    // file), not a parse error about a missing subcommand.
+    let (status, _, err) = run_env(&["--config", &config]);
+    assert!(!status.success());
+    assert!(err.contains("--controller-token-file"), "{err}");
+}

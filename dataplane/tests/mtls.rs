@@ -138,18 +138,20 @@ async fn initialize(
 }
 
 async fn tool_names(c: &reqwest::Client, base: &str, sid: &str) -> Vec<String> {
-    let v: Value = c
+    // A JSON-only client: what the upstream says besides the reply goes to the GET stream.
+    let v = c
         .post(format!("{base}/mcp"))
         .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
+        .header("accept", "application/json")
         .header("mcp-session-id", sid)
         .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap();
+    let v: Value = serde_json::from_str(&v).unwrap_or_else(|e| panic!("{e}: {v}"));
     v["result"]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{v}"))
