@@ -514,6 +514,7 @@ impl UpstreamClient {
                 .map_or(Duration::from_millis(100), Duration::from_millis)
                 .min(MAX_RESUME_WAIT);
             tokio::time::sleep(wait).await;
+            sse.discard_partial();
             debug!(last_event_id = %last, "resuming the upstream reply stream");
             resp = self.resume(route, &last).await?;
         }
