@@ -185,6 +185,13 @@ impl Gateway {
                 upcalls: upcalls::Upcalls::new(answer_timeout),
             }
         });
+        let weak = Arc::downgrade(&gw);
+        gw.upstream.stdio().set_session_relay(Arc::new(
+            move |sid: &str, target, inbound| match weak.upgrade() {
+                Some(gw) => gw.relay_to_session(sid, target, inbound),
+                None => crate::upstream::unroutable(inbound),
+            },
+        ));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&gw);
             rt.spawn(async move {

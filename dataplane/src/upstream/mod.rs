@@ -12,7 +12,7 @@ mod upcall;
 pub use link::{Link, Transport};
 pub use sse::SseError;
 pub use stdio::{StdioConfig, StdioError};
-pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall, unroutable};
 
 use std::collections::HashMap;
 use std::fmt;
