@@ -1,7 +1,8 @@
 //! Streams through the gateway against a scripted upstream on loopback: server-to-client requests
 //! relayed under gateway ids (and refused when the client lacks the capability or answers an id
 //! it was never given), progress tokens mapped back, `Last-Event-ID` replay, cancellation, and
-//! the GET stream for a client that accepts only JSON.
+//! the GET stream for a client that accepts only JSON and for what the upstream says outside
+//! any request.
 
 mod support;
 
@@ -136,9 +137,22 @@ async fn scripted(State(up): State<Scripted>, _headers: HeaderMap, body: Bytes) 
     }
 }
 
+/// The upstream session's GET stream: one `list_changed` shortly after it opens, then quiet.
+async fn scripted_get(headers: HeaderMap) -> Response {
+    if headers.get("mcp-session-id").is_none() {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+    let first = futures::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sse_event(&note)
+    });
+    sse(first.chain(futures::stream::pending()))
+}
+
 async fn start_scripted(up: Scripted) -> String {
     let app = axum::Router::new()
-        .route("/mcp", axum::routing::post(scripted))
+        .route("/mcp", axum::routing::post(scripted).get(scripted_get))
         .with_state(up);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -480,4 +494,39 @@ async fn a_json_only_client_is_asked_on_its_get_stream() {
         body["result"]["answer"]["result"]["content"]["text"],
         "via get"
     );
+}
+
+#[tokio::test]
+async fn what_the_upstream_says_outside_requests_reaches_the_sessions_get_stream() {
+    let (h, _up) = setup().await;
+    let sid = open_with(&h, json!({})).await;
+    let get = h
+        .http
+        .get(format!("{}{PATH}", h.base))
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer alice")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Events::new(get);
+    // The first call opens the upstream session, and with it the upstream's GET stream.
+    let r = h
+        .post(
+            PATH,
+            "alice",
+            Some(&sid),
+            call(1, "plain", json!({})).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (_, note) = stream.next().await.expect("the upstream's notification");
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    assert_eq!(
+        note["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+        "t/up"
+    );
+    // Ending the session ends the client's stream.
+    assert_eq!(h.delete_session(PATH, "alice", &sid).await, 200);
+    assert!(stream.next().await.is_none());
 }

@@ -147,6 +147,8 @@ pub struct Gateway {
     hubs: streams::Hubs,
     /// Server-to-client requests waiting for the client's answer.
     upcalls: Arc<upcalls::Upcalls>,
+    /// Itself, for what outlives a request (upstream GET streams relaying to a session).
+    me: Weak<Self>,
 }
 
 impl Gateway {
@@ -162,9 +164,9 @@ impl Gateway {
         let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
-            let weak = weak.clone();
+            let expiring = weak.clone();
             p.sessions.on_expire(Arc::new(move |id: &str| {
-                if let Some(gw) = weak.upgrade() {
+                if let Some(gw) = expiring.upgrade() {
                     gw.close_session_links(id);
                 }
             }));
@@ -183,6 +185,7 @@ impl Gateway {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 hubs: streams::Hubs::default(),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
+                me: weak.clone(),
             }
         });
         let weak = Arc::downgrade(&gw);

@@ -91,7 +91,10 @@ impl Relay {
     }
 
     fn rewrite_notification(&self, msg: &mut Map<String, Value>, target: &str) {
-        let Some(Value::Object(params)) = msg.get_mut("params") else {
+        let params = msg
+            .entry("params")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(params) = params else {
             return;
         };
         if let Some(p) = &self.progress
