@@ -744,3 +744,144 @@ async fn a_server_that_keeps_failing_is_restarted_with_growing_backoff() {
     })
     .await;
 }
+
+/// A STDIO server (Python, stdlib only) that answers a call at once and then, outside any call,
+/// logs, asks the client for a sampling and logs the answer it got.
+const LATER_SERVER: &str = r#"
+import json, sys, time
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    method = m.get("method")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": m["params"]["protocolVersion"],
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "later", "version": "0"}}})
+    elif method == "tools/call":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"content": [{"type": "text", "text": "later"}]}})
+        time.sleep(0.2)
+        send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "after the call"}})
+        send({"jsonrpc": "2.0", "id": "kid-1", "method": "sampling/createMessage", "params": {"messages": [], "maxTokens": 5}})
+    elif method is None and m.get("id") == "kid-1":
+        said = ((m.get("result") or {}).get("content") or {}).get("text") or json.dumps(m.get("error"))
+        send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "answer: " + said}})
+    elif method and "id" in m:
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {}})
+"#;
+
+/// The next message on an SSE response that `pick` accepts (others are skipped), bounded.
+async fn next_matching(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    use futures::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if let Some(msg) = sse_messages(&block).pop()
+                && pick(&msg)
+            {
+                return msg;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, body.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream stays open")
+            .expect("readable");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn a_stateful_childs_messages_outside_calls_reach_its_sessions_get_stream() {
+    bounded(async {
+        let script = temp_dir().join("later.py");
+        std::fs::write(&script, LATER_SERVER).unwrap();
+        let target = stdio_target_cmd(
+            "later",
+            "python3",
+            &[&script.to_string_lossy()],
+            "  isolation: shared\n  stateful: true\n",
+        );
+        let h = gateway(&[("later", target)], StdioConfig::default()).await;
+        let path = "/mcp/t/later";
+        let init = h
+            .rpc(
+                path,
+                "carol",
+                None,
+                "initialize",
+                json!({"protocolVersion": "2025-11-25",
+                "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}),
+            )
+            .await;
+        let sid = init.session.expect("session");
+        let get = h
+            .http
+            .get(format!("{}{path}", h.base))
+            .header("accept", "text/event-stream")
+            .header("authorization", "Bearer carol")
+            .header("mcp-session-id", &sid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 200);
+        let mut body = Box::pin(get.bytes_stream());
+        let mut buf = String::new();
+        let r = h
+            .rpc(
+                path,
+                "carol",
+                Some(&sid),
+                "tools/call",
+                json!({"name": "x", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(
+            r.body["result"]["content"][0]["text"], "later",
+            "{:?}",
+            r.body
+        );
+
+        let log = next_matching(&mut body, &mut buf, |m| {
+            m["method"] == "notifications/message"
+        })
+        .await;
+        assert_eq!(log["params"]["data"], "after the call");
+        assert_eq!(
+            log["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+            "t/later"
+        );
+        let asked = next_matching(&mut body, &mut buf, |m| {
+            m["method"] == "sampling/createMessage"
+        })
+        .await;
+        assert_ne!(asked["id"], "kid-1", "the client sees a gateway id");
+        let answer = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"role": "assistant",
+            "content": {"type": "text", "text": "hi"}, "model": "m"}});
+        let posted = h
+            .post(path, "carol", Some(&sid), answer.to_string().into_bytes())
+            .await;
+        assert_eq!(posted.status, 202, "{:?}", posted.body);
+        let told = next_matching(&mut body, &mut buf, |m| {
+            m["params"]["data"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("answer:"))
+        })
+        .await;
+        assert_eq!(told["params"]["data"], "answer: hi");
+        assert_eq!(
+            h.gw.stdio()
+                .stats()
+                .unrouted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    })
+    .await;
+}

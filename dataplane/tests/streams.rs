@@ -1,6 +1,8 @@
 //! Streams through the gateway against a scripted upstream on loopback: server-to-client requests
 //! relayed under gateway ids (and refused when the client lacks the capability or answers an id
-//! it was never given), progress tokens mapped back, `Last-Event-ID` replay, cancellation.
+//! it was never given), progress tokens mapped back, `Last-Event-ID` replay, cancellation, and
+//! the GET stream for a client that accepts only JSON and for what the upstream says outside
+//! any request.
 
 mod support;
 
@@ -135,9 +137,22 @@ async fn scripted(State(up): State<Scripted>, _headers: HeaderMap, body: Bytes) 
     }
 }
 
+/// The upstream session's GET stream: one `list_changed` shortly after it opens, then quiet.
+async fn scripted_get(headers: HeaderMap) -> Response {
+    if headers.get("mcp-session-id").is_none() {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+    let first = futures::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sse_event(&note)
+    });
+    sse(first.chain(futures::stream::pending()))
+}
+
 async fn start_scripted(up: Scripted) -> String {
     let app = axum::Router::new()
-        .route("/mcp", axum::routing::post(scripted))
+        .route("/mcp", axum::routing::post(scripted).get(scripted_get))
         .with_state(up);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -424,4 +439,94 @@ async fn a_cancelled_call_reaches_the_upstream_under_its_own_id_and_its_late_rep
     }
     let told = told.expect("the upstream was told");
     assert_eq!(told["params"]["requestId"], upstream_id);
+}
+
+#[tokio::test]
+async fn a_json_only_client_is_asked_on_its_get_stream() {
+    let (h, _up) = setup().await;
+    let sid = open_with(&h, json!({"sampling": {}})).await;
+    let get = h
+        .http
+        .get(format!("{}{PATH}", h.base))
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer alice")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let mut stream = Events::new(get);
+    let json_call = {
+        let (http, url, sid) = (h.http.clone(), format!("{}{PATH}", h.base), sid.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json")
+                .header("authorization", "Bearer alice")
+                .header("mcp-session-id", sid)
+                .body(call(11, "ask", json!({})).to_string())
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let (_, asked) = stream.next().await.expect("asked on the GET stream");
+    assert_eq!(asked["method"], "sampling/createMessage");
+    let answer = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"role": "assistant",
+        "content": {"type": "text", "text": "via get"}, "model": "m"}});
+    let r = h
+        .post(PATH, "alice", Some(&sid), answer.to_string().into_bytes())
+        .await;
+    assert_eq!(r.status, 202);
+    let resp = tokio::time::timeout(Duration::from_secs(10), json_call)
+        .await
+        .expect("the call finishes")
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["id"], 11);
+    assert_eq!(
+        body["result"]["answer"]["result"]["content"]["text"],
+        "via get"
+    );
+}
+
+#[tokio::test]
+async fn what_the_upstream_says_outside_requests_reaches_the_sessions_get_stream() {
+    let (h, _up) = setup().await;
+    let sid = open_with(&h, json!({})).await;
+    let get = h
+        .http
+        .get(format!("{}{PATH}", h.base))
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer alice")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Events::new(get);
+    // The first call opens the upstream session, and with it the upstream's GET stream.
+    let r = h
+        .post(
+            PATH,
+            "alice",
+            Some(&sid),
+            call(1, "plain", json!({})).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (_, note) = stream.next().await.expect("the upstream's notification");
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    assert_eq!(
+        note["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+        "t/up"
+    );
+    // Ending the session ends the client's stream.
+    assert_eq!(h.delete_session(PATH, "alice", &sid).await, 200);
+    assert!(stream.next().await.is_none());
 }

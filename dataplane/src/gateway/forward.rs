@@ -16,7 +16,9 @@ use super::Gateway;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
 use crate::upstream::stdio::{IsolationKey, Start};
-use crate::upstream::{CallHooks, InitParams, InjectedHeaders, Link, UpstreamError};
+use crate::upstream::{
+    CallHooks, Deliver, InitParams, InjectedHeaders, Link, Transport, UpstreamError,
+};
 
 pub(crate) type Cell = Arc<AsyncMutex<Link>>;
 
@@ -195,6 +197,7 @@ impl Gateway {
             // Not yet connected, or a legacy stream that has since dropped: (re)connect.
             if !guard.is_ready_for(&target.upstream) {
                 *guard = self.upstream.connect(target, &headers, &init).await?;
+                self.listen(caller, target, &headers, &mut guard);
                 self.remember(caller.session_id, key, &guard).await;
             }
             guard.clone()
@@ -210,6 +213,7 @@ impl Gateway {
                     // Another call may have re-initialized already.
                     if guard.same(&link) {
                         *guard = self.upstream.connect(target, &headers, &init).await?;
+                        self.listen(caller, target, &headers, &mut guard);
                         self.remember(caller.session_id, key, &guard).await;
                     }
                     guard.clone()
@@ -240,6 +244,30 @@ impl Gateway {
             }
         }
         Ok(headers)
+    }
+
+    /// Opens a new Streamable HTTP link's GET stream: what the upstream says outside any request
+    /// goes to this session's GET stream (the stream stops with the link).
+    fn listen(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        link: &mut Link,
+    ) {
+        if link.transport() != Some(Transport::StreamableHttp) {
+            return;
+        }
+        let weak = self.me.clone();
+        let session = caller.session_id.to_owned();
+        let from = caller.target_key.clone();
+        let deliver: Deliver = Arc::new(move |inbound| match weak.upgrade() {
+            Some(gw) => gw.relay_to_session(&session, from.clone(), inbound),
+            None => crate::upstream::unroutable(inbound),
+        });
+        if let Some(listener) = self.upstream.listen(target, headers, link.state(), deliver) {
+            link.attach(listener);
+        }
     }
 
     /// Records upstream state in the session record (so another replica could resume it); a

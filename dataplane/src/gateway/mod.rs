@@ -158,6 +158,8 @@ pub struct Gateway {
     upcalls: Arc<upcalls::Upcalls>,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
     bus: std::sync::OnceLock<cross_replica::BusLink>,
+    /// Itself, for what outlives a request (upstream GET streams relaying to a session).
+    me: Weak<Self>,
 }
 
 impl Gateway {
@@ -174,9 +176,9 @@ impl Gateway {
         let instances = Instances::new(p.config.instances.clone());
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
-            let weak = weak.clone();
+            let expiring = weak.clone();
             p.sessions.on_expire(Arc::new(move |id: &str| {
-                if let Some(gw) = weak.upgrade() {
+                if let Some(gw) = expiring.upgrade() {
                     gw.close_session_links(id);
                 }
             }));
@@ -197,8 +199,16 @@ impl Gateway {
                 hubs: streams::Hubs::default(),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
                 bus: std::sync::OnceLock::new(),
+                me: weak.clone(),
             }
         });
+        let weak = Arc::downgrade(&gw);
+        gw.upstream.stdio().set_session_relay(Arc::new(
+            move |sid: &str, target, inbound| match weak.upgrade() {
+                Some(gw) => gw.relay_to_session(sid, target, inbound),
+                None => crate::upstream::unroutable(inbound),
+            },
+        ));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&gw);
             rt.spawn(async move {

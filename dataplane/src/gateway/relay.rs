@@ -96,7 +96,10 @@ impl Relay {
     }
 
     fn rewrite_notification(&self, msg: &mut Map<String, Value>, target: &str) {
-        let Some(Value::Object(params)) = msg.get_mut("params") else {
+        let params = msg
+            .entry("params")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(params) = params else {
             return;
         };
         if let Some(p) = &self.progress
@@ -173,6 +176,38 @@ fn result_of(result: Value) -> Map<String, Value> {
 type Outcome = (Value, Option<Arc<str>>, &'static str);
 
 impl Gateway {
+    /// What a session's own upstream (a stateful STDIO child) says outside any call: to that
+    /// session's GET stream, with the same capability checks and id minting as during a call.
+    pub(crate) fn relay_to_session(
+        self: &Arc<Self>,
+        session_id: &str,
+        target: Arc<str>,
+        inbound: Inbound,
+    ) {
+        let gw = self.clone();
+        let sid = session_id.to_owned();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            crate::upstream::unroutable(inbound);
+            return;
+        };
+        rt.spawn(async move {
+            let session = match gw.sessions.get(&sid).await {
+                Ok(Some(s)) => s,
+                _ => {
+                    crate::upstream::unroutable(inbound);
+                    return;
+                }
+            };
+            let relay = Relay {
+                hub: gw.hubs.get(&sid),
+                gw,
+                session,
+                progress: None,
+            };
+            relay.handle(Upcall { target, inbound }, GET_STREAM);
+        });
+    }
+
     /// Dispatches `req` and answers it: as JSON when nothing streams before the reply (the
     /// common case costs one channel), else as SSE on a new stream of the session.
     pub(crate) async fn respond(

@@ -63,7 +63,8 @@ struct State {
     replay: VecDeque<Stored>,
     bytes: usize,
     live: HashMap<u64, mpsc::Sender<Frame>>,
-    finished: HashSet<u64>,
+    /// POST streams whose response is not out yet (bounded by the requests in flight).
+    open: HashSet<u64>,
     inflight: HashMap<String, Cancel>,
     last_used: Instant,
 }
@@ -83,7 +84,7 @@ impl Hub {
             replay: VecDeque::new(),
             bytes: 0,
             live: HashMap::new(),
-            finished: HashSet::new(),
+            open: HashSet::new(),
             inflight: HashMap::new(),
             last_used: Instant::now(),
         }))
@@ -110,6 +111,7 @@ impl Hub {
         let stream = st.next_stream;
         st.next_stream += 1;
         st.live.insert(stream, tx);
+        st.open.insert(stream);
         (stream, rx)
     }
 
@@ -164,7 +166,7 @@ impl Hub {
     /// Ends a POST reply stream (its final response was published).
     pub(crate) fn finish(&self, stream: u64) {
         let mut st = self.lock();
-        st.finished.insert(stream);
+        st.open.remove(&stream);
         if let Some(tx) = st.live.remove(&stream) {
             let _ = tx.try_send(Frame::End);
         }
@@ -195,7 +197,8 @@ impl Hub {
         for frame in missed {
             let _ = tx.try_send(frame);
         }
-        if st.finished.contains(&stream) {
+        if stream != GET_STREAM && !st.open.contains(&stream) {
+            // Its response is out (or long gone from the buffer): nothing more will come.
             let _ = tx.try_send(Frame::End);
         } else if let Some(old) = st.live.insert(stream, tx) {
             let _ = old.try_send(Frame::End);

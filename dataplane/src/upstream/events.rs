@@ -30,6 +30,11 @@ impl EventParser {
         self.buf.len()
     }
 
+    /// Drops a partly received event (its connection ended); the last id and retry stay.
+    pub(crate) fn discard_partial(&mut self) {
+        self.buf.clear();
+    }
+
     pub(crate) fn last_id(&self) -> Option<&str> {
         self.last_id.as_deref()
     }

@@ -6,6 +6,9 @@ use std::time::Duration;
 use reflow_crds::snapshot::{CompiledTarget, Upstream};
 use serde_json::{Map, Value, json};
 
+use std::sync::Arc;
+
+use super::listen::Listener;
 use super::sse::SseLink;
 use super::{CallHooks, InitParams, InjectedHeaders, UpstreamClient, UpstreamError};
 use crate::session::UpstreamState;
@@ -23,6 +26,8 @@ pub struct Link {
     transport: Option<Transport>,
     state: UpstreamState,
     sse: Option<SseLink>,
+    /// The upstream session's GET stream, while this link (or a clone) lives.
+    listener: Option<Arc<Listener>>,
 }
 
 impl Link {
@@ -32,7 +37,13 @@ impl Link {
             transport: state.initialized.then_some(Transport::StreamableHttp),
             state: state.clone(),
             sse: None,
+            listener: None,
         }
+    }
+
+    /// Keeps `listener` (the upstream session's GET stream) running for this link's life.
+    pub fn attach(&mut self, listener: Listener) {
+        self.listener = Some(Arc::new(listener));
     }
 
     pub(super) fn streamable(state: UpstreamState) -> Self {
@@ -40,6 +51,7 @@ impl Link {
             transport: Some(Transport::StreamableHttp),
             state,
             sse: None,
+            listener: None,
         }
     }
 
@@ -190,6 +202,7 @@ impl UpstreamClient {
             transport: Some(Transport::Sse),
             state,
             sse: Some(sse),
+            listener: None,
         })
     }
 }

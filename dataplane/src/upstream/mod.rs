@@ -6,14 +6,16 @@ mod auto;
 mod events;
 pub mod instance;
 mod link;
+mod listen;
 mod sse;
 pub mod stdio;
 mod upcall;
 
 pub use link::{Link, Transport};
+pub use listen::{Deliver, Listener};
 pub use sse::SseError;
 pub use stdio::{StdioConfig, StdioError};
-pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall, unroutable};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -437,23 +439,7 @@ impl UpstreamClient {
 
     /// The way back for a server-to-client request that arrived on this upstream session.
     fn responder(&self, route: &Route<'_>, id: Value) -> Responder {
-        let req = self.post_request(route.url, route.headers, route.state, Vec::new());
-        Responder::new(
-            id,
-            Box::new(move |body| {
-                Box::pin(async move {
-                    let resp = tokio::time::timeout(Duration::from_secs(30), req.body(body).send())
-                        .await
-                        .map_err(|_| UpstreamError::Timeout(Duration::from_secs(30)))?
-                        .map_err(map_reqwest)?;
-                    if resp.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(UpstreamError::Status(resp.status().as_u16()))
-                    }
-                })
-            }),
-        )
+        http_responder(&self.http, route, id)
     }
 
     /// Reads a JSON body, or an SSE stream up to the message answering `id`: the stream's
@@ -520,6 +506,7 @@ impl UpstreamClient {
                 .map_or(Duration::from_millis(100), Duration::from_millis)
                 .min(MAX_RESUME_WAIT);
             tokio::time::sleep(wait).await;
+            sse.discard_partial();
             debug!(last_event_id = %last, "resuming the upstream reply stream");
             resp = self.resume(route, &last).await?;
         }
@@ -580,27 +567,58 @@ impl UpstreamClient {
         state: &UpstreamState,
         body: Vec<u8>,
     ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
-            .post(url.clone())
-            .headers(headers.0.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )
-            .header(
-                http::header::ACCEPT,
-                HeaderValue::from_static("application/json, text/event-stream"),
-            )
-            .body(body);
-        if let Some(sid) = &state.session_id {
-            req = req.header(SESSION_HEADER, sid.as_str());
-        }
-        if let Some(v) = &state.protocol_version {
-            req = req.header(PROTOCOL_HEADER, v.as_str());
-        }
-        req
+        post_builder(&self.http, url, headers, state, body)
     }
+}
+
+/// The POST of one message to an upstream session, with its headers.
+fn post_builder(
+    http: &reqwest::Client,
+    url: &Url,
+    headers: &InjectedHeaders,
+    state: &UpstreamState,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let mut req = http
+        .post(url.clone())
+        .headers(headers.0.clone())
+        .header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .header(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        )
+        .body(body);
+    if let Some(sid) = &state.session_id {
+        req = req.header(SESSION_HEADER, sid.as_str());
+    }
+    if let Some(v) = &state.protocol_version {
+        req = req.header(PROTOCOL_HEADER, v.as_str());
+    }
+    req
+}
+
+/// Answers a server-to-client request by POSTing to the upstream session it came from.
+fn http_responder(http: &reqwest::Client, route: &Route<'_>, id: Value) -> Responder {
+    let req = post_builder(http, route.url, route.headers, route.state, Vec::new());
+    Responder::new(
+        id,
+        Box::new(move |body| {
+            Box::pin(async move {
+                let resp = tokio::time::timeout(Duration::from_secs(30), req.body(body).send())
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(Duration::from_secs(30)))?
+                    .map_err(map_reqwest)?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(UpstreamError::Status(resp.status().as_u16()))
+                }
+            })
+        }),
+    )
 }
 
 /// Where one exchange goes: what a resumption or an answer to the upstream needs.

@@ -122,7 +122,7 @@ impl Sink {
 }
 
 /// Refuses a server-to-client request nobody can route, and drops anything else.
-pub(crate) fn unroutable(inbound: Inbound) {
+pub fn unroutable(inbound: Inbound) {
     if let Inbound::Request(msg, r) = inbound {
         debug!(
             method = msg.get("method").and_then(|m| m.as_str()).unwrap_or(""),

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use reflow_crds::api::Isolation;
@@ -25,7 +25,8 @@ use super::backoff::{HEALTHY_UPTIME, RestartBackoff};
 use super::env::ChildEnv;
 use super::process::{ChildProcess, ChildSpec, Unrouted};
 use super::{StdioConfig, StdioError};
-use crate::upstream::CallHooks;
+use crate::upstream::upcall;
+use crate::upstream::{CallHooks, Inbound};
 
 /// Who may share a child, before credentials are considered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -136,8 +137,13 @@ struct Counts {
     per_target: HashMap<Arc<str>, usize>,
 }
 
+/// Takes what a session's own child (a `stateful` Target's) says outside any call: the session
+/// id, the Target (`namespace/name`) and the message.
+pub type SessionRelay = Arc<dyn Fn(&str, Arc<str>, Inbound) + Send + Sync>;
+
 pub struct StdioPool {
     config: StdioConfig,
+    session_relay: Arc<OnceLock<SessionRelay>>,
     home_root: PathBuf,
     slots: Mutex<HashMap<IsolationKey, Arc<Slot>>>,
     counts: Arc<Mutex<Counts>>,
@@ -162,6 +168,7 @@ impl StdioPool {
         let pool = Arc::new(Self {
             home_root: config.home_root(),
             config,
+            session_relay: Arc::default(),
             slots: Mutex::default(),
             counts: Arc::default(),
             stats: Arc::default(),
@@ -177,6 +184,11 @@ impl StdioPool {
 
     pub fn config(&self) -> &StdioConfig {
         &self.config
+    }
+
+    /// Where children of stateful Targets send what belongs to no call (set once).
+    pub fn set_session_relay(&self, relay: SessionRelay) {
+        let _ = self.session_relay.set(relay);
     }
 
     pub fn stats(&self) -> &StdioStats {
@@ -292,15 +304,21 @@ impl StdioPool {
             }
         });
         let unrouted_stats = Arc::downgrade(&self.stats);
-        let unrouted: Unrouted = Arc::new(move |msg: &Value| {
+        let relay = self.session_relay.clone();
+        // Only a stateful Target's child belongs to one session; a shared one's stray
+        // messages have no owner to go to.
+        let owner = key.session.clone();
+        let from = key.target.clone();
+        let unrouted: Unrouted = Arc::new(move |inbound: Inbound| {
+            if let (Some(session), Some(relay)) = (&owner, relay.get()) {
+                relay(session, from.clone(), inbound);
+                return;
+            }
             if let Some(s) = unrouted_stats.upgrade() {
                 s.unrouted.fetch_add(1, Ordering::Relaxed);
             }
-            let method = msg.get("method").and_then(|m| m.as_str()).unwrap_or("");
-            debug!(
-                method,
-                "message from a STDIO server dropped: no in-flight call of one session to route it to"
-            );
+            debug!("message from a STDIO server dropped: no call or session to route it to");
+            upcall::unroutable(inbound);
         });
         let label = format!("{}#{instance}", key.target);
         let spec = ChildSpec {

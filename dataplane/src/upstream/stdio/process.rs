@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::StdioError;
 use super::env::ChildEnv;
 use super::routing::CallRoute;
-use crate::upstream::CallHooks;
+use crate::upstream::{CallHooks, Inbound};
 
 /// Longest line read from a child's stdout; longer ones are discarded (and logged).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -25,9 +25,9 @@ const MAX_STDERR_LINE: usize = 4096;
 /// How long a child may live on after closing its stdout before it is killed.
 const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(2);
 
-/// Called with each message the child sends that answers none of our requests and that no
-/// in-flight call can take (see `route_unsolicited`): requests among them are also refused.
-pub type Unrouted = Arc<dyn Fn(&Value) + Send + Sync>;
+/// Takes each notification or server-to-client request of the child that no in-flight call can
+/// take (see `routing`); it must answer (or refuse) a request.
+pub type Unrouted = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 /// What to run, and how. `command` is executed directly (no shell), with exactly `env`.
 pub struct ChildSpec {

@@ -101,16 +101,10 @@ fn route_unsolicited(
     };
     match sink {
         Some(sink) => sink.deliver(inbound),
-        None => {
-            if let Some(f) = unrouted {
-                let msg = match &inbound {
-                    Inbound::Notification(m) | Inbound::Request(m, _) => Value::Object(m.clone()),
-                    Inbound::Streaming => Value::Null,
-                };
-                f(&msg);
-            }
-            upcall::unroutable(inbound);
-        }
+        None => match unrouted {
+            Some(f) => f(inbound),
+            None => upcall::unroutable(inbound),
+        },
     }
 }
 

@@ -1,0 +1,111 @@
+//! An upstream session's own GET stream: what a Streamable HTTP upstream says outside any
+//! request (list_changed, resource updates, its requests), handed to the session it belongs to.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use http::HeaderValue;
+use reflow_crds::snapshot::CompiledTarget;
+use reqwest::Url;
+use serde_json::Value;
+use tokio::task::AbortHandle;
+use tracing::debug;
+
+use super::events::EventParser;
+use super::upcall::{self, Inbound, Unsolicited};
+use super::{
+    InjectedHeaders, MAX_REPLY_BYTES, PROTOCOL_HEADER, Route, SESSION_HEADER, UpstreamClient,
+    http_responder, is_event_stream, url_of,
+};
+use crate::session::UpstreamState;
+
+/// Where the stream's messages go.
+pub type Deliver = Arc<dyn Fn(Inbound) + Send + Sync>;
+
+/// The running stream; it stops when this is dropped (with the last clone of its link).
+pub struct Listener(AbortHandle);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl UpstreamClient {
+    /// Opens the GET stream of an initialized upstream session, in the background. `None`
+    /// without a session id (a stateless upstream has no stream of ours) or a runtime. An
+    /// upstream that offers no stream (405, not SSE) just ends it.
+    pub fn listen(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        deliver: Deliver,
+    ) -> Option<Listener> {
+        state.session_id.as_ref()?;
+        let url = self.parsed(url_of(target).ok()?).ok()?;
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let (http, headers, state) = (self.http.clone(), headers.clone(), state.clone());
+        let task = rt.spawn(async move { run(http, url, headers, state, deliver).await });
+        Some(Listener(task.abort_handle()))
+    }
+}
+
+async fn run(
+    http: reqwest::Client,
+    url: Url,
+    headers: InjectedHeaders,
+    state: UpstreamState,
+    deliver: Deliver,
+) {
+    let mut req = http.get(url.clone()).headers(headers.0.clone()).header(
+        http::header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    if let Some(sid) = &state.session_id {
+        req = req.header(SESSION_HEADER, sid.as_str());
+    }
+    if let Some(v) = &state.protocol_version {
+        req = req.header(PROTOCOL_HEADER, v.as_str());
+    }
+    let resp = match req.send().await {
+        Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => r,
+        Ok(r) => {
+            debug!(
+                status = r.status().as_u16(),
+                "the upstream offers no GET stream"
+            );
+            return;
+        }
+        Err(e) => {
+            debug!(error = %e, "the upstream GET stream could not be opened");
+            return;
+        }
+    };
+    let route = Route {
+        url: &url,
+        headers: &headers,
+        state: &state,
+    };
+    let mut parser = EventParser::default();
+    let mut body = resp.bytes_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        if parser.buffered() + chunk.len() > MAX_REPLY_BYTES {
+            debug!("upstream GET stream event too large; stream dropped");
+            return;
+        }
+        for event in parser.feed(&chunk) {
+            let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            match upcall::classify(msg) {
+                Some(Unsolicited::Notification(n)) => deliver(Inbound::Notification(n)),
+                Some(Unsolicited::Request(id, r)) => {
+                    deliver(Inbound::Request(r, http_responder(&http, &route, id)));
+                }
+                None => debug!("ignoring a reply on the upstream GET stream"),
+            }
+        }
+    }
+    debug!("upstream GET stream ended");
+}
