@@ -213,7 +213,7 @@ fn a_client_trace_continues_through_the_gateway_into_the_upstream_and_its_audit_
     let spans = receiver.wait_for(Duration::from_secs(15), |spans| {
         !of(spans, "reflow-dataplane", "handle_post").is_empty()
             && !of(spans, "reflow-dataplane", "upstream").is_empty()
-            && of(spans, "reflow-fixture", "fixture.request").len() >= 3
+            && of(spans, "reflow-fixture", "fixture.request").len() >= 4
     });
     let context = format!(
         "spans: {spans:#?}\ngateway: {}\nfixture: {}",
@@ -232,10 +232,11 @@ fn a_client_trace_continues_through_the_gateway_into_the_upstream_and_its_audit_
     assert_eq!(upstream.len(), 1, "{context}");
     assert_eq!(upstream[0].parent_span_id, request.span_id, "{context}");
 
-    // The fixture's server spans (initialize, initialized, tools/call: the upstream session
-    // opens on first use) all hang off the gateway's upstream span, in the client's trace.
+    // The fixture's server spans (initialize, initialized, the upstream session's GET stream the
+    // gateway opens with it, tools/call: the upstream session opens on first use) all hang off
+    // the gateway's upstream span, in the client's trace.
     let served = of(&spans, "reflow-fixture", "fixture.request");
-    assert_eq!(served.len(), 3, "{context}");
+    assert_eq!(served.len(), 4, "{context}");
     for span in &served {
         assert_eq!(span.parent_span_id, upstream[0].span_id, "{context}");
     }
