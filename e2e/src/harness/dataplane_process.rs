@@ -3,54 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use super::controller_bin::workspace_bin;
 use super::error::{HarnessError, Result};
-use super::paths::{target_dir, workspace_root};
-use super::process::{ManagedChild, SpawnOptions, run_bounded};
+use super::process::{ManagedChild, SpawnOptions};
 
 const BINARY: &str = "reflow-dataplane";
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `$REFLOW_DATAPLANE_BIN`, else the binary in the target folder, brought up to date once per
-/// test process with `cargo build -p reflow-dataplane --bin reflow-dataplane` (a no-op when it
-/// is current; `cargo test -p reflow-e2e` alone would not rebuild another package's binary).
+/// test process (see `workspace_bin`).
 pub fn dataplane_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("REFLOW_DATAPLANE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.current_dir(workspace_root()).args([
-            "build",
-            "-q",
-            "-p",
-            "reflow-dataplane",
-            "--bin",
-            BINARY,
-        ]);
-        run_bounded(
-            "cargo build reflow-dataplane",
-            &mut build,
-            Duration::from_secs(900),
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    });
-    let path = target_dir().join("debug").join(BINARY);
-    match built {
-        Ok(()) if path.is_file() => Ok(path),
-        Ok(()) => Err(HarnessError::Other(format!(
-            "{} not found after building it",
-            path.display()
-        ))),
-        Err(e) => Err(HarnessError::Other(format!(
-            "{e}\n(set REFLOW_DATAPLANE_BIN to use a prebuilt reflow-dataplane)"
-        ))),
-    }
+    workspace_bin("reflow-dataplane", BINARY, "REFLOW_DATAPLANE_BIN")
 }
 
 /// One running gateway process.

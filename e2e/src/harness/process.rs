@@ -342,3 +342,27 @@ pub fn run_for_report(what: String, cmd: &mut Command, timeout: Duration) -> Res
         }),
     }
 }
+
+/// `--timeout`, `--deadline` and `--actions` for the SDK client scripts: the per-request
+/// timeout, a whole-run deadline 5 s inside `timeout` (so the script reports before it is killed),
+/// and the actions as JSON.
+pub fn client_run_args(
+    request_timeout: Duration,
+    timeout: Duration,
+    actions: &[Value],
+) -> [String; 6] {
+    [
+        "--timeout".to_owned(),
+        format!("{:.3}", request_timeout.as_secs_f64()),
+        "--deadline".to_owned(),
+        format!(
+            "{:.3}",
+            timeout
+                .saturating_sub(Duration::from_secs(5))
+                .as_secs_f64()
+                .max(1.0)
+        ),
+        "--actions".to_owned(),
+        Value::Array(actions.to_vec()).to_string(),
+    ]
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::cache;
 use super::error::{HarnessError, Result};
 use super::paths;
-use super::process::{CommandLine, run_bounded, run_for_report};
+use super::process::{CommandLine, client_run_args, run_bounded, run_for_report};
 
 /// The exact Python SDK release the e2e tests run (newest on PyPI when pinned).
 pub const MCP_PIN: &str = "mcp==2.3.0";
@@ -231,19 +231,12 @@ impl PyClient {
             self.transport.as_arg().to_owned(),
             "--mode".to_owned(),
             self.mode.clone(),
-            "--timeout".to_owned(),
-            format!("{:.3}", self.request_timeout.as_secs_f64()),
-            "--deadline".to_owned(),
-            format!(
-                "{:.3}",
-                self.timeout
-                    .saturating_sub(Duration::from_secs(5))
-                    .as_secs_f64()
-                    .max(1.0)
-            ),
-            "--actions".to_owned(),
-            Value::Array(self.actions.clone()).to_string(),
         ];
+        args.extend(client_run_args(
+            self.request_timeout,
+            self.timeout,
+            &self.actions,
+        ));
         if let Some(url) = &self.url {
             args.extend(["--url".to_owned(), url.clone()]);
         }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::Result;
 use super::node::{node_bin, npm_package};
 use super::paths;
-use super::process::run_for_report;
+use super::process::{client_run_args, run_for_report};
 
 /// The exact TypeScript SDK release the e2e tests run (newest on npm when pinned).
 pub const TS_SDK_SPEC: &str = "@modelcontextprotocol/sdk@1.32.2";
@@ -91,19 +91,12 @@ impl TsClient {
             sdk.to_string_lossy().into_owned(),
             "--url".to_owned(),
             self.url.clone(),
-            "--timeout".to_owned(),
-            format!("{:.3}", self.request_timeout.as_secs_f64()),
-            "--deadline".to_owned(),
-            format!(
-                "{:.3}",
-                self.timeout
-                    .saturating_sub(Duration::from_secs(5))
-                    .as_secs_f64()
-                    .max(1.0)
-            ),
-            "--actions".to_owned(),
-            Value::Array(self.actions.clone()).to_string(),
         ];
+        args.extend(client_run_args(
+            self.request_timeout,
+            self.timeout,
+            &self.actions,
+        ));
         if let Some(token) = &self.token {
             args.extend(["--token".to_owned(), token.clone()]);
         }
