@@ -274,6 +274,16 @@ async fn unknown_foreign_and_missing_sessions_and_malformed_bodies_are_refused()
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["error"]["code"], -32700, "{body}");
 
+    let (status, body) = post_raw(&h, &endpoint, Some("alice"), format!("[{ping}]")).await;
+    assert_eq!(status, 400, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], -32600, "batches are refused: {body}");
+
+    // An answer to a server-to-client request the gateway never sent.
+    let stray = json!({"jsonrpc": "2.0", "id": "never-minted", "result": {}});
+    let (status, body) = post_raw(&h, &endpoint, Some("alice"), stray.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+
     // Nothing of that reached the stream: the owner's next answer is its own ping.
     assert_eq!(post_raw(&h, &endpoint, Some("alice"), ping).await.0, 202);
     let (pong, before) = s.answer(7).await;
@@ -339,8 +349,8 @@ async fn both_endpoints_need_a_valid_token() {
     let auth = Arc::new(Authenticator::new(AuthConfig::new(vec![issuer])).unwrap());
     let dir = temp_dir();
     let sessions = MemorySessionStore::new(Duration::from_secs(60));
-    let h = start_gateway_auth(dir, GatewayConfig::default(), sessions, auth).await;
-    let alice = mint_token(
+    let h = start_gateway_auth(dir.clone(), GatewayConfig::default(), sessions, auth).await;
+    let minted = mint_token(
         &SecretString::from(KEY),
         ISS,
         AUD,
@@ -350,8 +360,8 @@ async fn both_endpoints_need_a_valid_token() {
             ..TokenRequest::default()
         },
     )
-    .unwrap()
-    .token;
+    .unwrap();
+    let alice = minted.token.clone();
     let forged = mint_token(
         &SecretString::from("another-key-another-key-another-key!"),
         ISS,
@@ -380,4 +390,45 @@ async fn both_endpoints_need_a_valid_token() {
     assert_eq!(post_raw(&h, &endpoint, Some(&alice), ping).await.0, 202);
     let (pong, _) = s.answer(1).await;
     assert_eq!(pong["result"], json!({}));
+
+    // Revoking the token refuses the next POST on the open session, and new streams.
+    std::fs::write(
+        dir.join("revoke.yaml"),
+        format!(
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: TokenRevocation\nmetadata: {{name: incident}}\nspec:\n  tokenIds: [{}]\n  reason: test\n",
+            minted.jti
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ping = request(2, "ping", json!({})).to_string();
+    loop {
+        let (status, body) = post_raw(&h, &endpoint, Some(&alice), ping.clone()).await;
+        if status == 401 {
+            assert_eq!(body, "the token has been revoked");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} after revocation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open_sse(&h, "/sse", Some(&alice)).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused_on_both_endpoints() {
+    let config = GatewayConfig {
+        allowed_hosts: vec!["gateway.example".into()],
+        ..GatewayConfig::default()
+    };
+    let (h, _up) = setup(config).await;
+    assert_eq!(open_sse(&h, "/sse", Some("alice")).await.status(), 403);
+    let ping = request(1, "ping", json!({})).to_string();
+    let (status, _) = post_raw(
+        &h,
+        "/messages?sessionId=00000000000000000000000000000000",
+        Some("alice"),
+        ping,
+    )
+    .await;
+    assert_eq!(status, 403);
 }
