@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use reflow_crds::Identity;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span, field, info_span, instrument};
 
@@ -301,6 +301,5 @@ fn deliver(gw: &Gateway, session_id: &str, reply: Value) {
     let Value::Object(msg) = reply else {
         return;
     };
-    let msg: Map<String, Value> = msg;
     gw.to_get_stream(session_id, &gw.hubs.get(session_id), &msg);
 }
