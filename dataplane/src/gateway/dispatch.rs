@@ -24,6 +24,8 @@ use crate::upstream::CallHooks;
 
 pub const SUPPORTED_PROTOCOLS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 pub const LATEST_PROTOCOL: &str = "2025-11-25";
+/// The HTTP+SSE revision: accepted only on sessions opened through the legacy `/sse` endpoint.
+pub const LEGACY_PROTOCOL: &str = "2024-11-05";
 /// Upstream pages followed per list before giving up on a misbehaving cursor chain.
 const MAX_PAGES: usize = 64;
 
@@ -159,6 +161,34 @@ fn template_glob(template: &str) -> Option<Glob> {
     Glob::new(&pattern).ok()
 }
 
+/// Records what `initialize` asked for on `session` (version, client info and capabilities)
+/// and returns the answer. `legacy` sessions (HTTP+SSE) also accept [`LEGACY_PROTOCOL`].
+pub(crate) fn negotiate(session: &mut Session, req: &Request, legacy: bool) -> Value {
+    let asked = req.param_str("protocolVersion").unwrap_or(LATEST_PROTOCOL);
+    let version = SUPPORTED_PROTOCOLS
+        .iter()
+        .chain(legacy.then_some(&LEGACY_PROTOCOL))
+        .find(|v| **v == asked)
+        .copied()
+        .unwrap_or(LATEST_PROTOCOL);
+    session.protocol_version = version.to_owned();
+    let params = req.params();
+    session.client_info = params
+        .and_then(|p| p.get("clientInfo"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    session.client_capabilities = params
+        .and_then(|p| p.get("capabilities"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let result = json!({
+        "protocolVersion": version,
+        "capabilities": {"tools": {}, "resources": {}, "prompts": {}, "completions": {}, "logging": {}},
+        "serverInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
+    });
+    jsonrpc::result(&req.id, result)
+}
+
 /// One list method: where the items are and which field names them for policy.
 struct ListKind {
     method: &'static str,
@@ -213,22 +243,8 @@ impl Gateway {
         scope: Scope,
         req: &Request,
     ) -> (Value, Option<String>) {
-        let asked = req.param_str("protocolVersion").unwrap_or(LATEST_PROTOCOL);
-        let version = SUPPORTED_PROTOCOLS
-            .iter()
-            .find(|v| **v == asked)
-            .copied()
-            .unwrap_or(LATEST_PROTOCOL);
-        let mut session = Session::new(identity.fingerprint(), scope, version.to_owned());
-        let params = req.params();
-        session.client_info = params
-            .and_then(|p| p.get("clientInfo"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        session.client_capabilities = params
-            .and_then(|p| p.get("capabilities"))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let mut session = Session::new(identity.fingerprint(), scope, String::new());
+        let reply = negotiate(&mut session, req, false);
         let id = session.id.clone();
         if let Err(e) = self.sessions.create(session).await {
             return (
@@ -236,12 +252,7 @@ impl Gateway {
                 None,
             );
         }
-        let result = json!({
-            "protocolVersion": version,
-            "capabilities": {"tools": {}, "resources": {}, "prompts": {}, "completions": {}, "logging": {}},
-            "serverInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
-        });
-        (jsonrpc::result(&req.id, result), Some(id))
+        (reply, Some(id))
     }
 
     /// Answers one request; returns the reply, the target it went to and an outcome label.

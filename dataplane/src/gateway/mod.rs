@@ -1,4 +1,4 @@
-//! The MCP server side (axum): `/mcp` aggregating every target and `/mcp/{ns}/{target}` for one,
+//! The MCP server side (axum): `/mcp` for every target, `/mcp/{ns}/{target}` for one, legacy `/sse`,
 //! with Host/Origin checks, body limits, authentication, sessions, health and metrics endpoints.
 
 mod client_stream;
@@ -7,6 +7,7 @@ mod dispatch;
 mod forward;
 mod hardening;
 mod instances;
+mod legacy_sse;
 mod list_audit;
 mod proxy;
 mod relay;
@@ -23,7 +24,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use reflow_crds::{Identity, SealingKey};
 use serde::Deserialize;
 use serde_json::Value;
@@ -85,6 +86,8 @@ pub struct GatewayConfig {
     pub client_answer_timeout_ms: u64,
     /// `kubernetes` Targets: how long a call waits for its instance, polling, use reports.
     pub instances: InstancesConfig,
+    /// How often a legacy HTTP+SSE stream (`GET /sse`) gets a keep-alive comment.
+    pub sse_keepalive_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +106,7 @@ impl Default for GatewayConfig {
             stdio: StdioConfig::default(),
             client_answer_timeout_ms: 120_000,
             instances: InstancesConfig::default(),
+            sse_keepalive_ms: 15_000,
         }
     }
 }
@@ -318,6 +322,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             get(client_stream::get_target)
                 .post(post_target)
                 .delete(delete_target),
+        )
+        .route("/sse", get(legacy_sse::get_aggregated))
+        .route("/sse/{namespace}/{target}", get(legacy_sse::get_target))
+        .route("/messages", post(legacy_sse::post_aggregated))
+        .route(
+            "/messages/{namespace}/{target}",
+            post(legacy_sse::post_target),
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
