@@ -122,6 +122,12 @@ fn method(kind: ItemKind) -> &'static str {
 }
 
 impl Gateway {
+    /// Sessions whose GET stream is live on this replica: the ones a snapshot change is
+    /// announced to.
+    pub fn live_get_streams(&self) -> usize {
+        self.hubs.watched().len()
+    }
+
     /// Tells every session with a live GET stream on this replica which of its lists changed
     /// between `old` and `new`. Work is one digest pair per distinct (identity, endpoint), never
     /// an upstream call; sessions without a live GET stream re-filter on their next list anyway.
