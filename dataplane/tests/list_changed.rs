@@ -19,13 +19,24 @@ const RELOAD: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(700);
 
 fn policy(name: &str, subject: &str, kind: &str, effect: &str, names: &[&str]) -> String {
+    policy_on("up", name, subject, kind, effect, names)
+}
+
+fn policy_on(
+    target: &str,
+    name: &str,
+    subject: &str,
+    kind: &str,
+    effect: &str,
+    names: &[&str],
+) -> String {
     let names = names
         .iter()
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  targetRef: {{name: up}}\n  subjects: [{subject}]\n  rules: [{{kind: {kind}, names: [{names}]}}]\n  effect: {effect}\n  priority: 0\n"
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  targetRef: {{name: {target}}}\n  subjects: [{subject}]\n  rules: [{{kind: {kind}, names: [{names}]}}]\n  effect: {effect}\n  priority: 0\n"
     )
 }
 
@@ -37,9 +48,13 @@ struct Events {
 
 impl Events {
     async fn open(h: &Harness, user: &str, sid: &str) -> Self {
+        Self::open_at(h, PATH, user, sid).await
+    }
+
+    async fn open_at(h: &Harness, path: &str, user: &str, sid: &str) -> Self {
         let resp = h
             .http
-            .get(format!("{}{PATH}", h.base))
+            .get(format!("{}{path}", h.base))
             .header("accept", "text/event-stream")
             .header("authorization", format!("Bearer {user}"))
             .header("mcp-session-id", sid)
@@ -92,6 +107,10 @@ impl Events {
 
 /// One target `up` serving read/write/admin; everyone may use `read`, group `dev` also `write`.
 async fn setup() -> Harness {
+    setup_with_url().await.0
+}
+
+async fn setup_with_url() -> (Harness, String) {
     let up = Upstream {
         tools: vec!["read", "write", "admin"],
         page: 10,
@@ -110,7 +129,8 @@ async fn setup() -> Harness {
         policy("dev", "{group: dev}", "tool", "Allow", &["write"]),
     )
     .unwrap();
-    start_gateway(dir, GatewayConfig::default()).await
+    std::fs::write(dir.join("secret.yaml"), SECRET).unwrap();
+    (start_gateway(dir, GatewayConfig::default()).await, url)
 }
 
 #[tokio::test]
@@ -194,4 +214,68 @@ async fn a_session_without_a_get_stream_is_not_told_but_lists_the_new_set() {
     // What would have been announced is not kept for a stream opened later.
     let mut alice = Events::open(&h, "alice:dev", &alice_sid).await;
     assert_eq!(alice.drain(QUIET).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn credentials_and_reachable_targets_decide_who_hears() {
+    let (h, url) = setup_with_url().await;
+    let scoped_path = "/mcp/t/up";
+    let agg_sid = h.open(PATH, "alice:dev").await;
+    let scoped_sid = h.open(scoped_path, "alice:dev").await;
+    let bob_sid = h.open(PATH, "bob").await;
+    let mut alice_agg = Events::open(&h, "alice:dev", &agg_sid).await;
+    let mut alice_scoped = Events::open_at(&h, scoped_path, "alice:dev", &scoped_sid).await;
+    let mut bob = Events::open(&h, "bob", &bob_sid).await;
+
+    // alice's credential on `up` may change what the upstream lists to her: her tools, on both
+    // endpoints; she may see no resources or prompts there, so those lists cannot change.
+    std::fs::write(
+        h.dir.join("cred.yaml"),
+        credential_yaml("alice-key", "up", "alice", "x-api-key", "alice"),
+    )
+    .unwrap();
+    for stream in [&mut alice_agg, &mut alice_scoped] {
+        let note = stream.next_within(RELOAD).await.expect("alice hears");
+        assert_eq!(note["method"], "notifications/tools/list_changed");
+        assert_eq!(stream.drain(QUIET).await, Vec::<String>::new());
+    }
+    assert_eq!(bob.drain(QUIET).await, Vec::<String>::new());
+
+    // A new Target open to everyone: the aggregated sessions hear, the one scoped to `up` not.
+    std::fs::write(h.dir.join("extra.yaml"), target_yaml("extra", &url, 8000)).unwrap();
+    std::fs::write(
+        h.dir.join("extra-policy.yaml"),
+        policy_on(
+            "extra",
+            "extra-all",
+            "{everyone: true}",
+            "tool",
+            "Allow",
+            &["*"],
+        ),
+    )
+    .unwrap();
+    for stream in [&mut alice_agg, &mut bob] {
+        let note = stream
+            .next_within(RELOAD)
+            .await
+            .expect("an aggregated session hears");
+        assert_eq!(note["method"], "notifications/tools/list_changed");
+    }
+    assert_eq!(alice_scoped.drain(QUIET).await, Vec::<String>::new());
+    assert_eq!(
+        h.tool_names(PATH, "bob", &bob_sid).await,
+        ["extra_admin", "extra_read", "extra_write", "up_read"]
+    );
+
+    // A Target nobody may use is invisible: adding one announces nothing.
+    std::fs::write(h.dir.join("closed.yaml"), target_yaml("closed", &url, 8000)).unwrap();
+    let deadline = tokio::time::Instant::now() + RELOAD;
+    while h.gw.snapshots.load().target("t", "closed").is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for stream in [&mut alice_agg, &mut alice_scoped, &mut bob] {
+        assert_eq!(stream.drain(QUIET).await, Vec::<String>::new());
+    }
 }

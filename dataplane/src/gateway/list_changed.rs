@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
 use reflow_crds::api::{Effect, RuleKind};
-use reflow_crds::snapshot::SubjectMatch;
+use reflow_crds::snapshot::{CompiledRule, SubjectMatch};
 use reflow_crds::{CompiledTarget, Identity, ItemKind, Snapshot};
 use serde_json::{Map, Value};
 use tracing::{debug, info_span};
@@ -55,8 +55,19 @@ fn rule_covers(rule: RuleKind, kind: ItemKind) -> bool {
 /// Everything a list of one kind from this target depends on for this identity: where the target
 /// is (prefix, upstream), the credentials it resolves to (an upstream may list by caller), and the
 /// rules that could decide an item of that kind for it, in rule order (ties are broken by it).
-/// Rules for other subjects or kinds do not enter, so editing them changes nothing here.
+/// Rules for other subjects or kinds do not enter, so editing them changes nothing here; a target
+/// with no allow rule for the caller shows nothing (default deny) and enters as nothing.
 fn hash_target(target: &CompiledTarget, id: &Identity, kind: ItemKind, h: &mut DefaultHasher) {
+    let rules: Vec<(usize, &CompiledRule)> = target
+        .policy
+        .rules()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| subject_applies(&r.subject, id) && rule_covers(r.kind, kind))
+        .collect();
+    if !rules.iter().any(|(_, r)| r.effect == Effect::Allow) {
+        return;
+    }
     target.namespace.hash(h);
     target.name.hash(h);
     target.prefix.hash(h);
@@ -65,10 +76,7 @@ fn hash_target(target: &CompiledTarget, id: &Identity, kind: ItemKind, h: &mut D
         .unwrap_or_default()
         .hash(h);
     target.credentials.resolve(id).fingerprint.hash(h);
-    for (i, rule) in target.policy.rules().iter().enumerate() {
-        if !subject_applies(&rule.subject, id) || !rule_covers(rule.kind, kind) {
-            continue;
-        }
+    for (i, rule) in rules {
         i.hash(h);
         rule.policy.hash(h);
         rule.priority.hash(h);
