@@ -402,6 +402,31 @@ mod tests {
     }
 
     #[test]
+    fn watched_lists_live_get_streams_with_their_viewer_without_counting_as_use() {
+        let hubs = Hubs::default();
+        let viewer = Viewer {
+            identity: reflow_crds::Identity::new("alice", ["dev"], Vec::<String>::new()),
+            scope: crate::session::Scope::Aggregated,
+        };
+        // A GET stream with its viewer; one whose connection dropped; a hub with no GET at all.
+        let live = hubs.get("live");
+        live.set_viewer(viewer.clone());
+        let (_, _conn) = live.attach_get();
+        let dropped = hubs.get("dropped");
+        dropped.set_viewer(viewer.clone());
+        drop(dropped.attach_get());
+        hubs.get("post-only").open_stream();
+        let watched = hubs.watched();
+        assert_eq!(watched.len(), 1);
+        assert_eq!(watched[0].0, "live");
+        assert_eq!(*watched[0].2, viewer);
+        // Looking does not refresh: the dropped and post-only hubs still go idle.
+        std::thread::sleep(Duration::from_millis(30));
+        hubs.watched();
+        assert_eq!(hubs.sweep(Duration::from_millis(20)), 2);
+    }
+
+    #[test]
     fn cancel_reaches_a_tracked_request_once() {
         let hub = Hub::new();
         let c = Cancel::default();
