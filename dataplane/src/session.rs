@@ -24,7 +24,7 @@ impl SessionError {
 }
 
 /// Which targets a session may reach: everything (aggregated `/mcp`) or one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
     Aggregated,
     Target { namespace: String, name: String },

@@ -16,6 +16,10 @@
    "argument": {"name": A, "value": V}}
   {"op": "set_logging_level", "level": L}
   {"op": "ping"}
+  {"op": "wait_notification", "method": M, "timeout": S}
+                                              waits up to S seconds (default 10) for a server
+                                              notification M not yet waited for (e.g.
+                                              "notifications/tools/list_changed")
 --answer-client-requests declares sampling and elicitation: sampling answers "sampled: <last
 user text>", elicitation accepts with {"username": "py-user", "email": "py@example.com"}; each
 request is listed in the report's "client_requests" ({"method", "params"}), and every log
@@ -24,6 +28,7 @@ message the server sends in "logs".
 The last stdout line is the report:
   {"ok": bool, "protocol_version": str, "server_info": {...}, "server_capabilities": {...},
    "results": [{"op": ..., "ok": bool, "result": {...} | "error": {...}, "progress": [...]}],
+   "notifications": [method, ...]  every server notification, in arrival order,
    "error": null | {"type": ..., "message": ..., "code": ...}}
 "ok" is about the connection as a whole; each action has its own "ok".
 """
@@ -76,7 +81,32 @@ def completion_ref(ref):
     return types.ResourceTemplateReference(type="ref/resource", uri=ref["uri"])
 
 
-async def run_action(client, action):
+class Inbox:
+    """Server notifications as they arrive; wait_notification takes them one at a time."""
+
+    def __init__(self, report):
+        self.report = report
+        self.pending = []
+        self.arrived = asyncio.Event()
+
+    async def on_message(self, message):
+        method = getattr(message, "method", None)
+        if method is None:  # a transport-level exception, not a notification
+            return
+        self.report["notifications"].append(method)
+        self.pending.append(method)
+        self.arrived.set()
+
+    async def take(self, method, timeout):
+        async with asyncio.timeout(timeout):
+            while method not in self.pending:
+                self.arrived.clear()
+                await self.arrived.wait()
+        self.pending.remove(method)
+        return {"method": method}
+
+
+async def run_action(client, action, inbox):
     op = action.get("op")
     record = {"op": op, "ok": False}
     progress = []
@@ -110,6 +140,8 @@ async def run_action(client, action):
             result = dump(await client.set_logging_level(action["level"]))
         elif op == "ping":
             result = dump(await client.send_ping())
+        elif op == "wait_notification":
+            result = await inbox.take(action["method"], float(action.get("timeout", 10)))
         else:
             raise ValueError(f"unknown op {op!r}")
         record["ok"] = True
@@ -127,12 +159,12 @@ def key_values(pairs):
     return out
 
 
-def client_callbacks(args, report):
-    """Sampling/elicitation answers and a logging sink that record what the server sent."""
+def client_callbacks(args, report, inbox):
+    """Sampling/elicitation answers, a logging sink and the notification inbox."""
     async def on_log(params):
         report["logs"].append(dump(params))
 
-    callbacks = {"logging_callback": on_log}
+    callbacks = {"logging_callback": on_log, "message_handler": inbox.on_message}
     if not args.answer_client_requests:
         return callbacks
 
@@ -159,7 +191,7 @@ def client_callbacks(args, report):
     return callbacks
 
 
-async def connect(stack, args, report):
+async def connect(stack, args, report, inbox):
     headers = key_values(args.header)
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
@@ -173,20 +205,21 @@ async def connect(stack, args, report):
     else:
         server = StdioServerParameters(command=args.command, args=args.arg, env=key_values(args.env) or None)
     client = Client(
-        server, mode=args.mode, cache=None, read_timeout_seconds=args.timeout, **client_callbacks(args, report)
+        server, mode=args.mode, cache=None, read_timeout_seconds=args.timeout, **client_callbacks(args, report, inbox)
     )
     return await stack.enter_async_context(client)
 
 
 async def run(args, report):
     actions = json.loads(args.actions)
+    inbox = Inbox(report)
     async with AsyncExitStack() as stack:
-        client = await connect(stack, args, report)
+        client = await connect(stack, args, report, inbox)
         report["protocol_version"] = client.protocol_version
         report["server_info"] = dump(client.server_info) if client.server_info else None
         report["server_capabilities"] = dump(client.server_capabilities)
         for action in actions:
-            report["results"].append(await run_action(client, action))
+            report["results"].append(await run_action(client, action, inbox))
     report["ok"] = True
 
 
@@ -221,6 +254,7 @@ async def main():
         "results": [],
         "client_requests": [],
         "logs": [],
+        "notifications": [],
         "error": None,
     }
     try:

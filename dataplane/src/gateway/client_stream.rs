@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tracing::{Span, instrument};
 
+use super::list_changed::Viewer;
 use super::{
     Gateway, UpcallError, authenticate, check_host_origin, find_session, rpc_failure, streams,
 };
@@ -66,6 +67,7 @@ async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderM
     };
     Span::current().record("session", session.id.as_str());
     let hub = gw.hubs.get(&session.id);
+    hub.set_viewer(Viewer { identity, scope });
     let primes = streams::primes(&session.protocol_version);
     match headers.get("last-event-id").map(|v| v.to_str()) {
         Some(Ok(last)) => match hub.resume(last) {

@@ -183,7 +183,8 @@ pub(crate) fn negotiate(session: &mut Session, req: &Request, legacy: bool) -> V
         .unwrap_or(Value::Null);
     let result = json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {}, "resources": {}, "prompts": {}, "completions": {}, "logging": {}},
+        // listChanged: a snapshot change that alters what the caller may see is announced.
+        "capabilities": {"tools": {"listChanged": true}, "resources": {"listChanged": true}, "prompts": {"listChanged": true}, "completions": {}, "logging": {}},
         "serverInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
     });
     jsonrpc::result(&req.id, result)

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span, field, info_span, instrument};
 
+use super::list_changed::Viewer;
 use super::streams::{Frame, GET_STREAM};
 use super::{
     Gateway, authenticate, check_host_origin, client_stream, dispatch, rpc_failure, trace_id,
@@ -120,7 +121,13 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
         return (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable").into_response();
     }
     Span::current().record("session", sid.as_str());
-    let (_, frames) = gw.hubs.get(&sid).attach_get();
+    let hub = gw.hubs.get(&sid);
+    // The legacy stream is the session's GET stream: snapshot changes are announced on it too.
+    hub.set_viewer(Viewer {
+        identity: identity.clone(),
+        scope: scope.clone(),
+    });
+    let (_, frames) = hub.attach_get();
     let first = format!("event: endpoint\ndata: {}\n\n", endpoint(&scope, &sid));
     let keepalive = Duration::from_millis(gw.config.sse_keepalive_ms.max(10));
     let state = StreamState {

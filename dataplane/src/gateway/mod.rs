@@ -9,6 +9,7 @@ mod hardening;
 mod instances;
 mod legacy_sse;
 mod list_audit;
+mod list_changed;
 mod proxy;
 mod relay;
 mod streams;
@@ -214,6 +215,7 @@ impl Gateway {
             },
         ));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            list_changed::follow_snapshots(Arc::downgrade(&gw), &gw.snapshots, &rt);
             let weak = Arc::downgrade(&gw);
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(idle.min(Duration::from_secs(60)));

@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
+use super::list_changed::Viewer;
 use crate::upstream::Cancel;
 
 /// The session's GET stream; POST reply streams are numbered from 1.
@@ -67,6 +68,8 @@ struct State {
     open: HashSet<u64>,
     inflight: HashMap<String, Cancel>,
     last_used: Instant,
+    /// Who opened the GET stream, for list_changed after a snapshot change.
+    viewer: Option<Arc<Viewer>>,
 }
 
 /// One session's streams.
@@ -87,6 +90,7 @@ impl Hub {
             open: HashSet::new(),
             inflight: HashMap::new(),
             last_used: Instant::now(),
+            viewer: None,
         }))
     }
 
@@ -124,6 +128,11 @@ impl Hub {
         }
         // Resuming from the priming id replays only what comes after it.
         (event_id(GET_STREAM, st.next_seq - 1), rx)
+    }
+
+    /// Records who watches the GET stream (the session's identity and endpoint).
+    pub(crate) fn set_viewer(&self, viewer: Viewer) {
+        self.lock().viewer = Some(Arc::new(viewer));
     }
 
     pub(crate) fn has_live(&self, stream: u64) -> bool {
@@ -274,6 +283,28 @@ impl Hubs {
         before - map.len()
     }
 
+    /// Sessions whose GET stream is live here, with who watches it. Does not count as use, so
+    /// idle sweeping is unaffected.
+    pub(crate) fn watched(&self) -> Vec<(String, Arc<Hub>, Arc<Viewer>)> {
+        let hubs: Vec<(String, Arc<Hub>)> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, hub)| (id.clone(), hub.clone()))
+            .collect();
+        hubs.into_iter()
+            .filter_map(|(id, hub)| {
+                let viewer = {
+                    let st = hub.0.lock().unwrap_or_else(|p| p.into_inner());
+                    let live = st.live.get(&GET_STREAM).is_some_and(|tx| !tx.is_closed());
+                    st.viewer.clone().filter(|_| live)
+                }?;
+                Some((id, hub, viewer))
+            })
+            .collect()
+    }
+
     pub(crate) fn remove(&self, session: &str) {
         let hub = self
             .0
@@ -368,6 +399,31 @@ mod tests {
         assert_eq!(hubs.sweep(Duration::from_millis(20)), 1);
         assert!(Arc::ptr_eq(&hubs.get("watched"), &watched));
         assert_eq!(hubs.sweep(Duration::from_secs(60)), 0);
+    }
+
+    #[test]
+    fn watched_lists_live_get_streams_with_their_viewer_without_counting_as_use() {
+        let hubs = Hubs::default();
+        let viewer = Viewer {
+            identity: reflow_crds::Identity::new("alice", ["dev"], Vec::<String>::new()),
+            scope: crate::session::Scope::Aggregated,
+        };
+        // A GET stream with its viewer; one whose connection dropped; a hub with no GET at all.
+        let live = hubs.get("live");
+        live.set_viewer(viewer.clone());
+        let (_, _conn) = live.attach_get();
+        let dropped = hubs.get("dropped");
+        dropped.set_viewer(viewer.clone());
+        drop(dropped.attach_get());
+        hubs.get("post-only").open_stream();
+        let watched = hubs.watched();
+        assert_eq!(watched.len(), 1);
+        assert_eq!(watched[0].0, "live");
+        assert_eq!(*watched[0].2, viewer);
+        // Looking does not refresh: the dropped and post-only hubs still go idle.
+        std::thread::sleep(Duration::from_millis(30));
+        hubs.watched();
+        assert_eq!(hubs.sweep(Duration::from_millis(20)), 2);
     }
 
     #[test]

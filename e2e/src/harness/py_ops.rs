@@ -28,6 +28,12 @@ pub fn call_tool_with_progress(name: &str, arguments: Value) -> Value {
     json!({ "op": "call_tool", "name": name, "arguments": arguments, "progress": true })
 }
 
+/// Waits (up to `timeout_s` seconds) for a server notification `method` the run has not
+/// waited for yet; fails the action with `TimeoutError` if none comes.
+pub fn wait_notification(method: &str, timeout_s: f64) -> Value {
+    json!({ "op": "wait_notification", "method": method, "timeout": timeout_s })
+}
+
 pub fn read_resource(uri: &str) -> Value {
     json!({ "op": "read_resource", "uri": uri })
 }
