@@ -18,7 +18,8 @@ use tracing::{Instrument, Span, field, info_span, instrument};
 use super::list_changed::Viewer;
 use super::streams::{Frame, GET_STREAM};
 use super::{
-    Gateway, authenticate, check_host_origin, client_stream, dispatch, rpc_failure, trace_id,
+    Gateway, authenticate, check_host_origin, client_stream, dispatch, owned_session, rpc_failure,
+    session_not_found, trace_id,
 };
 use crate::jsonrpc::{self, Message};
 use crate::net::Peer;
@@ -195,12 +196,6 @@ async fn find_session(
     identity: &Identity,
     q: &SessionQuery,
 ) -> Result<Arc<Session>, Response> {
-    let not_found = || {
-        rpc_failure(
-            StatusCode::NOT_FOUND,
-            jsonrpc::error(&Value::Null, -32001, "session not found"),
-        )
-    };
     let Some(id) = q.session_id.as_deref() else {
         return Err(rpc_failure(
             StatusCode::BAD_REQUEST,
@@ -209,16 +204,9 @@ async fn find_session(
     };
     // Only sessions with a stream on this replica: their answers have nowhere else to go.
     if gw.hubs.find(id).is_none_or(|h| !h.has_live(GET_STREAM)) {
-        return Err(not_found());
+        return Err(session_not_found());
     }
-    match gw.sessions.get_touched(id).await {
-        Ok(Some(s)) if s.owner == identity.fingerprint() && s.scope == *scope => Ok(s),
-        Ok(_) => Err(not_found()),
-        Err(e) => Err(rpc_failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        )),
-    }
+    owned_session(gw, scope, identity, id).await
 }
 
 /// `POST /messages`: 202 at once for anything the session can take; the answer to a request

@@ -563,17 +563,29 @@ async fn find_session(
             jsonrpc::invalid_request(&Value::Null, "Mcp-Session-Id header is required"),
         ));
     };
-    let not_found = || {
-        rpc_failure(
-            StatusCode::NOT_FOUND,
-            jsonrpc::error(&Value::Null, -32001, "session not found"),
-        )
-    };
-    // Found and refreshed in one step: the request uses it.
+    owned_session(gw, scope, identity, id).await
+}
+
+/// 404 for a session that is unknown, another identity's, or of another endpoint.
+fn session_not_found() -> Response {
+    rpc_failure(
+        StatusCode::NOT_FOUND,
+        jsonrpc::error(&Value::Null, -32001, "session not found"),
+    )
+}
+
+/// Session `id` if `identity` owns it on this endpoint (`scope`), found and refreshed in one step
+/// (the request uses it); 503 when the store cannot answer.
+async fn owned_session(
+    gw: &Gateway,
+    scope: &Scope,
+    identity: &Identity,
+    id: &str,
+) -> Result<Arc<Session>, Response> {
     match gw.sessions.get_touched(id).await {
         // Another identity's session is indistinguishable from an unknown one.
         Ok(Some(s)) if s.owner == identity.fingerprint() && s.scope == *scope => Ok(s),
-        Ok(_) => Err(not_found()),
+        Ok(_) => Err(session_not_found()),
         Err(e) => Err(rpc_failure(
             StatusCode::SERVICE_UNAVAILABLE,
             jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
