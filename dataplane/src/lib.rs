@@ -7,6 +7,7 @@ pub mod authn;
 pub mod bridge;
 pub mod config;
 pub mod controller_client;
+pub mod era;
 pub mod gateway;
 pub mod identity_token;
 pub mod jsonrpc;

@@ -37,8 +37,10 @@ pub struct UpstreamLabels {
 }
 
 /// MCP methods the gateway knows, so their label needs no allocation.
-const KNOWN_METHODS: [&str; 14] = [
+const KNOWN_METHODS: [&str; 16] = [
     "initialize",
+    "server/discover",
+    "subscriptions/listen",
     "ping",
     "logging/setLevel",
     "tools/list",

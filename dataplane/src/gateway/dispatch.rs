@@ -44,6 +44,8 @@ pub(crate) struct Ctx {
     pub started: Instant,
     /// Where upstream notifications and requests for this request go, and its cancellation.
     pub hooks: CallHooks,
+    /// The Target a multi round-trip retry must reach (the one whose `requestState` it carries).
+    pub pin: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -229,7 +231,7 @@ const TEMPLATES: ListKind = ListKind {
     prefixed: false,
 };
 
-type Reply = (Value, Option<Arc<str>>, &'static str);
+pub(crate) type Reply = (Value, Option<Arc<str>>, &'static str);
 
 /// `namespace/name`, shared by the labels, the link table and the audit event of one request.
 fn key_of(target: &CompiledTarget) -> Arc<str> {
@@ -565,6 +567,14 @@ impl Gateway {
         name: &str,
         decision: &Decision,
     ) -> Reply {
+        if ctx.pin.as_ref().is_some_and(|pin| *pin != key) {
+            // A state issued by one Target presented to another: refused, never forwarded.
+            return (
+                jsonrpc::invalid_params(&req.id, "requestState was issued for another request"),
+                Some(key),
+                "tampered_state",
+            );
+        }
         let (reply, outcome) = match self
             .forward(
                 &ctx.caller(&key),

@@ -15,6 +15,7 @@ use tracing::{Instrument, Span, info_span};
 use super::Gateway;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
+use crate::upstream::stateless::is_stateless;
 use crate::upstream::stdio::{IsolationKey, Start};
 use crate::upstream::{
     CallHooks, Deliver, InitParams, InjectedHeaders, Link, Transport, UpstreamError,
@@ -90,6 +91,23 @@ pub(crate) struct Caller<'a> {
     /// What the client declared in `initialize` (mirrored to its HTTP upstream sessions).
     pub client_capabilities: &'a serde_json::Value,
     pub hooks: &'a CallHooks,
+}
+
+impl Caller<'_> {
+    /// Whether the client speaks the stateless revision.
+    pub fn is_stateless(&self) -> bool {
+        self.protocol_version == crate::era::STATELESS
+    }
+
+    /// The revision an upstream handshake asks for: the client's, or the newest one with a
+    /// handshake when the client has none (stateless).
+    pub fn handshake_version(&self) -> &str {
+        if self.is_stateless() {
+            super::dispatch::LATEST_PROTOCOL
+        } else {
+            self.protocol_version
+        }
+    }
 }
 
 impl Gateway {
@@ -169,7 +187,7 @@ impl Gateway {
                 target,
                 creds: &creds,
                 key: &self.key,
-                protocol_version: caller.protocol_version,
+                protocol_version: caller.handshake_version(),
                 session: Some(caller.session_id),
             };
             return Ok(self
@@ -189,8 +207,9 @@ impl Gateway {
             .conns
             .cell(caller.session_id, caller.identity, key, caller.seed);
         let init = InitParams {
-            protocol_version: caller.protocol_version.to_owned(),
+            protocol_version: caller.handshake_version().to_owned(),
             capabilities: super::relay::relayable_capabilities(caller.client_capabilities),
+            stateless_client: caller.is_stateless(),
         };
         let link = {
             let mut guard = cell.lock().await;
@@ -202,6 +221,19 @@ impl Gateway {
             }
             guard.clone()
         };
+        if is_stateless(link.state()) {
+            return self
+                .send_stateless(
+                    target,
+                    &headers,
+                    &link,
+                    (method, params),
+                    &init,
+                    caller,
+                    &hooks,
+                )
+                .await;
+        }
         match self
             .upstream
             .send(target, &headers, &link, method, params, &hooks)

@@ -53,8 +53,9 @@ impl Gateway {
         // An instance's upstream session is shared by every session with its key (like a
         // STDIO child), so it is told every relayable capability; refusal is per session.
         let init = InitParams {
-            protocol_version: caller.protocol_version.to_owned(),
+            protocol_version: caller.handshake_version().to_owned(),
             capabilities: json!({"sampling": {}, "elicitation": {}, "roots": {}}),
+            stateless_client: false,
         };
         let mut retried = false;
         loop {

@@ -271,6 +271,7 @@ async fn post_message(
         trace_id: trace,
         started,
         hooks: Default::default(),
+        pin: None,
     };
     let worker = gw.clone();
     tokio::spawn(

@@ -5,13 +5,18 @@ mod client_stream;
 mod cross_replica;
 mod dispatch;
 mod forward;
+mod forward_stateless;
 mod hardening;
 mod instances;
 mod legacy_sse;
 mod list_audit;
+mod list_cache;
 mod list_changed;
+mod mrtr;
 mod proxy;
 mod relay;
+mod stateless;
+mod stateless_call;
 mod streams;
 mod tls;
 mod upcalls;
@@ -161,6 +166,10 @@ pub struct Gateway {
     hubs: streams::Hubs,
     /// Server-to-client requests waiting for the client's answer.
     upcalls: Arc<upcalls::Upcalls>,
+    /// Calls of stateless clients waiting for their input (multi round-trip requests).
+    parking: mrtr::Parking,
+    /// Answers of stateless upstreams that their `ttlMs`/`cacheScope` let the gateway reuse.
+    list_cache: list_cache::ListCache,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
     bus: std::sync::OnceLock<cross_replica::BusLink>,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
@@ -203,6 +212,8 @@ impl Gateway {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 hubs: streams::Hubs::default(),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
+                parking: mrtr::Parking::default(),
+                list_cache: list_cache::ListCache::default(),
                 bus: std::sync::OnceLock::new(),
                 me: weak.clone(),
             }
@@ -640,6 +651,24 @@ async fn serve_post(
         Ok(m) => m,
         Err(e) => return rpc_failure(StatusCode::BAD_REQUEST, e.to_response()),
     };
+    if gw.audit.fail_closed() && !gw.audit.healthy() {
+        return audit_unavailable(&gw, &message, started);
+    }
+    // The OTel trace id when tracing is on, so the audit row leads to the trace.
+    let trace = reflow_telemetry::propagation::trace_id(&Span::current())
+        .unwrap_or_else(|| trace_id(&headers));
+    if stateless::is_stateless(&headers, &message) {
+        if let Message::Request(r) = &message {
+            Span::current().record("method", r.method.as_str());
+        }
+        let caller = stateless::Caller {
+            identity,
+            scope: token_scope,
+            trace_id: trace,
+            started,
+        };
+        return stateless::serve(&gw, scope, caller, &headers, message).await;
+    }
     if let Some(v) = headers.get(PROTOCOL_HEADER) {
         let ok = v.to_str().is_ok_and(|v| SUPPORTED_PROTOCOLS.contains(&v));
         if !ok {
@@ -649,12 +678,6 @@ async fn serve_post(
             );
         }
     }
-    if gw.audit.fail_closed() && !gw.audit.healthy() {
-        return audit_unavailable(&gw, &message, started);
-    }
-    // The OTel trace id when tracing is on, so the audit row leads to the trace.
-    let trace = reflow_telemetry::propagation::trace_id(&Span::current())
-        .unwrap_or_else(|| trace_id(&headers));
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
             Span::current().record("method", "initialize");
@@ -694,6 +717,7 @@ async fn serve_post(
         trace_id: trace,
         started,
         hooks: Default::default(),
+        pin: None,
     };
     let sse = client_stream::accepts(&headers, "text/event-stream");
     gw.respond(ctx, request, sse).await

@@ -30,12 +30,12 @@ static TOKEN_PREFIX: LazyLock<String> =
 
 /// The client's progress token, and the one the upstreams got instead: unique per gateway
 /// process, so tokens of different clients sharing an upstream (a STDIO child) never collide.
-struct Progress {
-    minted: Value,
-    original: Value,
+pub(super) struct Progress {
+    pub(super) minted: Value,
+    pub(super) original: Value,
 }
 
-fn mint_progress(req: &mut Request) -> Option<Progress> {
+pub(super) fn mint_progress(req: &mut Request) -> Option<Progress> {
     let meta = req.params_mut().get_mut("_meta")?.as_object_mut()?;
     let original = meta.get("progressToken")?.clone();
     let minted = json!(format!(
@@ -48,7 +48,7 @@ fn mint_progress(req: &mut Request) -> Option<Progress> {
 }
 
 /// The capability a client must have declared for an upstream's request method.
-fn capability_for(method: &str) -> Option<&'static str> {
+pub(super) fn capability_for(method: &str) -> Option<&'static str> {
     match method {
         "sampling/createMessage" => Some("sampling"),
         "elicitation/create" => Some("elicitation"),

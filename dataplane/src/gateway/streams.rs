@@ -343,6 +343,27 @@ pub(crate) fn sse_response(priming: Option<String>, frames: mpsc::Receiver<Frame
         .into_response()
 }
 
+/// An SSE response of plain events (no ids: the stateless revision does not resume streams),
+/// one per message, until the messages end.
+pub(crate) fn plain_sse<S>(messages: S) -> Response
+where
+    S: futures::Stream<Item = String> + Send + 'static,
+{
+    let body = futures::StreamExt::map(messages, |data| {
+        Ok::<_, Infallible>(Bytes::from(format!("event: message\ndata: {data}\n\n")))
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
 /// Priming events (empty data) are for clients of 2025-11-25 and later; older ones may take an
 /// empty `data` for a malformed message.
 pub(crate) fn primes(protocol_version: &str) -> bool {

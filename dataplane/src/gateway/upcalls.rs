@@ -85,6 +85,11 @@ impl Upcalls {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long the client has to answer.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Mints the id the client sees; the responder waits (bounded) for the client's answer.
     /// Over a limit the responder comes back, to be refused.
     pub(crate) fn register(

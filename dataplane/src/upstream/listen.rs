@@ -1,5 +1,6 @@
 //! An upstream session's own GET stream: what a Streamable HTTP upstream says outside any
 //! request (list_changed, resource updates, its requests), handed to the session it belongs to.
+//! A stateless (2026-07-28) upstream has no GET stream: its `subscriptions/listen` stream stands in.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use futures::StreamExt;
 use http::HeaderValue;
 use reflow_crds::snapshot::CompiledTarget;
 use reqwest::Url;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 use tracing::debug;
 
@@ -32,9 +33,9 @@ impl Drop for Listener {
 }
 
 impl UpstreamClient {
-    /// Opens the GET stream of an initialized upstream session, in the background. `None`
-    /// without a session id (a stateless upstream has no stream of ours) or a runtime. An
-    /// upstream that offers no stream (405, not SSE) just ends it.
+    /// Opens the GET stream of an initialized upstream session (or the `subscriptions/listen`
+    /// stream of a stateless upstream), in the background. `None` without a session id or a
+    /// runtime. An upstream that offers no stream (405, not SSE) just ends it.
     pub fn listen(
         &self,
         target: &CompiledTarget,
@@ -42,7 +43,9 @@ impl UpstreamClient {
         state: &UpstreamState,
         deliver: Deliver,
     ) -> Option<Listener> {
-        state.session_id.as_ref()?;
+        if state.session_id.is_none() && !super::stateless::is_stateless(state) {
+            return None;
+        }
         let url = self.parsed(url_of(target).ok()?).ok()?;
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (http, headers, state) = (self.http.clone(), headers.clone(), state.clone());
@@ -58,10 +61,28 @@ async fn run(
     state: UpstreamState,
     deliver: Deliver,
 ) {
-    let mut req = http.get(url.clone()).headers(headers.0.clone()).header(
-        http::header::ACCEPT,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    let mut req = if super::stateless::is_stateless(&state) {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": "reflow-listen",
+            "method": "subscriptions/listen",
+            "params": crate::era::with_request_meta(
+                Some(&json!({"notifications": {
+                    "toolsListChanged": true,
+                    "promptsListChanged": true,
+                    "resourcesListChanged": true,
+                }})),
+                &json!({}),
+            ),
+        });
+        let req = super::post_builder(&http, &url, &headers, &state, body.to_string().into_bytes());
+        super::stateless::mirror_headers(req, "subscriptions/listen", None)
+    } else {
+        http.get(url.clone()).headers(headers.0.clone()).header(
+            http::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        )
+    };
     if let Some(sid) = &state.session_id {
         req = req.header(SESSION_HEADER, sid.as_str());
     }
@@ -99,6 +120,10 @@ async fn run(
                 continue;
             };
             match upcall::classify(msg) {
+                // The acknowledgement of our own `subscriptions/listen`: nothing for the client.
+                Some(Unsolicited::Notification(n))
+                    if n.get("method").and_then(Value::as_str)
+                        == Some("notifications/subscriptions/acknowledged") => {}
                 Some(Unsolicited::Notification(n)) => deliver(Inbound::Notification(n)),
                 Some(Unsolicited::Request(id, r)) => {
                     deliver(Inbound::Request(r, http_responder(&http, &route, id)));

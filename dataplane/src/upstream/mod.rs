@@ -8,6 +8,7 @@ pub mod instance;
 mod link;
 mod listen;
 mod sse;
+pub mod stateless;
 pub mod stdio;
 mod upcall;
 
@@ -173,6 +174,8 @@ pub struct InitParams {
     /// What the gateway declares it can do for the upstream (`sampling`, `elicitation`,
     /// `roots`): what its client declared, since those requests are relayed to that client.
     pub capabilities: Value,
+    /// The client speaks the stateless revision: an upstream that does too is used that way.
+    pub stateless_client: bool,
 }
 
 /// Longest wait before resuming an upstream reply stream, whatever `retry` it asked for.
@@ -185,6 +188,8 @@ pub struct UpstreamClient {
     next_id: AtomicU64,
     /// What `auto` targets turned out to speak, per (target, url).
     detected: auto::Detected,
+    /// Which upstream URLs serve the stateless revision.
+    eras: stateless::Eras,
     /// Upstream URLs parsed once, keyed by their text: a snapshot that changes a target's url
     /// brings a new key, so an entry can never be stale (only unused, until the cache resets).
     urls: Mutex<HashMap<Box<str>, Url>>,
@@ -210,6 +215,7 @@ impl UpstreamClient {
             http,
             next_id: AtomicU64::new(1),
             detected: auto::Detected::default(),
+            eras: stateless::Eras::default(),
             urls: Mutex::new(HashMap::new()),
             stdio: stdio::StdioPool::new(stdio),
         })
@@ -265,7 +271,9 @@ impl UpstreamClient {
         }
     }
 
-    /// `initialize` + `notifications/initialized`; returns the new upstream session.
+    /// A new link's upstream state: stateless when the client is and the upstream serves that
+    /// revision, else an `initialize`d session; an upstream that only serves the stateless
+    /// revision (its handshake fails, `server/discover` answers) is used statelessly for any client.
     pub async fn initialize(
         &self,
         target: &CompiledTarget,
@@ -274,6 +282,29 @@ impl UpstreamClient {
     ) -> Result<UpstreamState, UpstreamError> {
         let url = self.parsed(url_of(target)?)?;
         let timeout = Duration::from_millis(u64::from(target.timeouts.init_ms));
+        if init.stateless_client && self.speaks_stateless(&url, headers, timeout).await {
+            return Ok(stateless::stateless_state());
+        }
+        match self.handshake(&url, headers, init, timeout).await {
+            Err(e @ UpstreamError::Status(400 | 404 | 405)) => {
+                if self.speaks_stateless(&url, headers, timeout).await {
+                    Ok(stateless::stateless_state())
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `initialize` + `notifications/initialized`; returns the new upstream session.
+    async fn handshake(
+        &self,
+        url: &Url,
+        headers: &InjectedHeaders,
+        init: &InitParams,
+        timeout: Duration,
+    ) -> Result<UpstreamState, UpstreamError> {
         let params = json!({
             "protocolVersion": init.protocol_version,
             "capabilities": init.capabilities,
@@ -282,7 +313,7 @@ impl UpstreamClient {
         let blank = UpstreamState::default();
         let (reply, session_id) = self
             .exchange(
-                &url,
+                url,
                 headers,
                 &blank,
                 ("initialize", Some(&params)),
@@ -302,13 +333,17 @@ impl UpstreamClient {
             initialized: true,
         };
         let note = Outgoing::notification("notifications/initialized").to_vec()?;
-        let resp = tokio::time::timeout(timeout, self.post(&url, headers, &state, note))
+        let resp = tokio::time::timeout(timeout, self.post(url, headers, &state, note))
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))??;
         if !resp.status().is_success() {
             return Err(UpstreamError::Status(resp.status().as_u16()));
         }
         Ok(state)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// One request on an initialized session.
@@ -364,13 +399,27 @@ impl UpstreamClient {
         // Our own id: the client's ids never reach the upstream (ids are remapped).
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = Outgoing::request(id, method, params).to_vec()?;
+        let stateless = stateless::is_stateless(state);
         let work = async {
-            let resp = self.post(url, headers, state, body).await?;
+            let mut req = self.post_request(url, headers, state, body);
+            if stateless {
+                req = stateless::mirror_headers(req, method, params);
+            }
+            let resp = req.send().await.map_err(map_reqwest)?;
             let status = resp.status();
             if status == StatusCode::NOT_FOUND && state.session_id.is_some() {
                 return Err(UpstreamError::SessionExpired);
             }
             if !status.is_success() {
+                // A stateless upstream says what is wrong in a JSON-RPC error (with a 4xx).
+                if stateless && status.is_client_error() {
+                    let bytes = resp.bytes().await.map_err(map_reqwest)?;
+                    if let Ok(Some(reply)) = match_reply(serde_json::from_slice(&bytes), id)
+                        && reply.contains_key("error")
+                    {
+                        return Ok((reply, None));
+                    }
+                }
                 return Err(UpstreamError::Status(status.as_u16()));
             }
             let session_id = resp

@@ -1,0 +1,501 @@
+//! One request of a stateless (2026-07-28) client: dispatched like any other, answered as JSON or
+//! as an SSE stream of its own, and turned into multi round-trip results where an older upstream
+//! asks the client something (sampling, elicitation, roots) in the middle of the call.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug};
+
+use super::Gateway;
+use super::dispatch::{Ctx, Reply};
+use super::mrtr::{self, Held, Parked, StateError};
+use super::relay::{Progress, TARGET_META, capability_for, mint_progress};
+use crate::era;
+use crate::jsonrpc::{self, Request};
+use crate::metrics::method_label;
+use crate::session::Session;
+use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+
+/// Upcalls queued per request (as for stateful clients).
+const SINK_CAPACITY: usize = 256;
+
+/// What the driver of one request hands to the HTTP response.
+enum Out {
+    /// A request-scoped notification (progress, a log message the client asked for).
+    Note(String),
+    /// The response: the result, an error, or an `input_required` result.
+    Final(Value),
+}
+
+/// RFC 5424 order of `logging` levels, least severe first.
+const LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+fn severity(level: &str) -> Option<usize> {
+    LEVELS.iter().position(|l| *l == level)
+}
+
+/// What stays the same for a request across its rounds.
+struct Call {
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+    method: String,
+    name: String,
+    /// The client's `_meta` log level: without one, no log message reaches it.
+    log_level: Option<usize>,
+    progress: Option<Progress>,
+    cancel: Cancel,
+}
+
+impl Gateway {
+    /// Answers a stateless request (`ctx.session` is the caller's hidden gateway session).
+    pub(crate) async fn respond_stateless(
+        self: &Arc<Self>,
+        mut ctx: Ctx,
+        mut req: Request,
+        accepts_sse: bool,
+    ) -> Response {
+        let started = ctx.started;
+        let label = method_label(&req.method);
+        let name = era::mirrored_name(&req.method, req.params())
+            .unwrap_or("")
+            .to_owned();
+        let owner = ctx.identity.fingerprint();
+        let log_level = req
+            .params()
+            .and_then(|p| {
+                p.pointer(&format!(
+                    "/_meta/{}",
+                    era::META_LOG_LEVEL.replace('/', "~1")
+                ))
+            })
+            .and_then(Value::as_str)
+            .and_then(severity);
+        let state = take_str(&mut req, "requestState");
+        let mut resume = None;
+        if let Some(state) = state {
+            match mrtr::open(&self.key, &owner, &req.method, &name, &state) {
+                Ok(Held::Upstream { target, state }) => {
+                    req.params_mut()
+                        .insert("requestState".into(), Value::String(state));
+                    ctx.pin = Some(Arc::from(target));
+                }
+                Ok(Held::Parked(id)) => {
+                    let answers = req.params_mut().remove("inputResponses");
+                    match self.parking.take(&id, &ctx.session.id) {
+                        Some(parked) => resume = Some((parked, answers)),
+                        // Parked on another replica, or expired: the request runs afresh.
+                        None => debug!("parked call not found; running the request again"),
+                    }
+                }
+                Err(e) => {
+                    self.count(label, None, e.label(), started);
+                    let code = match e {
+                        StateError::Foreign | StateError::Tampered | StateError::Expired => {
+                            jsonrpc::INVALID_PARAMS
+                        }
+                    };
+                    return (
+                        StatusCode::OK,
+                        axum::Json(jsonrpc::error(&req.id, code, &e.to_string())),
+                    )
+                        .into_response();
+                }
+            }
+        }
+        let call = Call {
+            gw: self.clone(),
+            session: ctx.session.clone(),
+            method: req.method.clone(),
+            name,
+            log_level,
+            progress: None,
+            cancel: Cancel::default(),
+        };
+        let id = req.id.clone();
+        let (call, work, rx, waiting) = match resume {
+            Some((parked, answers)) => {
+                let waiting = call.deliver(parked.waiting, answers.as_ref()).await;
+                let call = Call {
+                    progress: parked.progress,
+                    cancel: parked.cancel,
+                    ..call
+                };
+                (call, parked.work, parked.rx, waiting)
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(SINK_CAPACITY);
+                let mut call = call;
+                call.progress = mint_progress(&mut req);
+                ctx.hooks = CallHooks {
+                    sink: Some(Sink::new(tx, Arc::from("-"))),
+                    cancel: Some(call.cancel.clone()),
+                };
+                let gw = self.clone();
+                let span = tracing::Span::current();
+                let work =
+                    tokio::spawn(async move { gw.dispatch(&ctx, req).await }.instrument(span));
+                (call, work, rx, Vec::new())
+            }
+        };
+        let (out_tx, mut out_rx) = mpsc::channel(64);
+        let span = tracing::Span::current();
+        tokio::spawn(
+            call.drive(
+                work,
+                rx,
+                waiting,
+                id.clone(),
+                accepts_sse,
+                out_tx,
+                (label, started),
+            )
+            .instrument(span),
+        );
+        match out_rx.recv().await {
+            Some(Out::Final(reply)) => (StatusCode::OK, axum::Json(reply)).into_response(),
+            Some(Out::Note(first)) => {
+                let rest = futures::stream::unfold(out_rx, |mut rx| async move {
+                    match rx.recv().await {
+                        Some(Out::Note(n)) => Some((n, rx)),
+                        Some(Out::Final(v)) => Some((v.to_string(), rx)),
+                        None => None,
+                    }
+                });
+                let head = futures::stream::iter([first]);
+                super::streams::plain_sse(futures::StreamExt::chain(head, rest))
+            }
+            None => (
+                StatusCode::OK,
+                axum::Json(jsonrpc::error(
+                    &id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the request ended without a response",
+                )),
+            )
+                .into_response(),
+        }
+    }
+}
+
+impl Call {
+    /// Gives the parked call's upstreams the client's `inputResponses`; returns the requests
+    /// still unanswered (asked again).
+    async fn deliver(
+        &self,
+        waiting: Vec<(String, Value)>,
+        answers: Option<&Value>,
+    ) -> Vec<(String, Value)> {
+        let mut still = Vec::new();
+        for (gid, request) in waiting {
+            match answers.and_then(|a| a.get(&gid)) {
+                Some(answer) => {
+                    let mut msg = Map::new();
+                    msg.insert("id".into(), json!(gid));
+                    msg.insert("result".into(), answer.clone());
+                    if let Err(e) = self
+                        .gw
+                        .upcalls
+                        .resolve(&self.session.id, &json!(gid), &msg)
+                        .await
+                    {
+                        debug!(error = %e, "an input response could not be delivered");
+                    }
+                }
+                None => still.push((gid, request)),
+            }
+        }
+        still
+    }
+
+    /// Runs the request to its response: notifications on the way (SSE clients only), and an
+    /// `input_required` result (the call parked) when an upstream asks the client something.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        self,
+        mut work: JoinHandle<Reply>,
+        mut rx: mpsc::Receiver<Upcall>,
+        mut waiting: Vec<(String, Value)>,
+        id: Value,
+        sse: bool,
+        out: mpsc::Sender<Out>,
+        (label, started): (Cow<'static, str>, Instant),
+    ) {
+        if !waiting.is_empty() {
+            return self.park(work, rx, waiting, &id, &out).await;
+        }
+        // The sink closes when the dispatch ends; from then on only `work` is waited for.
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                up = rx.recv(), if open => {
+                    let Some(up) = up else {
+                        open = false;
+                        continue;
+                    };
+                    if let Some(asked) = self.upcall(up, sse, &out).await {
+                        waiting.push(asked);
+                        // Requests that came together are asked together.
+                        while let Ok(up) = rx.try_recv() {
+                            if let Some(asked) = self.upcall(up, sse, &out).await {
+                                waiting.push(asked);
+                            }
+                        }
+                        self.gw.count(label, None, "input_required", started);
+                        return self.park(work, rx, waiting, &id, &out).await;
+                    }
+                }
+                done = &mut work => {
+                    let (reply, target, outcome) = done.unwrap_or_else(|_| {
+                        (jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, "the request failed"), None, "internal")
+                    });
+                    while let Ok(up) = rx.try_recv() {
+                        let _ = self.upcall(up, sse, &out).await;
+                    }
+                    let reply = self.finish(reply, &id, target.as_deref());
+                    self.gw.count(label, target, outcome, started);
+                    let _ = out.send(Out::Final(reply)).await;
+                    return;
+                }
+                () = out.closed() => {
+                    // The client closed its response stream: that cancels the request.
+                    self.cancel.cancel();
+                    work.abort();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One upcall: a notification goes out (when the client may see it); a request the client
+    /// can answer comes back as `(gateway id, input request)`; anything else is refused.
+    async fn upcall(
+        &self,
+        up: Upcall,
+        sse: bool,
+        out: &mpsc::Sender<Out>,
+    ) -> Option<(String, Value)> {
+        match up.inbound {
+            Inbound::Streaming => None,
+            Inbound::Notification(msg) => {
+                if sse && let Some(msg) = self.notification(msg, &up.target) {
+                    let _ = out.send(Out::Note(Value::Object(msg).to_string())).await;
+                }
+                None
+            }
+            Inbound::Request(msg, responder) => self.request(msg, responder),
+        }
+    }
+
+    fn notification(
+        &self,
+        mut msg: Map<String, Value>,
+        target: &str,
+    ) -> Option<Map<String, Value>> {
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        if method == "notifications/message" {
+            let wanted = self.log_level?;
+            let level = msg
+                .get("params")
+                .and_then(|p| p.get("level"))
+                .and_then(Value::as_str)
+                .and_then(severity)
+                .unwrap_or(0);
+            if level < wanted {
+                return None;
+            }
+        } else if method != "notifications/progress" {
+            // Only request-scoped notifications belong on a request's stream; change
+            // notifications go to `subscriptions/listen`.
+            return None;
+        }
+        let params = msg.entry("params").or_insert_with(|| json!({}));
+        if let Value::Object(params) = params {
+            if let Some(p) = &self.progress
+                && params.get("progressToken") == Some(&p.minted)
+            {
+                params.insert("progressToken".into(), p.original.clone());
+            }
+            let meta = params.entry("_meta").or_insert_with(|| json!({}));
+            if let Value::Object(meta) = meta {
+                meta.insert(TARGET_META.into(), json!(target));
+            }
+        }
+        Some(msg)
+    }
+
+    fn request(&self, msg: Map<String, Value>, responder: Responder) -> Option<(String, Value)> {
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if method == "ping" {
+            tokio::spawn(async move {
+                let mut ok = Map::new();
+                ok.insert("result".into(), json!({}));
+                let _ = responder.answer(&ok).await;
+            });
+            return None;
+        }
+        let Some(cap) = capability_for(&method) else {
+            responder.refuse_later(
+                jsonrpc::METHOD_NOT_FOUND,
+                "method not relayed by the gateway",
+            );
+            return None;
+        };
+        if !era::allows_input_required(&self.method) {
+            responder.refuse_later(
+                jsonrpc::METHOD_NOT_FOUND,
+                "the client cannot be asked for input during this request",
+            );
+            return None;
+        }
+        if self.session.client_capabilities.get(cap).is_none() {
+            responder.refuse_later(
+                jsonrpc::METHOD_NOT_FOUND,
+                "the client did not declare this capability",
+            );
+            return None;
+        }
+        match self.gw.upcalls.register(&self.session.id, responder) {
+            Ok(gid) => {
+                let mut asked = Map::new();
+                asked.insert("method".into(), json!(method));
+                if let Some(p) = msg.get("params") {
+                    asked.insert("params".into(), p.clone());
+                }
+                Some((gid, Value::Object(asked)))
+            }
+            Err((e, responder)) => {
+                debug!(error = %e, "an input request was refused");
+                responder.refuse_later(jsonrpc::INTERNAL_ERROR, "too many requests pending");
+                None
+            }
+        }
+    }
+
+    /// Parks the call and answers `input_required` with the requests and the sealed state.
+    async fn park(
+        self,
+        work: JoinHandle<Reply>,
+        rx: mpsc::Receiver<Upcall>,
+        waiting: Vec<(String, Value)>,
+        id: &Value,
+        out: &mpsc::Sender<Out>,
+    ) {
+        let requests: Map<String, Value> = waiting.iter().cloned().collect();
+        let ttl = self.gw.upcalls.timeout();
+        let parked = Parked {
+            session: self.session.id.clone(),
+            work,
+            rx,
+            waiting,
+            expires: Instant::now() + ttl,
+            progress: self.progress,
+            cancel: self.cancel,
+        };
+        let reply = match self.gw.parking.park(parked) {
+            Ok(pid) => {
+                let state = mrtr::seal(
+                    &self.gw.key,
+                    &self.session.owner,
+                    &self.method,
+                    &self.name,
+                    Held::Parked(pid),
+                    ttl,
+                );
+                let mut result = Map::new();
+                result.insert("resultType".into(), json!("input_required"));
+                result.insert("inputRequests".into(), Value::Object(requests));
+                result.insert("requestState".into(), json!(state));
+                era::stamp_result(&mut result);
+                jsonrpc::result(id, Value::Object(result))
+            }
+            Err(parked) => {
+                parked.work.abort();
+                parked.cancel.cancel();
+                jsonrpc::error(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "too many requests are waiting for input",
+                )
+            }
+        };
+        let _ = out.send(Out::Final(reply)).await;
+    }
+
+    /// The response as this revision has it: the retry's id, `resultType`, cache hints on
+    /// lists, an upstream's own `requestState` sealed to its Target, resource-not-found as -32602.
+    fn finish(&self, mut reply: Value, id: &Value, target: Option<&str>) -> Value {
+        if let Value::Object(m) = &mut reply {
+            m.insert("id".into(), id.clone());
+        }
+        if reply.pointer("/error/code").and_then(Value::as_i64) == Some(jsonrpc::RESOURCE_NOT_FOUND)
+            && let Some(code) = reply.pointer_mut("/error/code")
+        {
+            *code = json!(jsonrpc::INVALID_PARAMS);
+        }
+        let Some(Value::Object(result)) = reply.get_mut("result") else {
+            return reply;
+        };
+        if era::is_input_required(&Value::Object(result.clone())) {
+            if let (Some(Value::String(state)), Some(target)) = (result.get("requestState"), target)
+            {
+                let sealed = mrtr::seal(
+                    &self.gw.key,
+                    &self.session.owner,
+                    &self.method,
+                    &self.name,
+                    Held::Upstream {
+                        target: target.to_owned(),
+                        state: state.clone(),
+                    },
+                    self.gw.upcalls.timeout(),
+                );
+                result.insert("requestState".into(), json!(sealed));
+            }
+        } else if is_cacheable(&self.method) {
+            // Lists are filtered by the caller's policies, so never shareable across callers.
+            result.insert("cacheScope".into(), json!("private"));
+            result.entry("ttlMs").or_insert(json!(0));
+        }
+        era::stamp_result(result);
+        reply
+    }
+}
+
+fn is_cacheable(method: &str) -> bool {
+    matches!(
+        method,
+        "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    )
+}
+
+fn take_str(req: &mut Request, field: &str) -> Option<String> {
+    match req.params_mut().remove(field) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
