@@ -22,6 +22,8 @@ pub const NAME_HEADER: &str = "mcp-name";
 
 /// HTTP headers that disagree with the body, or required ones missing.
 pub const HEADER_MISMATCH: i64 = -32020;
+/// The request needs a client capability it did not declare.
+pub const MISSING_CAPABILITY: i64 = -32021;
 /// A revision the server does not serve; `data` lists the supported ones.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 

@@ -557,6 +557,29 @@ impl Gateway {
         self.relay(ctx, req, &target, key, &shown, &decision).await
     }
 
+    /// Connects the session to every HTTP upstream the caller may use (bounded by the Targets'
+    /// own timeouts), so their change notifications reach it from the start.
+    pub(crate) async fn warm_links(&self, ctx: &Ctx) {
+        let targets: Vec<_> = ctx
+            .targets()
+            .into_iter()
+            .filter(|t| t.policy.view(&ctx.identity).may_allow_anything())
+            .collect();
+        let keys: Vec<Arc<str>> = targets.iter().map(|t| key_of(t)).collect();
+        let warmed = join_all(
+            targets
+                .iter()
+                .zip(&keys)
+                .map(|(t, key)| async move { self.warm_link(&ctx.caller(key), t).await }),
+        )
+        .await;
+        for (key, r) in keys.iter().zip(warmed) {
+            if let Err(e) = r {
+                tracing::debug!(target = %key, error = %e, "could not connect ahead of calls");
+            }
+        }
+    }
+
     /// Forwards an allowed request and puts the client's id back on the reply.
     async fn relay(
         &self,

@@ -203,24 +203,7 @@ impl Gateway {
         }
         let headers = self.call_headers(caller, target, &creds)?;
         let key = caller.target_key;
-        let cell = self
-            .conns
-            .cell(caller.session_id, caller.identity, key, caller.seed);
-        let init = InitParams {
-            protocol_version: caller.handshake_version().to_owned(),
-            capabilities: super::relay::relayable_capabilities(caller.client_capabilities),
-            stateless_client: caller.is_stateless(),
-        };
-        let link = {
-            let mut guard = cell.lock().await;
-            // Not yet connected, or a legacy stream that has since dropped: (re)connect.
-            if !guard.is_ready_for(&target.upstream) {
-                *guard = self.upstream.connect(target, &headers, &init).await?;
-                self.listen(caller, target, &headers, &mut guard);
-                self.remember(caller.session_id, key, &guard).await;
-            }
-            guard.clone()
-        };
+        let (cell, link, init) = self.link_for(caller, target, &headers).await?;
         if is_stateless(link.state()) {
             return self
                 .send_stateless(
@@ -256,6 +239,54 @@ impl Gateway {
             }
             other => other,
         }
+    }
+
+    /// The session's link to an HTTP `target`, connected (and its upstream stream opened) first
+    /// if it is not yet.
+    async fn link_for(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+    ) -> Result<(Cell, Link, InitParams), UpstreamError> {
+        let key = caller.target_key;
+        let cell = self
+            .conns
+            .cell(caller.session_id, caller.identity, key, caller.seed);
+        let init = InitParams {
+            protocol_version: caller.handshake_version().to_owned(),
+            capabilities: super::relay::relayable_capabilities(caller.client_capabilities),
+            stateless_client: caller.is_stateless(),
+        };
+        let link = {
+            let mut guard = cell.lock().await;
+            // Not yet connected, or a legacy stream that has since dropped: (re)connect.
+            if !guard.is_ready_for(&target.upstream) {
+                *guard = self.upstream.connect(target, headers, &init).await?;
+                self.listen(caller, target, headers, &mut guard);
+                self.remember(caller.session_id, key, &guard).await;
+            }
+            guard.clone()
+        };
+        Ok((cell, link, init))
+    }
+
+    /// Connects the session to an HTTP `target` ahead of any call, so what the upstream says
+    /// outside calls (list changes) reaches the session from now on.
+    pub(super) async fn warm_link(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+    ) -> Result<(), UpstreamError> {
+        if matches!(
+            target.upstream,
+            Upstream::Stdio { .. } | Upstream::Kubernetes { .. }
+        ) {
+            return Ok(());
+        }
+        let creds = target.credentials.resolve(caller.identity);
+        let headers = self.call_headers(caller, target, &creds)?;
+        self.link_for(caller, target, &headers).await.map(|_| ())
     }
 
     /// The caller's credential headers and, where the Target opted in, forwarded identity.

@@ -25,6 +25,20 @@ use crate::scope::TokenScope;
 use crate::session::{Scope, Session};
 use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER};
 
+/// The methods of the stateless revision the gateway answers.
+const SERVED_METHODS: [&str; 10] = [
+    "server/discover",
+    "subscriptions/listen",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "completion/complete",
+];
+
 /// How long a client may cache `server/discover` (the gateway's answer changes only on upgrade).
 const DISCOVER_TTL_MS: u64 = 60_000;
 
@@ -85,8 +99,15 @@ pub(super) async fn serve(
             gw.count("server/discover", None, "ok", caller.started);
             return json_response(StatusCode::OK, &discover(&req.id));
         }
-        // No handshake in this revision: the method does not exist for it.
-        "initialize" | "ping" | "logging/setLevel" => {
+        m if !SERVED_METHODS.contains(&m) => {
+            // Includes what this revision removed (initialize, ping, logging/setLevel,
+            // resources/subscribe): 404 with the JSON-RPC error, as the transport requires.
+            gw.count(
+                crate::metrics::method_label(m),
+                None,
+                "method_not_found",
+                caller.started,
+            );
             return rpc_failure(
                 StatusCode::NOT_FOUND,
                 jsonrpc::method_not_found(&req.id, &req.method),
@@ -110,6 +131,9 @@ pub(super) async fn serve(
         pin: None,
     };
     if req.method == "subscriptions/listen" {
+        // Upstreams connected first, so their list changes have somewhere to go once the client
+        // hears the acknowledgement.
+        gw.warm_links(&ctx).await;
         return listen(gw, ctx, &req);
     }
     let sse = super::client_stream::accepts(headers, "text/event-stream");
@@ -136,9 +160,6 @@ fn validate(req: &Request, headers: &HeaderMap) -> Result<RequestMeta, Value> {
             )));
         }
         (Some(_), _) => return Err(mismatch("MCP-Protocol-Version header is missing".into())),
-        // A discovery probe may come before the client knows which revision to name.
-        (None, Some(Some(h))) if req.method == "server/discover" => h.to_owned(),
-        (None, _) if req.method == "server/discover" => STATELESS.to_owned(),
         (None, _) => {
             return Err(jsonrpc::invalid_params(
                 &req.id,
@@ -146,13 +167,13 @@ fn validate(req: &Request, headers: &HeaderMap) -> Result<RequestMeta, Value> {
             ));
         }
     };
-    if meta.capabilities.is_none() && req.method != "server/discover" {
+    if meta.capabilities.is_none() {
         return Err(jsonrpc::invalid_params(
             &req.id,
             &format!("params._meta[\"{}\"] is required", era::META_CAPABILITIES),
         ));
     }
-    if version != STATELESS && req.method != "server/discover" {
+    if version != STATELESS {
         return Err(era::unsupported_version(&req.id, &version));
     }
     match header(era::METHOD_HEADER) {

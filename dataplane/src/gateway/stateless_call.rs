@@ -168,7 +168,7 @@ impl Gateway {
             .instrument(span),
         );
         match out_rx.recv().await {
-            Some(Out::Final(reply)) => (StatusCode::OK, axum::Json(reply)).into_response(),
+            Some(Out::Final(reply)) => (status_of(&reply), axum::Json(reply)).into_response(),
             Some(Out::Note(first)) => {
                 let rest = futures::stream::unfold(out_rx, |mut rx| async move {
                     match rx.recv().await {
@@ -479,6 +479,18 @@ impl Call {
         }
         era::stamp_result(result);
         reply
+    }
+}
+
+/// The HTTP status of a plain-JSON response: the revision's transport errors (header mismatch,
+/// missing capability, unsupported revision) are 400s, an unknown method a 404.
+fn status_of(reply: &Value) -> StatusCode {
+    match reply.pointer("/error/code").and_then(Value::as_i64) {
+        Some(era::HEADER_MISMATCH | era::MISSING_CAPABILITY | era::UNSUPPORTED_VERSION) => {
+            StatusCode::BAD_REQUEST
+        }
+        Some(jsonrpc::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
     }
 }
 
