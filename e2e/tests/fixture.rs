@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 
 const STEP: Duration = Duration::from_secs(10);
 
+/// The 2026-07-28 (stateless) revision's bad paths, MRTR and listen streams.
+#[path = "fixture/stateless_2026.rs"]
+mod stateless_2026;
+
 fn fixture(args: &[&str]) -> FixtureProcess {
     FixtureProcess::spawn_with(&fixture_bin!(), args).expect("fixture starts")
 }

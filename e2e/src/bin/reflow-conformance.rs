@@ -1,16 +1,19 @@
 //! `reflow-conformance` (`make conformance`): the official MCP conformance suite's server
 //! scenarios against `reflow-fixture --conformance` directly and through the gateway's
-//! single-target endpoint, printed side by side. Everything runs on loopback, bounded, and the
+//! single-target endpoint, printed side by side: once with the 0.1.16 suite (the stateful eras),
+//! once with the 0.2.0 alpha suite's `--requirements 2026-07-28` (the stateless revision). Everything runs on loopback, bounded, and the
 //! processes it starts are stopped by PID when it ends.
 //!
-//! Exit status: 0 when the fixture passes every scenario (the gateway's gaps are reported, and
+//! Exit status: 0 when the fixture passes every scenario of both runs (the gateway's gaps are reported, and
 //! are fatal only with `--strict`), 1 otherwise, 2 when the suite could not run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use reflow_e2e::harness::conformance::{self, CONFORMANCE_SPEC, NODE22_SPEC, Suite};
+use reflow_e2e::harness::conformance::{
+    self, CONFORMANCE_2026_SPEC, CONFORMANCE_SPEC, Comparison, NODE22_SPEC, REVISION_2026, Suite,
+};
 use reflow_e2e::harness::{fixture_bin, paths};
 
 #[derive(Debug, Parser)]
@@ -27,32 +30,13 @@ struct Args {
     strict: bool,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let out = args.out.unwrap_or_else(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        paths::target_dir()
-            .join("conformance")
-            .join(now.to_string())
-    });
-    eprintln!(
-        "reflow-conformance: {CONFORMANCE_SPEC} on {NODE22_SPEC}; results in {}",
-        out.display()
-    );
-    let compared = Suite::install().and_then(|suite| {
-        let fixture = fixture_bin()?;
-        conformance::compare(&suite, &fixture, &out)
-    });
-    let cmp = match compared {
-        Ok(cmp) => cmp,
-        Err(e) => {
-            eprintln!("reflow-conformance: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    println!("{}", cmp.table());
+/// Installs one pinned suite.
+type Installer = fn() -> reflow_e2e::harness::Result<Suite>;
+
+/// One suite's comparison, printed: the table, every failing check, the gateway's gaps.
+/// Returns whether the fixture passed everything and the gateway's gaps.
+fn report(title: &str, cmp: &Comparison) -> (bool, Vec<String>) {
+    println!("\n{title}\n\n{}", cmp.table());
     for (side, report) in [("fixture", &cmp.fixture), ("gateway", &cmp.gateway)] {
         for (name, verdict) in report {
             for failure in &verdict.failures {
@@ -77,10 +61,59 @@ fn main() -> ExitCode {
         }
     );
     if !fixture_failures.is_empty() {
-        eprintln!("reflow-conformance: the fixture fails {fixture_failures:?}");
+        eprintln!("reflow-conformance: the fixture fails {fixture_failures:?} ({title})");
+    }
+    (fixture_failures.is_empty(), gaps)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let out = args.out.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        paths::target_dir()
+            .join("conformance")
+            .join(now.to_string())
+    });
+    eprintln!(
+        "reflow-conformance: {CONFORMANCE_SPEC} and {CONFORMANCE_2026_SPEC} on {NODE22_SPEC}; results in {}",
+        out.display()
+    );
+    let runs: [(String, Installer, PathBuf); 2] = [
+        (
+            format!("{CONFORMANCE_SPEC}, every server scenario (stateful eras)"),
+            Suite::install,
+            out.clone(),
+        ),
+        (
+            format!("{CONFORMANCE_2026_SPEC}, --requirements {REVISION_2026} (stateless)"),
+            Suite::install_2026,
+            out.join(REVISION_2026),
+        ),
+    ];
+    let mut fixture_ok = true;
+    let mut gaps = 0;
+    for (title, install, dir) in runs {
+        let compared = install().and_then(|suite| {
+            let fixture = fixture_bin()?;
+            conformance::compare(&suite, &fixture, &dir)
+        });
+        let cmp = match compared {
+            Ok(cmp) => cmp,
+            Err(e) => {
+                eprintln!("reflow-conformance: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (ok, run_gaps) = report(&title, &cmp);
+        fixture_ok &= ok;
+        gaps += run_gaps.len();
+    }
+    if !fixture_ok {
         return ExitCode::FAILURE;
     }
-    if args.strict && !gaps.is_empty() {
+    if args.strict && gaps > 0 {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

