@@ -58,50 +58,10 @@ const FIXTURE_SCENARIOS: &[&str] = &[
 /// server→client requests, the GET stream): add an entry, with why, only for a known gap.
 const GATEWAY_KNOWN_GAPS: &[&str] = &[];
 
-/// Required 2026-07-28 server scenarios the gateway fails today (it does not speak the stateless
-/// revision yet: it answers every 2026 request with -32600 "unsupported MCP-Protocol-Version").
-/// One name per line: delete a line when the gateway starts passing that scenario; the test
-/// prints the gateway's actual failures whenever this list and the run disagree.
-/// (`input-required-result-validate-input` is not here: it only checks that invalid input is
-/// never answered with a complete result, which an error answer satisfies.)
-const GATEWAY_KNOWN_GAPS_2026: &[&str] = &[
-    "caching",
-    "completion-complete",
-    "dns-rebinding-protection",
-    "input-required-result-basic-elicitation",
-    "input-required-result-basic-list-roots",
-    "input-required-result-basic-sampling",
-    "input-required-result-capability-check",
-    "input-required-result-ignore-extra-params",
-    "input-required-result-missing-input-response",
-    "input-required-result-multi-round",
-    "input-required-result-multiple-input-requests",
-    "input-required-result-non-tool-request",
-    "input-required-result-request-state",
-    "input-required-result-result-type",
-    "input-required-result-tampered-state",
-    "input-required-result-unsupported-methods",
-    "prompts-get-embedded-resource",
-    "prompts-get-simple",
-    "prompts-get-with-args",
-    "prompts-get-with-image",
-    "prompts-list",
-    "resources-list",
-    "resources-read-binary",
-    "resources-read-text",
-    "resources-templates-read",
-    "sep-2164-resource-not-found",
-    "server-sse-multiple-streams",
-    "server-stateless",
-    "tools-call-audio",
-    "tools-call-embedded-resource",
-    "tools-call-error",
-    "tools-call-image",
-    "tools-call-mixed-content",
-    "tools-call-simple-text",
-    "tools-call-with-progress",
-    "tools-list",
-];
+/// Required 2026-07-28 server scenarios the gateway fails while the fixture passes them: none.
+/// Add a name (one per line) only with the reason it cannot pass; the test prints the gateway's
+/// actual failures whenever this list and the run disagree.
+const GATEWAY_KNOWN_GAPS_2026: &[&str] = &[];
 
 /// How many server scenarios `requirements/2026-07-28.yaml` lists (the file is frozen).
 const REQUIRED_2026_COUNT: usize = 37;
