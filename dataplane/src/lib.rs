@@ -10,6 +10,7 @@ pub mod controller_client;
 pub mod gateway;
 pub mod identity_token;
 pub mod jsonrpc;
+pub mod log_level;
 pub mod metrics;
 pub mod net;
 pub mod postgres;

@@ -9,6 +9,8 @@ use futures::future::BoxFuture;
 use reflow_crds::Fingerprint;
 use serde_json::Value;
 
+use crate::log_level::LogLevel;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     #[error("session store unavailable: {0}")]
@@ -50,6 +52,8 @@ pub struct Session {
     pub upstreams: BTreeMap<String, UpstreamState>,
     /// Resource URI → target key, learned from resources/list (see gateway docs).
     pub resources: HashMap<String, String>,
+    /// What `logging/setLevel` asked for; `None` until the client sets one.
+    pub log_level: Option<LogLevel>,
 }
 
 impl Session {
@@ -63,6 +67,7 @@ impl Session {
             client_capabilities: Value::Null,
             upstreams: BTreeMap::new(),
             resources: HashMap::new(),
+            log_level: None,
         }
     }
 }

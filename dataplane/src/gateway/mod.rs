@@ -10,9 +10,11 @@ mod instances;
 mod legacy_sse;
 mod list_audit;
 mod list_changed;
+mod log_fanout;
 mod proxy;
 mod relay;
 mod streams;
+mod subscriptions;
 mod tls;
 mod upcalls;
 
@@ -163,6 +165,10 @@ pub struct Gateway {
     upcalls: Arc<upcalls::Upcalls>,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
     bus: std::sync::OnceLock<cross_replica::BusLink>,
+    /// Subscribers per resource on shared STDIO children.
+    subscriptions: subscriptions::SharedSubscriptions,
+    /// The sessions using each STDIO child and the log level each asked for.
+    child_levels: log_fanout::ChildLevels,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
     me: Weak<Self>,
 }
@@ -204,6 +210,8 @@ impl Gateway {
                 hubs: streams::Hubs::default(),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
                 bus: std::sync::OnceLock::new(),
+                subscriptions: Default::default(),
+                child_levels: Default::default(),
                 me: weak.clone(),
             }
         });
@@ -212,6 +220,13 @@ impl Gateway {
             move |sid: &str, target, inbound| match weak.upgrade() {
                 Some(gw) => gw.relay_to_session(sid, target, inbound),
                 None => crate::upstream::unroutable(inbound),
+            },
+        ));
+        let weak = Arc::downgrade(&gw);
+        gw.upstream.stdio().set_shared_relay(Arc::new(
+            move |child: &str, target, inbound| match weak.upgrade() {
+                Some(gw) => gw.relay_shared(child, target, inbound),
+                None => Some(inbound),
             },
         ));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -257,7 +272,11 @@ impl Gateway {
         if let Some(rt) = &rt {
             let gw = self.clone();
             let sid = session_id.to_owned();
-            rt.spawn(async move { gw.upstream.stdio().end_session(&sid).await });
+            rt.spawn(async move {
+                gw.release_subscriptions(&sid).await;
+                gw.release_levels(&sid).await;
+                gw.upstream.stdio().end_session(&sid).await
+            });
         }
         let Some(links) = self.conns.remove_session(session_id) else {
             return;

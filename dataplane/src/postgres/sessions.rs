@@ -248,6 +248,7 @@ impl PgSessionStore {
             client_capabilities: row.get(4),
             upstreams,
             resources: serde_json::from_value(resources).unwrap_or_default(),
+            log_level: None,
         }))
     }
 
