@@ -429,3 +429,213 @@ async fn subscriptions_on_a_shared_child_are_counted_and_updates_reach_subscribe
     })
     .await;
 }
+
+fn group_policy(name: &str, target: &str, group: &str, names: &[&str]) -> String {
+    let names = names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  targetRef: {{name: {target}}}\n  subjects: [{{group: {group}}}]\n  rules: [{{kind: tool, names: [{names}]}}]\n  effect: Allow\n  priority: 0\n"
+    )
+}
+
+fn group_credential(target: &str, group: &str) -> String {
+    format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Credential\nmetadata: {{name: {target}-{group}, namespace: t}}\nspec:\n  targetRef: {{name: {target}}}\n  subject: {{group: {group}}}\n  headers:\n    - name: x-api-key\n      secretKeyRef: {{name: keys, key: {group}}}\n"
+    )
+}
+
+const GROUP_KEYS: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: t}\nstringData:\n  dev: dev-upstream-secret\n  ops: ops-upstream-secret\n";
+
+/// Methods the fake upstream saw with the API key they carried and the upstream session.
+fn seen_with_keys(up: &Upstream) -> Vec<(String, String, String)> {
+    up.headers_seen()
+        .into_iter()
+        .map(|(m, h)| {
+            let key = h.get("x-api-key").cloned().unwrap_or_default();
+            let sid = h.get("mcp-session-id").cloned().unwrap_or_default();
+            (m, key, sid)
+        })
+        .collect()
+}
+
+/// The next list_changed on `events` within `wait`, skipping anything else.
+async fn next_list_changed(events: &mut Events, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = events.next_within(left).await?;
+        if let Some(m) = msg["method"].as_str()
+            && m.ends_with("/list_changed")
+        {
+            return Some(m.to_owned());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_groups_change_keeps_the_session_refilters_announces_and_uses_the_new_credentials() {
+    bounded(async {
+        let up = Upstream {
+            tools: vec!["alpha", "beta"],
+            page: 10,
+            ..Default::default()
+        };
+        let url = start_upstream(up.clone()).await;
+        let h = gateway_with(&[
+            ("target.yaml", target_yaml("fx", &url, 10_000)),
+            ("secret.yaml", GROUP_KEYS.to_owned()),
+            (
+                "creds.yaml",
+                format!(
+                    "{}---\n{}",
+                    group_credential("fx", "dev"),
+                    group_credential("fx", "ops")
+                ),
+            ),
+            ("dev.yaml", group_policy("dev", "fx", "dev", &["alpha"])),
+            (
+                "ops.yaml",
+                group_policy("ops", "fx", "ops", &["alpha", "beta"]),
+            ),
+        ])
+        .await;
+        let sid = h.open(PATH, "alice:dev").await;
+        assert_eq!(h.tool_names(PATH, "alice:dev", &sid).await, ["alpha"]);
+        let mut get = Events::open(&h, "alice:dev", &sid).await;
+
+        // Same user, new groups: the same session, the new view, announced on its GET stream.
+        assert_eq!(
+            h.tool_names(PATH, "alice:ops", &sid).await,
+            ["alpha", "beta"]
+        );
+        assert_eq!(
+            next_list_changed(&mut get, Duration::from_secs(10))
+                .await
+                .as_deref(),
+            Some("notifications/tools/list_changed")
+        );
+        // Only tools differ between the two groups' views.
+        assert_eq!(next_list_changed(&mut get, QUIET).await, None);
+        let call = h
+            .rpc(
+                PATH,
+                "alice:ops",
+                Some(&sid),
+                "tools/call",
+                json!({"name": "beta", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(
+            call.body["result"]["content"][0]["text"], "beta",
+            "{:?}",
+            call.body
+        );
+
+        // Back: shrinks again, announced again.
+        assert_eq!(h.tool_names(PATH, "alice:dev", &sid).await, ["alpha"]);
+        assert_eq!(
+            next_list_changed(&mut get, Duration::from_secs(10))
+                .await
+                .as_deref(),
+            Some("notifications/tools/list_changed")
+        );
+
+        // Another user's token does not reach the session, whatever its groups.
+        let foreign = h
+            .rpc(PATH, "bob:ops", Some(&sid), "tools/list", json!({}))
+            .await;
+        assert_eq!(foreign.status, 404);
+
+        // The upstream session opened with dev's key was never used with ops' key: ops got a
+        // new upstream session, initialized with its own key, and dev's was ended.
+        let seen = seen_with_keys(&up);
+        let dev_session = seen
+            .iter()
+            .find(|(m, k, s)| m == "tools/list" && k == "dev-upstream-secret" && !s.is_empty())
+            .map(|(_, _, s)| s.clone())
+            .expect("dev listed");
+        let ops_calls: Vec<_> = seen
+            .iter()
+            .filter(|(_, k, _)| k == "ops-upstream-secret")
+            .collect();
+        assert!(
+            ops_calls.iter().any(|(m, _, _)| m == "initialize"),
+            "{seen:?}"
+        );
+        assert!(
+            ops_calls.iter().any(|(m, _, _)| m == "tools/call"),
+            "{seen:?}"
+        );
+        assert!(
+            ops_calls.iter().all(|(_, _, s)| *s != dev_session),
+            "ops' key went to dev's upstream session: {seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .filter(|(_, _, s)| *s == dev_session)
+                .all(|(_, k, _)| k == "dev-upstream-secret"),
+            "{seen:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen_with_keys(&up)
+            .iter()
+            .any(|(m, k, s)| m == "DELETE" && k == "dev-upstream-secret" && *s == dev_session)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dev's upstream session was not ended"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let recycled = h
+            .audit
+            .events()
+            .into_iter()
+            .filter(|e| e.method == "session/claimsChanged" && e.session.as_deref() == Some(&*sid))
+            .count();
+        assert_eq!(recycled, 2, "each claims change is audited once");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_groups_change_moves_the_session_to_its_new_groups_child() {
+    bounded(async {
+        let target = stdio_target("fx", &["--stdio", "--conformance"])
+            .replace("isolation: shared", "isolation: perGroup");
+        let h = gateway_with(&[("target.yaml", target), ("policy.yaml", allow_all("fx"))]).await;
+        let sid = h.open(PATH, "carol:dev").await;
+        set_level(&h, "carol:dev", &sid, "debug").await;
+        let r = resource_rpc(&h, "carol:dev", &sid, "resources/subscribe").await;
+        assert_eq!(r["result"], json!({}));
+        let dev = whoami(&h, "carol:dev", &sid).await;
+        assert_eq!(dev["subscriptions"], json!([WATCHED]));
+        // Another session in group dev keeps dev's child alive and reports on it.
+        let watcher = h.open(PATH, "dave:dev").await;
+        assert_eq!(whoami(&h, "dave:dev", &watcher).await["pid"], dev["pid"]);
+
+        let ops = whoami(&h, "carol:ops", &sid).await;
+        assert_ne!(ops["pid"], dev["pid"], "the session kept using dev's child");
+        // The new child hears the session's level right after it starts.
+        assert_eq!(ops["logLevel"], "debug");
+        // Its subscription on dev's child was released (it was the only subscriber).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while whoami(&h, "dave:dev", &watcher).await["subscriptions"] != json!([]) {
+            assert!(
+                Instant::now() < deadline,
+                "the old child kept the subscription"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Another user is refused the session.
+        let foreign = h
+            .rpc(PATH, "erin:dev", Some(&sid), "tools/list", json!({}))
+            .await;
+        assert_eq!(foreign.status, 404);
+    })
+    .await;
+}

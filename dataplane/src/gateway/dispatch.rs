@@ -245,7 +245,7 @@ impl Gateway {
         scope: Scope,
         req: &Request,
     ) -> (Value, Option<String>) {
-        let mut session = Session::new(identity.fingerprint(), scope, String::new());
+        let mut session = Session::opened_by(identity, scope, String::new());
         let reply = negotiate(&mut session, req, false);
         let id = session.id.clone();
         if let Err(e) = self.sessions.create(session).await {

@@ -82,6 +82,27 @@ impl Conns {
             .unwrap_or_default()
     }
 
+    /// Takes `targets`' links out of a session whose caller now is `identity`; returns them
+    /// (with the identity they were opened for) to be closed.
+    pub(crate) fn leave(
+        &self,
+        session: &str,
+        identity: &Identity,
+        targets: &[Arc<str>],
+    ) -> Option<SessionLinks> {
+        let mut map = self.shard(session);
+        let links = map.get_mut(session)?;
+        let old = std::mem::replace(&mut links.identity, identity.clone());
+        let taken: HashMap<Arc<str>, Cell> = targets
+            .iter()
+            .filter_map(|k| links.links.remove_entry(k))
+            .collect();
+        (!taken.is_empty()).then_some(SessionLinks {
+            identity: old,
+            links: taken,
+        })
+    }
+
     /// Forgets a session's upstream links; returns them to be closed (DELETE, or end the stream).
     pub(crate) fn remove_session(&self, session: &str) -> Option<SessionLinks> {
         self.shard(session).remove(session)
@@ -184,11 +205,11 @@ impl Gateway {
                 session: Some(caller.session_id),
             };
             let child = self.upstream.stdio().acquire(&key, &start).await?;
-            self.attach_child(caller, &child).await;
+            self.attach_child(caller, &key, &child).await;
             let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
             if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
                 return self
-                    .stdio_subscription(caller, &child, (method, params), timeout, &hooks)
+                    .stdio_subscription(caller, (&child, &key), (method, params), timeout, &hooks)
                     .await;
             }
             return Ok(child

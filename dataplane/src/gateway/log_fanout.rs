@@ -17,7 +17,7 @@ use super::forward::Caller;
 use crate::jsonrpc::{self, Request};
 use crate::log_level::LogLevel;
 use crate::session::Session;
-use crate::upstream::stdio::ChildProcess;
+use crate::upstream::stdio::{ChildProcess, IsolationKey};
 
 const SET_LEVEL: &str = "logging/setLevel";
 /// How long a child may take to accept a level (the client's call waits for it).
@@ -25,6 +25,8 @@ const SET_LEVEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Attached {
     child: Weak<ChildProcess>,
+    /// Who the child serves, to tell whether a session whose claims changed still belongs.
+    key: IsolationKey,
     /// Sessions that used the child, with the level each asked for (if any).
     asked: HashMap<String, Option<LogLevel>>,
     /// The level last sent to the child.
@@ -55,6 +57,7 @@ impl ChildLevels {
     fn attach(
         &self,
         child: &Arc<ChildProcess>,
+        key: &IsolationKey,
         session: &str,
         level: Option<LogLevel>,
     ) -> Option<LogLevel> {
@@ -74,6 +77,7 @@ impl ChildLevels {
         map.retain(|_, a| a.child.strong_count() > 0);
         let mut a = Attached {
             child: Arc::downgrade(child),
+            key: key.clone(),
             asked: HashMap::from([(session.to_owned(), level)]),
             sent: None,
         };
@@ -84,16 +88,25 @@ impl ChildLevels {
 
     /// `session` now asks for `level`: the children it uses whose level changes.
     fn set(&self, session: &str, level: LogLevel) -> Vec<(Arc<ChildProcess>, LogLevel)> {
-        self.change(session, |asked| {
-            if let Some(l) = asked.get_mut(session) {
-                *l = Some(level);
-            }
-        })
+        self.change(
+            session,
+            |_| true,
+            |asked| {
+                if let Some(l) = asked.get_mut(session) {
+                    *l = Some(level);
+                }
+            },
+        )
     }
 
-    /// `session` ended: the children it used whose level changes without it.
-    fn release(&self, session: &str) -> Vec<(Arc<ChildProcess>, LogLevel)> {
-        self.change(session, |asked| {
+    /// `session` left the children `drop` picks (all when it ended): those whose level
+    /// changes without it.
+    fn release(
+        &self,
+        session: &str,
+        drop: impl Fn(&IsolationKey) -> bool,
+    ) -> Vec<(Arc<ChildProcess>, LogLevel)> {
+        self.change(session, drop, |asked| {
             asked.remove(session);
         })
     }
@@ -101,12 +114,13 @@ impl ChildLevels {
     fn change(
         &self,
         session: &str,
+        pick: impl Fn(&IsolationKey) -> bool,
         edit: impl Fn(&mut HashMap<String, Option<LogLevel>>),
     ) -> Vec<(Arc<ChildProcess>, LogLevel)> {
         let mut map = self.lock();
         let mut out = Vec::new();
         for a in map.values_mut() {
-            if !a.asked.contains_key(session) {
+            if !a.asked.contains_key(session) || !pick(&a.key) {
                 continue;
             }
             edit(&mut a.asked);
@@ -199,10 +213,15 @@ impl Gateway {
     }
 
     /// A call of `caller` is about to use `child`: the child learns a more verbose level first.
-    pub(super) async fn attach_child(&self, caller: &Caller<'_>, child: &Arc<ChildProcess>) {
-        if let Some(level) = self
-            .child_levels
-            .attach(child, caller.session_id, caller.log_level)
+    pub(super) async fn attach_child(
+        &self,
+        caller: &Caller<'_>,
+        key: &IsolationKey,
+        child: &Arc<ChildProcess>,
+    ) {
+        if let Some(level) =
+            self.child_levels
+                .attach(child, key, caller.session_id, caller.log_level)
         {
             tell_child(child, level).await;
         }
@@ -213,9 +232,14 @@ impl Gateway {
         caller.log_level.map(level_params)
     }
 
-    /// An ending session no longer holds its children at its level.
-    pub(super) async fn release_levels(&self, session_id: &str) {
-        for (child, level) in self.child_levels.release(session_id) {
+    /// A session that ended (or left the children `drop` picks) no longer holds them at its
+    /// level.
+    pub(super) async fn release_levels(
+        &self,
+        session_id: &str,
+        drop: impl Fn(&IsolationKey) -> bool,
+    ) {
+        for (child, level) in self.child_levels.release(session_id, drop) {
             tell_child(&child, level).await;
         }
     }

@@ -12,6 +12,7 @@ mod list_audit;
 mod list_changed;
 mod log_fanout;
 mod proxy;
+mod recycle;
 mod relay;
 mod streams;
 mod subscriptions;
@@ -273,8 +274,8 @@ impl Gateway {
             let gw = self.clone();
             let sid = session_id.to_owned();
             rt.spawn(async move {
-                gw.release_subscriptions(&sid).await;
-                gw.release_levels(&sid).await;
+                gw.release_subscriptions(&sid, |_| true).await;
+                gw.release_levels(&sid, |_| true).await;
                 gw.upstream.stdio().end_session(&sid).await
             });
         }
@@ -602,8 +603,11 @@ async fn owned_session(
     id: &str,
 ) -> Result<Arc<Session>, Response> {
     match gw.sessions.get_touched(id).await {
-        // Another identity's session is indistinguishable from an unknown one.
-        Ok(Some(s)) if s.owner == identity.fingerprint() && s.scope == *scope => Ok(s),
+        // Another user's session is indistinguishable from an unknown one; the same user with
+        // other groups or roles keeps it, moved to the new claims.
+        Ok(Some(s)) if s.owner == crate::session::subject_of(identity) && s.scope == *scope => {
+            Ok(gw.adopt_claims(s, identity).await)
+        }
         Ok(_) => Err(session_not_found()),
         Err(e) => Err(rpc_failure(
             StatusCode::SERVICE_UNAVAILABLE,

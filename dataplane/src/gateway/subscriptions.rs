@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::Gateway;
 use super::forward::Caller;
 use super::relay::TARGET_META;
-use crate::upstream::stdio::ChildProcess;
+use crate::upstream::stdio::{ChildProcess, IsolationKey};
 use crate::upstream::{CallHooks, Inbound, UpstreamError};
 
 const SUBSCRIBE: &str = "resources/subscribe";
@@ -45,6 +45,8 @@ pub(crate) enum Left {
 
 struct Upstream {
     child: Weak<ChildProcess>,
+    /// Who the child serves, to tell whether a session whose claims changed still belongs.
+    key: IsolationKey,
     uris: HashMap<String, BTreeSet<String>>,
 }
 
@@ -65,13 +67,20 @@ impl SharedSubscriptions {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn join(&self, child: &Arc<ChildProcess>, uri: &str, session: &str) -> Joined {
+    pub(crate) fn join(
+        &self,
+        child: &Arc<ChildProcess>,
+        key: &IsolationKey,
+        uri: &str,
+        session: &str,
+    ) -> Joined {
         let mut t = self.lock();
         let entry = t
             .by_child
             .entry(child.label().to_owned())
             .or_insert_with(|| Upstream {
                 child: Arc::downgrade(child),
+                key: key.clone(),
                 uris: HashMap::new(),
             });
         let subs = entry.uris.entry(uri.to_owned()).or_default();
@@ -121,15 +130,30 @@ impl SharedSubscriptions {
             .unwrap_or_default()
     }
 
-    /// Forgets every subscription of `session`; returns the (live child, URI) pairs it was the
-    /// last subscriber of, which the children must be told about.
-    pub(crate) fn release(&self, session: &str) -> Vec<(Arc<ChildProcess>, String)> {
-        let mine = self.lock().by_session.remove(session).unwrap_or_default();
+    /// Forgets `session`'s subscriptions on the children `drop` picks (by whom they serve);
+    /// returns the (live child, URI) pairs it was the last subscriber of, which the children
+    /// must be told about.
+    pub(crate) fn release(
+        &self,
+        session: &str,
+        drop: impl Fn(&IsolationKey) -> bool,
+    ) -> Vec<(Arc<ChildProcess>, String)> {
+        let mine: Vec<(String, String, Weak<ChildProcess>)> = {
+            let t = self.lock();
+            t.by_session
+                .get(session)
+                .into_iter()
+                .flatten()
+                .filter_map(|(child, uri)| {
+                    let e = t.by_child.get(child)?;
+                    drop(&e.key).then(|| (child.clone(), uri.clone(), e.child.clone()))
+                })
+                .collect()
+        };
         let mut last = Vec::new();
-        for (child, uri) in mine {
-            let weak = self.lock().by_child.get(&child).map(|e| e.child.clone());
+        for (child, uri, weak) in mine {
             if self.leave(&child, &uri, session) == Left::Last
-                && let Some(live) = weak.and_then(|w| w.upgrade())
+                && let Some(live) = weak.upgrade()
             {
                 last.push((live, uri));
             }
@@ -150,7 +174,7 @@ impl Gateway {
     pub(super) async fn stdio_subscription(
         &self,
         caller: &Caller<'_>,
-        child: &Arc<ChildProcess>,
+        (child, key): (&Arc<ChildProcess>, &IsolationKey),
         (method, params): (&str, Option<&Value>),
         timeout: Duration,
         hooks: &CallHooks,
@@ -163,7 +187,7 @@ impl Gateway {
         };
         match method {
             SUBSCRIBE => {
-                if self.subscriptions.join(child, uri, sid) == Joined::Again {
+                if self.subscriptions.join(child, key, uri, sid) == Joined::Again {
                     return Ok(empty_result());
                 }
                 let out = send().await;
@@ -181,10 +205,14 @@ impl Gateway {
         }
     }
 
-    /// Releases what an ending session held on shared children: the last subscriber of a URI
-    /// unsubscribes it upstream (best effort).
-    pub(super) async fn release_subscriptions(&self, session_id: &str) {
-        for (child, uri) in self.subscriptions.release(session_id) {
+    /// Releases what a session held on the children `drop` picks (all of them when it ends):
+    /// the last subscriber of a URI unsubscribes it upstream (best effort).
+    pub(super) async fn release_subscriptions(
+        &self,
+        session_id: &str,
+        drop: impl Fn(&IsolationKey) -> bool,
+    ) {
+        for (child, uri) in self.subscriptions.release(session_id, drop) {
             let params = json!({"uri": uri});
             match child
                 .request(UNSUBSCRIBE, Some(&params), RELEASE_TIMEOUT)

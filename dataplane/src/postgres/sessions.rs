@@ -242,6 +242,7 @@ impl PgSessionStore {
         Ok(Some(Session {
             id: id.to_owned(),
             owner,
+            claims: None,
             scope,
             protocol_version: row.get(2),
             client_info: row.get(3),
