@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use futures::StreamExt;
 use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::upstream::StdioConfig;
 use serde_json::{Value, json};
 use support::*;
@@ -59,6 +60,14 @@ fn stdio_target(name: &str, args: &[&str]) -> String {
 }
 
 async fn gateway_with(docs: &[(&str, String)]) -> Harness {
+    gateway_on(docs, MemorySessionStore::new(Duration::from_secs(3600))).await
+}
+
+/// A gateway on a session store the test holds (to expire sessions).
+async fn gateway_on(
+    docs: &[(&str, String)],
+    sessions: std::sync::Arc<MemorySessionStore>,
+) -> Harness {
     let dir = temp_dir();
     for (file, doc) in docs {
         std::fs::write(dir.join(file), doc).unwrap();
@@ -71,7 +80,7 @@ async fn gateway_with(docs: &[(&str, String)]) -> Harness {
         },
         ..GatewayConfig::default()
     };
-    let h = start_gateway(dir, config).await;
+    let h = start_gateway_with(dir, config, sessions).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !h.gw.snapshots.is_ready() || h.gw.snapshots.load().targets().is_empty() {
         assert!(Instant::now() < deadline, "snapshot never became ready");
@@ -636,6 +645,51 @@ async fn a_groups_change_moves_the_session_to_its_new_groups_child() {
             .rpc(PATH, "erin:dev", Some(&sid), "tools/list", json!({}))
             .await;
         assert_eq!(foreign.status, 404);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_that_expires_releases_its_subscriptions_on_a_shared_child() {
+    bounded(async {
+        let store = MemorySessionStore::new(Duration::from_millis(1500));
+        let h = gateway_on(
+            &[
+                (
+                    "target.yaml",
+                    stdio_target("fx", &["--stdio", "--conformance"]),
+                ),
+                ("policy.yaml", allow_all("fx")),
+            ],
+            store.clone(),
+        )
+        .await;
+        let carol = h.open(PATH, "carol").await;
+        let erin = h.open(PATH, "erin").await;
+        resource_rpc(&h, "carol", &carol, "resources/subscribe").await;
+        assert_eq!(
+            whoami(&h, "erin", &erin).await["subscriptions"],
+            json!([WATCHED])
+        );
+        // erin stays in use; carol goes idle past the timeout and the store expires her.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store.sweep();
+            let subs = whoami(&h, "erin", &erin).await["subscriptions"].clone();
+            if subs == json!([]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the expired session's subscription stayed"
+            );
+        }
+        let gone = h.rpc(PATH, "carol", Some(&carol), "ping", json!({})).await;
+        assert_eq!(
+            gone.status, 404,
+            "carol's session was not the one that expired"
+        );
     })
     .await;
 }
