@@ -99,14 +99,14 @@ impl ChildLevels {
         )
     }
 
-    /// `session` left the children `drop` picks (all when it ended): those whose level
+    /// `session` left the children `leaving` picks (all when it ended): those whose level
     /// changes without it.
     fn release(
         &self,
         session: &str,
-        drop: impl Fn(&IsolationKey) -> bool,
+        leaving: impl Fn(&IsolationKey) -> bool,
     ) -> Vec<(Arc<ChildProcess>, LogLevel)> {
-        self.change(session, drop, |asked| {
+        self.change(session, leaving, |asked| {
             asked.remove(session);
         })
     }
@@ -232,14 +232,14 @@ impl Gateway {
         caller.log_level.map(level_params)
     }
 
-    /// A session that ended (or left the children `drop` picks) no longer holds them at its
+    /// A session that ended (or left the children `leaving` picks) no longer holds them at its
     /// level.
     pub(super) async fn release_levels(
         &self,
         session_id: &str,
-        drop: impl Fn(&IsolationKey) -> bool,
+        leaving: impl Fn(&IsolationKey) -> bool,
     ) {
-        for (child, level) in self.child_levels.release(session_id, drop) {
+        for (child, level) in self.child_levels.release(session_id, leaving) {
             tell_child(&child, level).await;
         }
     }

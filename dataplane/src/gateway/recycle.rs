@@ -4,9 +4,9 @@
 //!
 //! Policy needs nothing here: it is decided per request on the request's identity. What must not
 //! outlive the old claims is what was resolved for them: HTTP upstream sessions opened with the
-//! old credentials or forwarded identity, and STDIO children (with the subscriptions and log
-//! level the session holds there) whose isolation key the new claims no longer give. `kubernetes`
-//! instances are chosen per call by the same key, so the next call reaches the right one.
+//! old credentials or forwarded identity, and the subscriptions (and a STDIO child's log level)
+//! the session holds on children and instance pods whose isolation key the new claims no longer
+//! give. Both are picked per call by that key, so the next call reaches the right one.
 
 use std::sync::Arc;
 

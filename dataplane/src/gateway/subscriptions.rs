@@ -1,5 +1,6 @@
-//! Resource subscriptions on STDIO children, which several gateway sessions share: subscribers
-//! counted per (child, URI) so only the first subscribe and the last unsubscribe reach the child.
+//! Resource subscriptions on upstream sessions several gateway sessions share (STDIO children,
+//! instance pods): subscribers counted per (upstream, URI) so only the first subscribe and the
+//! last unsubscribe reach it.
 //!
 //! `notifications/resources/updated` from a shared child is delivered to the GET stream of every
 //! session subscribed to that URI on that child (through `to_get_stream`, so it crosses
@@ -19,8 +20,8 @@ use super::relay::TARGET_META;
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
 use crate::upstream::{CallHooks, Inbound, UpstreamError};
 
-const SUBSCRIBE: &str = "resources/subscribe";
-const UNSUBSCRIBE: &str = "resources/unsubscribe";
+pub(super) const SUBSCRIBE: &str = "resources/subscribe";
+pub(super) const UNSUBSCRIBE: &str = "resources/unsubscribe";
 const UPDATED: &str = "notifications/resources/updated";
 /// How long a release-time unsubscribe may take (no client waits for it).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,18 +44,30 @@ pub(crate) enum Left {
     Kept,
 }
 
+/// What holds counted subscriptions, and how to reach it again to unsubscribe.
+#[derive(Clone)]
+pub(crate) enum Holder {
+    Child(Weak<ChildProcess>),
+    /// An instance pod of `target`, reached again (ensured by its isolation key) with
+    /// `identity`, a subscriber's, when a session ends outside any request.
+    Instance {
+        target: Arc<str>,
+        identity: reflow_crds::Identity,
+    },
+}
+
 struct Upstream {
-    child: Weak<ChildProcess>,
-    /// Who the child serves, to tell whether a session whose claims changed still belongs.
+    holder: Holder,
+    /// Who the upstream serves, to tell whether a session whose claims changed still belongs.
     key: IsolationKey,
     uris: HashMap<String, BTreeSet<String>>,
 }
 
 #[derive(Default)]
 struct Table {
-    /// Child label → URI → subscribed sessions.
+    /// Child label (or `instance:<name>`) → URI → subscribed sessions.
     by_child: HashMap<String, Upstream>,
-    /// Session → (child label, URI), to release a session that ends.
+    /// Session → (upstream, URI), to release a session that ends.
     by_session: HashMap<String, HashSet<(String, String)>>,
 }
 
@@ -69,7 +82,7 @@ impl SharedSubscriptions {
 
     pub(crate) fn join(
         &self,
-        child: &Arc<ChildProcess>,
+        (upstream, holder): (&str, impl FnOnce() -> Holder),
         key: &IsolationKey,
         uri: &str,
         session: &str,
@@ -77,9 +90,9 @@ impl SharedSubscriptions {
         let mut t = self.lock();
         let entry = t
             .by_child
-            .entry(child.label().to_owned())
+            .entry(upstream.to_owned())
             .or_insert_with(|| Upstream {
-                child: Arc::downgrade(child),
+                holder: holder(),
                 key: key.clone(),
                 uris: HashMap::new(),
             });
@@ -89,7 +102,7 @@ impl SharedSubscriptions {
         t.by_session
             .entry(session.to_owned())
             .or_default()
-            .insert((child.label().to_owned(), uri.to_owned()));
+            .insert((upstream.to_owned(), uri.to_owned()));
         if first { Joined::First } else { Joined::Again }
     }
 
@@ -130,15 +143,15 @@ impl SharedSubscriptions {
             .unwrap_or_default()
     }
 
-    /// Forgets `session`'s subscriptions on the children `drop` picks (by whom they serve);
-    /// returns the (live child, URI) pairs it was the last subscriber of, which the children
+    /// Forgets `session`'s subscriptions on the upstreams `leaving` picks (by whom they serve);
+    /// returns the (upstream, URI) pairs it was the last subscriber of, which the upstreams
     /// must be told about.
     pub(crate) fn release(
         &self,
         session: &str,
-        drop: impl Fn(&IsolationKey) -> bool,
-    ) -> Vec<(Arc<ChildProcess>, String)> {
-        let mine: Vec<(String, String, Weak<ChildProcess>)> = {
+        leaving: impl Fn(&IsolationKey) -> bool,
+    ) -> Vec<(Holder, String)> {
+        let mine: Vec<(String, String, Holder)> = {
             let t = self.lock();
             t.by_session
                 .get(session)
@@ -146,23 +159,21 @@ impl SharedSubscriptions {
                 .flatten()
                 .filter_map(|(child, uri)| {
                     let e = t.by_child.get(child)?;
-                    drop(&e.key).then(|| (child.clone(), uri.clone(), e.child.clone()))
+                    leaving(&e.key).then(|| (child.clone(), uri.clone(), e.holder.clone()))
                 })
                 .collect()
         };
         let mut last = Vec::new();
-        for (child, uri, weak) in mine {
-            if self.leave(&child, &uri, session) == Left::Last
-                && let Some(live) = weak.upgrade()
-            {
-                last.push((live, uri));
+        for (upstream, uri, holder) in mine {
+            if self.leave(&upstream, &uri, session) == Left::Last {
+                last.push((holder, uri));
             }
         }
         last
     }
 }
 
-fn empty_result() -> Map<String, Value> {
+pub(super) fn empty_result() -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("result".into(), json!({}));
     m
@@ -187,7 +198,8 @@ impl Gateway {
         };
         match method {
             SUBSCRIBE => {
-                if self.subscriptions.join(child, key, uri, sid) == Joined::Again {
+                let holder = (child.label(), || Holder::Child(Arc::downgrade(child)));
+                if self.subscriptions.join(holder, key, uri, sid) == Joined::Again {
                     return Ok(empty_result());
                 }
                 let out = send().await;
@@ -205,22 +217,35 @@ impl Gateway {
         }
     }
 
-    /// Releases what a session held on the children `drop` picks (all of them when it ends):
+    /// Releases what a session held on the upstreams `leaving` picks (all of them when it ends):
     /// the last subscriber of a URI unsubscribes it upstream (best effort).
     pub(super) async fn release_subscriptions(
         &self,
         session_id: &str,
-        drop: impl Fn(&IsolationKey) -> bool,
+        leaving: impl Fn(&IsolationKey) -> bool,
     ) {
-        for (child, uri) in self.subscriptions.release(session_id, drop) {
+        for (holder, uri) in self.subscriptions.release(session_id, leaving) {
             let params = json!({"uri": uri});
-            match child
-                .request(UNSUBSCRIBE, Some(&params), RELEASE_TIMEOUT)
-                .await
-            {
-                Ok(_) => debug!(child = child.label(), "released a subscription"),
+            let out = match holder {
+                Holder::Child(weak) => {
+                    let Some(child) = weak.upgrade() else {
+                        continue;
+                    };
+                    child
+                        .request(UNSUBSCRIBE, Some(&params), RELEASE_TIMEOUT)
+                        .await
+                        .map(drop)
+                        .map_err(UpstreamError::from)
+                }
+                Holder::Instance { target, identity } => {
+                    self.unsubscribe_instance(&target, &identity, session_id, &params)
+                        .await
+                }
+            };
+            match out {
+                Ok(()) => debug!(session = session_id, "released a subscription"),
                 Err(e) => {
-                    warn!(child = child.label(), error = %e, label = e.label(), "unsubscribe at session end failed")
+                    warn!(session = session_id, error = %e, label = e.label(), "unsubscribe at session end failed")
                 }
             }
         }
