@@ -605,7 +605,7 @@ async fn subscription(h: &Harness, sid: &str, method: &str) {
 }
 
 #[tokio::test]
-async fn subscriptions_on_a_shared_instance_are_counted_and_released_with_the_session() {
+async fn a_shared_instance_counts_subscriptions_and_runs_at_the_most_verbose_level() {
     let logs = logs();
     bounded(async {
         let bridge =
@@ -659,6 +659,29 @@ async fn subscriptions_on_a_shared_instance_are_counted_and_released_with_the_se
             assert!(Instant::now() < end, "the ended session's subscription stayed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The instance runs at the most verbose level its sessions asked for, and back when
+        // the most verbose one ends.
+        let set = |sid: String, level: &'static str| {
+            let h = &h;
+            async move {
+                let r = h
+                    .rpc("/mcp/t/sub", "alice", Some(&sid), "logging/setLevel", json!({"level": level}))
+                    .await;
+                assert_eq!(r.body["result"], json!({}), "{}", r.body);
+            }
+        };
+        assert_eq!(whoami_on(&h, &s2).await["logLevel"], "info");
+        set(s2.clone(), "error").await;
+        assert_eq!(whoami_on(&h, &watcher).await["logLevel"], "error");
+        set(watcher.clone(), "debug").await;
+        assert_eq!(whoami_on(&h, &s2).await["logLevel"], "debug");
+        assert_eq!(h.delete_session("/mcp/t/sub", "alice", &watcher).await, 200);
+        let end = Instant::now() + Duration::from_secs(20);
+        while whoami_on(&h, &s2).await["logLevel"] != "error" {
+            assert!(Instant::now() < end, "the instance stayed at the ended session's level");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
         // Releasing outside a request sent the bridge token again; it is never logged.
         let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
         assert!(!logged.contains(TOKEN_A));

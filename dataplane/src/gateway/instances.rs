@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials};
 use serde_json::{Map, Value, json};
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use super::Gateway;
 use super::forward::Caller;
+use super::log_fanout::{SET_LEVEL, level_params};
 use super::subscriptions::{Holder, Joined, Left, SUBSCRIBE, UNSUBSCRIBE, empty_result};
 use crate::upstream::stdio::IsolationKey;
 use crate::upstream::{CallHooks, InitParams, InjectedHeaders, UpstreamError, instance};
@@ -61,6 +62,16 @@ impl Gateway {
             {
                 return Ok(empty_result());
             }
+            let holder = || Holder::Instance {
+                target: caller.target_key.clone(),
+                identity: caller.identity.clone(),
+            };
+            let tell = self.child_levels.attach(
+                (&counted, holder),
+                &key,
+                caller.session_id,
+                caller.log_level,
+            );
             let out = async {
                 let mut state = {
                     let mut shared = inst.state.lock().await;
@@ -72,6 +83,18 @@ impl Gateway {
                     }
                     shared.clone()
                 };
+                if let Some(level) = tell {
+                    // Before the call, so what it logs is already at the new level.
+                    let params = level_params(level);
+                    let none = CallHooks::default();
+                    if let Err(e) = self
+                        .upstream
+                        .request(&inst.target, &headers, &state, SET_LEVEL, Some(&params), &none)
+                        .await
+                    {
+                        warn!(instance = %inst.name, error = %e, label = e.label(), "logging/setLevel not passed on");
+                    }
+                }
                 let before = state.clone();
                 let reply = self
                     .upstream
@@ -175,15 +198,15 @@ impl Gateway {
         }
     }
 
-    /// The last subscriber of `params.uri` on an instance left without a request (its session
-    /// ended): unsubscribed on the instance if it is still cached here; one that is not has
-    /// been replaced or stopped, and a new one starts with no subscriptions anyway.
-    pub(super) async fn unsubscribe_instance(
+    /// `method` to an instance outside any call of it (a session ended, or set a level): sent
+    /// only if the instance is still cached here; one that is not has been replaced or
+    /// stopped, and a new one starts from scratch anyway.
+    pub(super) async fn instance_request(
         &self,
         target_key: &Arc<str>,
         identity: &reflow_crds::Identity,
         session_id: &str,
-        params: &Value,
+        (method, params): (&str, &Value),
     ) -> Result<(), UpstreamError> {
         let snapshot = self.snapshots.load();
         let Some(target) = target_key
@@ -214,14 +237,7 @@ impl Gateway {
             return Ok(());
         }
         self.upstream
-            .request(
-                &inst.target,
-                &headers,
-                &state,
-                UNSUBSCRIBE,
-                Some(params),
-                &hooks,
-            )
+            .request(&inst.target, &headers, &state, method, Some(params), &hooks)
             .await
             .map(drop)
     }

@@ -1,9 +1,10 @@
 //! `logging/setLevel`: the session's level is remembered and passed on to its upstreams; a
-//! STDIO child shared by sessions runs at the most verbose level any of them asked for, and each
-//! session's `notifications/message` are filtered by its own level (RFC 5424 order).
+//! shared upstream (STDIO child, instance pod) runs at the most verbose level any session using
+//! it asked for, and each session's `notifications/message` are filtered by its own level
+//! (RFC 5424 order).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -14,18 +15,19 @@ use tracing::{debug, warn};
 use super::Gateway;
 use super::dispatch::Ctx;
 use super::forward::Caller;
+use super::subscriptions::Holder;
 use crate::jsonrpc::{self, Request};
 use crate::log_level::LogLevel;
 use crate::session::Session;
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
 
-const SET_LEVEL: &str = "logging/setLevel";
+pub(super) const SET_LEVEL: &str = "logging/setLevel";
 /// How long a child may take to accept a level (the client's call waits for it).
 const SET_LEVEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Attached {
-    child: Weak<ChildProcess>,
-    /// Who the child serves, to tell whether a session whose claims changed still belongs.
+    holder: Holder,
+    /// Who the upstream serves, to tell whether a session whose claims changed still belongs.
     key: IsolationKey,
     /// Sessions that used the child, with the level each asked for (if any).
     asked: HashMap<String, Option<LogLevel>>,
@@ -44,7 +46,15 @@ impl Attached {
     }
 }
 
-/// Which sessions use which STDIO child, and at what level.
+fn alive(holder: &Holder) -> bool {
+    match holder {
+        Holder::Child(weak) => weak.strong_count() > 0,
+        // Forgotten with their last session instead.
+        Holder::Instance { .. } => true,
+    }
+}
+
+/// Which sessions use which shared upstream (STDIO child, instance pod), and at what level.
 #[derive(Default)]
 pub(crate) struct ChildLevels(Mutex<HashMap<String, Attached>>);
 
@@ -53,16 +63,17 @@ impl ChildLevels {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that `session` (at `level`) uses `child`; returns the level to tell the child.
-    fn attach(
+    /// Records that `session` (at `level`) uses `upstream` (a child's label, or
+    /// `instance:<name>`); returns the level to tell it.
+    pub(crate) fn attach(
         &self,
-        child: &Arc<ChildProcess>,
+        (upstream, holder): (&str, impl FnOnce() -> Holder),
         key: &IsolationKey,
         session: &str,
         level: Option<LogLevel>,
     ) -> Option<LogLevel> {
         let mut map = self.lock();
-        if let Some(a) = map.get_mut(child.label()) {
+        if let Some(a) = map.get_mut(upstream) {
             // The common case (known session, same level) allocates nothing.
             match a.asked.get_mut(session) {
                 Some(l) if *l == level => return None,
@@ -74,20 +85,20 @@ impl ChildLevels {
             return a.retell();
         }
         // Children that exited are forgotten when a new one is first seen.
-        map.retain(|_, a| a.child.strong_count() > 0);
+        map.retain(|_, a| alive(&a.holder));
         let mut a = Attached {
-            child: Arc::downgrade(child),
+            holder: holder(),
             key: key.clone(),
             asked: HashMap::from([(session.to_owned(), level)]),
             sent: None,
         };
         let tell = a.retell();
-        map.insert(child.label().to_owned(), a);
+        map.insert(upstream.to_owned(), a);
         tell
     }
 
     /// `session` now asks for `level`: the children it uses whose level changes.
-    fn set(&self, session: &str, level: LogLevel) -> Vec<(Arc<ChildProcess>, LogLevel)> {
+    fn set(&self, session: &str, level: LogLevel) -> Vec<(Holder, LogLevel)> {
         self.change(
             session,
             |_| true,
@@ -105,7 +116,7 @@ impl ChildLevels {
         &self,
         session: &str,
         leaving: impl Fn(&IsolationKey) -> bool,
-    ) -> Vec<(Arc<ChildProcess>, LogLevel)> {
+    ) -> Vec<(Holder, LogLevel)> {
         self.change(session, leaving, |asked| {
             asked.remove(session);
         })
@@ -116,7 +127,7 @@ impl ChildLevels {
         session: &str,
         pick: impl Fn(&IsolationKey) -> bool,
         edit: impl Fn(&mut HashMap<String, Option<LogLevel>>),
-    ) -> Vec<(Arc<ChildProcess>, LogLevel)> {
+    ) -> Vec<(Holder, LogLevel)> {
         let mut map = self.lock();
         let mut out = Vec::new();
         for a in map.values_mut() {
@@ -124,11 +135,13 @@ impl ChildLevels {
                 continue;
             }
             edit(&mut a.asked);
-            if let (Some(level), Some(child)) = (a.retell(), a.child.upgrade()) {
-                out.push((child, level));
+            if let Some(level) = a.retell()
+                && alive(&a.holder)
+            {
+                out.push((a.holder.clone(), level));
             }
         }
-        map.retain(|_, a| !a.asked.is_empty() && a.child.strong_count() > 0);
+        map.retain(|_, a| !a.asked.is_empty() && alive(&a.holder));
         out
     }
 }
@@ -149,7 +162,7 @@ pub(crate) fn shown(session: &Session, msg: &Map<String, Value>) -> bool {
         .is_none_or(|l| wanted.admits(l))
 }
 
-fn level_params(level: LogLevel) -> Value {
+pub(super) fn level_params(level: LogLevel) -> Value {
     json!({"level": level.as_str()})
 }
 
@@ -180,10 +193,11 @@ impl Gateway {
             Ok(None) => {}
             Err(e) => warn!(error = %e, label = e.label(), "session level not stored"),
         }
-        let children = self.child_levels.set(&ctx.session.id, level);
-        let stdio = children
+        let shared = self.child_levels.set(&ctx.session.id, level);
+        let sid = ctx.session.id.as_str();
+        let stdio = shared
             .into_iter()
-            .map(|(child, level)| async move { tell_child(&child, level).await });
+            .map(|(holder, level)| async move { self.tell(holder, sid, level).await });
         let http = self.conns.targets_of(&ctx.session.id).into_iter().map(|key| async move {
             let Some((ns, name)) = key.split_once('/') else {
                 return;
@@ -219,9 +233,10 @@ impl Gateway {
         key: &IsolationKey,
         child: &Arc<ChildProcess>,
     ) {
+        let holder = (child.label(), || Holder::Child(Arc::downgrade(child)));
         if let Some(level) =
             self.child_levels
-                .attach(child, key, caller.session_id, caller.log_level)
+                .attach(holder, key, caller.session_id, caller.log_level)
         {
             tell_child(child, level).await;
         }
@@ -232,6 +247,26 @@ impl Gateway {
         caller.log_level.map(level_params)
     }
 
+    /// Tells a shared upstream its level outside any call of it.
+    async fn tell(&self, holder: Holder, session_id: &str, level: LogLevel) {
+        match holder {
+            Holder::Child(weak) => {
+                if let Some(child) = weak.upgrade() {
+                    tell_child(&child, level).await;
+                }
+            }
+            Holder::Instance { target, identity } => {
+                let params = level_params(level);
+                if let Err(e) = self
+                    .instance_request(&target, &identity, session_id, (SET_LEVEL, &params))
+                    .await
+                {
+                    warn!(target = %target, error = %e, label = e.label(), "logging/setLevel not passed on")
+                }
+            }
+        }
+    }
+
     /// A session that ended (or left the children `leaving` picks) no longer holds them at its
     /// level.
     pub(super) async fn release_levels(
@@ -239,8 +274,8 @@ impl Gateway {
         session_id: &str,
         leaving: impl Fn(&IsolationKey) -> bool,
     ) {
-        for (child, level) in self.child_levels.release(session_id, leaving) {
-            tell_child(&child, level).await;
+        for (holder, level) in self.child_levels.release(session_id, leaving) {
+            self.tell(holder, session_id, level).await;
         }
     }
 }

@@ -238,7 +238,7 @@ impl Gateway {
                         .map_err(UpstreamError::from)
                 }
                 Holder::Instance { target, identity } => {
-                    self.unsubscribe_instance(&target, &identity, session_id, &params)
+                    self.instance_request(&target, &identity, session_id, (UNSUBSCRIBE, &params))
                         .await
                 }
             };
