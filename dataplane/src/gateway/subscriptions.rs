@@ -29,7 +29,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A subscribe's place in the count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Joined {
-    /// No session had this URI on this child: the child must be told.
+    /// No session had this URI on this upstream: the upstream must be told.
     First,
     /// Already subscribed upstream (by this or another session): answered here.
     Again,
@@ -38,18 +38,19 @@ pub(crate) enum Joined {
 /// An unsubscribe's place in the count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Left {
-    /// The last subscriber left: the child must be told.
+    /// The last subscriber left: the upstream must be told.
     Last,
     /// Others still listen (or this session never subscribed): answered here.
     Kept,
 }
 
-/// What holds counted subscriptions, and how to reach it again to unsubscribe.
+/// A shared upstream holding counted state (subscriptions, a log level), and how to reach it
+/// outside a request.
 #[derive(Clone)]
 pub(crate) enum Holder {
     Child(Weak<ChildProcess>),
-    /// An instance pod of `target`, reached again (ensured by its isolation key) with
-    /// `identity`, a subscriber's, when a session ends outside any request.
+    /// An instance pod of `target`, found again (in the cache only) by the isolation key of
+    /// `identity`, a session's that used it.
     Instance {
         target: Arc<str>,
         identity: reflow_crds::Identity,
