@@ -1,13 +1,16 @@
-//! MCP sessions: who opened them (identity fingerprint), what was negotiated, per-upstream state
-//! and the resource routes learned from lists. `SessionStore` abstracts memory vs. Postgres.
+//! MCP sessions: who opened them (the subject; the claims they last came with), what was
+//! negotiated, per-upstream state and learned resource routes. `SessionStore`: memory or Postgres.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use reflow_crds::Fingerprint;
+use reflow_crds::{Fingerprint, Identity};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::log_level::LogLevel;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -42,7 +45,12 @@ pub struct UpstreamState {
 pub struct Session {
     /// 128 random bits (uuid v4), hyphen-free.
     pub id: String,
+    /// The subject (user) that opened it: [`subject_of`]. A token of the same user with other
+    /// groups or roles still owns the session; another user's does not.
     pub owner: Fingerprint,
+    /// The identity the session was last used with (groups and roles decide what it sees);
+    /// `None` when the store did not keep it.
+    pub claims: Option<Identity>,
     pub scope: Scope,
     pub protocol_version: String,
     pub client_info: Value,
@@ -50,6 +58,8 @@ pub struct Session {
     pub upstreams: BTreeMap<String, UpstreamState>,
     /// Resource URI → target key, learned from resources/list (see gateway docs).
     pub resources: HashMap<String, String>,
+    /// What `logging/setLevel` asked for; `None` until the client sets one.
+    pub log_level: Option<LogLevel>,
 }
 
 impl Session {
@@ -57,13 +67,40 @@ impl Session {
         Self {
             id: uuid::Uuid::new_v4().simple().to_string(),
             owner,
+            claims: None,
             scope,
             protocol_version,
             client_info: Value::Null,
             client_capabilities: Value::Null,
             upstreams: BTreeMap::new(),
             resources: HashMap::new(),
+            log_level: None,
         }
+    }
+}
+
+/// Who owns sessions: the user name alone (issuer-qualified by the authenticator's user prefix),
+/// hashed apart from [`Identity::fingerprint`] so the two can never be mistaken for each other.
+pub fn subject_of(identity: &Identity) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update(b"reflow/session-subject\0");
+    h.update(identity.user.as_bytes());
+    Fingerprint(h.finalize().into())
+}
+
+impl Session {
+    /// A session owned by `identity`'s subject, remembering its claims.
+    pub fn opened_by(identity: &Identity, scope: Scope, protocol_version: String) -> Self {
+        let mut s = Self::new(subject_of(identity), scope, protocol_version);
+        s.claims = Some(identity.clone());
+        s
+    }
+
+    /// True if `identity` comes with other groups or roles than the session last saw.
+    pub fn claims_differ(&self, identity: &Identity) -> bool {
+        self.claims
+            .as_ref()
+            .is_none_or(|c| c.groups != identity.groups || c.roles != identity.roles)
     }
 }
 
@@ -310,6 +347,20 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!(store.count(), 1);
+    }
+
+    #[test]
+    fn sessions_belong_to_the_subject_and_notice_other_claims() {
+        let dev = Identity::new("alice", ["dev"], Vec::<String>::new());
+        let ops = Identity::new("alice", ["ops"], Vec::<String>::new());
+        let bob = Identity::new("bob", ["dev"], Vec::<String>::new());
+        let s = Session::opened_by(&dev, Scope::Aggregated, String::new());
+        assert_eq!(s.owner, subject_of(&ops));
+        assert_ne!(s.owner, subject_of(&bob));
+        assert_ne!(s.owner, dev.fingerprint());
+        assert!(!s.claims_differ(&dev));
+        assert!(s.claims_differ(&ops));
+        assert!(s.claims_differ(&Identity::new("alice", ["dev"], ["admin"])));
     }
 
     #[test]

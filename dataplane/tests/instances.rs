@@ -98,6 +98,11 @@ impl Drop for BridgeProc {
 
 impl BridgeProc {
     fn start(token: &str, instance: &str, github_token: &str) -> Self {
+        Self::start_with(token, instance, github_token, &[])
+    }
+
+    /// A bridge whose fixture gets `extra` arguments too.
+    fn start_with(token: &str, instance: &str, github_token: &str, extra: &[&str]) -> Self {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("instances-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -109,6 +114,7 @@ impl BridgeProc {
             .args(["--request-timeout", "5s", "--"])
             .arg(fixture_bin())
             .args(["--stdio", "--name", instance])
+            .args(extra)
             .env("INSTANCE", instance)
             .env("GITHUB_TOKEN", github_token)
             .stdout(Stdio::piped())
@@ -561,6 +567,124 @@ async fn without_a_controller_a_kubernetes_target_answers_an_error_at_once() {
             .find(|e| e.method == "tools/call")
             .expect("audited");
         assert_eq!(audited.outcome, "instance_no_controller");
+    })
+    .await;
+}
+
+const WATCHED: &str = "test://watched-resource";
+
+/// The fixture's report through session `sid` of alice on `/mcp/t/sub`.
+async fn whoami_on(h: &Harness, sid: &str) -> Value {
+    let r = h
+        .rpc(
+            "/mcp/t/sub",
+            "alice",
+            Some(sid),
+            "tools/call",
+            json!({"name": "whoami", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let text = r.body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {}", r.body));
+    serde_json::from_str(text).unwrap()
+}
+
+async fn subscription(h: &Harness, sid: &str, method: &str) {
+    let r = h
+        .rpc(
+            "/mcp/t/sub",
+            "alice",
+            Some(sid),
+            method,
+            json!({"uri": WATCHED}),
+        )
+        .await;
+    assert_eq!(r.body["result"], json!({}), "{method}: {}", r.body);
+}
+
+#[tokio::test]
+async fn a_shared_instance_counts_subscriptions_and_runs_at_the_most_verbose_level() {
+    let logs = logs();
+    bounded(async {
+        let bridge =
+            BridgeProc::start_with(TOKEN_A, "instance-sub", "ghp-alice", &["--conformance"]);
+        let standin = Arc::new(Standin {
+            bridges: Mutex::new(vec![(bridge.url.clone(), TOKEN_A.to_owned())]),
+            ..Standin::default()
+        });
+        let controller = start_standin(standin.clone()).await;
+        let dir = temp_dir();
+        let target = format!(
+            "{}\n---\n{}",
+            kubernetes_target("sub").split("\n---\n").next().unwrap(),
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {name: all-sub, namespace: t}\nspec:\n  targetRef: {name: sub}\n  subjects: [{everyone: true}]\n  rules: [{kind: all, names: [\"*\"]}]\n  effect: Allow\n"
+        );
+        std::fs::write(dir.join("sub.yaml"), target).unwrap();
+        let h = start_gateway(dir, instances_config(20_000)).await;
+        let end = Instant::now() + Duration::from_secs(10);
+        while h.gw.snapshots.load().target("t", "sub").is_none() {
+            assert!(Instant::now() < end, "target never compiled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(h.gw.use_controller_instances(ControllerApi {
+            url: controller,
+            token: CONTROLLER_TOKEN.to_owned().into(),
+        }));
+
+        // Three sessions of alice: one instance (her isolation key) serves them all.
+        let [s1, s2, watcher] = [
+            h.open("/mcp/t/sub", "alice").await,
+            h.open("/mcp/t/sub", "alice").await,
+            h.open("/mcp/t/sub", "alice").await,
+        ];
+        assert_eq!(whoami_on(&h, &watcher).await["env"]["INSTANCE"], "instance-sub");
+        subscription(&h, &s1, "resources/subscribe").await;
+        subscription(&h, &s2, "resources/subscribe").await;
+        assert_eq!(whoami_on(&h, &watcher).await["subscriptions"], json!([WATCHED]));
+        // s1 leaves: s2 still listens, so the instance keeps the subscription.
+        subscription(&h, &s1, "resources/unsubscribe").await;
+        assert_eq!(whoami_on(&h, &watcher).await["subscriptions"], json!([WATCHED]));
+        // The last one leaving reaches the instance.
+        subscription(&h, &s2, "resources/unsubscribe").await;
+        assert_eq!(whoami_on(&h, &watcher).await["subscriptions"], json!([]));
+
+        // A session that ends releases its subscription like an unsubscribe.
+        subscription(&h, &s1, "resources/subscribe").await;
+        assert_eq!(whoami_on(&h, &watcher).await["subscriptions"], json!([WATCHED]));
+        assert_eq!(h.delete_session("/mcp/t/sub", "alice", &s1).await, 200);
+        let end = Instant::now() + Duration::from_secs(20);
+        while whoami_on(&h, &watcher).await["subscriptions"] != json!([]) {
+            assert!(Instant::now() < end, "the ended session's subscription stayed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The instance runs at the most verbose level its sessions asked for, and back when
+        // the most verbose one ends.
+        let set = |sid: String, level: &'static str| {
+            let h = &h;
+            async move {
+                let r = h
+                    .rpc("/mcp/t/sub", "alice", Some(&sid), "logging/setLevel", json!({"level": level}))
+                    .await;
+                assert_eq!(r.body["result"], json!({}), "{}", r.body);
+            }
+        };
+        assert_eq!(whoami_on(&h, &s2).await["logLevel"], "info");
+        set(s2.clone(), "error").await;
+        assert_eq!(whoami_on(&h, &watcher).await["logLevel"], "error");
+        set(watcher.clone(), "debug").await;
+        assert_eq!(whoami_on(&h, &s2).await["logLevel"], "debug");
+        assert_eq!(h.delete_session("/mcp/t/sub", "alice", &watcher).await, 200);
+        let end = Instant::now() + Duration::from_secs(20);
+        while whoami_on(&h, &s2).await["logLevel"] != "error" {
+            assert!(Instant::now() < end, "the instance stayed at the ended session's level");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Releasing outside a request sent the bridge token again; it is never logged.
+        let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        assert!(!logged.contains(TOKEN_A));
     })
     .await;
 }

@@ -172,7 +172,11 @@ async fn mtls_client_certificate_is_the_identity() {
     // The session belongs to the certificate's identity: alice (CN) in group dev (OU).
     let stored = h.gw.sessions.get(&sid).await.unwrap().unwrap();
     let expected = reflow_crds::Identity::new("alice", ["dev"], Vec::<String>::new());
-    assert_eq!(stored.owner, expected.fingerprint());
+    assert_eq!(
+        stored.owner,
+        reflow_dataplane::session::subject_of(&expected)
+    );
+    assert_eq!(stored.claims.as_ref(), Some(&expected));
 
     // Another certificate (bob) cannot use alice's session.
     let bob = client(&pki, Some(&pki.client("bob", &[])));

@@ -17,6 +17,8 @@
   {"op": "set_logging_level", "level": L}
   {"op": "ping"}
   {"op": "wait_notification", "method": M, "timeout": S}
+  {"op": "set_token", "token": T}             later requests carry this bearer token (streamable-http)
+  {"op": "sleep", "seconds": S}
                                               waits up to S seconds (default 10) for a server
                                               notification M not yet waited for (e.g.
                                               "notifications/tools/list_changed")
@@ -106,7 +108,7 @@ class Inbox:
         return {"method": method}
 
 
-async def run_action(client, action, inbox):
+async def run_action(client, action, inbox, http):
     op = action.get("op")
     record = {"op": op, "ok": False}
     progress = []
@@ -142,6 +144,14 @@ async def run_action(client, action, inbox):
             result = dump(await client.send_ping())
         elif op == "wait_notification":
             result = await inbox.take(action["method"], float(action.get("timeout", 10)))
+        elif op == "set_token":
+            if http is None:
+                raise ValueError("set_token needs the streamable-http transport")
+            http.headers["Authorization"] = f"Bearer {action['token']}"
+            result = {}
+        elif op == "sleep":
+            await asyncio.sleep(float(action["seconds"]))
+            result = {}
         else:
             raise ValueError(f"unknown op {op!r}")
         record["ok"] = True
@@ -195,6 +205,7 @@ async def connect(stack, args, report, inbox):
     headers = key_values(args.header)
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
+    http = None
     if args.transport == "streamable-http":
         http = await stack.enter_async_context(
             httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(args.timeout), trust_env=False)
@@ -207,19 +218,19 @@ async def connect(stack, args, report, inbox):
     client = Client(
         server, mode=args.mode, cache=None, read_timeout_seconds=args.timeout, **client_callbacks(args, report, inbox)
     )
-    return await stack.enter_async_context(client)
+    return await stack.enter_async_context(client), http
 
 
 async def run(args, report):
     actions = json.loads(args.actions)
     inbox = Inbox(report)
     async with AsyncExitStack() as stack:
-        client = await connect(stack, args, report, inbox)
+        client, http = await connect(stack, args, report, inbox)
         report["protocol_version"] = client.protocol_version
         report["server_info"] = dump(client.server_info) if client.server_info else None
         report["server_capabilities"] = dump(client.server_capabilities)
         for action in actions:
-            report["results"].append(await run_action(client, action, inbox))
+            report["results"].append(await run_action(client, action, inbox, http))
     report["ok"] = True
 
 

@@ -888,3 +888,68 @@ fn sessions_slide_while_used_and_expire_everywhere_when_idle() {
         assert_eq!(a.count(), 0);
     });
 }
+
+#[test]
+fn a_sessions_claims_and_log_level_are_stored_so_another_replica_recycles_it() {
+    let pg = TestPostgres::start().expect("postgres starts");
+    migrated(&pg.url());
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let key = SealingKey::generate_base64();
+    let (stores_a, _sink_a) = pg_stores(&pg.url(), temp_dir(&pg, "spill-a"), FailurePolicy::Buffer);
+    let (stores_b, _sink_b) = pg_stores(&pg.url(), temp_dir(&pg, "spill-b"), FailurePolicy::Buffer);
+    let a = gateway(&fixture, &key, stores_a);
+    let b = gateway(&fixture, &key, stores_b);
+    let rt = client_runtime();
+    let dev = Rpc {
+        http: http_client().expect("http client"),
+        token: a.token("carol", &["dev"], &[]),
+    };
+    let ops = Rpc {
+        http: dev.http.clone(),
+        token: a.token("carol", &["ops"], &[]),
+    };
+    rt.block_on(async {
+        let sid = dev.open(&a.mcp_url()).await;
+        let set = dev
+            .post(
+                &a.mcp_url(),
+                Some(&sid),
+                None,
+                json!({"jsonrpc": "2.0", "id": 3, "method": "logging/setLevel",
+                       "params": {"level": "warning"}}),
+            )
+            .await;
+        assert_eq!(set.body["result"], json!({}), "{}", set.body);
+        // Same user, other groups, other replica: the same session, now with the new claims.
+        let on_b = ops.call(&b.mcp_url(), &sid, None, "one_echo", "ops").await;
+        assert_eq!(on_b.status, 200, "{}", on_b.body);
+        assert!(echo_text(&on_b).contains("ops"), "{}", on_b.body);
+
+        let db = database(&pg.url());
+        let client = db.client().await.expect("db");
+        let row = client
+            .query_one(
+                "SELECT claims, log_level FROM reflow_sessions WHERE id = $1",
+                &[&sid],
+            )
+            .await
+            .expect("the session row");
+        let claims: Value = row.get(0);
+        let level: Option<String> = row.get(1);
+        assert_eq!(claims["user"], "carol", "{claims}");
+        assert_eq!(claims["groups"], json!(["ops"]), "{claims}");
+        assert_eq!(level.as_deref(), Some("warning"));
+
+        // Another user still gets 404 on either replica.
+        let mallory = Rpc {
+            http: dev.http.clone(),
+            token: a.token("mallory", &["ops"], &[]),
+        };
+        for url in [a.mcp_url(), b.mcp_url()] {
+            assert_eq!(
+                mallory.call(&url, &sid, None, "one_echo", "x").await.status,
+                404
+            );
+        }
+    });
+}

@@ -49,7 +49,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
+    pub(super) fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
         Caller {
             identity: &self.identity,
             target_key,
@@ -58,6 +58,7 @@ impl Ctx {
             protocol_version: &self.session.protocol_version,
             client_capabilities: &self.session.client_capabilities,
             hooks: &self.hooks,
+            log_level: self.session.log_level,
         }
     }
 
@@ -246,7 +247,7 @@ impl Gateway {
         scope: Scope,
         req: &Request,
     ) -> (Value, Option<String>) {
-        let mut session = Session::new(identity.fingerprint(), scope, String::new());
+        let mut session = Session::opened_by(identity, scope, String::new());
         let reply = negotiate(&mut session, req, false);
         let id = session.id.clone();
         if let Err(e) = self.sessions.create(session).await {
@@ -270,7 +271,7 @@ impl Gateway {
         }
         match req.method.as_str() {
             "ping" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
-            "logging/setLevel" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
+            "logging/setLevel" => self.set_log_level(ctx, &req).await,
             "tools/list" => self.list(ctx, &req, &TOOLS).await,
             "prompts/list" => self.list(ctx, &req, &PROMPTS).await,
             "resources/list" => self.list(ctx, &req, &RESOURCES).await,

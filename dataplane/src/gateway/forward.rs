@@ -13,6 +13,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{Instrument, Span, info_span};
 
 use super::Gateway;
+use crate::log_level::LogLevel;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
 use crate::upstream::stateless::is_stateless;
@@ -74,6 +75,35 @@ impl Conns {
             .clone()
     }
 
+    /// The targets a session has links to.
+    pub(crate) fn targets_of(&self, session: &str) -> Vec<Arc<str>> {
+        self.shard(session)
+            .get(session)
+            .map(|s| s.links.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes `targets`' links out of a session whose caller now is `identity`; returns them
+    /// (with the identity they were opened for) to be closed.
+    pub(crate) fn leave(
+        &self,
+        session: &str,
+        identity: &Identity,
+        targets: &[Arc<str>],
+    ) -> Option<SessionLinks> {
+        let mut map = self.shard(session);
+        let links = map.get_mut(session)?;
+        let old = std::mem::replace(&mut links.identity, identity.clone());
+        let taken: HashMap<Arc<str>, Cell> = targets
+            .iter()
+            .filter_map(|k| links.links.remove_entry(k))
+            .collect();
+        (!taken.is_empty()).then_some(SessionLinks {
+            identity: old,
+            links: taken,
+        })
+    }
+
     /// Forgets a session's upstream links; returns them to be closed (DELETE, or end the stream).
     pub(crate) fn remove_session(&self, session: &str) -> Option<SessionLinks> {
         self.shard(session).remove(session)
@@ -91,6 +121,8 @@ pub(crate) struct Caller<'a> {
     /// What the client declared in `initialize` (mirrored to its HTTP upstream sessions).
     pub client_capabilities: &'a serde_json::Value,
     pub hooks: &'a CallHooks,
+    /// What the session asked for with `logging/setLevel` (told to new upstream sessions).
+    pub log_level: Option<LogLevel>,
 }
 
 impl Caller<'_> {
@@ -190,10 +222,16 @@ impl Gateway {
                 protocol_version: caller.handshake_version(),
                 session: Some(caller.session_id),
             };
-            return Ok(self
-                .upstream
-                .stdio()
-                .call(&key, &start, method, params, &hooks)
+            let child = self.upstream.stdio().acquire(&key, &start).await?;
+            self.attach_child(caller, &key, &child).await;
+            let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
+            if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
+                return self
+                    .stdio_subscription(caller, (&child, &key), (method, params), timeout, &hooks)
+                    .await;
+            }
+            return Ok(child
+                .request_with(method, params, timeout, &hooks, Some(caller.session_id))
                 .await?);
         }
         if let Upstream::Kubernetes { .. } = target.upstream {
@@ -230,6 +268,7 @@ impl Gateway {
                         *guard = self.upstream.connect(target, &headers, &init).await?;
                         self.listen(caller, target, &headers, &mut guard);
                         self.remember(caller.session_id, key, &guard).await;
+                        self.tell_new_link(caller, target, &headers, &guard).await;
                     }
                     guard.clone()
                 };
@@ -265,6 +304,10 @@ impl Gateway {
                 *guard = self.upstream.connect(target, headers, &init).await?;
                 self.listen(caller, target, headers, &mut guard);
                 self.remember(caller.session_id, key, &guard).await;
+                // A stateless upstream has no session level (it is set per request).
+                if !is_stateless(guard.state()) {
+                    self.tell_new_link(caller, target, headers, &guard).await;
+                }
             }
             guard.clone()
         };
@@ -287,6 +330,41 @@ impl Gateway {
         let creds = target.credentials.resolve(caller.identity);
         let headers = self.call_headers(caller, target, &creds)?;
         self.link_for(caller, target, &headers).await.map(|_| ())
+    }
+
+    /// A link just initialized for a session that set a log level hears it before anything
+    /// else; a refusal is logged (the upstream may not do logging).
+    async fn tell_new_link(
+        &self,
+        caller: &Caller<'_>,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        link: &Link,
+    ) {
+        let Some(params) = Self::level_for_new_link(caller) else {
+            return;
+        };
+        let none = CallHooks::default();
+        match self
+            .upstream
+            .send(
+                target,
+                headers,
+                link,
+                "logging/setLevel",
+                Some(&params),
+                &none,
+            )
+            .await
+        {
+            Ok(reply) if reply.contains_key("error") => {
+                tracing::debug!(target = %caller.target_key, "upstream refused logging/setLevel")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target = %caller.target_key, error = %e, label = e.label(), "logging/setLevel not passed on")
+            }
+        }
     }
 
     /// The caller's credential headers and, where the Target opted in, forwarded identity.

@@ -111,8 +111,8 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
         Err(resp) => return resp,
     };
     Span::current().record("user", &*identity.user);
-    let session = Session::new(
-        identity.fingerprint(),
+    let session = Session::opened_by(
+        &identity,
         scope.clone(),
         dispatch::LEGACY_PROTOCOL.to_owned(),
     );

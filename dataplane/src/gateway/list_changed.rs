@@ -121,7 +121,23 @@ pub(crate) fn changed_kinds(old: &Snapshot, new: &Snapshot, viewer: &Viewer) -> 
         .collect()
 }
 
-fn method(kind: ItemKind) -> &'static str {
+/// The kinds `after` sees differently from `before` in one snapshot (the caller's claims
+/// changed).
+pub(crate) fn changed_between(
+    snapshot: &Snapshot,
+    before: &Viewer,
+    after: &Viewer,
+) -> Vec<ItemKind> {
+    let (a, b) = (digests(snapshot, before), digests(snapshot, after));
+    ItemKind::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| a[*i] != b[*i])
+        .map(|(_, k)| k)
+        .collect()
+}
+
+pub(crate) fn method(kind: ItemKind) -> &'static str {
     match kind {
         ItemKind::Tool => METHODS[0],
         ItemKind::Resource => METHODS[1],

@@ -12,12 +12,15 @@ mod legacy_sse;
 mod list_audit;
 mod list_cache;
 mod list_changed;
+mod log_fanout;
 mod mrtr;
 mod proxy;
+mod recycle;
 mod relay;
 mod stateless;
 mod stateless_call;
 mod streams;
+mod subscriptions;
 mod tls;
 mod upcalls;
 
@@ -172,6 +175,10 @@ pub struct Gateway {
     list_cache: list_cache::ListCache,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
     bus: std::sync::OnceLock<cross_replica::BusLink>,
+    /// Subscribers per resource on shared STDIO children.
+    subscriptions: subscriptions::SharedSubscriptions,
+    /// The sessions using each STDIO child and the log level each asked for.
+    child_levels: log_fanout::ChildLevels,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
     me: Weak<Self>,
 }
@@ -215,6 +222,8 @@ impl Gateway {
                 parking: mrtr::Parking::default(),
                 list_cache: list_cache::ListCache::default(),
                 bus: std::sync::OnceLock::new(),
+                subscriptions: Default::default(),
+                child_levels: Default::default(),
                 me: weak.clone(),
             }
         });
@@ -223,6 +232,13 @@ impl Gateway {
             move |sid: &str, target, inbound| match weak.upgrade() {
                 Some(gw) => gw.relay_to_session(sid, target, inbound),
                 None => crate::upstream::unroutable(inbound),
+            },
+        ));
+        let weak = Arc::downgrade(&gw);
+        gw.upstream.stdio().set_shared_relay(Arc::new(
+            move |child: &str, target, inbound| match weak.upgrade() {
+                Some(gw) => gw.relay_shared(child, target, inbound),
+                None => Some(inbound),
             },
         ));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -268,7 +284,11 @@ impl Gateway {
         if let Some(rt) = &rt {
             let gw = self.clone();
             let sid = session_id.to_owned();
-            rt.spawn(async move { gw.upstream.stdio().end_session(&sid).await });
+            rt.spawn(async move {
+                gw.release_subscriptions(&sid, |_| true).await;
+                gw.release_levels(&sid, |_| true).await;
+                gw.upstream.stdio().end_session(&sid).await
+            });
         }
         let Some(links) = self.conns.remove_session(session_id) else {
             return;
@@ -594,8 +614,11 @@ async fn owned_session(
     id: &str,
 ) -> Result<Arc<Session>, Response> {
     match gw.sessions.get_touched(id).await {
-        // Another identity's session is indistinguishable from an unknown one.
-        Ok(Some(s)) if s.owner == identity.fingerprint() && s.scope == *scope => Ok(s),
+        // Another user's session is indistinguishable from an unknown one; the same user with
+        // other groups or roles keeps it, moved to the new claims.
+        Ok(Some(s)) if s.owner == crate::session::subject_of(identity) && s.scope == *scope => {
+            Ok(gw.adopt_claims(s, identity).await)
+        }
         Ok(_) => Err(session_not_found()),
         Err(e) => Err(rpc_failure(
             StatusCode::SERVICE_UNAVAILABLE,

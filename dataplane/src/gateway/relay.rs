@@ -83,6 +83,9 @@ impl Relay {
         match up.inbound {
             Inbound::Streaming => {}
             Inbound::Notification(mut msg) => {
+                if !super::log_fanout::shown(&self.session, &msg) {
+                    return;
+                }
                 self.rewrite_notification(&mut msg, &up.target);
                 if stream == GET_STREAM {
                     // Possibly held by another replica.

@@ -231,10 +231,13 @@ async fn own_session(
     meta: &RequestMeta,
 ) -> Result<Arc<Session>, Response> {
     let capabilities = meta.capabilities.clone().unwrap_or_else(|| json!({}));
-    let owner = identity.fingerprint();
+    let claims = identity.fingerprint();
+    let owner = crate::session::subject_of(identity);
     let mut h = Sha256::new();
     h.update(b"reflow/stateless-session/v1\0");
-    h.update(owner.0);
+    // The claims, not just the user: other groups or roles are another session (nothing to
+    // recycle, the client keeps no session).
+    h.update(claims.0);
     match endpoint {
         Scope::Aggregated => h.update(b"\0*"),
         Scope::Target { namespace, name } => h.update(format!("\0{namespace}/{name}").as_bytes()),
@@ -255,7 +258,7 @@ async fn own_session(
         Ok(None) => {}
         Err(e) => return Err(unavailable(e)),
     }
-    let mut session = Session::new(owner, endpoint.clone(), STATELESS.to_owned());
+    let mut session = Session::opened_by(identity, endpoint.clone(), STATELESS.to_owned());
     session.id = id;
     session.client_capabilities = capabilities;
     session.client_info = meta.client_info.clone().unwrap_or(Value::Null);

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use reflow_crds::Fingerprint;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -53,6 +54,8 @@ fn severity(level: &str) -> Option<usize> {
 /// What stays the same for a request across its rounds.
 struct Call {
     gw: Arc<Gateway>,
+    /// Who the sealed states are bound to (user and claims).
+    owner: Fingerprint,
     session: Arc<Session>,
     method: String,
     name: String,
@@ -120,6 +123,7 @@ impl Gateway {
         }
         let call = Call {
             gw: self.clone(),
+            owner,
             session: ctx.session.clone(),
             method: req.method.clone(),
             name,
@@ -416,7 +420,7 @@ impl Call {
             Ok(pid) => {
                 let state = mrtr::seal(
                     &self.gw.key,
-                    &self.session.owner,
+                    &self.owner,
                     &self.method,
                     &self.name,
                     Held::Parked(pid),
@@ -461,7 +465,7 @@ impl Call {
             {
                 let sealed = mrtr::seal(
                     &self.gw.key,
-                    &self.session.owner,
+                    &self.owner,
                     &self.method,
                     &self.name,
                     Held::Upstream {

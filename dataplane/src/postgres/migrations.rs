@@ -66,6 +66,15 @@ CREATE TABLE reflow_notifications (
 CREATE INDEX reflow_notifications_created_at ON reflow_notifications (created_at);
 "#,
     ),
+    (
+        4,
+        "session claims and log level",
+        r#"
+ALTER TABLE reflow_sessions
+    ADD COLUMN claims    jsonb,                 -- {user, groups, roles} the session last saw
+    ADD COLUMN log_level text;                  -- what logging/setLevel asked for
+"#,
+    ),
 ];
 
 /// Applies the migrations this database has not seen, under the migration lock.

@@ -205,7 +205,7 @@ impl PgSessionStore {
         let stmt = client
             .prepare_cached(
                 "SELECT owner, scope, protocol_version, client_info, client_capabilities,
-                        upstreams, resources
+                        upstreams, resources, claims, log_level
                  FROM reflow_sessions WHERE id = $1 AND expires_at > now()",
             )
             .await?;
@@ -239,15 +239,19 @@ impl PgSessionStore {
             })
             .collect();
         let resources: Value = row.get(6);
+        let claims: Option<Value> = row.get(7);
+        let log_level: Option<String> = row.get(8);
         Ok(Some(Session {
             id: id.to_owned(),
             owner,
+            claims: claims.as_ref().and_then(claims_from_json),
             scope,
             protocol_version: row.get(2),
             client_info: row.get(3),
             client_capabilities: row.get(4),
             upstreams,
             resources: serde_json::from_value(resources).unwrap_or_default(),
+            log_level: log_level.and_then(|l| l.parse().ok()),
         }))
     }
 
@@ -268,6 +272,8 @@ impl PgSessionStore {
             serde_json::to_value(upstreams).unwrap_or_else(|_| Value::Object(Default::default()));
         let resources = serde_json::to_value(&s.resources)
             .unwrap_or_else(|_| Value::Object(Default::default()));
+        let claims = s.claims.as_ref().map(claims_to_json);
+        let log_level = s.log_level.map(|l| l.as_str());
         let idle = self.settings.idle.as_secs_f64();
         let change = format!("{} {}", self.replica, s.id);
         if insert {
@@ -275,11 +281,14 @@ impl PgSessionStore {
                 .prepare_cached(
                     "WITH w AS (
                        INSERT INTO reflow_sessions (id, owner, scope, protocol_version, client_info,
-                           client_capabilities, upstreams, resources, expires_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
+                           client_capabilities, upstreams, resources, expires_at, claims, log_level)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9),
+                           $12, $13)
                        ON CONFLICT (id) DO UPDATE
                        SET upstreams = reflow_sessions.upstreams || EXCLUDED.upstreams,
                            resources = reflow_sessions.resources || EXCLUDED.resources,
+                           claims = COALESCE(EXCLUDED.claims, reflow_sessions.claims),
+                           log_level = COALESCE(EXCLUDED.log_level, reflow_sessions.log_level),
                            updated_at = now(),
                            expires_at = EXCLUDED.expires_at
                        RETURNING id)
@@ -301,6 +310,8 @@ impl PgSessionStore {
                         &idle,
                         &SESSION_CHANNEL,
                         &change,
+                        &claims,
+                        &log_level,
                     ],
                 )
                 .await?;
@@ -313,6 +324,7 @@ impl PgSessionStore {
                     "WITH w AS (
                        UPDATE reflow_sessions SET upstreams = upstreams || $2,
                            resources = resources || $3, updated_at = now(),
+                           claims = COALESCE($7, claims), log_level = COALESCE($8, log_level),
                            expires_at = now() + make_interval(secs => $4)
                        WHERE id = $1
                        RETURNING id)
@@ -329,6 +341,8 @@ impl PgSessionStore {
                         &idle,
                         &SESSION_CHANNEL,
                         &change,
+                        &claims,
+                        &log_level,
                     ],
                 )
                 .await?;
@@ -474,6 +488,32 @@ async fn flusher(store: std::sync::Weak<PgSessionStore>) {
 fn parse_fingerprint(hex_text: &str) -> Option<Fingerprint> {
     let bytes = hex::decode(hex_text).ok()?;
     Some(Fingerprint(bytes.try_into().ok()?))
+}
+
+/// The claims a session last saw, as stored: what policy and isolation depend on.
+fn claims_to_json(id: &reflow_crds::Identity) -> Value {
+    serde_json::json!({
+        "user": &*id.user,
+        "groups": id.groups.iter().map(|g| &**g).collect::<Vec<&str>>(),
+        "roles": id.roles.iter().map(|r| &**r).collect::<Vec<&str>>(),
+    })
+}
+
+/// Stored claims back; malformed ones read as unknown (the next request records them again).
+fn claims_from_json(v: &Value) -> Option<reflow_crds::Identity> {
+    let strings = |key: &str| -> Option<Vec<String>> {
+        v.get(key)?
+            .as_array()?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let user = v.get("user")?.as_str()?;
+    Some(reflow_crds::Identity::new(
+        user,
+        strings("groups")?,
+        strings("roles")?,
+    ))
 }
 
 /// One upstream's state as stored: the upstream session id sealed.
@@ -631,6 +671,20 @@ mod tests {
             assert_eq!(opened.session_id, None);
             assert!(!opened.initialized);
         }
+    }
+
+    #[test]
+    fn claims_round_trip_and_malformed_ones_read_as_unknown() {
+        let id = reflow_crds::Identity::new("alice", ["ops", "dev"], ["admin"]);
+        assert_eq!(claims_from_json(&claims_to_json(&id)), Some(id));
+        assert_eq!(
+            claims_from_json(&serde_json::json!({"user": "a", "groups": [1]})),
+            None
+        );
+        assert_eq!(
+            claims_from_json(&serde_json::json!({"groups": [], "roles": []})),
+            None
+        );
     }
 
     #[test]

@@ -220,6 +220,13 @@ impl Instances {
             .map_err(|_| InstanceError::NotReady(limit))?
     }
 
+    /// The cached instance for `req`, if there is one; never ensures (releasing what a session
+    /// held must not start a pod).
+    pub async fn cached(&self, req: &EnsureRequest) -> Option<Arc<Instance>> {
+        let key = format!("{}/{}/{}", req.namespace, req.target, req.isolation_key);
+        self.cell(&key).lock().await.clone()
+    }
+
     /// Drops a cached instance that stopped answering (a replaced pod, a new token), so the next
     /// call ensures it again. A newer entry for the same key is left alone.
     pub async fn forget(&self, req: &EnsureRequest, stale: &Arc<Instance>) {

@@ -62,6 +62,16 @@ pub fn set_logging_level(level: &str) -> Value {
     json!({ "op": "set_logging_level", "level": level })
 }
 
+/// Later requests of the run carry `Authorization: Bearer <token>` (streamable-http only): the
+/// same session, presented by a token with other claims.
+pub fn set_token(token: &str) -> Value {
+    json!({ "op": "set_token", "token": token })
+}
+
+pub fn sleep(seconds: f64) -> Value {
+    json!({ "op": "sleep", "seconds": seconds })
+}
+
 pub fn ping() -> Value {
     json!({ "op": "ping" })
 }

@@ -10,7 +10,7 @@ mod routing;
 
 pub use backoff::RestartBackoff;
 pub use env::{ChildEnv, EnvError};
-pub use pool::{Boundary, IsolationKey, SessionRelay, Start, StdioPool, StdioStats};
+pub use pool::{Boundary, IsolationKey, SessionRelay, SharedRelay, Start, StdioPool, StdioStats};
 pub use process::{ChildProcess, ChildSpec, Unrouted};
 
 use std::path::PathBuf;

@@ -141,9 +141,14 @@ struct Counts {
 /// id, the Target (`namespace/name`) and the message.
 pub type SessionRelay = Arc<dyn Fn(&str, Arc<str>, Inbound) + Send + Sync>;
 
+/// Offered what a shared child (served to many sessions) says outside any call: the child's
+/// label (unique per child), the Target and the message; returns what it did not take.
+pub type SharedRelay = Arc<dyn Fn(&str, Arc<str>, Inbound) -> Option<Inbound> + Send + Sync>;
+
 pub struct StdioPool {
     config: StdioConfig,
     session_relay: Arc<OnceLock<SessionRelay>>,
+    shared_relay: Arc<OnceLock<SharedRelay>>,
     home_root: PathBuf,
     slots: Mutex<HashMap<IsolationKey, Arc<Slot>>>,
     counts: Arc<Mutex<Counts>>,
@@ -169,6 +174,7 @@ impl StdioPool {
             home_root: config.home_root(),
             config,
             session_relay: Arc::default(),
+            shared_relay: Arc::default(),
             slots: Mutex::default(),
             counts: Arc::default(),
             stats: Arc::default(),
@@ -189,6 +195,11 @@ impl StdioPool {
     /// Where children of stateful Targets send what belongs to no call (set once).
     pub fn set_session_relay(&self, relay: SessionRelay) {
         let _ = self.session_relay.set(relay);
+    }
+
+    /// Where shared children send what belongs to no call (resource updates; set once).
+    pub fn set_shared_relay(&self, relay: SharedRelay) {
+        let _ = self.shared_relay.set(relay);
     }
 
     pub fn stats(&self) -> &StdioStats {
@@ -305,22 +316,31 @@ impl StdioPool {
         });
         let unrouted_stats = Arc::downgrade(&self.stats);
         let relay = self.session_relay.clone();
+        let shared = self.shared_relay.clone();
         // Only a stateful Target's child belongs to one session; a shared one's stray
-        // messages have no owner to go to.
+        // messages have no owner, unless the gateway knows who asked for them.
         let owner = key.session.clone();
         let from = key.target.clone();
+        let label = format!("{}#{instance}", key.target);
+        let child_label = label.clone();
         let unrouted: Unrouted = Arc::new(move |inbound: Inbound| {
             if let (Some(session), Some(relay)) = (&owner, relay.get()) {
                 relay(session, from.clone(), inbound);
                 return;
             }
+            let inbound = match (&owner, shared.get()) {
+                (None, Some(shared)) => match shared(&child_label, from.clone(), inbound) {
+                    Some(left) => left,
+                    None => return,
+                },
+                _ => inbound,
+            };
             if let Some(s) = unrouted_stats.upgrade() {
                 s.unrouted.fetch_add(1, Ordering::Relaxed);
             }
             debug!("message from a STDIO server dropped: no call or session to route it to");
             upcall::unroutable(inbound);
         });
-        let label = format!("{}#{instance}", key.target);
         let spec = ChildSpec {
             command: command.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),

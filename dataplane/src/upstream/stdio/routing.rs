@@ -109,6 +109,11 @@ fn route_unsolicited(
 }
 
 fn pick_route(map: &HashMap<u64, Waiting>, msg: &Map<String, Value>) -> Option<Sink> {
+    // Belongs to whoever subscribed to the URI, not to whichever call happens to be in flight:
+    // the gateway delivers it by its subscription table.
+    if msg.get("method").and_then(Value::as_str) == Some("notifications/resources/updated") {
+        return None;
+    }
     if msg.get("method").and_then(Value::as_str) == Some("notifications/progress")
         && let Some(token) = msg.get("params").and_then(|p| p.get("progressToken"))
     {
@@ -177,6 +182,10 @@ mod tests {
             .expect("routed")
             .deliver(Inbound::Streaming);
         assert!(rx_c.try_recv().is_ok() && rx_a.try_recv().is_err());
+        // A resource update goes to its subscribers, never to a call in flight.
+        let updated = msg(json!({"method": "notifications/resources/updated",
+            "params": {"uri": "file:///a"}}));
+        assert!(pick_route(&map, &updated).is_none());
         // An unknown token goes nowhere.
         let stray = msg(json!({"method": "notifications/progress",
             "params": {"progressToken": "other"}}));

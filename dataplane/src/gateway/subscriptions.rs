@@ -1,0 +1,304 @@
+//! Resource subscriptions on upstream sessions several gateway sessions share (STDIO children,
+//! instance pods): subscribers counted per (upstream, URI) so only the first subscribe and the
+//! last unsubscribe reach it.
+//!
+//! `notifications/resources/updated` from a shared child is delivered to the GET stream of every
+//! session subscribed to that URI on that child (through `to_get_stream`, so it crosses
+//! replicas), and to no one else. A child that restarts starts with no subscriptions; clients
+//! learn of it as for any upstream restart (nothing more arrives until they subscribe again).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tracing::{debug, warn};
+
+use super::Gateway;
+use super::forward::Caller;
+use super::relay::TARGET_META;
+use crate::upstream::stdio::{ChildProcess, IsolationKey};
+use crate::upstream::{CallHooks, Inbound, UpstreamError};
+
+pub(super) const SUBSCRIBE: &str = "resources/subscribe";
+pub(super) const UNSUBSCRIBE: &str = "resources/unsubscribe";
+const UPDATED: &str = "notifications/resources/updated";
+/// How long a release-time unsubscribe may take (no client waits for it).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A subscribe's place in the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Joined {
+    /// No session had this URI on this upstream: the upstream must be told.
+    First,
+    /// Already subscribed upstream (by this or another session): answered here.
+    Again,
+}
+
+/// An unsubscribe's place in the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// The last subscriber left: the upstream must be told.
+    Last,
+    /// Others still listen (or this session never subscribed): answered here.
+    Kept,
+}
+
+/// A shared upstream holding counted state (subscriptions, a log level), and how to reach it
+/// outside a request.
+#[derive(Clone)]
+pub(crate) enum Holder {
+    Child(Weak<ChildProcess>),
+    /// An instance pod of `target`, found again (in the cache only) by the isolation key of
+    /// `identity`, a session's that used it.
+    Instance {
+        target: Arc<str>,
+        identity: reflow_crds::Identity,
+    },
+}
+
+struct Upstream {
+    holder: Holder,
+    /// Who the upstream serves, to tell whether a session whose claims changed still belongs.
+    key: IsolationKey,
+    uris: HashMap<String, BTreeSet<String>>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Child label (or `instance:<name>`) → URI → subscribed sessions.
+    by_child: HashMap<String, Upstream>,
+    /// Session → (upstream, URI), to release a session that ends.
+    by_session: HashMap<String, HashSet<(String, String)>>,
+}
+
+/// Subscribers per (shared child, URI).
+#[derive(Default)]
+pub(crate) struct SharedSubscriptions(Mutex<Table>);
+
+impl SharedSubscriptions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn join(
+        &self,
+        (upstream, holder): (&str, impl FnOnce() -> Holder),
+        key: &IsolationKey,
+        uri: &str,
+        session: &str,
+    ) -> Joined {
+        let mut t = self.lock();
+        let entry = t
+            .by_child
+            .entry(upstream.to_owned())
+            .or_insert_with(|| Upstream {
+                holder: holder(),
+                key: key.clone(),
+                uris: HashMap::new(),
+            });
+        let subs = entry.uris.entry(uri.to_owned()).or_default();
+        let first = subs.is_empty();
+        subs.insert(session.to_owned());
+        t.by_session
+            .entry(session.to_owned())
+            .or_default()
+            .insert((upstream.to_owned(), uri.to_owned()));
+        if first { Joined::First } else { Joined::Again }
+    }
+
+    pub(crate) fn leave(&self, child: &str, uri: &str, session: &str) -> Left {
+        let mut t = self.lock();
+        if let Some(mine) = t.by_session.get_mut(session) {
+            mine.remove(&(child.to_owned(), uri.to_owned()));
+            if mine.is_empty() {
+                t.by_session.remove(session);
+            }
+        }
+        let Some(entry) = t.by_child.get_mut(child) else {
+            return Left::Kept;
+        };
+        let Some(subs) = entry.uris.get_mut(uri) else {
+            return Left::Kept;
+        };
+        if !subs.remove(session) {
+            return Left::Kept;
+        }
+        if !subs.is_empty() {
+            return Left::Kept;
+        }
+        entry.uris.remove(uri);
+        if entry.uris.is_empty() {
+            t.by_child.remove(child);
+        }
+        Left::Last
+    }
+
+    /// Sessions subscribed to `uri` on `child`.
+    pub(crate) fn subscribers(&self, child: &str, uri: &str) -> Vec<String> {
+        self.lock()
+            .by_child
+            .get(child)
+            .and_then(|e| e.uris.get(uri))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets `session`'s subscriptions on the upstreams `leaving` picks (by whom they serve);
+    /// returns the (upstream, URI) pairs it was the last subscriber of, which the upstreams
+    /// must be told about.
+    pub(crate) fn release(
+        &self,
+        session: &str,
+        leaving: impl Fn(&IsolationKey) -> bool,
+    ) -> Vec<(Holder, String)> {
+        let mine: Vec<(String, String, Holder)> = {
+            let t = self.lock();
+            t.by_session
+                .get(session)
+                .into_iter()
+                .flatten()
+                .filter_map(|(child, uri)| {
+                    let e = t.by_child.get(child)?;
+                    leaving(&e.key).then(|| (child.clone(), uri.clone(), e.holder.clone()))
+                })
+                .collect()
+        };
+        let mut last = Vec::new();
+        for (upstream, uri, holder) in mine {
+            if self.leave(&upstream, &uri, session) == Left::Last {
+                last.push((holder, uri));
+            }
+        }
+        last
+    }
+}
+
+pub(super) fn empty_result() -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("result".into(), json!({}));
+    m
+}
+
+impl Gateway {
+    /// `resources/subscribe`/`unsubscribe` on a STDIO child: counted per URI; the child hears
+    /// the first subscribe and the last unsubscribe only.
+    pub(super) async fn stdio_subscription(
+        &self,
+        caller: &Caller<'_>,
+        (child, key): (&Arc<ChildProcess>, &IsolationKey),
+        (method, params): (&str, Option<&Value>),
+        timeout: Duration,
+        hooks: &CallHooks,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let sid = caller.session_id;
+        let send = || child.request_with(method, params, timeout, hooks, Some(sid));
+        let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
+            // Dispatch refuses these before they get here; the child answers anything else.
+            return Ok(send().await?);
+        };
+        match method {
+            SUBSCRIBE => {
+                let holder = (child.label(), || Holder::Child(Arc::downgrade(child)));
+                if self.subscriptions.join(holder, key, uri, sid) == Joined::Again {
+                    return Ok(empty_result());
+                }
+                let out = send().await;
+                if !matches!(&out, Ok(reply) if reply.contains_key("result")) {
+                    // Not subscribed upstream after all: the next subscriber must try again.
+                    self.subscriptions.leave(child.label(), uri, sid);
+                }
+                Ok(out?)
+            }
+            UNSUBSCRIBE => match self.subscriptions.leave(child.label(), uri, sid) {
+                Left::Last => Ok(send().await?),
+                Left::Kept => Ok(empty_result()),
+            },
+            _ => Ok(send().await?),
+        }
+    }
+
+    /// Releases what a session held on the upstreams `leaving` picks (all of them when it ends):
+    /// the last subscriber of a URI unsubscribes it upstream (best effort).
+    pub(super) async fn release_subscriptions(
+        &self,
+        session_id: &str,
+        leaving: impl Fn(&IsolationKey) -> bool,
+    ) {
+        for (holder, uri) in self.subscriptions.release(session_id, leaving) {
+            let params = json!({"uri": uri});
+            let out = match holder {
+                Holder::Child(weak) => {
+                    let Some(child) = weak.upgrade() else {
+                        continue;
+                    };
+                    child
+                        .request(UNSUBSCRIBE, Some(&params), RELEASE_TIMEOUT)
+                        .await
+                        .map(drop)
+                        .map_err(UpstreamError::from)
+                }
+                Holder::Instance { target, identity } => {
+                    self.instance_request(&target, &identity, session_id, (UNSUBSCRIBE, &params))
+                        .await
+                }
+            };
+            match out {
+                Ok(()) => debug!(session = session_id, "released a subscription"),
+                Err(e) => {
+                    warn!(session = session_id, error = %e, label = e.label(), "unsubscribe at session end failed")
+                }
+            }
+        }
+    }
+
+    /// A shared child's message outside any call: a resource update goes to the GET stream of
+    /// each session subscribed to its URI there; anything else is handed back.
+    pub(super) fn relay_shared(
+        &self,
+        child: &str,
+        target: Arc<str>,
+        inbound: Inbound,
+    ) -> Option<Inbound> {
+        let Inbound::Notification(msg) = &inbound else {
+            return Some(inbound);
+        };
+        if msg.get("method").and_then(Value::as_str) != Some(UPDATED) {
+            return Some(inbound);
+        }
+        let Some(uri) = msg
+            .get("params")
+            .and_then(|p| p.get("uri"))
+            .and_then(Value::as_str)
+        else {
+            debug!(child, "resource update without a uri; dropped");
+            return None;
+        };
+        let subscribers = self.subscriptions.subscribers(child, uri);
+        if subscribers.is_empty() {
+            debug!(child, "resource update nobody subscribed to; dropped");
+        }
+        let mut note = msg.clone();
+        stamp_target(&mut note, &target);
+        for sid in subscribers {
+            self.to_get_stream(&sid, &self.hubs.get(&sid), &note);
+        }
+        None
+    }
+}
+
+/// Names the Target a relayed notification came from, as calls' notifications are named.
+fn stamp_target(msg: &mut Map<String, Value>, target: &str) {
+    let params = msg
+        .entry("params")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(params) = params else {
+        return;
+    };
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert(TARGET_META.into(), json!(target));
+    }
+}
