@@ -23,7 +23,8 @@ e2e:
 	$(CARGO) test -p reflow-e2e --no-fail-fast
 
 ## conformance: the official MCP conformance suite (Node 22, cached under target/e2e) against the
-## fixture directly and through the gateway's single-target endpoint, printed side by side
+## fixture directly and through the gateway's single-target endpoint, printed side by side: 0.1.16
+## (every server scenario, stateful eras), then 0.2.0-alpha.12 --requirements 2026-07-28 (stateless)
 conformance:
 	$(CARGO) build -q -p reflow-dataplane -p reflow-e2e --bins
 	$(CARGO) run -q -p reflow-e2e --bin reflow-conformance
