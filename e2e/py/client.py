@@ -194,7 +194,13 @@ def client_callbacks(args, report, inbox):
 
     async def on_elicitation(context, params):
         report["client_requests"].append({"method": "elicitation/create", "params": dump(params)})
-        return types.ElicitResult(action="accept", content={"username": "py-user", "email": "py@example.com"})
+        content = {"username": "py-user", "email": "py@example.com"}
+        # Every field the form asks for gets a value of its type (strings name the user).
+        schema = dump(params).get("requestedSchema") or {}
+        for name, prop in (schema.get("properties") or {}).items():
+            kind = prop.get("type") if isinstance(prop, dict) else None
+            content.setdefault(name, {"boolean": True, "integer": 1, "number": 1}.get(kind, "py-user"))
+        return types.ElicitResult(action="accept", content=content)
 
     callbacks["sampling_callback"] = on_sampling
     callbacks["elicitation_callback"] = on_elicitation
