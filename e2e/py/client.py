@@ -149,6 +149,22 @@ async def run_action(client, action, inbox, http):
                 raise ValueError("set_token needs the streamable-http transport")
             http.headers["Authorization"] = f"Bearer {action['token']}"
             result = {}
+        elif op == "listen":
+            # 2026-07-28: a subscriptions/listen stream; the first `events` change events it yields.
+            wanted = int(action.get("events", 1))
+            events = []
+            async with asyncio.timeout(float(action.get("timeout", 10))):
+                async with client.listen(
+                    tools_list_changed=bool(action.get("tools")),
+                    prompts_list_changed=bool(action.get("prompts")),
+                    resources_list_changed=bool(action.get("resources")),
+                    resource_subscriptions=action.get("uris", []),
+                ) as sub:
+                    async for event in sub:
+                        events.append(type(event).__name__)
+                        if len(events) >= wanted:
+                            break
+            result = {"events": events}
         elif op == "sleep":
             await asyncio.sleep(float(action["seconds"]))
             result = {}

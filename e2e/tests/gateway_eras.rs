@@ -366,3 +366,164 @@ fn the_stateless_envelope_is_checked_at_the_gateway() {
         assert_eq!(resp.status().as_u16(), 401);
     });
 }
+
+#[test]
+fn python_sdk_in_2026_mode_hears_list_changed_on_its_listen_stream_after_a_policy_edit() {
+    use reflow_e2e::harness::gateway::target_yaml;
+    use std::time::{Duration, Instant};
+
+    let fx = fixture("both");
+    let allow = |name: &str, tools: &[&str]| {
+        PolicyDoc::allow(name, "up")
+            .group("developers")
+            .rule("tool", tools)
+    };
+    let gw = TestGateway::builder()
+        .target("up", &fx.mcp_url())
+        .policy(allow("dev", &["test_simple_text"]))
+        .start()
+        .expect("gateway starts");
+    let client = PyClient::streamable_http(gw.mcp_url())
+        .mode("2026-07-28")
+        .token(gw.token("alice", &["developers"], &[]))
+        .actions([
+            py_ops::list_tools(),
+            py_ops::listen(true, &[], 1, 30.0),
+            py_ops::list_tools(),
+        ]);
+    let run = std::thread::spawn(move || client.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.gateway().live_get_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SDK never opened its listen stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gw.replace_manifests(&[
+        target_yaml("up", "streamableHttp", &fx.mcp_url()),
+        allow("dev", &["test_simple_text", "test_image_content"]).to_yaml(),
+    ])
+    .expect("manifests replaced");
+    let report = run
+        .join()
+        .expect("client thread")
+        .expect("python client runs");
+    assert_eq!(
+        names(ok_result(&report, 0), "tools"),
+        ["up_test_simple_text"]
+    );
+    assert_eq!(
+        ok_result(&report, 1)["events"],
+        json!(["ToolsListChanged"]),
+        "{report:#}"
+    );
+    let after = names(ok_result(&report, 2), "tools");
+    assert!(
+        after.contains(&"up_test_image_content".to_owned()),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn closing_a_stateless_response_stream_cancels_the_call() {
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    let fx = fixture("both");
+    let gw = gateway(&fx);
+    let url = gw.target_url("up");
+    let token = gw.token("alice", &[], &[]);
+    let http = http_client().expect("http client");
+    gw.block_on(async {
+        let mut params =
+            json!({"name": "slow", "arguments": {"ms": 20000}, "_meta": meta(json!({}))});
+        params["_meta"]["progressToken"] = json!("p1");
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+        let resp = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "slow")
+            .json(&body)
+            .send()
+            .await
+            .expect("gateway answers");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap_or("")
+                .starts_with("text/event-stream")
+        );
+        let mut stream = resp.bytes_stream();
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a progress event in time")
+            .expect("a chunk")
+            .expect("readable");
+        let text = String::from_utf8_lossy(&first);
+        assert!(
+            text.contains("notifications/progress") && text.contains("\"p1\""),
+            "{text}"
+        );
+        drop(stream);
+    });
+    let cancelled = gw.wait_for_audit(Duration::from_secs(10), |e| {
+        e.method == "tools/call" && e.name.as_deref() == Some("slow")
+    });
+    let event = cancelled.expect("the call was audited once it ended");
+    assert_eq!(event.outcome, "cancelled", "{event:?}");
+}
+
+#[test]
+fn a_listen_stream_carries_resource_updates_from_a_stateless_upstream() {
+    use std::time::{Duration, Instant};
+
+    let fx = fixture("both");
+    let gw = gateway(&fx);
+    let client = PyClient::streamable_http(gw.target_url("up"))
+        .mode("2026-07-28")
+        .token(gw.token("alice", &[], &[]))
+        .actions([py_ops::listen(false, &["test://watched-resource"], 1, 30.0)]);
+    let run = std::thread::spawn(move || client.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.gateway().live_get_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SDK never opened its listen stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another caller changes the resource (again, until the subscriber has heard it: the
+    // gateway's own upstream subscription is opened in the background).
+    let url = gw.target_url("up");
+    let token = gw.token("bob", &[], &[]);
+    let http = http_client().expect("http client");
+    for i in 0..40 {
+        if run.is_finished() {
+            break;
+        }
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
+            "name": "test_trigger_resource_update", "arguments": {}, "_meta": meta(json!({}))}});
+        let headers = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "test_trigger_resource_update"),
+        ];
+        let (status, r) = gw.block_on(post(&http, &url, &token, body, &headers));
+        assert_eq!(status, 200, "{r:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let report = run
+        .join()
+        .expect("client thread")
+        .expect("python client runs");
+    assert_eq!(
+        ok_result(&report, 0)["events"],
+        json!(["ResourceUpdated"]),
+        "{report:#}"
+    );
+}

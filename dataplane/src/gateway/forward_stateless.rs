@@ -1,7 +1,10 @@
 //! Calls to an upstream of the stateless 2026-07-28 revision: the request `_meta` it needs,
 //! cached list answers (`ttlMs`, `cacheScope`), and `input_required` results translated into
-//! server-to-client requests for clients that have a handshake (and so no `inputResponses`).
+//! server-to-client requests for clients that have a handshake (and so no `inputResponses`);
+//! `resources/subscribe` becomes a listen stream for the URI.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -14,8 +17,13 @@ use super::forward::Caller;
 use crate::era;
 use crate::jsonrpc;
 use crate::upstream::{
-    CallHooks, Inbound, InitParams, InjectedHeaders, Link, Responder, UpstreamError,
+    CallHooks, Deliver, Inbound, InitParams, InjectedHeaders, Link, Listener, Responder,
+    UpstreamError,
 };
+
+/// Listen streams standing in for `resources/subscribe` on stateless upstreams, by
+/// (session, target, URI); dropping one ends its stream.
+pub(crate) type ListenSubscriptions = Mutex<HashMap<(String, String, String), Listener>>;
 
 /// Rounds of input one request may ask of a client before the gateway gives up on it.
 const MAX_ROUNDS: usize = 8;
@@ -34,6 +42,9 @@ impl Gateway {
         caller: &Caller<'_>,
         hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
+        if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
+            return Ok(self.listen_subscription(target, headers, link, caller, method, params));
+        }
         let mut params = era::with_request_meta(params, &init.capabilities);
         let owner = caller.identity.fingerprint();
         if let Some(hit) = self
@@ -83,6 +94,75 @@ impl Gateway {
         Err(UpstreamError::Protocol(
             "the upstream kept asking for input".into(),
         ))
+    }
+
+    /// `resources/subscribe` and `unsubscribe` for an upstream that has neither (the stateless
+    /// revision): a `subscriptions/listen` stream for the URI, held for the session until it
+    /// unsubscribes or ends; its updates reach the session like any other upstream notification.
+    fn listen_subscription(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        link: &Link,
+        caller: &Caller<'_>,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Map<String, Value> {
+        let mut out = Map::new();
+        let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
+            out.insert(
+                "error".into(),
+                json!({"code": jsonrpc::INVALID_PARAMS, "message": "params.uri is required"}),
+            );
+            return out;
+        };
+        let key = (
+            caller.session_id.to_owned(),
+            caller.target_key.to_string(),
+            uri.to_owned(),
+        );
+        if method == "resources/unsubscribe" {
+            self.listen_subs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        } else {
+            let weak = self.me.clone();
+            let session = caller.session_id.to_owned();
+            let from = caller.target_key.clone();
+            let deliver: Deliver = Arc::new(move |inbound| match weak.upgrade() {
+                Some(gw) => gw.relay_to_session(&session, from.clone(), inbound),
+                None => crate::upstream::unroutable(inbound),
+            });
+            match self
+                .upstream
+                .listen_resources(target, headers, link.state(), &[uri], deliver)
+            {
+                Some(listener) => {
+                    self.listen_subs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, listener);
+                }
+                None => {
+                    out.insert(
+                        "error".into(),
+                        json!({"code": jsonrpc::INTERNAL_ERROR, "message": "the upstream offers no subscription"}),
+                    );
+                    return out;
+                }
+            }
+        }
+        out.insert("result".into(), json!({}));
+        out
+    }
+
+    /// Ends the listen streams a session held for its subscriptions.
+    pub(super) fn drop_listen_subscriptions(&self, session: &str) {
+        self.listen_subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, _, _), _| s != session);
     }
 
     /// Asks the client every input request (as server-to-client requests on its stream, with the

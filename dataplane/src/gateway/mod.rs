@@ -173,6 +173,8 @@ pub struct Gateway {
     parking: mrtr::Parking,
     /// Answers of stateless upstreams that their `ttlMs`/`cacheScope` let the gateway reuse.
     list_cache: list_cache::ListCache,
+    /// Resource subscriptions held on stateless upstreams as listen streams.
+    listen_subs: forward_stateless::ListenSubscriptions,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
     bus: std::sync::OnceLock<cross_replica::BusLink>,
     /// Subscribers per resource on shared STDIO children.
@@ -221,6 +223,7 @@ impl Gateway {
                 upcalls: upcalls::Upcalls::new(answer_timeout),
                 parking: mrtr::Parking::default(),
                 list_cache: list_cache::ListCache::default(),
+                listen_subs: Default::default(),
                 bus: std::sync::OnceLock::new(),
                 subscriptions: Default::default(),
                 child_levels: Default::default(),
@@ -278,6 +281,7 @@ impl Gateway {
     pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
         self.hubs.remove(session_id);
         self.upcalls.drop_session(session_id);
+        self.drop_listen_subscriptions(session_id);
         let rt = tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.runtime.clone());

@@ -24,6 +24,8 @@ use crate::metrics::method_label;
 use crate::session::Session;
 use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
 
+/// How long a cancelled request may take to wind down before it is dropped.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Upcalls queued per request (as for stateful clients).
 const SINK_CAPACITY: usize = 256;
 
@@ -278,9 +280,17 @@ impl Call {
                     return;
                 }
                 () = out.closed() => {
-                    // The client closed its response stream: that cancels the request.
+                    // The client closed its response stream: that cancels the request. The
+                    // dispatch ends promptly (its upstream call is cancelled) and is audited.
                     self.cancel.cancel();
-                    work.abort();
+                    let outcome = match tokio::time::timeout(CANCEL_GRACE, &mut work).await {
+                        Ok(Ok((_, target, outcome))) => (target, outcome),
+                        _ => {
+                            work.abort();
+                            (None, "cancelled")
+                        }
+                    };
+                    self.gw.count(label, outcome.0, outcome.1, started);
                     return;
                 }
             }

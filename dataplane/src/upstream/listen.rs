@@ -46,10 +46,43 @@ impl UpstreamClient {
         if state.session_id.is_none() && !super::stateless::is_stateless(state) {
             return None;
         }
+        let filter = json!({
+            "toolsListChanged": true,
+            "promptsListChanged": true,
+            "resourcesListChanged": true,
+        });
+        self.spawn_listener(target, headers, state, filter, deliver)
+    }
+
+    /// A `subscriptions/listen` stream of a stateless upstream for updates of `uris` (what
+    /// `resources/subscribe` is in the older revisions); `None` for any other upstream.
+    pub fn listen_resources(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        uris: &[&str],
+        deliver: Deliver,
+    ) -> Option<Listener> {
+        if !super::stateless::is_stateless(state) {
+            return None;
+        }
+        let filter = json!({"resourceSubscriptions": uris});
+        self.spawn_listener(target, headers, state, filter, deliver)
+    }
+
+    fn spawn_listener(
+        &self,
+        target: &CompiledTarget,
+        headers: &InjectedHeaders,
+        state: &UpstreamState,
+        filter: Value,
+        deliver: Deliver,
+    ) -> Option<Listener> {
         let url = self.parsed(url_of(target).ok()?).ok()?;
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (http, headers, state) = (self.http.clone(), headers.clone(), state.clone());
-        let task = rt.spawn(async move { run(http, url, headers, state, deliver).await });
+        let task = rt.spawn(async move { run(http, url, headers, state, filter, deliver).await });
         Some(Listener(task.abort_handle()))
     }
 }
@@ -59,6 +92,7 @@ async fn run(
     url: Url,
     headers: InjectedHeaders,
     state: UpstreamState,
+    filter: Value,
     deliver: Deliver,
 ) {
     let mut req = if super::stateless::is_stateless(&state) {
@@ -66,14 +100,7 @@ async fn run(
             "jsonrpc": "2.0",
             "id": "reflow-listen",
             "method": "subscriptions/listen",
-            "params": crate::era::with_request_meta(
-                Some(&json!({"notifications": {
-                    "toolsListChanged": true,
-                    "promptsListChanged": true,
-                    "resourcesListChanged": true,
-                }})),
-                &json!({}),
-            ),
+            "params": crate::era::with_request_meta(Some(&json!({"notifications": filter})), &json!({})),
         });
         let req = super::post_builder(&http, &url, &headers, &state, body.to_string().into_bytes());
         super::stateless::mirror_headers(req, "subscriptions/listen", None)

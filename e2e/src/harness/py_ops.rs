@@ -68,6 +68,11 @@ pub fn set_token(token: &str) -> Value {
     json!({ "op": "set_token", "token": token })
 }
 
+/// `subscriptions/listen` (2026-07-28 mode): waits for `events` change events of the kinds asked.
+pub fn listen(tools: bool, uris: &[&str], events: usize, timeout_s: f64) -> Value {
+    json!({"op": "listen", "tools": tools, "uris": uris, "events": events, "timeout": timeout_s})
+}
+
 pub fn sleep(seconds: f64) -> Value {
     json!({ "op": "sleep", "seconds": seconds })
 }
