@@ -527,3 +527,25 @@ fn a_listen_stream_carries_resource_updates_from_a_stateless_upstream() {
         "{report:#}"
     );
 }
+
+#[test]
+fn a_resource_read_on_the_aggregated_endpoint_needs_no_prior_list() {
+    let fx = fixture("both");
+    let gw = gateway(&fx);
+    for mode in ["2026-07-28", "legacy"] {
+        let report = PyClient::streamable_http(gw.mcp_url())
+            .mode(mode)
+            .token(gw.token("alice", &[], &[]))
+            .actions([
+                py_ops::read_resource("test://static-text"),
+                py_ops::read_resource("test://no-such-resource"),
+            ])
+            .run()
+            .expect("python client runs");
+        let read = ok_result(&report, 0);
+        assert!(read["contents"][0]["text"].is_string(), "{mode}: {read:#}");
+        let code = &report["results"][1]["error"]["code"];
+        let expected = if mode == "legacy" { -32002 } else { -32602 };
+        assert_eq!(code, &json!(expected), "{mode}: {report:#}");
+    }
+}

@@ -113,17 +113,22 @@ impl Ctx {
 
     /// The target serving a resource URI: the session map, or the only target of a scoped session.
     fn route_uri(&self, uri: &str) -> Option<Arc<CompiledTarget>> {
-        match &self.session.scope {
-            Scope::Aggregated => {
-                let key = match self.session.resources.get(uri) {
-                    Some(key) => key,
-                    None => template_route(&self.session.resources, uri)?,
-                };
-                let (ns, name) = key.split_once('/')?;
-                self.snapshot.target(ns, name).cloned()
-            }
-            Scope::Target { namespace, name } => self.snapshot.target(namespace, name).cloned(),
+        uri_route(&self.snapshot, &self.session, uri)
+    }
+}
+
+/// The target serving `uri` for `session` (see `Ctx::route_uri`).
+fn uri_route(snapshot: &Snapshot, session: &Session, uri: &str) -> Option<Arc<CompiledTarget>> {
+    match &session.scope {
+        Scope::Aggregated => {
+            let key = match session.resources.get(uri) {
+                Some(key) => key,
+                None => template_route(&session.resources, uri)?,
+            };
+            let (ns, name) = key.split_once('/')?;
+            snapshot.target(ns, name).cloned()
         }
+        Scope::Target { namespace, name } => snapshot.target(namespace, name).cloned(),
     }
 }
 
@@ -486,7 +491,12 @@ impl Gateway {
             e["error"]["data"] = json!({"uri": uri});
             e
         };
-        let Some(target) = ctx.route_uri(&uri) else {
+        let routed = match ctx.route_uri(&uri) {
+            Some(t) => Some(t),
+            None if ctx.aggregated() => self.discover_uri_route(ctx, &uri).await,
+            None => None,
+        };
+        let Some(target) = routed else {
             self.audit_decision(
                 ctx,
                 &req.method,
@@ -505,6 +515,23 @@ impl Gateway {
             return (not_found(&req.id), Some(key), "denied");
         }
         self.relay(ctx, req, &target, key, &uri, &decision).await
+    }
+
+    /// A URI no list has shown this session yet (a client that kept it from earlier, or a
+    /// stateless one that never listed here): the permitted Targets' resources and templates are
+    /// listed on the caller's behalf, audited like the caller's own lists, and the URI routed
+    /// again. A URI still unknown after that is not found.
+    async fn discover_uri_route(&self, ctx: &Ctx, uri: &str) -> Option<Arc<CompiledTarget>> {
+        for kind in [&RESOURCES, &TEMPLATES] {
+            let req = Request {
+                id: json!("reflow-route-discovery"),
+                method: kind.method.to_owned(),
+                object: Map::new(),
+            };
+            let _ = self.list(ctx, &req, kind).await;
+        }
+        let session = self.sessions.get(&ctx.session.id).await.ok()??;
+        uri_route(&ctx.snapshot, &session, uri)
     }
 
     /// completion/complete: `ref/prompt` by name (renamed), `ref/resource` by URI template.
