@@ -149,6 +149,15 @@ async def run_action(client, action, inbox, http):
                 raise ValueError("set_token needs the streamable-http transport")
             http.headers["Authorization"] = f"Bearer {action['token']}"
             result = {}
+        elif op == "call_tool_cancelled":
+            # The caller gives up after `after` seconds: the SDK cancels the request (a
+            # `notifications/cancelled`, or on 2026-07-28 closing the response stream).
+            try:
+                async with asyncio.timeout(float(action["after"])):
+                    await client.call_tool(action["name"], action.get("arguments"))
+                result = {"cancelled": False}
+            except TimeoutError:
+                result = {"cancelled": True}
         elif op == "listen":
             # 2026-07-28: a subscriptions/listen stream; the first `events` change events it yields.
             wanted = int(action.get("events", 1))

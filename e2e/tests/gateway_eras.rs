@@ -549,3 +549,38 @@ fn a_resource_read_on_the_aggregated_endpoint_needs_no_prior_list() {
         assert_eq!(code, &json!(expected), "{mode}: {report:#}");
     }
 }
+
+#[test]
+fn python_sdk_cancellation_reaches_the_gateway_in_both_modes() {
+    use std::time::Duration;
+
+    let fx = fixture("both");
+    let gw = gateway(&fx);
+    for (mode, user) in [("legacy", "leg"), ("2026-07-28", "mod")] {
+        let report = PyClient::streamable_http(gw.target_url("up"))
+            .mode(mode)
+            .token(gw.token(user, &[], &[]))
+            .actions([
+                py_ops::call_tool_cancelled("slow", json!({"ms": 20000}), 1.0),
+                // The session (or the stateless client) goes on working after a cancellation.
+                py_ops::call_tool("test_simple_text", json!({})),
+            ])
+            .run()
+            .expect("python client runs");
+        assert_eq!(
+            ok_result(&report, 0)["cancelled"],
+            true,
+            "{mode}: {report:#}"
+        );
+        assert!(
+            !first_text(ok_result(&report, 1)).is_empty(),
+            "{mode}: {report:#}"
+        );
+        let event = gw
+            .wait_for_audit(Duration::from_secs(15), |e| {
+                e.user == user && e.method == "tools/call" && e.name.as_deref() == Some("slow")
+            })
+            .expect("the cancelled call was audited");
+        assert_eq!(event.outcome, "cancelled", "{mode}: {event:?}");
+    }
+}

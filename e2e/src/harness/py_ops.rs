@@ -68,6 +68,11 @@ pub fn set_token(token: &str) -> Value {
     json!({ "op": "set_token", "token": token })
 }
 
+/// Calls `name` and gives up after `after_s` seconds (the SDK cancels the request).
+pub fn call_tool_cancelled(name: &str, arguments: Value, after_s: f64) -> Value {
+    json!({"op": "call_tool_cancelled", "name": name, "arguments": arguments, "after": after_s})
+}
+
 /// `subscriptions/listen` (2026-07-28 mode): waits for `events` change events of the kinds asked.
 pub fn listen(tools: bool, uris: &[&str], events: usize, timeout_s: f64) -> Value {
     json!({"op": "listen", "tools": tools, "uris": uris, "events": events, "timeout": timeout_s})
