@@ -27,6 +27,18 @@ pub const MISSING_CAPABILITY: i64 = -32021;
 /// A revision the server does not serve; `data` lists the supported ones.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 
+/// The methods whose results carry `ttlMs` and `cacheScope` (`CacheableResult`).
+pub fn is_cacheable(method: &str) -> bool {
+    matches!(
+        method,
+        "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    )
+}
+
 /// The methods whose results may be `input_required` (multi round-trip requests).
 pub fn allows_input_required(method: &str) -> bool {
     matches!(method, "tools/call" | "prompts/get" | "resources/read")

@@ -85,6 +85,18 @@ impl Ctx {
             .collect()
     }
 
+    /// The targets some rule could open to the caller, with their keys (the others are never
+    /// contacted on the caller's behalf).
+    fn open_targets(&self) -> (Vec<Arc<CompiledTarget>>, Vec<Arc<str>>) {
+        let targets: Vec<_> = self
+            .targets()
+            .into_iter()
+            .filter(|t| t.policy.view(&self.identity).may_allow_anything())
+            .collect();
+        let keys = targets.iter().map(|t| key_of(t)).collect();
+        (targets, keys)
+    }
+
     /// The policy decision for one item, narrowed by the token scope: a target outside the
     /// scope is denied whatever the policies say.
     fn decide(&self, target: &CompiledTarget, kind: ItemKind, name: &str) -> Decision {
@@ -304,12 +316,7 @@ impl Gateway {
                 "invalid_params",
             );
         }
-        let targets: Vec<_> = ctx
-            .targets()
-            .into_iter()
-            .filter(|t| t.policy.view(&ctx.identity).may_allow_anything())
-            .collect();
-        let keys: Vec<Arc<str>> = targets.iter().map(|t| key_of(t)).collect();
+        let (targets, keys) = ctx.open_targets();
         let pages = join_all(
             targets
                 .iter()
@@ -588,12 +595,7 @@ impl Gateway {
     /// Connects the session to every HTTP upstream the caller may use (bounded by the Targets'
     /// own timeouts), so their change notifications reach it from the start.
     pub(crate) async fn warm_links(&self, ctx: &Ctx) {
-        let targets: Vec<_> = ctx
-            .targets()
-            .into_iter()
-            .filter(|t| t.policy.view(&ctx.identity).may_allow_anything())
-            .collect();
-        let keys: Vec<Arc<str>> = targets.iter().map(|t| key_of(t)).collect();
+        let (targets, keys) = ctx.open_targets();
         let warmed = join_all(
             targets
                 .iter()

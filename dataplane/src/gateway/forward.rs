@@ -399,16 +399,21 @@ impl Gateway {
         if link.transport() != Some(Transport::StreamableHttp) {
             return;
         }
-        let weak = self.me.clone();
-        let session = caller.session_id.to_owned();
-        let from = caller.target_key.clone();
-        let deliver: Deliver = Arc::new(move |inbound| match weak.upgrade() {
-            Some(gw) => gw.relay_to_session(&session, from.clone(), inbound),
-            None => crate::upstream::unroutable(inbound),
-        });
+        let deliver = self.to_session(caller);
         if let Some(listener) = self.upstream.listen(target, headers, link.state(), deliver) {
             link.attach(listener);
         }
+    }
+
+    /// Where what an upstream says outside any call goes: the caller's session (its GET stream).
+    pub(super) fn to_session(&self, caller: &Caller<'_>) -> Deliver {
+        let weak = self.me.clone();
+        let session = caller.session_id.to_owned();
+        let from = caller.target_key.clone();
+        Arc::new(move |inbound| match weak.upgrade() {
+            Some(gw) => gw.relay_to_session(&session, from.clone(), inbound),
+            None => crate::upstream::unroutable(inbound),
+        })
     }
 
     /// Records upstream state in the session record (so another replica could resume it); a

@@ -4,7 +4,7 @@
 //! `resources/subscribe` becomes a listen stream for the URI.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -17,8 +17,7 @@ use super::forward::Caller;
 use crate::era;
 use crate::jsonrpc;
 use crate::upstream::{
-    CallHooks, Deliver, Inbound, InitParams, InjectedHeaders, Link, Listener, Responder,
-    UpstreamError,
+    CallHooks, Inbound, InitParams, InjectedHeaders, Link, Listener, Responder, UpstreamError,
 };
 
 /// Listen streams standing in for `resources/subscribe` on stateless upstreams, by
@@ -127,13 +126,7 @@ impl Gateway {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
         } else {
-            let weak = self.me.clone();
-            let session = caller.session_id.to_owned();
-            let from = caller.target_key.clone();
-            let deliver: Deliver = Arc::new(move |inbound| match weak.upgrade() {
-                Some(gw) => gw.relay_to_session(&session, from.clone(), inbound),
-                None => crate::upstream::unroutable(inbound),
-            });
+            let deliver = self.to_session(caller);
             match self
                 .upstream
                 .listen_resources(target, headers, link.state(), &[uri], deliver)

@@ -29,17 +29,6 @@ type Entries = HashMap<Key, (Instant, Map<String, Value>)>;
 #[derive(Default)]
 pub(crate) struct ListCache(Mutex<Entries>);
 
-fn cacheable(method: &str) -> bool {
-    matches!(
-        method,
-        "tools/list"
-            | "prompts/list"
-            | "resources/list"
-            | "resources/templates/list"
-            | "resources/read"
-    )
-}
-
 fn request_digest(method: &str, params: &Value) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(method.as_bytes());
@@ -70,7 +59,7 @@ impl ListCache {
         params: &Value,
         owner: &Fingerprint,
     ) -> Option<Map<String, Value>> {
-        if !cacheable(method) {
+        if !crate::era::is_cacheable(method) {
             return None;
         }
         let request = request_digest(method, params);
@@ -104,7 +93,7 @@ impl ListCache {
         owner: &Fingerprint,
         reply: &Map<String, Value>,
     ) {
-        if !cacheable(method) {
+        if !crate::era::is_cacheable(method) {
             return;
         }
         let Some(result) = reply.get("result") else {

@@ -99,23 +99,7 @@ impl Relay {
     }
 
     fn rewrite_notification(&self, msg: &mut Map<String, Value>, target: &str) {
-        let params = msg
-            .entry("params")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(params) = params else {
-            return;
-        };
-        if let Some(p) = &self.progress
-            && params.get("progressToken") == Some(&p.minted)
-        {
-            params.insert("progressToken".into(), p.original.clone());
-        }
-        let meta = params
-            .entry("_meta")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(meta) = meta {
-            meta.insert(TARGET_META.into(), json!(target));
-        }
+        rewrite_notification(msg, self.progress.as_ref(), target);
     }
 
     fn request(&self, mut msg: Map<String, Value>, responder: Responder, stream: u64) {
@@ -167,6 +151,32 @@ impl Relay {
         if let Ok(text) = serde_json::to_string(msg) {
             self.hub.publish(stream, text);
         }
+    }
+}
+
+/// An upstream notification as the client sees it: its own progress token back, and the Target
+/// it came from named in `_meta`.
+pub(super) fn rewrite_notification(
+    msg: &mut Map<String, Value>,
+    progress: Option<&Progress>,
+    target: &str,
+) {
+    let params = msg
+        .entry("params")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(params) = params else {
+        return;
+    };
+    if let Some(p) = progress
+        && params.get("progressToken") == Some(&p.minted)
+    {
+        params.insert("progressToken".into(), p.original.clone());
+    }
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert(TARGET_META.into(), json!(target));
     }
 }
 

@@ -17,9 +17,10 @@ use tracing::{Instrument, debug};
 use super::Gateway;
 use super::dispatch::{Ctx, Reply};
 use super::mrtr::{self, Held, Parked, StateError};
-use super::relay::{Progress, TARGET_META, capability_for, mint_progress};
+use super::relay::{Progress, capability_for, mint_progress, rewrite_notification};
 use crate::era;
 use crate::jsonrpc::{self, Request};
+use crate::log_level::LogLevel;
 use crate::metrics::method_label;
 use crate::session::Session;
 use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
@@ -37,22 +38,6 @@ enum Out {
     Final(Value),
 }
 
-/// RFC 5424 order of `logging` levels, least severe first.
-const LEVELS: [&str; 8] = [
-    "debug",
-    "info",
-    "notice",
-    "warning",
-    "error",
-    "critical",
-    "alert",
-    "emergency",
-];
-
-fn severity(level: &str) -> Option<usize> {
-    LEVELS.iter().position(|l| *l == level)
-}
-
 /// What stays the same for a request across its rounds.
 struct Call {
     gw: Arc<Gateway>,
@@ -62,7 +47,7 @@ struct Call {
     method: String,
     name: String,
     /// The client's `_meta` log level: without one, no log message reaches it.
-    log_level: Option<usize>,
+    log_level: Option<LogLevel>,
     progress: Option<Progress>,
     cancel: Cancel,
 }
@@ -90,7 +75,7 @@ impl Gateway {
                 ))
             })
             .and_then(Value::as_str)
-            .and_then(severity);
+            .and_then(|l| l.parse::<LogLevel>().ok());
         let state = take_str(&mut req, "requestState");
         let mut resume = None;
         if let Some(state) = state {
@@ -329,9 +314,9 @@ impl Call {
                 .get("params")
                 .and_then(|p| p.get("level"))
                 .and_then(Value::as_str)
-                .and_then(severity)
-                .unwrap_or(0);
-            if level < wanted {
+                .and_then(|l| l.parse::<LogLevel>().ok())
+                .unwrap_or(LogLevel::Debug);
+            if !wanted.admits(level) {
                 return None;
             }
         } else if method != "notifications/progress" {
@@ -339,18 +324,7 @@ impl Call {
             // notifications go to `subscriptions/listen`.
             return None;
         }
-        let params = msg.entry("params").or_insert_with(|| json!({}));
-        if let Value::Object(params) = params {
-            if let Some(p) = &self.progress
-                && params.get("progressToken") == Some(&p.minted)
-            {
-                params.insert("progressToken".into(), p.original.clone());
-            }
-            let meta = params.entry("_meta").or_insert_with(|| json!({}));
-            if let Value::Object(meta) = meta {
-                meta.insert(TARGET_META.into(), json!(target));
-            }
-        }
+        rewrite_notification(&mut msg, self.progress.as_ref(), target);
         Some(msg)
     }
 
@@ -486,7 +460,7 @@ impl Call {
                 );
                 result.insert("requestState".into(), json!(sealed));
             }
-        } else if is_cacheable(&self.method) {
+        } else if era::is_cacheable(&self.method) {
             // Lists are filtered by the caller's policies, so never shareable across callers.
             result.insert("cacheScope".into(), json!("private"));
             result.entry("ttlMs").or_insert(json!(0));
@@ -506,17 +480,6 @@ fn status_of(reply: &Value) -> StatusCode {
         Some(jsonrpc::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     }
-}
-
-fn is_cacheable(method: &str) -> bool {
-    matches!(
-        method,
-        "tools/list"
-            | "prompts/list"
-            | "resources/list"
-            | "resources/templates/list"
-            | "resources/read"
-    )
 }
 
 fn take_str(req: &mut Request, field: &str) -> Option<String> {
