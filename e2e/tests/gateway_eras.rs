@@ -584,3 +584,58 @@ fn python_sdk_cancellation_reaches_the_gateway_in_both_modes() {
         assert_eq!(event.outcome, "cancelled", "{mode}: {event:?}");
     }
 }
+
+#[test]
+fn an_upstream_listen_stream_that_ends_is_reopened() {
+    use std::time::{Duration, Instant};
+
+    let first = fixture("both");
+    let addr = first.addr().to_string();
+    let gw = gateway(&first);
+    let client = PyClient::streamable_http(gw.target_url("up"))
+        .mode("2026-07-28")
+        .token(gw.token("alice", &[], &[]))
+        .actions([py_ops::listen(true, &[], 1, 40.0)]);
+    let run = std::thread::spawn(move || client.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.gateway().live_get_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SDK never opened its listen stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The upstream goes away (its listen stream with it) and comes back on the same address.
+    drop(first);
+    let _second = FixtureProcess::spawn_with(
+        &fixture_bin!(),
+        ["--conformance", "--era", "both", "--listen", addr.as_str()],
+    )
+    .expect("fixture restarts");
+    let url = gw.target_url("up");
+    let token = gw.token("bob", &[], &[]);
+    let http = http_client().expect("http client");
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "test_trigger_tool_change"),
+    ];
+    for i in 0..60 {
+        if run.is_finished() {
+            break;
+        }
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
+            "name": "test_trigger_tool_change", "arguments": {}, "_meta": meta(json!({}))}});
+        let _ = gw.block_on(post(&http, &url, &token, body, &headers));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let report = run
+        .join()
+        .expect("client thread")
+        .expect("python client runs");
+    assert_eq!(
+        ok_result(&report, 0)["events"],
+        json!(["ToolsListChanged"]),
+        "{report:#}"
+    );
+}

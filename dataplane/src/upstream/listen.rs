@@ -3,6 +3,7 @@
 //! A stateless (2026-07-28) upstream has no GET stream: its `subscriptions/listen` stream stands in.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use http::HeaderValue;
@@ -87,6 +88,15 @@ impl UpstreamClient {
     }
 }
 
+/// First wait before reopening a stream that ended; doubled per failure up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A stream that lived this long starts the backoff over when it ends.
+const HEALTHY: Duration = Duration::from_secs(30);
+
+/// Keeps the stream open for as long as the link lives (the task is aborted with it): a stream
+/// that ends or drops is reopened with backoff; an upstream that answers without a stream
+/// (405, 404 for a session it forgot, not SSE) is left alone.
 async fn run(
     http: reqwest::Client,
     url: Url,
@@ -95,14 +105,51 @@ async fn run(
     filter: Value,
     deliver: Deliver,
 ) {
-    let mut req = if super::stateless::is_stateless(&state) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let opened = Instant::now();
+        match open(&http, &url, &headers, &state, &filter).await {
+            Opened::Stream(resp) => {
+                read(&http, &url, &headers, &state, resp, &deliver).await;
+                if opened.elapsed() >= HEALTHY {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Opened::Refused => return,
+            Opened::Unreachable => {}
+        }
+        debug!(
+            wait_ms = backoff.as_millis() as u64,
+            "reopening the upstream stream"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum Opened {
+    Stream(reqwest::Response),
+    /// The upstream answered, without a stream: it has none for us.
+    Refused,
+    /// No answer (connection failed): worth another try.
+    Unreachable,
+}
+
+async fn open(
+    http: &reqwest::Client,
+    url: &Url,
+    headers: &InjectedHeaders,
+    state: &UpstreamState,
+    filter: &Value,
+) -> Opened {
+    let mut req = if super::stateless::is_stateless(state) {
         let body = json!({
             "jsonrpc": "2.0",
             "id": "reflow-listen",
             "method": "subscriptions/listen",
             "params": crate::era::with_request_meta(Some(&json!({"notifications": filter})), &json!({})),
         });
-        let req = super::post_builder(&http, &url, &headers, &state, body.to_string().into_bytes());
+        let req = super::post_builder(http, url, headers, state, body.to_string().into_bytes());
         super::stateless::mirror_headers(req, "subscriptions/listen", None)
     } else {
         http.get(url.clone()).headers(headers.0.clone()).header(
@@ -116,30 +163,41 @@ async fn run(
     if let Some(v) = &state.protocol_version {
         req = req.header(PROTOCOL_HEADER, v.as_str());
     }
-    let resp = match req.send().await {
-        Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => r,
+    match req.send().await {
+        Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => Opened::Stream(r),
         Ok(r) => {
             debug!(
                 status = r.status().as_u16(),
-                "the upstream offers no GET stream"
+                "the upstream offers no stream"
             );
-            return;
+            Opened::Refused
         }
         Err(e) => {
-            debug!(error = %e, "the upstream GET stream could not be opened");
-            return;
+            debug!(error = %e, "the upstream stream could not be opened");
+            Opened::Unreachable
         }
-    };
+    }
+}
+
+/// Hands every message of one open stream to `deliver`, until it ends.
+async fn read(
+    http: &reqwest::Client,
+    url: &Url,
+    headers: &InjectedHeaders,
+    state: &UpstreamState,
+    resp: reqwest::Response,
+    deliver: &Deliver,
+) {
     let route = Route {
-        url: &url,
-        headers: &headers,
-        state: &state,
+        url,
+        headers,
+        state,
     };
     let mut parser = EventParser::default();
     let mut body = resp.bytes_stream();
     while let Some(Ok(chunk)) = body.next().await {
         if parser.buffered() + chunk.len() > MAX_REPLY_BYTES {
-            debug!("upstream GET stream event too large; stream dropped");
+            debug!("upstream stream event too large; stream dropped");
             return;
         }
         for event in parser.feed(&chunk) {
@@ -153,11 +211,11 @@ async fn run(
                         == Some("notifications/subscriptions/acknowledged") => {}
                 Some(Unsolicited::Notification(n)) => deliver(Inbound::Notification(n)),
                 Some(Unsolicited::Request(id, r)) => {
-                    deliver(Inbound::Request(r, http_responder(&http, &route, id)));
+                    deliver(Inbound::Request(r, http_responder(http, &route, id)));
                 }
-                None => debug!("ignoring a reply on the upstream GET stream"),
+                None => debug!("ignoring a reply on the upstream stream"),
             }
         }
     }
-    debug!("upstream GET stream ended");
+    debug!("upstream stream ended");
 }
