@@ -39,6 +39,9 @@ const SERVED_METHODS: [&str; 10] = [
     "completion/complete",
 ];
 
+/// How long a listen stream may stay silent before a keep-alive comment.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long a client may cache `server/discover` (the gateway's answer changes only on upgrade).
 const DISCOVER_TTL_MS: u64 = 60_000;
 
@@ -390,7 +393,12 @@ fn listen(gw: &Arc<Gateway>, ctx: Ctx, req: &Request) -> Response {
         let tag = tag.clone();
         async move {
             loop {
-                match rx.recv().await {
+                // A quiet stream still says something now and then, so intermediaries and
+                // client idle timers keep it open.
+                let Ok(frame) = tokio::time::timeout(KEEPALIVE, rx.recv()).await else {
+                    return Some((String::new(), rx));
+                };
+                match frame {
                     Some(Frame::Event { data, .. }) => {
                         let Ok(msg) = serde_json::from_str::<Value>(&data) else {
                             continue;

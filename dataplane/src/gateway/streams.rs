@@ -344,13 +344,18 @@ pub(crate) fn sse_response(priming: Option<String>, frames: mpsc::Receiver<Frame
 }
 
 /// An SSE response of plain events (no ids: the stateless revision does not resume streams),
-/// one per message, until the messages end.
+/// one per message, until the messages end; an empty message is written as a keep-alive comment.
 pub(crate) fn plain_sse<S>(messages: S) -> Response
 where
     S: futures::Stream<Item = String> + Send + 'static,
 {
     let body = futures::StreamExt::map(messages, |data| {
-        Ok::<_, Infallible>(Bytes::from(format!("event: message\ndata: {data}\n\n")))
+        let frame = if data.is_empty() {
+            Bytes::from_static(b":\n\n")
+        } else {
+            Bytes::from(format!("event: message\ndata: {data}\n\n"))
+        };
+        Ok::<_, Infallible>(frame)
     });
     (
         StatusCode::OK,
@@ -373,6 +378,19 @@ pub(crate) fn primes(protocol_version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn plain_events_carry_no_ids_and_an_empty_message_is_a_keep_alive_comment() {
+        let messages = futures::stream::iter(["{\"a\":1}".to_owned(), String::new()]);
+        let resp = plain_sse(messages);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        assert_eq!(resp.headers()["x-accel-buffering"], "no");
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        assert_eq!(body, "event: message\ndata: {\"a\":1}\n\n:\n\n");
+    }
 
     fn ids(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
         let mut out = Vec::new();
