@@ -599,3 +599,59 @@ async fn an_expired_session_ends_its_upstream_sessions() {
     );
     assert!(up.sessions.lock().unwrap().is_empty());
 }
+
+/// An upstream that answers with a redirect is not followed: the caller's injected credential
+/// never reaches where the redirect points, and the call fails with the upstream's status.
+#[tokio::test]
+async fn an_upstream_redirect_is_not_followed_with_the_callers_credentials() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let trap_seen = seen.clone();
+    let trap = Router::new().fallback(move |headers: HeaderMap| {
+        let seen = trap_seen.clone();
+        async move {
+            seen.lock().unwrap().push(headers);
+            StatusCode::OK
+        }
+    });
+    let trap_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}/mcp", trap_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(trap_listener, trap).await });
+    let to = trap_url.clone();
+    let redirector = Router::new().fallback(move || {
+        let to = to.clone();
+        async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response() }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, redirector).await });
+
+    let dir = temp_dir();
+    write_single_target(&dir, "up", &target_yaml("up", &url, 3000));
+    let h = start_gateway(dir, GatewayConfig::default()).await;
+    let sid = h.open("/mcp/t/up", "alice").await;
+    let r = h
+        .rpc(
+            "/mcp/t/up",
+            "alice",
+            Some(&sid),
+            "tools/call",
+            json!({"name": "echo", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r.body["error"]["code"], -32000, "{:?}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("307"),
+        "{:?}",
+        r.body
+    );
+    assert!(seen.lock().unwrap().is_empty(), "the redirect was followed");
+}

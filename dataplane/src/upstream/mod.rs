@@ -208,6 +208,10 @@ impl UpstreamClient {
     ) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
+            // A redirect would carry the caller's injected credentials to wherever the upstream
+            // points (reqwest only strips `Authorization` and cookies across hosts): an upstream
+            // answers, or its 3xx is an error. Following also re-parsed the URL on every call.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| UpstreamError::Client(e.to_string()))?;
