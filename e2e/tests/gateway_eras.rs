@@ -532,13 +532,14 @@ fn a_listen_stream_carries_resource_updates_from_a_stateless_upstream() {
 fn a_resource_read_on_the_aggregated_endpoint_needs_no_prior_list() {
     let fx = fixture("both");
     let gw = gateway(&fx);
-    for mode in ["2026-07-28", "legacy"] {
+    for (mode, user) in [("2026-07-28", "mod"), ("legacy", "leg")] {
         let report = PyClient::streamable_http(gw.mcp_url())
             .mode(mode)
-            .token(gw.token("alice", &[], &[]))
+            .token(gw.token(user, &[], &[]))
             .actions([
                 py_ops::read_resource("test://static-text"),
                 py_ops::read_resource("test://no-such-resource"),
+                py_ops::read_resource("test://no-such-resource-either"),
             ])
             .run()
             .expect("python client runs");
@@ -547,6 +548,13 @@ fn a_resource_read_on_the_aggregated_endpoint_needs_no_prior_list() {
         let code = &report["results"][1]["error"]["code"];
         let expected = if mode == "legacy" { -32002 } else { -32602 };
         assert_eq!(code, &json!(expected), "{mode}: {report:#}");
+        // The gateway listed once for the session, not once per unknown URI.
+        let lists = gw
+            .audit_events()
+            .into_iter()
+            .filter(|e| e.user == user && e.method == "resources/list")
+            .count();
+        assert_eq!(lists, 1, "{mode}: resources/list audit events");
     }
 }
 

@@ -500,7 +500,11 @@ impl Gateway {
         };
         let routed = match ctx.route_uri(&uri) {
             Some(t) => Some(t),
-            None if ctx.aggregated() => self.discover_uri_route(ctx, &uri).await,
+            // Once per session: a session that has learned routes already is not listed again
+            // for every unknown URI (which anyone could otherwise turn into upstream load).
+            None if ctx.aggregated() && ctx.session.resources.is_empty() => {
+                self.discover_uri_route(ctx, &uri).await
+            }
             None => None,
         };
         let Some(target) = routed else {
@@ -524,10 +528,10 @@ impl Gateway {
         self.relay(ctx, req, &target, key, &uri, &decision).await
     }
 
-    /// A URI no list has shown this session yet (a client that kept it from earlier, or a
-    /// stateless one that never listed here): the permitted Targets' resources and templates are
-    /// listed on the caller's behalf, audited like the caller's own lists, and the URI routed
-    /// again. A URI still unknown after that is not found.
+    /// A URI read by a session that has never listed resources (a client that kept the URI from
+    /// earlier, or a stateless one that never listed here): the permitted Targets' resources and
+    /// templates are listed on the caller's behalf, audited like the caller's own lists, and the
+    /// URI routed again. A URI still unknown after that is not found.
     async fn discover_uri_route(&self, ctx: &Ctx, uri: &str) -> Option<Arc<CompiledTarget>> {
         for kind in [&RESOURCES, &TEMPLATES] {
             let req = Request {
