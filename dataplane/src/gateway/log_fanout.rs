@@ -155,11 +155,15 @@ pub(crate) fn shown(session: &Session, msg: &Map<String, Value>) -> bool {
     if msg.get("method").and_then(Value::as_str) != Some("notifications/message") {
         return true;
     }
+    message_level(msg).is_none_or(|l| wanted.admits(l))
+}
+
+/// The level a `notifications/message` says it is at, when it is a known one.
+pub(crate) fn message_level(msg: &Map<String, Value>) -> Option<LogLevel> {
     msg.get("params")
         .and_then(|p| p.get("level"))
         .and_then(Value::as_str)
         .and_then(|l| l.parse::<LogLevel>().ok())
-        .is_none_or(|l| wanted.admits(l))
 }
 
 pub(super) fn level_params(level: LogLevel) -> Value {

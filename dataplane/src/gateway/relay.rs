@@ -48,7 +48,7 @@ pub(super) fn mint_progress(req: &mut Request) -> Option<Progress> {
 }
 
 /// The capability a client must have declared for an upstream's request method.
-pub(super) fn capability_for(method: &str) -> Option<&'static str> {
+fn capability_for(method: &str) -> Option<&'static str> {
     match method {
         "sampling/createMessage" => Some("sampling"),
         "elicitation/create" => Some("elicitation"),
@@ -103,40 +103,9 @@ impl Relay {
     }
 
     fn request(&self, mut msg: Map<String, Value>, responder: Responder, stream: u64) {
-        let method = msg
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        if method == "ping" {
-            // Answered here: the gateway is the upstream's client.
-            tokio::spawn(async move {
-                let _ = responder.answer(&result_of(json!({}))).await;
-            });
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        let Some(id) = admit_upcall(&self.gw, &self.session, method, responder, true) else {
             return;
-        }
-        let Some(cap) = capability_for(&method) else {
-            responder.refuse_later(
-                jsonrpc::METHOD_NOT_FOUND,
-                "method not relayed by the gateway",
-            );
-            return;
-        };
-        if self.session.client_capabilities.get(cap).is_none() {
-            debug!(method, "client did not declare the capability; refused");
-            responder.refuse_later(
-                jsonrpc::METHOD_NOT_FOUND,
-                "the client did not declare this capability",
-            );
-            return;
-        }
-        let id = match self.gw.upcalls.register(&self.session.id, responder) {
-            Ok(id) => id,
-            Err((e, responder)) => {
-                debug!(error = %e, "relayed request refused");
-                responder.refuse_later(jsonrpc::INTERNAL_ERROR, "too many requests pending");
-                return;
-            }
         };
         msg.insert("id".into(), json!(id));
         let stream = if stream != GET_STREAM && self.hub.has_live(stream) {
@@ -177,6 +146,50 @@ pub(super) fn rewrite_notification(
         .or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(meta) = meta {
         meta.insert(TARGET_META.into(), json!(target));
+    }
+}
+
+/// What becomes of a server-to-client request from an upstream: `ping` is answered here (the
+/// gateway is the upstream's client); a method the gateway does not relay, one asked where the
+/// client cannot be asked (`askable` false), or one whose capability the client did not declare
+/// is refused; otherwise it is registered and its gateway-minted id returned, for the client.
+pub(super) fn admit_upcall(
+    gw: &Gateway,
+    session: &Session,
+    method: &str,
+    responder: Responder,
+    askable: bool,
+) -> Option<String> {
+    if method == "ping" {
+        tokio::spawn(async move {
+            let _ = responder.answer(&result_of(json!({}))).await;
+        });
+        return None;
+    }
+    let refuse = |responder: Responder, why: &'static str| {
+        debug!(method, why, "upstream request refused");
+        responder.refuse_later(jsonrpc::METHOD_NOT_FOUND, why);
+        None
+    };
+    let Some(cap) = capability_for(method) else {
+        return refuse(responder, "method not relayed by the gateway");
+    };
+    if !askable {
+        return refuse(
+            responder,
+            "the client cannot be asked for input during this request",
+        );
+    }
+    if session.client_capabilities.get(cap).is_none() {
+        return refuse(responder, "the client did not declare this capability");
+    }
+    match gw.upcalls.register(&session.id, responder) {
+        Ok(id) => Some(id),
+        Err((e, responder)) => {
+            debug!(error = %e, "relayed request refused");
+            responder.refuse_later(jsonrpc::INTERNAL_ERROR, "too many requests pending");
+            None
+        }
     }
 }
 

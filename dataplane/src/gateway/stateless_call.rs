@@ -16,8 +16,9 @@ use tracing::{Instrument, debug};
 
 use super::Gateway;
 use super::dispatch::{Ctx, Reply};
-use super::mrtr::{self, Held, Parked, StateError};
-use super::relay::{Progress, capability_for, mint_progress, rewrite_notification};
+use super::log_fanout::message_level;
+use super::mrtr::{self, Held, Parked};
+use super::relay::{Progress, admit_upcall, mint_progress, rewrite_notification};
 use crate::era;
 use crate::jsonrpc::{self, Request};
 use crate::log_level::LogLevel;
@@ -68,12 +69,8 @@ impl Gateway {
         let owner = ctx.identity.fingerprint();
         let log_level = req
             .params()
-            .and_then(|p| {
-                p.pointer(&format!(
-                    "/_meta/{}",
-                    era::META_LOG_LEVEL.replace('/', "~1")
-                ))
-            })
+            .and_then(|p| p.get("_meta"))
+            .and_then(|m| m.get(era::META_LOG_LEVEL))
             .and_then(Value::as_str)
             .and_then(|l| l.parse::<LogLevel>().ok());
         let state = take_str(&mut req, "requestState");
@@ -95,11 +92,8 @@ impl Gateway {
                 }
                 Err(e) => {
                     self.count(label, None, e.label(), started);
-                    let code = match e {
-                        StateError::Foreign | StateError::Tampered | StateError::Expired => {
-                            jsonrpc::INVALID_PARAMS
-                        }
-                    };
+                    // Every state the gateway cannot open is a bad parameter of this request.
+                    let code = jsonrpc::INVALID_PARAMS;
                     return (
                         StatusCode::OK,
                         axum::Json(jsonrpc::error(&req.id, code, &e.to_string())),
@@ -310,12 +304,8 @@ impl Call {
         let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
         if method == "notifications/message" {
             let wanted = self.log_level?;
-            let level = msg
-                .get("params")
-                .and_then(|p| p.get("level"))
-                .and_then(Value::as_str)
-                .and_then(|l| l.parse::<LogLevel>().ok())
-                .unwrap_or(LogLevel::Debug);
+            // An unranked level counts as the least severe: shown only to who asked for debug.
+            let level = message_level(&msg).unwrap_or(LogLevel::Debug);
             if !wanted.admits(level) {
                 return None;
             }
@@ -329,55 +319,15 @@ impl Call {
     }
 
     fn request(&self, msg: Map<String, Value>, responder: Responder) -> Option<(String, Value)> {
-        let method = msg
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        if method == "ping" {
-            tokio::spawn(async move {
-                let mut ok = Map::new();
-                ok.insert("result".into(), json!({}));
-                let _ = responder.answer(&ok).await;
-            });
-            return None;
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        let askable = era::allows_input_required(&self.method);
+        let gid = admit_upcall(&self.gw, &self.session, method, responder, askable)?;
+        let mut asked = Map::new();
+        asked.insert("method".into(), json!(method));
+        if let Some(p) = msg.get("params") {
+            asked.insert("params".into(), p.clone());
         }
-        let Some(cap) = capability_for(&method) else {
-            responder.refuse_later(
-                jsonrpc::METHOD_NOT_FOUND,
-                "method not relayed by the gateway",
-            );
-            return None;
-        };
-        if !era::allows_input_required(&self.method) {
-            responder.refuse_later(
-                jsonrpc::METHOD_NOT_FOUND,
-                "the client cannot be asked for input during this request",
-            );
-            return None;
-        }
-        if self.session.client_capabilities.get(cap).is_none() {
-            responder.refuse_later(
-                jsonrpc::METHOD_NOT_FOUND,
-                "the client did not declare this capability",
-            );
-            return None;
-        }
-        match self.gw.upcalls.register(&self.session.id, responder) {
-            Ok(gid) => {
-                let mut asked = Map::new();
-                asked.insert("method".into(), json!(method));
-                if let Some(p) = msg.get("params") {
-                    asked.insert("params".into(), p.clone());
-                }
-                Some((gid, Value::Object(asked)))
-            }
-            Err((e, responder)) => {
-                debug!(error = %e, "an input request was refused");
-                responder.refuse_later(jsonrpc::INTERNAL_ERROR, "too many requests pending");
-                None
-            }
-        }
+        Some((gid, Value::Object(asked)))
     }
 
     /// Parks the call and answers `input_required` with the requests and the sealed state.
