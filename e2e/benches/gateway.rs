@@ -16,6 +16,13 @@
 //! multi-thread tokio runtime on its own threads, the load client on another. A third path, a
 //! bare pass-through proxy (axum + reqwest, no parsing, no auth/policy/audit) on the gateway's
 //! runtime, is measured as a reference: the cost of the second HTTP exchange alone on this machine.
+//! Beside it, a byte relay (`harness::byte_relay`: whole messages moved between a client
+//! connection and an upstream connection of its own, no HTTP library) on the same runtime: the
+//! floor any proxy on this machine stands on, so a miss can be told apart as the hop itself, the
+//! HTTP stack, or the gateway's own work.
+//!
+//! `REFLOW_BENCH_PATHS=direct,gateway` (comma-separated path names) measures only those paths,
+//! for profiling one of them; `direct` must be among them for figures to print.
 //! A fourth path goes through the same gateway to a STDIO Target (the same fixture binary with
 //! `--stdio`, one warm shared child): the cost of a STDIO hop next to the HTTP one.
 
@@ -34,8 +41,8 @@ use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
 use reflow_dataplane::metrics::Metrics;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, SnapshotStore};
-use reflow_e2e::harness::FixtureProcess;
 use reflow_e2e::harness::load::{self, McpSession, Percentiles, Tally, Throughput};
+use reflow_e2e::harness::{FixtureProcess, byte_relay};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -179,6 +186,7 @@ fn run(plan: &Plan) -> BenchResult<Report> {
         auth,
         dir.join("audit.jsonl"),
         fixture.mcp_url(),
+        fixture.addr(),
     )?;
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
@@ -200,6 +208,12 @@ fn run(plan: &Plan) -> BenchResult<Report> {
             tool: "echo".to_owned(),
         },
         Path {
+            name: "byte-relay",
+            url: format!("http://{}/mcp", gw.relay),
+            token: None,
+            tool: "echo".to_owned(),
+        },
+        Path {
             name: "gateway",
             url: format!("http://{}/mcp", gw.addr),
             token: Some(token.clone()),
@@ -212,6 +226,15 @@ fn run(plan: &Plan) -> BenchResult<Report> {
             tool: format!("{STDIO_TARGET}_echo"),
         },
     ];
+    // `REFLOW_BENCH_PATHS=direct,gateway` measures only those paths (to profile one of them).
+    let only = std::env::var("REFLOW_BENCH_PATHS").ok();
+    let paths: Vec<Path> = paths
+        .into_iter()
+        .filter(|p| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == p.name))
+        })
+        .collect();
     let measured = client_rt.block_on(measure(plan, &paths));
     client_rt.shutdown_timeout(Duration::from_secs(1));
     let measured = measured?;
@@ -299,12 +322,21 @@ impl Drop for RemoveOnDrop {
 struct GatewayThread {
     addr: SocketAddr,
     passthrough: SocketAddr,
+    relay: SocketAddr,
     audit: Arc<JsonLinesSink>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
-type Started = BenchResult<(SocketAddr, SocketAddr, Arc<JsonLinesSink>)>;
+/// Where the gateway and the two reference proxies listen.
+struct Listening {
+    gateway: SocketAddr,
+    passthrough: SocketAddr,
+    relay: SocketAddr,
+    audit: Arc<JsonLinesSink>,
+}
+
+type Started = BenchResult<Listening>;
 
 impl GatewayThread {
     fn start(
@@ -312,6 +344,7 @@ impl GatewayThread {
         auth: AuthConfig,
         audit_file: PathBuf,
         upstream: String,
+        upstream_addr: SocketAddr,
     ) -> BenchResult<Self> {
         let (ready_tx, ready_rx) = std_mpsc::channel::<Started>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -330,16 +363,22 @@ impl GatewayThread {
                     }
                 };
                 rt.block_on(serve_gateway(
-                    manifests, auth, audit_file, upstream, ready_tx, stop_rx,
+                    manifests,
+                    auth,
+                    audit_file,
+                    (upstream, upstream_addr),
+                    ready_tx,
+                    stop_rx,
                 ));
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| format!("gateway thread: {e}"))?;
         match ready_rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(Ok((addr, passthrough, audit))) => Ok(Self {
-                addr,
-                passthrough,
-                audit,
+            Ok(Ok(l)) => Ok(Self {
+                addr: l.gateway,
+                passthrough: l.passthrough,
+                relay: l.relay,
+                audit: l.audit,
                 stop: Some(stop_tx),
                 thread: Some(thread),
             }),
@@ -379,7 +418,7 @@ async fn serve_gateway(
     manifests: PathBuf,
     auth: AuthConfig,
     audit_file: PathBuf,
-    upstream: String,
+    (upstream, upstream_addr): (String, SocketAddr),
     ready: std_mpsc::Sender<Started>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -432,17 +471,28 @@ async fn serve_gateway(
         tokio::spawn(async move {
             let _ = axum::serve(bare, bare_app).await;
         });
-        Ok((listener, addr, bare_addr, audit, gw))
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("byte relay listen: {e}"))?;
+        let relay_addr = relay.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(byte_relay::serve(relay, upstream_addr));
+        let listening = Listening {
+            gateway: addr,
+            passthrough: bare_addr,
+            relay: relay_addr,
+            audit,
+        };
+        Ok((listener, listening, gw))
     }
     .await;
-    let (listener, addr, bare_addr, audit, gw) = match built {
+    let (listener, listening, gw) = match built {
         Ok(parts) => parts,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let _ = ready.send(Ok((addr, bare_addr, audit)));
+    let _ = ready.send(Ok(listening));
     // Served exactly like the reflow-dataplane binary does.
     tokio::select! {
         served = axum::serve(listener, gateway::service(gw)) => {
@@ -638,10 +688,15 @@ impl Report {
     }
 
     fn print(&self, plan: &Plan, wall: Duration) {
-        let (Some(d), Some(g)) = (self.path("direct"), self.path("gateway")) else {
+        let bare = self.path("pass-through");
+        let floor = self.path("byte-relay");
+        // Judged on the gateway; a run filtered to a reference path shows that one instead.
+        let Some(d) = self.path("direct") else {
             return;
         };
-        let bare = self.path("pass-through");
+        let Some(g) = self.path("gateway").or(bare).or(floor) else {
+            return;
+        };
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         let profile = if cfg!(debug_assertions) {
             "debug"
@@ -662,6 +717,9 @@ impl Report {
         );
         println!(
             "  pass-through: reference proxy on the gateway's runtime (axum + reqwest, bytes only, no auth/policy/audit)"
+        );
+        println!(
+            "  byte-relay:   the floor: whole messages relayed on raw sockets, one upstream connection per client connection"
         );
         println!();
         println!(
@@ -698,6 +756,9 @@ impl Report {
         added_row("added by gw", g, d);
         if let Some(b) = bare {
             added_row("added by bare", b, d);
+        }
+        if let Some(f) = floor {
+            added_row("added by relay", f, d);
         }
         if let Some(st) = self.path("gateway-stdio") {
             // The STDIO hop's own cost: the same gateway work, a child's pipes instead of HTTP.
@@ -742,6 +803,18 @@ impl Report {
             BUDGET_THROUGHPUT_RATIO * 100.0,
             verdict(plan, ratio >= BUDGET_THROUGHPUT_RATIO)
         );
+        for (label, r) in [
+            ("axum+reqwest pass-through", bare),
+            ("byte relay (floor)", floor),
+        ] {
+            if let Some(r) = r {
+                println!(
+                    "  the same budgets for the {label}: {:+.1} µs, {:.1} %",
+                    us(r.latency.p50) - us(d.latency.p50),
+                    r.throughput.rps() / direct_rps * 100.0
+                );
+            }
+        }
         println!(
             "  audit: {} lines written, {} dropped, for {} successful gateway calls (warm-ups included)",
             self.audit_lines,
