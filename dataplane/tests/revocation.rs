@@ -156,6 +156,28 @@ async fn a_revoked_token_stops_working_on_every_replica() {
         .collect();
     assert!(audited.contains(&("alice".to_owned(), "revoked".to_owned())));
     assert!(audited.contains(&("bob".to_owned(), "revoked".to_owned())));
+    // Every refusal row carries a trace id: the caller's, when it sent one.
+    assert!(a.audit.events().iter().all(|e| !e.trace_id.is_empty()));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = a
+        .http
+        .post(format!("{}/mcp", a.base))
+        .header("authorization", format!("Bearer {}", lost.token))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 401);
+    assert!(
+        a.audit
+            .events()
+            .iter()
+            .any(|e| e.trace_id == trace && e.outcome == "revoked"),
+        "the refusal row names the caller's trace"
+    );
 
     // A token bob gets after the cut-off works again.
     while SystemTime::now()

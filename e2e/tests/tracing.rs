@@ -19,6 +19,8 @@ const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
 /// The trace of a request refused for its token (its log line is checked).
 const REFUSED_TRACE: &str = "5e0c63257de34c92bf9efcd03927272e";
+/// The trace the client ends its session in.
+const DELETE_TRACE: &str = "7d1f0e2a9c3b4d5e8f60718293a4b5c6";
 /// Spans leave a process at most this long after they end (the default is 5 s).
 const EXPORT_EVERY_MS: &str = "100";
 
@@ -135,6 +137,22 @@ impl Client {
     }
 }
 
+impl Client {
+    /// DELETE of the session, in the client's trace `trace`; returns the HTTP status.
+    async fn end(&self, trace: &str) -> u16 {
+        self.http
+            .delete(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", &self.session)
+            .header("traceparent", format!("00-{trace}-{CLIENT_SPAN}-01"))
+            .send()
+            .await
+            .expect("DELETE")
+            .status()
+            .as_u16()
+    }
+}
+
 fn echoed(reply: &Value) -> &str {
     reply["result"]["content"][0]["text"]
         .as_str()
@@ -190,8 +208,8 @@ fn a_client_trace_continues_through_the_gateway_into_the_upstream_and_its_audit_
     let gateway = DataplaneProcess::spawn(&manifests, &config, &gateway_env).expect("gateway");
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt.block_on(Client::connect(gateway.mcp_url()));
     let (reply, refused) = rt.block_on(async {
-        let client = Client::connect(gateway.mcp_url()).await;
         let reply = client.echo(2, "traced").await;
         let refused = http_client()
             .expect("http client")
@@ -285,6 +303,20 @@ fn a_client_trace_continues_through_the_gateway_into_the_upstream_and_its_audit_
         .find(|s| s.name == "handle_post" && s.parent_span_id.is_empty())
         .unwrap_or_else(|| panic!("no root request span: {roots:#?}"));
     assert_ne!(root.trace_id, CLIENT_TRACE);
+
+    // Ending the session is a server span in the caller's trace too (last: the upstream
+    // sessions it closes are the fixture's spans outside the client's trace).
+    assert_eq!(rt.block_on(client.end(DELETE_TRACE)), 200);
+    let ended = receiver.wait_for(Duration::from_secs(10), |spans| {
+        spans
+            .iter()
+            .any(|s| s.trace_id == DELETE_TRACE && s.name == "handle_delete")
+    });
+    let delete = ended
+        .iter()
+        .find(|s| s.trace_id == DELETE_TRACE && s.name == "handle_delete")
+        .unwrap_or_else(|| panic!("no DELETE span: {ended:#?}"));
+    assert_eq!(delete.parent_span_id, CLIENT_SPAN);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

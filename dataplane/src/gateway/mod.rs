@@ -505,7 +505,7 @@ async fn authenticate(
         &principal.identity.user,
         principal.issued_at,
     ) {
-        gw.audit_token_refusal(&principal.identity, REVOKED_BY, "revoked");
+        gw.audit_token_refusal(&principal.identity, REVOKED_BY, "revoked", headers);
         return Err(unauthorized(authn::AuthFailure {
             label: "revoked",
             message: "the token has been revoked".to_owned(),
@@ -514,7 +514,12 @@ async fn authenticate(
     }
     let now = u64::try_from(now_ms() / 1000).unwrap_or(u64::MAX);
     if let Err(why) = principal.scope.admits(client, now) {
-        gw.audit_token_refusal(&principal.identity, &dispatch::TOKEN_SCOPE, why.label());
+        gw.audit_token_refusal(
+            &principal.identity,
+            &dispatch::TOKEN_SCOPE,
+            why.label(),
+            headers,
+        );
         return Err(insufficient_scope(why));
     }
     Ok(principal)
@@ -532,6 +537,12 @@ fn insufficient_scope(why: OutOfScope) -> Response {
 /// Random per process (drawn once), so ids from different replicas do not collide.
 static TRACE_PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
 static TRACE_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// The trace id of the request being served: the OTel one when tracing is on (so the audit row
+/// leads to the trace), else the caller's `traceparent` one, else a fresh one.
+fn request_trace_id(headers: &HeaderMap) -> String {
+    reflow_telemetry::propagation::trace_id(&Span::current()).unwrap_or_else(|| trace_id(headers))
+}
 
 /// The caller's W3C trace id, or a fresh one: 128 bits, a random process prefix and a counter
 /// (unique without a system call per request, unlike a random v4 uuid).
@@ -681,9 +692,7 @@ async fn serve_post(
     if gw.audit.fail_closed() && !gw.audit.healthy() {
         return audit_unavailable(&gw, &message, started);
     }
-    // The OTel trace id when tracing is on, so the audit row leads to the trace.
-    let trace = reflow_telemetry::propagation::trace_id(&Span::current())
-        .unwrap_or_else(|| trace_id(&headers));
+    let trace = request_trace_id(&headers);
     if stateless::is_stateless(&headers, &message) {
         if let Message::Request(r) = &message {
             Span::current().record("method", r.method.as_str());
@@ -771,7 +780,26 @@ fn audit_unavailable(gw: &Gateway, message: &Message, started: Instant) -> Respo
     resp
 }
 
+/// DELETE of a session, in a server span like POST (continuing the caller's trace).
 async fn handle_delete(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
+    let span = info_span!(
+        "handle_delete",
+        otel.kind = "server",
+        session = field::Empty,
+        user = field::Empty
+    );
+    reflow_telemetry::propagation::continue_remote(&span, &headers);
+    delete_session(gw, scope, peer, headers)
+        .instrument(span)
+        .await
+}
+
+async fn delete_session(
+    gw: Arc<Gateway>,
+    scope: Scope,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
     if let Err(refusal) = check_host_origin(&gw.config, &headers) {
         return refusal.into_response();
     }
@@ -779,10 +807,12 @@ async fn handle_delete(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Head
         Ok(p) => p.identity,
         Err(resp) => return resp,
     };
+    Span::current().record("user", &*identity.user);
     let session = match find_session(&gw, &scope, &identity, &headers).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
+    Span::current().record("session", session.id.as_str());
     let _ = gw.sessions.delete(&session.id).await;
     gw.close_session_links(&session.id);
     StatusCode::OK.into_response()
@@ -793,8 +823,14 @@ static NO_TARGET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
 
 impl Gateway {
     /// A request refused for what its token is (revoked, out of scope) before it reached a
-    /// session.
-    fn audit_token_refusal(&self, identity: &Identity, by: &str, outcome: &str) {
+    /// session; its row carries the request's trace id like every other row.
+    fn audit_token_refusal(
+        &self,
+        identity: &Identity,
+        by: &str,
+        outcome: &str,
+        headers: &HeaderMap,
+    ) {
         self.audit.record(AuditEvent {
             id: crate::audit::new_event_id(),
             time_ms: now_ms(),
@@ -807,7 +843,7 @@ impl Gateway {
             policy: Some(by.to_owned()),
             outcome: outcome.to_owned(),
             duration_ms: 0.0,
-            trace_id: String::new(),
+            trace_id: request_trace_id(headers),
         });
     }
 
