@@ -647,3 +647,75 @@ fn an_upstream_listen_stream_that_ends_is_reopened() {
         "{report:#}"
     );
 }
+
+/// A stateless upstream that lets its lists be cached for a minute still reaches callers with
+/// what it announces: the `list_changed` the gateway hears drops the cached list, so the list
+/// after the announcement is fetched again (with the cache kept, it would be the old one).
+#[test]
+fn an_announced_list_change_is_not_hidden_by_the_gateways_cache() {
+    use std::time::{Duration, Instant};
+
+    let fx = FixtureProcess::spawn_with(
+        &fixture_bin!(),
+        ["--conformance", "--era", "both", "--cache-ttl-ms", "60000"],
+    )
+    .expect("fixture starts");
+    let gw = gateway(&fx);
+    let url = gw.target_url("up");
+    let token = gw.token("alice", &[], &[]);
+    let http = http_client().expect("http client");
+    // One stateless request; `name` is the tool a call names (mirrored in `Mcp-Name`).
+    let stateless = |method: &str, name: Option<&str>, params: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let mut headers = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
+        headers.extend(name.map(|n| ("mcp-name", n)));
+        let (status, reply) = gw.block_on(post(&http, &url, &token, body, &headers));
+        assert_eq!(status, 200, "{reply}");
+        reply
+    };
+    let dynamic = "test_dynamic_tool".to_owned();
+    // The first list is fetched and kept; the second is the kept one, its TTL running down.
+    let list = json!({"_meta": meta(json!({}))});
+    let first = stateless("tools/list", None, list.clone());
+    assert!(
+        !names(&first["result"], "tools").contains(&dynamic),
+        "{first}"
+    );
+    let kept = stateless("tools/list", None, list);
+    let ttl = kept["result"]["ttlMs"].as_u64();
+    assert!(ttl.is_some_and(|t| t < 60_000), "{kept}");
+
+    let client = PyClient::streamable_http(url.clone())
+        .mode("2026-07-28")
+        .token(token.clone())
+        .actions([py_ops::listen(true, &[], 1, 30.0), py_ops::list_tools()]);
+    let run = std::thread::spawn(move || client.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.gateway().live_get_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SDK never opened its listen stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let trigger = "test_trigger_tool_change";
+    stateless(
+        "tools/call",
+        Some(trigger),
+        json!({"name": trigger, "arguments": {}, "_meta": meta(json!({}))}),
+    );
+    let report = run
+        .join()
+        .expect("client thread")
+        .expect("python client runs");
+    assert_eq!(
+        ok_result(&report, 0)["events"],
+        json!(["ToolsListChanged"]),
+        "{report:#}"
+    );
+    let after = names(ok_result(&report, 1), "tools");
+    assert!(after.contains(&dynamic), "{after:?}");
+}

@@ -1,5 +1,8 @@
 //! Cached answers of stateless upstreams, as their `ttlMs` and `cacheScope` allow: a `public`
 //! answer serves every caller of the Target, a `private` one only the caller it was fetched for.
+//! What an upstream announces as changed (`notifications/*/list_changed`,
+//! `notifications/resources/updated`) is dropped when the announcement arrives, whatever its
+//! TTL said, and a new snapshot (a Target's URL or credentials may have changed) empties it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +17,36 @@ const MAX_ENTRIES: usize = 4096;
 /// The longest an answer is kept, whatever the upstream allows.
 const MAX_TTL: Duration = Duration::from_secs(3600);
 
+/// The methods whose answers are kept ([`crate::era::is_cacheable`]), as static names.
+const CACHED: [&str; 5] = [
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+fn cached_method(method: &str) -> Option<&'static str> {
+    CACHED
+        .into_iter()
+        .find(|m| *m == method && crate::era::is_cacheable(m))
+}
+
+/// The cached methods an upstream notification makes stale.
+fn staled_by(notification: &str) -> &'static [&'static str] {
+    match notification {
+        "notifications/tools/list_changed" => &["tools/list"],
+        "notifications/prompts/list_changed" => &["prompts/list"],
+        "notifications/resources/list_changed" => &["resources/list", "resources/templates/list"],
+        "notifications/resources/updated" => &["resources/read"],
+        _ => &[],
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     target: Arc<str>,
+    method: &'static str,
     /// Method and params (cursor, URI), `_meta` excluded.
     request: [u8; 32],
     /// `None` for a public answer.
@@ -59,15 +89,14 @@ impl ListCache {
         params: &Value,
         owner: &Fingerprint,
     ) -> Option<Map<String, Value>> {
-        if !crate::era::is_cacheable(method) {
-            return None;
-        }
+        let method = cached_method(method)?;
         let request = request_digest(method, params);
         let now = Instant::now();
         let map = self.lock();
         [Some(*owner), None].into_iter().find_map(|o| {
             let key = Key {
                 target: target.clone(),
+                method,
                 request,
                 owner: o,
             };
@@ -93,9 +122,9 @@ impl ListCache {
         owner: &Fingerprint,
         reply: &Map<String, Value>,
     ) {
-        if !crate::era::is_cacheable(method) {
+        let Some(method) = cached_method(method) else {
             return;
-        }
+        };
         let Some(result) = reply.get("result") else {
             return;
         };
@@ -107,6 +136,7 @@ impl ListCache {
         let public = result.get("cacheScope").and_then(Value::as_str) == Some("public");
         let key = Key {
             target: target.clone(),
+            method,
             request: request_digest(method, params),
             owner: (!public).then_some(*owner),
         };
@@ -116,6 +146,26 @@ impl ListCache {
             map.clear();
         }
         map.insert(key, (until, reply.clone()));
+    }
+
+    /// Drops what `notification` from `target`'s upstream says has changed (every caller's
+    /// copy: an upstream announces a change once, on whichever stream it has).
+    pub(crate) fn forget_changed(&self, target: &str, notification: &Map<String, Value>) {
+        let method = notification
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let stale = staled_by(method);
+        if stale.is_empty() {
+            return;
+        }
+        self.lock()
+            .retain(|k, _| !(&*k.target == target && stale.contains(&k.method)));
+    }
+
+    /// Drops everything (a new snapshot).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
     }
 }
 
@@ -185,6 +235,75 @@ mod tests {
         assert!(cache.get(&other, "tools/list", &p, &fp("bob")).is_none());
         assert!(cache.get(&other, "tools/list", &p, &fp("alice")).is_some());
         assert!(cache.get(&t, "tools/call", &p, &fp("alice")).is_none());
+    }
+
+    fn note(method: &str) -> Map<String, Value> {
+        json!({"jsonrpc": "2.0", "method": method})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_announced_change_drops_that_list_of_that_target_for_every_caller() {
+        let cache = ListCache::default();
+        let (t, other): (Arc<str>, Arc<str>) = (Arc::from("ns/t"), Arc::from("ns/other"));
+        let p = json!({});
+        for (target, method, who) in [
+            (&t, "tools/list", "alice"),
+            (&t, "tools/list", "bob"),
+            (&t, "prompts/list", "alice"),
+            (&t, "resources/list", "alice"),
+            (&t, "resources/templates/list", "alice"),
+            (&other, "tools/list", "alice"),
+        ] {
+            cache.put(target, method, &p, &fp(who), &reply("private", 60_000, "x"));
+        }
+        let cached = |target: &Arc<str>, method: &str, who: &str| {
+            cache.get(target, method, &p, &fp(who)).is_some()
+        };
+        cache.forget_changed("ns/t", &note("notifications/message"));
+        assert!(cached(&t, "tools/list", "alice"));
+        cache.forget_changed("ns/t", &note("notifications/tools/list_changed"));
+        assert!(!cached(&t, "tools/list", "alice") && !cached(&t, "tools/list", "bob"));
+        assert!(cached(&t, "prompts/list", "alice"), "other lists stay");
+        assert!(cached(&other, "tools/list", "alice"), "other targets stay");
+        cache.forget_changed("ns/t", &note("notifications/resources/list_changed"));
+        assert!(!cached(&t, "resources/list", "alice"));
+        assert!(!cached(&t, "resources/templates/list", "alice"));
+        assert!(cached(&t, "prompts/list", "alice"));
+        cache.clear();
+        assert!(!cached(&t, "prompts/list", "alice") && !cached(&other, "tools/list", "alice"));
+    }
+
+    #[test]
+    fn a_resource_update_drops_the_targets_cached_reads() {
+        let cache = ListCache::default();
+        let t: Arc<str> = Arc::from("ns/t");
+        let read = json!({"uri": "test://a"});
+        cache.put(
+            &t,
+            "resources/read",
+            &read,
+            &fp("a"),
+            &reply("public", 60_000, "r"),
+        );
+        cache.put(
+            &t,
+            "resources/list",
+            &json!({}),
+            &fp("a"),
+            &reply("public", 60_000, "l"),
+        );
+        let mut updated = note("notifications/resources/updated");
+        updated.insert("params".into(), json!({"uri": "test://a"}));
+        cache.forget_changed("ns/t", &updated);
+        assert!(cache.get(&t, "resources/read", &read, &fp("a")).is_none());
+        assert!(
+            cache
+                .get(&t, "resources/list", &json!({}), &fp("a"))
+                .is_some()
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub(super) fn follow_snapshots(
     rt.spawn(async move {
         while changes.changed().await.is_ok() {
             let Some(gw) = gw.upgrade() else { return };
+            // A Target's URL or credentials may differ now: nothing cached from before is kept.
+            gw.list_cache.clear();
             let current = gw.snapshots.load();
             let span = info_span!("list_changed", version = current.version());
             let sent = span.in_scope(|| gw.announce_list_changes(&previous, &current));

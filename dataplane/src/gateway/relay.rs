@@ -83,6 +83,7 @@ impl Relay {
         match up.inbound {
             Inbound::Streaming => {}
             Inbound::Notification(mut msg) => {
+                self.gw.list_cache.forget_changed(&up.target, &msg);
                 if !super::log_fanout::shown(&self.session, &msg) {
                     return;
                 }

@@ -287,6 +287,7 @@ impl Call {
         match up.inbound {
             Inbound::Streaming => None,
             Inbound::Notification(msg) => {
+                self.gw.list_cache.forget_changed(&up.target, &msg);
                 if sse && let Some(msg) = self.notification(msg, &up.target) {
                     let _ = out.send(Out::Note(Value::Object(msg).to_string())).await;
                 }
