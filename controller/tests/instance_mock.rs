@@ -435,6 +435,134 @@ async fn a_credential_change_rolls_the_pod_with_new_secret_content_and_keeps_the
     verifier.await.expect("verifier");
 }
 
+/// What one reconcile did to the Pod, answered by a mock API server that has `existing`.
+struct PodOutcome {
+    applied: Option<Value>,
+    deleted: bool,
+    phase: Value,
+}
+
+/// Serves one reconcile's calls (Secret, Pod, Service, NetworkPolicy, status) with `existing`
+/// as the Pod the API holds.
+async fn serve_reconcile(h: &mut ApiHandle, existing: Option<Value>) -> PodOutcome {
+    let (_, send) = expect(h, Method::GET, &format!("{CORE}/secrets/mcpi-gh-alice")).await;
+    not_found(send);
+    let (secret, send) = expect(
+        h,
+        Method::PATCH,
+        &format!("{CORE}/secrets/mcpi-gh-alice{SSA}"),
+    )
+    .await;
+    respond(send, StatusCode::OK, &secret);
+    let (_, send) = expect(h, Method::GET, &format!("{CORE}/pods/mcpi-gh-alice")).await;
+    let (mut applied, mut deleted, mut service_done) = (None, false, false);
+    match existing {
+        None => {
+            not_found(send);
+            let (pod, send) =
+                expect(h, Method::PATCH, &format!("{CORE}/pods/mcpi-gh-alice{SSA}")).await;
+            respond(send, StatusCode::OK, &pod);
+            applied = Some(pod);
+        }
+        Some(pod) => {
+            respond(send, StatusCode::OK, &pod);
+            // Either the Pod goes, or the reconcile moves on to the Service.
+            let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
+                .await
+                .expect("a call after the pod GET")
+                .expect("client alive");
+            let call = (req.method().clone(), req.uri().to_string());
+            if call.0 == Method::DELETE {
+                assert_eq!(call.1, format!("{CORE}/pods/mcpi-gh-alice?"));
+                respond(send, StatusCode::OK, &pod);
+                deleted = true;
+            } else {
+                assert_eq!(
+                    call,
+                    (Method::PATCH, format!("{CORE}/services/mcpi-gh-alice{SSA}"))
+                );
+                respond(
+                    send,
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "Service"}),
+                );
+                service_done = true;
+            }
+        }
+    }
+    if !service_done {
+        let (svc, send) = expect(
+            h,
+            Method::PATCH,
+            &format!("{CORE}/services/mcpi-gh-alice{SSA}"),
+        )
+        .await;
+        respond(send, StatusCode::OK, &svc);
+    }
+    let (np, send) = expect(
+        h,
+        Method::PATCH,
+        &format!("/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/mcpi-gh-alice{SSA}"),
+    )
+    .await;
+    respond(send, StatusCode::OK, &np);
+    let (status, send) = expect(h, Method::PATCH, &format!("{INSTANCES}/gh-alice/status?")).await;
+    respond(
+        send,
+        StatusCode::OK,
+        &json!({"apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance", "metadata": {"name": "gh-alice"}, "spec": {"targetRef": {"name": "gh"}, "isolationKey": "alice"}}),
+    );
+    PodOutcome {
+        applied,
+        deleted,
+        phase: status["status"]["phase"].clone(),
+    }
+}
+
+/// `pod` as the API would hold it once running and ready.
+fn running(mut pod: Value) -> Value {
+    pod["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    pod
+}
+
+#[tokio::test]
+async fn a_changed_pod_template_rolls_the_pod_and_an_unchanged_one_leaves_it_running() {
+    let (client, mut h) = mock_client();
+    let inst = instance("gh", Timestamp::now(), &fingerprint_of("alice"));
+    let newer = {
+        let yaml = TARGET.replace("github-mcp-server:1", "github-mcp-server:2");
+        let mut loaded = Loaded::default();
+        load_str(std::path::Path::new("t.yaml"), &yaml, &mut loaded).expect("target");
+        compile(&loaded.inputs, &SealingKey::from_bytes(&KEY))
+            .expect("compile")
+            .snapshot
+    };
+    let verifier = tokio::spawn(async move {
+        let first = serve_reconcile(&mut h, None).await;
+        let pod = first.applied.expect("the pod is applied");
+        let hash = pod["metadata"]["annotations"]["mcp.reflow.io/pod-template-hash"].clone();
+        assert!(hash.as_str().is_some_and(|h| h.len() == 20), "{pod}");
+        // The same template: the running Pod stays.
+        let same = serve_reconcile(&mut h, Some(running(pod.clone()))).await;
+        assert!(!same.deleted);
+        assert_eq!(same.phase, "Running");
+        // Another image: the Pod is replaced, and the instance waits for the new one.
+        let rolled = serve_reconcile(&mut h, Some(running(pod))).await;
+        assert!(rolled.deleted);
+        assert_eq!(rolled.phase, "Pending");
+        expect_quiet(&mut h).await;
+        hash
+    });
+    let now = Timestamp::now();
+    for snapshot in [snapshot(), snapshot(), newer] {
+        instance::reconcile_with(&inst, &snapshot, &client, &config(), now)
+            .await
+            .expect("reconcile");
+    }
+    let hash = verifier.await.expect("verifier");
+    assert_ne!(hash, Value::Null);
+}
+
 #[tokio::test]
 async fn an_idle_instance_is_deleted_and_its_children_follow() {
     let (client, mut h) = mock_client();

@@ -23,11 +23,29 @@ use kube::{Resource, ResourceExt};
 use reflow_crds::api::{MCPInstance, PodSpecTemplate, PodTransport};
 use sha2::{Digest, Sha256};
 
+/// The digest of what a Pod is built from (its spec and labels, not the credential values,
+/// which the fingerprint covers): the same template always gives the same digest.
+fn template_hash(
+    spec: &PodSpec,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<String, BuildError> {
+    let bytes =
+        serde_json::to_vec(&(spec, labels)).map_err(|e| BuildError::Template(e.to_string()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .take(10)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Labels every child carries; the instance label selects the Pod.
 pub const INSTANCE_LABEL: &str = "mcp.reflow.io/instance";
 pub const TARGET_LABEL: &str = "mcp.reflow.io/target";
 /// On the Pod: the credential fingerprint it was started with (a change rolls the Pod).
 pub const FINGERPRINT_ANNOTATION: &str = "mcp.reflow.io/credential-fingerprint";
+/// On the Pod: a digest of the spec and labels it was built with; a changed `pod.template` (or
+/// a new bridge image) gives another digest, and rolls the Pod like a Deployment would.
+pub const TEMPLATE_ANNOTATION: &str = "mcp.reflow.io/pod-template-hash";
 /// The env var holding the per-instance token the bridge demands from dataplanes.
 pub const BRIDGE_TOKEN_ENV: &str = "REFLOW_BRIDGE_TOKEN";
 const BRIDGE_VOLUME: &str = "reflow-bridge";
@@ -288,6 +306,11 @@ pub fn build(
             l.entry(k).or_insert(v);
         }
     }
+    let hash = template_hash(&spec, pod_meta.labels.as_ref())?;
+    pod_meta
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TEMPLATE_ANNOTATION.to_owned(), hash);
     let pod = Pod {
         metadata: pod_meta,
         spec: Some(spec),

@@ -1,8 +1,8 @@
 //! The MCPInstance reconciler: looks the instance's Target up in the served snapshot, resolves the
 //! Credentials of the instance's identity (refusing when they no longer match its fingerprint),
 //! applies its children (server-side apply, owner references), rolls the Pod when the credential
-//! fingerprint changes, reports phase and endpoint, and deletes instances past their idle TTL or
-//! lifetime.
+//! fingerprint or the Pod's template changes, reports phase and endpoint, and deletes instances
+//! past their idle TTL or lifetime.
 
 pub mod api;
 pub mod children;
@@ -235,15 +235,21 @@ pub async fn reconcile_with(
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let existing = pods.get_opt(&name).await?;
-    let running_fp = existing.as_ref().and_then(|p| {
-        p.annotations()
-            .get(children::FINGERPRINT_ANNOTATION)
-            .cloned()
-    });
+    let annotation = |pod: &Pod, key: &str| pod.annotations().get(key).cloned();
+    let wanted_template = annotation(&built.pod, children::TEMPLATE_ANNOTATION);
     let phase = match &existing {
-        Some(_) if running_fp.as_deref() != Some(fingerprint.as_str()) => {
+        Some(p)
+            if annotation(p, children::FINGERPRINT_ANNOTATION).as_ref() != Some(&fingerprint) =>
+        {
             // Pods are immutable where it matters: a credential change replaces the Pod.
             info!("credential fingerprint changed; rolling the pod");
+            pods.delete(&name, &DeleteParams::default()).await?;
+            InstancePhase::Pending
+        }
+        Some(p) if annotation(p, children::TEMPLATE_ANNOTATION) != wanted_template => {
+            // A changed pod.template (image, resources, env) or bridge image: the running Pod
+            // is replaced, as a Deployment would roll it; callers reconnect to the new one.
+            info!("pod template changed; rolling the pod");
             pods.delete(&name, &DeleteParams::default()).await?;
             InstancePhase::Pending
         }
