@@ -5,8 +5,17 @@
 //! `initialize` params); every later `initialize` is answered from that result. Client ids are
 //! remapped by the child process code, so clients never collide. The child gets the bridge's
 //! environment minus every `REFLOW_*` variable (the token among them).
+//!
+//! A request from a client that accepts `text/event-stream` is answered as a stream as soon as
+//! the child says something about it before its reply: its notifications (progress, logs) and
+//! its requests (`sampling/createMessage`, `elicitation/create`, `roots/list`) become events,
+//! each request under a bridge-minted id the client answers with a POSTed response. A client
+//! that accepts JSON only gets the reply alone; the child's requests are refused for it. A
+//! client that closes the stream early cancels the call (the child gets `notifications/cancelled`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,10 +28,18 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex as AsyncMutex;
-use tracing::{info, instrument, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, info, instrument, warn};
 
 use crate::jsonrpc;
 use crate::upstream::stdio::{ChildEnv, ChildProcess, ChildSpec, RestartBackoff, StdioError};
+use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+
+/// What the child may say about one call before its reply, buffered; beyond it notifications
+/// are dropped and requests refused (a slow client never stalls the child's reader).
+const CALL_BACKLOG: usize = 256;
+/// The child's requests waiting for a client's answer, across calls.
+const MAX_WAITING: usize = 1024;
 
 /// Environment variables with this prefix never reach the child.
 pub const RESERVED_ENV_PREFIX: &str = "REFLOW_";
@@ -70,6 +87,10 @@ pub struct Bridge {
     config: BridgeConfig,
     token_digest: [u8; 32],
     child: AsyncMutex<(Slot, RestartBackoff)>,
+    /// The child's requests relayed to a client, by the id the client answers with.
+    waiting: std::sync::Mutex<HashMap<String, Responder>>,
+    /// Mints call routes and relayed request ids.
+    next: AtomicU64,
 }
 
 impl Bridge {
@@ -84,6 +105,8 @@ impl Bridge {
             config,
             token_digest,
             child: AsyncMutex::new((Slot::default(), restarts)),
+            waiting: std::sync::Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
         }))
     }
 
@@ -181,37 +204,31 @@ impl Bridge {
         }
     }
 
-    async fn handle(&self, message: jsonrpc::Message) -> Response {
+    async fn handle(self: &Arc<Self>, message: jsonrpc::Message, streams: bool) -> Response {
         match message {
-            jsonrpc::Message::Request(req) => {
-                let reply = if req.method == "initialize" {
-                    self.running(req.object.get("params"))
-                        .await
-                        .map(|(_, init)| jsonrpc::result(&req.id, Value::Object(init)))
-                } else {
-                    match self.running(None).await {
-                        Ok((child, _)) => child
-                            .request(
-                                &req.method,
-                                req.object.get("params"),
-                                self.config.request_timeout,
-                            )
-                            .await
-                            .map(|mut reply| {
-                                reply.insert("id".into(), req.id.clone());
-                                reply.insert("jsonrpc".into(), json!("2.0"));
-                                Value::Object(reply)
-                            }),
-                        Err(e) => Err(e),
-                    }
+            jsonrpc::Message::Request(req) if req.method == "initialize" => {
+                let body = match self.running(req.object.get("params")).await {
+                    Ok((_, init)) => jsonrpc::result(&req.id, Value::Object(init)),
+                    Err(e) => reply_message(&req.id, Err(e)),
                 };
-                let body = reply.unwrap_or_else(|e| {
-                    let mut err = jsonrpc::error(&req.id, jsonrpc::INTERNAL_ERROR, &e.to_string());
-                    err["error"]["data"] = json!({"reason": e.label()});
-                    err
-                });
                 (StatusCode::OK, axum::Json(body)).into_response()
             }
+            jsonrpc::Message::Request(req) => match self.running(None).await {
+                Ok((child, _)) if streams => self.call_streaming(child, req).await,
+                Ok((child, _)) => {
+                    let reply = child
+                        .request(
+                            &req.method,
+                            req.object.get("params"),
+                            self.config.request_timeout,
+                        )
+                        .await;
+                    (StatusCode::OK, axum::Json(reply_message(&req.id, reply))).into_response()
+                }
+                Err(e) => {
+                    (StatusCode::OK, axum::Json(reply_message(&req.id, Err(e)))).into_response()
+                }
+            },
             jsonrpc::Message::Notification { method, object } => {
                 // The bridge initialized the child itself, and client request ids are not the
                 // child's, so neither `initialized` nor `cancelled` can be passed on as is.
@@ -222,8 +239,152 @@ impl Bridge {
                 }
                 StatusCode::ACCEPTED.into_response()
             }
-            // Answers to server-to-client requests: there is no stream that carried any.
-            jsonrpc::Message::Response(_) => StatusCode::ACCEPTED.into_response(),
+            jsonrpc::Message::Response(answer) => {
+                let responder = answer
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| self.lock_waiting().remove(id));
+                match responder {
+                    Some(r) => {
+                        if let Err(e) = r.answer(&answer).await {
+                            warn!(error = %e, "the answer could not reach the STDIO server");
+                        }
+                    }
+                    None => debug!("an answer nobody waits for; dropped"),
+                }
+                StatusCode::ACCEPTED.into_response()
+            }
+        }
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Responder>> {
+        // The map holds no invariant a panicking holder could break.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call whose client takes a stream: the reply alone as JSON when the child says nothing
+    /// else first, else an event stream of what it says, ending with the reply.
+    async fn call_streaming(
+        self: &Arc<Self>,
+        child: Arc<ChildProcess>,
+        req: jsonrpc::Request,
+    ) -> Response {
+        let (tx, mut upcalls) = mpsc::channel(CALL_BACKLOG);
+        let cancel = Cancel::default();
+        let hooks = CallHooks {
+            sink: Some(Sink::new(tx, Arc::from("bridge"))),
+            cancel: Some(cancel.clone()),
+        };
+        // Its own route per call: the child's messages reach this call only while it is the
+        // one in flight (or by progress token), never another client's.
+        let route = format!("bridge-call-{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let timeout = self.config.request_timeout;
+        let id = req.id.clone();
+        let method = req.method.clone();
+        let params = req.object.get("params").cloned();
+        let mut work = Box::pin(async move {
+            let reply = child
+                .request_with(&method, params.as_ref(), timeout, &hooks, Some(&route))
+                .await;
+            reply_message(&id, reply)
+        });
+        let first = tokio::select! {
+            biased;
+            reply = &mut work => {
+                let early: Vec<Upcall> = std::iter::from_fn(|| upcalls.try_recv().ok()).collect();
+                if early.iter().all(|u| matches!(u.inbound, Inbound::Streaming)) {
+                    return (StatusCode::OK, axum::Json(reply)).into_response();
+                }
+                Err((early, reply))
+            }
+            Some(up) = upcalls.recv() => Ok(up),
+        };
+        let (events, rx) = mpsc::channel::<String>(CALL_BACKLOG);
+        let bridge = self.clone();
+        tokio::spawn(async move {
+            let mut minted = Vec::new();
+            match first {
+                Err((early, reply)) => {
+                    for up in early {
+                        bridge.relay(up, &events, &mut minted).await;
+                    }
+                    let _ = events.send(reply.to_string()).await;
+                }
+                Ok(up) => {
+                    bridge.relay(up, &events, &mut minted).await;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            Some(up) = upcalls.recv() => bridge.relay(up, &events, &mut minted).await,
+                            reply = &mut work => {
+                                let _ = events.send(reply.to_string()).await;
+                                break;
+                            }
+                            () = events.closed() => {
+                                // The client went away: the call stops, the child is told.
+                                cancel.cancel();
+                                let _ = work.await;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            // The child's questions this call never got answered die with it.
+            for id in minted {
+                if let Some(r) = bridge.lock_waiting().remove(&id) {
+                    r.refuse_later(
+                        jsonrpc::INTERNAL_ERROR,
+                        "the call this request belongs to ended",
+                    );
+                }
+            }
+        });
+        crate::gateway::plain_sse(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// One thing the child said about a call, as an event for its client; a request is kept
+    /// (under a minted id, recorded in `minted`) until the client answers it.
+    async fn relay(&self, up: Upcall, events: &mpsc::Sender<String>, minted: &mut Vec<String>) {
+        let message = match up.inbound {
+            Inbound::Streaming => return,
+            Inbound::Notification(msg) => msg,
+            Inbound::Request(mut msg, responder) => {
+                let id = format!("bridge-{}", self.next.fetch_add(1, Ordering::Relaxed));
+                {
+                    let mut waiting = self.lock_waiting();
+                    if waiting.len() >= MAX_WAITING {
+                        drop(waiting);
+                        responder.refuse_later(
+                            jsonrpc::INTERNAL_ERROR,
+                            "too many requests wait for an answer",
+                        );
+                        return;
+                    }
+                    waiting.insert(id.clone(), responder);
+                }
+                msg.insert("id".into(), Value::String(id.clone()));
+                minted.push(id);
+                msg
+            }
+        };
+        let _ = events.send(Value::Object(message).to_string()).await;
+    }
+}
+
+/// The client's reply to its request `id`: the child's answer under the client's id, or a
+/// JSON-RPC error saying why there is none.
+fn reply_message(id: &Value, reply: Result<Map<String, Value>, StdioError>) -> Value {
+    match reply {
+        Ok(mut reply) => {
+            reply.insert("id".into(), id.clone());
+            reply.insert("jsonrpc".into(), json!("2.0"));
+            Value::Object(reply)
+        }
+        Err(e) => {
+            let mut err = jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string());
+            err["error"]["data"] = json!({"reason": e.label()});
+            err
         }
     }
 }
@@ -255,8 +416,13 @@ async fn post_mcp(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: B
         )
             .into_response();
     }
+    let streams = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
     match jsonrpc::parse(&body) {
-        Ok(m) => bridge.handle(m).await,
+        Ok(m) => bridge.handle(m, streams).await,
         Err(e) => (StatusCode::BAD_REQUEST, axum::Json(e.to_response())).into_response(),
     }
 }

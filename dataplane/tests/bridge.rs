@@ -55,6 +55,11 @@ impl BridgeProc {
     /// Starts the bridge over the fixture, with the token in a file and a canary variable (and
     /// a REFLOW_ one) in its environment.
     fn start() -> Self {
+        Self::start_with(&["--stdio", "--name", "bridged"])
+    }
+
+    /// The bridge over the fixture started with `fixture_args`.
+    fn start_with(fixture_args: &[&str]) -> Self {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("bridge-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -65,7 +70,7 @@ impl BridgeProc {
             .arg(&token_file)
             .args(["--request-timeout", "5s", "--"])
             .arg(fixture_bin())
-            .args(["--stdio", "--name", "bridged"])
+            .args(fixture_args)
             .env("BRIDGE_PASSED", "visible")
             .env("REFLOW_SEALING_KEY", "must-not-reach-the-child")
             .env("REFLOW_BRIDGE_TOKEN", "also-not")
@@ -329,6 +334,156 @@ async fn installed_bridge_serves_the_pod_path_with_the_token_from_env() {
         let (status, _) = post(&format!("{addr}/mcp"), Some(TOKEN), json!({})).await;
         assert_eq!(status, 404, "only the configured path is served");
         proc.stop();
+    })
+    .await;
+}
+
+/// The events of an SSE body, read as they come (bounded by the caller).
+struct Events {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Events {
+    fn of(resp: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(resp.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's `data` as JSON; `None` when the stream ends.
+    async fn next(&mut self) -> Option<Value> {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(serde_json::from_str(&data).expect("event data is JSON"));
+            }
+            let chunk = self.body.next().await?.expect("stream chunk");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_childs_sampling_request_reaches_a_streaming_client_and_its_answer_the_child() {
+    bounded(async {
+        let b = BridgeProc::start_with(&["--stdio", "--conformance", "--name", "bridged"]);
+        let http = reqwest::Client::new();
+        let ask = call(json!(7), "test_sampling", json!({"prompt": "2+2?"}));
+        let resp = http
+            .post(&b.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&ask)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let mut events = Events::of(resp);
+        let asked = events.next().await.expect("the child's request");
+        assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+        assert_eq!(asked["params"]["messages"][0]["content"]["text"], "2+2?");
+        let id = asked["id"].as_str().expect("a minted string id").to_owned();
+
+        // An answer to an id nobody asked with is accepted and goes nowhere.
+        let stray = json!({"jsonrpc": "2.0", "id": "bridge-999999", "result": {}});
+        assert_eq!(post(&b.url, Some(TOKEN), stray).await.0, 202);
+        // Answering needs the token like everything else.
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": {
+            "role": "assistant", "model": "test", "content": {"type": "text", "text": "four"}}});
+        assert_eq!(post(&b.url, None, answer.clone()).await.0, 401);
+        assert_eq!(post(&b.url, Some(TOKEN), answer).await.0, 202);
+
+        let reply = events.next().await.expect("the reply");
+        assert_eq!(reply["id"], 7);
+        assert_eq!(text(&reply), "LLM response: four");
+        assert!(
+            events.next().await.is_none(),
+            "the stream ends with the reply"
+        );
+
+        // A client that takes JSON only cannot be asked: the child hears a refusal.
+        let resp = http
+            .post(&b.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json")
+            .json(&call(
+                json!(8),
+                "test_sampling",
+                json!({"prompt": "again?"}),
+            ))
+            .send()
+            .await
+            .unwrap();
+        let reply: Value = resp.json().await.unwrap();
+        assert_eq!(reply["result"]["isError"], true, "{reply}");
+        assert!(text(&reply).starts_with("sampling failed"), "{reply}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_closing_the_stream_cancels_the_call_in_the_child() {
+    bounded(async {
+        let b = BridgeProc::start_with(&["--stdio", "--conformance", "--name", "bridged"]);
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(&b.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&call(
+                json!(1),
+                "test_sampling",
+                json!({"prompt": "never answered"}),
+            ))
+            .send()
+            .await
+            .unwrap();
+        let mut events = Events::of(resp);
+        let asked = events.next().await.expect("the child's request");
+        assert_eq!(asked["method"], "sampling/createMessage");
+        drop(events);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Had the call stayed in flight, the child would have two calls from two clients and
+        // could not tell whose its next request is (it would be refused). Cancelled, the next
+        // call is the only one, and its question reaches its client.
+        let resp = http
+            .post(&b.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&call(json!(2), "test_sampling", json!({"prompt": "next"})))
+            .send()
+            .await
+            .unwrap();
+        let mut events = Events::of(resp);
+        let asked = events.next().await.expect("an event");
+        assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+        assert_eq!(asked["params"]["messages"][0]["content"]["text"], "next");
+        drop(events);
+        let (status, reply) = post(
+            &b.url,
+            Some(TOKEN),
+            call(json!(3), "echo", json!({"text": "still here"})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(text(&reply), "[bridged] still here");
     })
     .await;
 }

@@ -58,6 +58,7 @@ pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
 pub use proxy::TrustedProxyConfig;
 pub use relay::TARGET_META;
 pub use streams::StreamError;
+pub(crate) use streams::plain_sse;
 pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};
 pub use upcalls::UpcallError;
 
