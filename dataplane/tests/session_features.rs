@@ -693,3 +693,63 @@ async fn a_session_that_expires_releases_its_subscriptions_on_a_shared_child() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_restarted_shared_child_keeps_its_sessions_subscriptions_and_levels() {
+    bounded(async {
+        let h = stdio_gateway(&["--stdio", "--conformance"]).await;
+        let carol = h.open(PATH, "carol").await;
+        let dave = h.open(PATH, "dave").await;
+        let erin = h.open(PATH, "erin").await;
+        let first = whoami(&h, "erin", &erin).await["pid"].clone();
+        resource_rpc(&h, "carol", &carol, "resources/subscribe").await;
+        set_level(&h, "dave", &dave, "debug").await;
+        let mut carol_get = Events::open(&h, "carol", &carol).await;
+
+        // The child crashes; the next call starts another (after the pool's restart backoff).
+        let crashed = h
+            .rpc(
+                PATH,
+                "dave",
+                Some(&dave),
+                "tools/call",
+                json!({"name": "crash", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(crashed.status, 200);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let report = loop {
+            let r = h
+                .rpc(
+                    PATH,
+                    "erin",
+                    Some(&erin),
+                    "tools/call",
+                    json!({"name": "whoami", "arguments": {}}),
+                )
+                .await;
+            let report = r.body["result"]["content"][0]["text"]
+                .as_str()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok());
+            if let Some(report) = report.filter(|r| r["pid"] != first) {
+                break report;
+            }
+            assert!(Instant::now() < deadline, "the child was not restarted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // The new child was subscribed for carol, and runs at the level dave asked for, before
+        // erin's call reached it.
+        assert_eq!(report["subscriptions"], json!([WATCHED]), "{report}");
+        assert_eq!(report["logLevel"], "debug", "{report}");
+        whoami_emitting(&h, "erin", &erin, updated()).await;
+        let note = next_update(&mut carol_get, Duration::from_secs(10))
+            .await
+            .expect("carol hears the new child's update");
+        assert_eq!(note["params"]["uri"], WATCHED);
+
+        // Leaving still works on the new child: the last subscriber's unsubscribe reaches it.
+        resource_rpc(&h, "carol", &carol, "resources/unsubscribe").await;
+        assert_eq!(whoami(&h, "erin", &erin).await["subscriptions"], json!([]));
+    })
+    .await;
+}

@@ -224,6 +224,7 @@ impl Gateway {
             };
             let child = self.upstream.stdio().acquire(&key, &start).await?;
             self.attach_child(caller, &key, &child).await;
+            self.carry_subscriptions(&key, &child).await;
             let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
             if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
                 return self

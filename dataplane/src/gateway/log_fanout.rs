@@ -47,11 +47,8 @@ impl Attached {
 }
 
 fn alive(holder: &Holder) -> bool {
-    match holder {
-        Holder::Child(weak) => weak.strong_count() > 0,
-        // Forgotten with their last session instead.
-        Holder::Instance { .. } => true,
-    }
+    // Instances are forgotten with their last session instead.
+    !super::subscriptions::exited(holder)
 }
 
 /// Which sessions use which shared upstream (STDIO child, instance pod), and at what level.
@@ -84,12 +81,19 @@ impl ChildLevels {
             }
             return a.retell();
         }
-        // Children that exited are forgotten when a new one is first seen.
+        // Children that exited are forgotten when a new one is first seen; the sessions that
+        // used one of the same key keep their levels on its successor.
+        let mut asked: HashMap<String, Option<LogLevel>> = map
+            .values()
+            .filter(|a| a.key == *key && !alive(&a.holder))
+            .flat_map(|a| a.asked.iter().map(|(s, l)| (s.clone(), *l)))
+            .collect();
         map.retain(|_, a| alive(&a.holder));
+        asked.insert(session.to_owned(), level);
         let mut a = Attached {
             holder: holder(),
             key: key.clone(),
-            asked: HashMap::from([(session.to_owned(), level)]),
+            asked,
             sent: None,
         };
         let tell = a.retell();

@@ -4,8 +4,9 @@
 //!
 //! `notifications/resources/updated` from a shared child is delivered to the GET stream of every
 //! session subscribed to that URI on that child (through `to_get_stream`, so it crosses
-//! replicas), and to no one else. A child that restarts starts with no subscriptions; clients
-//! learn of it as for any upstream restart (nothing more arrives until they subscribe again).
+//! replicas), and to no one else. A child that exited hands its subscribers to the next child
+//! started for the same isolation key, which is subscribed to their URIs before it serves its
+//! first call: a crash and restart loses no subscription.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -134,6 +135,47 @@ impl SharedSubscriptions {
         Left::Last
     }
 
+    /// Moves the subscriptions held on exited children of `key` to `child` (their successor);
+    /// returns the URIs `child` must now be subscribed to. Cheap when there are none.
+    pub(crate) fn inherit(&self, key: &IsolationKey, child: &Arc<ChildProcess>) -> Vec<String> {
+        let mut t = self.lock();
+        let label = child.label();
+        let gone: Vec<String> = t
+            .by_child
+            .iter()
+            .filter(|(l, u)| l.as_str() != label && u.key == *key && exited(&u.holder))
+            .map(|(l, _)| l.clone())
+            .collect();
+        let mut owed = Vec::new();
+        for old in gone {
+            let Some(prior) = t.by_child.remove(&old) else {
+                continue;
+            };
+            for (uri, sessions) in prior.uris {
+                for s in &sessions {
+                    if let Some(mine) = t.by_session.get_mut(s) {
+                        mine.remove(&(old.clone(), uri.clone()));
+                        mine.insert((label.to_owned(), uri.clone()));
+                    }
+                }
+                let heir = t
+                    .by_child
+                    .entry(label.to_owned())
+                    .or_insert_with(|| Upstream {
+                        holder: Holder::Child(Arc::downgrade(child)),
+                        key: key.clone(),
+                        uris: HashMap::new(),
+                    });
+                let subs = heir.uris.entry(uri.clone()).or_default();
+                if subs.is_empty() {
+                    owed.push(uri);
+                }
+                subs.extend(sessions);
+            }
+        }
+        owed
+    }
+
     /// Sessions subscribed to `uri` on `child`.
     pub(crate) fn subscribers(&self, child: &str, uri: &str) -> Vec<String> {
         self.lock()
@@ -171,6 +213,14 @@ impl SharedSubscriptions {
             }
         }
         last
+    }
+}
+
+/// A child that is gone (dropped by the pool, or exited and not yet replaced there).
+pub(super) fn exited(holder: &Holder) -> bool {
+    match holder {
+        Holder::Child(weak) => weak.upgrade().is_none_or(|c| !c.is_alive()),
+        Holder::Instance { .. } => false,
     }
 }
 
@@ -215,6 +265,33 @@ impl Gateway {
                 Left::Kept => Ok(empty_result()),
             },
             _ => Ok(send().await?),
+        }
+    }
+
+    /// A child new for its isolation key takes over what its exited predecessors held: it is
+    /// subscribed to their subscribers' URIs (a refusal is logged; those sessions keep their
+    /// count, so the next subscribe is answered here as before).
+    pub(super) async fn carry_subscriptions(&self, key: &IsolationKey, child: &Arc<ChildProcess>) {
+        for uri in self.subscriptions.inherit(key, child) {
+            let params = json!({"uri": uri});
+            match child
+                .request(SUBSCRIBE, Some(&params), RELEASE_TIMEOUT)
+                .await
+            {
+                Ok(reply) if reply.contains_key("result") => {
+                    debug!(
+                        child = child.label(),
+                        "subscription carried to a restarted child"
+                    )
+                }
+                Ok(reply) => {
+                    let error = reply.get("error").map(Value::to_string).unwrap_or_default();
+                    warn!(child = child.label(), %error, "a restarted child refused a carried subscription")
+                }
+                Err(e) => {
+                    warn!(child = child.label(), error = %e, "a carried subscription did not reach the restarted child")
+                }
+            }
         }
     }
 
