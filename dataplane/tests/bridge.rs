@@ -1,7 +1,8 @@
 //! `reflow-dataplane bridge` end to end: the real binary bridging the real `reflow-fixture --stdio`
 //! on loopback. Bearer token (401 without it), id remapping across concurrent clients, the
-//! child's environment, crash and restart, SIGTERM stopping the child, and the gateway talking
-//! to the bridge as a Streamable HTTP Target.
+//! child's environment, crash and restart, SIGTERM stopping the child, the child's requests
+//! relayed on a stream and answered, and the gateway talking to the bridge as a Streamable HTTP
+//! Target.
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use reflow_dataplane::gateway::GatewayConfig;
 use serde_json::{Value, json};
+use support::SseReader;
 
 const BIN: &str = env!("CARGO_BIN_EXE_reflow-dataplane");
 const TOKEN: &str = "bridge-token-0123456789";
@@ -338,40 +340,9 @@ async fn installed_bridge_serves_the_pod_path_with_the_token_from_env() {
     .await;
 }
 
-/// The events of an SSE body, read as they come (bounded by the caller).
-struct Events {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buffer: String,
-}
-
-impl Events {
-    fn of(resp: reqwest::Response) -> Self {
-        Self {
-            body: Box::pin(resp.bytes_stream()),
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event's `data` as JSON; `None` when the stream ends.
-    async fn next(&mut self) -> Option<Value> {
-        use futures::StreamExt;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let event: String = self.buffer.drain(..end + 2).collect();
-                let data: String = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim)
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                return Some(serde_json::from_str(&data).expect("event data is JSON"));
-            }
-            let chunk = self.body.next().await?.expect("stream chunk");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+/// An event within the bridge's request timeout, or `None` when the stream ended.
+async fn next(events: &mut SseReader) -> Option<Value> {
+    events.next_within(Duration::from_secs(10)).await
 }
 
 #[tokio::test]
@@ -395,8 +366,8 @@ async fn the_childs_sampling_request_reaches_a_streaming_client_and_its_answer_t
                 .unwrap()
                 .starts_with("text/event-stream")
         );
-        let mut events = Events::of(resp);
-        let asked = events.next().await.expect("the child's request");
+        let mut events = SseReader::new(resp);
+        let asked = next(&mut events).await.expect("the child's request");
         assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
         assert_eq!(asked["params"]["messages"][0]["content"]["text"], "2+2?");
         let id = asked["id"].as_str().expect("a minted string id").to_owned();
@@ -410,11 +381,11 @@ async fn the_childs_sampling_request_reaches_a_streaming_client_and_its_answer_t
         assert_eq!(post(&b.url, None, answer.clone()).await.0, 401);
         assert_eq!(post(&b.url, Some(TOKEN), answer).await.0, 202);
 
-        let reply = events.next().await.expect("the reply");
+        let reply = next(&mut events).await.expect("the reply");
         assert_eq!(reply["id"], 7);
         assert_eq!(text(&reply), "LLM response: four");
         assert!(
-            events.next().await.is_none(),
+            next(&mut events).await.is_none(),
             "the stream ends with the reply"
         );
 
@@ -455,8 +426,8 @@ async fn a_client_closing_the_stream_cancels_the_call_in_the_child() {
             .send()
             .await
             .unwrap();
-        let mut events = Events::of(resp);
-        let asked = events.next().await.expect("the child's request");
+        let mut events = SseReader::new(resp);
+        let asked = next(&mut events).await.expect("the child's request");
         assert_eq!(asked["method"], "sampling/createMessage");
         drop(events);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -471,8 +442,8 @@ async fn a_client_closing_the_stream_cancels_the_call_in_the_child() {
             .send()
             .await
             .unwrap();
-        let mut events = Events::of(resp);
-        let asked = events.next().await.expect("an event");
+        let mut events = SseReader::new(resp);
+        let asked = next(&mut events).await.expect("an event");
         assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
         assert_eq!(asked["params"]["messages"][0]["content"]["text"], "next");
         drop(events);

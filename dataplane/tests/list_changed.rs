@@ -6,10 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use futures::StreamExt;
 use reflow_dataplane::gateway::GatewayConfig;
-use serde_json::Value;
 use support::*;
 
 const PATH: &str = "/mcp";
@@ -40,68 +37,16 @@ fn policy_on(
     )
 }
 
-/// Reads SSE events (JSON data) off a live GET stream, one at a time.
-struct Events {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    buf: String,
-}
+/// A live GET stream of a session.
+struct Events;
 
 impl Events {
-    async fn open(h: &Harness, user: &str, sid: &str) -> Self {
-        Self::open_at(h, PATH, user, sid).await
+    async fn open(h: &Harness, user: &str, sid: &str) -> SseReader {
+        SseReader::open(h, PATH, user, sid).await
     }
 
-    async fn open_at(h: &Harness, path: &str, user: &str, sid: &str) -> Self {
-        let resp = h
-            .http
-            .get(format!("{}{path}", h.base))
-            .header("accept", "text/event-stream")
-            .header("authorization", format!("Bearer {user}"))
-            .header("mcp-session-id", sid)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        Self {
-            body: resp.bytes_stream().boxed(),
-            buf: String::new(),
-        }
-    }
-
-    /// The next message within `wait` (priming events skipped); None if none came in time.
-    async fn next_within(&mut self, wait: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let data: String = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim)
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                return Some(serde_json::from_str(&data).expect("event data is JSON"));
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next())
-                .await
-                .ok()??;
-            self.buf.push_str(&String::from_utf8_lossy(&chunk.ok()?));
-        }
-    }
-
-    /// Every message that arrives within `wait`.
-    async fn drain(&mut self, wait: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut out = Vec::new();
-        while let Some(m) = self
-            .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
-            .await
-        {
-            out.push(m["method"].as_str().unwrap_or("").to_owned());
-        }
-        out
+    async fn open_at(h: &Harness, path: &str, user: &str, sid: &str) -> SseReader {
+        SseReader::open(h, path, user, sid).await
     }
 }
 

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use futures::StreamExt;
 use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::upstream::StdioConfig;
@@ -131,46 +129,12 @@ async fn http_fixture() -> HttpFixture {
 
 const PATH: &str = "/mcp/t/fx";
 
-/// Reads SSE messages off a live GET stream.
-struct Events {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    buf: String,
-}
+/// A live GET stream of a session on the STDIO Target.
+struct Events;
 
 impl Events {
-    async fn open(h: &Harness, user: &str, sid: &str) -> Self {
-        let resp = h
-            .http
-            .get(format!("{}{PATH}", h.base))
-            .header("accept", "text/event-stream")
-            .header("authorization", format!("Bearer {user}"))
-            .header("mcp-session-id", sid)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        Self {
-            body: resp.bytes_stream().boxed(),
-            buf: String::new(),
-        }
-    }
-
-    /// The next message within `wait`; None if none came in time.
-    async fn next_within(&mut self, wait: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                if let Some(v) = sse_messages(&block).into_iter().next() {
-                    return Some(v);
-                }
-                continue;
-            }
-            match tokio::time::timeout_at(deadline, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => return None,
-            }
-        }
+    async fn open(h: &Harness, user: &str, sid: &str) -> SseReader {
+        SseReader::open(h, PATH, user, sid).await
     }
 }
 
@@ -345,7 +309,7 @@ fn updated() -> Value {
 }
 
 /// The next resource update on `events` within `wait`, skipping anything else.
-async fn next_update(events: &mut Events, wait: Duration) -> Option<Value> {
+async fn next_update(events: &mut SseReader, wait: Duration) -> Option<Value> {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -471,7 +435,7 @@ fn seen_with_keys(up: &Upstream) -> Vec<(String, String, String)> {
 }
 
 /// The next list_changed on `events` within `wait`, skipping anything else.
-async fn next_list_changed(events: &mut Events, wait: Duration) -> Option<String> {
+async fn next_list_changed(events: &mut SseReader, wait: Duration) -> Option<String> {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -24,6 +24,19 @@ fn gateway(fx: &FixtureProcess) -> TestGateway {
         .expect("gateway starts")
 }
 
+/// Waits (bounded) until a client holds a GET or listen stream at `gw`.
+fn until_listening(gw: &TestGateway) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.gateway().live_get_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SDK never opened its listen stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn asked_methods(report: &Value) -> Vec<String> {
     report["client_requests"]
         .as_array()
@@ -370,8 +383,6 @@ fn the_stateless_envelope_is_checked_at_the_gateway() {
 #[test]
 fn python_sdk_in_2026_mode_hears_list_changed_on_its_listen_stream_after_a_policy_edit() {
     use reflow_e2e::harness::gateway::target_yaml;
-    use std::time::{Duration, Instant};
-
     let fx = fixture("both");
     let allow = |name: &str, tools: &[&str]| {
         PolicyDoc::allow(name, "up")
@@ -392,14 +403,7 @@ fn python_sdk_in_2026_mode_hears_list_changed_on_its_listen_stream_after_a_polic
             py_ops::list_tools(),
         ]);
     let run = std::thread::spawn(move || client.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.gateway().live_get_streams() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the SDK never opened its listen stream"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_listening(&gw);
     gw.replace_manifests(&[
         target_yaml("up", "streamableHttp", &fx.mcp_url()),
         allow("dev", &["test_simple_text", "test_image_content"]).to_yaml(),
@@ -480,7 +484,7 @@ fn closing_a_stateless_response_stream_cancels_the_call() {
 
 #[test]
 fn a_listen_stream_carries_resource_updates_from_a_stateless_upstream() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let fx = fixture("both");
     let gw = gateway(&fx);
@@ -489,14 +493,7 @@ fn a_listen_stream_carries_resource_updates_from_a_stateless_upstream() {
         .token(gw.token("alice", &[], &[]))
         .actions([py_ops::listen(false, &["test://watched-resource"], 1, 30.0)]);
     let run = std::thread::spawn(move || client.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.gateway().live_get_streams() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the SDK never opened its listen stream"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_listening(&gw);
     // Another caller changes the resource (again, until the subscriber has heard it: the
     // gateway's own upstream subscription is opened in the background).
     let url = gw.target_url("up");
@@ -595,7 +592,7 @@ fn python_sdk_cancellation_reaches_the_gateway_in_both_modes() {
 
 #[test]
 fn an_upstream_listen_stream_that_ends_is_reopened() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let first = fixture("both");
     let addr = first.addr().to_string();
@@ -605,14 +602,7 @@ fn an_upstream_listen_stream_that_ends_is_reopened() {
         .token(gw.token("alice", &[], &[]))
         .actions([py_ops::listen(true, &[], 1, 40.0)]);
     let run = std::thread::spawn(move || client.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.gateway().live_get_streams() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the SDK never opened its listen stream"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_listening(&gw);
     // The upstream goes away (its listen stream with it) and comes back on the same address.
     drop(first);
     let _second = FixtureProcess::spawn_with(
@@ -653,8 +643,6 @@ fn an_upstream_listen_stream_that_ends_is_reopened() {
 /// after the announcement is fetched again (with the cache kept, it would be the old one).
 #[test]
 fn an_announced_list_change_is_not_hidden_by_the_gateways_cache() {
-    use std::time::{Duration, Instant};
-
     let fx = FixtureProcess::spawn_with(
         &fixture_bin!(),
         ["--conformance", "--era", "both", "--cache-ttl-ms", "60000"],
@@ -693,14 +681,7 @@ fn an_announced_list_change_is_not_hidden_by_the_gateways_cache() {
         .token(token.clone())
         .actions([py_ops::listen(true, &[], 1, 30.0), py_ops::list_tools()]);
     let run = std::thread::spawn(move || client.run());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.gateway().live_get_streams() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the SDK never opened its listen stream"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_listening(&gw);
     let trigger = "test_trigger_tool_change";
     stateless(
         "tools/call",

@@ -322,6 +322,70 @@ pub fn sse_messages(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Reads a live SSE response as its events come: the JSON `data` of each event that has one
+/// (priming events and keep-alives are skipped).
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> Self {
+        use futures::StreamExt;
+        Self {
+            body: resp.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// `GET path` as `user` on session `sid` (the session's stream), asserted open.
+    pub async fn open(h: &Harness, path: &str, user: &str, sid: &str) -> Self {
+        let resp = h
+            .http
+            .get(format!("{}{path}", h.base))
+            .header("accept", "text/event-stream")
+            .header("authorization", format!("Bearer {user}"))
+            .header("mcp-session-id", sid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        Self::new(resp)
+    }
+
+    /// The next message within `wait`; `None` when the stream ends or nothing came in time.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(v) = sse_messages(&block).into_iter().next() {
+                    return Some(v);
+                }
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The methods of every message that arrives within `wait`.
+    pub async fn drain(&mut self, wait: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            out.push(m["method"].as_str().unwrap_or("").to_owned());
+        }
+        out
+    }
+}
+
 impl Harness {
     pub async fn post(
         &self,
