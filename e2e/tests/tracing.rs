@@ -443,3 +443,71 @@ fn a_graceful_stop_flushes_the_spans_still_queued() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SEP-414: a client's trace given in `_meta` (no header) continues through the gateway, and a
+/// STDIO server, which only has `_meta`, gets the gateway's upstream span as its parent there.
+#[test]
+fn a_trace_in_meta_continues_through_the_gateway_into_a_stdio_server() {
+    let receiver = OtlpReceiver::start().expect("receiver");
+    let endpoint = receiver.endpoint();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", EXPORT_EVERY_MS),
+    ];
+    let dir = temp_dir("meta");
+    let (manifests, config, _audit) = gateway_files(&dir, "http://127.0.0.1:9/mcp");
+    let stdio_target = format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: kid, namespace: {ns}}}\nspec:\n  transport: stdio\n  command: {bin}\n  args: [\"--stdio\", \"--name\", \"kid\"]\n  prefix: kid\n---\n{policy}",
+        ns = reflow_e2e::harness::gateway::NAMESPACE,
+        bin = json!(fixture_bin!().to_string_lossy()),
+        policy = PolicyDoc::allow("kid-all", "kid")
+            .everyone()
+            .rule("all", &["*"])
+            .to_yaml(),
+    );
+    std::fs::write(manifests.join("kid.yaml"), stdio_target).expect("stdio manifests");
+    let gateway = DataplaneProcess::spawn(&manifests, &config, &otel).expect("gateway");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let report: Value = rt.block_on(async {
+        let client = Client::connect(gateway.mcp_url()).await;
+        let resp = client
+            .http
+            .post(&client.url)
+            .bearer_auth(&client.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &client.session)
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "kid_whoami", "arguments": {},
+                "_meta": {"traceparent": traceparent(), "tracestate": "client=kept"}}}),
+            )
+            .send()
+            .await
+            .expect("tools/call");
+        assert!(resp.status().is_success(), "tools/call: {}", resp.status());
+        let reply: Value = resp.json().await.expect("JSON reply");
+        serde_json::from_str(echoed(&reply)).expect("whoami report")
+    });
+    let spans = receiver.wait_for(Duration::from_secs(15), |spans| {
+        !of(spans, "reflow-dataplane", "handle_post").is_empty()
+            && !of(spans, "reflow-dataplane", "upstream").is_empty()
+    });
+    let context = format!(
+        "spans: {spans:#?}\nreport: {report:#}\ngateway: {}",
+        gateway.output()
+    );
+    let request = of(&spans, "reflow-dataplane", "handle_post");
+    assert_eq!(request.len(), 1, "{context}");
+    assert_eq!(request[0].parent_span_id, CLIENT_SPAN, "{context}");
+    let upstream = of(&spans, "reflow-dataplane", "upstream");
+    assert_eq!(upstream.len(), 1, "{context}");
+    // The child read the gateway's upstream span, not the client's, as its parent.
+    assert_eq!(
+        report["meta"]["traceparent"],
+        format!("00-{CLIENT_TRACE}-{}-01", upstream[0].span_id),
+        "{context}"
+    );
+    assert_eq!(report["meta"]["tracestate"], "client=kept", "{context}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

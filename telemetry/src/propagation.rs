@@ -1,5 +1,6 @@
-//! W3C trace context (`traceparent`/`tracestate`) into and out of HTTP headers, and a span's
-//! trace id. With tracing off every function returns at once, allocating nothing.
+//! W3C trace context (`traceparent`/`tracestate`) into and out of HTTP headers and MCP `_meta`
+//! (SEP-414: the same keys in a request's `params._meta`, which is all a STDIO server gets), and
+//! a span's trace id. With tracing off every function returns at once, allocating nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -43,6 +44,46 @@ pub fn continue_remote(span: &Span, headers: &HeaderMap) {
         // Fails only when the span has started already (a caller bug) or is disabled: then
         // it keeps its own trace, which is still correct on its own.
         let _ = span.set_parent(parent);
+    }
+}
+
+/// The trace context a request's `params._meta` carries (SEP-414), as headers to continue from;
+/// `None` when it carries none. Only read when tracing is on.
+pub fn meta_context(meta: Option<&serde_json::Value>) -> Option<HeaderMap> {
+    if !enabled() {
+        return None;
+    }
+    let meta = meta?.as_object()?;
+    let parent = meta.get("traceparent")?.as_str()?;
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", HeaderValue::from_str(parent).ok()?);
+    if let Some(state) = meta
+        .get("tracestate")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        headers.insert("tracestate", state);
+    }
+    Some(headers)
+}
+
+/// Writes the current span's context as `traceparent` (and `tracestate`) into a request's
+/// `_meta`, replacing what the caller put there: the server's spans are this span's children.
+pub fn inject_current_meta(meta: &mut serde_json::Map<String, serde_json::Value>) {
+    if !enabled() {
+        return;
+    }
+    let mut headers = HeaderMap::new();
+    inject(&Span::current().context(), &mut headers);
+    for key in ["traceparent", "tracestate"] {
+        match headers.get(key).and_then(|v| v.to_str().ok()) {
+            Some(v) => {
+                meta.insert(key.to_owned(), serde_json::Value::String(v.to_owned()));
+            }
+            None => {
+                meta.remove(key);
+            }
+        }
     }
 }
 
@@ -175,6 +216,31 @@ mod tests {
                 assert_eq!(parts(&outgoing).0, trace, "{bad}");
             });
         }
+    }
+
+    #[test]
+    fn a_trace_in_meta_continues_and_ours_replaces_it_on_the_way_out() {
+        with_tracing(|| {
+            let meta = serde_json::json!({
+                "traceparent": format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"),
+                "tracestate": "vendor=opaque",
+                "progressToken": 7,
+            });
+            let carried = meta_context(Some(&meta)).expect("a context in _meta");
+            let span = info_span!("request");
+            continue_remote(&span, &carried);
+            let _entered = span.enter();
+            assert_eq!(trace_id(&span).as_deref(), Some(CLIENT_TRACE));
+            let mut out = meta.as_object().cloned().unwrap();
+            inject_current_meta(&mut out);
+            let parent = out["traceparent"].as_str().unwrap();
+            let own = span.context().span().span_context().span_id().to_string();
+            assert_eq!(parent, format!("00-{CLIENT_TRACE}-{own}-01"));
+            assert_eq!(out["tracestate"], "vendor=opaque");
+            assert_eq!(out["progressToken"], 7, "other keys stay");
+            assert!(meta_context(Some(&serde_json::json!({"progressToken": 1}))).is_none());
+            assert!(meta_context(Some(&serde_json::json!({"traceparent": 5}))).is_none());
+        });
     }
 
     #[test]

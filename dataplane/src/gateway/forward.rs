@@ -110,6 +110,24 @@ impl Conns {
     }
 }
 
+/// `params` with the current span's trace context in its `_meta`; `None` for params that are
+/// not an object (sent as they are).
+fn with_trace_meta(params: Option<&Value>) -> Option<Value> {
+    let mut params = match params {
+        None => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => return None,
+    };
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(meta) = meta else {
+        return None;
+    };
+    reflow_telemetry::propagation::inject_current_meta(meta);
+    Some(Value::Object(params))
+}
+
 /// Who is calling, through which session, speaking which protocol version.
 pub(crate) struct Caller<'a> {
     pub identity: &'a Identity,
@@ -171,6 +189,12 @@ impl Gateway {
         params: Option<&Value>,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let started = Instant::now();
+        // With tracing on, the upstream's `_meta` names this span as its parent (SEP-414; all a
+        // STDIO server can read), replacing whatever trace context the caller put there.
+        let traced = reflow_telemetry::propagation::enabled()
+            .then(|| with_trace_meta(params))
+            .flatten();
+        let params = traced.as_ref().or(params);
         let out = self.forward_inner(caller, target, method, params).await;
         let labels = UpstreamLabels {
             target: caller.target_key.clone(),

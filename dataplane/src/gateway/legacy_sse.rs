@@ -56,7 +56,7 @@ pub(super) async fn post_aggregated(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let span = post_span(&headers);
+    let span = post_span(&headers, &body);
     post_message(gw, Scope::Aggregated, q, peer, headers, body)
         .instrument(span)
         .await
@@ -70,14 +70,14 @@ pub(super) async fn post_target(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let span = post_span(&headers);
+    let span = post_span(&headers, &body);
     let scope = Scope::Target { namespace, name };
     post_message(gw, scope, q, peer, headers, body)
         .instrument(span)
         .await
 }
 
-fn post_span(headers: &HeaderMap) -> Span {
+fn post_span(headers: &HeaderMap, body: &[u8]) -> Span {
     let span = info_span!(
         "legacy_sse_post",
         otel.kind = "server",
@@ -85,7 +85,7 @@ fn post_span(headers: &HeaderMap) -> Span {
         session = field::Empty,
         user = field::Empty
     );
-    reflow_telemetry::propagation::continue_remote(&span, headers);
+    super::continue_caller_trace(&span, headers, body);
     span
 }
 

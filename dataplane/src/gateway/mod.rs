@@ -539,6 +539,33 @@ fn insufficient_scope(why: OutOfScope) -> Response {
 static TRACE_PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
 static TRACE_COUNTER: AtomicU64 = AtomicU64::new(1);
 
+/// Makes `span` continue the caller's trace: the one in the message's `params._meta` (SEP-414)
+/// when it carries one, else the `traceparent` header. Only read when tracing is on.
+pub(super) fn continue_caller_trace(span: &Span, headers: &HeaderMap, body: &[u8]) {
+    use reflow_telemetry::propagation;
+    if !propagation::enabled() {
+        return;
+    }
+    /// Just the `_meta` of a message (everything else is skipped, not kept).
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        params: Option<PeekParams>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekParams {
+        #[serde(rename = "_meta")]
+        meta: Option<Value>,
+    }
+    let meta = serde_json::from_slice::<Peek>(body)
+        .ok()
+        .and_then(|p| p.params)
+        .and_then(|p| p.meta);
+    match propagation::meta_context(meta.as_ref()) {
+        Some(carried) => propagation::continue_remote(span, &carried),
+        None => propagation::continue_remote(span, headers),
+    }
+}
+
 /// The trace id of the request being served: the OTel one when tracing is on (so the audit row
 /// leads to the trace), else the caller's `traceparent` one, else a fresh one.
 fn request_trace_id(headers: &HeaderMap) -> String {
@@ -659,7 +686,7 @@ async fn handle_post(
         session = field::Empty,
         user = field::Empty
     );
-    reflow_telemetry::propagation::continue_remote(&span, &headers);
+    continue_caller_trace(&span, &headers, &body);
     serve_post(gw, scope, peer, headers, body)
         .instrument(span)
         .await
