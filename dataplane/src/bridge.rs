@@ -416,11 +416,7 @@ async fn post_mcp(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: B
         )
             .into_response();
     }
-    let streams = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"));
+    let streams = crate::gateway::accepts(&headers, "text/event-stream");
     match jsonrpc::parse(&body) {
         Ok(m) => bridge.handle(m, streams).await,
         Err(e) => (StatusCode::BAD_REQUEST, axum::Json(e.to_response())).into_response(),

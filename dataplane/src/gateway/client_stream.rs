@@ -34,7 +34,8 @@ pub(super) async fn get_target(
     handle_get(gw, Scope::Target { namespace, name }, peer, headers).await
 }
 
-pub(super) fn accepts(headers: &HeaderMap, media: &str) -> bool {
+/// Whether the request's `Accept` headers name `media`.
+pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

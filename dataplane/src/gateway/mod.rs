@@ -53,6 +53,7 @@ use crate::upstream::{
     PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
 };
 
+pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
 pub use proxy::TrustedProxyConfig;
