@@ -37,19 +37,6 @@ fn policy_on(
     )
 }
 
-/// A live GET stream of a session.
-struct Events;
-
-impl Events {
-    async fn open(h: &Harness, user: &str, sid: &str) -> SseReader {
-        SseReader::open(h, PATH, user, sid).await
-    }
-
-    async fn open_at(h: &Harness, path: &str, user: &str, sid: &str) -> SseReader {
-        SseReader::open(h, path, user, sid).await
-    }
-}
-
 /// One target `up` serving read/write/admin; everyone may use `read`, group `dev` also `write`.
 async fn setup() -> Harness {
     setup_with_url().await.0
@@ -88,8 +75,8 @@ async fn a_policy_edit_for_one_group_is_announced_to_its_members_only() {
         ["up_read", "up_write"]
     );
     assert_eq!(h.tool_names(PATH, "bob", &bob_sid).await, ["up_read"]);
-    let mut alice = Events::open(&h, "alice:dev", &alice_sid).await;
-    let mut bob = Events::open(&h, "bob", &bob_sid).await;
+    let mut alice = SseReader::open(&h, PATH, "alice:dev", &alice_sid).await;
+    let mut bob = SseReader::open(&h, PATH, "bob", &bob_sid).await;
 
     // dev loses `write` and gains `admin`; bob is in no rule of that Policy.
     std::fs::write(
@@ -157,7 +144,7 @@ async fn a_session_without_a_get_stream_is_not_told_but_lists_the_new_set() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // What would have been announced is not kept for a stream opened later.
-    let mut alice = Events::open(&h, "alice:dev", &alice_sid).await;
+    let mut alice = SseReader::open(&h, PATH, "alice:dev", &alice_sid).await;
     assert_eq!(alice.drain(QUIET).await, Vec::<String>::new());
 }
 
@@ -168,9 +155,9 @@ async fn credentials_and_reachable_targets_decide_who_hears() {
     let agg_sid = h.open(PATH, "alice:dev").await;
     let scoped_sid = h.open(scoped_path, "alice:dev").await;
     let bob_sid = h.open(PATH, "bob").await;
-    let mut alice_agg = Events::open(&h, "alice:dev", &agg_sid).await;
-    let mut alice_scoped = Events::open_at(&h, scoped_path, "alice:dev", &scoped_sid).await;
-    let mut bob = Events::open(&h, "bob", &bob_sid).await;
+    let mut alice_agg = SseReader::open(&h, PATH, "alice:dev", &agg_sid).await;
+    let mut alice_scoped = SseReader::open(&h, scoped_path, "alice:dev", &scoped_sid).await;
+    let mut bob = SseReader::open(&h, PATH, "bob", &bob_sid).await;
 
     // alice's credential on `up` may change what the upstream lists to her: her tools, on both
     // endpoints; she may see no resources or prompts there, so those lists cannot change.

@@ -129,15 +129,6 @@ async fn http_fixture() -> HttpFixture {
 
 const PATH: &str = "/mcp/t/fx";
 
-/// A live GET stream of a session on the STDIO Target.
-struct Events;
-
-impl Events {
-    async fn open(h: &Harness, user: &str, sid: &str) -> SseReader {
-        SseReader::open(h, PATH, user, sid).await
-    }
-}
-
 /// whoami on `sid`, sending `emit` first; returns (report, messages streamed before the reply).
 async fn whoami_emitting(h: &Harness, user: &str, sid: &str, emit: Value) -> (Value, Vec<Value>) {
     let r = h
@@ -338,9 +329,9 @@ async fn subscriptions_on_a_shared_child_are_counted_and_updates_reach_subscribe
             whoami(&h, "erin", &erin).await["subscriptions"],
             json!([WATCHED])
         );
-        let mut carol_get = Events::open(&h, "carol", &carol).await;
-        let mut dave_get = Events::open(&h, "dave", &dave).await;
-        let mut erin_get = Events::open(&h, "erin", &erin).await;
+        let mut carol_get = SseReader::open(&h, PATH, "carol", &carol).await;
+        let mut dave_get = SseReader::open(&h, PATH, "dave", &dave).await;
+        let mut erin_get = SseReader::open(&h, PATH, "erin", &erin).await;
 
         // erin, who did not subscribe, makes the child announce an update.
         let (_, erin_saw) = whoami_emitting(&h, "erin", &erin, updated()).await;
@@ -477,7 +468,7 @@ async fn a_groups_change_keeps_the_session_refilters_announces_and_uses_the_new_
         .await;
         let sid = h.open(PATH, "alice:dev").await;
         assert_eq!(h.tool_names(PATH, "alice:dev", &sid).await, ["alpha"]);
-        let mut get = Events::open(&h, "alice:dev", &sid).await;
+        let mut get = SseReader::open(&h, PATH, "alice:dev", &sid).await;
 
         // Same user, new groups: the same session, the new view, announced on its GET stream.
         assert_eq!(
@@ -668,7 +659,7 @@ async fn a_restarted_shared_child_keeps_its_sessions_subscriptions_and_levels() 
         let first = whoami(&h, "erin", &erin).await["pid"].clone();
         resource_rpc(&h, "carol", &carol, "resources/subscribe").await;
         set_level(&h, "dave", &dave, "debug").await;
-        let mut carol_get = Events::open(&h, "carol", &carol).await;
+        let mut carol_get = SseReader::open(&h, PATH, "carol", &carol).await;
 
         // The child crashes; the next call starts another (after the pool's restart backoff).
         let crashed = h
