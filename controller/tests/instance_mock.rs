@@ -623,8 +623,19 @@ async fn credentials_that_no_longer_resolve_to_the_fingerprint_are_refused_witho
             StatusCode::OK,
             &json!({"apiVersion": "mcp.reflow.io/v1alpha1", "kind": "MCPInstance", "metadata": {"name": "gh-alice"}, "spec": {"targetRef": {"name": "gh"}, "isolationKey": "alice"}}),
         );
-        // No Secret, Pod, Service or NetworkPolicy call: alice's values never reach a pod
-        // started for other credentials.
+        // The refusal is an Event too; no Secret, Pod, Service or NetworkPolicy call: alice's
+        // values never reach a pod started for other credentials.
+        let (event, send) = expect(
+            &mut h,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/team/events?",
+        )
+        .await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("CredentialMismatch"))
+        );
+        respond(send, StatusCode::CREATED, &event);
         expect_quiet(&mut h).await;
     });
     let action = instance::reconcile_with(&inst, &snapshot(), &client, &config(), Timestamp::now())

@@ -9,12 +9,44 @@ use crate::api::{Credential, MCPInstance, Policy, Target, TokenRevocation};
 /// (file name, CRD) for every Reflow kind.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("targets.yaml", Target::crd()),
-        ("policies.yaml", Policy::crd()),
-        ("credentials.yaml", Credential::crd()),
-        ("mcpinstances.yaml", MCPInstance::crd()),
-        ("tokenrevocations.yaml", TokenRevocation::crd()),
+        ("targets.yaml", known_formats(Target::crd())),
+        ("policies.yaml", known_formats(Policy::crd())),
+        ("credentials.yaml", known_formats(Credential::crd())),
+        ("mcpinstances.yaml", known_formats(MCPInstance::crd())),
+        (
+            "tokenrevocations.yaml",
+            known_formats(TokenRevocation::crd()),
+        ),
     ]
+}
+
+/// The `format`s the API server knows for integers; schemars' `uint16`/`uint32` make every
+/// apply print a warning (the ranges still bound the values, so the format adds nothing).
+pub const INTEGER_FORMATS: [&str; 2] = ["int32", "int64"];
+
+fn known_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let unknown = map.get("type").and_then(|t| t.as_str()) == Some("integer")
+                    && map
+                        .get("format")
+                        .and_then(|f| f.as_str())
+                        .is_some_and(|f| !INTEGER_FORMATS.contains(&f));
+                if unknown {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {

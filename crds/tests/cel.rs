@@ -392,3 +392,18 @@ fn token_revocation_must_name_something() {
         "{subjects: [{user: alice, issuedBefore: '2026-11-22T00:00:00Z'}]}",
     )));
 }
+
+#[test]
+fn url_with_whitespace_or_without_host_is_rejected() {
+    for url in ["http://exa mple/mcp", "https:///mcp", "http://x/a b"] {
+        rejected_with(
+            validate_cel(&target(&format!(
+                "{{transport: streamableHttp, url: '{url}'}}"
+            ))),
+            "url must name a host and contain no whitespace",
+        );
+    }
+    accepted(validate_cel(&target(
+        "{transport: streamableHttp, url: 'http://x.example:8080/mcp?a=1#f'}",
+    )));
+}

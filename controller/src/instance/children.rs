@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use reflow_crds::api::{MCPInstance, PodSpecTemplate, PodTransport};
+use reflow_crds::compile::pod_security;
 use sha2::{Digest, Sha256};
 
 /// The digest of what a Pod is built from (its spec and labels, not the credential values,
@@ -61,6 +62,19 @@ pub enum BuildError {
     NoCommand,
     #[error("the MCPInstance has no uid yet")]
     NoUid,
+    #[error("{0}")]
+    NotRestricted(String),
+}
+
+impl BuildError {
+    /// The `Ready=False` reason an instance reports for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotRestricted(_) => "PodTemplateNotRestricted",
+            Self::NoUid => "NoUid",
+            Self::Template(_) | Self::NoContainer | Self::NoCommand => "InvalidPodTemplate",
+        }
+    }
 }
 
 /// Cluster-wide settings of the instance reconciler.
@@ -172,6 +186,14 @@ pub fn build(
     cfg: &InstanceConfig,
 ) -> Result<Children, BuildError> {
     let owner = inst.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
+    // The compiler refuses such Targets already; checked again where the Pod is made, so no
+    // path (an older snapshot, a future source) can hand the host to a template.
+    let forbidden = pod_security::violations(&target.template);
+    if !forbidden.is_empty() {
+        return Err(BuildError::NotRestricted(pod_security::describe(
+            &forbidden,
+        )));
+    }
     let name = child_name(inst);
     let ns = inst.namespace();
     let labels = BTreeMap::from([
@@ -408,5 +430,33 @@ mod tests {
         }
         assert_ne!(child_name(&a), child_name(&b));
         assert_ne!(instance_label(&a), instance_label(&b));
+    }
+
+    #[test]
+    fn a_template_asking_for_the_host_builds_no_pod() {
+        let cfg = InstanceConfig {
+            bridge_image: "b".into(),
+            dataplane_labels: BTreeMap::new(),
+            dataplane_namespace: "ns".into(),
+            key: reflow_crds::SealingKey::from_bytes(&[1; 32]),
+        };
+        let mut inst = named("gh-alice");
+        inst.metadata.uid = Some("u".into());
+        let template = |spec: serde_json::Value| PodSpecTemplate {
+            template: serde_json::json!({ "spec": spec }),
+            transport: PodTransport::StreamableHttp,
+            port: 8080,
+            path: "/mcp".into(),
+        };
+        let host = template(
+            serde_json::json!({"hostPID": true, "containers": [{"name": "s", "image": "i"}]}),
+        );
+        let err = build(&inst, &host, &[], "f", "t", &cfg)
+            .err()
+            .expect("refused");
+        assert_eq!(err.reason(), "PodTemplateNotRestricted");
+        assert!(err.to_string().contains("spec.hostPID"), "{err}");
+        let plain = template(serde_json::json!({"containers": [{"name": "s", "image": "i"}]}));
+        assert!(build(&inst, &plain, &[], "f", "t", &cfg).is_ok());
     }
 }

@@ -5,22 +5,23 @@
 //! past their idle TTL or lifetime.
 
 pub mod api;
+mod apply;
 pub mod children;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
-use reflow_crds::api::{Condition, InstancePhase, InstanceStatus, MCPInstance};
+use reflow_crds::api::{InstancePhase, InstanceStatus, MCPInstance};
+use reflow_crds::compile::{ACCEPTED, ObjectKind, ObjectReport};
 use reflow_crds::snapshot::{EffectiveLifetimes, Upstream};
 use reflow_crds::{SealingKey, Snapshot};
 use secrecy::ExposeSecret;
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, instrument};
 
@@ -82,40 +83,48 @@ pub fn expired(
         .then_some("IdleTimeout")
 }
 
-fn condition(
-    status: bool,
+/// Writes a Failed status with `reason` (once: an unchanged status is not rewritten) and checks
+/// back in a minute; a Failed instance touches no children.
+async fn fail(
+    client: &Client,
+    inst: &MCPInstance,
     reason: &str,
     message: String,
-    generation: Option<i64>,
-    now: &str,
-) -> Condition {
-    Condition {
-        type_: "Ready".into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
+    now: Timestamp,
+) -> Result<Action, InstanceError> {
+    let generation = inst.metadata.generation;
+    let status = InstanceStatus {
         observed_generation: generation,
-        last_transition_time: Some(now.into()),
+        phase: InstancePhase::Failed,
+        conditions: vec![report::condition(false, reason, message, generation, now)],
+        ..inst.status.clone().unwrap_or_default()
+    };
+    report::write(client, inst, status).await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Why `namespace/name` is not in the snapshot, from the compiler's report on it.
+fn not_served(reports: &[ObjectReport], namespace: &str, name: &str) -> (&'static str, String) {
+    let rejected = reports
+        .iter()
+        .find(|r| r.kind == ObjectKind::Target && r.namespace == namespace && r.name == name)
+        .and_then(|r| r.condition(ACCEPTED).filter(|c| !c.status));
+    match rejected {
+        Some(c) => (
+            "TargetNotAccepted",
+            format!(
+                "Target {name:?} is not accepted: {}: {}",
+                c.reason, c.message
+            ),
+        ),
+        None => (
+            "TargetNotFound",
+            format!("no accepted Target {name:?} in this namespace"),
+        ),
     }
 }
 
-async fn patch_status(
-    api: &Api<MCPInstance>,
-    inst: &MCPInstance,
-    status: InstanceStatus,
-) -> Result<(), kube::Error> {
-    let name = inst.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map(|_| ())
-}
-
-/// One reconcile against the snapshot `snapshot` (the served one in production).
-#[instrument(skip_all, fields(instance = %inst.name_any(), namespace = inst.namespace().unwrap_or_default()))]
+/// One reconcile against the snapshot `snapshot` (tests; production passes the reports too).
 pub async fn reconcile_with(
     inst: &MCPInstance,
     snapshot: &Snapshot,
@@ -123,53 +132,39 @@ pub async fn reconcile_with(
     config: &InstanceConfig,
     now: Timestamp,
 ) -> Result<Action, InstanceError> {
+    reconcile_against(inst, snapshot, &[], client, config, now).await
+}
+
+/// One reconcile against the served snapshot and the compiler's reports (which say why a Target
+/// the instance names is not served).
+#[instrument(skip_all, fields(instance = %inst.name_any(), namespace = inst.namespace().unwrap_or_default()))]
+pub async fn reconcile_against(
+    inst: &MCPInstance,
+    snapshot: &Snapshot,
+    reports: &[ObjectReport],
+    client: &Client,
+    config: &InstanceConfig,
+    now: Timestamp,
+) -> Result<Action, InstanceError> {
     let ns = inst.namespace().unwrap_or_default();
-    let instances: Api<MCPInstance> = Api::namespaced(client.clone(), &ns);
-    let generation = inst.metadata.generation;
-    let now_s = now.to_string();
-    let previous = inst.status.clone().unwrap_or_default();
     let target_name = &inst.spec.target_ref.name;
     let Some(target) = snapshot.target(&ns, target_name) else {
-        let status = InstanceStatus {
-            observed_generation: generation,
-            phase: InstancePhase::Failed,
-            conditions: vec![condition(
-                false,
-                "TargetNotFound",
-                format!("no accepted Target {target_name:?} in this namespace"),
-                generation,
-                &now_s,
-            )],
-            ..previous
-        };
-        patch_status(&instances, inst, status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        let (reason, message) = not_served(reports, &ns, target_name);
+        return fail(client, inst, reason, message, now).await;
     };
     let Upstream::Kubernetes { pod: template, env } = &target.upstream else {
-        let status = InstanceStatus {
-            observed_generation: generation,
-            phase: InstancePhase::Failed,
-            conditions: vec![condition(
-                false,
-                "NotKubernetes",
-                format!(
-                    "Target {target_name:?} uses transport {}, not kubernetes",
-                    target.upstream.transport_name()
-                ),
-                generation,
-                &now_s,
-            )],
-            ..previous
-        };
-        patch_status(&instances, inst, status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        let message = format!(
+            "Target {target_name:?} uses transport {}, not kubernetes",
+            target.upstream.transport_name()
+        );
+        return fail(client, inst, "NotKubernetes", message, now).await;
     };
     if let Some(reason) = expired(inst, &target.lifetimes, now) {
         info!(
             reason,
             "deleting the instance; its children follow by owner reference"
         );
-        instances
+        Api::<MCPInstance>::namespaced(client.clone(), &ns)
             .delete(&inst.name_any(), &DeleteParams::background())
             .await?;
         return Ok(Action::await_change());
@@ -180,28 +175,17 @@ pub async fn reconcile_with(
     let identity = inst.spec.identity.clone().unwrap_or_default().to_identity();
     let resolved = target.credentials.resolve(&identity);
     let fingerprint = resolved.fingerprint.to_hex();
-    if let Some(want) = &inst.spec.credential_fingerprint
-        && *want != fingerprint
+    if inst
+        .spec
+        .credential_fingerprint
+        .as_ref()
+        .is_some_and(|want| *want != fingerprint)
     {
         info!("credentials resolve to another fingerprint; leaving the children as they are");
-        let status = InstanceStatus {
-            observed_generation: generation,
-            phase: InstancePhase::Failed,
-            conditions: vec![condition(
-                false,
-                "CredentialMismatch",
-                "the served snapshot resolves this instance's Credentials to another fingerprint \
-                 than it was created for; callers with the current snapshot get a new instance"
-                    .into(),
-                generation,
-                &now_s,
-            )],
-            ..previous
-        };
-        if inst.status.as_ref() != Some(&status) {
-            patch_status(&instances, inst, status).await?;
-        }
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        let message = "the served snapshot resolves this instance's Credentials to another \
+                       fingerprint than it was created for; callers with the current snapshot \
+                       get a new instance";
+        return fail(client, inst, "CredentialMismatch", message.into(), now).await;
     }
     // Target env first, then Credentials (they win on a shared name), as for STDIO children.
     let mut values: Vec<(String, String)> = env
@@ -216,97 +200,40 @@ pub async fn reconcile_with(
         values.retain(|(k, _)| **k != *entry.name);
         values.push((entry.name.to_string(), secret.expose_secret().to_owned()));
     }
-
-    let name = children::child_name(inst);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    // The bridge token stays for the instance's life: reuse the one already issued.
-    let token = secrets
-        .get_opt(&name)
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(children::BRIDGE_TOKEN_ENV).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .unwrap_or_else(SealingKey::generate_base64);
-    let built = children::build(inst, template, &values, &fingerprint, &token, config)?;
-
-    let ssa = PatchParams::apply(MANAGER).force();
-    secrets
-        .patch(&name, &ssa, &Patch::Apply(&built.secret))
-        .await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let existing = pods.get_opt(&name).await?;
-    let annotation = |pod: &Pod, key: &str| pod.annotations().get(key).cloned();
-    let wanted_template = annotation(&built.pod, children::TEMPLATE_ANNOTATION);
-    let phase = match &existing {
-        Some(p)
-            if annotation(p, children::FINGERPRINT_ANNOTATION).as_ref() != Some(&fingerprint) =>
-        {
-            // Pods are immutable where it matters: a credential change replaces the Pod.
-            info!("credential fingerprint changed; rolling the pod");
-            pods.delete(&name, &DeleteParams::default()).await?;
-            InstancePhase::Pending
-        }
-        Some(p) if annotation(p, children::TEMPLATE_ANNOTATION) != wanted_template => {
-            // A changed pod.template (image, resources, env) or bridge image: the running Pod
-            // is replaced, as a Deployment would roll it; callers reconnect to the new one.
-            info!("pod template changed; rolling the pod");
-            pods.delete(&name, &DeleteParams::default()).await?;
-            InstancePhase::Pending
-        }
-        Some(p) => {
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
-                InstancePhase::Running
-            } else {
-                InstancePhase::Pending
-            }
-        }
-        None => {
-            pods.patch(&name, &ssa, &Patch::Apply(&built.pod)).await?;
-            InstancePhase::Pending
+    let token = bridge_token(client, &ns, &children::child_name(inst)).await?;
+    let built = match children::build(inst, template, &values, &fingerprint, &token, config) {
+        Ok(b) => b,
+        Err(BuildError::NoUid) => return Err(BuildError::NoUid.into()),
+        Err(e) => return fail(client, inst, e.reason(), e.to_string(), now).await,
+    };
+    let phase = match apply::children(client, &ns, &built, &fingerprint).await? {
+        apply::PodOutcome::Phase(p) => p,
+        apply::PodOutcome::Rejected(message) => {
+            let message = format!("the API server refused the Pod: {message}");
+            return fail(client, inst, "PodRejected", message, now).await;
         }
     };
-    Api::<Service>::namespaced(client.clone(), &ns)
-        .patch(&name, &ssa, &Patch::Apply(&built.service))
-        .await?;
-    Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
-        .patch(&name, &ssa, &Patch::Apply(&built.network_policy))
-        .await?;
-
     let running = phase == InstancePhase::Running;
-    let kept_time = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && (c.status == "True") == running)
-        .and_then(|c| c.last_transition_time.clone());
-    let mut ready = condition(
-        running,
-        if running { "Running" } else { "PodNotReady" },
-        if running {
-            "the pod is ready".into()
-        } else {
-            "waiting for the pod to become ready".into()
-        },
-        generation,
-        &now_s,
-    );
-    if kept_time.is_some() {
-        ready.last_transition_time = kept_time;
-    }
+    let (reason, message) = if running {
+        ("Running", "the pod is ready")
+    } else {
+        ("PodNotReady", "waiting for the pod to become ready")
+    };
+    let generation = inst.metadata.generation;
     let status = InstanceStatus {
         observed_generation: generation,
         phase,
         endpoint: Some(children::endpoint(inst, template)),
-        last_used: previous.last_used.clone(),
-        conditions: vec![ready],
+        last_used: inst.status.as_ref().and_then(|s| s.last_used.clone()),
+        conditions: vec![report::condition(
+            running,
+            reason,
+            message.into(),
+            generation,
+            now,
+        )],
     };
-    if inst.status.as_ref() != Some(&status) {
-        patch_status(&instances, inst, status).await?;
-    }
+    report::write(client, inst, status).await?;
     Ok(Action::requeue(if running {
         Duration::from_secs(60)
     } else {
@@ -314,15 +241,34 @@ pub async fn reconcile_with(
     }))
 }
 
+/// The bridge token stays for the instance's life: reuse the one already issued.
+async fn bridge_token(client: &Client, ns: &str, name: &str) -> Result<String, kube::Error> {
+    Ok(Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(children::BRIDGE_TOKEN_ENV).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .unwrap_or_else(SealingKey::generate_base64))
+}
+
 /// The kube-runtime entry point: thin, reads the served snapshot.
 pub async fn reconcile(inst: Arc<MCPInstance>, ctx: Arc<Context>) -> Result<Action, InstanceError> {
     if !*ctx.leading.borrow() {
         return Ok(Action::requeue(Duration::from_secs(10)));
     }
-    let Some(snapshot) = ctx.published.borrow().as_ref().map(|p| p.snapshot.clone()) else {
+    let Some(published) = ctx.published.borrow().clone() else {
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
-    let r = reconcile_with(&inst, &snapshot, &ctx.client, &ctx.config, Timestamp::now()).await;
+    let r = reconcile_against(
+        &inst,
+        &published.snapshot,
+        &published.reports,
+        &ctx.client,
+        &ctx.config,
+        Timestamp::now(),
+    )
+    .await;
     Metrics::inc(
         &ctx.metrics.reconciles,
         match &r {

@@ -43,7 +43,10 @@ pub struct TargetSpec {
     pub transport: Transport,
     /// Upstream endpoint for HTTP transports (`http://` or `https://`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http:// or https:// URL"))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http:// or https:// URL"),
+        validation = Rule::new("!(self.startsWith('http://') || self.startsWith('https://')) || self.matches('^https?://[^\\\\s/?#]+([/?#]\\\\S*)?$')").message("url must name a host and contain no whitespace")
+    )]
     #[schemars(length(max = 2048))]
     pub url: Option<String>,
     /// Program to run for the stdio transport; executed directly, never through a shell.
@@ -176,7 +179,7 @@ pub struct Lifetimes {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecTemplate {
-    #[schemars(schema_with = "crate::api::target::open_object")]
+    #[schemars(schema_with = "crate::api::target::pod_template_schema")]
     pub template: serde_json::Value,
     /// What the server container speaks: `stdio` gets the bridge sidecar in front of it.
     #[serde(default)]
@@ -206,10 +209,98 @@ pub enum PodTransport {
     StreamableHttp,
 }
 
-pub(crate) fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// The template stays open, but the fields Pod Security `restricted` forbids are declared, so
+/// CEL can refuse them at admission (`compile::pod_security` checks the same ones again).
+pub(crate) fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let rule = |rule: &str, message: &str| serde_json::json!({"rule": rule, "message": message});
+    let not_true = |f: &str, why: &str| {
+        rule(
+            &format!("!has(self.{f}) || !self.{f}"),
+            &format!("{f}: {why}"),
+        )
+    };
+    let security_context = |container: bool| {
+        let mut rules = vec![
+            rule(
+                "!has(self.runAsUser) || self.runAsUser != 0",
+                "runAsUser: running as root is not allowed",
+            ),
+            rule(
+                "!has(self.runAsNonRoot) || self.runAsNonRoot",
+                "runAsNonRoot: running as root is not allowed",
+            ),
+        ];
+        let mut props = serde_json::json!({
+            "runAsUser": {"type": "integer", "format": "int64"},
+            "runAsNonRoot": {"type": "boolean"}
+        });
+        if container {
+            rules.push(not_true(
+                "privileged",
+                "privileged containers are not allowed",
+            ));
+            rules.push(not_true(
+                "allowPrivilegeEscalation",
+                "privilege escalation is not allowed",
+            ));
+            rules.push(rule(
+                "!has(self.capabilities) || !has(self.capabilities.add) || size(self.capabilities.add) == 0",
+                "capabilities.add: added capabilities are not allowed",
+            ));
+            props["privileged"] = serde_json::json!({"type": "boolean"});
+            props["allowPrivilegeEscalation"] = serde_json::json!({"type": "boolean"});
+            props["capabilities"] = serde_json::json!({
+                "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"add": {"type": "array", "maxItems": 64, "items": {"type": "string"}}}
+            });
+        }
+        serde_json::json!({
+            "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "properties": props, "x-kubernetes-validations": rules
+        })
+    };
+    let containers = serde_json::json!({
+        "type": "array", "maxItems": 32,
+        "items": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "properties": {
+                "ports": {"type": "array", "maxItems": 64, "items": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                    "properties": {"hostPort": {"type": "integer", "format": "int32"}},
+                    "x-kubernetes-validations": [rule("!has(self.hostPort) || self.hostPort == 0", "hostPort: host ports are not allowed")]
+                }},
+                "securityContext": security_context(true)
+            }
+        }
+    });
     schemars::json_schema!({
         "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {"spec": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+            "properties": {
+                "hostNetwork": {"type": "boolean"},
+                "hostPID": {"type": "boolean"},
+                "hostIPC": {"type": "boolean"},
+                "nodeName": {"type": "string"},
+                "securityContext": security_context(false),
+                "volumes": {"type": "array", "maxItems": 256, "items": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                    "properties": {"hostPath": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                    "x-kubernetes-validations": [rule("!has(self.hostPath)", "hostPath: hostPath volumes are not allowed")]
+                }},
+                "containers": containers,
+                "initContainers": containers,
+                "ephemeralContainers": containers
+            },
+            "x-kubernetes-validations": [
+                not_true("hostNetwork", "host namespaces are not allowed"),
+                not_true("hostPID", "host namespaces are not allowed"),
+                not_true("hostIPC", "host namespaces are not allowed"),
+                rule("!has(self.nodeName) || self.nodeName == ''", "nodeName: pinning to a node is not allowed")
+            ]
+        }}
     })
 }
 

@@ -2,6 +2,7 @@
 //! object. One bad object is rejected alone; the rest still compiles. Same code in both modes.
 
 mod credential;
+pub mod pod_security;
 mod policy;
 mod report;
 mod target;

@@ -84,6 +84,18 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, 
     let http_url = |transport: &str| -> Result<Arc<str>, (&'static str, String)> {
         match &s.url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                let host = u
+                    .split_once("://")
+                    .map_or("", |(_, rest)| rest)
+                    .split(['/', '?', '#'])
+                    .next()
+                    .unwrap_or_default();
+                if host.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err((
+                        "InvalidURL",
+                        format!("url {u:?} must name a host and contain no whitespace"),
+                    ));
+                }
                 Ok(u.as_str().into())
             }
             Some(u) => Err((
@@ -149,7 +161,16 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, 
             only(s.url.is_some(), "url", "streamableHttp, sse and auto")?;
             only(s.command.is_some(), "command", "stdio")?;
             let pod = match &s.pod {
-                Some(p) if p.template.is_object() => p.clone(),
+                Some(p) if p.template.is_object() => {
+                    let forbidden = super::pod_security::violations(&p.template);
+                    if !forbidden.is_empty() {
+                        return Err((
+                            "PodTemplateNotRestricted",
+                            super::pod_security::describe(&forbidden),
+                        ));
+                    }
+                    p.clone()
+                }
                 Some(_) => {
                     return Err((
                         "InvalidPod",
