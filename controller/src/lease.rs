@@ -88,6 +88,42 @@ pub async fn round(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Er
     }
 }
 
+/// How often a replica that does not lead checks the Lease: a released Lease is taken within
+/// this time (renewals by the holder stay at `renew_every`).
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// The Lease handed back on shutdown: no holder and a one-second duration, so another replica
+/// takes over at its next check instead of waiting out the old holder's term.
+pub fn released(current: &Lease, cfg: &LeaseConfig, now: Timestamp) -> Option<Lease> {
+    let spec = current.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return None;
+    }
+    let mut next = current.clone();
+    next.spec = Some(LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        renew_time: Some(MicroTime(now)),
+        ..spec.clone()
+    });
+    Some(next)
+}
+
+/// Releases the Lease if this replica holds it (call after status writers have stopped).
+pub async fn release(client: Client, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let Some(current) = api.get_opt(&cfg.name).await? else {
+        return Ok(false);
+    };
+    match released(&current, cfg, Timestamp::now()) {
+        Some(next) => api
+            .replace(&cfg.name, &PostParams::default(), &next)
+            .await
+            .map(|_| true),
+        None => Ok(false),
+    }
+}
+
 /// Runs the election forever; the receiver says whether this replica leads right now. A
 /// conflict (another replica won the race) or an API error counts as not leading, so status
 /// writes stop before the lease could have passed to someone else.
@@ -113,7 +149,12 @@ pub fn spawn(
                     info!(leading, "leadership changed");
                 }
                 tx.send_replace(leading);
-                tokio::time::sleep(cfg.renew_every).await;
+                let wait = if leading {
+                    cfg.renew_every
+                } else {
+                    cfg.renew_every.min(FOLLOW_EVERY)
+                };
+                tokio::time::sleep(wait).await;
             }
         }
         .instrument(span),
@@ -183,5 +224,24 @@ mod tests {
             Some("7"),
             "optimistic concurrency"
         );
+    }
+
+    #[test]
+    fn a_released_lease_is_free_for_the_next_replica_at_once() {
+        let now = Timestamp::now();
+        let held = held_by("a", now);
+        let free = released(&held, &cfg("a"), now).expect("a holds it");
+        assert_eq!(
+            free.spec.as_ref().and_then(|s| s.holder_identity.clone()),
+            None
+        );
+        assert!(
+            released(&held, &cfg("b"), now).is_none(),
+            "only the holder releases"
+        );
+        assert!(matches!(
+            step(Some(&free), &cfg("b"), now),
+            Step::Replace(_)
+        ));
     }
 }

@@ -158,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Held for the life of the process: dropping a source stops it.
     let mut guards: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
     let mut instance_client = None;
+    let mut shutdown: Option<Shutdown> = None;
     match &cli.manifests {
         Some(dir) => {
             info!(dir = %dir.display(), "folder mode: no cluster, status at /v1/status");
@@ -191,7 +192,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let (leading, lease_task) = lease::spawn(client.clone(), lease_config.clone());
             // Every replica publishes the dataplanes it serves; the lease holder counts them all.
+            let lease_config_for_release = lease_config.clone();
             let rosters = Rosters::new(client.clone(), lease_config);
+            let rosters_for_release = rosters.clone();
             let roster_task = rosters.clone().spawn_publisher(fleet.clone());
             let writer = status::StatusWriter::new(client.clone(), &cli.identity, metrics.clone());
             let status_task = status::spawn(
@@ -203,6 +206,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 leading.clone(),
             );
             guards.push(Box::new(AbortOnDrop(roster_task)));
+            shutdown = Some(Shutdown {
+                client: client.clone(),
+                lease: lease_config_for_release,
+                rosters: rosters_for_release,
+            });
             instance_client = Some(client.clone());
             let ctx = Arc::new(instance::Context {
                 client: client.clone(),
@@ -255,8 +263,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => warn!("interrupted; shutting down"),
         _ = sigterm() => info!("SIGTERM; shutting down"),
     }
+    // Writers stop first, then the Lease goes back: a successor takes over within a second
+    // instead of waiting out this replica's term.
     drop(guards);
+    if let Some(s) = shutdown {
+        s.run().await;
+    }
     Ok(())
+}
+
+/// What a replica hands back on the way out: its Lease (if it holds it) and its roster.
+struct Shutdown {
+    client: kube::Client,
+    lease: lease::LeaseConfig,
+    rosters: Rosters,
+}
+
+impl Shutdown {
+    async fn run(self) {
+        let bounded = Duration::from_secs(3);
+        match tokio::time::timeout(bounded, lease::release(self.client, &self.lease)).await {
+            Ok(Ok(true)) => info!("lease released"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "lease not released"),
+            Err(_) => warn!("lease release timed out"),
+        }
+        match tokio::time::timeout(bounded, self.rosters.withdraw()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "roster not deleted"),
+            Err(_) => warn!("roster deletion timed out"),
+        }
+    }
 }
 
 /// The MCPInstance controller (kube-runtime): reconciles on instance changes and on changes

@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -135,6 +135,20 @@ impl Rosters {
             .await
             .map(|_| ())
             .map_err(|source| RosterError::Write { name, source })
+    }
+
+    /// Deletes this replica's roster (on shutdown): rosters are per replica name, so without
+    /// this every rollout would leave its old replicas' rosters behind.
+    pub async fn withdraw(&self) -> Result<(), kube::Error> {
+        match self
+            .api
+            .delete(&roster_name(&self.cfg), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every other live replica's dataplanes.

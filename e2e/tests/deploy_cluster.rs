@@ -1,0 +1,372 @@
+//! The controller on a real API server (issue #18), when `../shared/kube/cluster.sh` is beside
+//! the checkout (CI), else skipped with the reason printed. One cluster for the whole file, in
+//! `target/kube-test/deploy-cluster`, stopped at the end: CRDs apply without warnings, samples get
+//! their conditions, a Failed MCPInstance's status stays quiet, an instance's children come and
+//! go with it, Targets asking for the host are
+//! refused and Pod Security refusals reach the MCPInstance, and a SIGTERMed leader hands its
+//! Lease over in under 3 s.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reflow_e2e::harness::process::SpawnOptions;
+use reflow_e2e::harness::{KubeCluster, ManagedChild, controller_bin};
+use serde_json::Value;
+
+const SYSTEM: &str = "reflow-system";
+const SAMPLES: &str = "dev-tools";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn crds_apply_without_warnings(k: &KubeCluster) {
+    let r = k.run(&["apply", "-f", &root().join("crds/yaml").to_string_lossy()]);
+    assert!(r.ok, "CRDs: {}", r.stderr);
+    assert!(
+        !r.stderr.contains("Warning"),
+        "applying the CRDs printed warnings: {}",
+        r.stderr
+    );
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=30s",
+    ]);
+}
+
+/// A controller replica, as the chart runs it (in-cluster identity from POD_NAME).
+fn controller(k: &KubeCluster, name: &str, key: &str) -> ManagedChild {
+    let mut cmd = Command::new(controller_bin().expect("controller binary"));
+    cmd.env("KUBECONFIG", &k.kubeconfig)
+        .env("REFLOW_CONTROLLER_TOKEN", "deploy-cluster-token")
+        .env("REFLOW_SEALING_KEY", key)
+        .env("POD_NAME", name)
+        .env("POD_NAMESPACE", SYSTEM)
+        .env(
+            "REFLOW_BRIDGE_IMAGE",
+            "registry.invalid/reflow-dataplane:test",
+        )
+        .args(["--listen", "127.0.0.1:0"]);
+    ManagedChild::spawn(name, &mut cmd, SpawnOptions::default()).expect("controller starts")
+}
+
+fn holder(k: &KubeCluster) -> Option<String> {
+    k.get(&["lease", "reflow-controller", "-n", SYSTEM])
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+        .filter(|h| !h.is_empty())
+}
+
+fn samples_get_conditions(k: &KubeCluster) {
+    k.ok(&["create", "namespace", SAMPLES]);
+    k.ok(&[
+        "apply",
+        "-f",
+        &root().join("config/samples").to_string_lossy(),
+    ]);
+    for kind in ["targets", "policies", "credentials"] {
+        k.wait_for(
+            &format!("{kind} Accepted with a Programmed condition"),
+            Duration::from_secs(60),
+            || {
+                let list = k.get(&[kind, "-n", SAMPLES])?;
+                let items = list["items"].as_array()?;
+                let done = !items.is_empty()
+                    && items.iter().all(|o| {
+                        condition(o, "Accepted").is_some_and(|c| {
+                            c["status"] == "True"
+                                && c["observedGeneration"] == o["metadata"]["generation"]
+                        }) && condition(o, "Programmed").is_some()
+                    });
+                done.then_some(())
+            },
+        );
+    }
+}
+
+/// Issue #18 item 1: a Failed instance used to rewrite its status 110–210 times a second.
+fn failed_instance_status_stays_quiet(k: &KubeCluster) {
+    let r = k.apply(&format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: MCPInstance\nmetadata: {{name: lost, namespace: {SAMPLES}}}\n\
+         spec: {{targetRef: {{name: no-such-target}}, isolationKey: alice}}\n"
+    ));
+    assert!(r.ok, "{}", r.stderr);
+    let failed = k.wait_for(
+        "the instance reports TargetNotFound",
+        Duration::from_secs(30),
+        || {
+            let i = k.get(&["mcpinstance", "lost", "-n", SAMPLES])?;
+            (condition(&i, "Ready")?["reason"] == "TargetNotFound").then_some(i)
+        },
+    );
+    let rv = |i: &Value| i["metadata"]["resourceVersion"].as_str().map(str::to_owned);
+    std::thread::sleep(Duration::from_secs(4));
+    let later = k
+        .get(&["mcpinstance", "lost", "-n", SAMPLES])
+        .expect("instance");
+    assert_eq!(
+        rv(&failed),
+        rv(&later),
+        "the Failed instance's status was rewritten"
+    );
+    eprintln!(
+        "status loop: resourceVersion {:?} unchanged over 4 s",
+        rv(&later)
+    );
+}
+
+fn kubernetes_target(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{transport: kubernetes, isolation: perUser, pod: {{transport: streamableHttp, \
+         template: {{spec: {spec}}}}}}}\n"
+    )
+}
+
+/// An MCPInstance of a plain `kubernetes` Target gets its Pod, Service, Secret and
+/// NetworkPolicy, owned by it; deleting the instance collects them (garbage collector).
+fn instance_children_come_and_go(k: &KubeCluster) {
+    let r = k.apply(&kubernetes_target(
+        "podded",
+        SAMPLES,
+        "{containers: [{name: s, image: registry.invalid/s:1}]}",
+    ));
+    assert!(r.ok, "{}", r.stderr);
+    // Compiled first: an instance of a Target not yet served fails and checks back in a minute.
+    k.wait_for("Target podded Accepted", Duration::from_secs(30), || {
+        let t = k.get(&["target", "podded", "-n", SAMPLES])?;
+        (condition(&t, "Accepted")?["status"] == "True").then_some(())
+    });
+    let r = k.apply(&format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: MCPInstance\nmetadata: {{name: podded-alice, namespace: {SAMPLES}}}\n\
+         spec: {{targetRef: {{name: podded}}, isolationKey: alice}}\n"
+    ));
+    assert!(r.ok, "{}", r.stderr);
+    let kinds = ["pod", "service", "secret", "networkpolicy"];
+    for kind in kinds {
+        let child = k.wait_for(
+            &format!("the instance's {kind}"),
+            Duration::from_secs(30),
+            || k.get(&[kind, "mcpi-podded-alice", "-n", SAMPLES]),
+        );
+        assert_eq!(
+            child["metadata"]["ownerReferences"][0]["name"], "podded-alice",
+            "{kind}"
+        );
+    }
+    let pod = k
+        .get(&["pod", "mcpi-podded-alice", "-n", SAMPLES])
+        .expect("pod");
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    let inst = k.wait_for("Pending with an endpoint", Duration::from_secs(30), || {
+        let i = k.get(&["mcpinstance", "podded-alice", "-n", SAMPLES])?;
+        (i["status"]["phase"] == "Pending").then_some(i)
+    });
+    assert_eq!(
+        inst["status"]["endpoint"],
+        format!("http://mcpi-podded-alice.{SAMPLES}.svc:8080/mcp")
+    );
+    k.ok(&[
+        "delete",
+        "mcpinstance",
+        "podded-alice",
+        "-n",
+        SAMPLES,
+        "--wait=true",
+    ]);
+    for kind in kinds {
+        k.wait_for(
+            &format!("the {kind} collected"),
+            Duration::from_secs(30),
+            || {
+                k.get(&[kind, "mcpi-podded-alice", "-n", SAMPLES])
+                    .is_none()
+                    .then_some(())
+            },
+        );
+    }
+}
+
+/// Issue #17: each host field is refused at admission, by name, and no Pod appears.
+fn host_fields_are_refused(k: &KubeCluster) {
+    k.ok(&["create", "namespace", "hostile"]);
+    for (spec, field) in [
+        (
+            "{hostNetwork: true, containers: [{name: s, image: i}]}",
+            "hostNetwork",
+        ),
+        (
+            "{hostPID: true, containers: [{name: s, image: i}]}",
+            "hostPID",
+        ),
+        (
+            "{hostIPC: true, containers: [{name: s, image: i}]}",
+            "hostIPC",
+        ),
+        (
+            "{nodeName: n1, containers: [{name: s, image: i}]}",
+            "nodeName",
+        ),
+        (
+            "{volumes: [{name: r, hostPath: {path: /}}], containers: [{name: s, image: i}]}",
+            "hostPath",
+        ),
+        (
+            "{containers: [{name: s, image: i, ports: [{containerPort: 80, hostPort: 80}]}]}",
+            "hostPort",
+        ),
+        (
+            "{containers: [{name: s, image: i, securityContext: {privileged: true}}]}",
+            "privileged",
+        ),
+        (
+            "{containers: [{name: s, image: i, securityContext: {allowPrivilegeEscalation: true}}]}",
+            "allowPrivilegeEscalation",
+        ),
+        (
+            "{containers: [{name: s, image: i, securityContext: {capabilities: {add: [NET_ADMIN]}}}]}",
+            "capabilities.add",
+        ),
+        (
+            "{securityContext: {runAsUser: 0}, containers: [{name: s, image: i}]}",
+            "runAsUser",
+        ),
+    ] {
+        let r = k.apply(&kubernetes_target("host", "hostile", spec));
+        assert!(!r.ok, "a Target asking for {field} was admitted");
+        assert!(
+            r.stderr.contains(field),
+            "the refusal does not name {field}: {}",
+            r.stderr
+        );
+    }
+    let pods = k.get(&["pods", "-n", "hostile"]).expect("pods");
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0));
+}
+
+/// Issue #18 item 2: a Pod that Pod Security refuses fails the instance (condition and Event).
+fn pod_security_refusal_reaches_the_instance(k: &KubeCluster) {
+    k.ok(&["create", "namespace", "restricted"]);
+    k.ok(&[
+        "label",
+        "namespace",
+        "restricted",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    // An NFS volume: allowed by Reflow's own checks, not by `restricted`.
+    let r = k.apply(&kubernetes_target(
+        "nfs",
+        "restricted",
+        "{volumes: [{name: data, nfs: {server: nfs.invalid, path: /}}], containers: [{name: s, image: registry.invalid/s:1}]}",
+    ));
+    assert!(r.ok, "{}", r.stderr);
+    k.wait_for("Target nfs Accepted", Duration::from_secs(30), || {
+        let t = k.get(&["target", "nfs", "-n", "restricted"])?;
+        (condition(&t, "Accepted")?["status"] == "True").then_some(())
+    });
+    let r = k.apply(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: MCPInstance\nmetadata: {name: nfs-alice, namespace: restricted}\n\
+         spec: {targetRef: {name: nfs}, isolationKey: alice}\n",
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let cond = k.wait_for(
+        "the instance reports PodRejected",
+        Duration::from_secs(30),
+        || {
+            let i = k.get(&["mcpinstance", "nfs-alice", "-n", "restricted"])?;
+            let c = condition(&i, "Ready")?.clone();
+            (i["status"]["phase"] == "Failed" && c["reason"] == "PodRejected").then_some(c)
+        },
+    );
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("PodSecurity"),
+        "{cond}"
+    );
+    let pods = k.get(&["pods", "-n", "restricted"]).expect("pods");
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "no Pod");
+    k.wait_for("a PodRejected Event", Duration::from_secs(10), || {
+        let events = k.get(&["events.v1.events.k8s.io", "-n", "restricted"])?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "PodRejected" && e["regarding"]["name"] == "nfs-alice")
+            .then_some(())
+    });
+}
+
+/// Issue #18 item 6: SIGTERM hands the Lease over (it used to take 10.4 s) and the roster goes.
+fn leader_hands_over_on_sigterm(k: &KubeCluster, a: &mut ManagedChild, b: &mut ManagedChild) {
+    let leader = k.wait_for("a lease holder", Duration::from_secs(30), || holder(k));
+    let (gone, stays) = if leader == "ctl-a" { (a, b) } else { (b, a) };
+    let rosters_before = k.get(&["leases", "-n", SYSTEM]).expect("leases");
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &gone.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let next = k.wait_for("another holder", Duration::from_secs(10), || {
+        holder(k).filter(|h| *h != leader)
+    });
+    let took = started.elapsed();
+    eprintln!(
+        "leader failover: {leader} -> {next} in {} ms",
+        took.as_millis()
+    );
+    assert_eq!(next, stays.what());
+    assert!(took < Duration::from_secs(3), "failover took {took:?}");
+    assert!(
+        gone.wait_timeout(Duration::from_secs(10)).is_some(),
+        "SIGTERM did not stop it"
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["metadata"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let before = names(&rosters_before);
+    let after = names(&k.get(&["leases", "-n", SYSTEM]).expect("leases"));
+    let own: Vec<_> = before.iter().filter(|n| n.contains(&leader)).collect();
+    assert!(!own.is_empty(), "the leader had a roster: {before:?}");
+    assert!(
+        own.iter().all(|n| !after.contains(n)),
+        "roster left behind: {after:?}"
+    );
+}
+
+#[test]
+fn the_controller_on_a_real_api_server() {
+    let Some(k) = KubeCluster::start("deploy-cluster").expect("cluster") else {
+        return;
+    };
+    crds_apply_without_warnings(&k);
+    k.ok(&["create", "namespace", SYSTEM]);
+    let key = reflow_crds::SealingKey::generate_base64();
+    let mut a = controller(&k, "ctl-a", &key);
+    let mut b = controller(&k, "ctl-b", &key);
+    samples_get_conditions(&k);
+    failed_instance_status_stays_quiet(&k);
+    instance_children_come_and_go(&k);
+    host_fields_are_refused(&k);
+    pod_security_refusal_reaches_the_instance(&k);
+    leader_hands_over_on_sigterm(&k, &mut a, &mut b);
+    for c in [&mut a, &mut b] {
+        c.kill();
+    }
+}
