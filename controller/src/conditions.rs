@@ -20,10 +20,15 @@ pub fn programmed(
     source_error: Option<&str>,
 ) -> Condition {
     let (status, reason, message) = if !report.is_true(ACCEPTED) {
+        // The compiler says what a rejected object does meanwhile: a Target is not served, an
+        // Allow grants nothing, a Deny is enforced as deny-all (fail closed).
+        let meanwhile = report
+            .condition(ACCEPTED)
+            .map_or("not accepted", |c| c.message.as_str());
         (
             "False",
             "NotAccepted",
-            "not part of the served snapshot until it is accepted".to_owned(),
+            format!("not programmed as written: {meanwhile}"),
         )
     } else if !fleet.refused.is_empty() {
         let who: Vec<String> = fleet
@@ -145,6 +150,34 @@ mod tests {
             connected,
             refused: vec![],
         }
+    }
+
+    /// Issue #18 item 7: a rejected Deny is enforced as deny-all; Programmed must not claim it
+    /// is out of the served snapshot.
+    #[test]
+    fn a_rejected_deny_says_it_is_enforced_as_deny_all() {
+        let mut loaded = reflow_crds::loader::Loaded::default();
+        reflow_crds::loader::load_str(
+            std::path::Path::new("p.yaml"),
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {name: p, namespace: ns}\n\
+             spec: {targetSelector: {}, effect: Deny, subjects: [{user: bob}], rules: [{kind: tool, names: ['[']}]}\n",
+            &mut loaded,
+        )
+        .expect("load");
+        let c = reflow_crds::compile(
+            &loaded.inputs,
+            &reflow_crds::SealingKey::from_bytes(&[1; 32]),
+        )
+        .expect("compile");
+        let r = c.report(ObjectKind::Policy, "ns", "p").expect("report");
+        assert!(!r.is_true(ACCEPTED));
+        let p = programmed(r, &fleet(1, 1), None);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "NotAccepted")
+        );
+        assert!(p.message.contains("deny-all"), "{}", p.message);
+        assert!(!p.message.contains("not part of the served snapshot"));
     }
 
     #[test]

@@ -318,11 +318,22 @@ async fn run_instances(
             .collect(),
     };
     let runs = apis.into_iter().map(|(instances, pods)| {
+        // Every instance again when what Pods are built from changes (a new pod.template).
+        let pod_inputs = tokio_stream::wrappers::WatchStream::new(ctx.published.clone())
+            .map(|p| p.map(|p| instance::pod_inputs_digest(&p.snapshot)))
+            .scan(None, |last, digest| {
+                let changed = digest.is_some() && *last != digest;
+                *last = digest;
+                futures::future::ready(Some(changed))
+            })
+            .filter(|changed| futures::future::ready(*changed))
+            .map(|_| ());
         Controller::new(instances, watcher::Config::default())
             .owns(
                 pods,
                 watcher::Config::default().labels(instance::children::INSTANCE_LABEL),
             )
+            .reconcile_all_on(pod_inputs)
             .run(instance::reconcile, instance::error_policy, ctx.clone())
             .for_each(|_| async {})
     });

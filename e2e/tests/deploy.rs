@@ -266,7 +266,7 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
         (
             "coordination.k8s.io",
             "leases",
-            vec!["create", "get", "update", "list", "patch"],
+            vec!["create", "get", "update", "list", "patch", "delete"],
         ),
     ];
     rows.into_iter()

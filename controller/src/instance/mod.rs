@@ -22,6 +22,7 @@ use reflow_crds::compile::{ACCEPTED, ObjectKind, ObjectReport};
 use reflow_crds::snapshot::{EffectiveLifetimes, Upstream};
 use reflow_crds::{SealingKey, Snapshot};
 use secrecy::ExposeSecret;
+use sha2::Digest;
 use tokio::sync::watch;
 use tracing::{info, instrument};
 
@@ -252,6 +253,23 @@ async fn bridge_token(client: &Client, ns: &str, name: &str) -> Result<String, k
         .unwrap_or_else(SealingKey::generate_base64))
 }
 
+/// A digest of what instance Pods are built from (every `kubernetes` Target's upstream and
+/// lifetimes): when it changes, every instance is reconciled at once, so a changed
+/// `pod.template` rolls running Pods promptly instead of at their next periodic check.
+pub fn pod_inputs_digest(snapshot: &Snapshot) -> String {
+    let inputs: Vec<_> = snapshot
+        .targets()
+        .iter()
+        .filter(|t| matches!(t.upstream, Upstream::Kubernetes { .. }))
+        .map(|t| (&t.namespace, &t.name, &t.upstream, &t.lifetimes))
+        .collect();
+    let bytes = serde_json::to_vec(&inputs).unwrap_or_default();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The kube-runtime entry point: thin, reads the served snapshot.
 pub async fn reconcile(inst: Arc<MCPInstance>, ctx: Arc<Context>) -> Result<Action, InstanceError> {
     if !*ctx.leading.borrow() {
@@ -282,4 +300,32 @@ pub async fn reconcile(inst: Arc<MCPInstance>, ctx: Arc<Context>) -> Result<Acti
 pub fn error_policy(_inst: Arc<MCPInstance>, err: &InstanceError, _ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, label = err.label(), "instance reconcile failed");
     Action::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reflow_crds::loader::{Loaded, load_str};
+
+    fn snapshot(image: &str, policy_priority: i32) -> Snapshot {
+        let yaml = format!(
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: k, namespace: ns}}\n\
+             spec: {{transport: kubernetes, pod: {{template: {{spec: {{containers: [{{name: s, image: {image}, command: [s]}}]}}}}}}}}\n\
+             ---\napiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {{name: p, namespace: ns}}\n\
+             spec: {{targetRef: {{name: k}}, effect: Allow, priority: {policy_priority}, subjects: [{{everyone: true}}], rules: [{{kind: all, names: ['*']}}]}}\n"
+        );
+        let mut loaded = Loaded::default();
+        load_str(std::path::Path::new("t.yaml"), &yaml, &mut loaded).expect("load");
+        reflow_crds::compile(&loaded.inputs, &SealingKey::from_bytes(&[1; 32]))
+            .expect("compile")
+            .snapshot
+    }
+
+    #[test]
+    fn the_pod_inputs_digest_moves_with_a_template_and_not_with_a_policy() {
+        let base = pod_inputs_digest(&snapshot("img:1", 1));
+        assert_eq!(base, pod_inputs_digest(&snapshot("img:1", 1)));
+        assert_eq!(base, pod_inputs_digest(&snapshot("img:1", 7)));
+        assert_ne!(base, pod_inputs_digest(&snapshot("img:2", 1)));
+    }
 }
