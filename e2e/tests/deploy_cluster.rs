@@ -1,7 +1,8 @@
 //! The controller on a real API server (issue #18), when `../shared/kube/cluster.sh` is beside
 //! the checkout (CI), else skipped with the reason printed. One cluster for the whole file, in
 //! `target/kube-test/deploy-cluster`, stopped at the end: CRDs apply without warnings, samples get
-//! their conditions, a Failed MCPInstance's status stays quiet, an instance's children come and
+//! their conditions (Programmed by a controller-fed dataplane, which a Policy edit reaches within
+//! 1 s), a Failed MCPInstance's status stays quiet, an instance's children come and
 //! go with it, Targets asking for the host are
 //! refused and Pod Security refusals reach the MCPInstance, and a SIGTERMed leader hands its
 //! Lease over in under 3 s.
@@ -10,11 +11,17 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use reflow_crds::SealingKey;
+use reflow_dataplane::controller_client::{self, Backoff, ControllerClient, ControllerConfig};
+use reflow_dataplane::source::SnapshotStore;
 use reflow_e2e::harness::process::SpawnOptions;
-use reflow_e2e::harness::{KubeCluster, ManagedChild, controller_bin};
+use reflow_e2e::harness::{KubeCluster, ManagedChild, controller_bin, kube_cluster};
+use secrecy::SecretString;
 use serde_json::Value;
+use std::sync::Arc;
 
 const SYSTEM: &str = "reflow-system";
+const TOKEN: &str = "deploy-cluster-token";
 const SAMPLES: &str = "dev-tools";
 
 fn root() -> PathBuf {
@@ -49,7 +56,7 @@ fn crds_apply_without_warnings(k: &KubeCluster) {
 fn controller(k: &KubeCluster, name: &str, key: &str) -> ManagedChild {
     let mut cmd = Command::new(controller_bin().expect("controller binary"));
     cmd.env("KUBECONFIG", &k.kubeconfig)
-        .env("REFLOW_CONTROLLER_TOKEN", "deploy-cluster-token")
+        .env("REFLOW_CONTROLLER_TOKEN", TOKEN)
         .env("REFLOW_SEALING_KEY", key)
         .env("POD_NAME", name)
         .env("POD_NAMESPACE", SYSTEM)
@@ -58,7 +65,92 @@ fn controller(k: &KubeCluster, name: &str, key: &str) -> ManagedChild {
             "registry.invalid/reflow-dataplane:test",
         )
         .args(["--listen", "127.0.0.1:0"]);
-    ManagedChild::spawn(name, &mut cmd, SpawnOptions::default()).expect("controller starts")
+    let opts = SpawnOptions {
+        stdout_lines: true,
+        ..SpawnOptions::default()
+    };
+    ManagedChild::spawn(name, &mut cmd, opts).expect("controller starts")
+}
+
+/// The URL a controller printed (`listening on http://ADDR`).
+fn url_of(c: &ManagedChild) -> String {
+    let line = c
+        .next_line(Duration::from_secs(30))
+        .expect("listening line");
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned()
+}
+
+/// A dataplane's snapshot follower (the controller client a `reflow-dataplane` runs), fed by
+/// the controller at `url`: what makes `Programmed` count a dataplane.
+struct FedDataplane {
+    store: Arc<SnapshotStore>,
+    _client: ControllerClient,
+    rt: tokio::runtime::Runtime,
+}
+
+fn fed_dataplane(url: &str, key: &str) -> FedDataplane {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = SnapshotStore::new();
+    let key = SealingKey::from_base64(key).expect("key");
+    let client = rt.block_on(async {
+        controller_client::spawn(
+            ControllerConfig {
+                url: url.to_owned(),
+                token: SecretString::from(TOKEN),
+                dataplane: "dp-0".into(),
+                cache: None,
+                key,
+                backoff: Backoff {
+                    initial: Duration::from_millis(50),
+                    max: Duration::from_millis(500),
+                },
+            },
+            store.clone(),
+        )
+    });
+    FedDataplane {
+        store,
+        _client: client,
+        rt,
+    }
+}
+
+/// A Policy edit reaches the dataplane (DESIGN.md §7: CRD change to enforcement ≤ 1 s).
+fn policy_edit_reaches_the_dataplane(k: &KubeCluster, dp: &FedDataplane) {
+    let policies = k.get(&["policies", "-n", SAMPLES]).expect("policies");
+    let first = &policies["items"][0];
+    let name = first["metadata"]["name"].as_str().expect("name").to_owned();
+    let priority = first["spec"]["priority"].as_i64().unwrap_or(0);
+    let before = dp.store.load().hash().to_owned();
+    let started = Instant::now();
+    let patch = format!("{{\"spec\":{{\"priority\":{}}}}}", priority + 1);
+    k.ok(&[
+        "patch",
+        "policy",
+        &name,
+        "-n",
+        SAMPLES,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    k.wait_for("the edit on the dataplane", Duration::from_secs(10), || {
+        (dp.store.load().hash() != before).then_some(())
+    });
+    let took = started.elapsed();
+    eprintln!(
+        "policy edit -> controller-fed dataplane: {} ms (budget 1000 ms, kubectl included)",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(1), "the edit took {took:?}");
+    let _ = &dp.rt;
 }
 
 fn holder(k: &KubeCluster) -> Option<String> {
@@ -86,7 +178,7 @@ fn samples_get_conditions(k: &KubeCluster) {
                         condition(o, "Accepted").is_some_and(|c| {
                             c["status"] == "True"
                                 && c["observedGeneration"] == o["metadata"]["generation"]
-                        }) && condition(o, "Programmed").is_some()
+                        }) && condition(o, "Programmed").is_some_and(|c| c["status"] == "True")
                     });
                 done.then_some(())
             },
@@ -350,6 +442,91 @@ fn leader_hands_over_on_sigterm(k: &KubeCluster, a: &mut ManagedChild, b: &mut M
     );
 }
 
+/// The README's `helm install` (Pods stay Pending: no kubelet), then what each ServiceAccount
+/// may do, asked of the API server's authorizer with `kubectl auth can-i`.
+fn helm_install_and_rbac(k: &KubeCluster) {
+    let chart = root().join("chart");
+    let r = kube_cluster::run(k.helm().args(["install", "reflow"]).arg(&chart).args([
+        "--namespace",
+        "reflow-helm",
+        "--create-namespace",
+        "--set",
+        "controller.watchNamespaces={dev-tools}",
+        "--timeout",
+        "60s",
+    ]));
+    assert!(r.ok, "helm install: {}{}", r.stdout, r.stderr);
+    for deploy in ["reflow-controller", "reflow-dataplane"] {
+        k.ok(&["get", "deployment", deploy, "-n", "reflow-helm"]);
+    }
+    let sa = |name: &str| format!("--as=system:serviceaccount:reflow-helm:{name}");
+    let can = |who: &str, verb: &str, what: &str, ns: &str| -> bool {
+        let mut args = vec!["auth", "can-i", verb];
+        match what.strip_suffix("/status") {
+            Some(resource) => args.extend([resource, "--subresource=status"]),
+            None => args.push(what),
+        }
+        let who = sa(who);
+        args.extend(["-n", ns, &who]);
+        let r = k.run(&args);
+        r.stdout.trim() == "yes"
+    };
+    let controller = "reflow-controller";
+    for (verb, what, ns) in [
+        ("watch", "targets.mcp.reflow.io", SAMPLES),
+        ("patch", "targets.mcp.reflow.io/status", SAMPLES),
+        ("patch", "mcpinstances.mcp.reflow.io/status", SAMPLES),
+        ("create", "pods", SAMPLES),
+        ("delete", "pods", SAMPLES),
+        ("patch", "networkpolicies.networking.k8s.io", SAMPLES),
+        ("create", "events.events.k8s.io", SAMPLES),
+        ("list", "secrets", SAMPLES),
+        (
+            "update",
+            "leases.coordination.k8s.io/reflow-controller",
+            "reflow-helm",
+        ),
+        ("delete", "leases.coordination.k8s.io", "reflow-helm"),
+    ] {
+        assert!(
+            can(controller, verb, what, ns),
+            "controller cannot {verb} {what} in {ns}"
+        );
+    }
+    for (verb, what, ns) in [
+        ("list", "secrets", "reflow-helm"),
+        ("list", "secrets", "default"),
+        ("delete", "targets.mcp.reflow.io", SAMPLES),
+        (
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "default",
+        ),
+        ("update", "leases.coordination.k8s.io/other", "reflow-helm"),
+    ] {
+        assert!(
+            !can(controller, verb, what, ns),
+            "controller may {verb} {what} in {ns}"
+        );
+    }
+    for (verb, what, ns) in [
+        ("get", "secrets", "reflow-helm"),
+        ("list", "targets.mcp.reflow.io", SAMPLES),
+        ("create", "pods", SAMPLES),
+        ("get", "leases.coordination.k8s.io", "reflow-helm"),
+    ] {
+        assert!(
+            !can("reflow-dataplane", verb, what, ns),
+            "dataplane may {verb} {what}"
+        );
+    }
+    let r = kube_cluster::run(
+        k.helm()
+            .args(["uninstall", "reflow", "--namespace", "reflow-helm"]),
+    );
+    assert!(r.ok, "helm uninstall: {}", r.stderr);
+}
+
 #[test]
 fn the_controller_on_a_real_api_server() {
     let Some(k) = KubeCluster::start("deploy-cluster").expect("cluster") else {
@@ -360,11 +537,16 @@ fn the_controller_on_a_real_api_server() {
     let key = reflow_crds::SealingKey::generate_base64();
     let mut a = controller(&k, "ctl-a", &key);
     let mut b = controller(&k, "ctl-b", &key);
+    let dp = fed_dataplane(&url_of(&a), &key);
+    let _ = url_of(&b);
     samples_get_conditions(&k);
+    policy_edit_reaches_the_dataplane(&k, &dp);
     failed_instance_status_stays_quiet(&k);
     instance_children_come_and_go(&k);
     host_fields_are_refused(&k);
     pod_security_refusal_reaches_the_instance(&k);
+    helm_install_and_rbac(&k);
+    drop(dp);
     leader_hands_over_on_sigterm(&k, &mut a, &mut b);
     for c in [&mut a, &mut b] {
         c.kill();
