@@ -168,75 +168,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ));
         }
         None => {
-            let client = kube::Client::try_default().await.context(
-                "connecting to Kubernetes (use --manifests DIR to run without a cluster)",
-            )?;
-            let namespaces = if cli.namespaces.is_empty() {
-                cluster::Namespaces::All
-            } else {
-                cluster::Namespaces::List(cli.namespaces.clone())
-            };
-            let source = cluster::start(
-                client.clone(),
-                namespaces,
-                key.clone(),
-                publisher.clone(),
-                metrics.clone(),
-            );
-            let lease_config = lease::LeaseConfig {
-                namespace: cli.lease_namespace.clone(),
-                name: cli.lease_name.clone(),
-                identity: cli.identity.clone(),
-                duration: Duration::from_secs(15),
-                renew_every: Duration::from_secs(5),
-            };
-            let (leading, lease_task) = lease::spawn(client.clone(), lease_config.clone());
-            // Every replica publishes the dataplanes it serves; the lease holder counts them all.
-            let lease_config_for_release = lease_config.clone();
-            let rosters = Rosters::new(client.clone(), lease_config);
-            let rosters_for_release = rosters.clone();
-            let roster_task = rosters.clone().spawn_publisher(fleet.clone());
-            let writer = status::StatusWriter::new(client.clone(), &cli.identity, metrics.clone());
-            let status_task = status::spawn(
-                writer,
-                Arc::new(source.stores.clone()),
-                publisher.subscribe(),
-                fleet.clone(),
-                Some(rosters),
-                leading.clone(),
-            );
-            guards.push(Box::new(AbortOnDrop(roster_task)));
-            shutdown = Some(Shutdown {
-                client: client.clone(),
-                lease: lease_config_for_release,
-                rosters: rosters_for_release,
-            });
-            instance_client = Some(client.clone());
-            let ctx = Arc::new(instance::Context {
-                client: client.clone(),
-                leading,
-                published: publisher.subscribe(),
-                config: instance::InstanceConfig {
-                    bridge_image: cli.bridge_image.clone(),
-                    dataplane_labels: [(
-                        "app.kubernetes.io/name".to_owned(),
-                        "reflow-dataplane".to_owned(),
-                    )]
-                    .into(),
-                    dataplane_namespace: cli.dataplane_namespace.clone(),
-                    key: key.clone(),
-                },
-                metrics: metrics.clone(),
-            });
-            let instances_task = tokio::spawn(run_instances(
-                client,
-                namespaces_for_instances(&cli.namespaces),
-                ctx,
-            ));
-            guards.push(Box::new(AbortOnDrop(instances_task)));
-            guards.push(Box::new(source));
-            guards.push(Box::new(AbortOnDrop(lease_task)));
-            guards.push(Box::new(AbortOnDrop(status_task)));
+            let mode = start_cluster_mode(&cli, &key, &publisher, &metrics, &fleet).await?;
+            guards.extend(mode.guards);
+            instance_client = Some(mode.client);
+            shutdown = Some(mode.shutdown);
         }
     }
 
@@ -294,6 +229,98 @@ impl Shutdown {
             Err(_) => warn!("roster deletion timed out"),
         }
     }
+}
+
+/// What cluster mode runs besides the API: held until shutdown.
+struct ClusterMode {
+    guards: Vec<Box<dyn std::any::Any + Send>>,
+    client: kube::Client,
+    shutdown: Shutdown,
+}
+
+/// Cluster mode: the watch source, the lease, rosters, the status writer and the MCPInstance
+/// controller.
+async fn start_cluster_mode(
+    cli: &Cli,
+    key: &SealingKey,
+    publisher: &Arc<Publisher>,
+    metrics: &Arc<Metrics>,
+    fleet: &Fleet,
+) -> anyhow::Result<ClusterMode> {
+    let mut guards: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (use --manifests DIR to run without a cluster)")?;
+    let namespaces = if cli.namespaces.is_empty() {
+        cluster::Namespaces::All
+    } else {
+        cluster::Namespaces::List(cli.namespaces.clone())
+    };
+    let source = cluster::start(
+        client.clone(),
+        namespaces,
+        key.clone(),
+        publisher.clone(),
+        metrics.clone(),
+    );
+    let lease_config = lease::LeaseConfig {
+        namespace: cli.lease_namespace.clone(),
+        name: cli.lease_name.clone(),
+        identity: cli.identity.clone(),
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    let (leading, lease_task) = lease::spawn(client.clone(), lease_config.clone());
+    // Every replica publishes the dataplanes it serves; the lease holder counts them all.
+    let lease_config_for_release = lease_config.clone();
+    let rosters = Rosters::new(client.clone(), lease_config);
+    let rosters_for_release = rosters.clone();
+    let roster_task = rosters.clone().spawn_publisher(fleet.clone());
+    let writer = status::StatusWriter::new(client.clone(), &cli.identity, metrics.clone());
+    let status_task = status::spawn(
+        writer,
+        Arc::new(source.stores.clone()),
+        publisher.subscribe(),
+        fleet.clone(),
+        Some(rosters),
+        leading.clone(),
+    );
+    guards.push(Box::new(AbortOnDrop(roster_task)));
+    let shutdown = Shutdown {
+        client: client.clone(),
+        lease: lease_config_for_release,
+        rosters: rosters_for_release,
+    };
+    let ctx = Arc::new(instance::Context {
+        client: client.clone(),
+        leading,
+        published: publisher.subscribe(),
+        config: instance::InstanceConfig {
+            bridge_image: cli.bridge_image.clone(),
+            dataplane_labels: [(
+                "app.kubernetes.io/name".to_owned(),
+                "reflow-dataplane".to_owned(),
+            )]
+            .into(),
+            dataplane_namespace: cli.dataplane_namespace.clone(),
+            key: key.clone(),
+        },
+        metrics: metrics.clone(),
+    });
+    let instances_task = tokio::spawn(run_instances(
+        client.clone(),
+        namespaces_for_instances(&cli.namespaces),
+        ctx,
+    ));
+    guards.push(Box::new(AbortOnDrop(instances_task)));
+    guards.push(Box::new(source));
+    guards.push(Box::new(AbortOnDrop(lease_task)));
+    guards.push(Box::new(AbortOnDrop(status_task)));
+    Ok(ClusterMode {
+        guards,
+        client,
+        shutdown,
+    })
 }
 
 /// The MCPInstance controller (kube-runtime): reconciles on instance changes and on changes

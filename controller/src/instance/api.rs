@@ -134,6 +134,17 @@ pub async fn ensure(
             .await?
         }
     };
+    answer(client, &inst, name, &req.namespace).await
+}
+
+/// What ensure answers for `inst` as it stands: its endpoint and bridge token once it runs
+/// current credentials, Pending before, the `Ready` reason when it failed.
+async fn answer(
+    client: &Client,
+    inst: &MCPInstance,
+    name: String,
+    namespace: &str,
+) -> Result<EnsureResponse, EnsureError> {
     let status = inst.status.clone().unwrap_or_default();
     // A status from before the last spec change describes a pod that may hold other credentials.
     let current = status.observed_generation.is_some()
@@ -159,9 +170,9 @@ pub async fn ensure(
                 .unwrap_or_else(|| "no reason given".to_owned()),
         }),
         (true, InstancePhase::Running, Some(endpoint)) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &req.namespace);
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
             let token = secrets
-                .get_opt(&children::child_name(&inst))
+                .get_opt(&children::child_name(inst))
                 .await?
                 .and_then(|s| s.data)
                 .and_then(|d| d.get(children::BRIDGE_TOKEN_ENV).cloned())

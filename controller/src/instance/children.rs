@@ -230,94 +230,7 @@ pub fn build(
 
     let template: PodTemplateSpec = serde_json::from_value(target.template.clone())
         .map_err(|e| BuildError::Template(e.to_string()))?;
-    let mut spec: PodSpec = template.spec.unwrap_or_default();
-    if spec.containers.is_empty() {
-        return Err(BuildError::NoContainer);
-    }
-    spec.automount_service_account_token = Some(false);
-    spec.enable_service_links = Some(false);
-    let psc = spec
-        .security_context
-        .get_or_insert_with(PodSecurityContext::default);
-    psc.run_as_non_root = Some(true);
-    psc.seccomp_profile = Some(SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
-    });
-    let env_from = EnvFromSource {
-        secret_ref: Some(SecretEnvSource {
-            name: name.clone(),
-            optional: Some(false),
-        }),
-        ..EnvFromSource::default()
-    };
-    let server = &mut spec.containers[0];
-    server.env_from.get_or_insert_with(Vec::new).push(env_from);
-    server.ports = Some(vec![ContainerPort {
-        name: Some("mcp".into()),
-        container_port: i32::from(target.port),
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    }]);
-    if target.transport == PodTransport::Stdio {
-        // A sidecar cannot reach another container's stdin, so the bridge wraps the server in
-        // its own container: an init container copies the dataplane binary into a shared
-        // volume and the server starts as `reflow-dataplane bridge … -- <command>`.
-        let mut command = server.command.clone().ok_or(BuildError::NoCommand)?;
-        command.extend(server.args.clone().unwrap_or_default());
-        server.command = Some(vec![format!("{BRIDGE_DIR}/reflow-dataplane")]);
-        let mut args = vec![
-            "bridge".to_owned(),
-            "--listen".to_owned(),
-            format!("0.0.0.0:{}", target.port),
-            "--path".to_owned(),
-            target.path.clone(),
-            "--token-env".to_owned(),
-            BRIDGE_TOKEN_ENV.to_owned(),
-            "--".to_owned(),
-        ];
-        args.extend(command);
-        server.args = Some(args);
-        server
-            .volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(VolumeMount {
-                name: BRIDGE_VOLUME.into(),
-                mount_path: BRIDGE_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-            name: BRIDGE_VOLUME.into(),
-            empty_dir: Some(Default::default()),
-            ..Volume::default()
-        });
-        spec.init_containers
-            .get_or_insert_with(Vec::new)
-            .push(Container {
-                name: "reflow-bridge-install".into(),
-                image: Some(cfg.bridge_image.clone()),
-                command: Some(vec![
-                    "/reflow-dataplane".into(),
-                    "install-bridge".into(),
-                    BRIDGE_DIR.into(),
-                ]),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: BRIDGE_VOLUME.into(),
-                    mount_path: BRIDGE_DIR.into(),
-                    ..VolumeMount::default()
-                }]),
-                ..Container::default()
-            });
-    }
-    for c in spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-    {
-        c.security_context = Some(restricted());
-        default_limits(c);
-    }
+    let spec = pod_spec(template.spec.unwrap_or_default(), target, &name, cfg)?;
     let mut pod_meta = meta(Some(BTreeMap::from([(
         FINGERPRINT_ANNOTATION.to_owned(),
         fingerprint.to_owned(),
@@ -340,14 +253,131 @@ pub fn build(
     };
 
     let selector = BTreeMap::from([(INSTANCE_LABEL.to_owned(), instance_label(inst))]);
-    let service = Service {
-        metadata: meta(None),
+    Ok(Children {
+        secret,
+        pod,
+        service: service(meta(None), selector.clone(), target.port),
+        network_policy: network_policy(meta(None), selector, target.port, cfg),
+    })
+}
+
+/// The template's PodSpec made safe to run: no service-account token, the restricted security
+/// context and default limits on every container, the Secret as env, the bridge for STDIO.
+fn pod_spec(
+    mut spec: PodSpec,
+    target: &PodSpecTemplate,
+    name: &str,
+    cfg: &InstanceConfig,
+) -> Result<PodSpec, BuildError> {
+    if spec.containers.is_empty() {
+        return Err(BuildError::NoContainer);
+    }
+    spec.automount_service_account_token = Some(false);
+    spec.enable_service_links = Some(false);
+    let psc = spec
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    psc.run_as_non_root = Some(true);
+    psc.seccomp_profile = Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    });
+    let env_from = EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: name.to_owned(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    };
+    let server = &mut spec.containers[0];
+    server.env_from.get_or_insert_with(Vec::new).push(env_from);
+    server.ports = Some(vec![ContainerPort {
+        name: Some("mcp".into()),
+        container_port: i32::from(target.port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }]);
+    if target.transport == PodTransport::Stdio {
+        wrap_stdio(&mut spec, target, cfg)?;
+    }
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        c.security_context = Some(restricted());
+        default_limits(c);
+    }
+    Ok(spec)
+}
+
+/// A sidecar cannot reach another container's stdin, so the bridge wraps the server in its own
+/// container: an init container copies the dataplane binary into a shared volume and the server
+/// starts as `reflow-dataplane bridge … -- <command>`.
+fn wrap_stdio(
+    spec: &mut PodSpec,
+    target: &PodSpecTemplate,
+    cfg: &InstanceConfig,
+) -> Result<(), BuildError> {
+    let server = spec.containers.first_mut().ok_or(BuildError::NoContainer)?;
+    let mut command = server.command.clone().ok_or(BuildError::NoCommand)?;
+    command.extend(server.args.clone().unwrap_or_default());
+    server.command = Some(vec![format!("{BRIDGE_DIR}/reflow-dataplane")]);
+    let mut args = vec![
+        "bridge".to_owned(),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{}", target.port),
+        "--path".to_owned(),
+        target.path.clone(),
+        "--token-env".to_owned(),
+        BRIDGE_TOKEN_ENV.to_owned(),
+        "--".to_owned(),
+    ];
+    args.extend(command);
+    server.args = Some(args);
+    server
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: BRIDGE_VOLUME.into(),
+            mount_path: BRIDGE_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: BRIDGE_VOLUME.into(),
+        empty_dir: Some(Default::default()),
+        ..Volume::default()
+    });
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .push(Container {
+            name: "reflow-bridge-install".into(),
+            image: Some(cfg.bridge_image.clone()),
+            command: Some(vec![
+                "/reflow-dataplane".into(),
+                "install-bridge".into(),
+                BRIDGE_DIR.into(),
+            ]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: BRIDGE_VOLUME.into(),
+                mount_path: BRIDGE_DIR.into(),
+                ..VolumeMount::default()
+            }]),
+            ..Container::default()
+        });
+    Ok(())
+}
+
+fn service(metadata: ObjectMeta, selector: BTreeMap<String, String>, port: u16) -> Service {
+    Service {
+        metadata,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector.clone()),
             ports: Some(vec![ServicePort {
                 name: Some("mcp".into()),
-                port: i32::from(target.port),
+                port: i32::from(port),
                 target_port: Some(IntOrString::String("mcp".into())),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()
@@ -355,10 +385,17 @@ pub fn build(
             ..ServiceSpec::default()
         }),
         status: None,
-    };
+    }
+}
 
-    let network_policy = NetworkPolicy {
-        metadata: meta(None),
+fn network_policy(
+    metadata: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    port: u16,
+    cfg: &InstanceConfig,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata,
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(selector),
@@ -381,20 +418,14 @@ pub fn build(
                     ip_block: None,
                 }]),
                 ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(i32::from(target.port))),
+                    port: Some(IntOrString::Int(i32::from(port))),
                     protocol: Some("TCP".into()),
                     end_port: None,
                 }]),
             }]),
             egress: None,
         }),
-    };
-    Ok(Children {
-        secret,
-        pod,
-        service,
-        network_policy,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -188,19 +188,7 @@ pub async fn reconcile_against(
                        get a new instance";
         return fail(client, inst, "CredentialMismatch", message.into(), now).await;
     }
-    // Target env first, then Credentials (they win on a shared name), as for STDIO children.
-    let mut values: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for entry in resolved.env() {
-        let secret = config
-            .key
-            .open(&entry.aad, &entry.value)
-            .map_err(|_| InstanceError::Credential(entry.name.to_string()))?;
-        values.retain(|(k, _)| **k != *entry.name);
-        values.push((entry.name.to_string(), secret.expose_secret().to_owned()));
-    }
+    let values = env_values(env, &resolved, &config.key)?;
     let token = bridge_token(client, &ns, &children::child_name(inst)).await?;
     let built = match children::build(inst, template, &values, &fingerprint, &token, config) {
         Ok(b) => b,
@@ -240,6 +228,27 @@ pub async fn reconcile_against(
     } else {
         Duration::from_secs(5)
     }))
+}
+
+/// Target env first, then the resolved Credentials opened (they win on a shared name), as for
+/// STDIO children.
+fn env_values(
+    env: &[(std::sync::Arc<str>, std::sync::Arc<str>)],
+    resolved: &reflow_crds::snapshot::ResolvedCredentials,
+    key: &SealingKey,
+) -> Result<Vec<(String, String)>, InstanceError> {
+    let mut values: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for entry in resolved.env() {
+        let secret = key
+            .open(&entry.aad, &entry.value)
+            .map_err(|_| InstanceError::Credential(entry.name.to_string()))?;
+        values.retain(|(k, _)| **k != *entry.name);
+        values.push((entry.name.to_string(), secret.expose_secret().to_owned()));
+    }
+    Ok(values)
 }
 
 /// The bridge token stays for the instance's life: reuse the one already issued.
