@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test e2e conformance bench crds lint fmt build
+.PHONY: run test e2e conformance bench crds lint fmt build images
 
 ## run: the gateway on the embedded default (standalone, config/local manifests, fixture upstream, dev token)
 run:
@@ -40,6 +40,11 @@ crds:
 	$(CARGO) run -q -p reflow-crds --bin crdgen -- crds/yaml
 	cp crds/yaml/*.yaml chart/crds/
 	cp crds/yaml/*.yaml kustomize/base/crds/
+
+## images: the controller image and both dataplane variants with docker, podman or buildah (REGISTRY,
+## TAG, BUILDER override), then how to push them and the Helm values that select them
+images:
+	./scripts/images.sh
 
 ## lint: formatting and clippy, warnings as errors
 lint:

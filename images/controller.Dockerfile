@@ -27,7 +27,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p reflow-controller --target "$(cat /rust-target)" \
  && cp "target/$(cat /rust-target)/release/reflow-controller" /reflow-controller
 
-FROM ${RUNTIME_IMAGE}
+FROM ${RUNTIME_IMAGE} AS runtime
 COPY --from=build /reflow-controller /usr/local/bin/reflow-controller
 # distroless "nonroot": uid/gid 65532, the ids the Helm chart's securityContext sets too.
 USER 65532:65532

@@ -44,6 +44,10 @@ RUN apt-get update \
  && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}" \
  && ln -s /opt/uv/bin/uv /usr/local/bin/uv \
  && ln -s /opt/uv/bin/uvx /usr/local/bin/uvx
+# The reference server, so a STDIO Target works out of the box (`command: mcp-server-everything`,
+# `args: [stdio]`); the pin matches the e2e tests' SERVER_EVERYTHING_SPEC.
+RUN npm install -g --no-audit --no-fund @modelcontextprotocol/server-everything@2026.8.31 \
+ && npm cache clean --force
 COPY --from=build /reflow-dataplane /usr/local/bin/reflow-dataplane
 # Each STDIO child gets a fresh HOME under TMPDIR (an emptyDir in the chart), so npm and uv
 # caches land there and the root filesystem can stay read-only.

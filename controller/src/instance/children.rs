@@ -50,6 +50,8 @@ pub const TEMPLATE_ANNOTATION: &str = "mcp.reflow.io/pod-template-hash";
 /// The env var holding the per-instance token the bridge demands from dataplanes.
 pub const BRIDGE_TOKEN_ENV: &str = "REFLOW_BRIDGE_TOKEN";
 const BRIDGE_VOLUME: &str = "reflow-bridge";
+/// Where both dataplane image variants (`images/dataplane.Dockerfile`) put the binary.
+pub const BRIDGE_IMAGE_BINARY: &str = "/usr/local/bin/reflow-dataplane";
 const BRIDGE_DIR: &str = "/reflow";
 
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +357,7 @@ fn wrap_stdio(
             name: "reflow-bridge-install".into(),
             image: Some(cfg.bridge_image.clone()),
             command: Some(vec![
-                "/reflow-dataplane".into(),
+                BRIDGE_IMAGE_BINARY.into(),
                 "install-bridge".into(),
                 BRIDGE_DIR.into(),
             ]),
@@ -489,5 +491,44 @@ mod tests {
         assert!(err.to_string().contains("spec.hostPID"), "{err}");
         let plain = template(serde_json::json!({"containers": [{"name": "s", "image": "i"}]}));
         assert!(build(&inst, &plain, &[], "f", "t", &cfg).is_ok());
+    }
+
+    /// The init container runs the binary where the images put it (it ran `/reflow-dataplane`,
+    /// which no image has, so every STDIO instance Pod failed in its init container).
+    #[test]
+    fn the_bridge_installer_runs_the_binary_where_the_images_put_it() {
+        let dockerfile = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/dataplane.Dockerfile"),
+        )
+        .expect("images/dataplane.Dockerfile");
+        let copies = format!("COPY --from=build /reflow-dataplane {BRIDGE_IMAGE_BINARY}");
+        assert_eq!(
+            dockerfile.matches(&copies).count(),
+            2,
+            "both variants (runtime, stdio) must carry {BRIDGE_IMAGE_BINARY}"
+        );
+        let cfg = InstanceConfig {
+            bridge_image: "b".into(),
+            dataplane_labels: BTreeMap::new(),
+            dataplane_namespace: "ns".into(),
+            key: reflow_crds::SealingKey::from_bytes(&[1; 32]),
+        };
+        let mut inst = named("gh-alice");
+        inst.metadata.uid = Some("u".into());
+        let stdio = PodSpecTemplate {
+            template: serde_json::json!({"spec": {"containers": [{"name": "s", "image": "i", "command": ["srv"]}]}}),
+            transport: PodTransport::Stdio,
+            port: 8080,
+            path: "/mcp".into(),
+        };
+        let built = build(&inst, &stdio, &[], "f", "t", &cfg).expect("built");
+        let init = &built.pod.spec.expect("spec").init_containers.expect("init")[0];
+        assert_eq!(
+            init.command
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(String::as_str),
+            Some(BRIDGE_IMAGE_BINARY)
+        );
     }
 }
