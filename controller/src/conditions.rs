@@ -46,6 +46,18 @@ pub fn programmed(
                 who.join("; ")
             ),
         )
+    } else if !fleet.stale.is_empty() {
+        (
+            "False",
+            "Pending",
+            format!(
+                "applied by {} of {} dataplanes; disconnected from the controller on an older \
+                 snapshot, possibly still serving it: {}",
+                fleet.applied,
+                fleet.connected,
+                fleet.stale.join(", ")
+            ),
+        )
     } else if fleet.connected == 0 {
         (
             "Unknown",
@@ -149,6 +161,7 @@ mod tests {
             applied,
             connected,
             refused: vec![],
+            stale: vec![],
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use reflow_crds::wire::{AppliedReport, Outcome};
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,14 @@ use tokio::sync::watch;
 struct Dataplane {
     streams: usize,
     last: Option<AppliedReport>,
+    /// When its last stream ended: it may still serve what it last applied (static stability),
+    /// so it stays counted for [`RECENT`].
+    gone_since: Option<Instant>,
 }
+
+/// How long a dataplane that lost its stream stays counted: long enough that one cut off from
+/// the controller (still serving an older snapshot) keeps `Programmed` from claiming all applied.
+pub const RECENT: Duration = Duration::from_secs(120);
 
 /// Shared by the watch server (connect/disconnect, reports) and the status writer (reads).
 #[derive(Clone)]
@@ -41,6 +49,9 @@ pub struct Programmed {
     pub connected: usize,
     /// Connected dataplanes that refused it, with their reason.
     pub refused: Vec<(String, String)>,
+    /// Dataplanes seen within [`RECENT`] but disconnected now, last on another snapshot: they
+    /// may still serve it. Counted in `connected`, not in `applied`.
+    pub stale: Vec<String>,
 }
 
 /// One dataplane as `/v1/status` shows it (and as replica rosters carry it).
@@ -65,7 +76,7 @@ impl Drop for Connection {
         if let Some(d) = map.get_mut(&self.name) {
             d.streams = d.streams.saturating_sub(1);
             if d.streams == 0 {
-                map.remove(&self.name);
+                d.gone_since = Some(Instant::now());
             }
         }
         drop(map);
@@ -76,7 +87,9 @@ impl Drop for Connection {
 impl Fleet {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Dataplane>> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, d| d.gone_since.is_none_or(|t| t.elapsed() < RECENT));
+        map
     }
 
     fn bump(&self) {
@@ -89,7 +102,11 @@ impl Fleet {
     }
 
     pub fn connect(&self, name: &str) -> Connection {
-        self.lock().entry(name.to_owned()).or_default().streams += 1;
+        let mut map = self.lock();
+        let d = map.entry(name.to_owned()).or_default();
+        d.streams += 1;
+        d.gone_since = None;
+        drop(map);
         self.bump();
         Connection {
             fleet: self.clone(),
@@ -101,7 +118,7 @@ impl Fleet {
     /// part of M, and counting them would let a departed dataplane vote.
     pub fn report(&self, report: AppliedReport) -> bool {
         let mut map = self.lock();
-        let Some(d) = map.get_mut(&report.dataplane) else {
+        let Some(d) = map.get_mut(&report.dataplane).filter(|d| d.streams > 0) else {
             return false;
         };
         d.last = Some(report);
@@ -117,13 +134,14 @@ impl Fleet {
     /// `Programmed` over this replica's dataplanes and `peers` (other replicas' rosters). A
     /// dataplane listed twice (it moved between replicas) counts once, with its newest report.
     pub fn programmed_with(&self, hash: &str, peers: &[DataplaneView]) -> Programmed {
-        let mut all: BTreeMap<String, Option<AppliedReport>> = self
+        let mut all: BTreeMap<String, (bool, Option<AppliedReport>)> = self
             .lock()
             .iter()
-            .map(|(name, d)| (name.clone(), d.last.clone()))
+            .map(|(name, d)| (name.clone(), (d.streams > 0, d.last.clone())))
             .collect();
         for peer in peers {
-            let slot = all.entry(peer.name.clone()).or_default();
+            let (live, slot) = all.entry(peer.name.clone()).or_default();
+            *live |= peer.connected;
             let newer = match (&*slot, &peer.last) {
                 (_, None) => false,
                 (None, Some(_)) => true,
@@ -137,13 +155,14 @@ impl Fleet {
             connected: all.len(),
             ..Programmed::default()
         };
-        for (name, last) in &all {
+        for (name, (live, last)) in &all {
             match last {
                 Some(r) if r.hash == hash && r.outcome == Outcome::Applied => p.applied += 1,
-                Some(r) if r.hash == hash => p.refused.push((
+                Some(r) if r.hash == hash && *live => p.refused.push((
                     name.clone(),
                     r.message.clone().unwrap_or_else(|| "refused".to_owned()),
                 )),
+                _ if !*live => p.stale.push(name.clone()),
                 _ => {}
             }
         }
@@ -200,9 +219,18 @@ mod tests {
         assert_eq!(fleet.programmed("h1").applied, 1);
         drop(a2);
         drop(b);
+        // Issue #18 item 5: both stay counted for a while. `a` had applied h1 and still serves
+        // it; `b`, cut off on h0, may still serve the older snapshot: not all applied.
         let p = fleet.programmed("h1");
-        assert_eq!((p.applied, p.connected), (0, 1));
-        assert_eq!(fleet.view().len(), 1);
+        assert_eq!((p.applied, p.connected), (1, 3));
+        assert_eq!(p.stale, vec!["b".to_owned()]);
+        assert_eq!(fleet.view().iter().filter(|d| d.connected).count(), 1);
+        // A report from a disconnected dataplane is not taken; reconnecting it counts again.
+        assert!(!fleet.report(report("b", "h1", Outcome::Applied)));
+        let _b = fleet.connect("b");
+        assert!(fleet.report(report("b", "h1", Outcome::Applied)));
+        let p = fleet.programmed("h1");
+        assert_eq!((p.applied, p.connected, p.stale.len()), (2, 3, 0));
     }
 
     #[test]

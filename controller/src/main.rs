@@ -175,6 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 
+    // Listening for SIGTERM before announcing the address: a supervisor (or a test) that stops
+    // the process right after must get the orderly shutdown, not the default disposition.
+    let term = sigterm();
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
@@ -196,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::select! {
         r = axum::serve(listener, app) => r.context("serving")?,
         _ = tokio::signal::ctrl_c() => warn!("interrupted; shutting down"),
-        _ = sigterm() => info!("SIGTERM; shutting down"),
+        _ = term => info!("SIGTERM; shutting down"),
     }
     // Writers stop first, then the Lease goes back: a successor takes over within a second
     // instead of waiting out this replica's term.
@@ -379,11 +382,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn sigterm() {
+/// Registers the SIGTERM handler now (not at first poll) and resolves when one arrives.
+fn sigterm() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        s.recv().await;
-        return;
+    let registered = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut s) = registered {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
     }
-    std::future::pending::<()>().await
 }

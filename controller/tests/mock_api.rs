@@ -172,6 +172,7 @@ const FLEET: Programmed = Programmed {
     applied: 2,
     connected: 2,
     refused: Vec::new(),
+    stale: Vec::new(),
 };
 
 #[tokio::test]
