@@ -80,7 +80,27 @@ struct Cli {
 #[derive(clap::Subcommand)]
 enum Command {
     /// Mint a gateway API token (HS256, with `exp` and `jti`) for an issuer the dataplanes trust.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
+    /// Delete every MCPInstance (in `--namespaces`, else all); their Pods, Services,
+    /// NetworkPolicies and credential Secrets follow. The chart runs it before `helm uninstall`.
+    DeleteInstances(DeleteInstancesArgs),
+}
+
+#[derive(clap::Args)]
+struct DeleteInstancesArgs {
+    #[arg(long, env = "REFLOW_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+}
+
+async fn delete_instances(args: &DeleteInstancesArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let n = instance::cleanup::delete_all(&client, &args.namespaces)
+        .await
+        .context("deleting MCPInstances")?;
+    println!("deleted {n} MCPInstance(s)");
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -120,6 +140,11 @@ fn main() -> anyhow::Result<()> {
     }
     // Installed once, before the kube client or the OTLP exporter builds its TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(Command::DeleteInstances(args)) = &cli.command {
+        return tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(delete_instances(args));
+    }
     let telemetry = reflow_telemetry::init("reflow-controller", cli.log_format)?;
     let result = tokio::runtime::Runtime::new()
         .context("starting the tokio runtime")

@@ -487,6 +487,8 @@ fn helm_install_and_rbac(k: &KubeCluster) {
             "reflow-helm",
         ),
         ("delete", "leases.coordination.k8s.io", "reflow-helm"),
+        ("list", "mcpinstances.mcp.reflow.io", SAMPLES),
+        ("delete", "mcpinstances.mcp.reflow.io", SAMPLES),
     ] {
         assert!(
             can(controller, verb, what, ns),
@@ -520,11 +522,54 @@ fn helm_install_and_rbac(k: &KubeCluster) {
             "dataplane may {verb} {what}"
         );
     }
-    let r = kube_cluster::run(
+    // The pre-delete hook that deletes MCPInstances is part of the release; it cannot run here
+    // (no kubelet), so uninstall skips hooks and `instances_go_before_uninstall` runs its command.
+    let hooks = kube_cluster::run(
         k.helm()
-            .args(["uninstall", "reflow", "--namespace", "reflow-helm"]),
+            .args(["get", "hooks", "reflow", "-n", "reflow-helm"]),
     );
+    assert!(
+        hooks.stdout.contains("pre-delete") && hooks.stdout.contains("delete-instances"),
+        "{}",
+        hooks.stdout
+    );
+    let r = kube_cluster::run(k.helm().args([
+        "uninstall",
+        "reflow",
+        "--namespace",
+        "reflow-helm",
+        "--no-hooks",
+    ]));
     assert!(r.ok, "helm uninstall: {}", r.stderr);
+}
+
+/// Issue #18 item 6: `helm uninstall` left MCPInstances, their Pods and credential Secrets; the
+/// hook's command deletes the instances and the garbage collector takes the rest.
+fn instances_go_before_uninstall(k: &KubeCluster) {
+    let r = k.apply(&format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: MCPInstance\nmetadata: {{name: podded-carol, namespace: {SAMPLES}}}\n\
+         spec: {{targetRef: {{name: podded}}, isolationKey: carol}}\n"
+    ));
+    assert!(r.ok, "{}", r.stderr);
+    k.wait_for("carol's pod", Duration::from_secs(30), || {
+        k.get(&["pod", "mcpi-podded-carol", "-n", SAMPLES])
+    });
+    let out = kube_cluster::run(
+        Command::new(controller_bin().expect("controller"))
+            .env("KUBECONFIG", &k.kubeconfig)
+            .arg("delete-instances"),
+    );
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("deleted"), "{}", out.stdout);
+    for kind in [
+        "mcpinstance/podded-carol",
+        "pod/mcpi-podded-carol",
+        "secret/mcpi-podded-carol",
+    ] {
+        k.wait_for(&format!("{kind} gone"), Duration::from_secs(30), || {
+            k.get(&[kind, "-n", SAMPLES]).is_none().then_some(())
+        });
+    }
 }
 
 #[test]
@@ -546,6 +591,7 @@ fn the_controller_on_a_real_api_server() {
     host_fields_are_refused(&k);
     pod_security_refusal_reaches_the_instance(&k);
     helm_install_and_rbac(&k);
+    instances_go_before_uninstall(&k);
     drop(dp);
     leader_hands_over_on_sigterm(&k, &mut a, &mut b);
     for c in [&mut a, &mut b] {

@@ -7,6 +7,7 @@
 pub mod api;
 mod apply;
 pub mod children;
+pub mod cleanup;
 pub mod report;
 
 use std::sync::Arc;
