@@ -47,7 +47,7 @@ fn golden_config_samples() {
         problems.is_empty(),
         "config/samples has problems: {problems:#?}"
     );
-    assert_eq!(c.snapshot.targets().len(), 2);
+    assert_eq!(c.snapshot.targets().len(), 3);
     golden("samples", &c);
 }
 
