@@ -223,7 +223,12 @@ fn a_hostile_stdio_child_is_contained_by_the_sandbox_and_not_without_it() {
     let gw = DataplaneProcess::spawn(
         &manifests,
         &config,
-        &[(MARKER, "visible"), ("REFLOW_SEALING_KEY", &key)],
+        &[
+            (MARKER, "visible"),
+            ("REFLOW_SEALING_KEY", &key),
+            // Child stderr is logged at info.
+            ("RUST_LOG", "info"),
+        ],
     )
     .expect("gateway starts");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -258,6 +263,8 @@ fn a_hostile_stdio_child_is_contained_by_the_sandbox_and_not_without_it() {
     assert_eq!(get(&open, "dev secret file")["content"], DEV_SECRET);
     assert_eq!(get(&open, "sibling home")["content"], "alice-diary");
 
+    stderr_is_redacted(&rt, &gw);
+
     if abi < MIN_LANDLOCK_ABI {
         // Fail closed: the sandboxed Target refuses to spawn at all.
         let refused = rt.block_on(async {
@@ -285,4 +292,32 @@ fn a_hostile_stdio_child_is_contained_by_the_sandbox_and_not_without_it() {
     }
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child that prints its environment to stderr: the log has the line, not the credential.
+fn stderr_is_redacted(rt: &tokio::runtime::Runtime, gw: &DataplaneProcess) {
+    let printed = rt.block_on(async {
+        let alice = Session::open(&gw.mcp_url(), "alice").await;
+        alice
+            .call("open_hostile", json!({"action": "stderr_env"}))
+            .await
+    });
+    assert_eq!(printed["ok"], true, "{printed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let out = gw.output();
+        if out.contains("hostile env:") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = logs
+        .lines()
+        .find(|l| l.contains("hostile env:"))
+        .unwrap_or_else(|| panic!("the child's stderr line was not logged:\n{logs}"));
+    assert!(line.contains("API_TOKEN=[REDACTED]"), "{line}");
+    assert!(
+        !logs.contains("alice-child-secret"),
+        "a credential reached the log"
+    );
 }
