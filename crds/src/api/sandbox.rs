@@ -39,7 +39,7 @@ pub enum SandboxMode {
 #[serde(rename_all = "camelCase")]
 pub struct ProcessLimits {
     /// Private writable memory (RLIMIT_DATA) in MiB; default 2048.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "memoryMiB", default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 1048576))]
     pub memory_mib: Option<u32>,
     /// CPU time (RLIMIT_CPU) in seconds over the child's life; default unlimited.
