@@ -922,7 +922,9 @@ async fn a_sandbox_path_that_would_expose_the_gateways_files_refuses_the_spawn()
         let secrets = temp_dir();
         std::fs::write(secrets.join("sealing-key"), "k").unwrap();
         let mut stdio = StdioConfig::default();
-        stdio.protected.add(&secrets.join("sealing-key"), "sealing key file");
+        stdio
+            .protected
+            .add(&secrets.join("sealing-key"), "sealing key file");
         let extra = format!("  sandbox: {{readOnlyPaths: [{:?}]}}\n", secrets.display());
         let h = gateway(&[("fx", stdio_target("fx", &["--stdio"], &extra))], stdio).await;
         let sid = h.open("/mcp/t/fx", "alice").await;
