@@ -1,7 +1,8 @@
 //! The STDIO sandbox against a hostile server, with the real gateway binary and the fixture's
 //! `hostile` tool: bob's child tries to read alice's child's environment, the gateway's
 //! environment, the sealing key and dev secret files and alice's HOME, and to signal alice's
-//! child and the gateway. Each attempt fails sandboxed; the same child succeeds unsandboxed.
+//! child and the gateway, and to call keyctl and unshare (seccomp). Each attempt fails sandboxed;
+//! the same child succeeds unsandboxed. Child stderr is logged with its credential redacted.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -201,6 +202,8 @@ async fn attacks(gw: &DataplaneProcess, target: &str, conf: &Path) -> Vec<(&'sta
             json!({"action": "kill", "pid": alice_pid}),
         ),
         ("signal gateway", json!({"action": "kill", "pid": gw.pid()})),
+        ("syscall keyctl", json!({"action": "keyctl"})),
+        ("syscall unshare", json!({"action": "unshare"})),
     ] {
         out.push((name, bob.call(&hostile, args).await));
     }
@@ -280,7 +283,7 @@ fn a_hostile_stdio_child_is_contained_by_the_sandbox_and_not_without_it() {
     let boxed = rt.block_on(attacks(&gw, "boxed", &conf));
     for (name, r) in &boxed {
         assert_eq!(r["ok"], false, "sandboxed {name} must fail: {r}");
-        let want = if name.starts_with("signal") {
+        let want = if name.starts_with("signal") || name.starts_with("syscall") {
             EPERM
         } else {
             EACCES
