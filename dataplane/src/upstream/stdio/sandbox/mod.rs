@@ -132,3 +132,47 @@ pub fn probe() -> Result<i32, SandboxError> {
     seccomp_filter::filters()?;
     Ok(abi)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::StdioConfig;
+
+    #[test]
+    fn the_gateway_switch_reads_off_and_defaults_to_enforce() {
+        let off: StdioConfig = serde_yaml::from_str("sandbox: off").expect("parses");
+        assert_eq!(off.sandbox, SandboxMode::Off);
+        let default: StdioConfig = serde_yaml::from_str("maxProcesses: 3").expect("parses");
+        assert_eq!(default.sandbox, SandboxMode::Enforce);
+        assert!(serde_yaml::from_str::<StdioConfig>("sandbox: maybe").is_err());
+    }
+
+    #[test]
+    fn a_path_containing_a_protected_file_is_refused_and_a_sibling_is_not() {
+        let mut p = Protected::default();
+        p.add(Path::new("/etc/reflow/sealing-key"), "sealing key file");
+        assert!(matches!(
+            p.check(Path::new("/etc")),
+            Err(SandboxError::Exposes {
+                what: "sealing key file",
+                ..
+            })
+        ));
+        assert!(p.check(Path::new("/etc/reflow/sealing-key")).is_err());
+        assert!(p.check(Path::new("/etc/ssl")).is_ok());
+    }
+
+    #[test]
+    fn this_kernel_can_sandbox_or_says_why_not() {
+        // Asserts on what the kernel offers: ABI 6+ must probe fine; below, the error names it.
+        let abi = kernel_landlock_abi();
+        match probe() {
+            Ok(found) => assert!(found >= MIN_LANDLOCK_ABI && found == abi),
+            Err(SandboxError::LandlockAbi { found }) => {
+                assert!(abi < MIN_LANDLOCK_ABI && found == abi);
+                eprintln!("kernel Landlock ABI {abi}: STDIO children would be refused");
+            }
+            Err(e) => panic!("unexpected probe failure: {e}"),
+        }
+    }
+}
