@@ -949,3 +949,29 @@ async fn a_sandbox_path_that_would_expose_the_gateways_files_refuses_the_spawn()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_missing_program_is_reported_as_missing_not_as_a_sandbox_failure() {
+    bounded(async {
+        let target = stdio_target_cmd("gone", "/nonexistent/reflow-server", &[], "");
+        let h = gateway(&[("gone", target)], StdioConfig::default()).await;
+        let sid = h.open("/mcp/t/gone", "alice").await;
+        let r = h
+            .rpc(
+                "/mcp/t/gone",
+                "alice",
+                Some(&sid),
+                "tools/call",
+                json!({"name": "echo", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(
+            r.body["error"]["data"]["reason"], "stdio_spawn",
+            "{:?}",
+            r.body
+        );
+        let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("No such file"), "{msg}");
+    })
+    .await;
+}

@@ -125,7 +125,8 @@ pub(super) fn build(
     for p in &settings.read_only_paths {
         allow(Path::new(&**p), read, false)?;
     }
-    allow(paths.program, read, true)?;
+    // A missing program gets no rule: the exec then fails with the usual "No such file".
+    allow(paths.program, read, false)?;
     allow(paths.home, all, true)?;
 
     let mut created = Ruleset::default()
