@@ -33,6 +33,7 @@ conformance:
 bench:
 	$(CARGO) bench -p reflow-crds --bench compile
 	$(CARGO) bench -p reflow-e2e --bench gateway
+	$(CARGO) bench -p reflow-e2e --bench sandbox
 
 ## crds: regenerate crds/yaml from the Rust types, and the copies the Helm chart and the kustomize
 ## base ship (tests fail when any of them drift)

@@ -165,6 +165,9 @@ impl Bridge {
             args: self.config.args.clone(),
             env,
             home: None,
+            // The bridge runs the pod's one server: the pod (Pod Security restricted) is its
+            // sandbox, and there is no other identity's child beside it to protect.
+            sandbox: None,
             label: self.config.command.clone(),
             stderr_lines_per_second: self.config.stderr_lines_per_second,
             unrouted: None,

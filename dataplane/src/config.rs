@@ -278,6 +278,7 @@ impl Config {
             })?
         };
 
+        let mut dev_file = None;
         let dev = match raw.dev {
             None => None,
             Some(d) => {
@@ -285,6 +286,7 @@ impl Config {
                     (Some(s), None) => s,
                     (None, Some(f)) => {
                         let f = base.join(f);
+                        dev_file = Some(f.clone());
                         let text = std::fs::read_to_string(&f)
                             .map_err(|source| ConfigError::DevSecretRead { path: f, source })?;
                         SecretString::from(text.trim().to_owned())
@@ -392,6 +394,13 @@ impl Config {
             Some(f) => SealingSource::File(base.join(f)),
             None => SealingSource::None,
         };
+        protect_own_files(
+            &mut gateway,
+            &path,
+            &sealing,
+            dev_file.as_deref(),
+            &database,
+        );
         Ok(Self {
             path,
             auth,
@@ -473,6 +482,37 @@ impl Config {
 }
 
 pub use reflow_crds::token::cli::parse_duration;
+
+/// Everything of the gateway's own a STDIO child must never read: the config file's folder,
+/// the key and secret files it names. Sandbox rules that would expose one are refused.
+fn protect_own_files(
+    gateway: &mut GatewayConfig,
+    config: &Path,
+    sealing: &SealingSource,
+    dev_file: Option<&Path>,
+    database: &Option<DatabaseConfig>,
+) {
+    let p = &mut gateway.stdio.protected;
+    if let Some(dir) = config.parent().filter(|d| !d.as_os_str().is_empty()) {
+        p.add(dir, "config folder");
+    }
+    p.add(config, "config file");
+    if let SealingSource::File(f) = sealing {
+        p.add(f, "sealing key file");
+    }
+    if let Some(f) = dev_file {
+        p.add(f, "dev HS256 secret file");
+    }
+    if let Some(f) = database.as_ref().and_then(|d| d.url_file.as_deref()) {
+        p.add(f, "database URL file");
+    }
+    if let Some(f) = gateway.identity_tokens.signing_key_file.clone() {
+        p.add(&f, "identity-token signing key");
+    }
+    if let Some(f) = gateway.tls.as_ref().map(|t| t.key_file.clone()) {
+        p.add(&f, "TLS key");
+    }
+}
 
 #[cfg(test)]
 mod tests {

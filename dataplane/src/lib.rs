@@ -15,6 +15,7 @@ pub mod log_level;
 pub mod metrics;
 pub mod net;
 pub mod postgres;
+pub mod process_guard;
 /// Token scopes live in the model (`reflow_crds::token::scope`) so every minting binary shares them.
 pub use reflow_crds::token::scope;
 pub mod session;

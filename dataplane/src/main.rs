@@ -15,11 +15,12 @@ use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::config::{
     AuditTarget, Config, DATABASE_URL_ENV, SEALING_KEY_ENV, parse_duration,
 };
+use reflow_dataplane::process_guard::secret_env;
 use reflow_dataplane::{
-    audit, auth, authn, controller_client, gateway, metrics, postgres, session, source,
+    audit, auth, authn, controller_client, gateway, metrics, net, postgres, session, source,
 };
 use reflow_telemetry::LogFormat;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{error, info, warn};
 
 /// How long open connections get to finish after SIGTERM/SIGINT.
@@ -192,6 +193,8 @@ fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in main, before any thread exists.
+    unsafe { reflow_dataplane::process_guard::seal(&[SEALING_KEY_ENV, DATABASE_URL_ENV]) };
     let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));
     // Installed once, before any TLS client (JWKS, upstreams, the OTLP exporter) is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -232,7 +235,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 
 async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
     let url = match (
-        std::env::var(DATABASE_URL_ENV).ok(),
+        secret_env(DATABASE_URL_ENV).map(|s| s.expose_secret().to_owned()),
         &args.database_url_file,
     ) {
         (Some(url), _) if !url.trim().is_empty() => SecretString::from(url.trim().to_owned()),
@@ -281,7 +284,7 @@ struct Stores {
 
 async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
     let idle = Duration::from_secs(config.gateway.session_idle_seconds);
-    let env_url = std::env::var(DATABASE_URL_ENV).ok();
+    let env_url = secret_env(DATABASE_URL_ENV).map(|s| s.expose_secret().to_owned());
     let db = match config.database_url(env_url.as_deref())? {
         Some(url) => {
             let max = config.database.as_ref().map_or(16, |d| d.max_connections);
@@ -370,8 +373,16 @@ async fn stores(config: &Config, key: &SealingKey) -> anyhow::Result<Stores> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
+    if let Some(dir) = &args.manifests {
+        // Standalone manifests hold Secrets: no STDIO child may read them.
+        config.gateway.stdio.protected.add(dir, "manifests folder");
+    }
     let auth: Arc<dyn authn::Authenticate> = match &args.insecure_dev_user {
+        Some(_) if !net::is_loopback_listen(&args.listen) => bail!(
+            "--insecure-dev-user serves without authentication: refused on {}, which is not a loopback address (use 127.0.0.1, [::1] or localhost)",
+            args.listen
+        ),
         Some(user) => {
             error!(
                 user,
@@ -391,7 +402,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(authenticator)
         }
     };
-    let env_key = std::env::var(SEALING_KEY_ENV).ok();
+    let env_key = secret_env(SEALING_KEY_ENV).map(|s| s.expose_secret().to_owned());
     for warning in config.warnings(env_key.is_some()) {
         warn!("{warning}");
     }

@@ -36,3 +36,33 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
         })
     }
 }
+/// Whether a `--listen` value (`IP:PORT` or `localhost:PORT`) binds loopback only.
+pub fn is_loopback_listen(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::is_loopback_listen;
+
+    #[test]
+    fn only_loopback_listen_addresses_count_as_loopback() {
+        for ok in ["127.0.0.1:8080", "[::1]:0", "localhost:8080", "127.1.2.3:9"] {
+            assert!(is_loopback_listen(ok), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0:8080",
+            "[::]:0",
+            "10.0.0.1:80",
+            "example.com:80",
+            "localhost",
+        ] {
+            assert!(!is_loopback_listen(bad), "{bad}");
+        }
+    }
+}

@@ -406,3 +406,25 @@ fn subcommands_run_in_a_pod_environment_and_no_subcommand_means_serve() {
     assert!(!status.success());
     assert!(err.contains("--controller-token-file"), "{err}");
 }
+
+#[test]
+fn cli_insecure_dev_user_is_refused_off_loopback() {
+    let fx = Fixture::new(&good_config());
+    let (status, out, err) = run(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-dev-user",
+        "alice",
+        "--config",
+        must_str(&fx.config()),
+        "--manifests",
+        must_str(&fx.manifests()),
+    ]);
+    assert!(!status.success(), "served unauthenticated on 0.0.0.0");
+    assert!(
+        err.contains("--insecure-dev-user") && err.contains("not a loopback address"),
+        "{err}"
+    );
+    assert!(!out.contains("listening on"), "{out}");
+}

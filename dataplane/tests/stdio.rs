@@ -41,6 +41,22 @@ fn stdio_target(name: &str, args: &[&str], spec_extra: &str) -> String {
     stdio_target_cmd(name, &fixture_bin().to_string_lossy(), args, spec_extra)
 }
 
+/// The real python3 binary and its prefixes (a YAML list body), as python3 itself reports them.
+fn python3() -> (String, String) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable)); print(sys.prefix); print(sys.base_prefix)",
+        ])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let exe = lines.next().expect("sys.executable").to_owned();
+    let prefixes: Vec<String> = lines.map(|l| format!("{l:?}")).collect();
+    (exe, prefixes.join(", "))
+}
+
 fn stdio_target_cmd(name: &str, command: &str, args: &[&str], spec_extra: &str) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
     format!(
@@ -193,9 +209,16 @@ async fn per_user_children_are_distinct_processes_with_their_own_env() {
             .keys()
             .map(String::as_str)
             .collect();
-        let expected: BTreeSet<&str> = ["API_TOKEN", "FIXTURE_MODE", "HOME", "LANG", "PATH"]
-            .into_iter()
-            .collect();
+        let expected: BTreeSet<&str> = [
+            "API_TOKEN",
+            "FIXTURE_MODE",
+            "HOME",
+            "LANG",
+            "PATH",
+            "TMPDIR",
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(keys, expected);
 
         // The child's credential never shows up in the gateway's answers' metadata or audit.
@@ -800,13 +823,20 @@ async fn next_matching(
 #[tokio::test]
 async fn a_stateful_childs_messages_outside_calls_reach_its_sessions_get_stream() {
     bounded(async {
-        let script = temp_dir().join("later.py");
+        let dir = temp_dir();
+        let script = dir.join("later.py");
         std::fs::write(&script, LATER_SERVER).unwrap();
+        // The sandbox lets a child read only system paths: the script's folder and the
+        // interpreter's tree (pyenv here) are granted as the Target's readOnlyPaths.
+        let (python, prefixes) = python3();
         let target = stdio_target_cmd(
             "later",
-            "python3",
+            &python,
             &[&script.to_string_lossy()],
-            "  isolation: shared\n  stateful: true\n",
+            &format!(
+                "  isolation: shared\n  stateful: true\n  sandbox: {{readOnlyPaths: [{:?}, {prefixes}]}}\n",
+                dir.display()
+            ),
         );
         let h = gateway(&[("later", target)], StdioConfig::default()).await;
         let path = "/mcp/t/later";
@@ -882,6 +912,66 @@ async fn a_stateful_childs_messages_outside_calls_reach_its_sessions_get_stream(
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sandbox_path_that_would_expose_the_gateways_files_refuses_the_spawn() {
+    bounded(async {
+        let secrets = temp_dir();
+        std::fs::write(secrets.join("sealing-key"), "k").unwrap();
+        let mut stdio = StdioConfig::default();
+        stdio
+            .protected
+            .add(&secrets.join("sealing-key"), "sealing key file");
+        let extra = format!("  sandbox: {{readOnlyPaths: [{:?}]}}\n", secrets.display());
+        let h = gateway(&[("fx", stdio_target("fx", &["--stdio"], &extra))], stdio).await;
+        let sid = h.open("/mcp/t/fx", "alice").await;
+        let r = h
+            .rpc(
+                "/mcp/t/fx",
+                "alice",
+                Some(&sid),
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "hi"}}),
+            )
+            .await;
+        let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("refusing to start the STDIO server unsandboxed")
+                && msg.contains("would expose the gateway's sealing key file"),
+            "{:?}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["data"]["reason"], "stdio_sandbox");
+        assert_eq!(h.gw.stdio().live(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_program_is_reported_as_missing_not_as_a_sandbox_failure() {
+    bounded(async {
+        let target = stdio_target_cmd("gone", "/nonexistent/reflow-server", &[], "");
+        let h = gateway(&[("gone", target)], StdioConfig::default()).await;
+        let sid = h.open("/mcp/t/gone", "alice").await;
+        let r = h
+            .rpc(
+                "/mcp/t/gone",
+                "alice",
+                Some(&sid),
+                "tools/call",
+                json!({"name": "echo", "arguments": {}}),
+            )
+            .await;
+        assert_eq!(
+            r.body["error"]["data"]["reason"], "stdio_spawn",
+            "{:?}",
+            r.body
+        );
+        let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("No such file"), "{msg}");
     })
     .await;
 }

@@ -73,18 +73,30 @@ fn python_sdk_reaches_per_user_stdio_fixture_children() {
     let env = alice["env"].as_object().expect("env");
     let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["API_TOKEN", "HOME", "LANG", "PATH"]);
+    assert_eq!(keys, ["API_TOKEN", "HOME", "LANG", "PATH", "TMPDIR"]);
 }
 
 #[test]
 fn python_sdk_reaches_server_everything_over_stdio() {
     let cmd = ServerEverything::stdio_command().expect("server-everything installed");
+    // The sandboxed child reads only system paths: the npm prefix holding the package (under
+    // target/e2e) is granted to it, as a Target running a script from elsewhere must.
+    let entry = std::path::Path::new(&cmd.args[0]);
+    let prefix = entry
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+        .and_then(std::path::Path::parent)
+        .expect("the entry lives under an npm prefix");
     let gw = TestGateway::builder()
-        .manifest(stdio_target(
-            "everything",
-            &cmd.program.to_string_lossy(),
-            &cmd.args,
-            "shared",
+        .manifest(format!(
+            "{}  sandbox: {{readOnlyPaths: [{}]}}\n",
+            stdio_target(
+                "everything",
+                &cmd.program.to_string_lossy(),
+                &cmd.args,
+                "shared",
+            ),
+            json!(prefix)
         ))
         .policy(
             PolicyDoc::allow("all", "everything")

@@ -10,6 +10,7 @@ mod credential;
 mod instance;
 mod policy;
 mod revocation;
+mod sandbox;
 mod target;
 
 pub use common::{Condition, LocalRef, ObjectStatus, SecretKeyRef};
@@ -17,6 +18,7 @@ pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValu
 pub use instance::{InstanceIdentity, InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
 pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
+pub use sandbox::{ProcessLimits, SandboxMode, SandboxSpec};
 pub use target::{
     EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PodSpecTemplate, PodTransport,
     Target, TargetSpec, TargetStatus, Timeouts, Transport,

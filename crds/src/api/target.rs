@@ -36,7 +36,8 @@ use super::common::Condition;
     validation = Rule::new("!has(self.url) || self.transport in ['streamableHttp', 'sse', 'auto']").message("url is only valid for the streamableHttp, sse and auto transports"),
     validation = Rule::new("!has(self.command) || self.transport == 'stdio'").message("command is only valid for the stdio transport"),
     validation = Rule::new("!has(self.pod) || self.transport == 'kubernetes'").message("pod is only valid for the kubernetes transport"),
-    validation = Rule::new("self.transport in ['stdio', 'kubernetes'] || self.isolation == 'shared'").message("per-identity isolation needs a process to isolate: use the stdio or kubernetes transport")
+    validation = Rule::new("self.transport in ['stdio', 'kubernetes'] || self.isolation == 'shared'").message("per-identity isolation needs a process to isolate: use the stdio or kubernetes transport"),
+    validation = Rule::new("!has(self.sandbox) || self.transport == 'stdio'").message("sandbox is only valid for the stdio transport")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
@@ -83,6 +84,9 @@ pub struct TargetSpec {
     /// and/or plain headers. The client's own token is never forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_forwarding: Option<IdentityForwarding>,
+    /// Confinement of STDIO children (see `api::sandbox`); enforced when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<super::sandbox::SandboxSpec>,
 }
 
 /// How the caller's identity (user, email, name, groups, roles) reaches the upstream.

@@ -20,7 +20,9 @@ use crate::snapshot::{
     SnapshotError,
 };
 
-pub use report::{ACCEPTED, CONFLICTED, ConditionReport, ObjectKind, ObjectReport, RESOLVED_REFS};
+pub use report::{
+    ACCEPTED, CONFLICTED, ConditionReport, ObjectKind, ObjectReport, RESOLVED_REFS, SANDBOXED,
+};
 
 /// Everything the compiler reads. Objects without a namespace are taken to be in `default`.
 #[derive(Clone, Debug, Default)]
@@ -128,6 +130,9 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                         format!("routed as prefix {:?}", &*routing.prefix),
                     );
                     r.set(RESOLVED_REFS, true, "ResolvedRefs", "");
+                    if let Some((status, reason, msg)) = target::sandbox_condition(&routing) {
+                        r.set(SANDBOXED, status, reason, msg);
+                    }
                     builds.insert(
                         (ns.clone(), name.clone()),
                         TargetBuild {

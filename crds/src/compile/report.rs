@@ -36,6 +36,8 @@ pub struct ObjectReport {
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const CONFLICTED: &str = "Conflicted";
+/// On STDIO Targets only: whether their children run sandboxed (False means `sandbox.mode: off`).
+pub const SANDBOXED: &str = "Sandboxed";
 
 impl ObjectReport {
     pub fn new(kind: ObjectKind, namespace: &str, name: &str, generation: Option<i64>) -> Self {

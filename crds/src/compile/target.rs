@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::api::{Isolation, Target, Transport};
-use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, Upstream};
+use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, StdioSandbox, Upstream};
 
 pub(super) struct Routing {
     pub prefix: Arc<str>,
@@ -127,6 +127,7 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, 
     let upstream = match s.transport {
         Transport::StreamableHttp | Transport::Sse | Transport::Auto => {
             only(s.command.is_some(), "command", "stdio")?;
+            only(s.sandbox.is_some(), "sandbox", "stdio")?;
             only(s.pod.is_some(), "pod", "kubernetes")?;
             let url = http_url(match s.transport {
                 Transport::Sse => "sse",
@@ -151,15 +152,30 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, 
                     ));
                 }
             };
+            if let Some(bad) = s
+                .sandbox
+                .iter()
+                .flat_map(|b| &b.read_only_paths)
+                .find(|p| !p.starts_with('/') || p.split('/').any(|c| c == ".."))
+            {
+                return Err((
+                    "InvalidSandbox",
+                    format!(
+                        "sandbox.readOnlyPaths entry {bad:?} must be an absolute path without '..'"
+                    ),
+                ));
+            }
             Upstream::Stdio {
                 command,
                 args: s.args.iter().map(|a| a.as_str().into()).collect(),
                 env: env(),
+                sandbox: StdioSandbox::from_spec(s.sandbox.as_ref()),
             }
         }
         Transport::Kubernetes => {
             only(s.url.is_some(), "url", "streamableHttp, sse and auto")?;
             only(s.command.is_some(), "command", "stdio")?;
+            only(s.sandbox.is_some(), "sandbox", "stdio")?;
             let pod = match &s.pod {
                 Some(p) if p.template.is_object() => {
                     let forbidden = super::pod_security::violations(&p.template);
@@ -211,5 +227,27 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, (&'static str, 
         upstream,
         timeouts,
         lifetimes,
+    })
+}
+
+/// The `Sandboxed` condition of a STDIO Target: True when its children are confined, False (and
+/// said loudly) when the Target turned the sandbox off. `None` for other transports.
+pub(super) fn sandbox_condition(r: &Routing) -> Option<(bool, &'static str, String)> {
+    let Upstream::Stdio { sandbox, .. } = &r.upstream else {
+        return None;
+    };
+    Some(if sandbox.enforce {
+        (
+            true,
+            "Enforced",
+            "children run under Landlock, seccomp and resource limits".to_owned(),
+        )
+    } else {
+        (
+            false,
+            "SandboxOff",
+            "sandbox.mode is off: children run unconfined and can read what the gateway can"
+                .to_owned(),
+        )
     })
 }

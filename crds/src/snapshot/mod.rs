@@ -4,6 +4,7 @@
 mod credentials;
 mod policy;
 mod revocations;
+mod sandbox;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +19,7 @@ pub use credentials::{
 };
 pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch};
 pub use revocations::Revocations;
+pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, EffectiveLimits, StdioSandbox};
 
 use crate::api::{Isolation, PodSpecTemplate};
 
@@ -42,6 +44,9 @@ pub enum Upstream {
         command: Arc<str>,
         args: Vec<Arc<str>>,
         env: Vec<(Arc<str>, Arc<str>)>,
+        /// How each child is confined (absent in older snapshots: enforced, defaults).
+        #[serde(default)]
+        sandbox: StdioSandbox,
     },
     Kubernetes {
         pod: PodSpecTemplate,

@@ -173,7 +173,7 @@ async fn open(
             Opened::Refused
         }
         Err(e) => {
-            debug!(error = %e, "the upstream stream could not be opened");
+            debug!(error = %e.without_url(), "the upstream stream could not be opened");
             Opened::Unreachable
         }
     }

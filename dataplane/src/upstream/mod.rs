@@ -705,7 +705,9 @@ fn map_reqwest(e: reqwest::Error) -> UpstreamError {
     } else if e.is_connect() {
         UpstreamError::Connect
     } else {
-        UpstreamError::Client(e.to_string())
+        // Without the URL: a Target's URL may carry a secret (`?api_key=…`, `user:pass@`), and
+        // this message reaches clients and logs.
+        UpstreamError::Client(e.without_url().to_string())
     }
 }
 

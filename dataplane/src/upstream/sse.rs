@@ -234,7 +234,7 @@ impl SseLink {
             let reader = AbortOnDrop(task.abort_handle());
             let announced = endpoint_rx.await.map_err(|_| SseError::NoEndpoint)?;
             let endpoint = same_origin_endpoint(&base, &announced)?;
-            debug!(%endpoint, "upstream event stream open");
+            debug!(endpoint = endpoint.path(), "upstream event stream open");
             let _ = shared
                 .post
                 .set((http.clone(), endpoint.clone(), headers.clone()));

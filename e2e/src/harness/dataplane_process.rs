@@ -64,6 +64,11 @@ impl DataplaneProcess {
         self.child.output()
     }
 
+    /// The gateway's process id (the sandbox tests aim at it).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the exit; `None` when the
     /// process is still running then (dropping it kills it).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {

@@ -39,10 +39,13 @@ impl EnvError {
 #[derive(Clone, Default)]
 pub struct ChildEnv {
     vars: Vec<(String, SecretString)>,
+    /// The values opened from credentials (redacted from the child's stderr).
+    injected: Vec<SecretString>,
 }
 
 impl ChildEnv {
-    /// The allow-list: PATH (the gateway's, which is not a secret), HOME = `home`, LANG.
+    /// The allow-list: PATH (the gateway's, which is not a secret), HOME = `home`, LANG, and
+    /// TMPDIR = `home/tmp` (the only temporary folder a sandboxed child can write).
     pub fn base(home: &Path) -> Self {
         let mut env = Self::default();
         let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned());
@@ -50,6 +53,7 @@ impl ChildEnv {
         env.set_unchecked("PATH", path);
         env.set_unchecked("HOME", home.to_string_lossy().into_owned());
         env.set_unchecked("LANG", lang);
+        env.set_unchecked("TMPDIR", home.join("tmp").to_string_lossy().into_owned());
         env
     }
 
@@ -70,6 +74,7 @@ impl ChildEnv {
                 .open(&entry.aad, &entry.value)
                 .map_err(|_| EnvError::Credential(entry.name.to_string()))?;
             env.set(&entry.name, value.expose_secret().to_owned())?;
+            env.injected.push(value);
         }
         Ok(env)
     }
@@ -92,6 +97,21 @@ impl ChildEnv {
             Some(slot) => slot.1 = value,
             None => self.vars.push((name.to_owned(), value)),
         }
+    }
+
+    /// The credential values injected into this environment.
+    pub fn secret_values(&self) -> Vec<SecretString> {
+        self.injected.clone()
+    }
+
+    /// The folders of its PATH.
+    pub fn path_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.vars
+            .iter()
+            .filter(|(n, _)| n == "PATH")
+            .flat_map(|(_, v)| v.expose_secret().split(':'))
+            .filter(|d| d.starts_with('/'))
+            .map(Path::new)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

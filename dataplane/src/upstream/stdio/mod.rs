@@ -6,12 +6,16 @@ mod backoff;
 mod env;
 mod pool;
 mod process;
+mod redact;
 mod routing;
+pub mod sandbox;
 
 pub use backoff::RestartBackoff;
 pub use env::{ChildEnv, EnvError};
 pub use pool::{Boundary, IsolationKey, SessionRelay, SharedRelay, Start, StdioPool, StdioStats};
 pub use process::{ChildProcess, ChildSpec, Unrouted};
+pub use redact::Redactor;
+pub use sandbox::{ChildSandbox, Protected, SandboxError, SandboxMode};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +43,13 @@ pub struct StdioConfig {
     pub restart_backoff_ms: u64,
     /// Longest restart delay.
     pub max_restart_backoff_ms: u64,
+    /// `enforce` (default): every child runs sandboxed, or is not spawned. `off` runs every
+    /// child unconfined, with a warning per spawn.
+    pub sandbox: SandboxMode,
+    /// The gateway's own files (config folder, keys): no sandbox rule may expose them. Filled
+    /// in by the config loader, not read from the file.
+    #[serde(skip)]
+    pub protected: Protected,
 }
 
 impl Default for StdioConfig {
@@ -52,6 +63,8 @@ impl Default for StdioConfig {
             stderr_lines_per_second: 50,
             restart_backoff_ms: 200,
             max_restart_backoff_ms: 30_000,
+            sandbox: SandboxMode::Enforce,
+            protected: Protected::default(),
         }
     }
 }
@@ -99,6 +112,8 @@ pub enum StdioError {
     Write(String),
     #[error("the client cancelled the request")]
     Cancelled,
+    #[error("refusing to start the STDIO server unsandboxed: {0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 impl StdioError {
@@ -113,6 +128,7 @@ impl StdioError {
             Self::Env(e) => e.label(),
             Self::Write(_) => "stdio_write",
             Self::Cancelled => "cancelled",
+            Self::Sandbox(_) => "stdio_sandbox",
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use reflow_crds::api::Isolation;
-use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials, Upstream};
+use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials, StdioSandbox, Upstream};
 use reflow_crds::{Fingerprint, Identity, SealingKey};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::backoff::{HEALTHY_UPTIME, RestartBackoff};
 use super::env::ChildEnv;
 use super::process::{ChildProcess, ChildSpec, Unrouted};
-use super::{StdioConfig, StdioError};
+use super::{ChildSandbox, SandboxMode, StdioConfig, StdioError};
 use crate::upstream::upcall;
 use crate::upstream::{CallHooks, Inbound};
 
@@ -79,8 +79,15 @@ fn spec_digest(upstream: &Upstream) -> [u8; 32] {
         h.update((s.len() as u64).to_be_bytes());
         h.update(s.as_bytes());
     };
-    if let Upstream::Stdio { command, args, env } = upstream {
+    if let Upstream::Stdio {
+        command,
+        args,
+        env,
+        sandbox,
+    } = upstream
+    {
         put(command);
+        put(&format!("{sandbox:?}"));
         for a in args {
             put(a);
         }
@@ -188,6 +195,23 @@ impl StdioPool {
         pool
     }
 
+    /// The sandbox of a new child, or `None` (said loudly) when the Target or the gateway
+    /// config turned it off.
+    fn sandbox_for(&self, target: &StdioSandbox, label: &str) -> Option<ChildSandbox> {
+        if !target.enforce {
+            warn!(child = %label, "STDIO server runs UNSANDBOXED: its Target sets sandbox.mode off");
+            return None;
+        }
+        if self.config.sandbox == SandboxMode::Off {
+            warn!(child = %label, "STDIO server runs UNSANDBOXED: gateway.stdio.sandbox is off");
+            return None;
+        }
+        Some(ChildSandbox {
+            settings: target.clone(),
+            protected: self.config.protected.clone(),
+        })
+    }
+
     pub fn config(&self) -> &StdioConfig {
         &self.config
     }
@@ -287,7 +311,13 @@ impl StdioPool {
         key: &IsolationKey,
         start: &Start<'_>,
     ) -> Result<Arc<ChildProcess>, StdioError> {
-        let Upstream::Stdio { command, args, env } = &start.target.upstream else {
+        let Upstream::Stdio {
+            command,
+            args,
+            env,
+            sandbox,
+        } = &start.target.upstream
+        else {
             return Err(StdioError::Spawn("the target is not a stdio target".into()));
         };
         self.reserve(&key.target)?;
@@ -346,6 +376,7 @@ impl StdioPool {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: child_env,
             home: Some(home),
+            sandbox: self.sandbox_for(sandbox, &label),
             label: label.clone(),
             stderr_lines_per_second: self.config.stderr_lines_per_second,
             unrouted: Some(unrouted),
@@ -544,6 +575,7 @@ mod tests {
                 command: "srv".into(),
                 args: vec![],
                 env: vec![],
+                sandbox: Default::default(),
             },
             isolation,
             stateful,
@@ -589,6 +621,7 @@ mod tests {
             command: "srv".into(),
             args: vec!["--flag".into()],
             env: vec![],
+            sandbox: Default::default(),
         };
         assert_ne!(base, key(&other, &alice, "s"));
     }

@@ -15,7 +15,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::StdioError;
 use super::env::ChildEnv;
+use super::redact::Redactor;
 use super::routing::CallRoute;
+use super::sandbox::{self, ChildSandbox};
 use crate::upstream::{CallHooks, Inbound};
 
 /// Longest line read from a child's stdout; longer ones are discarded (and logged).
@@ -36,6 +38,8 @@ pub struct ChildSpec {
     pub env: ChildEnv,
     /// Created (0700) before the spawn, removed once the child has exited; also the working dir.
     pub home: Option<PathBuf>,
+    /// The sandbox to spawn it in; `None` only when a Target or the gateway turned it off.
+    pub sandbox: Option<ChildSandbox>,
     /// For logs: which Target and instance this child serves.
     pub label: String,
     pub stderr_lines_per_second: u32,
@@ -74,30 +78,7 @@ impl std::fmt::Debug for ChildProcess {
 impl ChildProcess {
     /// Starts the child and its I/O tasks. Needs a tokio runtime.
     pub fn spawn(spec: ChildSpec) -> Result<Arc<Self>, StdioError> {
-        if let Some(home) = &spec.home {
-            make_private_dir(home)
-                .map_err(|e| StdioError::Spawn(format!("cannot create its HOME: {e}")))?;
-        }
-        let mut cmd = tokio::process::Command::new(program(&spec.command));
-        cmd.args(&spec.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .current_dir(spec.home.as_deref().unwrap_or(std::path::Path::new("/")));
-        spec.env.apply(&mut cmd);
-        // Its own process group, so a stop reaches what it started too (npx → node → …).
-        #[cfg(unix)]
-        cmd.process_group(0);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(home) = &spec.home {
-                    let _ = std::fs::remove_dir_all(home);
-                }
-                return Err(StdioError::Spawn(format!("{}: {e}", spec.command)));
-            }
-        };
+        let mut child = start_process(&spec)?;
         let pid = child.id();
         // A root span: the child outlives the request that happened to start it.
         let span = info_span!(parent: None, "stdio", child = %spec.label, pid);
@@ -106,7 +87,7 @@ impl ChildProcess {
         else {
             return Err(StdioError::Spawn("stdio pipes unavailable".into()));
         };
-        let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (line_tx, line_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let (exit_tx, exit_rx) = watch::channel(None);
         let pending: Pending = Arc::default();
         let stop_requested = Arc::new(AtomicBool::new(false));
@@ -114,85 +95,29 @@ impl ChildProcess {
         // signals it any more.
         let reaped = Arc::new(AtomicBool::new(false));
 
-        // Writer: the only owner of stdin; when every sender is gone, stdin closes.
-        let mut stdin = stdin;
+        tokio::spawn(write_stdin(stdin, line_rx).instrument(span.clone()));
         tokio::spawn(
-            async move {
-                while let Some(line) = line_rx.recv().await {
-                    if let Err(e) = stdin.write_all(&line).await {
-                        debug!(error = %e, "stdin closed");
-                        break;
-                    }
-                    if stdin.flush().await.is_err() {
-                        break;
-                    }
-                }
-            }
+            read_then_reap(
+                stdout,
+                pending.clone(),
+                line_tx.clone(),
+                spec.unrouted.clone(),
+                (exit_rx.clone(), pid, reaped.clone()),
+            )
             .instrument(span.clone()),
         );
-
-        let reply_tx = line_tx.clone();
-        let reader_pending = pending.clone();
-        let unrouted = spec.unrouted.clone();
-        let mut reader_exit = exit_rx.clone();
-        let reader_reaped = reaped.clone();
-        tokio::spawn(
-            async move {
-                read_stdout(stdout, &reader_pending, &reply_tx, unrouted.as_ref()).await;
-                // A child whose stdout is gone cannot answer anything: if it does not exit on
-                // its own shortly, end it.
-                let exited = reader_exit.wait_for(Option::is_some);
-                if tokio::time::timeout(STDOUT_CLOSED_GRACE, exited)
-                    .await
-                    .is_err()
-                    && let Some(pid) = pid
-                {
-                    warn!("stdout closed but the process lives on; SIGKILL");
-                    signal_group(pid, Signal::Kill, &reader_reaped);
-                }
-            }
-            .instrument(span.clone()),
-        );
-
         let rate = spec.stderr_lines_per_second.max(1);
-        tokio::spawn(log_stderr(stderr, rate).instrument(span.clone()));
-
-        let wait_pending = pending.clone();
-        let home = spec.home.clone();
-        let stopping = stop_requested.clone();
-        let on_exit = spec.on_exit;
-        let wait_reaped = reaped.clone();
-        tokio::spawn(
-            async move {
-                let status = match child.wait().await {
-                    Ok(s) => s.to_string(),
-                    Err(e) => format!("wait failed: {e}"),
-                };
-                wait_reaped.store(true, Ordering::SeqCst);
-                let expected = stopping.load(Ordering::SeqCst);
-                if expected {
-                    debug!(%status, "stopped");
-                } else {
-                    warn!(%status, "exited unexpectedly");
-                }
-                // Cleaned up and counted before anyone waiting on the exit is woken.
-                if let Some(home) = home {
-                    let _ = tokio::fs::remove_dir_all(&home).await;
-                }
-                if let Some(f) = on_exit {
-                    f(expected);
-                }
-                // Exit first, then fail what is in flight: a request that registers after the
-                // drain sees the exit status instead of waiting forever.
-                let _ = exit_tx.send(Some(Arc::from(status.as_str())));
-                let drained: Vec<_> = {
-                    let mut map = wait_pending.lock().unwrap_or_else(|p| p.into_inner());
-                    map.drain().collect()
-                };
-                drop(drained);
-            }
-            .instrument(span),
-        );
+        let redactor = Redactor::new(spec.env.secret_values());
+        tokio::spawn(log_stderr(stderr, rate, redactor).instrument(span.clone()));
+        let exit = Exit {
+            pending: pending.clone(),
+            home: spec.home.clone(),
+            stopping: stop_requested.clone(),
+            on_exit: spec.on_exit,
+            reaped: reaped.clone(),
+            tx: exit_tx,
+        };
+        tokio::spawn(exit.wait(child).instrument(span));
 
         Ok(Arc::new(Self {
             label: Arc::from(spec.label.as_str()),
@@ -414,6 +339,140 @@ impl ChildProcess {
     }
 }
 
+/// Creates the child's HOME (and private tmp), prepares its sandbox, and spawns it.
+fn start_process(spec: &ChildSpec) -> Result<tokio::process::Child, StdioError> {
+    if let Some(home) = &spec.home {
+        make_private_dir(&home.join("tmp"))
+            .map_err(|e| StdioError::Spawn(format!("cannot create its HOME: {e}")))?;
+    }
+    let cleanup = |e: StdioError| {
+        if let Some(home) = &spec.home {
+            let _ = std::fs::remove_dir_all(home);
+        }
+        e
+    };
+    let program = program(&spec.command, &spec.env);
+    // Built before the fork; the child only applies it. Kept until the spawn returned: the
+    // child inherits the ruleset's descriptor.
+    let prepared = match (&spec.sandbox, &spec.home) {
+        (Some(sb), Some(home)) => {
+            let paths = sandbox::ChildPaths {
+                program: &program,
+                home,
+            };
+            Some(
+                sandbox::prepare(&sb.settings, &paths, &sb.protected)
+                    .map_err(|e| cleanup(e.into()))?,
+            )
+        }
+        (Some(_), None) => {
+            return Err(StdioError::Spawn(
+                "a sandboxed child needs its own HOME".into(),
+            ));
+        }
+        (None, _) => None,
+    };
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&spec.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .current_dir(spec.home.as_deref().unwrap_or(std::path::Path::new("/")));
+    spec.env.apply(&mut cmd);
+    // Its own process group, so a stop reaches what it started too (npx → node → …).
+    #[cfg(unix)]
+    cmd.process_group(0);
+    if let Some(p) = &prepared {
+        p.install(&mut cmd);
+    }
+    let spawned = cmd.spawn();
+    drop(prepared);
+    spawned.map_err(|e| cleanup(StdioError::Spawn(format!("{}: {e}", spec.command))))
+}
+
+/// The only owner of stdin; when every sender is gone, stdin closes.
+async fn write_stdin(
+    mut stdin: tokio::process::ChildStdin,
+    mut lines: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(line) = lines.recv().await {
+        if let Err(e) = stdin.write_all(&line).await {
+            debug!(error = %e, "stdin closed");
+            break;
+        }
+        if stdin.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Routes stdout until EOF; a child whose stdout is gone cannot answer anything: if it does
+/// not exit on its own shortly, it is killed.
+async fn read_then_reap(
+    stdout: tokio::process::ChildStdout,
+    pending: Pending,
+    replies: mpsc::UnboundedSender<Vec<u8>>,
+    unrouted: Option<Unrouted>,
+    (mut exit, pid, reaped): (
+        watch::Receiver<Option<Arc<str>>>,
+        Option<u32>,
+        Arc<AtomicBool>,
+    ),
+) {
+    read_stdout(stdout, &pending, &replies, unrouted.as_ref()).await;
+    let exited = exit.wait_for(Option::is_some);
+    if tokio::time::timeout(STDOUT_CLOSED_GRACE, exited)
+        .await
+        .is_err()
+        && let Some(pid) = pid
+    {
+        warn!("stdout closed but the process lives on; SIGKILL");
+        signal_group(pid, Signal::Kill, &reaped);
+    }
+}
+
+/// What the waiter task does once the process has exited.
+struct Exit {
+    pending: Pending,
+    home: Option<PathBuf>,
+    stopping: Arc<AtomicBool>,
+    on_exit: Option<Box<dyn FnOnce(bool) + Send>>,
+    reaped: Arc<AtomicBool>,
+    tx: watch::Sender<Option<Arc<str>>>,
+}
+
+impl Exit {
+    async fn wait(self, mut child: tokio::process::Child) {
+        let status = match child.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        self.reaped.store(true, Ordering::SeqCst);
+        let expected = self.stopping.load(Ordering::SeqCst);
+        if expected {
+            debug!(%status, "stopped");
+        } else {
+            warn!(%status, "exited unexpectedly");
+        }
+        // Cleaned up and counted before anyone waiting on the exit is woken.
+        if let Some(home) = self.home {
+            let _ = tokio::fs::remove_dir_all(&home).await;
+        }
+        if let Some(f) = self.on_exit {
+            f(expected);
+        }
+        // Exit first, then fail what is in flight: a request that registers after the
+        // drain sees the exit status instead of waiting forever.
+        let _ = self.tx.send(Some(Arc::from(status.as_str())));
+        let drained: Vec<_> = {
+            let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().collect()
+        };
+        drop(drained);
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Signal {
     Term,
@@ -446,14 +505,23 @@ fn signal_group(pid: u32, signal: Signal, reaped: &AtomicBool) {
 }
 
 /// A relative path with a `/` in it (`bin/server`) means the gateway's working directory, as
-/// it reads in a manifest; the child itself runs in its HOME. Bare names are looked up in PATH.
-fn program(command: &str) -> PathBuf {
+/// it reads in a manifest; the child itself runs in its HOME. Bare names are looked up in the
+/// child's PATH here, so the sandbox can allow exactly that file.
+fn program(command: &str, env: &ChildEnv) -> PathBuf {
     let path = std::path::Path::new(command);
     if path.is_relative()
         && command.contains('/')
         && let Ok(cwd) = std::env::current_dir()
     {
         return cwd.join(path);
+    }
+    if !command.contains('/')
+        && let Some(found) = env
+            .path_dirs()
+            .map(|d| d.join(command))
+            .find(|p| p.is_file())
+    {
+        return found;
     }
     path.to_path_buf()
 }
@@ -577,8 +645,8 @@ impl LineBudget {
     }
 }
 
-/// Logs stderr line by line, rate-limited by `LineBudget`.
-async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32) {
+/// Logs stderr line by line, rate-limited by `LineBudget`, with injected values redacted.
+async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32, redactor: Redactor) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     let mut budget = LineBudget::new(per_second, Instant::now());
@@ -593,8 +661,9 @@ async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32) {
             warn!(suppressed, "stderr lines not logged (rate limit)");
         }
         if log {
-            let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
-            info!(stderr = %text.trim_end());
+            // Redacted whole, then cut: a cut must not leave half a secret behind.
+            let text = redactor.redact(&String::from_utf8_lossy(&line));
+            info!(stderr = %cut(&text, MAX_STDERR_LINE).trim_end());
         }
     }
     if budget.suppressed > 0 {
@@ -603,6 +672,15 @@ async fn log_stderr(stderr: impl AsyncRead + Unpin, per_second: u32) {
             "stderr lines not logged (rate limit)"
         );
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]

@@ -1,0 +1,79 @@
+//! The effective sandbox of a STDIO Target (defaults filled in), as the dataplane applies it to
+//! every child: whether it is enforced, the rlimits, and the extra read-only paths.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ProcessLimits, SandboxMode, SandboxSpec};
+
+/// Default RLIMIT_DATA of a child: 2 GiB of private writable memory.
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
+/// Default RLIMIT_NOFILE of a child.
+pub const DEFAULT_OPEN_FILES: u32 = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StdioSandbox {
+    /// False only when the Target says `sandbox.mode: off`.
+    pub enforce: bool,
+    pub limits: EffectiveLimits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_paths: Vec<Arc<str>>,
+}
+
+impl Default for StdioSandbox {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            limits: EffectiveLimits::default(),
+            read_only_paths: Vec::new(),
+        }
+    }
+}
+
+/// Limits with defaults applied; `None` means unlimited (inherited from the gateway).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveLimits {
+    pub memory_mib: Option<u32>,
+    pub cpu_seconds: Option<u32>,
+    pub processes: Option<u32>,
+    pub open_files: Option<u32>,
+}
+
+impl Default for EffectiveLimits {
+    fn default() -> Self {
+        Self {
+            memory_mib: Some(DEFAULT_MEMORY_MIB),
+            cpu_seconds: None,
+            processes: None,
+            open_files: Some(DEFAULT_OPEN_FILES),
+        }
+    }
+}
+
+impl StdioSandbox {
+    /// The effective sandbox of `spec` (absent: enforced with default limits).
+    pub fn from_spec(spec: Option<&SandboxSpec>) -> Self {
+        let Some(spec) = spec else {
+            return Self::default();
+        };
+        let d = EffectiveLimits::default();
+        let l = spec.limits.clone().unwrap_or(ProcessLimits::default());
+        Self {
+            enforce: spec.mode == SandboxMode::Enforce,
+            limits: EffectiveLimits {
+                memory_mib: l.memory_mib.or(d.memory_mib),
+                cpu_seconds: l.cpu_seconds.or(d.cpu_seconds),
+                processes: l.processes.or(d.processes),
+                open_files: l.open_files.or(d.open_files),
+            },
+            read_only_paths: spec
+                .read_only_paths
+                .iter()
+                .map(|p| Arc::from(p.as_str()))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The STDIO sandbox against a hostile server, with the real gateway binary and the fixture's
+//! `hostile` tool: bob's child tries to read alice's child's environment, the gateway's
+//! environment, the sealing key and dev secret files and alice's HOME, and to signal alice's
+//! child and the gateway, and to call keyctl and unshare (seccomp). Each attempt fails sandboxed;
+//! the same child succeeds unsandboxed. Child stderr is logged with its credential redacted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reflow_crds::SealingKey;
+use reflow_dataplane::upstream::stdio::sandbox::{MIN_LANDLOCK_ABI, kernel_landlock_abi};
+use reflow_e2e::fixture_bin;
+use reflow_e2e::harness::{DataplaneProcess, PolicyDoc, http_client};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const DEV_SECRET: &str = "sandbox-test-dev-secret-0123456789abcdef";
+const MARKER: &str = "REFLOW_SANDBOX_TEST_MARKER";
+const EACCES: i64 = 13;
+const EPERM: i64 = 1;
+
+fn stdio_target(name: &str, extra: &str) -> String {
+    let fixture = fixture_bin!().to_string_lossy().into_owned();
+    format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: {name}, namespace: e2e}}\nspec:\n  transport: stdio\n  command: {}\n  args: [\"--stdio\", \"--hostile\"]\n  prefix: {name}\n  isolation: perUser\n  timeouts: {{requestMs: 20000, initMs: 30000}}\n{extra}",
+        json!(fixture)
+    )
+}
+
+fn credential(target: &str, user: &str) -> String {
+    format!(
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Credential\nmetadata: {{name: {target}-{user}, namespace: e2e}}\nspec:\n  targetRef: {{name: {target}}}\n  subject: {{user: {user}}}\n  env:\n    - name: API_TOKEN\n      secretKeyRef: {{name: tokens, key: {user}}}\n"
+    )
+}
+
+/// The gateway's files: config (dev secret and sealing key files beside it) and manifests
+/// with two Targets, `boxed` (default sandbox) and `open` (`sandbox.mode: off`).
+fn gateway_files(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
+    let conf = dir.join("conf");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(conf.join("dev-secret"), DEV_SECRET).unwrap();
+    std::fs::write(conf.join("sealing-key"), key).unwrap();
+    std::fs::write(
+        conf.join("config.yaml"),
+        "dev: {hs256SecretFile: dev-secret}\nsealingKeyFile: sealing-key\n",
+    )
+    .unwrap();
+    let mut docs = vec![
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: tokens, namespace: e2e}\nstringData:\n  alice: alice-child-secret\n  bob: bob-child-secret\n".to_owned(),
+        stdio_target("boxed", ""),
+        stdio_target("open", "  sandbox: {mode: \"off\"}\n"),
+    ];
+    for t in ["boxed", "open"] {
+        docs.push(credential(t, "alice"));
+        docs.push(credential(t, "bob"));
+        docs.push(
+            PolicyDoc::allow(&format!("all-{t}"), t)
+                .everyone()
+                .rule("all", &["*"])
+                .to_yaml(),
+        );
+    }
+    std::fs::write(manifests.join("all.yaml"), docs.join("---\n")).unwrap();
+    (manifests, conf.join("config.yaml"))
+}
+
+/// One user's MCP session on the aggregated endpoint.
+struct Session {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    id: String,
+}
+
+impl Session {
+    async fn open(url: &str, user: &str) -> Self {
+        let token = reflow_dataplane::auth::mint_dev_token(
+            &SecretString::from(DEV_SECRET),
+            "reflow-dev",
+            "reflow",
+            user,
+            &[],
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let http = http_client().unwrap();
+        let resp = http
+            .post(url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "sandbox-test", "version": "0"}}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "initialize: {}", resp.status());
+        let id = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Self {
+            http,
+            url: url.to_owned(),
+            token,
+            id,
+        }
+    }
+
+    /// Waits (bounded) until the aggregated tool list has `tool`.
+    async fn wait_for_tool(&self, tool: &str, gw: &DataplaneProcess) {
+        for _ in 0..100 {
+            let reply: Value = self
+                .http
+                .post(&self.url)
+                .bearer_auth(&self.token)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", &self.id)
+                .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if reply.to_string().contains(&format!("\"{tool}\"")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{tool} never listed; gateway output:\n{}", gw.output());
+    }
+
+    /// tools/call; returns the result's text parsed as JSON, or the whole reply on an error.
+    async fn call(&self, tool: &str, args: Value) -> Value {
+        let reply: Value = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": tool, "arguments": args}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match reply["result"]["content"][0]["text"].as_str() {
+            Some(text) => serde_json::from_str(text).unwrap_or(Value::String(text.to_owned())),
+            None => reply,
+        }
+    }
+}
+
+/// Every attack of bob's child on `target`, as (name, report).
+async fn attacks(gw: &DataplaneProcess, target: &str, conf: &Path) -> Vec<(&'static str, Value)> {
+    let url = gw.mcp_url();
+    let alice = Session::open(&url, "alice").await;
+    let bob = Session::open(&url, "bob").await;
+    alice.wait_for_tool(&format!("{target}_hostile"), gw).await;
+    let me = alice.call(&format!("{target}_whoami"), json!({})).await;
+    let alice_pid = me["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {me}"));
+    let alice_home = me["env"]["HOME"].as_str().unwrap().to_owned();
+    let diary = format!("{alice_home}/diary");
+    let wrote = alice
+        .call(
+            &format!("{target}_hostile"),
+            json!({"action": "write", "path": diary, "text": "alice-diary"}),
+        )
+        .await;
+    assert_eq!(wrote["ok"], true, "a child writes its own HOME: {wrote}");
+    let hostile = format!("{target}_hostile");
+    let read = |path: String| json!({"action": "read", "path": path});
+    let mut out = Vec::new();
+    for (name, args) in [
+        (
+            "sibling environ",
+            read(format!("/proc/{alice_pid}/environ")),
+        ),
+        (
+            "gateway environ",
+            read(format!("/proc/{}/environ", gw.pid())),
+        ),
+        (
+            "sealing key file",
+            read(conf.join("sealing-key").display().to_string()),
+        ),
+        (
+            "dev secret file",
+            read(conf.join("dev-secret").display().to_string()),
+        ),
+        ("sibling home", read(diary.clone())),
+        (
+            "signal sibling",
+            json!({"action": "kill", "pid": alice_pid}),
+        ),
+        ("signal gateway", json!({"action": "kill", "pid": gw.pid()})),
+        ("syscall keyctl", json!({"action": "keyctl"})),
+        ("syscall unshare", json!({"action": "unshare"})),
+    ] {
+        out.push((name, bob.call(&hostile, args).await));
+    }
+    // Still a working server: system files readable, its own tmp writable.
+    let hosts = bob.call(&hostile, read("/etc/hosts".into())).await;
+    assert_eq!(hosts["ok"], true, "system files stay readable: {hosts}");
+    out
+}
+
+#[test]
+fn a_hostile_stdio_child_is_contained_by_the_sandbox_and_not_without_it() {
+    let abi = kernel_landlock_abi();
+    let dir =
+        std::env::temp_dir().join(format!("reflow-sandbox-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = SealingKey::generate_base64();
+    let (manifests, config) = gateway_files(&dir, &key);
+    let conf = config.parent().unwrap().to_path_buf();
+    let marker = format!("{MARKER}=visible");
+    let gw = DataplaneProcess::spawn(
+        &manifests,
+        &config,
+        &[
+            (MARKER, "visible"),
+            ("REFLOW_SEALING_KEY", &key),
+            // Child stderr is logged at info.
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .expect("gateway starts");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Unsandboxed, the very same child reads and signals everything (the tests run as root).
+    let open = rt.block_on(attacks(&gw, "open", &conf));
+    for (name, r) in &open {
+        assert_eq!(r["ok"], true, "unsandboxed {name} should succeed: {r}");
+    }
+    let get = |rs: &[(&str, Value)], n: &str| rs.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+    let sibling = get(&open, "sibling environ");
+    assert!(
+        sibling["content"]
+            .as_str()
+            .unwrap()
+            .contains("alice-child-secret")
+    );
+    let gw_env = get(&open, "gateway environ")["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        gw_env.contains(&marker),
+        "the gateway's environ is readable unsandboxed"
+    );
+    // …but the gateway scrubbed the key from its environment after reading it.
+    assert!(
+        !gw_env.contains(&key),
+        "the sealing key is still in the gateway's environ"
+    );
+    assert_eq!(get(&open, "sealing key file")["content"], key.as_str());
+    assert_eq!(get(&open, "dev secret file")["content"], DEV_SECRET);
+    assert_eq!(get(&open, "sibling home")["content"], "alice-diary");
+
+    stderr_is_redacted(&rt, &gw);
+
+    if abi < MIN_LANDLOCK_ABI {
+        // Fail closed: the sandboxed Target refuses to spawn at all.
+        let refused = rt.block_on(async {
+            let s = Session::open(&gw.mcp_url(), "bob").await;
+            s.call("boxed_whoami", json!({})).await
+        });
+        assert!(refused.to_string().contains("unsandboxed"), "{refused}");
+        eprintln!(
+            "SKIPPED the sandboxed half: kernel Landlock ABI {abi} < {MIN_LANDLOCK_ABI}; checked the refusal instead"
+        );
+        return;
+    }
+    let boxed = rt.block_on(attacks(&gw, "boxed", &conf));
+    for (name, r) in &boxed {
+        assert_eq!(r["ok"], false, "sandboxed {name} must fail: {r}");
+        let want = if name.starts_with("signal") || name.starts_with("syscall") {
+            EPERM
+        } else {
+            EACCES
+        };
+        assert_eq!(
+            r["errno"], want,
+            "sandboxed {name} fails for the sandbox's reason: {r}"
+        );
+    }
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child that prints its environment to stderr: the log has the line, not the credential.
+fn stderr_is_redacted(rt: &tokio::runtime::Runtime, gw: &DataplaneProcess) {
+    let printed = rt.block_on(async {
+        let alice = Session::open(&gw.mcp_url(), "alice").await;
+        alice
+            .call("open_hostile", json!({"action": "stderr_env"}))
+            .await
+    });
+    assert_eq!(printed["ok"], true, "{printed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let out = gw.output();
+        if out.contains("hostile env:") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = logs
+        .lines()
+        .find(|l| l.contains("hostile env:"))
+        .unwrap_or_else(|| panic!("the child's stderr line was not logged:\n{logs}"));
+    assert!(line.contains("API_TOKEN=[REDACTED]"), "{line}");
+    assert!(
+        !logs.contains("alice-child-secret"),
+        "a credential reached the log"
+    );
+}
