@@ -25,6 +25,7 @@ pub mod py_ops;
 pub mod python;
 pub mod render;
 pub mod sse;
+pub mod ts_server;
 pub mod typescript;
 
 pub use controller_bin::controller_bin;
@@ -44,3 +45,4 @@ pub use python::{
 };
 pub use sse::{SseEvent, SseReader};
 pub use typescript::{TS_SDK_SPEC, TsClient};
+pub use ts_server::TsServer;
