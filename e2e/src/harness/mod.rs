@@ -15,6 +15,7 @@ pub mod http;
 pub mod k8s_tools;
 pub mod load;
 pub mod manifests;
+pub mod mcp_remote;
 pub mod net;
 pub mod node;
 pub mod otlp;
@@ -44,5 +45,5 @@ pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
 };
 pub use sse::{SseEvent, SseReader};
-pub use typescript::{TS_SDK_SPEC, TsClient};
 pub use ts_server::TsServer;
+pub use typescript::{TS_SDK_SPEC, TsClient};
