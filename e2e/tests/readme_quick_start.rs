@@ -276,3 +276,36 @@ fn every_quick_start_block_runs_as_written() {
         "the Quick start's blocks changed: run the new ones here"
     );
 }
+
+/// `make run` and `make test` share one build: the same cargo arguments (so the same feature
+/// unification), `run` only adding `--no-run`.
+#[test]
+fn make_run_builds_exactly_what_make_test_builds() {
+    let makefile =
+        std::fs::read_to_string(paths::workspace_root().join("Makefile")).expect("Makefile");
+    let recipe = |target: &str| -> Vec<String> {
+        makefile
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{target}:")))
+            .skip(1)
+            .take_while(|l| l.starts_with('\t') || l.starts_with("  "))
+            .map(str::trim)
+            .map(str::to_owned)
+            .collect()
+    };
+    let cargo_args = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.split_once("$(CARGO) test").map(|(_, rest)| rest.to_owned()))
+            .collect()
+    };
+    let run = cargo_args(&recipe("run"));
+    let test = cargo_args(&recipe("test"));
+    assert_eq!(run, [" -q $(TEST_CARGO_ARGS) --no-run"], "{:?}", recipe("run"));
+    assert_eq!(test, [" $(TEST_CARGO_ARGS) --no-fail-fast"], "{:?}", recipe("test"));
+    assert!(
+        !recipe("run").iter().any(|l| l.contains("$(CARGO) build")),
+        "make run builds something make test does not: {:?}",
+        recipe("run")
+    );
+}
