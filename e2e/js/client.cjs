@@ -135,7 +135,7 @@ async function run(args, report) {
 
   const capabilities = { roots: { listChanged: true } };
   if (args.sampling) capabilities.sampling = {};
-  if (args.elicitation) capabilities.elicitation = {};
+  if (args.elicitation) capabilities.elicitation = { form: {}, url: {} };
   const client = new Client({ name: 'reflow-e2e-ts', version: '1.0.0' }, { capabilities });
 
   if (args.sampling) {
@@ -152,6 +152,7 @@ async function run(args, report) {
   if (args.elicitation) {
     client.setRequestHandler(types.ElicitRequestSchema, async (req) => {
       report.server_requests.push({ method: req.method, params: req.params });
+      if (req.params && req.params.mode === 'url') return { action: 'accept' };
       return { action: 'accept', content: JSON.parse(args.elicitationReply) };
     });
   }
@@ -210,9 +211,9 @@ async function main() {
   } finally {
     clearTimeout(timer);
   }
-  process.stdout.write(`${JSON.stringify(report)}\n`);
-  // Open sockets (a GET stream) must not keep the process alive after the report.
-  process.exit(report.ok ? 0 : 1);
+  // Open sockets (a GET stream) must not keep the process alive after the report, but exiting
+  // before a pipe has taken a report over 64 KiB would cut it: exit once it is written.
+  process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(report.ok ? 0 : 1));
 }
 
 main();

@@ -93,6 +93,19 @@ function buildServer(sdk) {
       return text(`sampled: ${res.content.text}`);
     });
 
+  // Progress on the call's own stream, and a log line per step.
+  server.registerTool('progress', { description: 'Reports three steps', inputSchema: {} },
+    async (_args, extra) => {
+      const token = extra._meta && extra._meta.progressToken;
+      for (let step = 1; step <= 3; step++) {
+        if (token !== undefined) {
+          await extra.sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: step, total: 3 } });
+        }
+        await server.sendLoggingMessage({ level: 'info', data: `ts step ${step}` }, extra.sessionId);
+      }
+      return text('progressed');
+    });
+
   server.registerResource('greeting', 'ts://static/greeting', { mimeType: 'text/plain' },
     async (uri) => ({ contents: [{ uri: uri.href, text: 'Hello from the TS SDK' }] }));
   server.registerResource('item', new ResourceTemplate('ts://items/{id}', { list: undefined }), {},

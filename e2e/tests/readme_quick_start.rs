@@ -296,13 +296,26 @@ fn make_run_builds_exactly_what_make_test_builds() {
     let cargo_args = |lines: &[String]| -> Vec<String> {
         lines
             .iter()
-            .filter_map(|l| l.split_once("$(CARGO) test").map(|(_, rest)| rest.to_owned()))
+            .filter_map(|l| {
+                l.split_once("$(CARGO) test")
+                    .map(|(_, rest)| rest.to_owned())
+            })
             .collect()
     };
     let run = cargo_args(&recipe("run"));
     let test = cargo_args(&recipe("test"));
-    assert_eq!(run, [" -q $(TEST_CARGO_ARGS) --no-run"], "{:?}", recipe("run"));
-    assert_eq!(test, [" $(TEST_CARGO_ARGS) --no-fail-fast"], "{:?}", recipe("test"));
+    assert_eq!(
+        run,
+        [" -q $(TEST_CARGO_ARGS) --no-run"],
+        "{:?}",
+        recipe("run")
+    );
+    assert_eq!(
+        test,
+        [" $(TEST_CARGO_ARGS) --no-fail-fast"],
+        "{:?}",
+        recipe("test")
+    );
     assert!(
         !recipe("run").iter().any(|l| l.contains("$(CARGO) build")),
         "make run builds something make test does not: {:?}",

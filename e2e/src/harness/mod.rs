@@ -23,6 +23,7 @@ pub mod paths;
 pub mod postgres;
 pub mod process;
 pub mod py_ops;
+pub mod py_server;
 pub mod python;
 pub mod render;
 pub mod sse;
