@@ -67,7 +67,7 @@ struct Env {
 impl Env {
     fn start() -> Self {
         let fixture =
-            FixtureProcess::spawn_with(&fixture_bin!(), &["--name", "fixture"]).expect("fixture");
+            FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "fixture"]).expect("fixture");
         let gw = TestGateway::builder()
             .target("fixture", &fixture.mcp_url())
             .policy(

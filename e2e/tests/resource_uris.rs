@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 const HELLO: &str = "fixture://static/hello";
 
 fn fixture(name: &str) -> FixtureProcess {
-    FixtureProcess::spawn_with(&fixture_bin!(), &["--name", name]).expect("fixture starts")
+    FixtureProcess::spawn_with(&fixture_bin!(), ["--name", name]).expect("fixture starts")
 }
 
 /// Two fixtures serving the same URIs; `one` denies its `HELLO` to everyone.
