@@ -110,6 +110,10 @@ async function runAction(client, action, options) {
         break;
       case 'set_logging_level': result = await client.setLoggingLevel(action.level, options); break;
       case 'ping': result = await client.ping(options); break;
+      case 'sleep':
+        await new Promise((resolve) => setTimeout(resolve, action.seconds * 1000));
+        result = {};
+        break;
       default: throw new Error(`unknown op ${action.op}`);
     }
     record.ok = true;

@@ -35,7 +35,10 @@ function text(t) {
   return { content: [{ type: 'text', text: t }] };
 }
 
-function buildServer(sdk) {
+// Calls of `slow` that saw their cancellation (the client's notifications/cancelled, relayed).
+let cancelledCalls = 0;
+
+function buildServer(sdk, forget) {
   const { McpServer, ResourceTemplate } = sdk('@modelcontextprotocol/sdk/server/mcp.js');
   const z = sdk('zod');
   const server = new McpServer(
@@ -106,6 +109,33 @@ function buildServer(sdk) {
       return text('progressed');
     });
 
+  // Registers one more tool: the SDK tells the client on the standalone stream (list_changed).
+  let grown = 0;
+  server.registerTool('grow', { description: 'Adds a tool', inputSchema: {} }, async () => {
+    grown += 1;
+    server.registerTool(`grown_${grown}`, { description: 'Grown', inputSchema: {} }, async () => text('grown'));
+    return text(`grew grown_${grown}`);
+  });
+
+  // Forgets this session right after answering: its next request gets 404, as after a restart.
+  server.registerTool('forget', { description: 'Forgets the session', inputSchema: {} },
+    async (_args, extra) => {
+      setTimeout(() => forget(extra.sessionId), 50);
+      return text('forgotten');
+    });
+
+  server.registerTool('slow', { description: 'Waits until cancelled (20 s at most)', inputSchema: {} },
+    async (_args, extra) => new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(text('not cancelled')), 20000);
+      extra.signal.addEventListener('abort', () => {
+        cancelledCalls += 1;
+        clearTimeout(timer);
+        resolve(text('cancelled'));
+      });
+    }));
+  server.registerTool('cancelled', { description: 'How many slow calls were cancelled', inputSchema: {} },
+    async () => text(`cancelled: ${cancelledCalls}`));
+
   server.registerResource('greeting', 'ts://static/greeting', { mimeType: 'text/plain' },
     async (uri) => ({ contents: [{ uri: uri.href, text: 'Hello from the TS SDK' }] }));
   server.registerResource('item', new ResourceTemplate('ts://items/{id}', { list: undefined }), {},
@@ -143,7 +173,7 @@ function main() {
       transport.onclose = () => {
         if (transport.sessionId) delete transports[transport.sessionId];
       };
-      await buildServer(sdk).connect(transport);
+      await buildServer(sdk, (id) => { delete transports[id]; }).connect(transport);
     }
     await transport.handleRequest(req, res, req.body);
   });

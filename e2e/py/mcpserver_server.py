@@ -9,6 +9,8 @@ log lines, from the SDK's documented Context API. Run by reflow_e2e::harness::py
 import argparse
 import uuid
 
+import anyio
+
 from pydantic import BaseModel
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -68,6 +70,33 @@ async def progress(ctx: Context) -> str:
         await ctx.report_progress(step, 3, f"step {step}")
         await ctx.info(f"py step {step}")
     return "progressed"
+
+
+CANCELLED = {"calls": 0}
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Tells the client its tool list changed."""
+    await ctx.session.send_tool_list_changed()
+    return "grew"
+
+
+@server.tool()
+async def slow() -> str:
+    """Waits until cancelled (20 s at most)."""
+    try:
+        await anyio.sleep(20)
+    except anyio.get_cancelled_exc_class():
+        CANCELLED["calls"] += 1
+        raise
+    return "not cancelled"
+
+
+@server.tool()
+def cancelled() -> str:
+    """How many slow calls were cancelled."""
+    return f"cancelled: {CANCELLED['calls']}"
 
 
 @server.resource("py://static/greeting")
