@@ -110,6 +110,7 @@ async function runAction(client, action, options) {
         break;
       case 'set_logging_level': result = await client.setLoggingLevel(action.level, options); break;
       case 'ping': result = await client.ping(options); break;
+      case 'subscribe': result = await client.subscribeResource({ uri: action.uri }, options); break;
       case 'sleep':
         await new Promise((resolve) => setTimeout(resolve, action.seconds * 1000));
         result = {};

@@ -43,8 +43,24 @@ function buildServer(sdk, forget) {
   const z = sdk('zod');
   const server = new McpServer(
     { name: 'reflow-ts-server', version: '1.0.0' },
-    { capabilities: { logging: {} } },
+    { capabilities: { logging: {}, resources: { subscribe: true } } },
   );
+  const types = sdk('@modelcontextprotocol/sdk/types.js');
+  const subscribed = new Set();
+  server.server.setRequestHandler(types.SubscribeRequestSchema, async (req) => {
+    subscribed.add(req.params.uri);
+    return {};
+  });
+  server.server.setRequestHandler(types.UnsubscribeRequestSchema, async (req) => {
+    subscribed.delete(req.params.uri);
+    return {};
+  });
+  // Tells this session about every URI it subscribed to (on the standalone stream).
+  server.registerTool('touch', { description: 'Updates the subscribed resources', inputSchema: {} },
+    async () => {
+      for (const uri of subscribed) await server.server.sendResourceUpdated({ uri });
+      return text(`touched ${subscribed.size}`);
+    });
 
   server.registerTool('echo', { description: 'Echoes text', inputSchema: { text: z.string() } },
     async ({ text: t }) => text(`ts: ${t}`));

@@ -133,6 +133,8 @@ async def run_action(client, action, inbox, http):
                 record["progress"] = progress
         elif op == "read_resource":
             result = dump(await client.read_resource(action["uri"]))
+        elif op == "subscribe":
+            result = dump(await client.subscribe_resource(action["uri"]))
         elif op == "get_prompt":
             result = dump(await client.get_prompt(action["name"], action.get("arguments")))
         elif op == "complete":
