@@ -43,8 +43,8 @@ struct Upstream {
     label: &'static str,
     target: &'static str,
     echo: (&'static str, Value, &'static str),
-    read: &'static str,
-    prompt: (&'static str, Value),
+    read: Option<&'static str>,
+    prompt: Option<(&'static str, Value)>,
     sampling: Option<(&'static str, Value)>,
     elicit_form: Option<(&'static str, Value)>,
     elicit_url: Option<(&'static str, Value)>,
@@ -72,8 +72,8 @@ fn everything(label: &'static str, target: &'static str) -> Upstream {
         label,
         target,
         echo: ("echo", json!({"message": "hi"}), "Echo: hi"),
-        read: "demo://resource/dynamic/text/1",
-        prompt: ("simple-prompt", json!({})),
+        read: Some("demo://resource/dynamic/text/1"),
+        prompt: Some(("simple-prompt", json!({}))),
         sampling: Some((
             "trigger-sampling-request",
             json!({"prompt": "hi", "maxTokens": 10}),
@@ -100,12 +100,12 @@ fn sdk_server(label: &'static str, target: &'static str, echo: &'static str) -> 
         label,
         target,
         echo: ("echo", json!({"text": "hi"}), echo),
-        read: if echo.starts_with("ts") {
+        read: Some(if echo.starts_with("ts") {
             "ts://static/greeting"
         } else {
             "py://static/greeting"
-        },
-        prompt: ("greet", json!({"name": "a"})),
+        }),
+        prompt: Some(("greet", json!({"name": "a"}))),
         sampling: Some(("sample", json!({"prompt": "hi"}))),
         elicit_form: Some(("elicit", json!({}))),
         elicit_url: Some(("elicit_url", json!({}))),
@@ -118,6 +118,29 @@ fn sdk_server(label: &'static str, target: &'static str, echo: &'static str) -> 
         cancel: true,
         forget: echo.starts_with("ts"),
         subscribe: echo.starts_with("ts"),
+    }
+}
+
+/// The rmcp (Rust SDK) server: tools only, two of which ask the client.
+fn rmcp_server() -> Upstream {
+    Upstream {
+        label: "rmcp server (STDIO)",
+        target: "rmcp",
+        echo: ("echo", json!({"text": "hi"}), "rmcp: hi"),
+        read: None,
+        prompt: None,
+        sampling: Some(("sample", json!({"prompt": "hi"}))),
+        elicit_form: None,
+        elicit_url: None,
+        roots: Some(("roots", json!({}))),
+        progress: None,
+        logs: false,
+        roots_cached: false,
+        stateless: false,
+        grow: false,
+        cancel: false,
+        forget: false,
+        subscribe: false,
     }
 }
 
@@ -230,8 +253,14 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
         py_ops::set_logging_level("debug"),
         py_ops::list_tools(),
         py_ops::call_tool(up.echo.0, up.echo.1.clone()),
-        py_ops::read_resource(up.read),
-        py_ops::get_prompt(up.prompt.0, up.prompt.1.clone()),
+        match up.read {
+            Some(uri) => py_ops::read_resource(uri),
+            None => py_ops::ping(),
+        },
+        match &up.prompt {
+            Some((name, args)) => py_ops::get_prompt(name, args.clone()),
+            None => py_ops::ping(),
+        },
     ];
     let mut spans: Vec<(&'static str, usize, usize)> = Vec::new();
     let looped = [
@@ -261,7 +290,7 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
     let touch_at = actions.len();
     if up.subscribe {
         actions.extend([
-            py_ops::subscribe(up.read),
+            py_ops::subscribe(up.read.unwrap_or_default()),
             py_ops::call_tool("touch", json!({})),
             match client {
                 Client::Python => {
@@ -299,7 +328,8 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
     row.insert("list/call/read/get", Some(basic));
     row.insert(
         "resource URIs kept",
-        Some(report["results"][3]["result"]["contents"][0]["uri"] == up.read),
+        up.read
+            .map(|uri| report["results"][3]["result"]["contents"][0]["uri"] == uri),
     );
     for feature in [
         "sampling",
@@ -357,7 +387,7 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
             report["results"][touch_at]["ok"] == true
                 && call_ok(&report, touch_at + 1)
                 && client.heard(&report, touch_at + 2, "notifications/resources/updated")
-                && client.updated(&report, touch_at + 2, up.read)
+                && client.updated(&report, touch_at + 2, up.read.unwrap_or_default())
         }),
     );
     row.insert(
@@ -401,7 +431,7 @@ fn mcp_remote_cell(gw: &TestGateway, token: &str, up: &Upstream) -> (Row, String
     for f in FEATURES {
         row.insert(f, None);
     }
-    let outcome = (|| -> Result<(bool, bool), String> {
+    let outcome = (|| -> Result<(bool, Option<bool>), String> {
         let mut remote = McpRemote::spawn(&args, &env, &scratch).map_err(|e| e.to_string())?;
         remote.initialize().map_err(|e| e.to_string())?;
         let tools = remote
@@ -413,25 +443,28 @@ fn mcp_remote_cell(gw: &TestGateway, token: &str, up: &Upstream) -> (Row, String
                 json!({"name": up.echo.0, "arguments": up.echo.1}),
             )
             .map_err(|e| e.to_string())?;
-        let read = remote
-            .request("resources/read", json!({"uri": up.read}))
-            .map_err(|e| e.to_string())?;
-        let get = remote
-            .request(
-                "prompts/get",
-                json!({"name": up.prompt.0, "arguments": up.prompt.1}),
-            )
-            .map_err(|e| e.to_string())?;
-        let basic = tools["result"]["tools"].is_array()
-            && call["result"].to_string().contains(up.echo.2)
-            && read["result"]["contents"].is_array()
-            && get["result"]["messages"].is_array();
-        Ok((basic, read["result"]["contents"][0]["uri"] == up.read))
+        let mut basic =
+            tools["result"]["tools"].is_array() && call["result"].to_string().contains(up.echo.2);
+        let mut kept = None;
+        if let Some(uri) = up.read {
+            let read = remote
+                .request("resources/read", json!({"uri": uri}))
+                .map_err(|e| e.to_string())?;
+            basic &= read["result"]["contents"].is_array();
+            kept = Some(read["result"]["contents"][0]["uri"] == uri);
+        }
+        if let Some((name, args)) = &up.prompt {
+            let get = remote
+                .request("prompts/get", json!({"name": name, "arguments": args}))
+                .map_err(|e| e.to_string())?;
+            basic &= get["result"]["messages"].is_array();
+        }
+        Ok((basic, kept))
     })();
     let detail = format!("{outcome:?}");
-    let (basic, kept) = outcome.unwrap_or((false, false));
+    let (basic, kept) = outcome.unwrap_or((false, up.read.map(|_| false)));
     row.insert("list/call/read/get", Some(basic));
-    row.insert("resource URIs kept", Some(kept));
+    row.insert("resource URIs kept", kept);
     (row, detail)
 }
 
@@ -480,6 +513,10 @@ fn the_peer_matrix_passes_and_the_readme_shows_it() {
     let py_stateless = PyServer::spawn(PyServerMode::Stateless).expect("py stateless server");
     let ev_stdio = ServerEverything::stdio_command().expect("everything stdio");
     let py_stdio = PyServer::stdio_command().expect("py stdio");
+    let rmcp = CommandLine {
+        program: env!("CARGO_BIN_EXE_reflow-rmcp-server").into(),
+        args: Vec::new(),
+    };
     let targets = [
         "ev-http",
         "ev-sse",
@@ -488,6 +525,7 @@ fn the_peer_matrix_passes_and_the_readme_shows_it() {
         "py-http",
         "py-stateless",
         "py-stdio",
+        "rmcp",
     ];
     let mut builder = TestGateway::builder()
         .target_with("ev-http", "streamableHttp", &ev_http.url())
@@ -496,7 +534,8 @@ fn the_peer_matrix_passes_and_the_readme_shows_it() {
         .target("ts", &ts.url())
         .target("py-http", &py.url())
         .target("py-stateless", &py_stateless.url())
-        .manifest(stdio_target("py-stdio", &py_stdio));
+        .manifest(stdio_target("py-stdio", &py_stdio))
+        .manifest(stdio_target("rmcp", &rmcp));
     for t in targets {
         builder = builder.policy(
             PolicyDoc::allow(&format!("all-{t}"), t)
@@ -519,6 +558,7 @@ fn the_peer_matrix_passes_and_the_readme_shows_it() {
             "py: hi",
         ),
         sdk_server("Python MCPServer (STDIO)", "py-stdio", "py: hi"),
+        rmcp_server(),
     ];
     let mut rows = Vec::new();
     let mut failures = Vec::new();
