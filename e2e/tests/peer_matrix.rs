@@ -247,8 +247,19 @@ fn call_ok(report: &Value, i: usize) -> bool {
     r["ok"] == true && r["result"]["isError"] != true
 }
 
-/// Runs one client against one upstream's Target endpoint; the per-feature outcome.
-fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, String) {
+/// The actions of one cell and where each feature's actions start.
+struct Plan {
+    actions: Vec<Value>,
+    spans: Vec<(&'static str, usize, usize)>,
+    progress_at: usize,
+    grow_at: usize,
+    touch_at: usize,
+    cancel_at: usize,
+    forget_at: usize,
+    cancels: bool,
+}
+
+fn plan(up: &Upstream, client: Client) -> Plan {
     let mut actions = vec![
         py_ops::set_logging_level("debug"),
         py_ops::list_tools(),
@@ -318,10 +329,48 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
             actions.extend((0..LOOPS).map(|_| py_ops::call_tool(tool, args.clone())));
         }
     }
-    let report = client.run(&gw.target_url(up.target), token, actions);
+    Plan {
+        actions,
+        spans,
+        progress_at,
+        grow_at,
+        touch_at,
+        cancel_at,
+        forget_at,
+        cancels,
+    }
+}
+
+/// Runs one client against one upstream's Target endpoint; the per-feature outcome.
+fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, String) {
+    let plan = plan(up, client);
+    let report = client.run(&gw.target_url(up.target), token, plan.actions.clone());
+    (judge(&plan, &report, up, client), report.to_string())
+}
+
+/// Each feature's outcome in `report`, per `plan`.
+fn judge(plan: &Plan, report: &Value, up: &Upstream, client: Client) -> Row {
+    let Plan {
+        spans,
+        progress_at,
+        grow_at,
+        touch_at,
+        cancel_at,
+        forget_at,
+        cancels,
+        ..
+    } = plan;
+    let (progress_at, grow_at, touch_at, cancel_at, forget_at, cancels) = (
+        *progress_at,
+        *grow_at,
+        *touch_at,
+        *cancel_at,
+        *forget_at,
+        *cancels,
+    );
     let mut row = Row::new();
     let basic = (1..=4).all(|i| report["results"][i]["ok"] == true)
-        && call_ok(&report, 2)
+        && call_ok(report, 2)
         && report["results"][2]["result"]
             .to_string()
             .contains(up.echo.2);
@@ -354,40 +403,40 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
             }
             if feature == "roots" && up.roots_cached {
                 return (at..at + n).all(|i| {
-                    call_ok(&report, i)
+                    call_ok(report, i)
                         && report["results"][i]["result"]
                             .to_string()
                             .contains("file:///reflow-e2e")
-                }) && client.asked(&report, method, url) >= 1;
+                }) && client.asked(report, method, url) >= 1;
             }
-            (at..at + n).all(|i| call_ok(&report, i)) && client.asked(&report, method, url) >= n
+            (at..at + n).all(|i| call_ok(report, i)) && client.asked(report, method, url) >= n
         });
         row.insert(feature, outcome);
     }
     row.insert(
         "progress",
         up.progress.as_ref().map(|_| {
-            call_ok(&report, progress_at)
+            call_ok(report, progress_at)
                 && report["results"][progress_at]["progress"]
                     .as_array()
                     .is_some_and(|p| !p.is_empty())
         }),
     );
-    row.insert("logging", up.logs.then(|| client.logged(&report)));
+    row.insert("logging", up.logs.then(|| client.logged(report)));
     row.insert(
         "list_changed",
         up.grow.then(|| {
-            call_ok(&report, grow_at)
-                && client.heard(&report, grow_at + 1, "notifications/tools/list_changed")
+            call_ok(report, grow_at)
+                && client.heard(report, grow_at + 1, "notifications/tools/list_changed")
         }),
     );
     row.insert(
         "subscriptions",
         up.subscribe.then(|| {
             report["results"][touch_at]["ok"] == true
-                && call_ok(&report, touch_at + 1)
-                && client.heard(&report, touch_at + 2, "notifications/resources/updated")
-                && client.updated(&report, touch_at + 2, up.read.unwrap_or_default())
+                && call_ok(report, touch_at + 1)
+                && client.heard(report, touch_at + 2, "notifications/resources/updated")
+                && client.updated(report, touch_at + 2, up.read.unwrap_or_default())
         }),
     );
     row.insert(
@@ -407,14 +456,14 @@ fn cell(gw: &TestGateway, token: &str, up: &Upstream, client: Client) -> (Row, S
         "upstream 404 → re-init",
         up.forget.then(|| {
             let last = forget_at + 3 + LOOPS;
-            (forget_at + 2..last).all(|i| call_ok(&report, i))
+            (forget_at + 2..last).all(|i| call_ok(report, i))
                 && report["results"][forget_at + 2]["result"]
                     .to_string()
                     .contains(up.echo.2)
-                && client.asked(&report, "sampling/createMessage", false) >= 2 * LOOPS
+                && client.asked(report, "sampling/createMessage", false) >= 2 * LOOPS
         }),
     );
-    (row, report.to_string())
+    row
 }
 
 /// mcp-remote (Claude Desktop's bridge) speaks STDIO to the test: the basic calls only.
