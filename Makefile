@@ -4,9 +4,16 @@ LISTEN ?= 127.0.0.1:8080
 
 .PHONY: run test e2e conformance bench crds lint fmt build images
 
+# One build for `make run` and `make test`: the very cargo invocation `make test` runs, without
+# running. Cargo unifies dependency features over the packages and targets it builds (tests bring
+# dev-dependencies: kube's `cel`, tokio's `test-util`, ...), so building only the two binaries
+# here would compile the workspace a second time with other features after `make test`, and again
+# the other way round. Built this way, whichever runs second finds everything up to date.
+TEST_CARGO_ARGS = --workspace --all-targets
+
 ## run: the gateway on the embedded default (standalone, config/local manifests, fixture upstream, dev token)
 run:
-	$(CARGO) build -q -p reflow-dataplane -p reflow-e2e --bins
+	$(CARGO) test -q $(TEST_CARGO_ARGS) --no-run
 	./scripts/run-local.sh $(LISTEN)
 
 ## test: every test in the workspace (unit, golden, drift, integration, real SDK peers)
@@ -16,7 +23,7 @@ BIN_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 test:
 	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
 	  REFLOW_CONTROLLER_BIN=$(BIN_DIR)/reflow-controller \
-	  $(CARGO) test --workspace --all-targets --no-fail-fast
+	  $(CARGO) test $(TEST_CARGO_ARGS) --no-fail-fast
 
 ## e2e: only the whole-system tests (real SDK clients and upstream servers)
 e2e:

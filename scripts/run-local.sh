@@ -2,7 +2,7 @@
 # Runs Reflow locally (`make run`): the reflow-fixture MCP server on 127.0.0.1:9901, then the
 # gateway in the foreground on LISTEN (default 127.0.0.1:8080) with config/local/gateway.yaml and
 # the manifests in config/local/manifests. Prints a dev token and client config to paste.
-# Expects `cargo build -p reflow-dataplane -p reflow-e2e --bins` to have run (the Makefile does).
+# Expects the binaries built (`make run` builds them exactly as `make test` does: one build).
 set -euo pipefail
 
 LISTEN="${1:-127.0.0.1:8080}"

@@ -110,6 +110,11 @@ async function runAction(client, action, options) {
         break;
       case 'set_logging_level': result = await client.setLoggingLevel(action.level, options); break;
       case 'ping': result = await client.ping(options); break;
+      case 'subscribe': result = await client.subscribeResource({ uri: action.uri }, options); break;
+      case 'sleep':
+        await new Promise((resolve) => setTimeout(resolve, action.seconds * 1000));
+        result = {};
+        break;
       default: throw new Error(`unknown op ${action.op}`);
     }
     record.ok = true;
@@ -135,7 +140,7 @@ async function run(args, report) {
 
   const capabilities = { roots: { listChanged: true } };
   if (args.sampling) capabilities.sampling = {};
-  if (args.elicitation) capabilities.elicitation = {};
+  if (args.elicitation) capabilities.elicitation = { form: {}, url: {} };
   const client = new Client({ name: 'reflow-e2e-ts', version: '1.0.0' }, { capabilities });
 
   if (args.sampling) {
@@ -152,6 +157,7 @@ async function run(args, report) {
   if (args.elicitation) {
     client.setRequestHandler(types.ElicitRequestSchema, async (req) => {
       report.server_requests.push({ method: req.method, params: req.params });
+      if (req.params && req.params.mode === 'url') return { action: 'accept' };
       return { action: 'accept', content: JSON.parse(args.elicitationReply) };
     });
   }
@@ -210,9 +216,9 @@ async function main() {
   } finally {
     clearTimeout(timer);
   }
-  process.stdout.write(`${JSON.stringify(report)}\n`);
-  // Open sockets (a GET stream) must not keep the process alive after the report.
-  process.exit(report.ok ? 0 : 1);
+  // Open sockets (a GET stream) must not keep the process alive after the report, but exiting
+  // before a pipe has taken a report over 64 KiB would cut it: exit once it is written.
+  process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(report.ok ? 0 : 1));
 }
 
 main();

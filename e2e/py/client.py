@@ -133,6 +133,8 @@ async def run_action(client, action, inbox, http):
                 record["progress"] = progress
         elif op == "read_resource":
             result = dump(await client.read_resource(action["uri"]))
+        elif op == "subscribe":
+            result = dump(await client.subscribe_resource(action["uri"]))
         elif op == "get_prompt":
             result = dump(await client.get_prompt(action["name"], action.get("arguments")))
         elif op == "complete":
@@ -219,6 +221,8 @@ def client_callbacks(args, report, inbox):
 
     async def on_elicitation(context, params):
         report["client_requests"].append({"method": "elicitation/create", "params": dump(params)})
+        if getattr(params, "mode", None) == "url":
+            return types.ElicitResult(action="accept")
         content = {"username": "py-user", "email": "py@example.com"}
         # Every field the form asks for gets a value of its type (strings name the user).
         schema = dump(params).get("requestedSchema") or {}
@@ -227,8 +231,13 @@ def client_callbacks(args, report, inbox):
             content.setdefault(name, {"boolean": True, "integer": 1, "number": 1}.get(kind, "py-user"))
         return types.ElicitResult(action="accept", content=content)
 
+    async def on_roots(context):
+        report["client_requests"].append({"method": "roots/list", "params": {}})
+        return types.ListRootsResult(roots=[types.Root(uri="file:///reflow-e2e", name="e2e")])
+
     callbacks["sampling_callback"] = on_sampling
     callbacks["elicitation_callback"] = on_elicitation
+    callbacks["list_roots_callback"] = on_roots
     return callbacks
 
 

@@ -534,8 +534,8 @@ fn a_resource_read_on_the_aggregated_endpoint_needs_no_prior_list() {
             .mode(mode)
             .token(gw.token(user, &[], &[]))
             .actions([
-                py_ops::read_resource("test://static-text"),
-                py_ops::read_resource("test://no-such-resource"),
+                py_ops::read_resource("reflow://up/test://static-text"),
+                py_ops::read_resource("reflow://up/test://no-such-resource"),
                 py_ops::read_resource("test://no-such-resource-either"),
             ])
             .run()
@@ -545,13 +545,19 @@ fn a_resource_read_on_the_aggregated_endpoint_needs_no_prior_list() {
         let code = &report["results"][1]["error"]["code"];
         let expected = if mode == "legacy" { -32002 } else { -32602 };
         assert_eq!(code, &json!(expected), "{mode}: {report:#}");
-        // The gateway listed once for the session, not once per unknown URI.
+        // A URI without a Target prefix is no Target's: not found, without asking any upstream.
+        assert_eq!(
+            &report["results"][2]["error"]["code"],
+            &json!(expected),
+            "{mode}: {report:#}"
+        );
+        // The URI names its Target: routing never lists on the caller's behalf.
         let lists = gw
             .audit_events()
             .into_iter()
             .filter(|e| e.user == user && e.method == "resources/list")
             .count();
-        assert_eq!(lists, 1, "{mode}: resources/list audit events");
+        assert_eq!(lists, 0, "{mode}: resources/list audit events");
     }
 }
 

@@ -84,9 +84,9 @@ fn python_sdk_through_the_aggregated_endpoint() {
             py_ops::call_tool("two_tool_0001", json!({})),
             py_ops::call_tool("one_add", json!({"a": 20, "b": 22})),
             py_ops::list_resources(),
-            py_ops::read_resource("fixture://static/hello"),
+            py_ops::read_resource("reflow://one/fixture://static/hello"),
             py_ops::list_resource_templates(),
-            py_ops::complete_resource_arg("fixture://items/{id}", "id", "4"),
+            py_ops::complete_resource_arg("reflow://one/fixture://items/{id}", "id", "4"),
             py_ops::list_prompts(),
             py_ops::get_prompt("two_greet", json!({"name": "carol"})),
             py_ops::complete_prompt_arg("one_greet", "name", "b"),
@@ -127,7 +127,19 @@ fn python_sdk_through_the_aggregated_endpoint() {
         .expect("templates")
         .clone();
     assert_eq!(templates.len(), 1, "{templates:?}");
-    assert_eq!(templates[0]["uriTemplate"], "fixture://items/{id}");
+    // Resource URIs and templates name their Target on the aggregated endpoint.
+    assert_eq!(
+        templates[0]["uriTemplate"],
+        "reflow://one/fixture://items/{id}"
+    );
+    assert_eq!(
+        resources["resources"][0]["uri"],
+        "reflow://one/fixture://static/hello"
+    );
+    assert_eq!(
+        ok_result(&report, 7)["contents"][0]["uri"],
+        "reflow://one/fixture://static/hello"
+    );
     assert_eq!(ok_result(&report, 9)["completion"]["values"], json!(["42"]));
 
     assert_eq!(
@@ -146,7 +158,7 @@ fn python_sdk_through_the_aggregated_endpoint() {
 }
 
 /// DESIGN: resources are routed by URI on the aggregated endpoint: a URI made from a listed
-/// template (`fixture://items/42`) routes to the target that listed the template.
+/// template (`reflow://one/fixture://items/{id}`) routes to the Target its prefix names.
 #[test]
 fn python_sdk_reads_a_templated_resource_through_the_aggregated_endpoint() {
     let env = two_upstreams();
@@ -155,7 +167,7 @@ fn python_sdk_reads_a_templated_resource_through_the_aggregated_endpoint() {
         .token(gw.token("carol", &[], &[]))
         .actions([
             py_ops::list_resource_templates(),
-            py_ops::read_resource("fixture://items/42"),
+            py_ops::read_resource("reflow://one/fixture://items/42"),
         ])
         .run()
         .expect("python client runs");

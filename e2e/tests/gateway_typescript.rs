@@ -37,7 +37,7 @@ fn typescript_sdk_lists_and_calls_and_a_denied_tool_reads_as_unknown() {
             py_ops::call_tool("one_crash", json!({})),
             py_ops::call_tool("one_no_such_tool", json!({})),
             py_ops::list_resources(),
-            py_ops::read_resource("fixture://static/hello"),
+            py_ops::read_resource("reflow://one/fixture://static/hello"),
         ])
         .run()
         .expect("typescript client runs");

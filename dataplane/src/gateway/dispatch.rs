@@ -1,12 +1,10 @@
 //! Method handling: initialize/ping locally, lists aggregated across permitted targets and
-//! filtered by policy, named calls routed by prefix (resources by the per-session URI map).
+//! filtered by policy, named calls routed by prefix (resource URIs by `resource_uri`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use futures::future::join_all;
-use reflow_crds::glob::Glob;
 use reflow_crds::snapshot::{CompiledTarget, PREFIX_SEPARATOR};
 use reflow_crds::{Decision, Identity, ItemKind, Snapshot};
 use serde_json::{Map, Value, json};
@@ -15,6 +13,7 @@ use tracing::warn;
 use super::Gateway;
 use super::forward::Caller;
 use super::list_audit::ListDecisions;
+use super::resource_uri;
 use crate::audit::{AuditEvent, now_ms};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::DecisionLabels;
@@ -123,62 +122,19 @@ impl Ctx {
         }
     }
 
-    /// The target serving a resource URI: the session map, or the only target of a scoped session.
-    fn route_uri(&self, uri: &str) -> Option<Arc<CompiledTarget>> {
-        uri_route(&self.snapshot, &self.session, uri)
-    }
-}
-
-/// The target serving `uri` for `session` (see `Ctx::route_uri`).
-fn uri_route(snapshot: &Snapshot, session: &Session, uri: &str) -> Option<Arc<CompiledTarget>> {
-    match &session.scope {
-        Scope::Aggregated => {
-            let key = match session.resources.get(uri) {
-                Some(key) => key,
-                None => template_route(&session.resources, uri)?,
-            };
-            let (ns, name) = key.split_once('/')?;
-            snapshot.target(ns, name).cloned()
-        }
-        Scope::Target { namespace, name } => snapshot.target(namespace, name).cloned(),
-    }
-}
-
-/// The target of a URI made from a listed resource template (RFC 6570): each `{…}` expression
-/// matches any run of characters. Templates are tried in sorted order so overlaps route the
-/// same way every time; the policy is still decided on the concrete URI.
-fn template_route<'a>(routes: &'a HashMap<String, String>, uri: &str) -> Option<&'a String> {
-    let mut templates: Vec<(&String, &String)> =
-        routes.iter().filter(|(t, _)| t.contains('{')).collect();
-    templates.sort();
-    templates
-        .into_iter()
-        .find(|(t, _)| template_glob(t).is_some_and(|g| g.matches(uri)))
-        .map(|(_, target)| target)
-}
-
-fn template_glob(template: &str) -> Option<Glob> {
-    let mut pattern = String::with_capacity(template.len());
-    let mut in_expr = false;
-    for c in template.chars() {
-        match (in_expr, c) {
-            (false, '{') => {
-                in_expr = true;
-                pattern.push('*');
-            }
-            (true, '}') => in_expr = false,
-            (true, _) => {}
-            (false, '*' | '?' | '[' | ']' | '\\') => {
-                pattern.push('\\');
-                pattern.push(c);
-            }
-            (false, c) => pattern.push(c),
+    /// The target serving a resource URI as the client sent it, and the URI that Target knows.
+    fn route_uri_upstream(&self, uri: &str) -> (Option<Arc<CompiledTarget>>, String) {
+        match &self.session.scope {
+            Scope::Aggregated => match resource_uri::resolve(&self.snapshot, uri) {
+                Some((t, upstream)) => (Some(t), upstream.to_owned()),
+                None => (None, uri.to_owned()),
+            },
+            Scope::Target { namespace, name } => (
+                self.snapshot.target(namespace, name).cloned(),
+                uri.to_owned(),
+            ),
         }
     }
-    if in_expr {
-        return None;
-    }
-    Glob::new(&pattern).ok()
 }
 
 /// Records what `initialize` asked for on `session` (version, client info and capabilities)
@@ -324,21 +280,7 @@ impl Gateway {
                 .map(|(t, key)| self.list_one(ctx, t, key, kind)),
         )
         .await;
-        let mut items = Vec::new();
-        let mut routes = Vec::new();
-        for (key, page) in keys.iter().zip(pages) {
-            for item in page {
-                if !kind.prefixed
-                    && let Some(uri) = item.get(kind.key).and_then(Value::as_str)
-                {
-                    routes.push((uri.to_owned(), key.to_string()));
-                }
-                items.push(item);
-            }
-        }
-        if !routes.is_empty() {
-            self.learn_resources(&ctx.session.id, routes).await;
-        }
+        let items: Vec<Value> = pages.into_iter().flatten().collect();
         let mut result = Map::new();
         result.insert(kind.field.to_owned(), Value::Array(items));
         (jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
@@ -404,8 +346,12 @@ impl Gateway {
                 let decision = view.decide(kind.kind, key);
                 if !decision.allowed {
                     // Audited under the name the client would have seen, as calls are.
-                    if kind.prefixed && ctx.aggregated() {
-                        let shown_as = format!("{}{PREFIX_SEPARATOR}{key}", target.prefix);
+                    if ctx.aggregated() {
+                        let shown_as = if kind.prefixed {
+                            format!("{}{PREFIX_SEPARATOR}{key}", target.prefix)
+                        } else {
+                            resource_uri::expose(&target.prefix, key)
+                        };
                         decisions.hide(&shown_as, &decision);
                     } else {
                         decisions.hide(key, &decision);
@@ -415,6 +361,8 @@ impl Gateway {
                 if kind.prefixed && ctx.aggregated() {
                     let renamed = format!("{}{PREFIX_SEPARATOR}{key}", target.prefix);
                     item[kind.key] = Value::String(renamed);
+                } else if ctx.aggregated() {
+                    item[kind.key] = Value::String(resource_uri::expose(&target.prefix, key));
                 }
                 out.push(item);
             }
@@ -425,14 +373,6 @@ impl Gateway {
         }
         warn!(target = %key, method = kind.method, "too many pages; list truncated");
         out
-    }
-
-    async fn learn_resources(&self, session_id: &str, routes: Vec<(String, String)>) {
-        if let Ok(Some(s)) = self.sessions.get(session_id).await {
-            let mut s = Session::clone(&s);
-            s.resources.extend(routes);
-            let _ = self.sessions.put(s).await;
-        }
     }
 
     /// tools/call and prompts/get: a denied name answers exactly like an unknown one.
@@ -481,6 +421,12 @@ impl Gateway {
         {
             *msg = Value::String(format!("{label}: {name}"));
         }
+        if kind == ItemKind::Tool
+            && ctx.aggregated()
+            && let Some(result) = reply.get_mut("result")
+        {
+            resource_uri::expose_tool_result(&target.prefix, result);
+        }
         (reply, t, outcome)
     }
 
@@ -498,15 +444,7 @@ impl Gateway {
             e["error"]["data"] = json!({"uri": uri});
             e
         };
-        let routed = match ctx.route_uri(&uri) {
-            Some(t) => Some(t),
-            // Once per session: a session that has learned routes already is not listed again
-            // for every unknown URI (which anyone could otherwise turn into upstream load).
-            None if ctx.aggregated() && ctx.session.resources.is_empty() => {
-                self.discover_uri_route(ctx, &uri).await
-            }
-            None => None,
-        };
+        let (routed, upstream_uri) = ctx.route_uri_upstream(&uri);
         let Some(target) = routed else {
             self.audit_decision(
                 ctx,
@@ -519,30 +457,23 @@ impl Gateway {
             return (not_found(&req.id), None, "unknown");
         };
         let key = key_of(&target);
-        let decision = ctx.decide(&target, ItemKind::Resource, &uri);
+        // Decided on the serving Target's own URI, as its policies are written.
+        let decision = ctx.decide(&target, ItemKind::Resource, &upstream_uri);
         self.count_decision(&key, ItemKind::Resource, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &uri, &decision, "denied");
             return (not_found(&req.id), Some(key), "denied");
         }
-        self.relay(ctx, req, &target, key, &uri, &decision).await
-    }
-
-    /// A URI read by a session that has never listed resources (a client that kept the URI from
-    /// earlier, or a stateless one that never listed here): the permitted Targets' resources and
-    /// templates are listed on the caller's behalf, audited like the caller's own lists, and the
-    /// URI routed again. A URI still unknown after that is not found.
-    async fn discover_uri_route(&self, ctx: &Ctx, uri: &str) -> Option<Arc<CompiledTarget>> {
-        for kind in [&RESOURCES, &TEMPLATES] {
-            let req = Request {
-                id: json!("reflow-route-discovery"),
-                method: kind.method.to_owned(),
-                object: Map::new(),
-            };
-            let _ = self.list(ctx, &req, kind).await;
+        let mut req = req;
+        req.params_mut()
+            .insert("uri".into(), Value::String(upstream_uri));
+        let (mut reply, t, outcome) = self.relay(ctx, req, &target, key, &uri, &decision).await;
+        if ctx.aggregated()
+            && let Some(result) = reply.get_mut("result")
+        {
+            resource_uri::expose_read_result(&target.prefix, result);
         }
-        let session = self.sessions.get(&ctx.session.id).await.ok()??;
-        uri_route(&ctx.snapshot, &session, uri)
+        (reply, t, outcome)
     }
 
     /// completion/complete: `ref/prompt` by name (renamed), `ref/resource` by URI template.
@@ -559,8 +490,8 @@ impl Gateway {
                     .map(|(t, up)| (t, up, n.to_owned(), ItemKind::Prompt))
             }),
             "ref/resource" => r.get("uri").and_then(Value::as_str).and_then(|u| {
-                ctx.route_uri(u)
-                    .map(|t| (t, u.to_owned(), u.to_owned(), ItemKind::Resource))
+                let (routed, upstream) = ctx.route_uri_upstream(u);
+                routed.map(|t| (t, upstream, u.to_owned(), ItemKind::Resource))
             }),
             _ => {
                 return (
@@ -588,10 +519,13 @@ impl Gateway {
                 "denied",
             );
         }
-        if item == ItemKind::Prompt
-            && let Some(Value::Object(r)) = req.params_mut().get_mut("ref")
-        {
-            r.insert("name".into(), Value::String(upstream_name));
+        if let Some(Value::Object(r)) = req.params_mut().get_mut("ref") {
+            let field = if item == ItemKind::Prompt {
+                "name"
+            } else {
+                "uri"
+            };
+            r.insert(field.into(), Value::String(upstream_name));
         }
         self.relay(ctx, req, &target, key, &shown, &decision).await
     }

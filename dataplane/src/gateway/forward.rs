@@ -291,7 +291,7 @@ impl Gateway {
                     // Another call may have re-initialized already.
                     if guard.same(&link) {
                         *guard = self.upstream.connect(target, &headers, &init).await?;
-                        self.listen(caller, target, &headers, &mut guard);
+                        self.listen(caller, target, &headers, &mut guard).await;
                         self.remember(caller.session_id, key, &guard).await;
                         self.tell_new_link(caller, target, &headers, &guard).await;
                     }
@@ -327,7 +327,7 @@ impl Gateway {
             // Not yet connected, or a legacy stream that has since dropped: (re)connect.
             if !guard.is_ready_for(&target.upstream) {
                 *guard = self.upstream.connect(target, headers, &init).await?;
-                self.listen(caller, target, headers, &mut guard);
+                self.listen(caller, target, headers, &mut guard).await;
                 self.remember(caller.session_id, key, &guard).await;
                 // A stateless upstream has no session level (it is set per request).
                 if !is_stateless(guard.state()) {
@@ -413,8 +413,10 @@ impl Gateway {
     }
 
     /// Opens a new Streamable HTTP link's GET stream: what the upstream says outside any request
-    /// goes to this session's GET stream (the stream stops with the link).
-    fn listen(
+    /// goes to this session's GET stream (the stream stops with the link). The link is used only
+    /// once the upstream has answered the open (bounded by the connect timeout): a server that
+    /// asks the client from a tool on that stream drops the request while no stream is open.
+    async fn listen(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,
@@ -425,7 +427,9 @@ impl Gateway {
             return;
         }
         let deliver = self.to_session(caller);
-        if let Some(listener) = self.upstream.listen(target, headers, link.state(), deliver) {
+        if let Some(mut listener) = self.upstream.listen(target, headers, link.state(), deliver) {
+            let limit = std::time::Duration::from_millis(u64::from(target.timeouts.connect_ms));
+            listener.opened(limit).await;
             link.attach(listener);
         }
     }

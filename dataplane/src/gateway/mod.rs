@@ -17,6 +17,7 @@ mod mrtr;
 mod proxy;
 mod recycle;
 mod relay;
+mod resource_uri;
 mod stateless;
 mod stateless_call;
 mod streams;

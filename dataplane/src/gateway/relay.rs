@@ -15,7 +15,7 @@ use super::dispatch::Ctx;
 use super::streams::{GET_STREAM, Hub, primes, sse_response};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::method_label;
-use crate::session::Session;
+use crate::session::{Scope, Session};
 use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
 
 /// Upcalls queued per request before the relay drops notifications (and refuses requests).
@@ -88,6 +88,10 @@ impl Relay {
                     return;
                 }
                 self.rewrite_notification(&mut msg, &up.target);
+                if self.session.scope == Scope::Aggregated {
+                    let snapshot = self.gw.snapshots.load();
+                    super::resource_uri::expose_update(&snapshot, &up.target, &mut msg);
+                }
                 if stream == GET_STREAM {
                     // Possibly held by another replica.
                     self.gw.to_get_stream(&self.session.id, &self.hub, &msg);

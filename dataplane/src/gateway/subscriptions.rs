@@ -358,9 +358,29 @@ impl Gateway {
         let mut note = msg.clone();
         stamp_target(&mut note, &target);
         for sid in subscribers {
-            self.to_get_stream(&sid, &self.hubs.get(&sid), &note);
+            self.update_to_session(sid, &target, note.clone());
         }
         None
+    }
+}
+
+impl Gateway {
+    /// One subscriber's copy of a resource update, with the URI an aggregated session knows
+    /// (`resource_uri`); the session's scope needs the store, so this is done off the caller.
+    fn update_to_session(&self, sid: String, target: &Arc<str>, mut note: Map<String, Value>) {
+        let (Some(gw), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let target = target.clone();
+        rt.spawn(async move {
+            if let Ok(Some(s)) = gw.sessions.get(&sid).await
+                && s.scope == crate::session::Scope::Aggregated
+            {
+                let snapshot = gw.snapshots.load();
+                super::resource_uri::expose_update(&snapshot, &target, &mut note);
+            }
+            gw.to_get_stream(&sid, &gw.hubs.get(&sid), &note);
+        });
     }
 }
 

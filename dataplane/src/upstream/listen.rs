@@ -10,6 +10,7 @@ use http::HeaderValue;
 use reflow_crds::snapshot::CompiledTarget;
 use reqwest::Url;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::debug;
 
@@ -25,11 +26,31 @@ use crate::session::UpstreamState;
 pub type Deliver = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 /// The running stream; it stops when this is dropped (with the last clone of its link).
-pub struct Listener(AbortHandle);
+pub struct Listener {
+    task: AbortHandle,
+    /// Fires once the first attempt to open the stream has an answer (stream, refusal, error).
+    opened: Option<oneshot::Receiver<()>>,
+}
+
+impl Listener {
+    /// Waits (at most `limit`) until the upstream has answered the first open. An upstream may
+    /// send requests on this stream at any time after `initialize`; one that has no stream
+    /// open for them (the TypeScript SDK) drops them, so the link's first call must not race it.
+    pub async fn opened(&mut self, limit: Duration) {
+        if let Some(rx) = self.opened.take()
+            && tokio::time::timeout(limit, rx).await.is_err()
+        {
+            debug!(
+                limit_ms = limit.as_millis() as u64,
+                "the upstream stream did not open in time; going on without it"
+            );
+        }
+    }
+}
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -83,8 +104,13 @@ impl UpstreamClient {
         let url = self.parsed(url_of(target).ok()?).ok()?;
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (http, headers, state) = (self.http.clone(), headers.clone(), state.clone());
-        let task = rt.spawn(async move { run(http, url, headers, state, filter, deliver).await });
-        Some(Listener(task.abort_handle()))
+        let (tx, rx) = oneshot::channel();
+        let task =
+            rt.spawn(async move { run(http, url, headers, state, filter, deliver, tx).await });
+        Some(Listener {
+            task: task.abort_handle(),
+            opened: Some(rx),
+        })
     }
 }
 
@@ -104,11 +130,17 @@ async fn run(
     state: UpstreamState,
     filter: Value,
     deliver: Deliver,
+    first_open: oneshot::Sender<()>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut first_open = Some(first_open);
     loop {
         let opened = Instant::now();
-        match open(&http, &url, &headers, &state, &filter).await {
+        let attempt = open(&http, &url, &headers, &state, &filter).await;
+        if let Some(tx) = first_open.take() {
+            let _ = tx.send(());
+        }
+        match attempt {
             Opened::Stream(resp) => {
                 read(&http, &url, &headers, &state, resp, &deliver).await;
                 if opened.elapsed() >= HEALTHY {

@@ -16,6 +16,7 @@ pub mod k8s_tools;
 pub mod kube_cluster;
 pub mod load;
 pub mod manifests;
+pub mod mcp_remote;
 pub mod net;
 pub mod node;
 pub mod otlp;
@@ -23,9 +24,11 @@ pub mod paths;
 pub mod postgres;
 pub mod process;
 pub mod py_ops;
+pub mod py_server;
 pub mod python;
 pub mod render;
 pub mod sse;
+pub mod ts_server;
 pub mod typescript;
 
 pub use controller_bin::controller_bin;
@@ -45,4 +48,5 @@ pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
 };
 pub use sse::{SseEvent, SseReader};
+pub use ts_server::TsServer;
 pub use typescript::{TS_SDK_SPEC, TsClient};

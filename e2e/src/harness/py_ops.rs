@@ -38,6 +38,11 @@ pub fn read_resource(uri: &str) -> Value {
     json!({ "op": "read_resource", "uri": uri })
 }
 
+/// `resources/subscribe` to `uri` (updates then arrive as `notifications/resources/updated`).
+pub fn subscribe(uri: &str) -> Value {
+    json!({ "op": "subscribe", "uri": uri })
+}
+
 pub fn get_prompt(name: &str, arguments: Value) -> Value {
     json!({ "op": "get_prompt", "name": name, "arguments": arguments })
 }

@@ -22,6 +22,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct TsClient {
     url: String,
     token: Option<String>,
+    headers: Vec<(String, String)>,
     actions: Vec<Value>,
     sampling_reply: Option<String>,
     elicitation_reply: Option<Value>,
@@ -36,6 +37,7 @@ impl TsClient {
         Self {
             url: url.into(),
             token: None,
+            headers: Vec::new(),
             actions: Vec::new(),
             sampling_reply: None,
             elicitation_reply: None,
@@ -49,6 +51,12 @@ impl TsClient {
     /// Sends `Authorization: Bearer <token>`.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sends `name: value` on every request.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -99,6 +107,9 @@ impl TsClient {
         ));
         if let Some(token) = &self.token {
             args.extend(["--token".to_owned(), token.clone()]);
+        }
+        for (name, value) in &self.headers {
+            args.extend(["--header".to_owned(), format!("{name}={value}")]);
         }
         if let Some(text) = &self.sampling_reply {
             args.extend(["--sampling-reply".to_owned(), text.clone()]);
