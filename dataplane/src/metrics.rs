@@ -86,6 +86,14 @@ pub struct Metrics {
     pub stdio_events: Family<StdioLabels, Counter>,
     /// 1 while audit events reach their store, 0 while they are buffered (database away).
     pub audit_writable: Gauge<i64, AtomicI64>,
+    /// Connections and requests closed by a timer of the server loop (see `listener`).
+    pub http_timeouts: Family<TimeoutLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// header_read | idle | body_rate | write | evicted_idle
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -148,8 +156,15 @@ impl Metrics {
             "1 while audit events are written to their store, 0 while they are buffered or spilled",
             audit_writable.clone(),
         );
+        let http_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "Connections or requests closed because a peer stalled, by timer",
+            http_timeouts.clone(),
+        );
         Self {
             registry,
+            http_timeouts,
             stdio_live,
             stdio_events,
             requests,
@@ -161,6 +176,13 @@ impl Metrics {
             audit_dropped,
             audit_writable,
         }
+    }
+
+    /// Counts one timer of the server loop firing.
+    pub fn http_timeout(&self, kind: &'static str) {
+        self.http_timeouts
+            .get_or_create(&TimeoutLabels { kind })
+            .inc();
     }
 
     /// Raises `audit_dropped` to the sink's own count (monotonic, safe to call concurrently).

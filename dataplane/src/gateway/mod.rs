@@ -55,7 +55,7 @@ use crate::upstream::{
 
 pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
-pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
+pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
 pub use proxy::TrustedProxyConfig;
 pub use relay::TARGET_META;
 pub use streams::StreamError;
