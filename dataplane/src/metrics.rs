@@ -136,7 +136,7 @@ impl Metrics {
         );
         registry.register(
             "audit_dropped",
-            "Audit events dropped because the audit queue was full",
+            "Audit events lost: the queue was full and could not be spilled (Postgres: only when the spill disk fails)",
             audit_dropped.clone(),
         );
         let stdio_live = Gauge::<i64, AtomicI64>::default();
