@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Static for MCP's own methods; owned only for unknown ones.
+    /// One of MCP's own methods, or [`OTHER_METHOD`].
     pub method: Cow<'static, str>,
     pub target: Arc<str>,
     pub outcome: &'static str,
@@ -37,7 +37,7 @@ pub struct UpstreamLabels {
 }
 
 /// MCP methods the gateway knows, so their label needs no allocation.
-const KNOWN_METHODS: [&str; 16] = [
+const KNOWN_METHODS: [&str; 19] = [
     "initialize",
     "server/discover",
     "subscriptions/listen",
@@ -54,13 +54,20 @@ const KNOWN_METHODS: [&str; 16] = [
     "resources/unsubscribe",
     "completion/complete",
     "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
 ];
+
+/// The label every method outside [`KNOWN_METHODS`] folds into: a label value per unknown
+/// method would let any caller grow `/metrics` (and the process) without bound.
+pub const OTHER_METHOD: &str = "other";
 
 /// The `method` label for `method`.
 pub fn method_label(method: &str) -> Cow<'static, str> {
     match KNOWN_METHODS.iter().find(|m| **m == method) {
         Some(m) => Cow::Borrowed(m),
-        None => Cow::Owned(method.to_owned()),
+        None => Cow::Borrowed(OTHER_METHOD),
     }
 }
 
@@ -245,6 +252,8 @@ mod tests {
         m.sync_audit_dropped(2);
         let text = m.render();
         assert!(text.contains("reflow_audit_dropped_total 3"), "{text}");
+        assert_eq!(method_label("x/".repeat(1000).as_str()), OTHER_METHOD);
+        assert_eq!(method_label("tools/call"), "tools/call");
         assert!(
             text.contains(
                 "reflow_mcp_requests_total{method=\"tools/call\",target=\"ns/t\",outcome=\"ok\"} 1"
