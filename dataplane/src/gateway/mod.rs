@@ -99,6 +99,8 @@ pub struct GatewayConfig {
     pub instances: InstancesConfig,
     /// How often a legacy HTTP+SSE stream (`GET /sse`) gets a keep-alive comment.
     pub sse_keepalive_ms: u64,
+    /// Sessions and requests in flight per user and in total (`limits`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -118,6 +120,7 @@ impl Default for GatewayConfig {
             client_answer_timeout_ms: 120_000,
             instances: InstancesConfig::default(),
             sse_keepalive_ms: 15_000,
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }
@@ -163,6 +166,7 @@ pub struct Gateway {
     /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
     instances: Instances,
     guard: Arc<hardening::Guard>,
+    limits: Arc<crate::limits::Limits>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
     /// Where links of sessions that expire outside a request are closed.
@@ -194,6 +198,7 @@ impl Gateway {
             p.config.stdio.clone(),
         )?;
         let guard = hardening::Guard::new(&p.config.http);
+        let limits = crate::limits::Limits::new(p.config.limits.clone());
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
         let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
@@ -219,6 +224,7 @@ impl Gateway {
                 conns: forward::Conns::default(),
                 instances,
                 guard,
+                limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 hubs: streams::Hubs::default(),
@@ -722,6 +728,11 @@ async fn serve_post(
         return audit_unavailable(&gw, &message, started);
     }
     let trace = request_trace_id(&headers);
+    // Held until the handler returns: one user's flood cannot take every worker.
+    let _in_flight = match gw.limits.enter(&identity.user) {
+        Ok(p) => p,
+        Err(r) => return refuse_limit(&gw, &identity, &message, trace, r),
+    };
     if stateless::is_stateless(&headers, &message) {
         if let Message::Request(r) = &message {
             Span::current().record("method", r.method.as_str());
@@ -746,6 +757,15 @@ async fn serve_post(
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
             Span::current().record("method", "initialize");
+            let owned = gw
+                .sessions
+                .count_owned(&crate::session::subject_of(&identity));
+            let admitted = gw
+                .limits
+                .admit_session(owned, gw.sessions.count(), r.params());
+            if let Err(refusal) = admitted {
+                return refuse_limit(&gw, &identity, &Message::Request(r), trace, refusal);
+            }
             let (resp, sid) = gw.initialize(&identity, scope, &r).await;
             let mut out = json_response(StatusCode::OK, &resp);
             if let Some(sid) = sid.and_then(|s| HeaderValue::from_str(&s).ok()) {
@@ -786,6 +806,22 @@ async fn serve_post(
     };
     let sse = client_stream::accepts(&headers, "text/event-stream");
     gw.respond(ctx, request, sse).await
+}
+
+/// A limit refused the request (see `limits`): audited, answered with its status.
+fn refuse_limit(
+    gw: &Gateway,
+    identity: &Identity,
+    message: &Message,
+    trace: String,
+    refusal: crate::limits::Refusal,
+) -> Response {
+    let (method, id) = match message {
+        Message::Request(r) => (r.method.as_str(), r.id.clone()),
+        Message::Notification { method, .. } => (method.as_str(), Value::Null),
+        Message::Response(_) => ("-", Value::Null),
+    };
+    crate::limits::refuse(&*gw.audit, &identity.user, method, trace, refusal, &id)
 }
 
 /// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,
