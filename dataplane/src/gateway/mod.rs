@@ -7,6 +7,7 @@ mod dispatch;
 mod forward;
 mod forward_stateless;
 mod hardening;
+mod hygiene;
 mod instances;
 mod legacy_sse;
 mod list_audit;
@@ -392,6 +393,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            hygiene::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gw.guard.clone(),
             hardening::middleware,
