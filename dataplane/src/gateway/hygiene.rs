@@ -42,10 +42,10 @@ pub(crate) async fn middleware(
                 .into_response();
         }
     }
-    if is_rpc_post(&req) {
-        if let Err(refusal) = check_media(req.headers()) {
-            return refusal.into_response();
-        }
+    if is_rpc_post(&req)
+        && let Err(refusal) = check_media(req.headers())
+    {
+        return refusal.into_response();
     }
     next.run(req).await
 }
