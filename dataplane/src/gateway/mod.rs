@@ -660,25 +660,30 @@ fn session_not_found() -> Response {
     )
 }
 
-/// Session `id` if `identity` owns it on this endpoint (`scope`), found and refreshed in one step
-/// (the request uses it); 503 when the store cannot answer.
+/// Session `id` if `identity` owns it on this endpoint (`scope`), then refreshed (the request
+/// uses it); 503 when the store cannot answer. The owner is checked before the refresh, so a
+/// stranger guessing or replaying an id cannot keep someone else's session alive.
 async fn owned_session(
     gw: &Gateway,
     scope: &Scope,
     identity: &Identity,
     id: &str,
 ) -> Result<Arc<Session>, Response> {
-    match gw.sessions.get_touched(id).await {
+    let unavailable = |e: crate::session::SessionError| {
+        rpc_failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
+        )
+    };
+    match gw.sessions.get(id).await {
         // Another user's session is indistinguishable from an unknown one; the same user with
         // other groups or roles keeps it, moved to the new claims.
         Ok(Some(s)) if s.owner == crate::session::subject_of(identity) && s.scope == *scope => {
+            gw.sessions.touch(id).await.map_err(unavailable)?;
             Ok(gw.adopt_claims(s, identity).await)
         }
         Ok(_) => Err(session_not_found()),
-        Err(e) => Err(rpc_failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        )),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
