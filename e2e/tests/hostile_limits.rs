@@ -81,3 +81,50 @@ fn a_huge_client_info_is_refused_before_a_session_keeps_it() {
             .expect("a normal initialize still works");
     });
 }
+
+#[test]
+fn one_users_requests_in_flight_are_capped_without_slowing_another() {
+    use reflow_e2e::fixture_bin;
+    use reflow_e2e::harness::gateway::target_yaml;
+    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
+
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let manifests = [
+        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
+        PolicyDoc::allow("one-all", "one")
+            .everyone()
+            .rule("all", &["*"])
+            .to_yaml(),
+    ]
+    .join("---\n");
+    let gw = Gw::start_with("inflight", "{limits: {inFlightPerUser: 2}}", &manifests);
+    let rt = runtime();
+    rt.block_on(async {
+        let http = reflow_e2e::harness::http_client().expect("http client");
+        let mallory = open_session(&http, &gw, "mallory").await.expect("session");
+        let alice = open_session(&http, &gw, "alice").await.expect("session");
+        let slow = |i: u64| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": "one_slow", "arguments": {"ms": 1500}}})
+        };
+        let flood = (0..5).map(|i| {
+            let (http, gw, sid, body) = (&http, &gw, mallory.clone(), slow(i));
+            async move { post(http, gw, "mallory", Some(&sid), &body).await }
+        });
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            post(&http, &gw, "alice", Some(&alice), &slow(99)).await
+        };
+        let (floods, theirs) = tokio::join!(futures::future::join_all(flood), others);
+        let refused: Vec<_> = floods.iter().filter(|(s, _, _)| *s == 429).collect();
+        let served = floods.iter().filter(|(s, _, _)| *s == 200).count();
+        assert_eq!(served, 2, "{floods:?}");
+        assert_eq!(refused.len(), 3, "{floods:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|(_, h, _)| h.contains_key("retry-after"))
+        );
+        assert_eq!(theirs.0, 200, "another user is not limited: {}", theirs.2);
+    });
+}

@@ -22,6 +22,11 @@ pub struct Gw {
 impl Gw {
     /// `gateway_yaml` is the body of the config's `gateway:` mapping (flow style).
     pub fn start(name: &str, gateway_yaml: &str) -> Self {
+        Self::start_with(name, gateway_yaml, "")
+    }
+
+    /// As [`Gw::start`], with `manifests` (YAML documents) in the manifests folder.
+    pub fn start_with(name: &str, gateway_yaml: &str, manifests_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "reflow-hostile-{name}-{}-{}",
             std::process::id(),
@@ -29,6 +34,9 @@ impl Gw {
         ));
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).expect("manifests dir");
+        if !manifests_yaml.is_empty() {
+            std::fs::write(manifests.join("all.yaml"), manifests_yaml).expect("manifests");
+        }
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
