@@ -47,11 +47,15 @@ fn sessions_are_capped_per_user_and_in_total_without_affecting_others() {
         assert_eq!(refused, Err(503), "the gateway-wide cap answers 503");
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.process.output().contains("limit_sessions_per_user") {
-        assert!(Instant::now() < deadline, "the refusal was not audited");
+    // The audit writer flushes in batches: wait for both refusals.
+    loop {
+        let out = gw.process.output();
+        if out.contains("limit_sessions_per_user") && out.contains("limit_sessions_total") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refusals were not audited: {out}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(gw.process.output().contains("limit_sessions_total"));
 }
 
 #[test]
