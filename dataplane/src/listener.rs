@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 
 use crate::gateway::{LimitedStream, PeerAddr};
 use crate::metrics::Metrics;
@@ -178,10 +178,9 @@ where
             pressure: pressure_rx.clone(),
             stop: stop_rx.clone(),
         };
-        tokio::spawn(
-            conn.run(io)
-                .instrument(info_span!("connection", peer = %addr)),
-        );
+        // No span around the connection: each request's span must stay the root of its trace
+        // (or continue the caller's), not become a child of a connection span.
+        tokio::spawn(conn.run(io));
     }
     drop(listener);
     let _ = stop_tx.send(true);
