@@ -53,7 +53,10 @@ fn sessions_are_capped_per_user_and_in_total_without_affecting_others() {
         if out.contains("limit_sessions_per_user") && out.contains("limit_sessions_total") {
             break;
         }
-        assert!(Instant::now() < deadline, "the refusals were not audited: {out}");
+        assert!(
+            Instant::now() < deadline,
+            "the refusals were not audited: {out}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
