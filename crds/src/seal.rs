@@ -111,6 +111,16 @@ impl SealingKey {
             .map_err(|_| SealError::NotUtf8)
     }
 
+    /// A keyed digest of `data` for `purpose` (a constant naming the use): unguessable without
+    /// the key, and the same on every replica sharing it.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        let mut mac = self.digest_mac.clone();
+        mac.update(purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
     fn digest(&self, aad: &str, plaintext: &str) -> [u8; 32] {
         let mut data = Vec::with_capacity(aad.len() + plaintext.len() + 1);
         data.extend_from_slice(aad.as_bytes());

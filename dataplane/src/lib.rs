@@ -11,6 +11,8 @@ pub mod era;
 pub mod gateway;
 pub mod identity_token;
 pub mod jsonrpc;
+pub mod limits;
+pub mod listener;
 pub mod log_level;
 pub mod metrics;
 pub mod net;

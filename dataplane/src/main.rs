@@ -17,7 +17,8 @@ use reflow_dataplane::config::{
 };
 use reflow_dataplane::process_guard::secret_env;
 use reflow_dataplane::{
-    audit, auth, authn, controller_client, gateway, metrics, net, postgres, session, source,
+    audit, auth, authn, controller_client, gateway, listener, metrics, net, postgres, session,
+    source,
 };
 use reflow_telemetry::LogFormat;
 use secrecy::{ExposeSecret, SecretString};
@@ -423,13 +424,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _source = start_source(&args, &key, &snapshots)?;
 
     let stores = stores(&config, &key).await?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let gw = gateway::Gateway::new(gateway::Parts {
         config: config.gateway.clone(),
         snapshots,
         sessions: stores.sessions.clone(),
         auth,
         audit: stores.audit.clone(),
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics: metrics.clone(),
         key,
     })?;
     if let Some(bus) = stores.bus.clone() {
@@ -454,18 +456,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stopped = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
-    let service = gateway::service(gw.clone());
+    let router = gateway::router(gw.clone());
+    let options = listener::ServeOptions {
+        timeouts: config.gateway.http.timeouts.clone(),
+        max_connections,
+        metrics: Some(metrics),
+    };
     let mut server = match config.gateway.tls.clone() {
         Some(tls) => {
             let listener = gateway::TlsListener::new(listener, tls, max_connections)
                 .context("TLS listener")?;
-            let serve = axum::serve(listener, service).with_graceful_shutdown(stopped);
-            tokio::spawn(serve.into_future())
+            tokio::spawn(listener::serve(listener, router, options, stopped))
         }
         None => {
             let listener = gateway::LimitedListener::new(listener, max_connections);
-            let serve = axum::serve(listener, service).with_graceful_shutdown(stopped);
-            tokio::spawn(serve.into_future())
+            tokio::spawn(listener::serve(listener, router, options, stopped))
         }
     };
     {
@@ -476,13 +481,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         done = &mut server => {
             gw.shutdown().await;
-            return Ok(done.context("server task")??);
+            return done.context("server task");
         }
         signal = shutdown_signal() => info!(signal, "shutting down"),
     }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(DRAIN, server).await {
-        Ok(done) => done.context("server task")??,
+        Ok(done) => done.context("server task")?,
         Err(_) => warn!(after = ?DRAIN, "connections still open; exiting anyway"),
     }
     gw.shutdown().await;
@@ -555,13 +560,12 @@ async fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     let app = reflow_dataplane::bridge::router_at(b.clone(), &args.path);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let signal = shutdown_signal().await;
-            info!(signal, "shutting down");
-        })
-        .await
-        .context("bridge server")?;
+    let options = listener::ServeOptions::default();
+    listener::serve(listener, app, options, async {
+        let signal = shutdown_signal().await;
+        info!(signal, "shutting down");
+    })
+    .await;
     b.shutdown().await;
     Ok(())
 }

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Static for MCP's own methods; owned only for unknown ones.
+    /// One of MCP's own methods, or [`OTHER_METHOD`].
     pub method: Cow<'static, str>,
     pub target: Arc<str>,
     pub outcome: &'static str,
@@ -37,7 +37,7 @@ pub struct UpstreamLabels {
 }
 
 /// MCP methods the gateway knows, so their label needs no allocation.
-const KNOWN_METHODS: [&str; 16] = [
+const KNOWN_METHODS: [&str; 19] = [
     "initialize",
     "server/discover",
     "subscriptions/listen",
@@ -54,13 +54,20 @@ const KNOWN_METHODS: [&str; 16] = [
     "resources/unsubscribe",
     "completion/complete",
     "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
 ];
+
+/// The label every method outside [`KNOWN_METHODS`] folds into: a label value per unknown
+/// method would let any caller grow `/metrics` (and the process) without bound.
+pub const OTHER_METHOD: &str = "other";
 
 /// The `method` label for `method`.
 pub fn method_label(method: &str) -> Cow<'static, str> {
     match KNOWN_METHODS.iter().find(|m| **m == method) {
         Some(m) => Cow::Borrowed(m),
-        None => Cow::Owned(method.to_owned()),
+        None => Cow::Borrowed(OTHER_METHOD),
     }
 }
 
@@ -86,6 +93,14 @@ pub struct Metrics {
     pub stdio_events: Family<StdioLabels, Counter>,
     /// 1 while audit events reach their store, 0 while they are buffered (database away).
     pub audit_writable: Gauge<i64, AtomicI64>,
+    /// Connections and requests closed by a timer of the server loop (see `listener`).
+    pub http_timeouts: Family<TimeoutLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// header_read | idle | body_rate | write | evicted_idle
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,7 +143,7 @@ impl Metrics {
         );
         registry.register(
             "audit_dropped",
-            "Audit events dropped because the audit queue was full",
+            "Audit events lost: the queue was full and could not be spilled (Postgres: only when the spill disk fails)",
             audit_dropped.clone(),
         );
         let stdio_live = Gauge::<i64, AtomicI64>::default();
@@ -148,8 +163,15 @@ impl Metrics {
             "1 while audit events are written to their store, 0 while they are buffered or spilled",
             audit_writable.clone(),
         );
+        let http_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "Connections or requests closed because a peer stalled, by timer",
+            http_timeouts.clone(),
+        );
         Self {
             registry,
+            http_timeouts,
             stdio_live,
             stdio_events,
             requests,
@@ -161,6 +183,13 @@ impl Metrics {
             audit_dropped,
             audit_writable,
         }
+    }
+
+    /// Counts one timer of the server loop firing.
+    pub fn http_timeout(&self, kind: &'static str) {
+        self.http_timeouts
+            .get_or_create(&TimeoutLabels { kind })
+            .inc();
     }
 
     /// Raises `audit_dropped` to the sink's own count (monotonic, safe to call concurrently).
@@ -223,6 +252,8 @@ mod tests {
         m.sync_audit_dropped(2);
         let text = m.render();
         assert!(text.contains("reflow_audit_dropped_total 3"), "{text}");
+        assert_eq!(method_label("x/".repeat(1000).as_str()), OTHER_METHOD);
+        assert_eq!(method_label("tools/call"), "tools/call");
         assert!(
             text.contains(
                 "reflow_mcp_requests_total{method=\"tools/call\",target=\"ns/t\",outcome=\"ok\"} 1"

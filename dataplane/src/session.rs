@@ -122,6 +122,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Live sessions (for the sessions gauge).
     fn count(&self) -> usize;
 
+    /// Live sessions `owner` holds here (for the per-user limit); a store that cannot tell
+    /// answers 0, which leaves only the global limit.
+    fn count_owned(&self, owner: &Fingerprint) -> usize {
+        let _ = owner;
+        0
+    }
+
     /// `get` and, when found, `touch`, in one step where the store can.
     fn get_touched<'a>(
         &'a self,
@@ -269,6 +276,10 @@ impl SessionStore for MemorySessionStore {
 
     fn count(&self) -> usize {
         self.lock().len()
+    }
+
+    fn count_owned(&self, owner: &Fingerprint) -> usize {
+        crate::limits::owned_by(owner, self.lock().values().map(|e| &*e.session))
     }
 
     fn on_expire(&self, hook: ExpiryHook) {

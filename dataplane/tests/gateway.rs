@@ -314,6 +314,7 @@ async fn malformed_batch_oversize_and_unauthenticated_requests_are_refused() {
     let anon = h
         .http
         .post(format!("{}/mcp", h.base))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await

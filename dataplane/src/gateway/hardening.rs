@@ -30,8 +30,11 @@ pub struct HttpConfig {
     /// Requests handled at once; beyond it the gateway answers 503 with `Retry-After` instead of
     /// queueing without bound. 0 disables the cap.
     pub max_concurrent_requests: usize,
-    /// TCP connections open at once; further connections wait in the kernel backlog.
+    /// TCP connections open at once; at the cap, idle connections are closed for newcomers
+    /// (see `listener`), and further connections wait in the kernel backlog.
     pub max_connections: usize,
+    /// Timers on every wait for a peer (`listener::Timeouts`).
+    pub timeouts: crate::listener::Timeouts,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +46,7 @@ impl Default for HttpConfig {
             security_txt_expires: None,
             max_concurrent_requests: 4096,
             max_connections: 10_000,
+            timeouts: crate::listener::Timeouts::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod dispatch;
 mod forward;
 mod forward_stateless;
 mod hardening;
+mod hygiene;
 mod instances;
 mod legacy_sse;
 mod list_audit;
@@ -56,7 +57,7 @@ use crate::upstream::{
 
 pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
-pub use hardening::{CorsConfig, HttpConfig, LimitedListener, PeerAddr};
+pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
 pub use proxy::TrustedProxyConfig;
 pub use relay::TARGET_META;
 pub use streams::StreamError;
@@ -100,6 +101,8 @@ pub struct GatewayConfig {
     pub instances: InstancesConfig,
     /// How often a legacy HTTP+SSE stream (`GET /sse`) gets a keep-alive comment.
     pub sse_keepalive_ms: u64,
+    /// Sessions and requests in flight per user and in total (`limits`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -119,6 +122,7 @@ impl Default for GatewayConfig {
             client_answer_timeout_ms: 120_000,
             instances: InstancesConfig::default(),
             sse_keepalive_ms: 15_000,
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }
@@ -164,6 +168,7 @@ pub struct Gateway {
     /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
     instances: Instances,
     guard: Arc<hardening::Guard>,
+    limits: Arc<crate::limits::Limits>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
     /// Where links of sessions that expire outside a request are closed.
@@ -195,6 +200,7 @@ impl Gateway {
             p.config.stdio.clone(),
         )?;
         let guard = hardening::Guard::new(&p.config.http);
+        let limits = crate::limits::Limits::new(p.config.limits.clone());
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
         let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
@@ -220,6 +226,7 @@ impl Gateway {
                 conns: forward::Conns::default(),
                 instances,
                 guard,
+                limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 hubs: streams::Hubs::default(),
@@ -387,6 +394,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            hygiene::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gw.guard.clone(),
             hardening::middleware,
@@ -650,25 +661,30 @@ fn session_not_found() -> Response {
     )
 }
 
-/// Session `id` if `identity` owns it on this endpoint (`scope`), found and refreshed in one step
-/// (the request uses it); 503 when the store cannot answer.
+/// Session `id` if `identity` owns it on this endpoint (`scope`), then refreshed (the request
+/// uses it); 503 when the store cannot answer. The owner is checked before the refresh, so a
+/// stranger guessing or replaying an id cannot keep someone else's session alive.
 async fn owned_session(
     gw: &Gateway,
     scope: &Scope,
     identity: &Identity,
     id: &str,
 ) -> Result<Arc<Session>, Response> {
-    match gw.sessions.get_touched(id).await {
+    let unavailable = |e: crate::session::SessionError| {
+        rpc_failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
+        )
+    };
+    match gw.sessions.get(id).await {
         // Another user's session is indistinguishable from an unknown one; the same user with
         // other groups or roles keeps it, moved to the new claims.
         Ok(Some(s)) if s.owner == crate::session::subject_of(identity) && s.scope == *scope => {
+            gw.sessions.touch(id).await.map_err(unavailable)?;
             Ok(gw.adopt_claims(s, identity).await)
         }
         Ok(_) => Err(session_not_found()),
-        Err(e) => Err(rpc_failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        )),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
@@ -723,6 +739,11 @@ async fn serve_post(
         return audit_unavailable(&gw, &message, started);
     }
     let trace = request_trace_id(&headers);
+    // Held until the handler returns: one user's flood cannot take every worker.
+    let _in_flight = match gw.limits.enter(&identity.user) {
+        Ok(p) => p,
+        Err(r) => return refuse_limit(&gw, &identity, &message, trace, r),
+    };
     if stateless::is_stateless(&headers, &message) {
         if let Message::Request(r) = &message {
             Span::current().record("method", r.method.as_str());
@@ -747,6 +768,15 @@ async fn serve_post(
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
             Span::current().record("method", "initialize");
+            let owned = gw
+                .sessions
+                .count_owned(&crate::session::subject_of(&identity));
+            let admitted = gw
+                .limits
+                .admit_session(owned, gw.sessions.count(), r.params());
+            if let Err(refusal) = admitted {
+                return refuse_limit(&gw, &identity, &Message::Request(r), trace, refusal);
+            }
             let (resp, sid) = gw.initialize(&identity, scope, &r).await;
             let mut out = json_response(StatusCode::OK, &resp);
             if let Some(sid) = sid.and_then(|s| HeaderValue::from_str(&s).ok()) {
@@ -787,6 +817,22 @@ async fn serve_post(
     };
     let sse = client_stream::accepts(&headers, "text/event-stream");
     gw.respond(ctx, request, sse).await
+}
+
+/// A limit refused the request (see `limits`): audited, answered with its status.
+fn refuse_limit(
+    gw: &Gateway,
+    identity: &Identity,
+    message: &Message,
+    trace: String,
+    refusal: crate::limits::Refusal,
+) -> Response {
+    let (method, id) = match message {
+        Message::Request(r) => (r.method.as_str(), r.id.clone()),
+        Message::Notification { method, .. } => (method.as_str(), Value::Null),
+        Message::Response(_) => ("-", Value::Null),
+    };
+    crate::limits::refuse(&*gw.audit, &identity.user, method, trace, refusal, &id)
 }
 
 /// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,

@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use reflow_crds::Identity;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use super::dispatch::Ctx;
 use super::list_changed::Viewer;
@@ -236,26 +235,32 @@ async fn own_session(
     let capabilities = meta.capabilities.clone().unwrap_or_else(|| json!({}));
     let claims = identity.fingerprint();
     let owner = crate::session::subject_of(identity);
-    let mut h = Sha256::new();
-    h.update(b"reflow/stateless-session/v1\0");
+    // Keyed with the sealing key (shared by replicas): from public claims alone nobody can
+    // compute the id, so nobody else can address, probe or refresh this hidden session.
+    let mut h = Vec::with_capacity(64);
     // The claims, not just the user: other groups or roles are another session (nothing to
     // recycle, the client keeps no session).
-    h.update(claims.0);
+    h.extend_from_slice(&claims.0);
     match endpoint {
-        Scope::Aggregated => h.update(b"\0*"),
-        Scope::Target { namespace, name } => h.update(format!("\0{namespace}/{name}").as_bytes()),
+        Scope::Aggregated => h.extend_from_slice(b"\0*"),
+        Scope::Target { namespace, name } => {
+            h.extend_from_slice(format!("\0{namespace}/{name}").as_bytes())
+        }
     }
-    h.update(b"\0");
-    h.update(capabilities.to_string().as_bytes());
-    let id = hex::encode(&h.finalize()[..16]);
+    h.push(0);
+    h.extend_from_slice(capabilities.to_string().as_bytes());
+    let id = hex::encode(&gw.key.mac("reflow/stateless-session/v2", &h)[..16]);
     let unavailable = |e: crate::session::SessionError| {
         rpc_failure(
             StatusCode::SERVICE_UNAVAILABLE,
             jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
         )
     };
-    match gw.sessions.get_touched(&id).await {
-        Ok(Some(s)) if s.owner == owner && s.scope == *endpoint => return Ok(s),
+    match gw.sessions.get(&id).await {
+        Ok(Some(s)) if s.owner == owner && s.scope == *endpoint => {
+            gw.sessions.touch(&id).await.map_err(unavailable)?;
+            return Ok(s);
+        }
         // A digest collision with someone else's session: refuse rather than share it.
         Ok(Some(_)) => return Err(super::session_not_found()),
         Ok(None) => {}

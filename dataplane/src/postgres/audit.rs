@@ -5,8 +5,8 @@
 //! `ON CONFLICT (id) DO NOTHING`, so a batch retried after an ambiguous failure (written, but the
 //! acknowledgement lost) is never stored twice.
 
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +33,8 @@ pub enum FailurePolicy {
 pub struct AuditSettings {
     /// Events per INSERT.
     pub batch_size: usize,
-    /// Events held in memory before new ones are dropped (and counted).
+    /// Events held in memory; when full, the queue is spilled to disk by the request that found
+    /// it full (never dropped), and `failClosed` refuses calls until a write succeeds again.
     pub capacity: usize,
     /// Folder of the spill file; one folder per replica.
     pub spill_dir: PathBuf,
@@ -66,13 +67,32 @@ struct Shared {
     wake: Notify,
     closed: AtomicBool,
     healthy: AtomicBool,
+    /// The queue overflowed since the last successful write: the store is not keeping up.
+    overflowed: AtomicBool,
     dropped: AtomicU64,
     policy: FailurePolicy,
+    /// Shared by the writer and by `record` (which spills a full queue itself); never held
+    /// across an await.
+    spill: Mutex<Spill>,
 }
 
 impl Shared {
     fn take(&self) -> Vec<AuditEvent> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn spill(&self) -> std::sync::MutexGuard<'_, Spill> {
+        self.spill.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `rows` to the spill file; only a failing disk loses them (counted and logged).
+    fn spill_or_count(&self, rows: &[Row]) {
+        if let Err(e) = self.spill().append(rows) {
+            let n = self.dropped.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            error!(error = %e, events = rows.len(), dropped_total = n + rows.len() as u64,
+                "cannot spill audit events; dropped");
+            self.healthy.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -90,20 +110,22 @@ impl PgAuditSink {
             source,
         })?;
         let spill = Spill::open(settings.spill_dir.join(SPILL_FILE))?;
+        let healthy = !spill.backlog();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             capacity: settings.capacity.max(1),
             batch_size: settings.batch_size.max(1),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
-            healthy: AtomicBool::new(!spill.pending),
+            healthy: AtomicBool::new(healthy),
+            overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             policy: settings.policy,
+            spill: Mutex::new(spill),
         });
         let writer = Writer {
             db,
             shared: shared.clone(),
-            spill,
             retry: settings.retry_interval,
         };
         let task = tokio::spawn(writer.run());
@@ -136,27 +158,36 @@ impl AuditSink for PgAuditSink {
     fn record(&self, event: AuditEvent) {
         let s = &self.shared;
         if s.closed.load(Ordering::Relaxed) {
-            let n = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            error!(dropped_total = n, "audit writer is closed; event dropped");
+            // Late events (a request finishing during shutdown) go straight to disk.
+            s.spill_or_count(&[Row::from(event)]);
             return;
         }
-        let len = {
+        let overflow = {
             let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
             if q.len() >= s.capacity {
-                None
+                let mut full = std::mem::take(&mut *q);
+                full.push(event);
+                Err(full)
             } else {
                 q.push(event);
-                Some(q.len())
+                Ok(q.len())
             }
         };
-        match len {
-            None => {
-                let n = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                warn!(dropped_total = n, "audit queue full; event dropped");
+        match overflow {
+            Err(full) => {
+                // The store is not keeping up (or the writer is busy replaying): this request
+                // spills the whole queue in one append, so the cost is one sync per `capacity`
+                // events and nothing is ever dropped.
+                if !s.overflowed.swap(true, Ordering::AcqRel) {
+                    warn!(events = full.len(), "audit queue full; spilling it to disk");
+                }
+                let rows: Vec<Row> = full.into_iter().map(Row::from).collect();
+                s.spill_or_count(&rows);
+                s.wake.notify_one();
             }
             // A full INSERT's worth wakes the writer early; otherwise it collects on its tick.
-            Some(len) if len == s.batch_size => s.wake.notify_one(),
-            Some(_) => {}
+            Ok(len) if len == s.batch_size => s.wake.notify_one(),
+            Ok(_) => {}
         }
     }
 
@@ -166,6 +197,7 @@ impl AuditSink for PgAuditSink {
 
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)
+            && !self.shared.overflowed.load(Ordering::Acquire)
     }
 
     fn fail_closed(&self) -> bool {
@@ -221,7 +253,8 @@ mod uuid_text {
     }
 }
 
-/// The spill file: events not yet in the database, oldest first.
+/// The spill file: events not yet in the database, oldest first. A replay remembers how many
+/// bytes it read; afterwards only those are removed, so events spilled while it ran stay.
 struct Spill {
     path: PathBuf,
     /// The file holds events (from this run or an earlier one).
@@ -235,10 +268,56 @@ impl Spill {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(source) => return Err(PgError::Spill { path, source }),
         };
+        let spill = Self { path, pending };
         if pending {
-            info!(path = %path.display(), "audit spill file from an earlier run; replaying it");
+            info!(path = %spill.path.display(), "audit spill file from an earlier run; replaying it");
+            // A crash mid-append leaves a torn last line: end it, so the next append starts a
+            // line of its own instead of corrupting its first event.
+            let bytes = spill.snapshot().map_err(|e| spill.err(e))?;
+            if bytes.last() != Some(&b'\n') {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&spill.path)
+                    .map_err(|e| spill.err(e))?;
+                f.write_all(b"\n").map_err(|e| spill.err(e))?;
+            }
         }
-        Ok(Self { path, pending })
+        Ok(spill)
+    }
+
+    /// Anything spilled and not yet in the database.
+    fn backlog(&self) -> bool {
+        self.pending
+    }
+
+    /// The whole file as it is now, to replay.
+    fn snapshot(&self) -> std::io::Result<Vec<u8>> {
+        match std::fs::read(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// The first `len` bytes are in the database: removes them, keeping whatever was appended
+    /// since (rewritten aside and renamed over, so a crash leaves the old or the new file).
+    fn replayed(&mut self, len: usize) -> Result<(), PgError> {
+        let now = self.snapshot().map_err(|e| self.err(e))?;
+        let tail = now.get(len..).unwrap_or_default();
+        if tail.is_empty() {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.err(e)),
+            }
+            self.pending = false;
+            return Ok(());
+        }
+        let aside = self.path.with_extension("rewrite");
+        let mut f = std::fs::File::create(&aside).map_err(|e| self.err(e))?;
+        f.write_all(tail).map_err(|e| self.err(e))?;
+        f.sync_data().map_err(|e| self.err(e))?;
+        std::fs::rename(&aside, &self.path).map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn err(&self, source: std::io::Error) -> PgError {
@@ -266,38 +345,25 @@ impl Spill {
         Ok(())
     }
 
-    fn read(path: &Path) -> std::io::Result<Vec<Row>> {
-        let f = std::fs::File::open(path)?;
+    fn parse(bytes: &[u8]) -> Vec<Row> {
         let mut rows = Vec::new();
-        for line in std::io::BufReader::new(f).lines() {
-            let line = line?;
-            if line.trim().is_empty() {
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<Row>(&line) {
+            match serde_json::from_slice::<Row>(line) {
                 Ok(r) => rows.push(r),
                 // A torn last line (crash mid-write) cannot be recovered; say so loudly.
                 Err(e) => error!(error = %e, "unreadable line in the audit spill file; skipped"),
             }
         }
-        Ok(rows)
-    }
-
-    fn clear(&mut self) -> Result<(), PgError> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.err(e)),
-        }
-        self.pending = false;
-        Ok(())
+        rows
     }
 }
 
 struct Writer {
     db: Database,
     shared: Arc<Shared>,
-    spill: Spill,
     retry: Duration,
 }
 
@@ -312,14 +378,17 @@ impl Writer {
             let closed = self.shared.closed.load(Ordering::Acquire);
             let batch: Vec<Row> = self.shared.take().into_iter().map(Row::from).collect();
             let due = last_try.elapsed() >= self.retry;
-            if self.spill.pending {
+            if self.shared.spill().backlog() {
                 // Order: while anything is spilled, new events queue behind it in the file.
                 if !batch.is_empty() {
-                    self.spill_or_log(&batch);
+                    self.shared.spill_or_count(&batch);
                 }
                 if due || closed {
                     last_try = tokio::time::Instant::now();
-                    self.replay().await;
+                    if self.replay().await {
+                        // Events spilled during the replay go next, without waiting a retry.
+                        last_try -= self.retry;
+                    }
                 }
             } else if !batch.is_empty() {
                 last_try = tokio::time::Instant::now();
@@ -333,8 +402,8 @@ impl Writer {
             if closed {
                 let rest: Vec<Row> = self.shared.take().into_iter().map(Row::from).collect();
                 if !rest.is_empty() {
-                    if self.spill.pending {
-                        self.spill_or_log(&rest);
+                    if self.shared.spill().backlog() {
+                        self.shared.spill_or_count(&rest);
                     } else {
                         self.deliver(rest).await;
                     }
@@ -371,51 +440,54 @@ impl Writer {
                 Err(e) => {
                     warn!(error = %e, events = rows.len() - done, "audit insert failed; spilling");
                     self.set_healthy(false);
-                    self.spill_or_log(&rows[done..]);
+                    self.shared.spill_or_count(&rows[done..]);
                     return;
                 }
             }
         }
-        self.set_healthy(true);
+        self.wrote();
     }
 
-    fn spill_or_log(&mut self, rows: &[Row]) {
-        if let Err(e) = self.spill.append(rows) {
-            // The last resort: the events are lost, and counted as such.
-            let n = self
-                .shared
-                .dropped
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            error!(error = %e, events = rows.len(), dropped_total = n + rows.len() as u64,
-                "cannot spill audit events; dropped");
-            self.set_healthy(false);
-        }
-    }
-
-    /// Writes the spill file to the database, oldest first; clears it once all is in.
-    async fn replay(&mut self) {
-        let rows = match Spill::read(&self.spill.path) {
-            Ok(rows) => rows,
+    /// Writes the spill file to the database, oldest first; removes what was written once all
+    /// of it is in. Events spilled meanwhile stay in the file, replayed next.
+    async fn replay(&mut self) -> bool {
+        let snapshot = self.shared.spill().snapshot();
+        let bytes = match snapshot {
+            Ok(bytes) => bytes,
             Err(e) => {
                 error!(error = %e, "cannot read the audit spill file");
-                return;
+                return false;
             }
         };
+        let rows = Spill::parse(&bytes);
         for chunk in rows.chunks(self.shared.batch_size) {
             if let Err(e) = insert(&self.db, chunk).await {
                 // Rows already inserted are skipped on the next attempt (ON CONFLICT).
                 tracing::debug!(error = %e, "audit replay failed; will retry");
                 self.set_healthy(false);
-                return;
+                return false;
             }
         }
-        match self.spill.clear() {
+        let replayed = self.shared.spill().replayed(bytes.len());
+        match replayed {
             Ok(()) => {
                 info!(events = rows.len(), "audit spill file replayed");
-                self.set_healthy(true);
+                if !self.shared.spill().backlog() {
+                    self.wrote();
+                }
+                true
             }
-            Err(e) => error!(error = %e, "cannot remove the replayed audit spill file"),
+            Err(e) => {
+                error!(error = %e, "cannot remove the replayed audit spill file");
+                false
+            }
         }
+    }
+
+    /// A write succeeded: healthy again, and the overflow (if any) is behind us.
+    fn wrote(&self) {
+        self.shared.overflowed.store(false, Ordering::Release);
+        self.set_healthy(true);
     }
 }
 

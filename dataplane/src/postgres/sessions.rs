@@ -629,6 +629,10 @@ impl SessionStore for PgSessionStore {
         lock(&self.cache).len()
     }
 
+    fn count_owned(&self, owner: &reflow_crds::Fingerprint) -> usize {
+        crate::limits::owned_by(owner, lock(&self.cache).values().map(|c| &*c.session))
+    }
+
     fn on_expire(&self, hook: ExpiryHook) {
         lock(&self.hooks).push(hook);
     }

@@ -1,0 +1,137 @@
+//! Limits per identity and in total on the real binary: one user opening sessions without end,
+//! and sessions carrying huge `clientInfo`, are refused with clear, audited errors that never
+//! affect other users.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+mod hostile_support;
+use hostile_support::{Gw, initialize_body, open_session, post, runtime};
+
+#[test]
+fn sessions_are_capped_per_user_and_in_total_without_affecting_others() {
+    let gw = Gw::start(
+        "limits",
+        "{limits: {sessionsPerUser: 5, sessionsTotal: 12}}",
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let http = reflow_e2e::harness::http_client().expect("http client");
+        for _ in 0..5 {
+            open_session(&http, &gw, "mallory")
+                .await
+                .expect("within quota");
+        }
+        let (status, headers, body) = post(
+            &http,
+            &gw,
+            "mallory",
+            None,
+            &initialize_body(json!({"name": "flood", "version": "0"})),
+        )
+        .await;
+        assert_eq!(status, 429, "{body}");
+        assert!(headers.contains_key("retry-after"));
+        assert!(body.contains("too many open sessions"), "{body}");
+        // Someone else is not affected by mallory's quota.
+        open_session(&http, &gw, "alice")
+            .await
+            .expect("alice opens a session");
+        for i in 0..6 {
+            open_session(&http, &gw, &format!("user{i}"))
+                .await
+                .expect("within the total");
+        }
+        let refused = open_session(&http, &gw, "latecomer").await;
+        assert_eq!(refused, Err(503), "the gateway-wide cap answers 503");
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The audit writer flushes in batches: wait for both refusals.
+    loop {
+        let out = gw.process.output();
+        if out.contains("limit_sessions_per_user") && out.contains("limit_sessions_total") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refusals were not audited: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_huge_client_info_is_refused_before_a_session_keeps_it() {
+    let gw = Gw::start("clientinfo", "{}");
+    let rt = runtime();
+    rt.block_on(async {
+        let http = reflow_e2e::harness::http_client().expect("http client");
+        let huge = json!({"name": "big", "version": "0", "padding": "x".repeat(512 * 1024)});
+        let (status, _, body) = post(&http, &gw, "mallory", None, &initialize_body(huge)).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("clientInfo"), "{body}");
+        let metrics = http
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains("reflow_sessions 0"),
+            "no session kept: {metrics}"
+        );
+        open_session(&http, &gw, "mallory")
+            .await
+            .expect("a normal initialize still works");
+    });
+}
+
+#[test]
+fn one_users_requests_in_flight_are_capped_without_slowing_another() {
+    use reflow_e2e::fixture_bin;
+    use reflow_e2e::harness::gateway::target_yaml;
+    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
+
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let manifests = [
+        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
+        PolicyDoc::allow("one-all", "one")
+            .everyone()
+            .rule("all", &["*"])
+            .to_yaml(),
+    ]
+    .join("---\n");
+    let gw = Gw::start_with("inflight", "{limits: {inFlightPerUser: 2}}", &manifests);
+    let rt = runtime();
+    rt.block_on(async {
+        let http = reflow_e2e::harness::http_client().expect("http client");
+        let mallory = open_session(&http, &gw, "mallory").await.expect("session");
+        let alice = open_session(&http, &gw, "alice").await.expect("session");
+        let slow = |i: u64| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": "one_slow", "arguments": {"ms": 1500}}})
+        };
+        let flood = (0..5).map(|i| {
+            let (http, gw, sid, body) = (&http, &gw, mallory.clone(), slow(i));
+            async move { post(http, gw, "mallory", Some(&sid), &body).await }
+        });
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            post(&http, &gw, "alice", Some(&alice), &slow(99)).await
+        };
+        let (floods, theirs) = tokio::join!(futures::future::join_all(flood), others);
+        let refused: Vec<_> = floods.iter().filter(|(s, _, _)| *s == 429).collect();
+        let served = floods.iter().filter(|(s, _, _)| *s == 200).count();
+        assert_eq!(served, 2, "{floods:?}");
+        assert_eq!(refused.len(), 3, "{floods:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|(_, h, _)| h.contains_key("retry-after"))
+        );
+        assert_eq!(theirs.0, 200, "another user is not limited: {}", theirs.2);
+    });
+}
