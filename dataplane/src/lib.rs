@@ -1,6 +1,7 @@
 //! Reflow's data plane: terminates MCP, authenticates, enforces policy, injects credentials,
 //! routes to upstreams and audits.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authn;

@@ -139,8 +139,8 @@ impl GatewayError {
     }
 }
 
-/// What the gateway is built from.
-pub struct Parts {
+/// What the gateway is built from (by `App::build`, the one wiring entry).
+pub(crate) struct Parts {
     pub config: GatewayConfig,
     pub snapshots: Arc<SnapshotStore>,
     pub sessions: Arc<dyn SessionStore>,
@@ -148,6 +148,8 @@ pub struct Parts {
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
     pub key: SealingKey,
+    pub bus: Option<Arc<dyn crate::postgres::NotificationBus>>,
+    pub instances: Option<ControllerApi>,
 }
 
 pub struct Gateway {
@@ -188,7 +190,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
+    pub(crate) fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
         let upstream = UpstreamClient::with_stdio(
             Duration::from_millis(p.config.connect_timeout_ms),
             p.config.stdio.clone(),
@@ -199,6 +201,10 @@ impl Gateway {
         let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
         let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
         let instances = Instances::new(p.config.instances.clone());
+        if let Some(api) = p.instances {
+            instances.use_controller(api);
+        }
+        let bus = p.bus;
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -246,6 +252,9 @@ impl Gateway {
                 None => Some(inbound),
             },
         ));
+        if let Some(bus) = bus {
+            gw.attach_bus(bus);
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             list_changed::follow_snapshots(Arc::downgrade(&gw), &gw.snapshots, &rt);
             let weak = Arc::downgrade(&gw);
@@ -259,12 +268,6 @@ impl Gateway {
             });
         }
         Ok(gw)
-    }
-
-    /// Serves `kubernetes` Targets through the controller's instance API (controller mode);
-    /// without it they answer an error at once. Only the first call takes effect.
-    pub fn use_controller_instances(&self, api: ControllerApi) -> bool {
-        self.instances.use_controller(api)
     }
 
     /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).
