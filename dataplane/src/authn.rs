@@ -44,9 +44,22 @@ pub struct AuthFailure {
     pub token_presented: bool,
 }
 
+/// The label of a refusal because the issuer's keys cannot be fetched right now.
+pub const JWKS_UNAVAILABLE: &str = "jwks_unavailable";
+
 impl AuthFailure {
     pub fn label(&self) -> &'static str {
         self.label
+    }
+
+    /// The status a refusal is answered with, decided here for every handler: 503 when the
+    /// issuer's keys cannot be fetched (the client should retry, not re-authenticate), else 401.
+    pub fn status(&self) -> http::StatusCode {
+        if self.label == JWKS_UNAVAILABLE {
+            http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            http::StatusCode::UNAUTHORIZED
+        }
     }
 }
 
@@ -99,4 +112,61 @@ pub fn resource_metadata(auth: &dyn Authenticate, resource: &str) -> Value {
         "bearer_methods_supported": ["header"],
         "scopes_supported": auth.scopes_supported(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthError;
+
+    const PRM: &str = "https://gw.example.com/.well-known/oauth-protected-resource";
+
+    #[test]
+    fn auth_challenge_without_token_has_no_error() {
+        let f = AuthFailure::from(AuthError::MissingToken);
+        assert_eq!(
+            challenge(&f, PRM),
+            format!("Bearer resource_metadata=\"{PRM}\"")
+        );
+        let f = AuthFailure::from(AuthError::UnsupportedScheme);
+        assert!(!challenge(&f, PRM).contains("error="));
+    }
+
+    #[test]
+    fn auth_challenge_for_rejected_token_says_invalid_token() {
+        let f = AuthFailure::from(AuthError::Expired);
+        assert_eq!(
+            challenge(&f, PRM),
+            format!(
+                "Bearer resource_metadata=\"{PRM}\", error=\"invalid_token\", \
+                 error_description=\"the token has expired\""
+            )
+        );
+    }
+
+    #[test]
+    fn auth_challenge_keeps_quotes_out_of_the_description() {
+        let f = AuthFailure {
+            label: "invalid_claim",
+            message: "claim \"a\\b\" is bad".into(),
+            token_presented: true,
+        };
+        let v = challenge(&f, PRM);
+        assert!(
+            v.ends_with("error_description=\"claim 'a'b' is bad\""),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn auth_status_for_errors() {
+        assert_eq!(
+            AuthFailure::from(AuthError::Expired).status(),
+            http::StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            AuthFailure::from(AuthError::JwksUnavailable).status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

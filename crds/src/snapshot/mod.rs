@@ -16,7 +16,7 @@ pub use credentials::{
     CompiledCredential, CredentialMatch, CredentialSet, InjectAs, ResolvedCredentials,
     ResolvedEntry, SealedEntry,
 };
-pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch};
+pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch, covers};
 pub use revocations::Revocations;
 
 use crate::api::{Isolation, PodSpecTemplate};

@@ -486,7 +486,7 @@ async fn authenticate(
 ) -> Result<Principal, Response> {
     let unauthorized = |failure: authn::AuthFailure| {
         let url = format!("{}{METADATA_PATH}", base_url(gw, headers));
-        let mut resp = (StatusCode::UNAUTHORIZED, failure.message.clone()).into_response();
+        let mut resp = (failure.status(), failure.message.clone()).into_response();
         if let Ok(v) = HeaderValue::from_str(&authn::challenge(&failure, &url)) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
