@@ -14,6 +14,7 @@ mod list_cache;
 mod list_changed;
 mod log_fanout;
 mod mrtr;
+pub mod net;
 mod proxy;
 mod recycle;
 mod relay;
@@ -44,7 +45,6 @@ use crate::authn::{self, Authenticate, Principal};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig, JWKS_PATH};
 use crate::jsonrpc::{self, Message};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::net::Peer;
 use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
@@ -52,6 +52,7 @@ use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{
     PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
 };
+use net::Peer;
 
 pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
