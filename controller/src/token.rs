@@ -1,8 +1,8 @@
 //! The shared bearer token dataplanes present on every controller API call. Compared in
 //! constant time over SHA-256 digests, so neither content nor length leaks through timing.
 
+use reflow_crds::token::BearerDigest;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -18,7 +18,7 @@ pub enum TokenError {
 /// Never printed; `Debug` shows nothing of it.
 #[derive(Clone)]
 pub struct ApiToken {
-    digest: [u8; 32],
+    digest: BearerDigest,
 }
 
 impl std::fmt::Debug for ApiToken {
@@ -29,13 +29,8 @@ impl std::fmt::Debug for ApiToken {
 
 impl ApiToken {
     pub fn new(token: &SecretString) -> Result<Self, TokenError> {
-        let t = token.expose_secret().trim();
-        if t.is_empty() {
-            return Err(TokenError::Empty);
-        }
-        Ok(Self {
-            digest: Sha256::digest(t.as_bytes()).into(),
-        })
+        let digest = BearerDigest::of(token.expose_secret()).ok_or(TokenError::Empty)?;
+        Ok(Self { digest })
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, TokenError> {
@@ -48,14 +43,7 @@ impl ApiToken {
 
     /// Checks an `Authorization` header value (`Bearer <token>`).
     pub fn verify_header(&self, header: Option<&str>) -> bool {
-        let Some(presented) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        let d: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        d.iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        self.digest.matches_header(header)
     }
 }
 

@@ -65,6 +65,60 @@ pub fn byte_mask(text: &str) -> u64 {
     text.bytes().fold(0, |m, b| m | 1 << (b & 63))
 }
 
+/// A `[…]` class after its `[`: ranges, escapes, `!`/`^` negation; up to its `]`.
+fn parse_class(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    pattern: &str,
+) -> Result<Token, GlobError> {
+    let negated = chars.next_if(|c| *c == '!' || *c == '^').is_some();
+    let mut ranges = Vec::new();
+    let mut closed = false;
+    while let Some(c) = chars.next() {
+        let lo = match c {
+            ']' => {
+                closed = true;
+                break;
+            }
+            '\\' => chars
+                .next()
+                .ok_or_else(|| GlobError::TrailingEscape(pattern.to_owned()))?,
+            c => c,
+        };
+        if chars.peek() == Some(&'-') {
+            let mut ahead = chars.clone();
+            ahead.next();
+            match ahead.peek() {
+                Some(']') | None => ranges.push((lo, lo)),
+                Some(_) => {
+                    chars.next();
+                    let hi = match chars.next() {
+                        Some('\\') => chars
+                            .next()
+                            .ok_or_else(|| GlobError::TrailingEscape(pattern.to_owned()))?,
+                        Some(h) => h,
+                        None => {
+                            return Err(GlobError::UnclosedClass(pattern.to_owned()));
+                        }
+                    };
+                    if hi < lo {
+                        return Err(GlobError::BadRange(pattern.to_owned(), lo, hi));
+                    }
+                    ranges.push((lo, hi));
+                }
+            }
+        } else {
+            ranges.push((lo, lo));
+        }
+    }
+    if !closed {
+        return Err(GlobError::UnclosedClass(pattern.to_owned()));
+    }
+    if ranges.is_empty() {
+        return Err(GlobError::EmptyClass(pattern.to_owned()));
+    }
+    Ok(Token::Class { negated, ranges })
+}
+
 impl Glob {
     pub fn new(pattern: &str) -> Result<Self, GlobError> {
         if pattern.is_empty() {
@@ -91,61 +145,7 @@ impl Glob {
                     Some(e) => tokens.push(Token::Literal(e)),
                     None => return Err(GlobError::TrailingEscape(pattern.to_owned())),
                 },
-                '[' => {
-                    let negated = chars.next_if(|c| *c == '!' || *c == '^').is_some();
-                    let mut ranges = Vec::new();
-                    let mut closed = false;
-                    while let Some(c) = chars.next() {
-                        let lo = match c {
-                            ']' => {
-                                closed = true;
-                                break;
-                            }
-                            '\\' => chars
-                                .next()
-                                .ok_or_else(|| GlobError::TrailingEscape(pattern.to_owned()))?,
-                            c => c,
-                        };
-                        if chars.peek() == Some(&'-') {
-                            let mut ahead = chars.clone();
-                            ahead.next();
-                            match ahead.peek() {
-                                Some(']') | None => ranges.push((lo, lo)),
-                                Some(_) => {
-                                    chars.next();
-                                    let hi = match chars.next() {
-                                        Some('\\') => chars.next().ok_or_else(|| {
-                                            GlobError::TrailingEscape(pattern.to_owned())
-                                        })?,
-                                        Some(h) => h,
-                                        None => {
-                                            return Err(GlobError::UnclosedClass(
-                                                pattern.to_owned(),
-                                            ));
-                                        }
-                                    };
-                                    if hi < lo {
-                                        return Err(GlobError::BadRange(
-                                            pattern.to_owned(),
-                                            lo,
-                                            hi,
-                                        ));
-                                    }
-                                    ranges.push((lo, hi));
-                                }
-                            }
-                        } else {
-                            ranges.push((lo, lo));
-                        }
-                    }
-                    if !closed {
-                        return Err(GlobError::UnclosedClass(pattern.to_owned()));
-                    }
-                    if ranges.is_empty() {
-                        return Err(GlobError::EmptyClass(pattern.to_owned()));
-                    }
-                    tokens.push(Token::Class { negated, ranges });
-                }
+                '[' => tokens.push(parse_class(&mut chars, pattern)?),
                 c => tokens.push(Token::Literal(c)),
             }
         }

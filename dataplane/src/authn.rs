@@ -44,9 +44,22 @@ pub struct AuthFailure {
     pub token_presented: bool,
 }
 
+/// The label of a refusal because the issuer's keys cannot be fetched right now.
+pub const JWKS_UNAVAILABLE: &str = "jwks_unavailable";
+
 impl AuthFailure {
     pub fn label(&self) -> &'static str {
         self.label
+    }
+
+    /// The status a refusal is answered with, decided here for every handler: 503 when the
+    /// issuer's keys cannot be fetched (the client should retry, not re-authenticate), else 401.
+    pub fn status(&self) -> http::StatusCode {
+        if self.label == JWKS_UNAVAILABLE {
+            http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            http::StatusCode::UNAUTHORIZED
+        }
     }
 }
 

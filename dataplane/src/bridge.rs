@@ -24,9 +24,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use reflow_crds::token::BearerDigest;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
@@ -85,7 +85,7 @@ struct Running {
 
 pub struct Bridge {
     config: BridgeConfig,
-    token_digest: [u8; 32],
+    token: BearerDigest,
     child: AsyncMutex<(Slot, RestartBackoff)>,
     /// The child's requests relayed to a client, by the id the client answers with.
     waiting: std::sync::Mutex<HashMap<String, Responder>>,
@@ -95,15 +95,12 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn new(config: BridgeConfig) -> Result<Arc<Self>, BridgeError> {
-        let token = config.token.expose_secret().trim();
-        if token.is_empty() {
-            return Err(BridgeError::EmptyToken);
-        }
-        let token_digest = Sha256::digest(token.as_bytes()).into();
+        let token =
+            BearerDigest::of(config.token.expose_secret()).ok_or(BridgeError::EmptyToken)?;
         let restarts = config.restarts.clone();
         Ok(Arc::new(Self {
             config,
-            token_digest,
+            token,
             child: AsyncMutex::new((Slot::default(), restarts)),
             waiting: std::sync::Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
@@ -113,17 +110,10 @@ impl Bridge {
     /// True when `headers` carry `Authorization: Bearer <our token>`. Both sides are hashed
     /// first so the comparison takes the same time whatever the length or content presented.
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let presented = headers
+        let value = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        let diff = digest
-            .iter()
-            .zip(self.token_digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        !presented.is_empty() && diff == 0
+            .and_then(|v| v.to_str().ok());
+        self.token.matches_header(value)
     }
 
     /// The child's pid, if one is running (for tests and logs).

@@ -278,28 +278,12 @@ impl Config {
             })?
         };
 
-        let mut dev_file = None;
-        let dev = match raw.dev {
-            None => None,
-            Some(d) => {
-                let secret = match (d.hs256_secret, d.hs256_secret_file) {
-                    (Some(s), None) => s,
-                    (None, Some(f)) => {
-                        let f = base.join(f);
-                        dev_file = Some(f.clone());
-                        let text = std::fs::read_to_string(&f)
-                            .map_err(|source| ConfigError::DevSecretRead { path: f, source })?;
-                        SecretString::from(text.trim().to_owned())
-                    }
-                    _ => return Err(ConfigError::DevSecretSource { path }),
-                };
-                Some(DevIssuer {
-                    issuer: d.issuer,
-                    audience: d.audience,
-                    secret,
-                })
-            }
-        };
+        let dev_file = raw
+            .dev
+            .as_ref()
+            .and_then(|d| d.hs256_secret_file.as_ref())
+            .map(|f| base.join(f));
+        let dev = raw.dev.map(|d| dev_issuer(d, &path, base)).transpose()?;
 
         let auth = match (raw.auth, &dev) {
             (None, None) => None,
@@ -322,66 +306,7 @@ impl Config {
             url_file: d.url_file.map(|f| base.join(f)),
             max_connections: d.max_connections.unwrap_or(16),
         });
-        let audit_err = |reason| ConfigError::Audit {
-            path: path.clone(),
-            reason,
-        };
-        let a = raw.audit;
-        let sink = a.sink.unwrap_or(if database.is_some() {
-            AuditSinkKind::Postgres
-        } else {
-            AuditSinkKind::Stdout
-        });
-        if sink != AuditSinkKind::Postgres
-            && (a.failure_policy.is_some()
-                || a.spill_dir.is_some()
-                || a.batch_size.is_some()
-                || a.retention_days.is_some())
-        {
-            return Err(audit_err(
-                "`failurePolicy`, `spillDir`, `batchSize` and `retentionDays` only apply to `sink: postgres`",
-            ));
-        }
-        let target = match (sink, a.path) {
-            (AuditSinkKind::Stdout, None) => AuditTarget::Stdout,
-            (AuditSinkKind::File, Some(p)) => AuditTarget::File(base.join(p)),
-            (AuditSinkKind::Postgres, None) => {
-                if database.is_none() {
-                    return Err(audit_err("`sink: postgres` needs a `database` block"));
-                }
-                let Some(spill_dir) = a.spill_dir else {
-                    return Err(audit_err(
-                        "`sink: postgres` needs a `spillDir` (a writable folder of its own per replica, where events wait while the database is away)",
-                    ));
-                };
-                let batch_size = a.batch_size.unwrap_or(500);
-                if batch_size == 0 {
-                    return Err(audit_err("`batchSize` must be at least 1"));
-                }
-                AuditTarget::Postgres(PostgresAudit {
-                    failure_policy: a.failure_policy.unwrap_or_default(),
-                    spill_dir: base.join(spill_dir),
-                    batch_size,
-                    retention: match a.retention_days.unwrap_or(90) {
-                        0 => None,
-                        d => Some(Duration::from_secs(d.saturating_mul(86_400))),
-                    },
-                })
-            }
-            (AuditSinkKind::Stdout | AuditSinkKind::Postgres, Some(_)) => {
-                return Err(audit_err("`path` only applies to `sink: file`"));
-            }
-            (AuditSinkKind::File, None) => {
-                return Err(audit_err("`sink: file` needs a `path`"));
-            }
-        };
-        let capacity = a.capacity.unwrap_or(4096);
-        if capacity == 0 {
-            return Err(ConfigError::Audit {
-                path,
-                reason: "`capacity` must be at least 1",
-            });
-        }
+        let audit = audit_config(raw.audit, database.is_some(), &path, base)?;
 
         let mut gateway = raw.gateway;
         if let Some(f) = gateway.identity_tokens.signing_key_file.take() {
@@ -405,7 +330,7 @@ impl Config {
             path,
             auth,
             gateway,
-            audit: AuditConfig { target, capacity },
+            audit,
             dev,
             database,
             sealing,
@@ -479,6 +404,95 @@ impl Config {
             }),
         }
     }
+}
+
+/// The `dev` block: its issuer, with the secret inline or read from a file beside the config.
+fn dev_issuer(d: RawDev, path: &Path, base: &Path) -> Result<DevIssuer, ConfigError> {
+    let secret = match (d.hs256_secret, d.hs256_secret_file) {
+        (Some(s), None) => s,
+        (None, Some(f)) => {
+            let f = base.join(f);
+            let text = std::fs::read_to_string(&f)
+                .map_err(|source| ConfigError::DevSecretRead { path: f, source })?;
+            SecretString::from(text.trim().to_owned())
+        }
+        _ => {
+            return Err(ConfigError::DevSecretSource {
+                path: path.to_owned(),
+            });
+        }
+    };
+    Ok(DevIssuer {
+        issuer: d.issuer,
+        audience: d.audience,
+        secret,
+    })
+}
+
+/// The `audit` block: where events go (stdout, a file, Postgres) and how many may wait.
+fn audit_config(
+    a: RawAudit,
+    has_database: bool,
+    path: &Path,
+    base: &Path,
+) -> Result<AuditConfig, ConfigError> {
+    let audit_err = |reason| ConfigError::Audit {
+        path: path.to_owned(),
+        reason,
+    };
+    let sink = a.sink.unwrap_or(if has_database {
+        AuditSinkKind::Postgres
+    } else {
+        AuditSinkKind::Stdout
+    });
+    if sink != AuditSinkKind::Postgres
+        && (a.failure_policy.is_some()
+            || a.spill_dir.is_some()
+            || a.batch_size.is_some()
+            || a.retention_days.is_some())
+    {
+        return Err(audit_err(
+            "`failurePolicy`, `spillDir`, `batchSize` and `retentionDays` only apply to `sink: postgres`",
+        ));
+    }
+    let target = match (sink, a.path) {
+        (AuditSinkKind::Stdout, None) => AuditTarget::Stdout,
+        (AuditSinkKind::File, Some(p)) => AuditTarget::File(base.join(p)),
+        (AuditSinkKind::Postgres, None) => {
+            if !has_database {
+                return Err(audit_err("`sink: postgres` needs a `database` block"));
+            }
+            let Some(spill_dir) = a.spill_dir else {
+                return Err(audit_err(
+                    "`sink: postgres` needs a `spillDir` (a writable folder of its own per replica, where events wait while the database is away)",
+                ));
+            };
+            let batch_size = a.batch_size.unwrap_or(500);
+            if batch_size == 0 {
+                return Err(audit_err("`batchSize` must be at least 1"));
+            }
+            AuditTarget::Postgres(PostgresAudit {
+                failure_policy: a.failure_policy.unwrap_or_default(),
+                spill_dir: base.join(spill_dir),
+                batch_size,
+                retention: match a.retention_days.unwrap_or(90) {
+                    0 => None,
+                    d => Some(Duration::from_secs(d.saturating_mul(86_400))),
+                },
+            })
+        }
+        (AuditSinkKind::Stdout | AuditSinkKind::Postgres, Some(_)) => {
+            return Err(audit_err("`path` only applies to `sink: file`"));
+        }
+        (AuditSinkKind::File, None) => {
+            return Err(audit_err("`sink: file` needs a `path`"));
+        }
+    };
+    let capacity = a.capacity.unwrap_or(4096);
+    if capacity == 0 {
+        return Err(audit_err("`capacity` must be at least 1"));
+    }
+    Ok(AuditConfig { target, capacity })
 }
 
 pub use reflow_crds::token::cli::parse_duration;

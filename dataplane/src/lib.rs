@@ -1,6 +1,22 @@
 //! Reflow's data plane: terminates MCP, authenticates, enforces policy, injects credentials,
 //! routes to upstreams and audits.
+//!
+//! # Layers
+//!
+//! The top-level modules form four layers; a module uses (`crate::…`) only modules of its own
+//! layer or of a lower one, never a higher one, and the uses within a layer have no cycle:
+//!
+//! 1. **app**: `app` (the one wiring entry, `App::build`, and the commands) and `config`.
+//! 2. **gateway**: `gateway` (the HTTP surface and the MCP router), `bridge` (one STDIO server
+//!    over HTTP) and `metrics` (which reads every layer's counters).
+//! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances).
+//! 4. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
+//!    `controller_client`, `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`.
+//!
+//! `tests/layers.rs` reads every `crate::` path under `src/` and keeps this true; a new
+//! top-level module must be given a layer there.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authn;
@@ -15,7 +31,6 @@ pub mod limits;
 pub mod listener;
 pub mod log_level;
 pub mod metrics;
-pub mod net;
 pub mod postgres;
 pub mod process_guard;
 /// Token scopes live in the model (`reflow_crds::token::scope`) so every minting binary shares them.

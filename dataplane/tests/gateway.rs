@@ -656,3 +656,49 @@ async fn an_upstream_redirect_is_not_followed_with_the_callers_credentials() {
     );
     assert!(seen.lock().unwrap().is_empty(), "the redirect was followed");
 }
+
+/// An identity provider whose keys cannot be fetched right now.
+struct IdpDown;
+
+impl reflow_dataplane::authn::Authenticate for IdpDown {
+    fn authenticate<'a>(
+        &'a self,
+        _: &'a axum::http::HeaderMap,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<reflow_dataplane::authn::Principal, reflow_dataplane::authn::AuthFailure>,
+    > {
+        let down = reflow_dataplane::auth::AuthError::JwksUnavailable;
+        Box::pin(async move { Err(down.into()) })
+    }
+}
+
+#[tokio::test]
+async fn keys_that_cannot_be_fetched_answer_503_not_401_on_every_endpoint() {
+    let dir = temp_dir();
+    let sessions = MemorySessionStore::new(Duration::from_secs(60));
+    let h = start_gateway_auth(
+        dir,
+        GatewayConfig::default(),
+        sessions,
+        std::sync::Arc::new(IdpDown),
+    )
+    .await;
+    let init = json!({"protocolVersion": "2025-06-18"});
+    for path in ["/mcp", "/mcp/t/a"] {
+        let r = h.rpc(path, "alice", None, "initialize", init.clone()).await;
+        assert_eq!(r.status, 503, "{path}: retry later, not re-authenticate");
+        assert!(
+            r.headers.contains_key("www-authenticate"),
+            "{path}: the challenge still names the metadata"
+        );
+    }
+    let sse = h
+        .http
+        .get(format!("{}/sse", h.base))
+        .bearer_auth("alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 503, "legacy SSE answers alike");
+}

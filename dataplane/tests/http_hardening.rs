@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use reflow_dataplane::gateway::{
-    self, CorsConfig, GatewayConfig, HttpConfig, LimitedListener, TrustedProxyConfig,
+    CorsConfig, GatewayConfig, HttpConfig, LimitedListener, TrustedProxyConfig,
 };
 use serde_json::json;
 use support::*;
@@ -229,7 +229,7 @@ async fn connections_beyond_the_cap_wait_for_a_slot() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let limited = LimitedListener::new(listener, 1);
-    let app = gateway::service(h.gw.clone());
+    let app = h.app.service();
     tokio::spawn(async move { axum::serve(limited, app).await });
     let url = format!("http://{addr}/healthz");
 

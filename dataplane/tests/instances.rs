@@ -24,7 +24,7 @@ use reflow_crds::instance_wire::{BridgeToken, EnsureRequest, EnsureResponse, Use
 use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::upstream::instance::{ControllerApi, InstancesConfig};
 use serde_json::{Value, json};
-use support::{Harness, policy_yaml, start_gateway, temp_dir};
+use support::{Harness, policy_yaml, start_gateway, start_gateway_instances, temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_reflow-dataplane");
 const CONTROLLER_TOKEN: &str = "controller-api-token-for-the-test";
@@ -270,13 +270,19 @@ fn instances_config(ready_ms: u64) -> GatewayConfig {
     }
 }
 
-async fn gateway(targets: &[&str], ready_ms: u64) -> Harness {
+/// A gateway serving `targets`, through the controller stand-in at `controller` when given.
+async fn gateway(targets: &[&str], ready_ms: u64, controller: Option<&str>) -> Harness {
     let dir = temp_dir();
     for t in targets {
         std::fs::write(dir.join(format!("{t}.yaml")), kubernetes_target(t)).unwrap();
     }
     std::fs::write(dir.join("credentials.yaml"), CREDENTIALS).unwrap();
-    let h = start_gateway(dir, instances_config(ready_ms)).await;
+    let h = match controller {
+        Some(url) => {
+            start_gateway_instances(dir, instances_config(ready_ms), controller_api(url)).await
+        }
+        None => start_gateway(dir, instances_config(ready_ms)).await,
+    };
     // The folder watch compiles asynchronously: wait until the Targets are served.
     let end = Instant::now() + Duration::from_secs(10);
     while targets
@@ -287,6 +293,13 @@ async fn gateway(targets: &[&str], ready_ms: u64) -> Harness {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     h
+}
+
+fn controller_api(url: &str) -> ControllerApi {
+    ControllerApi {
+        url: url.to_owned(),
+        token: CONTROLLER_TOKEN.to_owned().into(),
+    }
 }
 
 async fn whoami(h: &Harness, user: &str) -> Value {
@@ -321,11 +334,7 @@ async fn each_caller_reaches_their_own_instance_through_the_bridge_with_its_toke
             ..Standin::default()
         });
         let controller = start_standin(standin.clone()).await;
-        let h = gateway(&["gh"], 20_000).await;
-        assert!(h.gw.use_controller_instances(ControllerApi {
-            url: controller,
-            token: CONTROLLER_TOKEN.to_owned().into(),
-        }));
+        let h = gateway(&["gh"], 20_000, Some(&controller)).await;
 
         // Alice's first call waits through the 202 and lands on the first instance; the bridge
         // admitted the gateway, so the token was sent.
@@ -429,11 +438,7 @@ async fn an_instance_that_stops_answering_is_ensured_again() {
             ..Standin::default()
         });
         let controller = start_standin(standin.clone()).await;
-        let h = gateway(&["gh"], 20_000).await;
-        h.gw.use_controller_instances(ControllerApi {
-            url: controller,
-            token: CONTROLLER_TOKEN.to_owned().into(),
-        });
+        let h = gateway(&["gh"], 20_000, Some(&controller)).await;
         assert_eq!(whoami(&h, "alice").await["env"]["INSTANCE"], "instance-a");
         assert_eq!(standin.ensures.lock().unwrap().len(), 2);
 
@@ -465,11 +470,12 @@ async fn a_failing_slow_unknown_or_never_ready_instance_is_a_clear_error_in_boun
     bounded(async {
         let standin = Arc::new(Standin::default());
         let controller = start_standin(standin.clone()).await;
-        let h = gateway(&["broken", "gone", "folder", "slow", "stuck"], 1_500).await;
-        h.gw.use_controller_instances(ControllerApi {
-            url: controller,
-            token: CONTROLLER_TOKEN.to_owned().into(),
-        });
+        let h = gateway(
+            &["broken", "gone", "folder", "slow", "stuck"],
+            1_500,
+            Some(&controller),
+        )
+        .await;
         for (target, reason, says, within) in [
             ("broken", "instance_refused", "HTTP 502", 2),
             ("gone", "instance_refused", "no accepted Target t/gone", 2),
@@ -536,7 +542,7 @@ async fn a_failing_slow_unknown_or_never_ready_instance_is_a_clear_error_in_boun
 #[tokio::test]
 async fn without_a_controller_a_kubernetes_target_answers_an_error_at_once() {
     bounded(async {
-        let h = gateway(&["gh"], 20_000).await;
+        let h = gateway(&["gh"], 20_000, None).await;
         let sid = h.open("/mcp/t/gh", "alice").await;
         let started = Instant::now();
         let r = h
@@ -622,16 +628,14 @@ async fn a_shared_instance_counts_subscriptions_and_runs_at_the_most_verbose_lev
             "apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {name: all-sub, namespace: t}\nspec:\n  targetRef: {name: sub}\n  subjects: [{everyone: true}]\n  rules: [{kind: all, names: [\"*\"]}]\n  effect: Allow\n"
         );
         std::fs::write(dir.join("sub.yaml"), target).unwrap();
-        let h = start_gateway(dir, instances_config(20_000)).await;
+        let h =
+            start_gateway_instances(dir, instances_config(20_000), controller_api(&controller))
+                .await;
         let end = Instant::now() + Duration::from_secs(10);
         while h.gw.snapshots.load().target("t", "sub").is_none() {
             assert!(Instant::now() < end, "target never compiled");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(h.gw.use_controller_instances(ControllerApi {
-            url: controller,
-            token: CONTROLLER_TOKEN.to_owned().into(),
-        }));
 
         // Three sessions of alice: one instance (her isolation key) serves them all.
         let [s1, s2, watcher] = [

@@ -13,7 +13,7 @@ use rcgen::{
     KeyPair,
 };
 use reflow_dataplane::gateway::{
-    self, ClientAuth, ClientIdentity, GatewayConfig, TlsConfig, TlsListener, UserFrom,
+    ClientAuth, ClientIdentity, GatewayConfig, TlsConfig, TlsListener, UserFrom,
 };
 use serde_json::Value;
 use support::*;
@@ -93,7 +93,7 @@ async fn tls_gateway(pki: &Pki, auth: ClientAuth, identity: ClientIdentity) -> (
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = TlsListener::new(listener, tls, 64).unwrap();
-    let app = gateway::service(h.gw.clone());
+    let app = h.app.service();
     tokio::spawn(async move { axum::serve(tls, app).await });
     for _ in 0..100 {
         if !h.gw.snapshots.load().targets().is_empty() {

@@ -35,10 +35,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reflow_crds::SealingKey;
+use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditSink, JsonLinesSink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, mint_dev_token};
-use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
-use reflow_dataplane::metrics::Metrics;
+use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, SnapshotStore};
 use reflow_e2e::harness::load::{self, McpSession, Percentiles, Tally, Throughput};
@@ -440,15 +440,15 @@ async fn serve_gateway(
             .map_err(|e| format!("{}: {e}", audit_file.display()))?;
         let audit = Arc::new(JsonLinesSink::spawn(file, 4096));
         let config = GatewayConfig::default();
-        let gw = Gateway::new(Parts {
-            sessions: MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds)),
+        let sessions = MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds));
+        let gw = App::build(AppConfig::new(
             config,
             snapshots,
-            auth: Arc::new(authenticator),
-            audit: audit.clone() as Arc<dyn AuditSink>,
-            metrics: Arc::new(Metrics::new()),
+            sessions,
+            Arc::new(authenticator),
+            audit.clone() as Arc<dyn AuditSink>,
             key,
-        })
+        ))
         .map_err(|e| format!("gateway: {e}"))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -495,7 +495,7 @@ async fn serve_gateway(
     let _ = ready.send(Ok(listening));
     // Served exactly like the reflow-dataplane binary does.
     tokio::select! {
-        served = axum::serve(listener, gateway::service(gw)) => {
+        served = axum::serve(listener, gw.service()) => {
             if let Err(e) = served {
                 eprintln!("gateway bench: gateway stopped serving: {e}");
             }

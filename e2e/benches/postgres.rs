@@ -21,7 +21,7 @@ use reflow_dataplane::postgres::{
 };
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_e2e::fixture_bin;
-use reflow_e2e::harness::gateway::StoresFactory;
+use reflow_e2e::harness::gateway::{StoresFactory, TestStores};
 use reflow_e2e::harness::load::{self, McpSession};
 use reflow_e2e::harness::{FixtureProcess, PolicyDoc, TestGateway, TestPostgres};
 use secrecy::SecretString;
@@ -173,7 +173,7 @@ fn run(plan: &Plan) -> BenchResult<()> {
     let jsonl_file = spill_root.join("gateway-audit.jsonl");
     let embedded: StoresFactory = Arc::new(move |_key: &SealingKey| {
         let out = std::fs::File::create(&jsonl_file).expect("audit file");
-        (
+        TestStores::new(
             MemorySessionStore::new(Duration::from_secs(3600)) as Arc<dyn SessionStore>,
             Arc::new(JsonLinesSink::spawn(out, 65_536)) as Arc<dyn AuditSink>,
         )
@@ -190,7 +190,7 @@ fn run(plan: &Plan) -> BenchResult<()> {
             None,
         );
         let audit = PgAuditSink::start(db, AuditSettings::new(spill.clone())).expect("sink");
-        (sessions, audit as Arc<dyn AuditSink>)
+        TestStores::new(sessions, audit as Arc<dyn AuditSink>)
     });
     let mut figures = Vec::new();
     for (name, stores) in [

@@ -19,11 +19,11 @@ use reflow_controller::server::{self, ApiState};
 use reflow_controller::source::manifests;
 use reflow_controller::token::ApiToken;
 use reflow_crds::SealingKey;
+use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::MemorySink;
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
 use reflow_dataplane::controller_client::{self, Backoff, ControllerConfig};
-use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
-use reflow_dataplane::metrics::Metrics;
+use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::SnapshotStore;
 use reflow_e2e::fixture_bin;
@@ -136,15 +136,14 @@ impl Dataplane {
             let mut issuer = IssuerConfig::new(ISSUER, [AUDIENCE]);
             issuer.hs256_secret = Some(SecretString::from(HS256_SECRET));
             let auth = Authenticator::new(AuthConfig::new(vec![issuer])).expect("authenticator");
-            let gw = Gateway::new(Parts {
-                config: GatewayConfig::default(),
-                snapshots: store.clone(),
-                sessions: MemorySessionStore::new(Duration::from_secs(600)),
-                auth: Arc::new(auth),
-                audit: Arc::new(MemorySink::default()),
-                metrics: Arc::new(Metrics::new()),
-                key: key.clone(),
-            })
+            let gw = App::build(AppConfig::new(
+                GatewayConfig::default(),
+                store.clone(),
+                MemorySessionStore::new(Duration::from_secs(600)),
+                Arc::new(auth),
+                Arc::new(MemorySink::default()),
+                key.clone(),
+            ))
             .expect("gateway");
             let client = controller_client::spawn(
                 ControllerConfig {
@@ -164,7 +163,7 @@ impl Dataplane {
                 .await
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let app = gateway::router(gw);
+            let app = gw.router();
             tokio::spawn(async move {
                 let _keep = client;
                 let _ = axum::serve(listener, app).await;

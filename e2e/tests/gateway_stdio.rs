@@ -3,6 +3,8 @@
 //! children with their own credentials) and `@modelcontextprotocol/server-everything` in stdio
 //! mode (a third-party server that also sends notifications and requests of its own).
 
+use std::path::Path;
+
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::NAMESPACE;
 use reflow_e2e::harness::py_ops::{self, first_text, names, ok_result};
@@ -81,22 +83,23 @@ fn python_sdk_reaches_server_everything_over_stdio() {
     let cmd = ServerEverything::stdio_command().expect("server-everything installed");
     // The sandboxed child reads only system paths: the npm prefix holding the package (under
     // target/e2e) is granted to it, as a Target running a script from elsewhere must.
-    let entry = std::path::Path::new(&cmd.args[0]);
-    let prefix = entry
-        .ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
-        .and_then(std::path::Path::parent)
-        .expect("the entry lives under an npm prefix");
+    let granted = cmd.sandbox_read_only_paths();
+    assert!(
+        granted
+            .iter()
+            .any(|p| Path::new(&cmd.args[0]).starts_with(p)),
+        "the entry's npm prefix is granted: {granted:?}"
+    );
     let gw = TestGateway::builder()
         .manifest(format!(
-            "{}  sandbox: {{readOnlyPaths: [{}]}}\n",
+            "{}  sandbox: {{readOnlyPaths: {}}}\n",
             stdio_target(
                 "everything",
                 &cmd.program.to_string_lossy(),
                 &cmd.args,
                 "shared",
             ),
-            json!(prefix)
+            json!(granted)
         ))
         .policy(
             PolicyDoc::allow("all", "everything")

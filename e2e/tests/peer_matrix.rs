@@ -145,10 +145,12 @@ fn rmcp_server() -> Upstream {
 }
 
 fn stdio_target(name: &str, cmd: &CommandLine) -> String {
+    // Children are sandboxed: what the server runs from outside the system paths is granted.
     format!(
-        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec:\n  transport: stdio\n  command: {}\n  args: {}\n  prefix: {name}\n  isolation: perUser\n  timeouts: {{requestMs: 20000, initMs: 60000}}\n",
+        "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec:\n  transport: stdio\n  command: {}\n  args: {}\n  prefix: {name}\n  isolation: perUser\n  timeouts: {{requestMs: 20000, initMs: 60000}}\n  sandbox: {{readOnlyPaths: {}}}\n",
         json!(cmd.program.to_string_lossy()),
-        json!(cmd.args)
+        json!(cmd.args),
+        json!(cmd.sandbox_read_only_paths())
     )
 }
 

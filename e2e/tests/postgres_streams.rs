@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reflow_crds::SealingKey;
-use reflow_dataplane::postgres::{FailurePolicy, NotificationBus};
+use reflow_dataplane::postgres::FailurePolicy;
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::StoresFactory;
 use reflow_e2e::harness::{
@@ -14,7 +14,7 @@ use reflow_e2e::harness::{
 use serde_json::{Value, json};
 
 mod pg_support;
-use pg_support::{WAIT, client_runtime, migrated, pg_stores, temp_dir};
+use pg_support::{WAIT, client_runtime, migrated, pg_replica_stores, temp_dir};
 
 fn conformance_gateway(upstream: &FixtureProcess, key: &str, stores: StoresFactory) -> TestGateway {
     TestGateway::builder()
@@ -51,23 +51,17 @@ fn a_call_on_one_replica_notifies_the_get_stream_held_by_the_other() {
     migrated(&pg.url());
     let upstream = FixtureProcess::spawn_with(&fixture_bin!(), ["--conformance"]).expect("fixture");
     let key = SealingKey::generate_base64();
-    let (stores_a, held_a) = pg_stores(&pg.url(), temp_dir(&pg, "spill-a"), FailurePolicy::Buffer);
-    let (stores_b, held_b) = pg_stores(&pg.url(), temp_dir(&pg, "spill-b"), FailurePolicy::Buffer);
+    let (stores_a, held_a) =
+        pg_replica_stores(&pg.url(), temp_dir(&pg, "spill-a"), FailurePolicy::Buffer);
+    let (stores_b, held_b) =
+        pg_replica_stores(&pg.url(), temp_dir(&pg, "spill-b"), FailurePolicy::Buffer);
     let a = conformance_gateway(&upstream, &key, stores_a);
     let b = conformance_gateway(&upstream, &key, stores_b);
     for (gw, held) in [(&a, &held_a), (&b, &held_b)] {
         let bus = held.lock().unwrap().buses[0].clone();
+        // The gateway was built on this bus (`App::build`); calls wait until it listens.
         gw.block_on(async {
             assert!(bus.wait_listening(WAIT).await, "bus listens");
-            assert!(
-                gw.gateway()
-                    .attach_bus(bus.clone() as std::sync::Arc<dyn NotificationBus>)
-            );
-            assert!(
-                !gw.gateway()
-                    .attach_bus(bus as std::sync::Arc<dyn NotificationBus>),
-                "a gateway takes one bus"
-            );
         });
     }
     let (url_a, url_b) = (a.target_url("cf"), b.target_url("cf"));

@@ -103,10 +103,46 @@ struct TargetBuild<'a> {
 
 pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotError> {
     let mut reports = Vec::new();
-    let empty_labels = BTreeMap::new();
+    let mut builds = compile_targets(inputs, &mut reports);
+    compile_policies(inputs, &mut builds, &mut reports);
+    compile_credentials(inputs, key, &mut builds, &mut reports);
+    let targets = builds
+        .into_iter()
+        .map(|((ns, name), b)| {
+            Arc::new(CompiledTarget {
+                namespace: ns.into(),
+                name: name.into(),
+                generation: b.target.metadata.generation,
+                prefix: b.routing.prefix,
+                upstream: b.routing.upstream,
+                isolation: b.target.spec.isolation,
+                stateful: b.target.spec.stateful,
+                timeouts: b.routing.timeouts,
+                lifetimes: b.routing.lifetimes,
+                policy: PolicySet::new(b.rules),
+                credentials: b.credentials.into(),
+                identity_forwarding: b
+                    .target
+                    .spec
+                    .identity_forwarding
+                    .clone()
+                    .filter(|f| f.jwt.is_some() || f.headers),
+            })
+        })
+        .collect();
+    let revocations = compile_revocations(&inputs.revocations, &mut reports);
+    Ok(Compiled {
+        snapshot: Snapshot::with_revocations(targets, revocations)?,
+        reports,
+    })
+}
 
-    // Targets: routing, prefix uniqueness (first by namespace/name wins).
-    let mut builds: BTreeMap<(String, String), TargetBuild<'_>> = BTreeMap::new();
+/// Accepted Targets by (namespace, name), with what policies and credentials add to them.
+type Builds<'a> = BTreeMap<(String, String), TargetBuild<'a>>;
+
+/// Targets: routing, prefix uniqueness (first by namespace/name wins).
+fn compile_targets<'a>(inputs: &'a Inputs, reports: &mut Vec<ObjectReport>) -> Builds<'a> {
+    let mut builds: Builds<'_> = BTreeMap::new();
     let mut prefixes: HashMap<Arc<str>, String> = HashMap::new();
     let (targets, target_dups) = sorted(&inputs.targets, ObjectKind::Target);
     for (ns, name, t) in targets {
@@ -148,8 +184,13 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         reports.push(r);
     }
 
-    // Policies, in namespace/name order so rule order (the final tie-break) is deterministic.
     reports.extend(target_dups);
+    builds
+}
+
+/// Policies, in namespace/name order so rule order (the final tie-break) is deterministic.
+fn compile_policies(inputs: &Inputs, builds: &mut Builds<'_>, reports: &mut Vec<ObjectReport>) {
+    let empty_labels = BTreeMap::new();
     let (policies, policy_dups) = sorted(&inputs.policies, ObjectKind::Policy);
     for (ns, name, p) in policies {
         let mut r = ObjectReport::new(ObjectKind::Policy, &ns, &name, p.metadata.generation);
@@ -184,7 +225,16 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         reports.push(r);
     }
 
-    // Credentials.
+    reports.extend(policy_dups);
+}
+
+/// Credentials: validated, sealed, attached to their Target; ambiguous precedence reported.
+fn compile_credentials(
+    inputs: &Inputs,
+    key: &SealingKey,
+    builds: &mut Builds<'_>,
+    reports: &mut Vec<ObjectReport>,
+) {
     let secrets: credential::Secrets<'_> = inputs
         .secrets
         .iter()
@@ -197,7 +247,6 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         })
         .collect();
     let mut cred_reports: HashMap<(String, String), usize> = HashMap::new();
-    reports.extend(policy_dups);
     let (credentials, credential_dups) = sorted(&inputs.credentials, ObjectKind::Credential);
     for (ns, name, c) in credentials {
         let mut r = ObjectReport::new(ObjectKind::Credential, &ns, &name, c.metadata.generation);
@@ -234,43 +283,13 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
         reports.push(r);
     }
     reports.extend(credential_dups);
-    for ((ns, _), b) in &builds {
+    for ((ns, _), b) in builds.iter() {
         for (cred, msg) in credential::ambiguities(&b.credentials) {
             if let Some(i) = cred_reports.get(&(ns.clone(), cred.to_string())) {
                 reports[*i].set(CONFLICTED, true, "AmbiguousPrecedence", msg);
             }
         }
     }
-
-    let targets = builds
-        .into_iter()
-        .map(|((ns, name), b)| {
-            Arc::new(CompiledTarget {
-                namespace: ns.into(),
-                name: name.into(),
-                generation: b.target.metadata.generation,
-                prefix: b.routing.prefix,
-                upstream: b.routing.upstream,
-                isolation: b.target.spec.isolation,
-                stateful: b.target.spec.stateful,
-                timeouts: b.routing.timeouts,
-                lifetimes: b.routing.lifetimes,
-                policy: PolicySet::new(b.rules),
-                credentials: b.credentials.into(),
-                identity_forwarding: b
-                    .target
-                    .spec
-                    .identity_forwarding
-                    .clone()
-                    .filter(|f| f.jwt.is_some() || f.headers),
-            })
-        })
-        .collect();
-    let revocations = compile_revocations(&inputs.revocations, &mut reports);
-    Ok(Compiled {
-        snapshot: Snapshot::with_revocations(targets, revocations)?,
-        reports,
-    })
 }
 
 /// Token revocations are cluster-scoped and independent of Targets: each valid one adds its

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::api::{Effect, Policy, RuleKind, Subject};
+use crate::api::{Effect, Policy, PolicySpec, RuleKind, Subject};
 use crate::glob::Glob;
 use crate::snapshot::{CompiledRule, SubjectMatch};
 
@@ -80,17 +80,9 @@ pub(super) fn selector_matches(
     Ok(true)
 }
 
-pub(super) fn compile_policy(
-    p: &Policy,
-    name: &str,
-    targets: &[SelectableTarget<'_>],
-) -> CompiledPolicy {
-    let s = &p.spec;
-    let mut problems: Vec<String> = Vec::new();
-    let mut reason = "Invalid";
-
-    // Which Targets: exactly one of targetRef / targetSelector, same namespace by construction.
-    let selection: Result<Vec<String>, String> = match (&s.target_ref, &s.target_selector) {
+/// Which Targets: exactly one of targetRef / targetSelector, same namespace by construction.
+fn select_targets(s: &PolicySpec, targets: &[SelectableTarget<'_>]) -> Result<Vec<String>, String> {
+    match (&s.target_ref, &s.target_selector) {
         (Some(r), None) => Ok(targets
             .iter()
             .filter(|t| t.name == r.name)
@@ -105,12 +97,11 @@ pub(super) fn compile_policy(
             })
             .collect(),
         _ => Err("exactly one of targetRef and targetSelector must be set".to_owned()),
-    };
-    let selected = selection.unwrap_or_else(|e| {
-        problems.push(e);
-        Vec::new()
-    });
+    }
+}
 
+/// The subjects that could be read, and whether any could not.
+fn parse_subjects(s: &PolicySpec, problems: &mut Vec<String>) -> (Vec<SubjectMatch>, bool) {
     let mut subjects = Vec::new();
     let mut bad_subject = false;
     if s.subjects.is_empty() {
@@ -125,9 +116,15 @@ pub(super) fn compile_policy(
             }
         }
     }
-    if !(-1000..=1000).contains(&s.priority) {
-        problems.push(format!("priority {} is outside -1000..=1000", s.priority));
-    }
+    (subjects, bad_subject)
+}
+
+/// Each rule's kind and name globs; problems (and the reason for bad patterns) noted.
+fn parse_rules(
+    s: &PolicySpec,
+    problems: &mut Vec<String>,
+    reason: &mut &'static str,
+) -> Vec<(RuleKind, Vec<Glob>)> {
     let mut rules = Vec::new();
     if s.rules.is_empty() {
         problems.push("rules must not be empty".to_owned());
@@ -141,13 +138,50 @@ pub(super) fn compile_policy(
             match Glob::new(pat) {
                 Ok(g) => globs.push(g),
                 Err(e) => {
-                    reason = "InvalidPattern";
+                    *reason = "InvalidPattern";
                     problems.push(format!("rules[{i}]: {e}"));
                 }
             }
         }
         rules.push((rule.kind, globs));
     }
+    rules
+}
+
+/// Why a valid policy applies nowhere yet.
+fn nothing_selected(s: &PolicySpec) -> (&'static str, String) {
+    match &s.target_ref {
+        Some(r) => (
+            "TargetNotFound",
+            format!("no accepted Target {:?} in this namespace", r.name),
+        ),
+        None => (
+            "NoTargetsSelected",
+            "the selector matches no accepted Target in this namespace".to_owned(),
+        ),
+    }
+}
+
+pub(super) fn compile_policy(
+    p: &Policy,
+    name: &str,
+    targets: &[SelectableTarget<'_>],
+) -> CompiledPolicy {
+    let s = &p.spec;
+    let mut problems: Vec<String> = Vec::new();
+    let mut reason = "Invalid";
+
+    let selection = select_targets(s, targets);
+    let selected = selection.unwrap_or_else(|e| {
+        problems.push(e);
+        Vec::new()
+    });
+
+    let (subjects, bad_subject) = parse_subjects(s, &mut problems);
+    if !(-1000..=1000).contains(&s.priority) {
+        problems.push(format!("priority {} is outside -1000..=1000", s.priority));
+    }
+    let rules = parse_rules(s, &mut problems, &mut reason);
 
     let policy: Arc<str> = name.into();
     if !problems.is_empty() {
@@ -195,20 +229,7 @@ pub(super) fn compile_policy(
         };
     }
 
-    let unresolved = if selected.is_empty() {
-        Some(match &s.target_ref {
-            Some(r) => (
-                "TargetNotFound",
-                format!("no accepted Target {:?} in this namespace", r.name),
-            ),
-            None => (
-                "NoTargetsSelected",
-                "the selector matches no accepted Target in this namespace".to_owned(),
-            ),
-        })
-    } else {
-        None
-    };
+    let unresolved = selected.is_empty().then(|| nothing_selected(s));
     let compiled = subjects
         .iter()
         .flat_map(|subject| {

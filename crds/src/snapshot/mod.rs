@@ -17,7 +17,7 @@ pub use credentials::{
     CompiledCredential, CredentialMatch, CredentialSet, InjectAs, ResolvedCredentials,
     ResolvedEntry, SealedEntry,
 };
-pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch};
+pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch, covers};
 pub use revocations::Revocations;
 pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, EffectiveLimits, StdioSandbox};
 

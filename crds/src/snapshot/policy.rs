@@ -37,7 +37,9 @@ impl ItemKind {
     }
 }
 
-fn covers(rule: RuleKind, item: ItemKind) -> bool {
+/// Whether a rule of kind `rule` can decide an item of kind `item`: the one rule-coverage
+/// function, used by the decision index and by whoever asks which rules could matter.
+pub fn covers(rule: RuleKind, item: ItemKind) -> bool {
     matches!(
         (rule, item),
         (RuleKind::All, _)
@@ -55,6 +57,18 @@ pub enum SubjectMatch {
     Group(Arc<str>),
     Role(Arc<str>),
     Everyone,
+}
+
+impl SubjectMatch {
+    /// Whether this subject names `id` (by user, one of its groups or roles, or everyone).
+    pub fn applies_to(&self, id: &Identity) -> bool {
+        match self {
+            SubjectMatch::User(u) => **u == *id.user,
+            SubjectMatch::Group(g) => id.in_group(g),
+            SubjectMatch::Role(r) => id.has_role(r),
+            SubjectMatch::Everyone => true,
+        }
+    }
 }
 
 /// One (policy, subject, rule) triple, flattened at compile time.

@@ -54,4 +54,55 @@ mod tests {
         assert!(!f.token_presented);
         assert_eq!(f.label(), "missing_token");
     }
+
+    const PRM: &str = "https://gw.example.com/.well-known/oauth-protected-resource";
+
+    #[test]
+    fn auth_challenge_without_token_has_no_error() {
+        let f = AuthFailure::from(AuthError::MissingToken);
+        assert_eq!(
+            crate::authn::challenge(&f, PRM),
+            format!("Bearer resource_metadata=\"{PRM}\"")
+        );
+        let f = AuthFailure::from(AuthError::UnsupportedScheme);
+        assert!(!crate::authn::challenge(&f, PRM).contains("error="));
+    }
+
+    #[test]
+    fn auth_challenge_for_rejected_token_says_invalid_token() {
+        let f = AuthFailure::from(AuthError::Expired);
+        assert_eq!(
+            crate::authn::challenge(&f, PRM),
+            format!(
+                "Bearer resource_metadata=\"{PRM}\", error=\"invalid_token\", \
+                 error_description=\"the token has expired\""
+            )
+        );
+    }
+
+    #[test]
+    fn auth_challenge_keeps_quotes_out_of_the_description() {
+        let f = AuthFailure {
+            label: "invalid_claim",
+            message: "claim \"a\\b\" is bad".into(),
+            token_presented: true,
+        };
+        let v = crate::authn::challenge(&f, PRM);
+        assert!(
+            v.ends_with("error_description=\"claim 'a'b' is bad\""),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn auth_status_for_errors() {
+        assert_eq!(
+            AuthFailure::from(AuthError::Expired).status(),
+            http::StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            AuthFailure::from(AuthError::JwksUnavailable).status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

@@ -53,7 +53,7 @@ impl AuthError {
             Self::WrongAudience => "wrong_audience",
             Self::UnknownKey => "unknown_key",
             Self::UnsupportedAlg => "unsupported_alg",
-            Self::JwksUnavailable => "jwks_unavailable",
+            Self::JwksUnavailable => crate::authn::JWKS_UNAVAILABLE,
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
             Self::WrongEnvironment => "wrong_environment",

@@ -10,11 +10,11 @@ use serde_json::{Map, Value};
 use tracing::{Span, instrument};
 
 use super::list_changed::Viewer;
+use super::net::Peer;
 use super::{
     Gateway, UpcallError, authenticate, check_host_origin, find_session, rpc_failure, streams,
 };
 use crate::jsonrpc;
-use crate::net::Peer;
 use crate::session::{Scope, Session};
 
 pub(super) async fn get_aggregated(

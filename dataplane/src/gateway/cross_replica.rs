@@ -26,17 +26,16 @@ pub(crate) struct BusLink {
 
 impl Gateway {
     /// Sends notifications for GET streams this replica does not hold through `bus`, and writes
-    /// what the bus brings for GET streams it does hold. Once per gateway; `false` if already
-    /// attached. Needs a tokio runtime (it spawns the two bus tasks).
-    pub fn attach_bus(self: &Arc<Self>, bus: Arc<dyn NotificationBus>) -> bool {
+    /// what the bus brings for GET streams it does hold. Called once, while the gateway is built
+    /// (a later call changes nothing). Needs a tokio runtime (it spawns the two bus tasks).
+    pub(super) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn NotificationBus>) {
         let inbox = bus.subscribe();
         let (tx, outbox) = mpsc::channel(OUTBOX);
         if self.bus.set(BusLink { outbox: tx }).is_err() {
-            return false;
+            return;
         }
         tokio::spawn(publish_in_order(bus, outbox));
         tokio::spawn(deliver(Arc::downgrade(self), inbox));
-        true
     }
 
     /// Publishes a notification on the session's GET stream: here when this replica holds it

@@ -73,47 +73,9 @@ impl Gateway {
                 caller.session_id,
                 caller.log_level,
             );
-            let out = async {
-                let mut state = {
-                    let mut shared = inst.state.lock().await;
-                    if !shared.initialized {
-                        *shared = self
-                            .upstream
-                            .initialize(&inst.target, &headers, &init)
-                            .await?;
-                    }
-                    shared.clone()
-                };
-                if let Some(level) = tell {
-                    // Before the call, so what it logs is already at the new level.
-                    let params = level_params(level);
-                    let none = CallHooks::default();
-                    if let Err(e) = self
-                        .upstream
-                        .request(&inst.target, &headers, &state, SET_LEVEL, Some(&params), &none)
-                        .await
-                    {
-                        warn!(instance = %inst.name, error = %e, label = e.label(), "logging/setLevel not passed on");
-                    }
-                }
-                let before = state.clone();
-                let reply = self
-                    .upstream
-                    .call(
-                        &inst.target,
-                        &headers,
-                        &mut state,
-                        &init,
-                        (method, params),
-                        hooks,
-                    )
-                    .await?;
-                if state != before {
-                    *inst.state.lock().await = state;
-                }
-                Ok(reply)
-            }
-            .await;
+            let out = self
+                .call_instance(&inst, &headers, &init, tell, (method, params), hooks)
+                .await;
             if let Some(uri) = uri
                 && method == SUBSCRIBE
                 && !matches!(&out, Ok(reply) if reply.contains_key("result"))
@@ -133,6 +95,64 @@ impl Gateway {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// One call on a ready instance: its shared upstream session initialized once, the
+    /// caller's log level passed on first when it changed.
+    async fn call_instance(
+        &self,
+        inst: &instance::Instance,
+        headers: &InjectedHeaders,
+        init: &InitParams,
+        tell: Option<crate::log_level::LogLevel>,
+        (method, params): (&str, Option<&Value>),
+        hooks: &CallHooks,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let mut state = {
+            let mut shared = inst.state.lock().await;
+            if !shared.initialized {
+                *shared = self
+                    .upstream
+                    .initialize(&inst.target, headers, init)
+                    .await?;
+            }
+            shared.clone()
+        };
+        if let Some(level) = tell {
+            // Before the call, so what it logs is already at the new level.
+            let params = level_params(level);
+            let none = CallHooks::default();
+            if let Err(e) = self
+                .upstream
+                .request(
+                    &inst.target,
+                    headers,
+                    &state,
+                    SET_LEVEL,
+                    Some(&params),
+                    &none,
+                )
+                .await
+            {
+                warn!(instance = %inst.name, error = %e, label = e.label(), "logging/setLevel not passed on");
+            }
+        }
+        let before = state.clone();
+        let reply = self
+            .upstream
+            .call(
+                &inst.target,
+                headers,
+                &mut state,
+                init,
+                (method, params),
+                hooks,
+            )
+            .await?;
+        if state != before {
+            *inst.state.lock().await = state;
+        }
+        Ok(reply)
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
-use reflow_crds::api::{Effect, RuleKind};
-use reflow_crds::snapshot::{CompiledRule, SubjectMatch};
+use reflow_crds::api::Effect;
+use reflow_crds::snapshot::{CompiledRule, covers};
 use reflow_crds::{CompiledTarget, Identity, ItemKind, Snapshot};
 use serde_json::{Map, Value};
 use tracing::{debug, info_span};
@@ -33,25 +33,6 @@ const METHODS: [&str; 3] = [
 /// One digest per kind, in `ItemKind::ALL` order.
 type Digests = [u64; 3];
 
-fn subject_applies(subject: &SubjectMatch, id: &Identity) -> bool {
-    match subject {
-        SubjectMatch::User(u) => **u == *id.user,
-        SubjectMatch::Group(g) => id.in_group(g),
-        SubjectMatch::Role(r) => id.has_role(r),
-        SubjectMatch::Everyone => true,
-    }
-}
-
-fn rule_covers(rule: RuleKind, kind: ItemKind) -> bool {
-    matches!(
-        (rule, kind),
-        (RuleKind::All, _)
-            | (RuleKind::Tool, ItemKind::Tool)
-            | (RuleKind::Resource, ItemKind::Resource)
-            | (RuleKind::Prompt, ItemKind::Prompt)
-    )
-}
-
 /// Everything a list of one kind from this target depends on for this identity: where the target
 /// is (prefix, upstream), the credentials it resolves to (an upstream may list by caller), and the
 /// rules that could decide an item of that kind for it, in rule order (ties are broken by it).
@@ -63,7 +44,7 @@ fn hash_target(target: &CompiledTarget, id: &Identity, kind: ItemKind, h: &mut D
         .rules()
         .iter()
         .enumerate()
-        .filter(|(_, r)| subject_applies(&r.subject, id) && rule_covers(r.kind, kind))
+        .filter(|(_, r)| r.subject.applies_to(id) && covers(r.kind, kind))
         .collect();
     if !rules.iter().any(|(_, r)| r.effect == Effect::Allow) {
         return;

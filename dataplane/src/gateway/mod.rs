@@ -15,6 +15,8 @@ mod list_cache;
 mod list_changed;
 mod log_fanout;
 mod mrtr;
+pub mod net;
+mod preamble;
 mod proxy;
 mod recycle;
 mod relay;
@@ -26,7 +28,6 @@ mod subscriptions;
 mod tls;
 mod upcalls;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,18 +47,21 @@ use crate::authn::{self, Authenticate, Principal};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig, JWKS_PATH};
 use crate::jsonrpc::{self, Message};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::net::Peer;
-use crate::scope::OutOfScope;
 use crate::session::{Scope, Session, SessionStore};
 use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{
     PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
 };
+use net::Peer;
 
 pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
+use preamble::{
+    authenticate, base_url, check_host_origin, continue_caller_trace, json_response,
+    request_trace_id, rpc_failure, trace_id,
+};
 pub use proxy::TrustedProxyConfig;
 pub use relay::TARGET_META;
 pub use streams::StreamError;
@@ -144,8 +148,8 @@ impl GatewayError {
     }
 }
 
-/// What the gateway is built from.
-pub struct Parts {
+/// What the gateway is built from (by `App::build`, the one wiring entry).
+pub(crate) struct Parts {
     pub config: GatewayConfig,
     pub snapshots: Arc<SnapshotStore>,
     pub sessions: Arc<dyn SessionStore>,
@@ -153,6 +157,8 @@ pub struct Parts {
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
     pub key: SealingKey,
+    pub bus: Option<Arc<dyn crate::postgres::NotificationBus>>,
+    pub instances: Option<ControllerApi>,
 }
 
 pub struct Gateway {
@@ -194,7 +200,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
+    pub(crate) fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
         let upstream = UpstreamClient::with_stdio(
             Duration::from_millis(p.config.connect_timeout_ms),
             p.config.stdio.clone(),
@@ -206,6 +212,10 @@ impl Gateway {
         let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
         let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
         let instances = Instances::new(p.config.instances.clone());
+        if let Some(api) = p.instances {
+            instances.use_controller(api);
+        }
+        let bus = p.bus;
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -254,6 +264,9 @@ impl Gateway {
                 None => Some(inbound),
             },
         ));
+        if let Some(bus) = bus {
+            gw.attach_bus(bus);
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             list_changed::follow_snapshots(Arc::downgrade(&gw), &gw.snapshots, &rt);
             let weak = Arc::downgrade(&gw);
@@ -267,12 +280,6 @@ impl Gateway {
             });
         }
         Ok(gw)
-    }
-
-    /// Serves `kubernetes` Targets through the controller's instance API (controller mode);
-    /// without it they answer an error at once. Only the first call takes effect.
-    pub fn use_controller_instances(&self, api: ControllerApi) -> bool {
-        self.instances.use_controller(api)
     }
 
     /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).
@@ -428,177 +435,9 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-fn base_url(gw: &Gateway, headers: &HeaderMap) -> String {
-    match &gw.config.public_url {
-        Some(u) => u.trim_end_matches('/').to_owned(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    }
-}
-
 async fn metadata(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let resource = format!("{}/mcp", base_url(&gw, &headers));
     axum::Json(authn::resource_metadata(gw.auth.as_ref(), &resource)).into_response()
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-fn rpc_failure(status: StatusCode, body: Value) -> Response {
-    json_response(status, &body)
-}
-
-/// Rejects DNS-rebinding and cross-origin browser requests.
-fn check_host_origin(
-    config: &GatewayConfig,
-    headers: &HeaderMap,
-) -> Result<(), (StatusCode, &'static str)> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !config.allowed_hosts.is_empty() {
-        let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
-        if !config.allowed_hosts.iter().any(|h| h == host || h == name) {
-            return Err((StatusCode::FORBIDDEN, "host not allowed"));
-        }
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        let authority = origin.split_once("://").map_or("", |(_, a)| a);
-        let same_origin = !authority.is_empty() && authority.eq_ignore_ascii_case(host);
-        let listed = config
-            .allowed_origins
-            .iter()
-            .any(|o| o == "*" || o == origin)
-            || config.http.cors.allows(origin);
-        if !same_origin && !listed {
-            return Err((StatusCode::FORBIDDEN, "origin not allowed"));
-        }
-    }
-    Ok(())
-}
-
-/// Authenticates the request (a trusted proxy's identity headers, else the bearer token),
-/// refuses revoked tokens, and applies the request-level limits of a scoped token: the client
-/// address and the time window (403 `insufficient_scope`, audited).
-async fn authenticate(
-    gw: &Gateway,
-    peer: Peer,
-    headers: &HeaderMap,
-) -> Result<Principal, Response> {
-    let unauthorized = |failure: authn::AuthFailure| {
-        let url = format!("{}{METADATA_PATH}", base_url(gw, headers));
-        let mut resp = (StatusCode::UNAUTHORIZED, failure.message.clone()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&authn::challenge(&failure, &url)) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        resp
-    };
-    let proxy = gw.config.trusted_proxy.as_ref();
-    let principal = if let Some(cert) = &peer.cert {
-        // A verified client certificate that names the caller (mTLS, clientIdentity: certificate).
-        Principal::from_identity(Identity::clone(cert))
-    } else {
-        match proxy.and_then(|p| p.principal(peer.ip, headers)) {
-            Some(asserted) => asserted.map_err(unauthorized)?,
-            None => gw.auth.authenticate(headers).await.map_err(unauthorized)?,
-        }
-    };
-    let client = proxy.map_or(peer.ip, |p| p.client_addr(peer.ip, headers));
-    // Checked on every request against the active snapshot (never cached with the token), so
-    // a revocation applies as soon as the snapshot carrying it is.
-    if gw.snapshots.load().revocations().revokes(
-        principal.token_id.as_deref(),
-        &principal.identity.user,
-        principal.issued_at,
-    ) {
-        gw.audit_token_refusal(&principal.identity, REVOKED_BY, "revoked", headers);
-        return Err(unauthorized(authn::AuthFailure {
-            label: "revoked",
-            message: "the token has been revoked".to_owned(),
-            token_presented: true,
-        }));
-    }
-    let now = u64::try_from(now_ms() / 1000).unwrap_or(u64::MAX);
-    if let Err(why) = principal.scope.admits(client, now) {
-        gw.audit_token_refusal(
-            &principal.identity,
-            &dispatch::TOKEN_SCOPE,
-            why.label(),
-            headers,
-        );
-        return Err(insufficient_scope(why));
-    }
-    Ok(principal)
-}
-
-fn insufficient_scope(why: OutOfScope) -> Response {
-    let mut resp = (StatusCode::FORBIDDEN, why.to_string()).into_response();
-    let challenge = format!("Bearer error=\"insufficient_scope\", error_description=\"{why}\"");
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    resp
-}
-
-/// Random per process (drawn once), so ids from different replicas do not collide.
-static TRACE_PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
-static TRACE_COUNTER: AtomicU64 = AtomicU64::new(1);
-
-/// Makes `span` continue the caller's trace: the one in the message's `params._meta` (SEP-414)
-/// when it carries one, else the `traceparent` header. Only read when tracing is on.
-pub(super) fn continue_caller_trace(span: &Span, headers: &HeaderMap, body: &[u8]) {
-    use reflow_telemetry::propagation;
-    if !propagation::enabled() {
-        return;
-    }
-    /// Just the `_meta` of a message (everything else is skipped, not kept).
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        params: Option<PeekParams>,
-    }
-    #[derive(serde::Deserialize)]
-    struct PeekParams {
-        #[serde(rename = "_meta")]
-        meta: Option<Value>,
-    }
-    let meta = serde_json::from_slice::<Peek>(body)
-        .ok()
-        .and_then(|p| p.params)
-        .and_then(|p| p.meta);
-    match propagation::meta_context(meta.as_ref()) {
-        Some(carried) => propagation::continue_remote(span, &carried),
-        None => propagation::continue_remote(span, headers),
-    }
-}
-
-/// The trace id of the request being served: the OTel one when tracing is on (so the audit row
-/// leads to the trace), else the caller's `traceparent` one, else a fresh one.
-fn request_trace_id(headers: &HeaderMap) -> String {
-    reflow_telemetry::propagation::trace_id(&Span::current()).unwrap_or_else(|| trace_id(headers))
-}
-
-/// The caller's W3C trace id, or a fresh one: 128 bits, a random process prefix and a counter
-/// (unique without a system call per request, unlike a random v4 uuid).
-fn trace_id(headers: &HeaderMap) -> String {
-    // W3C traceparent: version-traceid-parentid-flags.
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|t| t.len() == 32)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let n = TRACE_COUNTER.fetch_add(1, Ordering::Relaxed);
-            format!("{:016x}{n:016x}", *TRACE_PREFIX)
-        })
 }
 
 async fn post_aggregated(
@@ -767,23 +606,7 @@ async fn serve_post(
     }
     let request = match message {
         Message::Request(r) if r.method == "initialize" => {
-            Span::current().record("method", "initialize");
-            let owned = gw
-                .sessions
-                .count_owned(&crate::session::subject_of(&identity));
-            let admitted = gw
-                .limits
-                .admit_session(owned, gw.sessions.count(), r.params());
-            if let Err(refusal) = admitted {
-                return refuse_limit(&gw, &identity, &Message::Request(r), trace, refusal);
-            }
-            let (resp, sid) = gw.initialize(&identity, scope, &r).await;
-            let mut out = json_response(StatusCode::OK, &resp);
-            if let Some(sid) = sid.and_then(|s| HeaderValue::from_str(&s).ok()) {
-                out.headers_mut().insert(SESSION_HEADER, sid);
-            }
-            gw.count("initialize", None, "ok", started);
-            return out;
+            return initialize(&gw, &identity, scope, r, trace, started).await;
         }
         Message::Request(r) => r,
         Message::Notification { method, object } => {
@@ -817,6 +640,34 @@ async fn serve_post(
     };
     let sse = client_stream::accepts(&headers, "text/event-stream");
     gw.respond(ctx, request, sse).await
+}
+
+/// `initialize` on the session endpoints: admitted against the session limits, then a session.
+async fn initialize(
+    gw: &Arc<Gateway>,
+    identity: &Identity,
+    scope: Scope,
+    r: jsonrpc::Request,
+    trace: String,
+    started: Instant,
+) -> Response {
+    Span::current().record("method", "initialize");
+    let owned = gw
+        .sessions
+        .count_owned(&crate::session::subject_of(identity));
+    let admitted = gw
+        .limits
+        .admit_session(owned, gw.sessions.count(), r.params());
+    if let Err(refusal) = admitted {
+        return refuse_limit(gw, identity, &Message::Request(r), trace, refusal);
+    }
+    let (resp, sid) = gw.initialize(identity, scope, &r).await;
+    let mut out = json_response(StatusCode::OK, &resp);
+    if let Some(sid) = sid.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        out.headers_mut().insert(SESSION_HEADER, sid);
+    }
+    gw.count("initialize", None, "ok", started);
+    out
 }
 
 /// A limit refused the request (see `limits`): audited, answered with its status.

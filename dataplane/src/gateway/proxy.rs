@@ -10,8 +10,8 @@ use reflow_crds::Identity;
 use serde::Deserialize;
 use tracing::debug;
 
+use super::net::{Cidr, any_contains};
 use crate::authn::{AuthFailure, Principal};
-use crate::net::{Cidr, any_contains};
 
 /// `gateway.trustedProxy` in the configuration.
 #[derive(Debug, Clone, Deserialize)]

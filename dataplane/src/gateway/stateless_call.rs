@@ -67,12 +67,7 @@ impl Gateway {
             .unwrap_or("")
             .to_owned();
         let owner = ctx.identity.fingerprint();
-        let log_level = req
-            .params()
-            .and_then(|p| p.get("_meta"))
-            .and_then(|m| m.get(era::META_LOG_LEVEL))
-            .and_then(Value::as_str)
-            .and_then(|l| l.parse::<LogLevel>().ok());
+        let log_level = meta_log_level(&req);
         let state = take_str(&mut req, "requestState");
         let mut resume = None;
         if let Some(state) = state {
@@ -138,7 +133,7 @@ impl Gateway {
                 (call, work, rx, Vec::new())
             }
         };
-        let (out_tx, mut out_rx) = mpsc::channel(64);
+        let (out_tx, out_rx) = mpsc::channel(64);
         let span = tracing::Span::current();
         tokio::spawn(
             call.drive(
@@ -152,29 +147,7 @@ impl Gateway {
             )
             .instrument(span),
         );
-        match out_rx.recv().await {
-            Some(Out::Final(reply)) => (status_of(&reply), axum::Json(reply)).into_response(),
-            Some(Out::Note(first)) => {
-                let rest = futures::stream::unfold(out_rx, |mut rx| async move {
-                    match rx.recv().await {
-                        Some(Out::Note(n)) => Some((n, rx)),
-                        Some(Out::Final(v)) => Some((v.to_string(), rx)),
-                        None => None,
-                    }
-                });
-                let head = futures::stream::iter([first]);
-                super::streams::plain_sse(futures::StreamExt::chain(head, rest))
-            }
-            None => (
-                StatusCode::OK,
-                axum::Json(jsonrpc::error(
-                    &id,
-                    jsonrpc::INTERNAL_ERROR,
-                    "the request ended without a response",
-                )),
-            )
-                .into_response(),
-        }
+        answer(out_rx, &id).await
     }
 }
 
@@ -437,5 +410,42 @@ fn take_str(req: &mut Request, field: &str) -> Option<String> {
     match req.params_mut().remove(field) {
         Some(Value::String(s)) => Some(s),
         _ => None,
+    }
+}
+
+/// The client's `_meta` log level, if it set one.
+fn meta_log_level(req: &Request) -> Option<LogLevel> {
+    req.params()
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get(era::META_LOG_LEVEL))
+        .and_then(Value::as_str)
+        .and_then(|l| l.parse::<LogLevel>().ok())
+}
+
+/// The HTTP answer to a stateless request: its one reply as JSON, or an SSE stream when
+/// notifications come first.
+async fn answer(mut out_rx: mpsc::Receiver<Out>, id: &Value) -> Response {
+    match out_rx.recv().await {
+        Some(Out::Final(reply)) => (status_of(&reply), axum::Json(reply)).into_response(),
+        Some(Out::Note(first)) => {
+            let rest = futures::stream::unfold(out_rx, |mut rx| async move {
+                match rx.recv().await {
+                    Some(Out::Note(n)) => Some((n, rx)),
+                    Some(Out::Final(v)) => Some((v.to_string(), rx)),
+                    None => None,
+                }
+            });
+            let head = futures::stream::iter([first]);
+            super::streams::plain_sse(futures::StreamExt::chain(head, rest))
+        }
+        None => (
+            StatusCode::OK,
+            axum::Json(jsonrpc::error(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the request ended without a response",
+            )),
+        )
+            .into_response(),
     }
 }

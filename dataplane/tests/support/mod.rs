@@ -13,12 +13,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use reflow_crds::{Identity, SealingKey};
+use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::MemorySink;
 use reflow_dataplane::authn::{AuthFailure, Authenticate, Principal};
-use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
-use reflow_dataplane::metrics::Metrics;
+use reflow_dataplane::gateway::{Gateway, GatewayConfig};
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, ManifestsWatch, SnapshotStore};
+use reflow_dataplane::upstream::instance::ControllerApi;
 use serde_json::{Value, json};
 
 /// `Authorization: Bearer <user>[:group]` → that identity.
@@ -241,6 +242,9 @@ pub const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, n
 
 pub struct Harness {
     pub base: String,
+    /// The built gateway, served on `base`.
+    pub app: App,
+    /// `app.gateway()`, for inspection.
     pub gw: Arc<Gateway>,
     pub audit: MemorySink,
     pub dir: PathBuf,
@@ -262,6 +266,23 @@ pub async fn start_gateway_with(
     start_gateway_auth(dir, config, sessions, Arc::new(TokenIsUser)).await
 }
 
+/// A gateway serving `kubernetes` Targets through the controller API at `controller`.
+pub async fn start_gateway_instances(
+    dir: PathBuf,
+    config: GatewayConfig,
+    controller: ControllerApi,
+) -> Harness {
+    let sessions = MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds));
+    start_app(
+        dir,
+        config,
+        sessions,
+        Arc::new(TokenIsUser),
+        Some(controller),
+    )
+    .await
+}
+
 /// A gateway with a real authenticator (tokens passed where other helpers take a user name).
 pub async fn start_gateway_auth(
     dir: PathBuf,
@@ -269,28 +290,40 @@ pub async fn start_gateway_auth(
     sessions: Arc<MemorySessionStore>,
     auth: Arc<dyn Authenticate>,
 ) -> Harness {
+    start_app(dir, config, sessions, auth, None).await
+}
+
+/// Builds the gateway through `App::build` (as the binary does) on the folder `dir`.
+async fn start_app(
+    dir: PathBuf,
+    config: GatewayConfig,
+    sessions: Arc<MemorySessionStore>,
+    auth: Arc<dyn Authenticate>,
+    instances: Option<ControllerApi>,
+) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = SealingKey::from_base64(&SealingKey::generate_base64()).unwrap();
     let snapshots = SnapshotStore::new();
     let watch = source::watch_manifests(dir.clone(), key.clone(), snapshots.clone()).unwrap();
     let audit = MemorySink::default();
-    let gw = Gateway::new(Parts {
-        sessions,
+    let mut parts = AppConfig::new(
         config,
         snapshots,
+        sessions,
         auth,
-        audit: Arc::new(audit.clone()),
-        metrics: Arc::new(Metrics::new()),
+        Arc::new(audit.clone()),
         key,
-    })
-    .unwrap();
+    );
+    parts.instances = instances;
+    let app = App::build(parts).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = gateway::service(gw.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let service = app.service();
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
     Harness {
         base: format!("http://{addr}"),
-        gw,
+        gw: app.gateway().clone(),
+        app,
         audit,
         dir,
         _watch: watch,

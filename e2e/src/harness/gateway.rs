@@ -14,10 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reflow_crds::SealingKey;
+use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditEvent, AuditSink, MemorySink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
-use reflow_dataplane::gateway::{self, Gateway, GatewayConfig, Parts};
-use reflow_dataplane::metrics::Metrics;
+use reflow_dataplane::gateway::{Gateway, GatewayConfig};
+use reflow_dataplane::postgres::NotificationBus;
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_dataplane::source::{self, SnapshotStore};
 use secrecy::SecretString;
@@ -157,10 +158,28 @@ pub fn secret_yaml(name: &str, data: &[(&str, &str)]) -> String {
     yaml
 }
 
-/// Builds the session store and audit sink of a gateway, on the gateway's runtime (Postgres
-/// stores spawn their background tasks there), from the gateway's sealing key.
-pub type StoresFactory =
-    Arc<dyn Fn(&SealingKey) -> (Arc<dyn SessionStore>, Arc<dyn AuditSink>) + Send + Sync>;
+/// Builds the session store, audit sink and (optionally) notification bus of a gateway, on the
+/// gateway's runtime (Postgres stores spawn their background tasks there), from its sealing key.
+pub type StoresFactory = Arc<dyn Fn(&SealingKey) -> TestStores + Send + Sync>;
+
+/// What a [`StoresFactory`] makes: the stores `App::build` is given.
+pub struct TestStores {
+    pub sessions: Arc<dyn SessionStore>,
+    pub audit: Arc<dyn AuditSink>,
+    /// The bus to other replicas sharing the sessions; none for a lone gateway.
+    pub bus: Option<Arc<dyn NotificationBus>>,
+}
+
+impl TestStores {
+    /// Sessions and audit, no bus.
+    pub fn new(sessions: Arc<dyn SessionStore>, audit: Arc<dyn AuditSink>) -> Self {
+        Self {
+            sessions,
+            audit,
+            bus: None,
+        }
+    }
+}
 
 /// Collects manifests and settings, then [`start`](Self::start)s the gateway.
 #[derive(Clone, Default)]
@@ -319,38 +338,39 @@ impl TestGateway {
         let audit = MemorySink::default();
         let config = b.config;
         let stores = b.stores.clone();
-        let (gateway, listener) = runtime.block_on(async {
-            let (sessions, audit_sink): (Arc<dyn SessionStore>, Arc<dyn AuditSink>) = match stores {
+        let (app, listener) = runtime.block_on(async {
+            let stores = match stores {
                 Some(make) => make(&key),
-                None => (
+                None => TestStores::new(
                     MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds)),
                     Arc::new(audit.clone()),
                 ),
             };
-            let gateway = Gateway::new(Parts {
-                sessions,
+            let mut parts = AppConfig::new(
                 config,
-                snapshots: snapshots.clone(),
-                auth: Arc::new(authenticator),
-                audit: audit_sink,
-                metrics: Arc::new(Metrics::new()),
-                key: key.clone(),
-            })
-            .map_err(|e| other("gateway")(&e))?;
+                snapshots.clone(),
+                stores.sessions,
+                Arc::new(authenticator),
+                stores.audit,
+                key.clone(),
+            );
+            parts.bus = stores.bus;
+            let app = App::build(parts).map_err(|e| other("gateway")(&e))?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(|e| other("gateway listen")(&e))?;
-            Ok::<_, HarnessError>((gateway, listener))
+            Ok::<_, HarnessError>((app, listener))
         })?;
         let addr = listener
             .local_addr()
             .map_err(|e| other("gateway address")(&e))?;
-        let app = gateway::service(gateway.clone());
+        let service = app.service();
         let server = runtime.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(listener, service).await {
                 eprintln!("test gateway stopped serving: {e}");
             }
         });
+        let gateway = app.gateway().clone();
         Ok(Self {
             addr,
             audit,

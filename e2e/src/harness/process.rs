@@ -296,6 +296,44 @@ impl CommandLine {
         cmd.args(&self.args);
         cmd
     }
+
+    /// The folders a sandboxed STDIO child running this command must be granted (a Target's
+    /// `sandbox.readOnlyPaths`) beyond the system paths: the npm prefix a script or a Node
+    /// binary lives in, a Python venv and the base install it points at, or a script's folder.
+    pub fn sandbox_read_only_paths(&self) -> Vec<std::path::PathBuf> {
+        use std::path::{Path, PathBuf};
+        let mut out: Vec<PathBuf> = Vec::new();
+        let files = std::iter::once(self.program.clone())
+            .chain(self.args.iter().map(PathBuf::from))
+            .filter(|p| p.is_absolute() && p.exists());
+        for file in files {
+            let npm_prefix = file
+                .ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+                .and_then(Path::parent);
+            let venv = file.ancestors().find(|a| a.join("pyvenv.cfg").is_file());
+            if let Some(prefix) = npm_prefix {
+                out.push(prefix.to_owned());
+            } else if let Some(venv) = venv {
+                out.push(venv.to_owned());
+                let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap_or_default();
+                let home = cfg.lines().find_map(|l| {
+                    let (key, value) = l.split_once('=')?;
+                    (key.trim() == "home").then(|| PathBuf::from(value.trim()))
+                });
+                if let Some(base) = home.as_deref().and_then(Path::parent) {
+                    out.push(base.to_owned());
+                }
+            } else if file != self.program
+                && let Some(dir) = file.parent()
+            {
+                out.push(dir.to_owned());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// Runs a client program that prints a JSON report as its last stdout line: loopback only (proxy

@@ -9,11 +9,12 @@ use std::time::Duration;
 use reflow_crds::SealingKey;
 use reflow_dataplane::audit::AuditSink;
 use reflow_dataplane::postgres::{
-    AuditSettings, Database, FailurePolicy, PgAuditSink, PgBus, PgSessionStore, SessionSettings,
+    AuditSettings, Database, FailurePolicy, NotificationBus, PgAuditSink, PgBus, PgSessionStore,
+    SessionSettings,
 };
 use reflow_dataplane::session::SessionStore;
 use reflow_e2e::harness::TestPostgres;
-use reflow_e2e::harness::gateway::StoresFactory;
+use reflow_e2e::harness::gateway::{StoresFactory, TestStores};
 use secrecy::SecretString;
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -52,6 +53,24 @@ pub fn pg_stores(
     spill: PathBuf,
     policy: FailurePolicy,
 ) -> (StoresFactory, Arc<std::sync::Mutex<Held>>) {
+    pg_stores_on(url, spill, policy, false)
+}
+
+/// As [`pg_stores`], with the gateway on the notification bus (as a replica in production).
+pub fn pg_replica_stores(
+    url: &str,
+    spill: PathBuf,
+    policy: FailurePolicy,
+) -> (StoresFactory, Arc<std::sync::Mutex<Held>>) {
+    pg_stores_on(url, spill, policy, true)
+}
+
+fn pg_stores_on(
+    url: &str,
+    spill: PathBuf,
+    policy: FailurePolicy,
+    on_bus: bool,
+) -> (StoresFactory, Arc<std::sync::Mutex<Held>>) {
     let url = url.to_owned();
     let held = Arc::new(std::sync::Mutex::new(Held::default()));
     let slot = held.clone();
@@ -72,8 +91,12 @@ pub fn pg_stores(
         let sink = PgAuditSink::start(db, settings).expect("audit sink starts");
         let mut held = slot.lock().unwrap();
         held.sink = Some(sink.clone());
-        held.buses.push(bus);
-        (sessions, sink as Arc<dyn AuditSink>)
+        held.buses.push(bus.clone());
+        let mut stores = TestStores::new(sessions, sink as Arc<dyn AuditSink>);
+        if on_bus {
+            stores.bus = Some(bus as Arc<dyn NotificationBus>);
+        }
+        stores
     });
     (factory, held)
 }

@@ -392,6 +392,16 @@ impl StdioPool {
         self.stats.live.fetch_add(1, Ordering::Relaxed);
         self.stats.spawned.fetch_add(1, Ordering::Relaxed);
         info!(child = %label, pid = child.pid(), "STDIO server started");
+        self.initialize_child(child, &label, start).await
+    }
+
+    /// Initializes a fresh child; one that does not answer in time is stopped.
+    async fn initialize_child(
+        &self,
+        child: Arc<ChildProcess>,
+        label: &str,
+        start: &Start<'_>,
+    ) -> Result<Arc<ChildProcess>, StdioError> {
         let params = json!({
             "protocolVersion": start.protocol_version,
             // A child may serve many sessions: it is told the gateway can relay every kind of

@@ -22,7 +22,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let ext = &parts.extensions;
-        if let Some(ConnectInfo(p)) = ext.get::<ConnectInfo<crate::gateway::PeerAddr>>() {
+        if let Some(ConnectInfo(p)) = ext.get::<ConnectInfo<super::PeerAddr>>() {
             return Ok(Peer {
                 ip: Some(p.addr.ip()),
                 cert: p.cert.clone(),

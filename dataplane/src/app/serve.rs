@@ -1,0 +1,277 @@
+//! `serve`: loads the configuration, starts the snapshot source and the stores, builds the
+//! `App` and serves it on the listener until SIGTERM/SIGINT, then drains.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reflow_crds::{Identity, SealingKey};
+use tracing::{error, info, warn};
+
+use super::error::{AppError, Context};
+use super::{App, AppConfig, stores};
+use crate::config::{Config, SEALING_KEY_ENV};
+use crate::process_guard::secret_env;
+use crate::upstream::instance::ControllerApi;
+use crate::{auth, authn, controller_client, gateway, listener, source};
+use secrecy::ExposeSecret;
+
+/// How long open connections get to finish after SIGTERM/SIGINT.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// What `reflow-dataplane serve` is given on its command line.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Folder of manifests (standalone mode), watched for changes.
+    pub manifests: Option<PathBuf>,
+    /// Controller base URL (controller mode).
+    pub controller: Option<String>,
+    /// File holding the bearer token for the controller's API.
+    pub controller_token_file: Option<PathBuf>,
+    /// This dataplane's name on the controller (defaults to a random `dataplane-…`).
+    pub dataplane_name: Option<String>,
+    /// Where the last good snapshot from the controller is kept, sealed.
+    pub snapshot_cache: Option<PathBuf>,
+    /// Address to bind; port 0 picks a free one.
+    pub listen: String,
+    /// Gateway configuration (YAML).
+    pub config: PathBuf,
+    /// INSECURE: skip authentication and treat every request as this user.
+    pub insecure_dev_user: Option<String>,
+}
+
+/// Runs the gateway until a signal, printing `listening on SCHEME://ADDR` once bound.
+pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
+    let mut config = Config::load(&opts.config)?;
+    if let Some(dir) = &opts.manifests {
+        // Standalone manifests hold Secrets: no STDIO child may read them.
+        config.gateway.stdio.protected.add(dir, "manifests folder");
+    }
+    let auth = authenticator(&opts, &config)?;
+    let key = sealing_key(&opts, &config)?;
+    let snapshots = source::SnapshotStore::new();
+    let _source = start_source(&opts, &key, &snapshots)?;
+
+    let stores = stores(&config, &key).await?;
+    let mut app_config = AppConfig::new(
+        config.gateway.clone(),
+        snapshots,
+        stores.sessions.clone(),
+        auth,
+        stores.audit.clone(),
+        key,
+    );
+    app_config.bus = stores.bus.clone();
+    app_config.instances = controller_instances(&opts)?;
+    let app = App::build(app_config)?;
+
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+    let scheme = if config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    info!(listen = %addr, scheme, "serving");
+    let max_connections = config.gateway.http.max_connections;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let router = app.router();
+    let options = listener::ServeOptions {
+        timeouts: config.gateway.http.timeouts.clone(),
+        max_connections,
+        metrics: Some(app.gateway().metrics.clone()),
+    };
+    let mut server = match config.gateway.tls.clone() {
+        Some(tls) => {
+            let listener = gateway::TlsListener::new(listener, tls, max_connections)
+                .context("TLS listener")?;
+            tokio::spawn(listener::serve(listener, router, options, stopped))
+        }
+        None => {
+            let listener = gateway::LimitedListener::new(listener, max_connections);
+            tokio::spawn(listener::serve(listener, router, options, stopped))
+        }
+    };
+    print_listening(&format!("{scheme}://{addr}"))?;
+    tokio::select! {
+        done = &mut server => {
+            app.shutdown().await;
+            done.context("server task")?;
+            return Ok(());
+        }
+        signal = shutdown_signal() => info!(signal, "shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN, server).await {
+        Ok(done) => done.context("server task")?,
+        Err(_) => warn!(after = ?DRAIN, "connections still open; exiting anyway"),
+    }
+    app.shutdown().await;
+    if let Some(sink) = &stores.pg_audit {
+        // Written, or spilled for the next start: never lost on a clean shutdown.
+        sink.close().await;
+    }
+    Ok(())
+}
+
+/// `listening on URL` alone on stdout: scripts and tests wait for it.
+pub(super) fn print_listening(url: &str) -> Result<(), AppError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {url}").context("stdout")?;
+    out.flush().context("stdout")
+}
+
+fn authenticator(
+    opts: &ServeOptions,
+    config: &Config,
+) -> Result<Arc<dyn authn::Authenticate>, AppError> {
+    Ok(match &opts.insecure_dev_user {
+        Some(_) if !gateway::net::is_loopback_listen(&opts.listen) => {
+            return Err(AppError::Invalid(format!(
+                "--insecure-dev-user serves without authentication: refused on {}, which is not a loopback address (use 127.0.0.1, [::1] or localhost)",
+                opts.listen
+            )));
+        }
+        Some(user) => {
+            error!(
+                user,
+                "INSECURE: --insecure-dev-user disables authentication; every request is {user}. Never use this outside a laptop."
+            );
+            Arc::new(authn::FixedIdentity(Identity::new(
+                user.as_str(),
+                Vec::<String>::new(),
+                Vec::<String>::new(),
+            )))
+        }
+        None => {
+            let authenticator = auth::Authenticator::new(config.require_auth()?.clone())
+                .with_context(|| format!("config {}", config.path.display()))?;
+            let warm = authenticator.clone();
+            tokio::spawn(async move { warm.warm_up().await });
+            Arc::new(authenticator)
+        }
+    })
+}
+
+fn sealing_key(opts: &ServeOptions, config: &Config) -> Result<SealingKey, AppError> {
+    let env_key = secret_env(SEALING_KEY_ENV).map(|s| s.expose_secret().to_owned());
+    for warning in config.warnings(env_key.is_some()) {
+        warn!("{warning}");
+    }
+    Ok(match config.sealing_key(env_key.as_deref())? {
+        Some(k) => k,
+        None if opts.controller.is_some() => {
+            return Err(AppError::Invalid(format!(
+                "controller mode needs the sealing key the controller uses (sealingKeyFile or {SEALING_KEY_ENV})"
+            )));
+        }
+        None => {
+            warn!(
+                "no sealing key (sealingKeyFile or {SEALING_KEY_ENV}); using a random one for this process"
+            );
+            SealingKey::from_base64(&SealingKey::generate_base64())
+                .context("generating a sealing key")?
+        }
+    })
+}
+
+/// Starts the snapshot source (folder watch or controller stream); it runs while the returned
+/// guard is held.
+fn start_source(
+    opts: &ServeOptions,
+    key: &SealingKey,
+    snapshots: &Arc<source::SnapshotStore>,
+) -> Result<Box<dyn std::any::Any + Send>, AppError> {
+    if let Some(url) = &opts.controller {
+        let token_file = opts
+            .controller_token_file
+            .as_ref()
+            .context("--controller needs --controller-token-file")?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("controller token file {}", token_file.display()))?;
+        let dataplane = opts.dataplane_name.clone().unwrap_or_else(|| {
+            format!(
+                "dataplane-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
+        info!(controller = %url, dataplane, "following the controller");
+        let client = controller_client::spawn(
+            controller_client::ControllerConfig {
+                url: url.clone(),
+                token: token.trim().to_owned().into(),
+                dataplane,
+                cache: opts.snapshot_cache.clone(),
+                key: key.clone(),
+                backoff: controller_client::Backoff::default(),
+            },
+            snapshots.clone(),
+        );
+        return Ok(Box::new(client));
+    }
+    let dir = opts
+        .manifests
+        .as_ref()
+        .context("pass --manifests DIR or --controller URL")?;
+    check_manifests_dir(dir)?;
+    let watch = source::watch_manifests(dir.clone(), key.clone(), snapshots.clone())
+        .with_context(|| format!("manifests {}", dir.display()))?;
+    Ok(Box::new(watch))
+}
+
+/// In controller mode, `kubernetes` Targets are served through the controller's instance API
+/// with the same URL and token as the snapshot stream.
+fn controller_instances(opts: &ServeOptions) -> Result<Option<ControllerApi>, AppError> {
+    let (Some(url), Some(token_file)) = (&opts.controller, &opts.controller_token_file) else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("controller token file {}", token_file.display()))?;
+    Ok(Some(ControllerApi {
+        url: url.clone(),
+        token: token.trim().to_owned().into(),
+    }))
+}
+
+/// A missing or unreadable folder fails at start with the path in the message.
+fn check_manifests_dir(dir: &Path) -> Result<(), AppError> {
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("manifests folder {}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(AppError::Invalid(format!(
+            "manifests folder {} is not a folder",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the gateway");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

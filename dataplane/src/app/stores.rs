@@ -1,0 +1,140 @@
+//! Where sessions, audit and the notification bus live: in Postgres when a database is
+//! configured, else in memory and on a JSON-lines sink.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reflow_crds::SealingKey;
+use tracing::{info, warn};
+
+use super::error::{AppError, Context};
+use crate::config::{AuditTarget, Config, DATABASE_URL_ENV};
+use crate::process_guard::secret_env;
+use crate::{audit, postgres, session};
+use secrecy::ExposeSecret;
+
+/// Sessions, audit and the notification bus, in Postgres when a database is configured.
+pub struct Stores {
+    pub sessions: Arc<dyn session::SessionStore>,
+    pub audit: Arc<dyn audit::AuditSink>,
+    /// Closed (flushed or spilled) on shutdown.
+    pub pg_audit: Option<Arc<postgres::PgAuditSink>>,
+    /// Only with a database: one replica needs no bus (its own streams are all there is).
+    pub bus: Option<Arc<dyn postgres::NotificationBus>>,
+}
+
+/// Opens the stores the configuration names (migrating the database first).
+pub async fn stores(config: &Config, key: &SealingKey) -> Result<Stores, AppError> {
+    let idle = Duration::from_secs(config.gateway.session_idle_seconds);
+    let env_url = secret_env(DATABASE_URL_ENV).map(|s| s.expose_secret().to_owned());
+    let db = match config.database_url(env_url.as_deref())? {
+        Some(url) => {
+            let max = config.database.as_ref().map_or(16, |d| d.max_connections);
+            let db = postgres::Database::new(&url, max)?;
+            // Several replicas may start together: the migrations take a lock.
+            db.connect_and_migrate(Duration::from_secs(60))
+                .await
+                .context("preparing the database")?;
+            info!("sessions and audit in Postgres");
+            Some(db)
+        }
+        None => None,
+    };
+    let (audit, pg_audit) = audit_sink(config, db.as_ref())?;
+    let (sessions, bus) = session_store(db, key, idle);
+    Ok(Stores {
+        sessions,
+        audit,
+        pg_audit,
+        bus,
+    })
+}
+
+type AuditSinks = (
+    Arc<dyn audit::AuditSink>,
+    Option<Arc<postgres::PgAuditSink>>,
+);
+
+fn audit_sink(config: &Config, db: Option<&postgres::Database>) -> Result<AuditSinks, AppError> {
+    let capacity = config.audit.capacity;
+    Ok(match &config.audit.target {
+        AuditTarget::Stdout => (
+            Arc::new(audit::JsonLinesSink::spawn(std::io::stdout(), capacity)),
+            None,
+        ),
+        AuditTarget::File(p) => (
+            Arc::new(audit::JsonLinesSink::spawn(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening audit file {}", p.display()))?,
+                capacity,
+            )),
+            None,
+        ),
+        AuditTarget::Postgres(pg) => {
+            let Some(db) = db else {
+                return Err(AppError::Invalid(
+                    "audit sink postgres needs a database URL".into(),
+                ));
+            };
+            let mut settings = postgres::AuditSettings::new(pg.spill_dir.clone());
+            settings.batch_size = pg.batch_size;
+            settings.capacity = capacity.max(pg.batch_size);
+            settings.policy = pg.failure_policy;
+            let sink = postgres::PgAuditSink::start(db.clone(), settings)?;
+            if let Some(retention) = pg.retention {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match postgres::purge_expired_audit(&db, retention).await {
+                            Ok(Some(n)) if n > 0 => info!(deleted = n, "audit retention"),
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "audit retention job failed"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                });
+            }
+            (sink.clone(), Some(sink))
+        }
+    })
+}
+
+type SessionStores = (
+    Arc<dyn session::SessionStore>,
+    Option<Arc<dyn postgres::NotificationBus>>,
+);
+
+fn session_store(
+    db: Option<postgres::Database>,
+    key: &SealingKey,
+    idle: Duration,
+) -> SessionStores {
+    match db {
+        Some(db) => {
+            let bus = postgres::PgBus::start(db.clone());
+            let replica = uuid::Uuid::new_v4().simple().to_string();
+            let store = postgres::PgSessionStore::start(
+                db,
+                key.clone(),
+                postgres::SessionSettings::new(idle),
+                replica,
+                Some(bus.session_changes()),
+            );
+            (store, Some(bus as Arc<dyn postgres::NotificationBus>))
+        }
+        None => {
+            let store = session::MemorySessionStore::new(idle);
+            let sweeper = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    sweeper.sweep();
+                }
+            });
+            (store, None)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Keeps the layering rule of `src/lib.rs` true: every `crate::<module>` path in `src/` points
+//! to the same or a lower layer, the uses within a layer have no cycle, and every top-level
+//! module has a layer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// `src/lib.rs`'s layers, highest first.
+const LAYERS: [&[&str]; 4] = [
+    &["app", "config"],
+    &["gateway", "bridge", "metrics"],
+    &["upstream"],
+    &[
+        "auth",
+        "authn",
+        "audit",
+        "session",
+        "postgres",
+        "source",
+        "controller_client",
+        "identity_token",
+        "era",
+        "jsonrpc",
+        "log_level",
+        "scope",
+    ],
+];
+
+fn layer(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&module))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`None` for `lib.rs` and `main.rs`).
+fn top_module(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(name, "lib" | "main")).then(|| name.to_owned())
+}
+
+/// Every `crate::<name>` in `text` (use lines and inline paths alike), comments skipped.
+fn crate_paths(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let before = rest[..at].chars().next_back();
+            rest = &rest[at + "crate::".len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue; // `reflow_crds::…` or the like, not this crate
+            }
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+/// Module → the other top-level modules it uses.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let Some(module) = top_module(&src, &file) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+        let uses = graph.entry(module.clone()).or_default();
+        uses.extend(crate_paths(&text).into_iter().filter(|m| *m != module));
+    }
+    graph
+}
+
+#[test]
+fn every_top_level_module_has_a_layer() {
+    let graph = module_graph();
+    assert!(graph.len() >= 15, "src/ was read: {:?}", graph.keys());
+    let missing: Vec<&String> = graph.keys().filter(|m| layer(m).is_none()).collect();
+    assert!(
+        missing.is_empty(),
+        "give {missing:?} a layer in src/lib.rs and here"
+    );
+}
+
+#[test]
+fn no_module_uses_a_higher_layer() {
+    let mut upward = Vec::new();
+    for (module, uses) in module_graph() {
+        let Some(own) = layer(&module) else { continue };
+        for used in uses {
+            if layer(&used).is_some_and(|l| l < own) {
+                upward.push(format!("{module} -> {used}"));
+            }
+        }
+    }
+    assert!(upward.is_empty(), "upward uses: {upward:?}");
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let graph = module_graph();
+    // Depth-first search with colours: grey on the stack, black done.
+    fn visit(
+        m: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        colour: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match colour.get(m) {
+            Some(2) => return None,
+            Some(1) => {
+                let at = stack.iter().position(|s| s == m).unwrap_or(0);
+                let mut cycle = stack[at..].to_vec();
+                cycle.push(m.to_owned());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        colour.insert(m.to_owned(), 1);
+        stack.push(m.to_owned());
+        for next in graph.get(m).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, colour, stack) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        colour.insert(m.to_owned(), 2);
+        None
+    }
+    let mut colour = BTreeMap::new();
+    for m in graph.keys() {
+        let cycle = visit(m, &graph, &mut colour, &mut Vec::new());
+        assert!(
+            cycle.is_none(),
+            "cycle: {}",
+            cycle.unwrap_or_default().join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn the_reader_sees_paths_and_skips_other_crates_and_comments() {
+    let text = "use crate::session::Scope;\nlet x = crate::gateway::LATEST; // crate::app\n\
+                use reflow_crds::snapshot;\nfoo_crate::bar();";
+    let found: Vec<String> = crate_paths(text).into_iter().collect();
+    assert_eq!(found, ["gateway", "session"]);
+}
