@@ -7,11 +7,13 @@
 //! layer or of a lower one, never a higher one, and the uses within a layer have no cycle:
 //!
 //! 1. **app**: `app` (the one wiring entry, `App::build`, and the commands) and `config`.
-//! 2. **gateway**: `gateway` (the HTTP surface and the MCP router), `bridge` (one STDIO server
+//! 2. **gateway**: `gateway` (the HTTP surface with its connection loop and timers, and the
+//!    MCP router), `limits` (per-user and global quotas), `bridge` (one STDIO server
 //!    over HTTP) and `metrics` (which reads every layer's counters).
 //! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances).
 //! 4. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
-//!    `controller_client`, `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`.
+//!    `controller_client`, `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
+//!    `process_guard` (the gateway's own secrets kept out of `/proc`).
 //!
 //! `tests/layers.rs` reads every `crate::` path under `src/` and keeps this true; a new
 //! top-level module must be given a layer there.
@@ -28,7 +30,6 @@ pub mod gateway;
 pub mod identity_token;
 pub mod jsonrpc;
 pub mod limits;
-pub mod listener;
 pub mod log_level;
 pub mod metrics;
 pub mod postgres;

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use reflow_crds::Fingerprint;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -197,14 +196,6 @@ pub fn refuse(
             .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
     }
     resp
-}
-
-/// Live sessions of `owner` among `sessions` (what a store counts per user).
-pub fn owned_by<'a>(
-    owner: &Fingerprint,
-    sessions: impl Iterator<Item = &'a crate::session::Session>,
-) -> usize {
-    sessions.filter(|s| &s.owner == owner).count()
 }
 
 #[cfg(test)]

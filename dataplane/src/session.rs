@@ -279,7 +279,7 @@ impl SessionStore for MemorySessionStore {
     }
 
     fn count_owned(&self, owner: &Fingerprint) -> usize {
-        crate::limits::owned_by(owner, self.lock().values().map(|e| &*e.session))
+        owned_by(owner, self.lock().values().map(|e| &*e.session))
     }
 
     fn on_expire(&self, hook: ExpiryHook) {
@@ -288,6 +288,11 @@ impl SessionStore for MemorySessionStore {
             .unwrap_or_else(|p| p.into_inner())
             .push(hook);
     }
+}
+
+/// Live sessions of `owner` among `sessions` (what a store counts per user for the limits).
+pub fn owned_by<'a>(owner: &Fingerprint, sessions: impl Iterator<Item = &'a Session>) -> usize {
+    sessions.filter(|s| &s.owner == owner).count()
 }
 
 #[cfg(test)]

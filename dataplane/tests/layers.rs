@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// `src/lib.rs`'s layers, highest first.
 const LAYERS: [&[&str]; 4] = [
     &["app", "config"],
-    &["gateway", "bridge", "metrics"],
+    &["gateway", "limits", "bridge", "metrics"],
     &["upstream"],
     &[
         "auth",
@@ -23,6 +23,7 @@ const LAYERS: [&[&str]; 4] = [
         "jsonrpc",
         "log_level",
         "scope",
+        "process_guard",
     ],
 ];
 

@@ -12,8 +12,9 @@ use tracing::info;
 use super::error::{AppError, Context};
 use super::serve::{print_listening, shutdown_signal};
 use crate::config::{Config, DATABASE_URL_ENV};
+use crate::gateway::listener;
 use crate::process_guard::secret_env;
-use crate::{audit, auth, bridge, listener, postgres, upstream};
+use crate::{audit, auth, bridge, postgres, upstream};
 
 /// Prints an HS256 token signed with the config's `dev` secret: the token alone on stdout
 /// (scripts capture it), its id (for revocation) on stderr.

@@ -12,9 +12,10 @@ use tracing::{error, info, warn};
 use super::error::{AppError, Context};
 use super::{App, AppConfig, stores};
 use crate::config::{Config, SEALING_KEY_ENV};
+use crate::gateway::listener;
 use crate::process_guard::secret_env;
 use crate::upstream::instance::ControllerApi;
-use crate::{auth, authn, controller_client, gateway, listener, source};
+use crate::{auth, authn, controller_client, gateway, source};
 use secrecy::ExposeSecret;
 
 /// How long open connections get to finish after SIGTERM/SIGINT.

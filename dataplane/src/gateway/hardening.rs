@@ -34,7 +34,7 @@ pub struct HttpConfig {
     /// (see `listener`), and further connections wait in the kernel backlog.
     pub max_connections: usize,
     /// Timers on every wait for a peer (`listener::Timeouts`).
-    pub timeouts: crate::listener::Timeouts,
+    pub timeouts: super::listener::Timeouts,
 }
 
 impl Default for HttpConfig {
@@ -46,7 +46,7 @@ impl Default for HttpConfig {
             security_txt_expires: None,
             max_concurrent_requests: 4096,
             max_connections: 10_000,
-            timeouts: crate::listener::Timeouts::default(),
+            timeouts: super::listener::Timeouts::default(),
         }
     }
 }

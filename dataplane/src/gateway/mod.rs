@@ -13,6 +13,7 @@ mod legacy_sse;
 mod list_audit;
 mod list_cache;
 mod list_changed;
+pub mod listener;
 mod log_fanout;
 mod mrtr;
 pub mod net;

@@ -630,7 +630,7 @@ impl SessionStore for PgSessionStore {
     }
 
     fn count_owned(&self, owner: &reflow_crds::Fingerprint) -> usize {
-        crate::limits::owned_by(owner, lock(&self.cache).values().map(|c| &*c.session))
+        crate::session::owned_by(owner, lock(&self.cache).values().map(|c| &*c.session))
     }
 
     fn on_expire(&self, hook: ExpiryHook) {
