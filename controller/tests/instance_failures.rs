@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use reflow_controller::instance::{self, InstanceConfig};
 use reflow_crds::api::{
@@ -18,14 +16,14 @@ use reflow_crds::api::{
 use reflow_crds::loader::{Loaded, load_str};
 use reflow_crds::{Compiled, SealingKey, compile};
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle, SendResponse};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+mod mock_support;
+
+use mock_support::{
+    ApiHandle, CORE, INSTANCES, SSA, expect, expect_quiet, mock_client, not_found, respond,
+};
 
 const KEY: [u8; 32] = [3; 32];
-const SSA: &str = "?&force=true&fieldManager=reflow-controller";
-const CORE: &str = "/api/v1/namespaces/team";
-const INSTANCES: &str = "/apis/mcp.reflow.io/v1alpha1/namespaces/team/mcpinstances";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team/events?";
 
 fn target(name: &str, spec_extra: &str) -> String {
@@ -91,58 +89,6 @@ fn config() -> InstanceConfig {
         .into(),
         dataplane_namespace: "reflow-system".into(),
         key: SealingKey::from_bytes(&KEY),
-    }
-}
-
-fn mock_client() -> (Client, ApiHandle) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), handle)
-}
-
-async fn expect(
-    h: &mut ApiHandle,
-    method: Method,
-    path: &str,
-) -> (Value, SendResponse<Response<Body>>) {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
-        .unwrap_or_else(|| panic!("client gone before {method} {path}"));
-    assert_eq!(
-        (req.method().clone(), req.uri().to_string()),
-        (method, path.to_owned())
-    );
-    let bytes = req.into_body().collect_bytes().await.expect("body");
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("json")
-    };
-    (body, send)
-}
-
-fn respond(send: SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
-    send.send_response(
-        Response::builder()
-            .status(code)
-            .body(Body::from(serde_json::to_vec(body).expect("json")))
-            .expect("response"),
-    );
-}
-
-fn not_found(send: SendResponse<Response<Body>>) {
-    respond(
-        send,
-        StatusCode::NOT_FOUND,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-    );
-}
-
-async fn expect_quiet(h: &mut ApiHandle) {
-    if let Ok(Some((req, _))) =
-        tokio::time::timeout(Duration::from_millis(300), h.next_request()).await
-    {
-        panic!("unexpected call {} {}", req.method(), req.uri());
     }
 }
 
