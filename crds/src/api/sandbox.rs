@@ -19,7 +19,8 @@ pub struct SandboxSpec {
     /// Extra absolute paths the child may read and execute (e.g. `/opt/node`), on top of the
     /// system paths. A path that would expose the gateway's own files is refused at spawn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    // Bounded items keep the rule's estimated CEL cost inside the API server's budget.
+    #[schemars(length(max = 32), inner(length(max = 4096)))]
     #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/') && !p.contains('..'))").message("readOnlyPaths must be absolute paths without '..'"))]
     pub read_only_paths: Vec<String>,
 }
