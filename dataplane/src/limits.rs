@@ -145,6 +145,48 @@ impl Limits {
 /// One request counted in flight for its user.
 pub struct InFlight(Option<(Counts, Arc<str>)>);
 
+impl InFlight {
+    /// Keeps this request counted until `resp` has been sent to its end: an SSE reply (a
+    /// `tools/call` streaming progress, say) outlives the handler that returned it.
+    pub fn hold(self, resp: axum::response::Response) -> axum::response::Response {
+        if self.0.is_none() {
+            return resp;
+        }
+        resp.map(|inner| {
+            axum::body::Body::new(HeldBody {
+                inner,
+                _permit: self,
+            })
+        })
+    }
+}
+
+/// A response body that carries an in-flight permit and frees it when dropped.
+struct HeldBody {
+    inner: axum::body::Body,
+    _permit: InFlight,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some((map, user)) = self.0.take() {

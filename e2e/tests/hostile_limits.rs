@@ -135,3 +135,49 @@ fn one_users_requests_in_flight_are_capped_without_slowing_another() {
         assert_eq!(theirs.0, 200, "another user is not limited: {}", theirs.2);
     });
 }
+
+/// A streamed (SSE) reply leaves its handler at once and its body runs on for the whole call:
+/// the request stays counted until that body ends, or the cap would not hold for SSE clients.
+#[test]
+fn a_streamed_reply_counts_as_in_flight_until_it_ends() {
+    use reflow_e2e::fixture_bin;
+    use reflow_e2e::harness::gateway::target_yaml;
+    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
+
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let manifests = [
+        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
+        PolicyDoc::allow("one-all", "one")
+            .everyone()
+            .rule("all", &["*"])
+            .to_yaml(),
+    ]
+    .join("---\n");
+    let gw = Gw::start_with("streamed", "{limits: {inFlightPerUser: 1}}", &manifests);
+    let rt = runtime();
+    rt.block_on(async {
+        let http = reflow_e2e::harness::http_client().expect("http client");
+        let sid = open_session(&http, &gw, "mallory").await.expect("session");
+        let slow = |i: u64| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": "one_slow", "arguments": {"ms": 1500}}})
+        };
+        let later = async {
+            // Well after the first reply's headers went out, well before its body ends.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            post(&http, &gw, "mallory", Some(&sid), &slow(2)).await
+        };
+        let first_call = slow(1);
+        let (first, second) =
+            tokio::join!(post(&http, &gw, "mallory", Some(&sid), &first_call), later);
+        assert_eq!(first.0, 200, "{}", first.2);
+        assert!(first.2.contains("slept 1500 ms"), "{}", first.2);
+        assert_eq!(
+            second.0, 429,
+            "the first call is still running: {}",
+            second.2
+        );
+        let (after, _, body) = post(&http, &gw, "mallory", Some(&sid), &slow(3)).await;
+        assert_eq!(after, 200, "the slot is free once the reply ended: {body}");
+    });
+}

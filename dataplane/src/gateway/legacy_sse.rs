@@ -238,7 +238,7 @@ async fn post_message(
         Err(e) => return rpc_failure(StatusCode::BAD_REQUEST, e.to_response()),
     };
     if gw.audit.fail_closed() && !gw.audit.healthy() {
-        return super::audit_unavailable(&gw, &message, started);
+        return super::endpoints::audit_unavailable(&gw, &message, started);
     }
     let request = match message {
         Message::Request(r) => r,
