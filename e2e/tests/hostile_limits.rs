@@ -91,20 +91,7 @@ fn a_huge_client_info_is_refused_before_a_session_keeps_it() {
 
 #[test]
 fn one_users_requests_in_flight_are_capped_without_slowing_another() {
-    use reflow_e2e::fixture_bin;
-    use reflow_e2e::harness::gateway::target_yaml;
-    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
-
-    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let manifests = [
-        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
-        PolicyDoc::allow("one-all", "one")
-            .everyone()
-            .rule("all", &["*"])
-            .to_yaml(),
-    ]
-    .join("---\n");
-    let gw = Gw::start_with("inflight", "{limits: {inFlightPerUser: 2}}", &manifests);
+    let (_fixture, gw) = gateway_to_fixture("inflight", "{limits: {inFlightPerUser: 2}}");
     let rt = runtime();
     rt.block_on(async {
         let http = reflow_e2e::harness::http_client().expect("http client");
@@ -140,20 +127,7 @@ fn one_users_requests_in_flight_are_capped_without_slowing_another() {
 /// the request stays counted until that body ends, or the cap would not hold for SSE clients.
 #[test]
 fn a_streamed_reply_counts_as_in_flight_until_it_ends() {
-    use reflow_e2e::fixture_bin;
-    use reflow_e2e::harness::gateway::target_yaml;
-    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
-
-    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let manifests = [
-        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
-        PolicyDoc::allow("one-all", "one")
-            .everyone()
-            .rule("all", &["*"])
-            .to_yaml(),
-    ]
-    .join("---\n");
-    let gw = Gw::start_with("streamed", "{limits: {inFlightPerUser: 1}}", &manifests);
+    let (_fixture, gw) = gateway_to_fixture("streamed", "{limits: {inFlightPerUser: 1}}");
     let rt = runtime();
     rt.block_on(async {
         let http = reflow_e2e::harness::http_client().expect("http client");
@@ -180,4 +154,24 @@ fn a_streamed_reply_counts_as_in_flight_until_it_ends() {
         let (after, _, body) = post(&http, &gw, "mallory", Some(&sid), &slow(3)).await;
         assert_eq!(after, 200, "the slot is free once the reply ended: {body}");
     });
+}
+
+/// A gateway with `gateway_yaml` in front of one fixture Target (`one`, with its `one_slow`
+/// tool) that everyone may use; the fixture lives as long as the returned handle.
+fn gateway_to_fixture(name: &str, gateway_yaml: &str) -> (reflow_e2e::harness::FixtureProcess, Gw) {
+    use reflow_e2e::fixture_bin;
+    use reflow_e2e::harness::gateway::target_yaml;
+    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
+
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let manifests = [
+        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
+        PolicyDoc::allow("one-all", "one")
+            .everyone()
+            .rule("all", &["*"])
+            .to_yaml(),
+    ]
+    .join("---\n");
+    let gw = Gw::start_with(name, gateway_yaml, &manifests);
+    (fixture, gw)
 }
