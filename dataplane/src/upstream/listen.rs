@@ -114,15 +114,33 @@ impl UpstreamClient {
     }
 }
 
-/// First wait before reopening a stream that ended; doubled per failure up to `MAX_BACKOFF`.
+/// First wait before reopening a stream after a failure; doubled per failure up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A stream that lived this long starts the backoff over when it ends.
-const HEALTHY: Duration = Duration::from_secs(30);
+/// A stream that lived this long (or said anything) was no failure.
+const LIVED: Duration = Duration::from_secs(1);
+/// The longest event id remembered for `Last-Event-ID` (a longer one is not sent back).
+const MAX_EVENT_ID: usize = 1024;
 
-/// Keeps the stream open for as long as the link lives (the task is aborted with it): a stream
-/// that ends or drops is reopened with backoff; an upstream that answers without a stream
-/// (405, 404 for a session it forgot, not SSE) is left alone.
+/// What the stream's reopening carries over from the streams before it.
+#[derive(Default)]
+struct Resume {
+    /// The last event id the upstream gave on this session's stream: sent as `Last-Event-ID`
+    /// so an upstream with an event store replays what it sent while no stream was open.
+    last_id: Option<String>,
+    /// The upstream's own `retry:` (milliseconds) for reconnecting.
+    retry_ms: Option<u64>,
+}
+
+/// Keeps the stream open for as long as the link lives (the task is aborted with it).
+///
+/// An upstream may drop what it sends while no stream is open (the TypeScript SDK does, for
+/// requests without a related request id), so a stream that ends after it was opened is
+/// reopened at once (or after the upstream's own `retry`), with the last event id it gave;
+/// only failures wait a backoff (1 s doubling to 30 s): a connection that fails, or a second
+/// stream in a row that ends in under a second without a single event. An upstream that answers without a stream
+/// (405, 404 for a session it forgot, not SSE) is left alone; one that refuses a resumption
+/// is asked once more without `Last-Event-ID`.
 async fn run(
     http: reqwest::Client,
     url: Url,
@@ -134,29 +152,58 @@ async fn run(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut first_open = Some(first_open);
+    let mut resume = Resume::default();
+    let mut failed_before = false;
     loop {
         let opened = Instant::now();
-        let attempt = open(&http, &url, &headers, &state, &filter).await;
+        let last_id = resume.last_id.clone();
+        let attempt = open(&http, &url, &headers, &state, &filter, last_id.as_deref()).await;
         if let Some(tx) = first_open.take() {
             let _ = tx.send(());
         }
-        match attempt {
+        let wait = match attempt {
             Opened::Stream(resp) => {
-                read(&http, &url, &headers, &state, resp, &deliver).await;
-                if opened.elapsed() >= HEALTHY {
-                    backoff = MIN_BACKOFF;
-                }
+                let events = read(&http, &url, &headers, &state, resp, &deliver, &mut resume).await;
+                // A stream that said nothing and ended at once is a failure; twice in a row, the
+                // upstream waits a backoff (an upstream that accepts and hangs up is no hot loop).
+                let failed = events == 0 && opened.elapsed() < LIVED;
+                let wait = if failed && failed_before {
+                    next_backoff(&mut backoff)
+                } else {
+                    if !failed {
+                        backoff = MIN_BACKOFF;
+                    }
+                    resume
+                        .retry_ms
+                        .map_or(Duration::ZERO, Duration::from_millis)
+                        .min(MAX_BACKOFF)
+                };
+                failed_before = failed;
+                wait
+            }
+            Opened::Refused if last_id.is_some() => {
+                resume.last_id = None;
+                Duration::ZERO
             }
             Opened::Refused => return,
-            Opened::Unreachable => {}
-        }
+            Opened::Unreachable => {
+                failed_before = true;
+                next_backoff(&mut backoff)
+            }
+        };
         debug!(
-            wait_ms = backoff.as_millis() as u64,
+            wait_ms = wait.as_millis() as u64,
             "reopening the upstream stream"
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// The wait after a failure, doubling the next one.
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    wait
 }
 
 enum Opened {
@@ -173,6 +220,7 @@ async fn open(
     headers: &InjectedHeaders,
     state: &UpstreamState,
     filter: &Value,
+    last_id: Option<&str>,
 ) -> Opened {
     let mut req = if super::stateless::is_stateless(state) {
         let body = json!({
@@ -195,6 +243,12 @@ async fn open(
     if let Some(v) = &state.protocol_version {
         req = req.header(PROTOCOL_HEADER, v.as_str());
     }
+    // Resumption is a GET stream's (a stateless upstream's listen stream is a new POST).
+    if let Some(id) = last_id.filter(|_| !super::stateless::is_stateless(state))
+        && let Ok(id) = HeaderValue::from_str(id)
+    {
+        req = req.header("last-event-id", id);
+    }
     match req.send().await {
         Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => Opened::Stream(r),
         Ok(r) => {
@@ -211,7 +265,9 @@ async fn open(
     }
 }
 
-/// Hands every message of one open stream to `deliver`, until it ends.
+/// Hands every message of one open stream to `deliver`, until it ends; what a reopening
+/// needs (the last event id, the upstream's retry) is kept in `resume`. Returns how many
+/// events the stream carried.
 async fn read(
     http: &reqwest::Client,
     url: &Url,
@@ -219,7 +275,8 @@ async fn read(
     state: &UpstreamState,
     resp: reqwest::Response,
     deliver: &Deliver,
-) {
+    resume: &mut Resume,
+) -> usize {
     let route = Route {
         url,
         headers,
@@ -227,12 +284,23 @@ async fn read(
     };
     let mut parser = EventParser::default();
     let mut body = resp.bytes_stream();
+    let mut count = 0;
     while let Some(Ok(chunk)) = body.next().await {
         if parser.buffered() + chunk.len() > MAX_REPLY_BYTES {
             debug!("upstream stream event too large; stream dropped");
-            return;
+            return count;
         }
-        for event in parser.feed(&chunk) {
+        let events = parser.feed(&chunk);
+        // An id that cannot go back as a header (too long, unprintable) is not remembered.
+        if let Some(id) = parser
+            .last_id()
+            .filter(|id| id.len() <= MAX_EVENT_ID && HeaderValue::from_str(id).is_ok())
+        {
+            resume.last_id = Some(id.to_owned());
+        }
+        resume.retry_ms = parser.retry_ms().or(resume.retry_ms);
+        count += events.len();
+        for event in events {
             let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(&event.data) else {
                 continue;
             };
@@ -249,5 +317,6 @@ async fn read(
             }
         }
     }
-    debug!("upstream stream ended");
+    debug!(events = count, "upstream stream ended");
+    count
 }
