@@ -48,7 +48,7 @@ impl Gateway {
         // STDIO child), so it is told every relayable capability; refusal is per session.
         let init = InitParams {
             protocol_version: caller.handshake_version().to_owned(),
-            capabilities: json!({"sampling": {}, "elicitation": {}, "roots": {}}),
+            capabilities: json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}}),
             stateless_client: false,
         };
         let mut retried = false;

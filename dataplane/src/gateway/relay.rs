@@ -57,6 +57,14 @@ fn capability_for(method: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a client that declared `declared` (its `capabilities.<cap>`) can be asked `params`:
+/// a URL-mode elicitation needs `elicitation.url` (an empty `elicitation` means form only).
+fn declared_for(declared: &Value, method: &str, params: Option<&Value>) -> bool {
+    let url_mode = method == "elicitation/create"
+        && params.and_then(|p| p.get("mode")).and_then(Value::as_str) == Some("url");
+    !url_mode || declared.get("url").is_some()
+}
+
 /// What the gateway declares to an HTTP upstream: the relayable capabilities its client has.
 pub(crate) fn relayable_capabilities(client: &Value) -> Value {
     let mut out = Map::new();
@@ -108,8 +116,7 @@ impl Relay {
     }
 
     fn request(&self, mut msg: Map<String, Value>, responder: Responder, stream: u64) {
-        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
-        let Some(id) = admit_upcall(&self.gw, &self.session, method, responder, true) else {
+        let Some(id) = admit_upcall(&self.gw, &self.session, &msg, responder, true) else {
             return;
         };
         msg.insert("id".into(), json!(id));
@@ -161,10 +168,11 @@ pub(super) fn rewrite_notification(
 pub(super) fn admit_upcall(
     gw: &Gateway,
     session: &Session,
-    method: &str,
+    msg: &Map<String, Value>,
     responder: Responder,
     askable: bool,
 ) -> Option<String> {
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
     if method == "ping" {
         tokio::spawn(async move {
             let _ = responder.answer(&result_of(json!({}))).await;
@@ -185,8 +193,9 @@ pub(super) fn admit_upcall(
             "the client cannot be asked for input during this request",
         );
     }
-    if session.client_capabilities.get(cap).is_none() {
-        return refuse(responder, "the client did not declare this capability");
+    match session.client_capabilities.get(cap) {
+        Some(declared) if declared_for(declared, method, msg.get("params")) => {}
+        _ => return refuse(responder, "the client did not declare this capability"),
     }
     match gw.upcalls.register(&session.id, responder) {
         Ok(id) => Some(id),
@@ -338,5 +347,30 @@ impl Gateway {
             .instrument(span),
         );
         sse_response(priming, frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_mode_elicitation_needs_the_url_capability() {
+        let url = json!({"mode": "url", "url": "https://example.com", "message": "m"});
+        let form = json!({"message": "m", "requestedSchema": {"type": "object"}});
+        let ask = "elicitation/create";
+        // An empty `elicitation` is form mode only (2025-11-25).
+        assert!(!declared_for(&json!({}), ask, Some(&url)));
+        assert!(!declared_for(&json!({"form": {}}), ask, Some(&url)));
+        assert!(declared_for(&json!({"url": {}}), ask, Some(&url)));
+        assert!(declared_for(&json!({}), ask, Some(&form)));
+        assert!(declared_for(&json!({}), ask, None));
+        // A mode that is no string is not URL mode; other methods need only the capability.
+        assert!(declared_for(&json!({}), ask, Some(&json!({"mode": 1}))));
+        assert!(declared_for(
+            &json!({}),
+            "sampling/createMessage",
+            Some(&url)
+        ));
     }
 }

@@ -295,7 +295,7 @@ impl Call {
     fn request(&self, msg: Map<String, Value>, responder: Responder) -> Option<(String, Value)> {
         let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
         let askable = era::allows_input_required(&self.method);
-        let gid = admit_upcall(&self.gw, &self.session, method, responder, askable)?;
+        let gid = admit_upcall(&self.gw, &self.session, &msg, responder, askable)?;
         let mut asked = Map::new();
         asked.insert("method".into(), json!(method));
         if let Some(p) = msg.get("params") {

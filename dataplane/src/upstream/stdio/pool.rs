@@ -405,8 +405,9 @@ impl StdioPool {
         let params = json!({
             "protocolVersion": start.protocol_version,
             // A child may serve many sessions: it is told the gateway can relay every kind of
-            // request, and the gateway refuses per session what that client did not declare.
-            "capabilities": {"sampling": {}, "elicitation": {}, "roots": {}},
+            // request (elicitation in both modes: an empty object would mean form only), and
+            // the gateway refuses per session what that client did not declare.
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}},
             "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
         });
         let init_timeout = Duration::from_millis(u64::from(start.target.timeouts.init_ms));
