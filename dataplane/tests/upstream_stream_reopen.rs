@@ -29,11 +29,13 @@ enum Mode {
     RefuseResume(&'static str),
 }
 
+/// Every GET the upstream got: when, and the `Last-Event-ID` it carried.
+type Gets = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
 #[derive(Clone)]
 struct Up {
     mode: Mode,
-    /// Every GET: when it came and the `Last-Event-ID` it carried.
-    gets: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    gets: Gets,
 }
 
 fn event_stream(body: String, stay_open: bool) -> Response {
@@ -90,7 +92,7 @@ async fn post(body: Bytes) -> Response {
 
 /// A gateway in front of an upstream in `mode`, with one session that has made a call (which
 /// opens the upstream session and its GET stream); the upstream's record of GETs.
-async fn setup(mode: Mode) -> (Harness, Arc<Mutex<Vec<(Instant, Option<String>)>>>) {
+async fn setup(mode: Mode) -> (Harness, Gets) {
     let up = Up {
         mode,
         gets: Arc::default(),
