@@ -5,7 +5,10 @@
 // related request id: the SDK sends those on the session's standalone GET stream, and drops them
 // when no GET stream is open. Run by reflow_e2e::harness::ts_server.
 //
-// Usage: node --require force-loopback.cjs ts-server.cjs --sdk PREFIX --port PORT
+// With --event-store, each session keeps what it sent in memory (the SDK's `EventStore`
+// interface), so a client that reconnects with `Last-Event-ID` gets what it missed.
+//
+// Usage: node --require force-loopback.cjs ts-server.cjs --sdk PREFIX --port PORT [--event-store]
 'use strict';
 
 const path = require('node:path');
@@ -24,6 +27,7 @@ function parseArgs(argv) {
     switch (a) {
       case '--sdk': args.sdk = next(); break;
       case '--port': args.port = Number(next()); break;
+      case '--event-store': args.eventStore = true; break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -38,7 +42,30 @@ function text(t) {
 // Calls of `slow` that saw their cancellation (the client's notifications/cancelled, relayed).
 let cancelledCalls = 0;
 
-function buildServer(sdk, forget) {
+// The SDK's EventStore interface, in memory: ids are `<stream>|<n>`; an unknown id throws
+// (the SDK answers the GET with an error, and the client may reconnect without it).
+function memoryEventStore() {
+  const events = [];
+  return {
+    async storeEvent(streamId, message) {
+      const id = `${streamId}|${events.length + 1}`;
+      events.push({ id, streamId, message });
+      return id;
+    },
+    async replayEventsAfter(lastEventId, { send }) {
+      const at = events.findIndex((e) => e.id === lastEventId);
+      if (at < 0) throw new Error(`unknown event id ${lastEventId}`);
+      const { streamId } = events[at];
+      for (const e of events.slice(at + 1)) {
+        if (e.streamId === streamId && e.message.jsonrpc) await send(e.id, e.message);
+      }
+      return streamId;
+    },
+  };
+}
+
+// `session`: `forget()` drops the session (404 from now on), `dropStream()` ends its GET stream.
+function buildServer(sdk, session) {
   const { McpServer, ResourceTemplate } = sdk('@modelcontextprotocol/sdk/server/mcp.js');
   const z = sdk('zod');
   const server = new McpServer(
@@ -136,8 +163,22 @@ function buildServer(sdk, forget) {
   // Forgets this session right after answering: its next request gets 404, as after a restart.
   server.registerTool('forget', { description: 'Forgets the session', inputSchema: {} },
     async (_args, extra) => {
-      setTimeout(() => forget(extra.sessionId), 50);
+      setTimeout(() => session.forget(extra.sessionId), 50);
       return text('forgotten');
+    });
+
+  // Ends the session's GET stream (the SDK's `closeStandaloneSSEStream`, its polling hook),
+  // waits `delayMs`, then asks the client on the standalone stream: the request reaches the
+  // client only if the client reopened the stream in time, or resumed it from an event store.
+  server.registerTool('sample_after_drop', { description: 'Drops the GET stream, then samples', inputSchema: { delayMs: z.number() } },
+    async ({ delayMs }) => {
+      session.dropStream();
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      const res = await server.server.createMessage({
+        messages: [{ role: 'user', content: { type: 'text', text: 'after drop' } }],
+        maxTokens: 32,
+      });
+      return text(`sampled: ${res.content.type === 'text' ? res.content.text : res.content.type}`);
     });
 
   server.registerTool('slow', { description: 'Waits until cancelled (20 s at most)', inputSchema: {} },
@@ -182,14 +223,20 @@ function main() {
         });
         return;
       }
-      transport = new StreamableHTTPServerTransport({
+      const created = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => randomUUID(),
-        onsessioninitialized: (id) => { transports[id] = transport; },
+        onsessioninitialized: (id) => { transports[id] = created; },
+        eventStore: args.eventStore ? memoryEventStore() : undefined,
       });
-      transport.onclose = () => {
-        if (transport.sessionId) delete transports[transport.sessionId];
+      transport = created;
+      created.onclose = () => {
+        if (created.sessionId) delete transports[created.sessionId];
       };
-      await buildServer(sdk, (id) => { delete transports[id]; }).connect(transport);
+      const session = {
+        forget: (id) => { delete transports[id]; },
+        dropStream: () => created.closeStandaloneSSEStream(),
+      };
+      await buildServer(sdk, session).connect(created);
     }
     await transport.handleRequest(req, res, req.body);
   });

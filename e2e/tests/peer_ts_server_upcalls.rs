@@ -61,3 +61,56 @@ fn standalone_stream_requests_from_a_ts_sdk_server_reach_the_client_every_time()
         server.output()
     );
 }
+
+/// One session: the server ends its GET stream (`closeStandaloneSSEStream`), waits `delay_ms`,
+/// then samples on the standalone stream, `ITERATIONS` times. The texts that came back wrong.
+fn sample_after_drops(server: &TsServer, delay_ms: u64) -> Vec<String> {
+    let gw = gateway(server);
+    let token = gw.token("alice", &[], &[]);
+    let mut actions = vec![py_ops::call_tool("sample", json!({"prompt": "hi"}))];
+    actions.extend(
+        (0..ITERATIONS)
+            .map(|_| py_ops::call_tool("sample_after_drop", json!({"delayMs": delay_ms}))),
+    );
+    let report = TsClient::streamable_http(gw.target_url("ts"))
+        .token(&token)
+        .sampling_reply("after")
+        .request_timeout(std::time::Duration::from_secs(8))
+        .actions(actions)
+        .run()
+        .expect("typescript client runs");
+    (0..=ITERATIONS)
+        .filter_map(|n| {
+            let text = report["results"][n]["result"]["content"][0]["text"].as_str();
+            (text != Some("sampled: after")).then(|| format!("call {n}: {}", report["results"][n]))
+        })
+        .collect()
+}
+
+/// The TS SDK drops a standalone request while no GET stream is open: the gateway reopens a
+/// stream the server ended at once (it waited a 1 s backoff before, and the request was lost).
+#[test]
+fn a_request_sent_after_the_server_ends_its_get_stream_reaches_the_client() {
+    let server = TsServer::spawn().expect("ts server starts");
+    let failures = sample_after_drops(&server, 200);
+    assert!(
+        failures.is_empty(),
+        "{} of {ITERATIONS} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// With an event store the server keeps what it sent while no stream was open: the gateway
+/// reopens with `Last-Event-ID` and the request is replayed, even when sent at once.
+#[test]
+fn a_server_with_an_event_store_replays_what_it_sent_while_the_stream_was_closed() {
+    let server = TsServer::spawn_with_event_store().expect("ts server starts");
+    let failures = sample_after_drops(&server, 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {ITERATIONS} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -24,6 +24,16 @@ pub struct TsServer {
 impl TsServer {
     /// Installs the pinned SDK (cached), starts the server and waits (bounded) until it accepts.
     pub fn spawn() -> Result<Self> {
+        Self::spawn_with(false)
+    }
+
+    /// The same server keeping each session's events in memory (`--event-store`): a client
+    /// that reconnects its GET stream with `Last-Event-ID` gets what was sent meanwhile.
+    pub fn spawn_with_event_store() -> Result<Self> {
+        Self::spawn_with(true)
+    }
+
+    fn spawn_with(event_store: bool) -> Result<Self> {
         let sdk = npm_package(TS_SDK_SPEC)?;
         let script = paths::js_dir().join("ts-server.cjs");
         let preload = paths::js_dir().join("force-loopback.cjs");
@@ -38,6 +48,9 @@ impl TsServer {
                 .arg(&sdk)
                 .arg("--port")
                 .arg(port.to_string());
+            if event_store {
+                cmd.arg("--event-store");
+            }
             let mut child = ManagedChild::spawn("ts-server", &mut cmd, SpawnOptions::default())?;
             let addr = loopback(port);
             let ready = poll_until(READY_TIMEOUT, || {
