@@ -101,6 +101,22 @@ async function runAction(client, action, options) {
         result = await client.callTool({ name: action.name, arguments: action.arguments || {} }, undefined, opts);
         break;
       }
+      case 'call_tool_cancelled': {
+        // Gives up after `after` seconds: the SDK sends notifications/cancelled for the request.
+        const controller = new AbortController();
+        const timer = setTimeout(() => controller.abort('reflow-e2e gave up'), action.after * 1000);
+        try {
+          await client.callTool({ name: action.name, arguments: action.arguments || {} }, undefined,
+            { ...options, signal: controller.signal });
+          result = { cancelled: false };
+        } catch (err) {
+          if (!controller.signal.aborted) throw err;
+          result = { cancelled: true };
+        } finally {
+          clearTimeout(timer);
+        }
+        break;
+      }
       case 'read_resource': result = await client.readResource({ uri: action.uri }, options); break;
       case 'get_prompt':
         result = await client.getPrompt({ name: action.name, arguments: action.arguments || {} }, options);

@@ -7,6 +7,7 @@ log lines, from the SDK's documented Context API. Run by reflow_e2e::harness::py
 """
 
 import argparse
+import asyncio
 import uuid
 
 import anyio
@@ -97,6 +98,19 @@ async def slow() -> str:
 def cancelled() -> str:
     """How many slow calls were cancelled."""
     return f"cancelled: {CANCELLED['calls']}"
+
+
+@server.tool()
+async def forget(ctx: Context) -> str:
+    """Forgets this session right after answering: its next request gets 404, as after a restart."""
+    request = ctx.request_context.request
+    sid = request.headers.get("mcp-session-id") if request is not None else None
+    if sid is None:
+        return "no session to forget"
+    # The session manager keeps live sessions by id; dropping the entry is what a restart does.
+    instances = server.session_manager._server_instances
+    asyncio.get_running_loop().call_later(0.05, instances.pop, sid, None)
+    return "forgotten"
 
 
 @server.resource("py://static/greeting")
