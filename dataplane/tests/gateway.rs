@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 /// Two upstreams: `one` (paginated, with a denied `secret_tool`, alice's credential) and `two`.
@@ -471,6 +471,62 @@ async fn upstream_session_loss_reinitializes_once() {
         .filter(|(m, _)| m == "initialize")
         .count();
     assert_eq!(inits, 2);
+}
+
+/// One upstream answering a request on a session it no longer knows with `forgotten`; a call
+/// after it forgot. The call's reply and how many times the gateway initialized.
+async fn call_after_forgetting(forgotten: (u16, &'static str)) -> (Value, usize) {
+    let up = Upstream {
+        tools: vec!["echo"],
+        forgotten: Some(forgotten),
+        ..Upstream::default()
+    };
+    let url = start_upstream(up.clone()).await;
+    let dir = temp_dir();
+    write_single_target(&dir, "one", &target_yaml("one", &url, 5000));
+    let h = start_gateway(dir, GatewayConfig::default()).await;
+    let sid = h.open("/mcp", "alice").await;
+    h.tool_names("/mcp", "alice", &sid).await;
+    up.forget_sessions();
+    let r = h
+        .rpc(
+            "/mcp",
+            "alice",
+            Some(&sid),
+            "tools/call",
+            json!({"name": "one_echo"}),
+        )
+        .await;
+    let inits = up
+        .headers_seen()
+        .iter()
+        .filter(|(m, _)| m == "initialize")
+        .count();
+    (r.body, inits)
+}
+
+/// Servers built from the TypeScript SDK's examples (server-everything among them) answer an
+/// unknown session id with 400 and this message, not 404: the session is renewed all the same.
+#[tokio::test]
+async fn a_400_about_the_session_reinitializes_once_like_a_404() {
+    let body = r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}"#;
+    let (reply, inits) = call_after_forgetting((400, body)).await;
+    assert_eq!(reply["result"]["content"][0]["text"], "echo", "{reply:?}");
+    assert_eq!(inits, 2);
+}
+
+/// Any other 400 is the request's fault: it is not retried in a new upstream session.
+#[tokio::test]
+async fn a_400_about_anything_else_is_an_error_not_a_new_session() {
+    for body in [
+        r#"{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params"},"id":1}"#,
+        "not json at all, though it says session",
+        r#"{"result":{"session":"x"}}"#,
+    ] {
+        let (reply, inits) = call_after_forgetting((400, body)).await;
+        assert_eq!(reply["error"]["data"]["reason"], "status", "{reply:?}");
+        assert_eq!(inits, 1, "{body}");
+    }
 }
 
 async fn eventually<F: AsyncFn() -> bool>(f: F) -> bool {

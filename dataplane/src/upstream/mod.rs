@@ -4,6 +4,7 @@
 
 mod auto;
 mod events;
+mod expired;
 pub mod instance;
 mod link;
 mod listen;
@@ -246,7 +247,7 @@ impl UpstreamClient {
     }
 
     /// Sends one request, initializing the upstream session first if needed and once more if
-    /// the upstream forgot it (HTTP 404). `state` is updated in place; the reply keeps the
+    /// the upstream forgot it (HTTP 404, or a 400 about the session: `expired`). `state` is updated in place; the reply keeps the
     /// upstream's `result` or `error`.
     #[instrument(skip_all, fields(target = %target.key(), method))]
     pub async fn call(
@@ -411,8 +412,14 @@ impl UpstreamClient {
             }
             let resp = req.send().await.map_err(map_reqwest)?;
             let status = resp.status();
-            if status == StatusCode::NOT_FOUND && state.session_id.is_some() {
-                return Err(UpstreamError::SessionExpired);
+            if matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST)
+                && state.session_id.is_some()
+                && !stateless
+            {
+                return Err(match expired::session_forgotten(resp).await {
+                    true => UpstreamError::SessionExpired,
+                    false => UpstreamError::Status(status.as_u16()),
+                });
             }
             if !status.is_success() {
                 // A stateless upstream says what is wrong in a JSON-RPC error (with a 4xx).

@@ -66,6 +66,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Seen>>,
     pub sessions: Arc<Mutex<Vec<String>>>,
     pub delay: Duration,
+    /// How a request on an unknown session is answered (status, JSON body); 404 when `None`.
+    pub forgotten: Option<(u16, &'static str)>,
 }
 
 impl Upstream {
@@ -93,6 +95,10 @@ async fn upstream_handler(State(up): State<Upstream>, headers: HeaderMap, body: 
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !up.sessions.lock().unwrap().iter().any(|s| s == sid) {
+            if let Some((status, body)) = up.forgotten {
+                let status = StatusCode::from_u16(status).unwrap();
+                return (status, [("content-type", "application/json")], body).into_response();
+            }
             return StatusCode::NOT_FOUND.into_response();
         }
     }
