@@ -78,6 +78,8 @@ struct Upstream {
     grow: bool,
     cancel: bool,
     forget: bool,
+    /// 404 re-init is driven by restarting the server mid-session (`restart_round`).
+    restart: bool,
     subscribe: Option<Subscribe>,
     na: &'static [(&'static str, &'static str)],
 }
@@ -85,7 +87,6 @@ struct Upstream {
 /// Why a cell makes no sense, keyed for the legend (numbered there in order of appearance).
 const NA_EVERYTHING_LISTS: &str = "server-everything changes none of its lists mid-session (its tool list is settled when the client's capabilities are known, before the first call)";
 const NA_EVERYTHING_CANCEL: &str = "server-everything has no tool that reports whether a call was cancelled, so a cancellation reaching it cannot be observed";
-const NA_EVERYTHING_FORGET: &str = "server-everything cannot be made to forget one session mid-run (no tool for it, no idle expiry); the 404 path is the same gateway code for every Streamable HTTP upstream";
 const NA_SSE_SESSION: &str =
     "legacy HTTP+SSE has no session id to expire: its session is the stream";
 const NA_STDIO_SESSION: &str = "a STDIO server has no HTTP session to expire";
@@ -102,7 +103,6 @@ fn everything(label: &'static str, target: &'static str) -> Upstream {
         "ev-http" => &[
             ("list_changed", NA_EVERYTHING_LISTS),
             ("cancellation", NA_EVERYTHING_CANCEL),
-            ("upstream 404 → re-init", NA_EVERYTHING_FORGET),
         ],
         "ev-sse" => &[
             ("list_changed", NA_EVERYTHING_LISTS),
@@ -141,6 +141,7 @@ fn everything(label: &'static str, target: &'static str) -> Upstream {
         grow: false,
         cancel: false,
         forget: false,
+        restart: target == "ev-http",
         subscribe: Some(Subscribe {
             uri: "demo://resource/dynamic/text/1",
             trigger: "toggle-subscriber-updates",
@@ -187,6 +188,7 @@ fn sdk_server(label: &'static str, target: &'static str, echo: &'static str) -> 
         grow: !stateless,
         cancel: true,
         forget: ts || target == "py-http",
+        restart: false,
         subscribe: ts.then_some(Subscribe {
             uri: "ts://static/greeting",
             trigger: "touch",
@@ -215,6 +217,7 @@ fn rmcp_server() -> Upstream {
         grow: true,
         cancel: true,
         forget: false,
+        restart: false,
         subscribe: Some(Subscribe {
             uri: "rmcp://static/greeting",
             trigger: "touch",
@@ -667,10 +670,65 @@ fn failed(up: &Upstream, row: &Row) -> bool {
         })
 }
 
+/// How long each client of the restart round pauses, its upstream session open, while the
+/// server restarts (it restarts once all three have called; the pause leaves a wide margin).
+const RESTART_PAUSE_S: f64 = 10.0;
+
+/// "upstream 404 → re-init" for a server without a `forget` tool: each client (as a user of its
+/// own) calls once, so its upstream session exists; the server restarts on the same port and
+/// forgets every session; each client then calls again and samples `LOOPS` times in the same
+/// session. Whether each client passed, with its report.
+fn restart_round(
+    gw: &TestGateway,
+    server: &mut ServerEverything,
+    up: &Upstream,
+    clients: &[Client],
+) -> Vec<(bool, String)> {
+    let mut actions = vec![
+        py_ops::call_tool(up.echo.0, up.echo.1.clone()),
+        py_ops::sleep(RESTART_PAUSE_S),
+        py_ops::call_tool(up.echo.0, up.echo.1.clone()),
+    ];
+    if let Some((tool, args)) = &up.sampling {
+        actions.extend((0..LOOPS).map(|_| py_ops::call_tool(tool, args.clone())));
+    }
+    let user = |client: Client| format!("{}-restart", client.user());
+    std::thread::scope(|scope| {
+        let running: Vec<_> = clients
+            .iter()
+            .map(|&client| {
+                let (actions, url) = (actions.clone(), gw.target_url(up.target));
+                let token = gw.token(&user(client), &[], &[]);
+                scope.spawn(move || (client, client.run(gw, &url, &token, actions)))
+            })
+            .collect();
+        // Once every client's first call has been audited, its upstream session exists.
+        for &client in clients {
+            let called = gw.wait_for_audit(std::time::Duration::from_secs(60), |e| {
+                e.user == user(client) && e.method == "tools/call"
+            });
+            assert!(called.is_some(), "{} never called", client.label());
+        }
+        server.restart().expect("server-everything restarts");
+        running
+            .into_iter()
+            .map(|h| {
+                let (client, report) = h.join().expect("restart round thread");
+                let ok = (0..3 + LOOPS).all(|i| i == 1 || call_ok(&report, i))
+                    && report["results"][2]["result"]
+                        .to_string()
+                        .contains(up.echo.2)
+                    && client.asked(&report, "sampling/createMessage", false) >= LOOPS;
+                (ok, report.to_string())
+            })
+            .collect()
+    })
+}
+
 #[test]
 fn the_peer_matrix_passes_and_the_readme_shows_it() {
     let started = std::time::Instant::now();
-    let ev_http = ServerEverything::spawn(EverythingMode::StreamableHttp).expect("everything");
+    let mut ev_http = ServerEverything::spawn(EverythingMode::StreamableHttp).expect("everything");
     let ev_sse = ServerEverything::spawn(EverythingMode::Sse).expect("everything sse");
     let ts = TsServer::spawn().expect("ts server");
     let py = PyServer::spawn(PyServerMode::Stateful).expect("py server");
@@ -745,7 +803,16 @@ fn the_peer_matrix_passes_and_the_readme_shows_it() {
                 .map(|h| h.join().expect("cell thread"))
                 .collect()
         });
-        for (client, (row, report)) in clients.iter().zip(cells) {
+        let restarted = if up.restart {
+            restart_round(&gw, &mut ev_http, up, &clients)
+        } else {
+            Vec::new()
+        };
+        for (i, (client, (mut row, mut report))) in clients.iter().zip(cells).enumerate() {
+            if let Some((ok, restart_report)) = restarted.get(i) {
+                row.insert("upstream 404 → re-init", Some(*ok));
+                report = format!("{report}\nrestart round: {restart_report}");
+            }
             if failed(up, &row) {
                 failures.push(format!(
                     "{} × {}: {row:?}\n{report}",

@@ -121,6 +121,39 @@ impl ServerEverything {
         })
     }
 
+    /// Stops it and starts it again on the same port (bounded wait until it accepts): every
+    /// session it had is gone, as after a crash or a redeploy behind a stable address.
+    pub fn restart(&mut self) -> Result<()> {
+        self.child.kill();
+        let entry = Self::entry_script()?;
+        let preload = paths::js_dir().join("force-loopback.cjs");
+        let what = format!("server-everything {}", self.mode.arg());
+        let mut cmd = Command::new(node_bin());
+        cmd.arg("--require")
+            .arg(&preload)
+            .arg(&entry)
+            .arg(self.mode.arg())
+            .env("PORT", self.port.to_string())
+            .env("REFLOW_E2E_BIND_HOST", "127.0.0.1");
+        let mut child = ManagedChild::spawn(&what, &mut cmd, SpawnOptions::default())?;
+        let addr = loopback(self.port);
+        let ready = poll_until(READY_TIMEOUT, || {
+            if child.try_status().is_some() {
+                Some(false)
+            } else {
+                accepts(addr).then_some(true)
+            }
+        });
+        if ready != Some(true) {
+            return Err(HarnessError::NotReady {
+                what,
+                detail: format!("not listening again on {addr}\n{}", child.output()),
+            });
+        }
+        self.child = child;
+        Ok(())
+    }
+
     /// The MCP endpoint: `http://127.0.0.1:PORT/mcp` or `…/sse`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}{}", self.port, self.mode.path())
