@@ -142,6 +142,14 @@ async fn a_stream_that_ends_is_reopened_at_once_with_the_last_event_id() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_says_one_thing_and_hangs_up_is_asked_at_most_ten_times_a_second() {
+    let (_h, gets) = setup(Mode::OneEventThenEnd(usize::MAX)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let n = gets.lock().unwrap().len();
+    assert!((5..=11).contains(&n), "{n} GETs in 1 s");
+}
+
+#[tokio::test]
 async fn an_upstream_that_hangs_up_at_once_gets_a_backoff_not_a_loop() {
     let (_h, gets) = setup(Mode::HangUp).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -119,6 +119,10 @@ const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A stream that lived this long (or said anything) was no failure.
 const LIVED: Duration = Duration::from_secs(1);
+/// Opens of one stream are at least this far apart, so an upstream that says one thing and
+/// hangs up, again and again, is asked at most ten times a second (what it sends meanwhile is
+/// what `Last-Event-ID` is for).
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// The longest event id remembered for `Last-Event-ID` (a longer one is not sent back).
 const MAX_EVENT_ID: usize = 1024;
 
@@ -136,7 +140,8 @@ struct Resume {
 ///
 /// An upstream may drop what it sends while no stream is open (the TypeScript SDK does, for
 /// requests without a related request id), so a stream that ends after it was opened is
-/// reopened at once (or after the upstream's own `retry`), with the last event id it gave;
+/// reopened at once (or after the upstream's own `retry`; never within 100 ms of its last
+/// opening), with the last event id it gave;
 /// only failures wait a backoff (1 s doubling to 30 s): a connection that fails, or a second
 /// stream in a row that ends in under a second without a single event. An upstream that answers without a stream
 /// (405, 404 for a session it forgot, not SSE) is left alone; one that refuses a resumption
@@ -177,6 +182,7 @@ async fn run(
                         .retry_ms
                         .map_or(Duration::ZERO, Duration::from_millis)
                         .min(MAX_BACKOFF)
+                        .max(MIN_GAP.saturating_sub(opened.elapsed()))
                 };
                 failed_before = failed;
                 wait
