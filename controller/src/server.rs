@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Json, State};
+use axum::extract::{DefaultBodyLimit, Json, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use reflow_crds::observed::{MAX_REPORT_BYTES, OBSERVED_PATH, ObservedReport};
 use reflow_crds::wire::{
     APPLIED_PATH, AppliedReport, DATAPLANE_HEADER, NDJSON, Outcome, WATCH_PATH, WatchFrame,
 };
@@ -44,6 +45,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(WATCH_PATH, get(watch_snapshots))
         .route(APPLIED_PATH, post(applied))
+        .route(
+            OBSERVED_PATH,
+            post(observed).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .route("/v1/status", get(status))
         .route("/v1/instances/ensure", post(ensure_instance))
         .route("/v1/instances/used", post(instance_used))
@@ -168,6 +173,52 @@ async fn applied(State(state): State<ApiState>, headers: HeaderMap, body: Bytes)
     }
     if state.fleet.report(report) {
         Metrics::inc(&state.metrics.reports, outcome);
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Metrics::inc(&state.metrics.reports, "unknown");
+        (
+            StatusCode::CONFLICT,
+            "no watch stream is open for this dataplane on this replica\n",
+        )
+            .into_response()
+    }
+}
+
+/// A dataplane's observations of the Targets' upstreams (what `Ready`, the printer columns
+/// and `ToolsDrifted` are written from). Bounded: the body size by the route, counts and
+/// lengths by `ObservedReport::validate`, and Targets the snapshot does not have are dropped,
+/// so a stolen dataplane token cannot make the controller hold or write more than that.
+async fn observed(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let mut report: ObservedReport = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let named = dataplane_name(&headers).is_none_or(|h| h == report.dataplane);
+    let valid_name = !report.dataplane.is_empty()
+        && report.dataplane.len() <= 253
+        && report
+            .dataplane
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !named || !valid_name {
+        Metrics::inc(&state.metrics.reports, "observed_invalid");
+        return (StatusCode::UNPROCESSABLE_ENTITY, "invalid dataplane name\n").into_response();
+    }
+    if let Err(e) = report.validate() {
+        warn!(dataplane = %report.dataplane, error = %e, "refusing an observation report");
+        Metrics::inc(&state.metrics.reports, "observed_invalid");
+        return (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response();
+    }
+    if let Some(p) = state.published.borrow().as_ref() {
+        report
+            .targets
+            .retain(|t| p.snapshot.target(&t.namespace, &t.name).is_some());
+    }
+    if state.fleet.observe(report) {
+        Metrics::inc(&state.metrics.reports, "observed");
         StatusCode::NO_CONTENT.into_response()
     } else {
         Metrics::inc(&state.metrics.reports, "unknown");
