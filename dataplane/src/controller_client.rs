@@ -241,6 +241,9 @@ impl Drop for ControllerClient {
 /// Follows the controller forever. If the first attempt fails before any snapshot is active, the
 /// sealed cache (if any) is published so the dataplane serves while the controller is away.
 pub fn spawn(config: ControllerConfig, store: Arc<SnapshotStore>) -> ControllerClient {
+    // reqwest panics when building a client with no rustls provider; the dataplane uses ring
+    // everywhere, and installing it again is a no-op. Both tasks below build clients.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let span =
         info_span!("controller_client", controller = %config.url, dataplane = %config.dataplane);
     let reporter =

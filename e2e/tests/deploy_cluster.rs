@@ -675,8 +675,9 @@ fn target_status_from_observations(k: &KubeCluster, dp: &FedDataplane, urls: &[S
             .as_array()?
             .iter()
             .any(|e| {
-                e["reason"] == "ToolsDrifted" && e["regarding"]["name"] == name.as_str()
-                    || e["reason"] == "ToolsDrifted" && e["involvedObject"]["name"] == name.as_str()
+                e["reason"] == "ToolsDrifted"
+                    && (e["regarding"]["name"] == name.as_str()
+                        || e["involvedObject"]["name"] == name.as_str())
             })
             .then_some(())
     });
