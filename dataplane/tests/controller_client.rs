@@ -412,3 +412,110 @@ fn controller_mode_flags_are_checked_at_start() {
         "{err}"
     );
 }
+
+/// Issue #18 item 5 through the real binary: with `--cutoff-unready-after`, `/readyz` turns 503
+/// once the dataplane has been cut off from the controller that long, and `/metrics` shows the
+/// link down; it keeps serving its last good snapshot meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_fails_readiness_when_cut_off_only_past_the_opt_in_limit() {
+    let key_b64 = SealingKey::generate_base64();
+    let key = SealingKey::from_base64(&key_b64).unwrap();
+    let good = snapshot("good4", "http://127.0.0.1:9/a", &key, 1);
+    let (tx1, rx1) = mpsc::channel(8);
+    let fake = Fake {
+        streams: Arc::new(Mutex::new(vec![rx1])),
+        connects: Arc::default(),
+        reports: Arc::default(),
+        observed: Arc::default(),
+    };
+    let app = Router::new()
+        .route(WATCH_PATH, get(watch))
+        .route(APPLIED_PATH, post(applied))
+        .route(reflow_crds::observed::OBSERVED_PATH, post(observed))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    tx1.send(WatchFrame::snapshot_line(&good).unwrap())
+        .await
+        .unwrap();
+
+    let dir = support::temp_dir();
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, "gateway: {}\n").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t").unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--insecure-dev-user", "u", "--controller", &url])
+        .args(["--controller-token-file", token.to_str().unwrap()])
+        .args(["--cutoff-unready-after", "1s", "--dataplane-name", "dp-r"])
+        .env("REFLOW_SEALING_KEY", &key_b64)
+        .env_remove("REFLOW_MANIFESTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the dataplane starts");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a listening line in time")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let mut ready = 0;
+    for _ in 0..200 {
+        ready = get("/readyz").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200, "ready once the snapshot is applied");
+    assert!(
+        get("/metrics")
+            .await
+            .1
+            .contains("reflow_controller_link_up 1")
+    );
+
+    // The stream ends and reconnects are refused: past 1 s cut off, readiness fails.
+    drop(tx1);
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = get("/readyz").await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert!(last.1.contains("cut off from the controller"), "{}", last.1);
+    let metrics = get("/metrics").await.1;
+    assert!(metrics.contains("reflow_controller_link_up 0"), "{metrics}");
+    assert!(
+        !metrics.contains("reflow_snapshot_age_seconds 0\n"),
+        "{metrics}"
+    );
+    child.kill().await.unwrap();
+    server.abort();
+}
