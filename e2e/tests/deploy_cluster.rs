@@ -483,6 +483,7 @@ fn helm_install_and_rbac(k: &KubeCluster) {
     for (verb, what, ns) in [
         ("watch", "targets.mcp.reflow.io", SAMPLES),
         ("patch", "targets.mcp.reflow.io/status", SAMPLES),
+        ("patch", "targets.mcp.reflow.io", SAMPLES),
         ("patch", "mcpinstances.mcp.reflow.io/status", SAMPLES),
         ("create", "pods", SAMPLES),
         ("delete", "pods", SAMPLES),
