@@ -84,7 +84,22 @@ impl Gateway {
         let change = self
             .observed
             .record_tools(&target.namespace, &target.name, &seen);
-        if change.first || change.changed.is_empty() {
+        if !change.first && change.changed.is_empty() {
+            return;
+        }
+        if let Some(pins) = &target.pinning {
+            // What an admin pastes into the pins (standalone mode has no status to read it
+            // from): each unapproved definition with its digest, logged when it first appears.
+            let unapproved: Vec<String> = seen
+                .iter()
+                .filter(|(n, d)| pins.verdict(n, d) != PinVerdict::Pinned)
+                .map(|(n, d)| format!("{n}={d}"))
+                .collect();
+            if !unapproved.is_empty() {
+                warn!(target = %target.key(), mode = ?pins.mode, tools = ?unapproved, "tool definitions not approved by toolPinning");
+            }
+        }
+        if change.first {
             return;
         }
         info!(target = %target.key(), tools = ?change.changed, "tool definitions changed upstream");
