@@ -25,6 +25,7 @@ use crate::conditions;
 use crate::fleet::{Connection, Fleet};
 use crate::metrics::Metrics;
 use crate::publish::Published;
+use crate::target_status;
 use crate::token::ApiToken;
 
 /// How often an idle watch stream carries a heartbeat line.
@@ -243,12 +244,22 @@ async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
             .into_response();
     };
     let fleet = state.fleet.programmed(p.hash());
+    let observed = state.fleet.observed();
     let objects: Vec<_> = p
         .reports
         .iter()
         .map(|r| {
-            let s = conditions::object_status(r, &fleet, p.source_error.as_deref(), None, "");
-            json!({
+            let mut s = conditions::object_status(r, &fleet, p.source_error.as_deref(), None, "");
+            let mut fields = None;
+            if r.kind == reflow_crds::compile::ObjectKind::Target {
+                // The same Target conditions and columns the lease holder writes to kube status.
+                let compiled = p.snapshot.target(&r.namespace, &r.name).map(|t| &**t);
+                s.conditions.push(target_status::ready(r, &observed));
+                s.conditions
+                    .extend(compiled.and_then(|t| target_status::tools_drifted(r, t, &observed)));
+                fields = Some(target_status::fields(r, compiled, &observed));
+            }
+            let mut obj = json!({
                 "kind": r.kind,
                 "namespace": r.namespace,
                 "name": r.name,
@@ -256,7 +267,12 @@ async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
                 "conditions": s.conditions.iter().map(|c| json!({
                     "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
                 })).collect::<Vec<_>>(),
-            })
+            });
+            if let Some(f) = fields {
+                obj["prefix"] = json!(f.prefix);
+                obj["tools"] = json!(f.tools);
+            }
+            obj
         })
         .collect();
     Json(json!({
