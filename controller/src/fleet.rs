@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use reflow_crds::observed::{ObservedReport, TargetObservation};
 use reflow_crds::wire::{AppliedReport, Outcome};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -17,6 +18,8 @@ struct Dataplane {
     /// When its last stream ended: it may still serve what it last applied (static stability),
     /// so it stays counted for [`RECENT`].
     gone_since: Option<Instant>,
+    /// Its latest observation report (replaced whole by the next one) and when it came.
+    observed: Option<(Instant, Vec<TargetObservation>)>,
 }
 
 /// How long a dataplane that lost its stream stays counted: long enough that one cut off from
@@ -62,6 +65,10 @@ pub struct DataplaneView {
     pub connected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last: Option<AppliedReport>,
+    /// Its latest observations of the Targets' upstreams (carried in rosters so the lease
+    /// holder writes `Ready` from every replica's dataplanes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<TargetObservation>,
 }
 
 /// Keeps a dataplane counted as connected while its watch stream lives.
@@ -127,6 +134,72 @@ impl Fleet {
         true
     }
 
+    /// Records an observation report (already validated), replacing the dataplane's previous
+    /// one; like applied reports, only from a dataplane with an open stream. Ticks only when
+    /// it differs, so a dataplane re-sending the same report starts no status pass.
+    pub fn observe(&self, report: ObservedReport) -> bool {
+        let mut map = self.lock();
+        let Some(d) = map.get_mut(&report.dataplane).filter(|d| d.streams > 0) else {
+            return false;
+        };
+        let same = d
+            .observed
+            .as_ref()
+            .is_some_and(|(_, o)| *o == report.targets);
+        if !same {
+            d.observed = Some((Instant::now(), report.targets));
+        }
+        drop(map);
+        if !same {
+            self.bump();
+        }
+        true
+    }
+
+    /// Every counted dataplane's observations, per Target.
+    pub fn observed(&self) -> crate::target_status::Observed {
+        self.observed_with(&[])
+    }
+
+    /// Observations of this replica's dataplanes and of `peers` (other replicas' rosters). A
+    /// dataplane on both counts once, with this replica's report; peers' reports count as
+    /// older than local ones (their arrival time is not known here).
+    pub fn observed_with(&self, peers: &[DataplaneView]) -> crate::target_status::Observed {
+        let map = self.lock();
+        let older = Instant::now()
+            .checked_sub(RECENT)
+            .unwrap_or_else(Instant::now);
+        let mut all: BTreeMap<String, (Instant, Vec<TargetObservation>)> = map
+            .iter()
+            .map(|(name, d)| {
+                let (at, obs) = d.observed.clone().unwrap_or((older, Vec::new()));
+                (name.clone(), (at, obs))
+            })
+            .collect();
+        drop(map);
+        for peer in peers {
+            all.entry(peer.name.clone())
+                .or_insert_with(|| (older, peer.observed.clone()));
+        }
+        let mut out = crate::target_status::Observed {
+            dataplanes: all.len(),
+            ..Default::default()
+        };
+        for (name, (at, targets)) in &all {
+            for t in targets {
+                out.targets
+                    .entry((t.namespace.clone(), t.name.clone()))
+                    .or_default()
+                    .push(crate::target_status::Seen {
+                        dataplane: name.clone(),
+                        at: *at,
+                        observation: t.clone(),
+                    });
+            }
+        }
+        out
+    }
+
     pub fn programmed(&self, hash: &str) -> Programmed {
         self.programmed_with(hash, &[])
     }
@@ -176,6 +249,11 @@ impl Fleet {
                 name: name.clone(),
                 connected: d.streams > 0,
                 last: d.last.clone(),
+                observed: d
+                    .observed
+                    .as_ref()
+                    .map(|(_, o)| o.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     }
@@ -241,6 +319,7 @@ mod tests {
         let peer = |name: &str, version: u64, hash: &str, outcome| DataplaneView {
             name: name.into(),
             connected: true,
+            observed: Vec::new(),
             last: Some(AppliedReport {
                 version,
                 ..report(name, hash, outcome)
@@ -253,6 +332,7 @@ mod tests {
                 name: "d".into(),
                 connected: true,
                 last: None,
+                observed: Vec::new(),
             },
             // `a` reconnected here from another replica whose roster still has an old report.
             peer("a", 0, "h0", Outcome::Applied),
@@ -263,5 +343,78 @@ mod tests {
         // A newer report from a peer wins over this replica's older one.
         let p = fleet.programmed_with("h1", &[peer("a", 9, "h1", Outcome::Refused)]);
         assert_eq!((p.applied, p.connected, p.refused.len()), (0, 1, 1));
+    }
+
+    fn observation(name: &str, reachable: bool) -> TargetObservation {
+        TargetObservation {
+            namespace: "ns".into(),
+            name: name.into(),
+            reachable,
+            reason: None,
+            error: None,
+            tools: None,
+        }
+    }
+
+    /// Issue #18 item 4: observations count only from dataplanes with a stream, replace the
+    /// previous report whole, tick only on change, and join peers' without double counting.
+    #[test]
+    fn observations_replace_per_dataplane_and_join_peers() {
+        let fleet = Fleet::default();
+        let report = |dp: &str, targets| ObservedReport {
+            dataplane: dp.into(),
+            targets,
+        };
+        assert!(!fleet.observe(report("ghost", vec![observation("t", true)])));
+        let _a = fleet.connect("a");
+        let mut ticks = fleet.subscribe();
+        ticks.mark_unchanged();
+        assert!(fleet.observe(report(
+            "a",
+            vec![observation("t", true), observation("u", false)]
+        )));
+        assert!(ticks.has_changed().unwrap());
+        ticks.mark_unchanged();
+        assert!(fleet.observe(report(
+            "a",
+            vec![observation("t", true), observation("u", false)]
+        )));
+        assert!(!ticks.has_changed().unwrap(), "the same report is no news");
+        assert!(fleet.observe(report("a", vec![observation("t", false)])));
+        let o = fleet.observed();
+        assert_eq!(o.dataplanes, 1);
+        assert_eq!(
+            o.targets.len(),
+            1,
+            "the new report replaced the old one whole"
+        );
+        assert!(
+            !o.targets[&("ns".into(), "t".into())][0]
+                .observation
+                .reachable
+        );
+
+        let peer = |name: &str, reachable| DataplaneView {
+            name: name.into(),
+            connected: true,
+            last: None,
+            observed: vec![observation("t", reachable)],
+        };
+        let o = fleet.observed_with(&[peer("b", true), peer("a", true)]);
+        assert_eq!(o.dataplanes, 2);
+        let seen = &o.targets[&("ns".into(), "t".into())];
+        let who: Vec<(&str, bool)> = seen
+            .iter()
+            .map(|s| (s.dataplane.as_str(), s.observation.reachable))
+            .collect();
+        assert_eq!(
+            who,
+            [("a", false), ("b", true)],
+            "a's own report wins over a peer's copy"
+        );
+        assert!(
+            fleet.view()[0].observed.len() == 1,
+            "rosters carry observations"
+        );
     }
 }

@@ -12,4 +12,5 @@ pub mod roster;
 pub mod server;
 pub mod source;
 pub mod status;
+pub mod target_status;
 pub mod token;

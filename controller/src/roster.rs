@@ -24,6 +24,8 @@ use crate::status::MANAGER;
 pub const ROSTER_OF: &str = "mcp.reflow.io/roster-of";
 /// Annotation holding the roster (JSON list of [`DataplaneView`]).
 pub const ROSTER_ANNOTATION: &str = "mcp.reflow.io/dataplanes";
+/// Largest roster annotation written (the API server allows 256 KiB of annotations).
+const ROSTER_BUDGET: usize = 200 * 1024;
 /// A burst of connects and reports is folded into one write.
 const SETTLE: Duration = Duration::from_millis(300);
 
@@ -58,7 +60,27 @@ pub fn roster_lease(
     dataplanes: &[DataplaneView],
     now: Timestamp,
 ) -> Result<Lease, RosterError> {
-    let roster = serde_json::to_string(dataplanes).map_err(RosterError::Encode)?;
+    let mut roster = serde_json::to_string(dataplanes).map_err(RosterError::Encode)?;
+    if roster.len() > ROSTER_BUDGET {
+        // Annotations share 256 KiB per object: tool digests go first, then observations.
+        let mut slim = dataplanes.to_vec();
+        for d in &mut slim {
+            for o in &mut d.observed {
+                o.tools = None;
+            }
+        }
+        roster = serde_json::to_string(&slim).map_err(RosterError::Encode)?;
+        if roster.len() > ROSTER_BUDGET {
+            for d in &mut slim {
+                d.observed.clear();
+            }
+            roster = serde_json::to_string(&slim).map_err(RosterError::Encode)?;
+        }
+        warn!(
+            bytes = roster.len(),
+            "roster too large for a Lease annotation; observations trimmed"
+        );
+    }
     Ok(Lease {
         metadata: ObjectMeta {
             name: Some(roster_name(cfg)),
@@ -207,6 +229,7 @@ mod tests {
         DataplaneView {
             name: name.into(),
             connected: true,
+            observed: Vec::new(),
             last: Some(AppliedReport {
                 dataplane: name.into(),
                 version: 3,

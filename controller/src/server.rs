@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Json, State};
+use axum::extract::{DefaultBodyLimit, Json, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use reflow_crds::observed::{MAX_REPORT_BYTES, OBSERVED_PATH, ObservedReport};
 use reflow_crds::wire::{
     APPLIED_PATH, AppliedReport, DATAPLANE_HEADER, NDJSON, Outcome, WATCH_PATH, WatchFrame,
 };
@@ -24,6 +25,7 @@ use crate::conditions;
 use crate::fleet::{Connection, Fleet};
 use crate::metrics::Metrics;
 use crate::publish::Published;
+use crate::target_status;
 use crate::token::ApiToken;
 
 /// How often an idle watch stream carries a heartbeat line.
@@ -44,6 +46,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(WATCH_PATH, get(watch_snapshots))
         .route(APPLIED_PATH, post(applied))
+        .route(
+            OBSERVED_PATH,
+            post(observed).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .route("/v1/status", get(status))
         .route("/v1/instances/ensure", post(ensure_instance))
         .route("/v1/instances/used", post(instance_used))
@@ -179,6 +185,52 @@ async fn applied(State(state): State<ApiState>, headers: HeaderMap, body: Bytes)
     }
 }
 
+/// A dataplane's observations of the Targets' upstreams (what `Ready`, the printer columns
+/// and `ToolsDrifted` are written from). Bounded: the body size by the route, counts and
+/// lengths by `ObservedReport::validate`, and Targets the snapshot does not have are dropped,
+/// so a stolen dataplane token cannot make the controller hold or write more than that.
+async fn observed(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let mut report: ObservedReport = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let named = dataplane_name(&headers).is_none_or(|h| h == report.dataplane);
+    let valid_name = !report.dataplane.is_empty()
+        && report.dataplane.len() <= 253
+        && report
+            .dataplane
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !named || !valid_name {
+        Metrics::inc(&state.metrics.reports, "observed_invalid");
+        return (StatusCode::UNPROCESSABLE_ENTITY, "invalid dataplane name\n").into_response();
+    }
+    if let Err(e) = report.validate() {
+        warn!(dataplane = %report.dataplane, error = %e, "refusing an observation report");
+        Metrics::inc(&state.metrics.reports, "observed_invalid");
+        return (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response();
+    }
+    if let Some(p) = state.published.borrow().as_ref() {
+        report
+            .targets
+            .retain(|t| p.snapshot.target(&t.namespace, &t.name).is_some());
+    }
+    if state.fleet.observe(report) {
+        Metrics::inc(&state.metrics.reports, "observed");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Metrics::inc(&state.metrics.reports, "unknown");
+        (
+            StatusCode::CONFLICT,
+            "no watch stream is open for this dataplane on this replica\n",
+        )
+            .into_response()
+    }
+}
+
 /// The compiled view with `Programmed` filled in: folder mode's stand-in for kube status.
 async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
@@ -192,12 +244,22 @@ async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
             .into_response();
     };
     let fleet = state.fleet.programmed(p.hash());
+    let observed = state.fleet.observed();
     let objects: Vec<_> = p
         .reports
         .iter()
         .map(|r| {
-            let s = conditions::object_status(r, &fleet, p.source_error.as_deref(), None, "");
-            json!({
+            let mut s = conditions::object_status(r, &fleet, p.source_error.as_deref(), None, "");
+            let mut fields = None;
+            if r.kind == reflow_crds::compile::ObjectKind::Target {
+                // The same Target conditions and columns the lease holder writes to kube status.
+                let compiled = p.snapshot.target(&r.namespace, &r.name).map(|t| &**t);
+                s.conditions.push(target_status::ready(r, &observed));
+                s.conditions
+                    .extend(compiled.and_then(|t| target_status::tools_drifted(r, t, &observed)));
+                fields = Some(target_status::fields(r, compiled, &observed));
+            }
+            let mut obj = json!({
                 "kind": r.kind,
                 "namespace": r.namespace,
                 "name": r.name,
@@ -205,7 +267,12 @@ async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
                 "conditions": s.conditions.iter().map(|c| json!({
                     "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
                 })).collect::<Vec<_>>(),
-            })
+            });
+            if let Some(f) = fields {
+                obj["prefix"] = json!(f.prefix);
+                obj["tools"] = json!(f.tools);
+            }
+            obj
         })
         .collect();
     Json(json!({

@@ -10,11 +10,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
-use reflow_crds::api::{Credential, ObjectStatus, Policy, Target, TokenRevocation};
+use reflow_crds::api::{Credential, ObjectStatus, Policy, Target, TokenRevocation, ToolDigest};
 use reflow_crds::compile::{ObjectKind, ObjectReport};
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::conditions::{self, differs};
 use crate::fleet::{Fleet, Programmed};
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::publish::Published;
 use crate::roster::Rosters;
 use crate::source::cluster::Stores;
+use crate::target_status::{self, APPROVE_TOOLS, Observed, TOOLS_DRIFTED, TargetFields};
 
 /// The field manager and event reporter name.
 pub const MANAGER: &str = "reflow-controller";
@@ -54,6 +55,20 @@ impl StatusError {
 pub struct Current {
     pub status: Option<ObjectStatus>,
     pub reference: ObjectReference,
+    /// Targets only: the object itself (its status fields beyond conditions, annotations
+    /// and pins).
+    pub target: Option<Arc<Target>>,
+}
+
+impl Current {
+    fn target_fields(&self) -> Option<TargetFields> {
+        let status = self.target.as_ref()?.status.as_ref()?;
+        Some(TargetFields {
+            prefix: status.prefix.clone(),
+            tools: status.tools,
+            tool_digests: status.tool_digests.clone(),
+        })
+    }
 }
 
 /// Looks objects up (the reflector stores in production, a map in tests).
@@ -69,6 +84,7 @@ where
         // Target's status has more fields; the conditions block reads the same from any kind.
         status: status.and_then(|v| serde_json::from_value(v).ok()),
         reference: obj.object_ref(&()),
+        target: None,
     }
 }
 
@@ -86,8 +102,9 @@ where
 impl Lookup for Stores {
     fn current(&self, kind: ObjectKind, ns: &str, name: &str) -> Option<Current> {
         match kind {
-            ObjectKind::Target => find(&self.targets, ns, name).map(|o| {
-                current_of(
+            ObjectKind::Target => find(&self.targets, ns, name).map(|o| Current {
+                target: Some(o.clone()),
+                ..current_of(
                     &*o,
                     o.status.as_ref().and_then(|s| serde_json::to_value(s).ok()),
                 )
@@ -140,12 +157,26 @@ impl StatusWriter {
         }
     }
 
-    /// One pass over every report: patches what changed, returns how many were patched. Keeps
-    /// going after a failed patch and returns the first error at the end.
+    /// One pass over every report with no dataplane observations (see [`Self::sync_with`]).
     pub async fn sync(
         &self,
         published: &Published,
         fleet: &Programmed,
+        lookup: &dyn Lookup,
+    ) -> Result<usize, StatusError> {
+        self.sync_with(published, fleet, &Observed::default(), lookup)
+            .await
+    }
+
+    /// One pass over every report: patches what changed, returns how many were patched. Keeps
+    /// going after a failed patch and returns the first error at the end. Targets also get
+    /// `Ready`, `ToolsDrifted`, prefix and tools from `observed`, and their pending tool
+    /// approvals turned into pins.
+    pub async fn sync_with(
+        &self,
+        published: &Published,
+        fleet: &Programmed,
+        observed: &Observed,
         lookup: &dyn Lookup,
     ) -> Result<usize, StatusError> {
         let now = Timestamp::now().to_string();
@@ -156,17 +187,24 @@ impl StatusWriter {
             let Some(cur) = lookup.current(report.kind, &report.namespace, &report.name) else {
                 continue;
             };
-            let desired = conditions::object_status(
+            let (desired, fields) = desired_status(
+                published,
                 report,
                 fleet,
-                published.source_error.as_deref(),
+                observed,
                 cur.status.as_ref(),
                 &now,
             );
-            if !differs(cur.status.as_ref(), &desired) {
+            if let (Some(target), Some(f)) = (&cur.target, &fields)
+                && let Err(e) = self.approve_tools(target, &f.tool_digests).await
+            {
+                warn!(error = %e, "tool approval not written");
+                first_err.get_or_insert(e);
+            }
+            if !differs(cur.status.as_ref(), &desired) && fields == cur.target_fields() {
                 continue;
             }
-            match self.patch(report, &desired).await {
+            match self.patch(report, &desired, fields.as_ref()).await {
                 Ok(()) => {
                     patched += 1;
                     Metrics::inc(&self.metrics.status_patches, "ok");
@@ -195,8 +233,17 @@ impl StatusWriter {
         &self,
         report: &ObjectReport,
         desired: &ObjectStatus,
+        fields: Option<&TargetFields>,
     ) -> Result<(), StatusError> {
-        let body = Patch::Merge(json!({ "status": desired }));
+        let mut status = serde_json::to_value(desired).unwrap_or_default();
+        if let (Some(f), Some(obj)) = (fields, status.as_object_mut()) {
+            // Explicit nulls: a merge patch removes what is no longer known.
+            obj.insert("prefix".into(), json!(f.prefix));
+            obj.insert("tools".into(), json!(f.tools));
+            let digests = (!f.tool_digests.is_empty()).then_some(&f.tool_digests);
+            obj.insert("toolDigests".into(), json!(digests));
+        }
+        let body = Patch::Merge(json!({ "status": status }));
         let pp = PatchParams::default();
         let (ns, name) = (report.namespace.as_str(), report.name.as_str());
         let r = match report.kind {
@@ -238,7 +285,7 @@ impl StatusWriter {
         };
         for c in &after.conditions {
             let bad = match c.type_.as_str() {
-                "Conflicted" => c.status == "True",
+                "Conflicted" | TOOLS_DRIFTED => c.status == "True",
                 "Programmed" => c.reason == "Refused",
                 _ => c.status == "False" && c.reason != "NotAccepted",
             };
@@ -259,6 +306,111 @@ impl StatusWriter {
                 debug!(error = %e, "cannot publish an event");
             }
         }
+    }
+}
+
+/// The status an object should have, and for a Target its fields beyond conditions.
+pub fn desired_status(
+    published: &Published,
+    report: &ObjectReport,
+    fleet: &Programmed,
+    observed: &Observed,
+    previous: Option<&ObjectStatus>,
+    now: &str,
+) -> (ObjectStatus, Option<TargetFields>) {
+    let mut desired = conditions::object_status(
+        report,
+        fleet,
+        published.source_error.as_deref(),
+        previous,
+        now,
+    );
+    if report.kind != ObjectKind::Target {
+        return (desired, None);
+    }
+    let compiled = published
+        .snapshot
+        .target(&report.namespace, &report.name)
+        .map(|t| &**t);
+    let mut extra = vec![target_status::ready(report, observed)];
+    extra.extend(compiled.and_then(|t| target_status::tools_drifted(report, t, observed)));
+    for mut c in extra {
+        let kept = previous
+            .and_then(|p| p.conditions.iter().find(|p| p.type_ == c.type_))
+            .filter(|p| p.status == c.status)
+            .and_then(|p| p.last_transition_time.clone());
+        c.last_transition_time = Some(kept.unwrap_or_else(|| now.to_owned()));
+        desired.conditions.push(c);
+    }
+    (
+        desired,
+        Some(target_status::fields(report, compiled, observed)),
+    )
+}
+
+impl StatusWriter {
+    /// `mcp.reflow.io/approve-tools` on a Target: the named (or `*` all) observed digests
+    /// become `spec.toolPinning.pins` and the annotation is removed, in one patch. With nothing
+    /// observed yet the annotation stays until a dataplane has listed the Target.
+    async fn approve_tools(
+        &self,
+        target: &Target,
+        observed: &[ToolDigest],
+    ) -> Result<(), StatusError> {
+        let Some(wanted) = target
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPROVE_TOOLS))
+        else {
+            return Ok(());
+        };
+        if observed.is_empty() {
+            debug!(target = ?target.metadata.name, "tool approval waits for a dataplane to list the Target");
+            return Ok(());
+        }
+        let current = target.spec.tool_pinning.clone().unwrap_or_default();
+        let (pins, missing) = target_status::approve(&current.pins, observed, wanted);
+        let (ns, name) = (
+            target.metadata.namespace.clone().unwrap_or_default(),
+            target.metadata.name.clone().unwrap_or_default(),
+        );
+        let body = Patch::Merge(json!({
+            "metadata": {"annotations": {APPROVE_TOOLS: null}},
+            "spec": {"toolPinning": {"mode": current.mode, "pins": pins}},
+        }));
+        Api::<Target>::namespaced(self.client.clone(), &ns)
+            .patch(&name, &PatchParams::default(), &body)
+            .await
+            .map_err(|source| StatusError::Patch {
+                kind: ObjectKind::Target,
+                namespace: ns.clone(),
+                name: name.clone(),
+                source,
+            })?;
+        info!(namespace = %ns, target = %name, pins = pins.len(), ?missing, "observed tool definitions approved as pins");
+        if let Some(recorder) = &self.recorder {
+            let note = if missing.is_empty() {
+                format!("{} tool definition(s) pinned", pins.len())
+            } else {
+                format!(
+                    "{} tool definition(s) pinned; not observed, so not pinned: {}",
+                    pins.len(),
+                    missing.join(", ")
+                )
+            };
+            let ev = Event {
+                type_: EventType::Normal,
+                reason: "ToolsApproved".into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "ApproveTools".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&ev, &target.object_ref(&())).await {
+                debug!(error = %e, "cannot publish an event");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -304,7 +456,8 @@ pub fn spawn(
                     None => Vec::new(),
                 };
                 let programmed = fleet.programmed_with(p.hash(), &peers);
-                match writer.sync(&p, &programmed, lookup.as_ref()).await {
+                let observed = fleet.observed_with(&peers);
+                match writer.sync_with(&p, &programmed, &observed, lookup.as_ref()).await {
                     Ok(n) if n > 0 => debug!(patched = n, "status written"),
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, label = e.label(), "status pass incomplete; retrying on the next change"),

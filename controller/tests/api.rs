@@ -235,6 +235,79 @@ async fn the_stream_sends_each_snapshot_once_and_reports_make_programmed() {
         "applied by 1 of 1 dataplanes"
     );
 
+    // Observations (issue #18 item 4): the Target's Ready and TOOLS come from them; reports
+    // from a dataplane with no stream, invented Targets and broken bounds are not taken.
+    let target = s["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Target")
+        .expect("a Target")
+        .clone();
+    assert_eq!(target["conditions"][3]["reason"], "NotObserved", "{target}");
+    let observation = |dp: &str, name: &str, tools: usize| {
+        let tools: Vec<serde_json::Value> = (0..tools)
+            .map(|i| serde_json::json!({"name": format!("t{i:04}"), "digest": "a".repeat(64)}))
+            .collect();
+        Body::from(
+            serde_json::json!({"dataplane": dp, "targets": [{
+                "namespace": target["namespace"], "name": name, "reachable": true, "tools": tools,
+            }]})
+            .to_string(),
+        )
+    };
+    let post = |body: Body| {
+        app.clone().oneshot(req(
+            "POST",
+            reflow_crds::observed::OBSERVED_PATH,
+            Some(TOKEN),
+            None,
+            body,
+        ))
+    };
+    let name = target["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(observation("stranger", &name, 1))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        post(observation("dp-1", &name, 513))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "more tools than the bound"
+    );
+    assert_eq!(
+        post(observation("dp-1", "invented", 1))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status(app.clone()).await["dataplanes"][0]["observed"],
+        serde_json::json!(null),
+        "an invented Target is dropped"
+    );
+    assert_eq!(
+        post(observation("dp-1", &name, 3)).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let s = status(app.clone()).await;
+    let target = s["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Target")
+        .unwrap();
+    assert_eq!(target["conditions"][3]["type"], "Ready");
+    assert_eq!(target["conditions"][3]["status"], "True", "{target}");
+    assert_eq!(target["tools"], 3);
+
     let v2 = publisher.publish(compiled("http://b")).unwrap();
     let f = next_frame().await;
     assert_eq!((f.kind, f.version), (FrameKind::Snapshot, Some(v2)));

@@ -18,7 +18,7 @@ use reflow_controller::metrics::Metrics;
 use reflow_controller::publish::{Published, Publisher};
 use reflow_controller::roster::Rosters;
 use reflow_controller::status::{Current, Lookup, StatusError, StatusWriter};
-use reflow_crds::api::ObjectStatus;
+use reflow_crds::api::{ObjectStatus, Target, TargetStatus};
 use reflow_crds::compile::ObjectKind;
 use reflow_crds::loader::{Loaded, load_str};
 use reflow_crds::wire::{AppliedReport, Outcome};
@@ -143,8 +143,31 @@ impl Objects {
             uid: Some(format!("uid-{plural}-{name}")),
             ..ObjectReference::default()
         };
-        self.0
-            .insert((kind, name.into()), Current { status, reference });
+        self.0.insert(
+            (kind, name.into()),
+            Current {
+                status,
+                reference,
+                target: None,
+            },
+        );
+        self
+    }
+
+    /// The Target `name` of [`MANIFESTS`] as the cluster holds it, with `status`.
+    fn with_target(mut self, name: &str, status: TargetStatus) -> Self {
+        self = self.with(ObjectKind::Target, "targets", name, None);
+        let obj = object_with_status("Target", name, &json!({"status": status}));
+        let target: Target = serde_json::from_value(obj).expect("target");
+        let cur = self
+            .0
+            .get_mut(&(ObjectKind::Target, name.into()))
+            .expect("added");
+        cur.status = Some(ObjectStatus {
+            observed_generation: status.observed_generation,
+            conditions: status.conditions.clone(),
+        });
+        cur.target = Some(Arc::new(target));
         self
     }
 }
@@ -185,10 +208,26 @@ async fn status_patches_changed_objects_only_and_warns_once_per_new_failure() {
         .iter()
         .find(|r| r.kind == ObjectKind::Target)
         .expect("target report");
-    let up_to_date =
-        reflow_controller::conditions::object_status(target_report, &FLEET, None, None, "t0");
+    let (up_to_date, fields) = reflow_controller::status::desired_status(
+        &p,
+        target_report,
+        &FLEET,
+        &Default::default(),
+        None,
+        "t0",
+    );
+    let fields = fields.expect("a Target has fields");
     let objects = Objects::default()
-        .with(ObjectKind::Target, "targets", "gh", Some(up_to_date))
+        .with_target(
+            "gh",
+            TargetStatus {
+                observed_generation: up_to_date.observed_generation,
+                conditions: up_to_date.conditions,
+                prefix: fields.prefix,
+                tools: fields.tools,
+                tool_digests: fields.tool_digests,
+            },
+        )
         .with(ObjectKind::Policy, "policies", "readers", None)
         .with(ObjectKind::Credential, "credentials", "token", None);
 

@@ -8,6 +8,7 @@ pub mod glob;
 pub mod identity;
 pub mod instance_wire;
 pub mod loader;
+pub mod observed;
 pub mod seal;
 pub mod snapshot;
 pub mod token;

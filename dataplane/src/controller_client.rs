@@ -3,10 +3,12 @@
 //! and keeps the last good snapshot sealed on local disk for starts while the controller is away.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use reflow_crds::observed::{OBSERVED_PATH, ObservedReport};
 use reflow_crds::wire::{
     APPLIED_PATH, AppliedReport, DATAPLANE_HEADER, FrameKind, Outcome, WATCH_PATH, WatchFrame,
 };
@@ -15,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::observed::Observations;
 use crate::source::SnapshotStore;
 
 /// AAD of the sealed cache file: a sealed credential value can never be passed off as a cache.
@@ -23,6 +26,79 @@ const CACHE_AAD: &str = "reflow/snapshot-cache/v1";
 const SILENCE: Duration = Duration::from_secs(35);
 /// A report that takes longer is dropped; the next snapshot or reconnect reports again.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Observations are reported at most this often, and at least this often while connected (so
+/// a controller replica that just took the stream learns them).
+const OBSERVED_SETTLE: Duration = Duration::from_secs(1);
+const OBSERVED_EVERY: Duration = Duration::from_secs(30);
+
+/// The link to the controller as readiness and metrics see it (issue #18 item 5): a dataplane
+/// cut off from the controller keeps serving its last good snapshot (static stability), which
+/// may be older and more permissive than what the controller now publishes.
+#[derive(Debug)]
+pub struct ControllerLink {
+    connected: AtomicBool,
+    /// Last time the controller confirmed the served snapshot (a frame or heartbeat arrived).
+    contact: Mutex<Instant>,
+    /// Opt-in: fail readiness once cut off this long (`--cutoff-unready-after`).
+    unready_after: Option<Duration>,
+    warned: AtomicBool,
+}
+
+impl ControllerLink {
+    pub fn new(unready_after: Option<Duration>) -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            contact: Mutex::new(Instant::now()),
+            unready_after,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.connected.store(true, Ordering::Relaxed);
+        if self.warned.swap(false, Ordering::Relaxed) {
+            info!("back in contact with the controller");
+        }
+    }
+
+    fn lost(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Time since the controller last confirmed the served snapshot (since start before any
+    /// contact).
+    pub fn snapshot_age(&self) -> Duration {
+        self.contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// `Some(how long)` when the opt-in limit is set and the link has been down longer.
+    pub fn cut_off_too_long(&self) -> Option<Duration> {
+        let limit = self.unready_after?;
+        let age = self.snapshot_age();
+        (!self.connected() && age > limit).then_some(age)
+    }
+
+    /// Logs once per outage that the dataplane is cut off (and, with the opt-in limit, unready).
+    fn warn_if_cut_off(&self) {
+        let age = self.snapshot_age();
+        let threshold = self.unready_after.unwrap_or(Duration::from_secs(120));
+        if !self.connected() && age > threshold && !self.warned.swap(true, Ordering::Relaxed) {
+            error!(
+                cut_off_seconds = age.as_secs(),
+                unready = self.unready_after.is_some(),
+                "cut off from the controller: serving a snapshot that may be out of date"
+            );
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -94,6 +170,9 @@ pub struct ControllerConfig {
     pub cache: Option<PathBuf>,
     pub key: SealingKey,
     pub backoff: Backoff,
+    /// What the gateway observed of each upstream, reported to the controller.
+    pub observed: Arc<Observations>,
+    pub link: Arc<ControllerLink>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,10 +241,83 @@ impl Drop for ControllerClient {
 /// Follows the controller forever. If the first attempt fails before any snapshot is active, the
 /// sealed cache (if any) is published so the dataplane serves while the controller is away.
 pub fn spawn(config: ControllerConfig, store: Arc<SnapshotStore>) -> ControllerClient {
+    // reqwest panics when building a client with no rustls provider; the dataplane uses ring
+    // everywhere, and installing it again is a no-op. Both tasks below build clients.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let span =
         info_span!("controller_client", controller = %config.url, dataplane = %config.dataplane);
-    let task = tokio::spawn(follow(config, store).instrument(span));
+    let reporter =
+        tokio::spawn(report_observations(config.clone(), store.clone()).instrument(span.clone()));
+    let task = tokio::spawn(
+        async move {
+            let _reporter = AbortOnDrop(reporter);
+            follow(config, store).await;
+        }
+        .instrument(span),
+    );
     ControllerClient { task }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Posts what the gateway observed of each upstream: after changes (settled), and every
+/// [`OBSERVED_EVERY`] while the watch stream is up (the controller takes reports only from
+/// dataplanes with an open stream). Also logs a long cut-off once.
+async fn report_observations(config: ControllerConfig, store: Arc<SnapshotStore>) {
+    let http = match reqwest::Client::builder().no_proxy().build() {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot build the observation reporter");
+            return;
+        }
+    };
+    let url = format!("{}{OBSERVED_PATH}", config.url.trim_end_matches('/'));
+    let mut changes = config.observed.subscribe();
+    let mut last_sent: Option<ObservedReport> = None;
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(OBSERVED_EVERY) => { last_sent = None; }
+        }
+        tokio::time::sleep(OBSERVED_SETTLE).await;
+        changes.mark_unchanged();
+        config.link.warn_if_cut_off();
+        if !config.link.connected() || !store.is_ready() {
+            last_sent = None;
+            continue;
+        }
+        let report = config.observed.report(&config.dataplane, &store.load());
+        if last_sent.as_ref() == Some(&report) {
+            continue;
+        }
+        let sent = http
+            .post(&url)
+            .bearer_auth(config.token.expose_secret())
+            .timeout(REPORT_TIMEOUT)
+            .json(&report)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => last_sent = Some(report),
+            Ok(r) => {
+                warn!(
+                    status = r.status().as_u16(),
+                    "the controller did not take the observation report"
+                );
+                last_sent = None;
+            }
+            Err(e) => {
+                warn!(error = %e.without_url(), "cannot send the observation report");
+                last_sent = None;
+            }
+        }
+    }
 }
 
 async fn follow(config: ControllerConfig, store: Arc<SnapshotStore>) {
@@ -187,7 +339,10 @@ async fn follow(config: ControllerConfig, store: Arc<SnapshotStore>) {
     let mut cache_tried = false;
     loop {
         let mut received = false;
-        match session(&http, &config, &store, &mut received).await {
+        let outcome = session(&http, &config, &store, &mut received).await;
+        config.link.lost();
+        config.link.warn_if_cut_off();
+        match outcome {
             Ok(()) => info!("the controller closed the watch stream; reconnecting"),
             Err(e) if store.is_ready() => {
                 warn!(error = %e, label = e.label(), "controller unavailable; serving the last good snapshot")
@@ -240,6 +395,7 @@ async fn session(
         return Err(ClientError::Status(resp.status().as_u16()));
     }
     debug!("watch stream open");
+    config.link.touch();
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -249,6 +405,7 @@ async fn session(
             Ok(Some(Err(e))) => return Err(ClientError::Stream(e.without_url().to_string())),
             Ok(Some(Ok(c))) => c,
         };
+        config.link.touch();
         buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();

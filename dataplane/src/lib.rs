@@ -12,7 +12,8 @@
 //!    over HTTP) and `metrics` (which reads every layer's counters).
 //! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances).
 //! 4. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
-//!    `controller_client`, `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
+//!    `controller_client`, `observed` (what this dataplane saw of each upstream),
+//!    `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
 //!    `process_guard` (the gateway's own secrets kept out of `/proc`).
 //!
 //! `tests/layers.rs` reads every `crate::` path under `src/` and keeps this true; a new
@@ -32,6 +33,7 @@ pub mod jsonrpc;
 pub mod limits;
 pub mod log_level;
 pub mod metrics;
+pub mod observed;
 pub mod postgres;
 pub mod process_guard;
 /// Token scopes live in the model (`reflow_crds::token::scope`) so every minting binary shares them.

@@ -133,6 +133,10 @@ struct ServeArgs {
     /// Where the last good snapshot from the controller is kept, sealed with the sealing key.
     #[arg(long, env = "REFLOW_SNAPSHOT_CACHE")]
     snapshot_cache: Option<PathBuf>,
+    /// Opt-in: fail `/readyz` once cut off from the controller this long (e.g. `10m`). Off by
+    /// default: during a controller outage every dataplane would go unready at once.
+    #[arg(long, env = "REFLOW_CUTOFF_UNREADY_AFTER", value_parser = parse_duration, requires = "controller")]
+    cutoff_unready_after: Option<Duration>,
     /// Address to bind; port 0 picks a free one. The bound address is printed on stdout as
     /// `listening on http://ADDR`.
     #[arg(long, env = "REFLOW_LISTEN", default_value = "127.0.0.1:8080")]
@@ -222,6 +226,7 @@ impl From<ServeArgs> for app::ServeOptions {
             controller_token_file: a.controller_token_file,
             dataplane_name: a.dataplane_name,
             snapshot_cache: a.snapshot_cache,
+            cutoff_unready_after: a.cutoff_unready_after,
             listen: a.listen,
             config: a.config,
             insecure_dev_user: a.insecure_dev_user,

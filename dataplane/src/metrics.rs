@@ -95,6 +95,20 @@ pub struct Metrics {
     pub audit_writable: Gauge<i64, AtomicI64>,
     /// Connections and requests closed by a timer of the server loop (see `listener`).
     pub http_timeouts: Family<TimeoutLabels, Counter>,
+    /// Controller mode: 1 while the watch stream is up (synced at render time).
+    pub controller_link_up: Gauge<i64, AtomicI64>,
+    /// Controller mode: seconds since the controller last confirmed the served snapshot.
+    pub snapshot_age: Gauge<i64, AtomicI64>,
+    /// Tools hidden, refused or passed with a warning because their definition is not the
+    /// pinned one.
+    pub tool_pins: Family<PinLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PinLabels {
+    pub target: Arc<str>,
+    /// hidden | refused | warned
+    pub action: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,8 +183,29 @@ impl Metrics {
             "Connections or requests closed because a peer stalled, by timer",
             http_timeouts.clone(),
         );
+        let controller_link_up = Gauge::<i64, AtomicI64>::default();
+        let snapshot_age = Gauge::<i64, AtomicI64>::default();
+        let tool_pins = Family::<PinLabels, Counter>::default();
+        registry.register(
+            "controller_link_up",
+            "Controller mode: 1 while the snapshot watch stream is up, 0 while cut off",
+            controller_link_up.clone(),
+        );
+        registry.register(
+            "snapshot_age_seconds",
+            "Controller mode: seconds since the controller last confirmed the served snapshot",
+            snapshot_age.clone(),
+        );
+        registry.register(
+            "tool_pin_actions",
+            "Tools hidden, refused or passed with a warning because their definition is not the pinned one",
+            tool_pins.clone(),
+        );
         Self {
             registry,
+            controller_link_up,
+            snapshot_age,
+            tool_pins,
             http_timeouts,
             stdio_live,
             stdio_events,

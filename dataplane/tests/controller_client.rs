@@ -28,6 +28,7 @@ struct Fake {
     streams: Arc<Mutex<Vec<mpsc::Receiver<Vec<u8>>>>>,
     connects: Arc<Mutex<Vec<(String, String)>>>,
     reports: Arc<Mutex<Vec<AppliedReport>>>,
+    observed: Arc<Mutex<Vec<reflow_crds::observed::ObservedReport>>>,
 }
 
 async fn watch(State(f): State<Fake>, headers: HeaderMap) -> Response {
@@ -98,6 +99,7 @@ async fn applies_good_snapshots_refuses_tampered_ones_and_reconnects() {
         streams: Arc::new(Mutex::new(vec![rx2, rx1])),
         connects: Arc::default(),
         reports: Arc::default(),
+        observed: Arc::default(),
     };
     let app = Router::new()
         .route(WATCH_PATH, get(watch))
@@ -120,6 +122,10 @@ async fn applies_good_snapshots_refuses_tampered_ones_and_reconnects() {
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(100),
             },
+            observed: Default::default(),
+            link: std::sync::Arc::new(reflow_dataplane::controller_client::ControllerLink::new(
+                None,
+            )),
         },
         store.clone(),
     );
@@ -187,6 +193,7 @@ async fn a_garbage_line_breaks_the_stream_but_not_the_snapshot() {
         streams: Arc::new(Mutex::new(vec![rx1])),
         connects: Arc::default(),
         reports: Arc::default(),
+        observed: Arc::default(),
     };
     let app = Router::new()
         .route(WATCH_PATH, get(watch))
@@ -207,6 +214,10 @@ async fn a_garbage_line_breaks_the_stream_but_not_the_snapshot() {
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(50),
             },
+            observed: Default::default(),
+            link: std::sync::Arc::new(reflow_dataplane::controller_client::ControllerLink::new(
+                None,
+            )),
         },
         store.clone(),
     );
@@ -221,6 +232,112 @@ async fn a_garbage_line_breaks_the_stream_but_not_the_snapshot() {
     })
     .await;
     assert_eq!(store.load().hash(), good.hash());
+    server.abort();
+}
+
+async fn observed(
+    State(f): State<Fake>,
+    Json(r): Json<reflow_crds::observed::ObservedReport>,
+) -> StatusCode {
+    f.observed.lock().unwrap().push(r);
+    StatusCode::NO_CONTENT
+}
+
+/// Issue #18 item 5 and item 4: while connected, the client reports what the gateway observed
+/// of each upstream (only Targets of the served snapshot, URLs cleaned); once the stream is
+/// gone the link says so, the snapshot age grows, and only a link with the opt-in limit turns
+/// "cut off too long" (what fails `/readyz`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_are_reported_and_a_cut_off_link_says_so() {
+    let key = SealingKey::from_bytes(&[7; 32]);
+    let good = snapshot("good3", "http://127.0.0.1:9/a", &key, 1);
+    let target = good.targets()[0].clone();
+    let (tx1, rx1) = mpsc::channel(8);
+    let fake = Fake {
+        streams: Arc::new(Mutex::new(vec![rx1])),
+        connects: Arc::default(),
+        reports: Arc::default(),
+        observed: Arc::default(),
+    };
+    let app = Router::new()
+        .route(WATCH_PATH, get(watch))
+        .route(APPLIED_PATH, post(applied))
+        .route(reflow_crds::observed::OBSERVED_PATH, post(observed))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let store = SnapshotStore::new();
+    let observations = Arc::new(reflow_dataplane::observed::Observations::default());
+    let strict = Arc::new(controller_client::ControllerLink::new(Some(
+        Duration::from_millis(300),
+    )));
+    let lenient = controller_client::ControllerLink::new(None);
+    let _client = controller_client::spawn(
+        ControllerConfig {
+            url,
+            token: SecretString::from("t"),
+            dataplane: "dp-c".into(),
+            cache: None,
+            key,
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(50),
+            },
+            observed: observations.clone(),
+            link: strict.clone(),
+        },
+        store.clone(),
+    );
+    tx1.send(WatchFrame::snapshot_line(&good).unwrap())
+        .await
+        .unwrap();
+    wait_until("the snapshot", || store.is_ready()).await;
+    assert!(strict.connected());
+    assert!(strict.cut_off_too_long().is_none());
+
+    observations.record_failure(
+        &target.namespace,
+        &target.name,
+        reflow_crds::observed::ObservedReason::UpstreamUnreachable,
+        "POST http://user:secret@up.example/mcp?api_key=k1 failed",
+    );
+    observations.record_failure(
+        "elsewhere",
+        "not-served",
+        reflow_crds::observed::ObservedReason::NotReady,
+        "x",
+    );
+    wait_until("an observation report", || {
+        !fake.observed.lock().unwrap().is_empty()
+    })
+    .await;
+    let report = fake.observed.lock().unwrap()[0].clone();
+    assert_eq!(report.dataplane, "dp-c");
+    assert_eq!(report.targets.len(), 1, "only served Targets: {report:?}");
+    let t = &report.targets[0];
+    assert!(!t.reachable);
+    assert_eq!(
+        t.error.as_deref(),
+        Some("POST http://up.example/mcp failed")
+    );
+    assert!(report.validate().is_ok());
+
+    // The stream ends; the fake refuses reconnects from now on.
+    drop(tx1);
+    wait_until("the link to drop", || !strict.connected()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(strict.snapshot_age() >= Duration::from_millis(300));
+    assert!(strict.cut_off_too_long().is_some(), "opted in: unready");
+    assert!(
+        lenient.cut_off_too_long().is_none(),
+        "default: never unready"
+    );
+    assert_eq!(
+        store.load().hash(),
+        good.hash(),
+        "still serving the last good snapshot"
+    );
     server.abort();
 }
 
@@ -294,4 +411,111 @@ fn controller_mode_flags_are_checked_at_start() {
         err.contains("controller mode needs the sealing key"),
         "{err}"
     );
+}
+
+/// Issue #18 item 5 through the real binary: with `--cutoff-unready-after`, `/readyz` turns 503
+/// once the dataplane has been cut off from the controller that long, and `/metrics` shows the
+/// link down; it keeps serving its last good snapshot meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_fails_readiness_when_cut_off_only_past_the_opt_in_limit() {
+    let key_b64 = SealingKey::generate_base64();
+    let key = SealingKey::from_base64(&key_b64).unwrap();
+    let good = snapshot("good4", "http://127.0.0.1:9/a", &key, 1);
+    let (tx1, rx1) = mpsc::channel(8);
+    let fake = Fake {
+        streams: Arc::new(Mutex::new(vec![rx1])),
+        connects: Arc::default(),
+        reports: Arc::default(),
+        observed: Arc::default(),
+    };
+    let app = Router::new()
+        .route(WATCH_PATH, get(watch))
+        .route(APPLIED_PATH, post(applied))
+        .route(reflow_crds::observed::OBSERVED_PATH, post(observed))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    tx1.send(WatchFrame::snapshot_line(&good).unwrap())
+        .await
+        .unwrap();
+
+    let dir = support::temp_dir();
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, "gateway: {}\n").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t").unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--insecure-dev-user", "u", "--controller", &url])
+        .args(["--controller-token-file", token.to_str().unwrap()])
+        .args(["--cutoff-unready-after", "1s", "--dataplane-name", "dp-r"])
+        .env("REFLOW_SEALING_KEY", &key_b64)
+        .env_remove("REFLOW_MANIFESTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the dataplane starts");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a listening line in time")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let mut ready = 0;
+    for _ in 0..200 {
+        ready = get("/readyz").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200, "ready once the snapshot is applied");
+    assert!(
+        get("/metrics")
+            .await
+            .1
+            .contains("reflow_controller_link_up 1")
+    );
+
+    // The stream ends and reconnects are refused: past 1 s cut off, readiness fails.
+    drop(tx1);
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = get("/readyz").await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert!(last.1.contains("cut off from the controller"), "{}", last.1);
+    let metrics = get("/metrics").await.1;
+    assert!(metrics.contains("reflow_controller_link_up 0"), "{metrics}");
+    assert!(
+        !metrics.contains("reflow_snapshot_age_seconds 0\n"),
+        "{metrics}"
+    );
+    child.kill().await.unwrap();
+    server.abort();
 }

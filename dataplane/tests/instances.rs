@@ -147,6 +147,8 @@ struct Standin {
     ensures: Mutex<Vec<EnsureRequest>>,
     assigned: Mutex<HashMap<String, usize>>,
     used: Mutex<Vec<UsedRequest>>,
+    /// `late`: starting (202) until this instant, set on its first ensure.
+    late_ready_at: Mutex<Option<Instant>>,
 }
 
 async fn ensure(
@@ -189,6 +191,38 @@ async fn ensure(
         "slow" => {
             tokio::time::sleep(Duration::from_secs(20)).await;
             StatusCode::ACCEPTED.into_response()
+        }
+        "late"
+            if *s
+                .late_ready_at
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| Instant::now() + Duration::from_secs(3))
+                > Instant::now() =>
+        {
+            (
+                StatusCode::ACCEPTED,
+                Json(EnsureResponse {
+                    name,
+                    phase: reflow_crds::api::InstancePhase::Pending,
+                    endpoint: None,
+                    token: None,
+                }),
+            )
+                .into_response()
+        }
+        "late" => {
+            let (endpoint, token) = s.bridges.lock().unwrap()[0].clone();
+            (
+                StatusCode::OK,
+                Json(EnsureResponse {
+                    name,
+                    phase: reflow_crds::api::InstancePhase::Running,
+                    endpoint: Some(endpoint),
+                    token: Some(BridgeToken::new(token)),
+                }),
+            )
+                .into_response()
         }
         "stuck" => (
             StatusCode::ACCEPTED,
@@ -258,6 +292,10 @@ fn kubernetes_target(name: &str) -> String {
 const CREDENTIALS: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: t}\nstringData: {alice: ghp-alice, bob: ghp-bob}\n---\napiVersion: mcp.reflow.io/v1alpha1\nkind: Credential\nmetadata: {name: alice-gh, namespace: t}\nspec:\n  targetRef: {name: gh}\n  subject: {user: alice}\n  env: [{name: GITHUB_TOKEN, secretKeyRef: {name: keys, key: alice}}]\n---\napiVersion: mcp.reflow.io/v1alpha1\nkind: Credential\nmetadata: {name: bob-gh, namespace: t}\nspec:\n  targetRef: {name: gh}\n  subject: {user: bob}\n  env: [{name: GITHUB_TOKEN, secretKeyRef: {name: keys, key: bob}}]\n";
 
 fn instances_config(ready_ms: u64) -> GatewayConfig {
+    instances_config_with(ready_ms, 5_000)
+}
+
+fn instances_config_with(ready_ms: u64, list_wait_ms: u64) -> GatewayConfig {
     GatewayConfig {
         instances: InstancesConfig {
             ready_timeout_ms: ready_ms,
@@ -265,6 +303,7 @@ fn instances_config(ready_ms: u64) -> GatewayConfig {
             poll_initial_ms: 50,
             poll_max_ms: 200,
             used_interval_ms: 60_000,
+            list_wait_ms,
         },
         ..GatewayConfig::default()
     }
@@ -272,16 +311,22 @@ fn instances_config(ready_ms: u64) -> GatewayConfig {
 
 /// A gateway serving `targets`, through the controller stand-in at `controller` when given.
 async fn gateway(targets: &[&str], ready_ms: u64, controller: Option<&str>) -> Harness {
+    gateway_with(targets, instances_config(ready_ms), controller).await
+}
+
+async fn gateway_with(
+    targets: &[&str],
+    config: GatewayConfig,
+    controller: Option<&str>,
+) -> Harness {
     let dir = temp_dir();
     for t in targets {
         std::fs::write(dir.join(format!("{t}.yaml")), kubernetes_target(t)).unwrap();
     }
     std::fs::write(dir.join("credentials.yaml"), CREDENTIALS).unwrap();
     let h = match controller {
-        Some(url) => {
-            start_gateway_instances(dir, instances_config(ready_ms), controller_api(url)).await
-        }
-        None => start_gateway(dir, instances_config(ready_ms)).await,
+        Some(url) => start_gateway_instances(dir, config, controller_api(url)).await,
+        None => start_gateway(dir, config).await,
     };
     // The folder watch compiles asynchronously: wait until the Targets are served.
     let end = Instant::now() + Duration::from_secs(10);
@@ -535,6 +580,86 @@ async fn a_failing_slow_unknown_or_never_ready_instance_is_a_clear_error_in_boun
             .filter(|r| r.target == "stuck")
             .count();
         assert!((2..=15).contains(&polls), "{polls} polls");
+    })
+    .await;
+}
+
+/// Issue #18 item 3: an instance that never becomes ready stalled every tools/list for the
+/// whole `readyTimeoutMs` (~118 s on a cluster) and then answered no tools and no hint. Now a
+/// list waits `listWaitMs` for it: the aggregated list answers with the other Targets' tools,
+/// the Target's own endpoint answers an error naming why, both are audited, and a later list
+/// includes an instance that became ready meanwhile. Fails without the bound (the list takes
+/// the 60 s ready timeout).
+#[tokio::test]
+async fn a_never_ready_instance_does_not_stall_lists_and_is_named() {
+    bounded(async {
+        let bridge = BridgeProc::start(TOKEN_A, "instance-late", "ghp-alice");
+        let standin = Arc::new(Standin {
+            bridges: Mutex::new(vec![(bridge.url.clone(), TOKEN_A.to_owned())]),
+            ..Standin::default()
+        });
+        let controller = start_standin(standin.clone()).await;
+        let h = gateway_with(
+            &["stuck", "late"],
+            instances_config_with(60_000, 1_000),
+            Some(&controller),
+        )
+        .await;
+
+        let sid = h.open("/mcp", "alice").await;
+        let started = Instant::now();
+        let tools = h.tool_names("/mcp", "alice", &sid).await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "the aggregated list took {took:?}"
+        );
+        assert!(tools.is_empty(), "neither instance is ready yet: {tools:?}");
+        for target in ["t/stuck", "t/late"] {
+            assert!(
+                h.audit.events().iter().any(|e| e.method == "tools/list"
+                    && e.target.as_deref() == Some(target)
+                    && e.outcome == "upstream_unavailable"),
+                "{target}'s absence is audited"
+            );
+        }
+        let observed = h.gw.observed.report("dp", &h.gw.snapshots.load());
+        let stuck = observed
+            .targets
+            .iter()
+            .find(|t| t.name == "stuck")
+            .expect("observed");
+        assert!(!stuck.reachable);
+        assert_eq!(
+            stuck.reason,
+            Some(reflow_crds::observed::ObservedReason::NotReady)
+        );
+
+        // The Target's own endpoint says why instead of an empty list.
+        let sid_one = h.open("/mcp/t/stuck", "alice").await;
+        let started = Instant::now();
+        let r = h
+            .rpc(
+                "/mcp/t/stuck",
+                "alice",
+                Some(&sid_one),
+                "tools/list",
+                json!({}),
+            )
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let message = r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error: {}", r.body));
+        assert!(message.contains("t/stuck is not ready"), "{message}");
+        assert_eq!(r.body["error"]["code"], -32603);
+
+        // `late` becomes ready after 3 s: a later list includes its tools.
+        tokio::time::sleep(Duration::from_millis(3_200)).await;
+        let tools = h.tool_names("/mcp", "alice", &sid).await;
+        assert!(tools.contains(&"late_echo".to_owned()), "{tools:?}");
+        assert!(!tools.iter().any(|t| t.starts_with("stuck_")), "{tools:?}");
+        drop(bridge);
     })
     .await;
 }

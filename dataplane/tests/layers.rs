@@ -18,6 +18,7 @@ const LAYERS: [&[&str]; 4] = [
         "postgres",
         "source",
         "controller_client",
+        "observed",
         "identity_token",
         "era",
         "jsonrpc",

@@ -156,6 +156,10 @@ impl Dataplane {
                         initial: Duration::from_millis(50),
                         max: Duration::from_millis(400),
                     },
+                    observed: Default::default(),
+                    link: std::sync::Arc::new(
+                        reflow_dataplane::controller_client::ControllerLink::new(None),
+                    ),
                 },
                 store.clone(),
             );

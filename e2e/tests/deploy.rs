@@ -232,7 +232,12 @@ fn controller_grants(m: &Manifests) -> BTreeMap<(String, String), BTreeSet<Strin
 fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
     let read = ["get", "list", "watch"];
     let rows: Vec<(&str, &str, Vec<&str>)> = vec![
-        ("mcp.reflow.io", "targets", read.to_vec()),
+        // patch: `mcp.reflow.io/approve-tools` becomes `spec.toolPinning.pins` (issue #22).
+        (
+            "mcp.reflow.io",
+            "targets",
+            vec!["get", "list", "watch", "patch"],
+        ),
         ("mcp.reflow.io", "policies", read.to_vec()),
         ("mcp.reflow.io", "credentials", read.to_vec()),
         ("mcp.reflow.io", "tokenrevocations", read.to_vec()),

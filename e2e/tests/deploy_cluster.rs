@@ -87,6 +87,8 @@ fn url_of(c: &ManagedChild) -> String {
 /// the controller at `url`: what makes `Programmed` count a dataplane.
 struct FedDataplane {
     store: Arc<SnapshotStore>,
+    /// What its gateway would have observed of the upstreams (reported to the controller).
+    observed: Arc<reflow_dataplane::observed::Observations>,
     _client: ControllerClient,
     rt: tokio::runtime::Runtime,
 }
@@ -98,6 +100,7 @@ fn fed_dataplane(url: &str, key: &str) -> FedDataplane {
         .build()
         .expect("runtime");
     let store = SnapshotStore::new();
+    let observed = Arc::new(reflow_dataplane::observed::Observations::default());
     let key = SealingKey::from_base64(key).expect("key");
     let client = rt.block_on(async {
         controller_client::spawn(
@@ -111,12 +114,17 @@ fn fed_dataplane(url: &str, key: &str) -> FedDataplane {
                     initial: Duration::from_millis(50),
                     max: Duration::from_millis(500),
                 },
+                observed: observed.clone(),
+                link: std::sync::Arc::new(
+                    reflow_dataplane::controller_client::ControllerLink::new(None),
+                ),
             },
             store.clone(),
         )
     });
     FedDataplane {
         store,
+        observed,
         _client: client,
         rt,
     }
@@ -475,6 +483,7 @@ fn helm_install_and_rbac(k: &KubeCluster) {
     for (verb, what, ns) in [
         ("watch", "targets.mcp.reflow.io", SAMPLES),
         ("patch", "targets.mcp.reflow.io/status", SAMPLES),
+        ("patch", "targets.mcp.reflow.io", SAMPLES),
         ("patch", "mcpinstances.mcp.reflow.io/status", SAMPLES),
         ("create", "pods", SAMPLES),
         ("delete", "pods", SAMPLES),
@@ -572,6 +581,162 @@ fn instances_go_before_uninstall(k: &KubeCluster) {
     }
 }
 
+/// Issue #18 item 4 and #22 part 3 on the real API server: a dataplane's observations become
+/// the Target's `Ready`, `PREFIX`/`TOOLS` columns and digests; an unchanged world writes
+/// nothing (resourceVersion stable); a failure says why without secrets; pins approved with the
+/// annotation; drift raises `ToolsDrifted` and an Event; hostile reports are refused.
+fn target_status_from_observations(k: &KubeCluster, dp: &FedDataplane, urls: &[String]) {
+    let targets = k.get(&["targets", "-n", SAMPLES]).expect("targets");
+    let name = targets["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("a sample Target")
+        .to_owned();
+    let get = || k.get(&["target", &name, "-n", SAMPLES]);
+    let digest = |c: char| c.to_string().repeat(64);
+    let tools = vec![
+        ("add".to_owned(), digest('a')),
+        ("echo".to_owned(), digest('e')),
+    ];
+    dp.observed.record_tools(SAMPLES, &name, &tools);
+    let ready = k.wait_for("Ready=True with columns", Duration::from_secs(60), || {
+        let t = get()?;
+        let c = condition(&t, "Ready")?;
+        (c["status"] == "True" && t["status"]["tools"] == 2).then_some(t)
+    });
+    assert!(
+        ready["status"]["prefix"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{ready}"
+    );
+    assert_eq!(ready["status"]["toolDigests"][1]["name"], "echo");
+    assert_eq!(
+        condition(&ready, "Ready").expect("Ready")["reason"],
+        "Reachable"
+    );
+    let columns = k.ok(&["get", "target", &name, "-n", SAMPLES]);
+    eprintln!("kubectl get target:\n{columns}");
+    assert!(
+        columns.contains("True") && columns.contains(" 2 "),
+        "{columns}"
+    );
+
+    // Nothing changes: nothing is written (the status pass runs every few seconds).
+    let rv = |t: &Value| t["metadata"]["resourceVersion"].as_str().map(str::to_owned);
+    std::thread::sleep(Duration::from_secs(6));
+    let later = get().expect("target");
+    assert_eq!(
+        rv(&ready),
+        rv(&later),
+        "an unchanged Target's status was rewritten"
+    );
+    eprintln!(
+        "Target status loop: resourceVersion {:?} unchanged over 6 s",
+        rv(&later)
+    );
+
+    // A failure says why, without the URL's secrets.
+    dp.observed.record_failure(
+        SAMPLES,
+        &name,
+        reflow_crds::observed::ObservedReason::NotReady,
+        "GET https://bot:hunter2@up.example/mcp?token=s3cret did not answer",
+    );
+    let down = k.wait_for("Ready=False NotReady", Duration::from_secs(60), || {
+        let t = get()?;
+        (condition(&t, "Ready")?["reason"] == "NotReady").then_some(t)
+    });
+    let message = condition(&down, "Ready").expect("Ready")["message"].to_string();
+    assert!(message.contains("https://up.example/mcp"), "{message}");
+    assert!(
+        !message.contains("hunter2") && !message.contains("s3cret"),
+        "{message}"
+    );
+
+    // Pinning: an empty pin set in enforce mode drifts; approval pins what was observed.
+    k.ok(&[
+        "patch",
+        "target",
+        &name,
+        "-n",
+        SAMPLES,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"toolPinning":{"mode":"enforce"}}}"#,
+    ]);
+    dp.observed.record_tools(SAMPLES, &name, &tools);
+    k.wait_for("ToolsDrifted=True", Duration::from_secs(60), || {
+        let t = get()?;
+        (condition(&t, "ToolsDrifted")?["status"] == "True").then_some(())
+    });
+    k.wait_for("a ToolsDrifted Event", Duration::from_secs(30), || {
+        let events = k.get(&["events", "-n", SAMPLES])?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["reason"] == "ToolsDrifted"
+                    && (e["regarding"]["name"] == name.as_str()
+                        || e["involvedObject"]["name"] == name.as_str())
+            })
+            .then_some(())
+    });
+    k.ok(&[
+        "annotate",
+        "target",
+        &name,
+        "-n",
+        SAMPLES,
+        "mcp.reflow.io/approve-tools=*",
+    ]);
+    let approved = k.wait_for("pins approved", Duration::from_secs(60), || {
+        let t = get()?;
+        let pins = t["spec"]["toolPinning"]["pins"].as_array()?.len();
+        (pins == 2 && condition(&t, "ToolsDrifted")?["status"] == "False").then_some(t)
+    });
+    assert!(
+        approved["metadata"]["annotations"]
+            .get("mcp.reflow.io/approve-tools")
+            .is_none(),
+        "the approval annotation is consumed"
+    );
+    assert_eq!(
+        approved["spec"]["toolPinning"]["pins"][1]["digest"],
+        digest('e')
+    );
+
+    // Hostile reports: no token, a bloated one, an invented Target.
+    let http = reqwest::Client::new();
+    let post = |url: &str, body: String, token: &str| {
+        let req = http
+            .post(format!("{url}{}", reflow_crds::observed::OBSERVED_PATH))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        dp.rt
+            .block_on(req.send())
+            .expect("controller answers")
+            .status()
+            .as_u16()
+    };
+    for url in urls {
+        assert_eq!(post(url, "{}".into(), "wrong"), 401);
+        let many: Vec<Value> = (0..600)
+            .map(|i| serde_json::json!({"name": format!("t{i:04}"), "digest": digest('b')}))
+            .collect();
+        let bloated = serde_json::json!({"dataplane": "dp-0", "targets": [
+            {"namespace": SAMPLES, "name": name, "reachable": true, "tools": many}
+        ]});
+        assert_eq!(post(url, bloated.to_string(), TOKEN), 422);
+        let huge = format!(
+            "{{\"dataplane\":\"dp-0\",\"targets\":[],\"pad\":\"{}\"}}",
+            "x".repeat(2 << 20)
+        );
+        assert_eq!(post(url, huge, TOKEN), 413);
+    }
+}
+
 #[test]
 fn the_controller_on_a_real_api_server() {
     let Some(k) = KubeCluster::start("deploy-cluster").expect("cluster") else {
@@ -582,10 +747,12 @@ fn the_controller_on_a_real_api_server() {
     let key = reflow_crds::SealingKey::generate_base64();
     let mut a = controller(&k, "ctl-a", &key);
     let mut b = controller(&k, "ctl-b", &key);
-    let dp = fed_dataplane(&url_of(&a), &key);
-    let _ = url_of(&b);
+    let url_a = url_of(&a);
+    let dp = fed_dataplane(&url_a, &key);
+    let url_b = url_of(&b);
     samples_get_conditions(&k);
     policy_edit_reaches_the_dataplane(&k, &dp);
+    target_status_from_observations(&k, &dp, &[url_a, url_b]);
     failed_instance_status_stays_quiet(&k);
     instance_children_come_and_go(&k);
     host_fields_are_refused(&k);

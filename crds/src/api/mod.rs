@@ -20,8 +20,8 @@ pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
 pub use sandbox::{ProcessLimits, SandboxMode, SandboxSpec};
 pub use target::{
-    EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PodSpecTemplate, PodTransport,
-    Target, TargetSpec, TargetStatus, Timeouts, Transport,
+    EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PinMode, PodSpecTemplate,
+    PodTransport, Target, TargetSpec, TargetStatus, Timeouts, ToolDigest, ToolPinning, Transport,
 };
 
 pub const GROUP: &str = "mcp.reflow.io";

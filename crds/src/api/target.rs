@@ -87,6 +87,49 @@ pub struct TargetSpec {
     /// Confinement of STDIO children (see `api::sandbox`); enforced when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<super::sandbox::SandboxSpec>,
+    /// Approved tool definitions (rug-pull guard): in `enforce` mode a tool whose definition
+    /// differs from its pin, or that has no pin, is hidden and refused until approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_pinning: Option<ToolPinning>,
+}
+
+/// `spec.toolPinning`: the mode and the approved digests (see `snapshot::pinning`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolPinning {
+    #[serde(default)]
+    pub mode: PinMode,
+    /// Tool name (the upstream's own, without the prefix) → approved definition digest.
+    /// Filled by hand, or by the controller from `status.toolDigests` when the Target carries
+    /// the `mcp.reflow.io/approve-tools` annotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 512))]
+    pub pins: Vec<ToolDigest>,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum PinMode {
+    /// Unapproved definitions are hidden from lists and refused on call.
+    #[default]
+    Enforce,
+    /// Unapproved definitions are served, with an audit event and the `ToolsDrifted` condition.
+    Warn,
+}
+
+/// One tool definition's digest: lower-case hex SHA-256 over the canonical JSON of its name,
+/// title, description, inputSchema, outputSchema and annotations.
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub struct ToolDigest {
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"), length(min = 64, max = 64))]
+    pub digest: String,
 }
 
 /// How the caller's identity (user, email, name, groups, roles) reaches the upstream.
@@ -322,4 +365,9 @@ pub struct TargetStatus {
     /// Number of tools the upstream advertised, as last reported by a dataplane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<i32>,
+    /// The digest of each tool definition the upstream advertised, as last reported by a
+    /// dataplane: what `mcp.reflow.io/approve-tools` turns into `spec.toolPinning.pins`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub tool_digests: Vec<ToolDigest>,
 }

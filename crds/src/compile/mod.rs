@@ -127,6 +127,7 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                     .identity_forwarding
                     .clone()
                     .filter(|f| f.jwt.is_some() || f.headers),
+                pinning: b.routing.pinning,
             })
         })
         .collect();

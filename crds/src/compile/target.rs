@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use crate::api::{Isolation, Target, TargetSpec, Transport};
-use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, StdioSandbox, Upstream};
+use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, StdioSandbox, ToolPins, Upstream};
 
 pub(super) struct Routing {
     pub prefix: Arc<str>,
     pub upstream: Upstream,
     pub timeouts: EffectiveTimeouts,
     pub lifetimes: EffectiveLifetimes,
+    pub pinning: Option<ToolPins>,
 }
 
 pub(super) fn valid_prefix(p: &str) -> bool {
@@ -55,11 +56,20 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, Refusal> {
         idle_seconds: l.idle_seconds.unwrap_or(dl.idle_seconds),
         max_seconds: l.max_seconds.or(dl.max_seconds),
     });
+    // An unreadable pin set refuses the Target (not served) rather than serving unpinned.
+    let pinning = match &s.tool_pinning {
+        Some(p) => Some(
+            ToolPins::new(p.mode, &p.pins)
+                .map_err(|e| ("InvalidToolPins", format!("toolPinning: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(Routing {
         prefix: prefix.into(),
         upstream,
         timeouts,
         lifetimes,
+        pinning,
     })
 }
 

@@ -2,6 +2,7 @@
 //! and sealed credentials. Versioned, content-hashed, cheap to clone, validated on deserialize.
 
 mod credentials;
+mod pinning;
 mod policy;
 mod revocations;
 mod sandbox;
@@ -17,6 +18,7 @@ pub use credentials::{
     CompiledCredential, CredentialMatch, CredentialSet, InjectAs, ResolvedCredentials,
     ResolvedEntry, SealedEntry,
 };
+pub use pinning::{DIGESTED_FIELDS, PinVerdict, ToolPins, tool_digest, valid_digest};
 pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch, covers};
 pub use revocations::Revocations;
 pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, EffectiveLimits, StdioSandbox};
@@ -120,6 +122,9 @@ pub struct CompiledTarget {
     /// Opted-in identity forwarding (absent: the upstream learns nothing about the caller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_forwarding: Option<crate::api::IdentityForwarding>,
+    /// Approved tool definitions (`spec.toolPinning`); absent: every definition is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<ToolPins>,
 }
 
 impl CompiledTarget {

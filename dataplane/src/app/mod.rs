@@ -43,6 +43,10 @@ pub struct AppConfig {
     /// The controller's instance API (controller mode): `kubernetes` Targets are served through
     /// it; without it they answer an error at once.
     pub instances: Option<ControllerApi>,
+    /// What the gateway observes of each upstream (reported to the controller, read by pins).
+    pub observed: Arc<crate::observed::Observations>,
+    /// The controller link (controller mode): its state is in `/metrics` and, opt-in, `/readyz`.
+    pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
 }
 
 impl AppConfig {
@@ -65,6 +69,8 @@ impl AppConfig {
             key,
             bus: None,
             instances: None,
+            observed: Arc::default(),
+            controller_link: None,
         }
     }
 
@@ -99,6 +105,8 @@ impl App {
             key: config.key,
             bus: config.bus,
             instances: config.instances,
+            observed: config.observed,
+            controller_link: config.controller_link,
         })?;
         Ok(Self { gateway })
     }

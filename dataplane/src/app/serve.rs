@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub dataplane_name: Option<String>,
     /// Where the last good snapshot from the controller is kept, sealed.
     pub snapshot_cache: Option<PathBuf>,
+    /// Opt-in: `/readyz` fails once cut off from the controller this long.
+    pub cutoff_unready_after: Option<Duration>,
     /// Address to bind; port 0 picks a free one.
     pub listen: String,
     /// Gateway configuration (YAML).
@@ -52,7 +54,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     let auth = authenticator(&opts, &config)?;
     let key = sealing_key(&opts, &config)?;
     let snapshots = source::SnapshotStore::new();
-    let _source = start_source(&opts, &key, &snapshots)?;
+    let observed = Arc::new(crate::observed::Observations::default());
+    let link = opts.controller.is_some().then(|| {
+        Arc::new(controller_client::ControllerLink::new(
+            opts.cutoff_unready_after,
+        ))
+    });
+    let _source = start_source(&opts, &key, &snapshots, (&observed, link.as_ref()))?;
 
     let stores = stores(&config, &key).await?;
     let mut app_config = AppConfig::new(
@@ -65,6 +73,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     );
     app_config.bus = stores.bus.clone();
     app_config.instances = controller_instances(&opts)?;
+    app_config.observed = observed;
+    app_config.controller_link = link;
     let app = App::build(app_config)?;
 
     let listener = tokio::net::TcpListener::bind(&opts.listen)
@@ -188,8 +198,12 @@ fn start_source(
     opts: &ServeOptions,
     key: &SealingKey,
     snapshots: &Arc<source::SnapshotStore>,
+    (observed, link): (
+        &Arc<crate::observed::Observations>,
+        Option<&Arc<controller_client::ControllerLink>>,
+    ),
 ) -> Result<Box<dyn std::any::Any + Send>, AppError> {
-    if let Some(url) = &opts.controller {
+    if let (Some(url), Some(link)) = (&opts.controller, link) {
         let token_file = opts
             .controller_token_file
             .as_ref()
@@ -211,6 +225,8 @@ fn start_source(
                 cache: opts.snapshot_cache.clone(),
                 key: key.clone(),
                 backoff: controller_client::Backoff::default(),
+                observed: observed.clone(),
+                link: link.clone(),
             },
             snapshots.clone(),
         );

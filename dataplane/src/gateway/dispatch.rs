@@ -5,7 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use futures::future::join_all;
-use reflow_crds::snapshot::{CompiledTarget, PREFIX_SEPARATOR};
+use reflow_crds::observed::ObservedReason;
+use reflow_crds::snapshot::{CompiledTarget, PREFIX_SEPARATOR, Upstream};
 use reflow_crds::{Decision, Identity, ItemKind, Snapshot};
 use serde_json::{Map, Value, json};
 use tracing::warn;
@@ -13,6 +14,7 @@ use tracing::warn;
 use super::Gateway;
 use super::forward::Caller;
 use super::list_audit::ListDecisions;
+use super::pins;
 use super::resource_uri;
 use crate::audit::{AuditEvent, now_ms};
 use crate::jsonrpc::{self, Request};
@@ -280,7 +282,18 @@ impl Gateway {
                 .map(|(t, key)| self.list_one(ctx, t, key, kind)),
         )
         .await;
-        let items: Vec<Value> = pages.into_iter().flatten().collect();
+        // On one Target's endpoint, a Target that could not be listed in time says why
+        // instead of answering an empty list (issue #18 item 3).
+        if !ctx.aggregated()
+            && let Some(why) = pages.iter().find_map(|(_, failed)| failed.clone())
+        {
+            return (
+                jsonrpc::error(&req.id, jsonrpc::INTERNAL_ERROR, &why),
+                keys.first().cloned(),
+                "target_not_ready",
+            );
+        }
+        let items: Vec<Value> = pages.into_iter().flat_map(|(items, _)| items).collect();
         let mut result = Map::new();
         result.insert(kind.field.to_owned(), Value::Array(items));
         (jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
@@ -288,21 +301,38 @@ impl Gateway {
 
     /// The permitted items of one target, all pages, renamed for the aggregated endpoint; what
     /// was shown and hidden is audited. A failing upstream contributes nothing (logged, counted
-    /// and audited) rather than failing the list.
+    /// and audited) rather than failing the list. A `kubernetes` Target gets `listWaitMs` at
+    /// most: an instance that is not ready must not hold up every other Target's items; the
+    /// second value then says why it is missing.
     async fn list_one(
         &self,
         ctx: &Ctx,
         target: &CompiledTarget,
         key: &Arc<str>,
         kind: &ListKind,
-    ) -> Vec<Value> {
+    ) -> (Vec<Value>, Option<String>) {
         let mut decisions = ListDecisions::default();
-        let out = self
-            .list_pages(ctx, target, key, kind, &mut decisions)
-            .await;
+        let pages = self.list_pages(ctx, target, key, kind, &mut decisions);
+        let (out, failed) = if matches!(target.upstream, Upstream::Kubernetes { .. }) {
+            let wait = std::time::Duration::from_millis(self.config.instances.list_wait_ms.max(1));
+            match tokio::time::timeout(wait, pages).await {
+                Ok(out) => (out, None),
+                Err(_) => {
+                    let why = format!(
+                        "Target {key} is not ready: its instance did not answer within {wait:?} (still starting, or failing to start); listed without it"
+                    );
+                    warn!(target = %key, method = kind.method, "{why}");
+                    self.observe_failure(target, ObservedReason::NotReady, &why);
+                    decisions.failed = true;
+                    (Vec::new(), Some(why))
+                }
+            }
+        } else {
+            (pages.await, None)
+        };
         decisions.shown = out.len();
         self.audit_list(ctx, kind.method, key, decisions);
-        out
+        (out, failed)
     }
 
     async fn list_pages(
@@ -315,6 +345,7 @@ impl Gateway {
     ) -> Vec<Value> {
         let view = target.policy.view(&ctx.identity);
         let mut out = Vec::new();
+        let mut seen = (kind.kind == ItemKind::Tool).then(pins::Seen::new);
         let mut cursor: Option<Value> = None;
         for _ in 0..MAX_PAGES {
             let params = cursor.take().map(|c| json!({"cursor": c}));
@@ -325,12 +356,22 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(target = %key, error = %e, label = e.label(), method = kind.method, "upstream list failed");
+                    if seen.is_some() {
+                        self.observe_failure(target, pins::reason_of(&e), &e.to_string());
+                    }
                     decisions.failed = out.is_empty();
                     return out;
                 }
             };
             let Some(result) = reply.get("result") else {
                 warn!(target = %key, method = kind.method, "upstream list answered an error");
+                if seen.is_some() {
+                    self.observe_failure(
+                        target,
+                        ObservedReason::UpstreamError,
+                        "the upstream answered tools/list with an error",
+                    );
+                }
                 decisions.failed = out.is_empty();
                 return out;
             };
@@ -343,7 +384,20 @@ impl Gateway {
                 let Some(key) = item.get(kind.key).and_then(Value::as_str) else {
                     continue;
                 };
-                let decision = view.decide(kind.kind, key);
+                let mut decision = view.decide(kind.kind, key);
+                if let Some(seen) = seen.as_mut() {
+                    let shown_as = if ctx.aggregated() {
+                        format!("{}{PREFIX_SEPARATOR}{key}", target.prefix)
+                    } else {
+                        key.to_owned()
+                    };
+                    let allowed = decision.allowed;
+                    if let Some(pinned) =
+                        self.pin_list_item(ctx, target, (key, &shown_as), &item, seen, allowed)
+                    {
+                        decision = pinned;
+                    }
+                }
                 if !decision.allowed {
                     // Audited under the name the client would have seen, as calls are.
                     if ctx.aggregated() {
@@ -368,7 +422,12 @@ impl Gateway {
             }
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
-                _ => return out,
+                _ => {
+                    if let Some(seen) = seen {
+                        self.observe_list(target, seen);
+                    }
+                    return out;
+                }
             }
         }
         warn!(target = %key, method = kind.method, "too many pages; list truncated");
@@ -404,6 +463,23 @@ impl Gateway {
         self.count_decision(&key, kind, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &name, &decision, "denied");
+            return (unknown(&req.id), Some(key), "denied");
+        }
+        // A definition that is not the pinned one answers like an unknown tool (`enforce`).
+        if kind == ItemKind::Tool
+            && let Err(verdict) = self
+                .pin_call(ctx, &target, &key, (&upstream_name, &name))
+                .await
+        {
+            let pinned = Decision {
+                allowed: false,
+                policy: Some(Arc::from(format!(
+                    "{}:{}",
+                    pins::TOOL_PINNING.as_ref(),
+                    verdict.label()
+                ))),
+            };
+            self.audit_decision(ctx, &req.method, Some(&key), &name, &pinned, "denied");
             return (unknown(&req.id), Some(key), "denied");
         }
         req.params_mut()

@@ -19,6 +19,7 @@ pub mod listener;
 mod log_fanout;
 mod mrtr;
 pub mod net;
+mod pins;
 mod preamble;
 mod proxy;
 mod recycle;
@@ -162,6 +163,8 @@ pub(crate) struct Parts {
     pub key: SealingKey,
     pub bus: Option<Arc<dyn crate::postgres::NotificationBus>>,
     pub instances: Option<ControllerApi>,
+    pub observed: Arc<crate::observed::Observations>,
+    pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
 }
 
 pub struct Gateway {
@@ -198,6 +201,11 @@ pub struct Gateway {
     subscriptions: subscriptions::SharedSubscriptions,
     /// The sessions using each STDIO child and the log level each asked for.
     child_levels: log_fanout::ChildLevels,
+    /// What this dataplane saw of each upstream (tool digests for pins, reported to the
+    /// controller for Target status).
+    pub observed: Arc<crate::observed::Observations>,
+    /// The controller link (controller mode), for `/metrics` and the opt-in `/readyz` cut-off.
+    controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
     me: Weak<Self>,
 }
@@ -250,6 +258,8 @@ impl Gateway {
                 bus: std::sync::OnceLock::new(),
                 subscriptions: Default::default(),
                 child_levels: Default::default(),
+                observed: p.observed,
+                controller_link: p.controller_link,
                 me: weak.clone(),
             }
         });
@@ -416,6 +426,21 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if let Some(age) = gw
+        .controller_link
+        .as_ref()
+        .and_then(|l| l.cut_off_too_long())
+    {
+        // Opt-in (`--cutoff-unready-after`): better no traffic than an out-of-date policy.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "cut off from the controller for {}s; the served snapshot may be out of date",
+                age.as_secs()
+            ),
+        )
+            .into_response();
+    }
     if gw.snapshots.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -428,6 +453,14 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.sync_audit_dropped(gw.audit.dropped());
     gw.metrics.sync_stdio(gw.upstream.stdio().stats());
     gw.metrics.audit_writable.set(i64::from(gw.audit.healthy()));
+    if let Some(link) = &gw.controller_link {
+        gw.metrics
+            .controller_link_up
+            .set(i64::from(link.connected()));
+        gw.metrics
+            .snapshot_age
+            .set(i64::try_from(link.snapshot_age().as_secs()).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,

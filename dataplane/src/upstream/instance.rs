@@ -43,6 +43,9 @@ pub struct InstancesConfig {
     pub poll_max_ms: u64,
     /// Use of one instance is reported to the controller at most this often.
     pub used_interval_ms: u64,
+    /// Longest a list (tools/list, …) waits for a `kubernetes` Target whose instance is not
+    /// ready: past it the list answers with the other Targets' items (issue #18 item 3).
+    pub list_wait_ms: u64,
 }
 
 impl Default for InstancesConfig {
@@ -53,6 +56,7 @@ impl Default for InstancesConfig {
             poll_initial_ms: 250,
             poll_max_ms: 5_000,
             used_interval_ms: 30_000,
+            list_wait_ms: 5_000,
         }
     }
 }

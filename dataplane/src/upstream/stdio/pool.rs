@@ -595,6 +595,7 @@ mod tests {
             policy: Default::default(),
             credentials: Default::default(),
             identity_forwarding: None,
+            pinning: None,
         }
     }
 
