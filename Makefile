@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test e2e conformance bench crds lint fmt build images
+.PHONY: run test e2e conformance bench crds lint fmt build images fuzz soak chaos
 
 # One build for `make run` and `make test`: the very cargo invocation `make test` runs, without
 # running. Cargo unifies dependency features over the packages and targets it builds (tests bring
@@ -64,3 +64,9 @@ fmt:
 
 build:
 	$(CARGO) build --workspace --all-targets
+
+## fuzz: the fuzz targets' bodies on stable over fuzz/corpus with seeded mutations, FUZZ_SECS per
+## target (make test runs them for 10 s each). Coverage-guided: cargo +nightly fuzz run <target>
+FUZZ_SECS ?= 60
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p reflow-e2e --test fuzz_corpus -- --nocapture
