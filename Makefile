@@ -70,3 +70,18 @@ build:
 FUZZ_SECS ?= 60
 fuzz:
 	FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p reflow-e2e --test fuzz_corpus -- --nocapture
+
+## soak: SOAK_SESSIONS (10000) sessions, SOAK_ACTIVE (1000) of them calling once per SOAK_INTERVAL_MS,
+## for SOAK_SECS (600) through the real gateway binary; memory per idle session, RSS over time,
+## p99, errors (not part of make test)
+soak:
+	$(CARGO) build --workspace --bins
+	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  $(BIN_DIR)/reflow-soak
+
+## chaos: steady load while the upstream, Postgres and the controller are killed and restarted;
+## failed requests per fault, audit events lost, time to recover (not part of make test)
+chaos:
+	$(CARGO) build --workspace --bins
+	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  REFLOW_CONTROLLER_BIN=$(BIN_DIR)/reflow-controller $(BIN_DIR)/reflow-chaos
