@@ -223,7 +223,18 @@ fn main() -> ExitCode {
 }
 
 async fn soak(s: &Settings, pid: u32, url: &str, nofile: u64) -> ExitCode {
-    let client = load_client().expect("load client");
+    // Idle keep-alive connections are let go before the gateway's own idle timer (30 s) closes
+    // them, as a well-configured client does: otherwise a request can race the server's close.
+    let _ = load_client();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(2048)
+        .pool_idle_timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("load client");
     let tokens: Vec<String> = (0..s.users)
         .map(|u| token(&format!("soak-user-{u}")))
         .collect();
