@@ -493,7 +493,8 @@ fn main() -> ExitCode {
 }
 
 async fn report(w: &World, load: &Load, steady_from: Instant, faults: &[Fault]) -> bool {
-    let records = load.records.lock().expect("lock");
+    // The load has stopped: the records are moved out (no lock held across the waits below).
+    let records = std::mem::take(&mut *load.records.lock().expect("lock"));
     let answered: Vec<&Record> = records.iter().filter(|r| r.fate != Fate::Failed).collect();
     // The spill is replayed once the database is back: wait for every answered call's event.
     let mut found = std::collections::HashMap::new();
