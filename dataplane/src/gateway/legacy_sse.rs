@@ -284,15 +284,7 @@ async fn post_message(
         if let Err(refusal) = gw.limits.admit_session(0, 0, request.params()) {
             return refuse(refusal);
         }
-        let mut updated = Session::clone(&session);
-        let reply = dispatch::negotiate(&mut updated, &request, true);
-        let reply = match gw.sessions.put(updated).await {
-            Ok(()) => reply,
-            Err(e) => jsonrpc::error(&request.id, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        };
-        deliver(&gw, &session.id, reply);
-        gw.count("initialize", None, "ok", started);
-        return StatusCode::ACCEPTED.into_response();
+        return initialize(&gw, &session, &request, started).await;
     }
     // Held by the task until the answer is on the stream, as on /mcp.
     let in_flight = match gw.limits.enter(&user) {
@@ -326,6 +318,24 @@ async fn post_message(
         }
         .instrument(Span::current()),
     );
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `initialize` on a legacy session: negotiated and stored; the answer goes on the stream.
+async fn initialize(
+    gw: &Gateway,
+    session: &Session,
+    request: &jsonrpc::Request,
+    started: Instant,
+) -> Response {
+    let mut updated = Session::clone(session);
+    let reply = dispatch::negotiate(&mut updated, request, true);
+    let reply = match gw.sessions.put(updated).await {
+        Ok(()) => reply,
+        Err(e) => jsonrpc::error(&request.id, jsonrpc::INTERNAL_ERROR, &e.to_string()),
+    };
+    deliver(gw, &session.id, reply);
+    gw.count("initialize", None, "ok", started);
     StatusCode::ACCEPTED.into_response()
 }
 
