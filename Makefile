@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test e2e conformance bench crds lint fmt build images
+.PHONY: run test e2e conformance bench crds lint fmt build images fuzz soak chaos
 
 # One build for `make run` and `make test`: the very cargo invocation `make test` runs, without
 # running. Cargo unifies dependency features over the packages and targets it builds (tests bring
@@ -64,3 +64,24 @@ fmt:
 
 build:
 	$(CARGO) build --workspace --all-targets
+
+## fuzz: the fuzz targets' bodies on stable over fuzz/corpus with seeded mutations, FUZZ_SECS per
+## target (make test runs them for 10 s each). Coverage-guided: cargo +nightly fuzz run <target>
+FUZZ_SECS ?= 60
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p reflow-e2e --test fuzz_corpus -- --nocapture
+
+## soak: SOAK_SESSIONS (10000) sessions, SOAK_ACTIVE (1000) of them calling once per SOAK_INTERVAL_MS,
+## for SOAK_SECS (600) through the real gateway binary; memory per idle session, RSS over time,
+## p99, errors (not part of make test)
+soak:
+	$(CARGO) build --workspace --bins
+	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  $(BIN_DIR)/reflow-soak
+
+## chaos: steady load while the upstream, Postgres and the controller are killed and restarted;
+## failed requests per fault, audit events lost, time to recover (not part of make test)
+chaos:
+	$(CARGO) build --workspace --bins
+	REFLOW_DATAPLANE_BIN=$(BIN_DIR)/reflow-dataplane REFLOW_FIXTURE_BIN=$(BIN_DIR)/reflow-fixture \
+	  REFLOW_CONTROLLER_BIN=$(BIN_DIR)/reflow-controller $(BIN_DIR)/reflow-chaos

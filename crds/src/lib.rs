@@ -4,6 +4,8 @@
 pub mod api;
 pub mod compile;
 pub mod crdgen;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod glob;
 pub mod identity;
 pub mod instance_wire;

@@ -47,11 +47,16 @@ pub fn now_ms() -> u128 {
 }
 
 pub trait AuditSink: Send + Sync + 'static {
-    /// Never blocks the request.
+    /// Never drops the event; may wait for room when the sink's queue is full.
     fn record(&self, event: AuditEvent);
 
     /// Events this sink had to drop (exported as `reflow_audit_dropped_total`).
     fn dropped(&self) -> u64 {
+        0
+    }
+
+    /// Events whose caller waited for room in a full queue (`reflow_audit_stalls_total`).
+    fn stalls(&self) -> u64 {
         0
     }
 
@@ -83,10 +88,12 @@ impl AuditSink for NullSink {
 /// into a buffer and flushes once per batch. Waking a thread per event cost more than the whole
 /// policy decision on a busy two-core node. At most `TICK` of events sit in memory.
 ///
-/// Queue policy: the batch is bounded (`capacity` events). When it is full, `record` drops the
-/// *newest* event instead of blocking the request, counts it (`dropped`, exported as
-/// `reflow_audit_dropped_total`) and logs a warning. Nothing is dropped silently. Dropping the
-/// sink writes what is queued, flushes and waits for the writer thread.
+/// Queue policy: the batch is bounded (`capacity` events) and nothing is ever dropped. When it
+/// is full, `record` waits for the writer to take the batch (backpressure: requests slow to the
+/// pace of the disk or the log pipe), counts the wait (`stalls`, exported as
+/// `reflow_audit_stalls_total`) and logs once per stall. With `failClosed` the sink also reports
+/// itself unhealthy while the batch is full, so new requests are refused (503) instead of
+/// queueing behind it. Dropping the sink writes what is queued, flushes and waits for the writer.
 pub struct JsonLinesSink {
     shared: Arc<Batch>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -96,9 +103,15 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
 struct Batch {
     events: std::sync::Mutex<Vec<AuditEvent>>,
+    /// Signalled by the writer each time it takes the batch: room again for waiting callers.
+    room: std::sync::Condvar,
     capacity: usize,
     closed: std::sync::atomic::AtomicBool,
+    /// Whether the batch is full right now (`healthy` answers without the lock).
+    full: std::sync::atomic::AtomicBool,
+    fail_closed: bool,
     dropped: AtomicU64,
+    stalls: AtomicU64,
 }
 
 impl Batch {
@@ -107,17 +120,37 @@ impl Batch {
             .events
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut *guard)
+        let taken = std::mem::take(&mut *guard);
+        self.full.store(false, Ordering::Release);
+        drop(guard);
+        self.room.notify_all();
+        taken
     }
 }
 
 impl JsonLinesSink {
+    /// A sink that waits when full (`FailurePolicy::Buffer`'s counterpart for a file: the file
+    /// is the only store, so backpressure is the one way not to drop).
     pub fn spawn<W: Write + Send + 'static>(out: W, capacity: usize) -> Self {
+        Self::spawn_with(out, capacity, false)
+    }
+
+    /// As [`JsonLinesSink::spawn`]; with `fail_closed`, a full batch also makes the sink
+    /// unhealthy, so the gateway refuses new requests until the writer catches up.
+    pub fn spawn_with<W: Write + Send + 'static>(
+        out: W,
+        capacity: usize,
+        fail_closed: bool,
+    ) -> Self {
         let shared = Arc::new(Batch {
             events: std::sync::Mutex::new(Vec::new()),
+            room: std::sync::Condvar::new(),
             capacity: capacity.max(1),
             closed: std::sync::atomic::AtomicBool::new(false),
+            full: std::sync::atomic::AtomicBool::new(false),
+            fail_closed,
             dropped: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
         });
         let batch = shared.clone();
         let writer = std::thread::Builder::new()
@@ -130,9 +163,14 @@ impl JsonLinesSink {
         }
     }
 
-    /// Events refused because the queue was full.
+    /// Events lost: only ever after the sink was closed (a full queue waits instead).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events whose caller had to wait for room in a full queue.
+    pub fn stalls(&self) -> u64 {
+        self.shared.stalls.load(Ordering::Relaxed)
     }
 }
 
@@ -186,36 +224,56 @@ impl AuditSink for JsonLinesSink {
             error!(dropped_total = n, "audit writer is gone; event dropped");
             return;
         }
-        let len = {
-            let mut events = b
-                .events
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if events.len() >= b.capacity {
-                None
-            } else {
-                events.push(event);
-                Some(events.len())
+        let mut events = b
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if events.len() >= b.capacity {
+            // Full: wait for the writer rather than drop. The writer is its own thread and
+            // needs only this lock (released while waiting), so the wait always ends.
+            b.full.store(true, Ordering::Release);
+            let n = b.stalls.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(stalls_total = n, "audit queue full; waiting for the writer");
             }
-        };
-        match len {
-            None => {
-                // Loud, counted, never silent.
-                let n = b.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                warn!(dropped_total = n, "audit queue full; event dropped");
+            if let Some(w) = &self.writer {
+                w.thread().unpark();
             }
-            // Only a filling batch wakes the writer early.
-            Some(len) if len == b.capacity / 2 + 1 => {
-                if let Some(w) = &self.writer {
-                    w.thread().unpark();
-                }
+            while events.len() >= b.capacity && !b.closed.load(Ordering::Relaxed) {
+                events = b
+                    .room
+                    .wait_timeout(events, TICK)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
             }
-            Some(_) => {}
+        }
+        events.push(event);
+        let len = events.len();
+        drop(events);
+        // Only a filling batch wakes the writer early.
+        if len == b.capacity / 2 + 1
+            && let Some(w) = &self.writer
+        {
+            w.thread().unpark();
         }
     }
 
     fn dropped(&self) -> u64 {
         JsonLinesSink::dropped(self)
+    }
+
+    fn stalls(&self) -> u64 {
+        JsonLinesSink::stalls(self)
+    }
+
+    /// Unhealthy while the queue is full: with `failClosed`, requests are refused until the
+    /// writer catches up, so no caller queues behind a stuck disk.
+    fn healthy(&self) -> bool {
+        !self.shared.full.load(Ordering::Acquire)
+    }
+
+    fn fail_closed(&self) -> bool {
+        self.shared.fail_closed
     }
 }
 
@@ -318,23 +376,53 @@ mod tests {
         }
     }
 
+    /// A stuck writer fills the queue: callers wait (counted as stalls, the sink unhealthy so
+    /// `failClosed` refuses new requests), and once the writer moves every event is written.
+    /// Before backpressure, the queue dropped the overflow ("audit queue full; event dropped").
     #[test]
-    fn full_queue_drops_and_counts_and_drop_flushes_the_rest() {
+    fn full_queue_waits_and_loses_nothing() {
         let buf = Buf::default();
         let gate = Arc::new(std::sync::Mutex::new(()));
         let held = gate.lock().unwrap();
-        let sink = JsonLinesSink::spawn(Gate(gate.clone(), buf.clone()), 2);
-        // Tiny lines sit in the BufWriter; big ones force a write that blocks on the gate.
-        for n in 0..200 {
-            let mut e = event(n);
-            e.user = "x".repeat(70 * 1024);
-            sink.record(e);
+        let sink = Arc::new(JsonLinesSink::spawn_with(
+            Gate(gate.clone(), buf.clone()),
+            2,
+            true,
+        ));
+        assert!(sink.fail_closed());
+        let recorder = {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                // Tiny lines sit in the BufWriter; big ones force a write that blocks on the gate.
+                for n in 0..200 {
+                    let mut e = event(n);
+                    e.user = "x".repeat(70 * 1024);
+                    sink.record(e);
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sink.stalls() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let dropped = sink.dropped();
-        assert!(dropped > 0, "a blocked writer must make the queue overflow");
+        assert!(!sink.healthy(), "a full queue makes the sink unhealthy");
+        assert!(!recorder.is_finished(), "the caller waits for room");
         drop(held);
+        recorder.join().unwrap();
+        let sink = Arc::into_inner(sink).expect("the only handle");
+        assert_eq!(sink.dropped(), 0);
         drop(sink);
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.lines().count() as u64 + dropped, 200);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 200, "every event is written");
+        // In order, each once.
+        for (n, line) in lines.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["trace_id"], n.to_string());
+        }
     }
 }

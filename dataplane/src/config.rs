@@ -8,6 +8,7 @@
 //!   issuers: [{issuer: https://idp.example.com, audiences: [reflow], discovery: true}]
 //! gateway: {allowedHosts: [mcp.example.com], publicUrl: https://mcp.example.com}
 //! audit: {sink: file, path: /var/log/reflow/audit.jsonl}   # or {sink: stdout} (default)
+//! #   a full queue waits for the writer; failurePolicy: failClosed refuses requests meanwhile
 //! sealingKeyFile: /etc/reflow/sealing-key                    # or env REFLOW_SEALING_KEY
 //! dev: {issuer: reflow-dev, audience: reflow, hs256SecretFile: dev-secret}
 //! database: {urlFile: /etc/reflow/database-url, maxConnections: 16}  # or env REFLOW_DATABASE_URL
@@ -202,8 +203,11 @@ pub struct PostgresAudit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
     pub target: AuditTarget,
-    /// Events buffered before new ones are dropped (and counted).
+    /// Events held in memory; a full queue waits (JSON lines) or spills (Postgres), never drops.
     pub capacity: usize,
+    /// `failClosed`: requests are refused while events cannot be written (Postgres away, or the
+    /// JSON-lines queue full); `buffer` waits or spills.
+    pub failure_policy: FailurePolicy,
 }
 
 /// Where sessions and (by default) audit events are kept when set.
@@ -446,15 +450,13 @@ fn audit_config(
         AuditSinkKind::Stdout
     });
     if sink != AuditSinkKind::Postgres
-        && (a.failure_policy.is_some()
-            || a.spill_dir.is_some()
-            || a.batch_size.is_some()
-            || a.retention_days.is_some())
+        && (a.spill_dir.is_some() || a.batch_size.is_some() || a.retention_days.is_some())
     {
         return Err(audit_err(
-            "`failurePolicy`, `spillDir`, `batchSize` and `retentionDays` only apply to `sink: postgres`",
+            "`spillDir`, `batchSize` and `retentionDays` only apply to `sink: postgres`",
         ));
     }
+    let failure_policy = a.failure_policy.unwrap_or_default();
     let target = match (sink, a.path) {
         (AuditSinkKind::Stdout, None) => AuditTarget::Stdout,
         (AuditSinkKind::File, Some(p)) => AuditTarget::File(base.join(p)),
@@ -472,7 +474,7 @@ fn audit_config(
                 return Err(audit_err("`batchSize` must be at least 1"));
             }
             AuditTarget::Postgres(PostgresAudit {
-                failure_policy: a.failure_policy.unwrap_or_default(),
+                failure_policy,
                 spill_dir: base.join(spill_dir),
                 batch_size,
                 retention: match a.retention_days.unwrap_or(90) {
@@ -492,7 +494,11 @@ fn audit_config(
     if capacity == 0 {
         return Err(audit_err("`capacity` must be at least 1"));
     }
-    Ok(AuditConfig { target, capacity })
+    Ok(AuditConfig {
+        target,
+        capacity,
+        failure_policy,
+    })
 }
 
 pub use reflow_crds::token::cli::parse_duration;
@@ -592,7 +598,7 @@ mod tests {
             ("audit: {sink: postgres, spillDir: s}", "needs a `database`"),
             ("database: {}\naudit: {batchSize: 10}", "needs a `spillDir`"),
             (
-                "audit: {failurePolicy: failClosed}",
+                "audit: {sink: file, path: a, spillDir: s}",
                 "only apply to `sink: postgres`",
             ),
             (

@@ -10,7 +10,8 @@
 //! 2. **gateway**: `gateway` (the HTTP surface with its connection loop and timers, and the
 //!    MCP router), `limits` (per-user and global quotas), `bridge` (one STDIO server
 //!    over HTTP) and `metrics` (which reads every layer's counters).
-//! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances).
+//! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
+//!    and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
 //! 4. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
 //!    `controller_client`, `observed` (what this dataplane saw of each upstream),
 //!    `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
@@ -27,6 +28,8 @@ pub mod bridge;
 pub mod config;
 pub mod controller_client;
 pub mod era;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity_token;
 pub mod jsonrpc;

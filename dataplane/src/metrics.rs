@@ -88,6 +88,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     /// Audit events the sink had to drop (queue full); synced from the sink at render time.
     pub audit_dropped: Counter,
+    /// Audit events whose request waited for room in a full JSON-lines queue.
+    pub audit_stalls: Counter,
     /// STDIO process pool, synced from the pool at render time.
     pub stdio_live: Gauge<i64, AtomicI64>,
     pub stdio_events: Family<StdioLabels, Counter>,
@@ -135,6 +137,7 @@ impl Metrics {
             HistogramFamily::<UpstreamLabels>::new_with_constructor(latency as fn() -> Histogram);
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let audit_stalls = Counter::default();
         let audit_writable = Gauge::<i64, AtomicI64>::default();
         audit_writable.set(1);
         registry.register("mcp_requests", "MCP requests handled", requests.clone());
@@ -159,6 +162,11 @@ impl Metrics {
             "audit_dropped",
             "Audit events lost: the queue was full and could not be spilled (Postgres: only when the spill disk fails)",
             audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_stalls",
+            "Audit events whose request waited for room in a full queue (backpressure, never a drop)",
+            audit_stalls.clone(),
         );
         let stdio_live = Gauge::<i64, AtomicI64>::default();
         let stdio_events = Family::<StdioLabels, Counter>::default();
@@ -216,6 +224,7 @@ impl Metrics {
             upstream_seconds,
             upstream_errors,
             audit_dropped,
+            audit_stalls,
             audit_writable,
         }
     }
@@ -232,6 +241,13 @@ impl Metrics {
         self.audit_dropped
             .inner()
             .fetch_max(dropped, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Raises `audit_stalls` to the sink's own count (monotonic).
+    pub fn sync_audit_stalls(&self, stalls: u64) {
+        self.audit_stalls
+            .inner()
+            .fetch_max(stalls, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Copies the STDIO pool's counters (monotonic) and live count.

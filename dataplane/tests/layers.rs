@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&[&str]; 4] = [
     &["app", "config"],
     &["gateway", "limits", "bridge", "metrics"],
-    &["upstream"],
+    &["upstream", "fuzzing"],
     &[
         "auth",
         "authn",

@@ -156,22 +156,70 @@ fn a_streamed_reply_counts_as_in_flight_until_it_ends() {
     });
 }
 
-/// A gateway with `gateway_yaml` in front of one fixture Target (`one`, with its `one_slow`
-/// tool) that everyone may use; the fixture lives as long as the returned handle.
 fn gateway_to_fixture(name: &str, gateway_yaml: &str) -> (reflow_e2e::harness::FixtureProcess, Gw) {
-    use reflow_e2e::fixture_bin;
-    use reflow_e2e::harness::gateway::target_yaml;
-    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
+    hostile_support::gateway_to_fixture_with(name, gateway_yaml, &[])
+}
 
-    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
-    let manifests = [
-        target_yaml("one", "streamableHttp", &fixture.mcp_url()),
-        PolicyDoc::allow("one-all", "one")
-            .everyone()
-            .rule("all", &["*"])
-            .to_yaml(),
-    ]
-    .join("---\n");
-    let gw = Gw::start_with(name, gateway_yaml, &manifests);
-    (fixture, gw)
+/// Legacy HTTP+SSE (2024-11-05): each `GET /sse` is a session, under the same caps as
+/// `initialize` on /mcp; closing a stream frees its slot.
+#[test]
+fn legacy_sse_sessions_are_capped_per_user_and_in_total() {
+    let gw = Gw::start(
+        "legacy-limits",
+        "{limits: {sessionsPerUser: 2, sessionsTotal: 4}}",
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let http = reflow_e2e::harness::http_client().expect("http client");
+        let open = |user: &str| {
+            http.get(gw.url("/sse"))
+                .bearer_auth(hostile_support::token(user))
+                .header("accept", "text/event-stream")
+                .send()
+        };
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let resp = open("mallory").await.expect("answers");
+            assert_eq!(resp.status(), 200);
+            held.push(resp);
+        }
+        let refused = open("mallory").await.expect("answers");
+        assert_eq!(refused.status(), 429);
+        assert!(refused.headers().contains_key("retry-after"));
+        let body = refused.text().await.unwrap_or_default();
+        assert!(body.contains("too many open sessions"), "{body}");
+        // A Streamable HTTP session counts against the same quota.
+        let (status, _, _) = post(
+            &http,
+            &gw,
+            "mallory",
+            None,
+            &initialize_body(json!({"name": "x", "version": "0"})),
+        )
+        .await;
+        assert_eq!(status, 429);
+        // Another user is unaffected until the gateway-wide cap.
+        for _ in 0..2 {
+            let resp = open("alice").await.expect("answers");
+            assert_eq!(resp.status(), 200);
+            held.push(resp);
+        }
+        assert_eq!(open("bob").await.expect("answers").status(), 503);
+        // A closed stream ends its session and frees the slot.
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = open("bob").await.expect("answers");
+            if resp.status() == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the slot was never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.process.output().contains("limit_sessions_total") {
+        assert!(Instant::now() < deadline, "the refusal was not audited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -57,19 +57,25 @@ type AuditSinks = (
 
 fn audit_sink(config: &Config, db: Option<&postgres::Database>) -> Result<AuditSinks, AppError> {
     let capacity = config.audit.capacity;
+    let fail_closed = config.audit.failure_policy == postgres::FailurePolicy::FailClosed;
     Ok(match &config.audit.target {
         AuditTarget::Stdout => (
-            Arc::new(audit::JsonLinesSink::spawn(std::io::stdout(), capacity)),
+            Arc::new(audit::JsonLinesSink::spawn_with(
+                std::io::stdout(),
+                capacity,
+                fail_closed,
+            )),
             None,
         ),
         AuditTarget::File(p) => (
-            Arc::new(audit::JsonLinesSink::spawn(
+            Arc::new(audit::JsonLinesSink::spawn_with(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
                     .with_context(|| format!("opening audit file {}", p.display()))?,
                 capacity,
+                fail_closed,
             )),
             None,
         ),

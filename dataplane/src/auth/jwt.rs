@@ -118,7 +118,10 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthError>
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+    // JSON is UTF-8 (RFC 8259 §8.1). `from_slice` does not check the strings of fields it
+    // skips, so a header or payload that is not JSON at all was read (found by fuzzing).
+    let text = std::str::from_utf8(&bytes).map_err(|_| AuthError::Malformed)?;
+    serde_json::from_str(text).map_err(|_| AuthError::Malformed)
 }
 
 /// The registered-claim checks of one issuer, prepared once per algorithm so a request only

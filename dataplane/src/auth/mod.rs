@@ -8,12 +8,12 @@ mod adapter;
 mod authenticator;
 mod cache;
 mod challenge;
-mod claims;
+pub(crate) mod claims;
 mod config;
 mod error;
 mod jwks;
-mod jwt;
-mod keys;
+pub(crate) mod jwt;
+pub(crate) mod keys;
 
 pub use authenticator::Authenticator;
 pub use challenge::{ProtectedResourceMetadata, protected_resource_metadata};

@@ -542,8 +542,14 @@ impl Gateway {
         }
         let mut req = req;
         req.params_mut()
-            .insert("uri".into(), Value::String(upstream_uri));
+            .insert("uri".into(), Value::String(upstream_uri.clone()));
         let (mut reply, t, outcome) = self.relay(ctx, req, &target, key, &uri, &decision).await;
+        // An upstream's own "not found" has its own wording (and its own URI); restated as the
+        // gateway's, a missing resource reads exactly like a denied one.
+        if resource_uri::upstream_not_found(&reply, &upstream_uri) {
+            let id = reply.get("id").cloned().unwrap_or(Value::Null);
+            reply = not_found(&id);
+        }
         if ctx.aggregated()
             && let Some(result) = reply.get_mut("result")
         {

@@ -111,6 +111,21 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
         Err(resp) => return resp,
     };
     Span::current().record("user", &*identity.user);
+    // The same session limits as `initialize` on /mcp: a legacy stream is a session too.
+    let owned = gw
+        .sessions
+        .count_owned(&crate::session::subject_of(&identity));
+    if let Err(refusal) = gw.limits.admit_session(owned, gw.sessions.count(), None) {
+        let trace = trace_id(&headers);
+        return crate::limits::refuse(
+            &*gw.audit,
+            &identity.user,
+            "sse",
+            trace,
+            refusal,
+            &Value::Null,
+        );
+    }
     let session = Session::opened_by(
         &identity,
         scope.clone(),
@@ -250,19 +265,32 @@ async fn post_message(
         }
     };
     Span::current().record("method", request.method.as_str());
-    if request.method == "initialize" {
-        let mut updated = Session::clone(&session);
-        let reply = dispatch::negotiate(&mut updated, &request, true);
-        let reply = match gw.sessions.put(updated).await {
-            Ok(()) => reply,
-            Err(e) => jsonrpc::error(&request.id, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        };
-        deliver(&gw, &session.id, reply);
-        gw.count("initialize", None, "ok", started);
-        return StatusCode::ACCEPTED.into_response();
-    }
     let trace = reflow_telemetry::propagation::trace_id(&Span::current())
         .unwrap_or_else(|| trace_id(&headers));
+    let user = principal.identity.user.clone();
+    let refuse = |refusal| {
+        let id = request.id.clone();
+        crate::limits::refuse(
+            &*gw.audit,
+            &user,
+            &request.method,
+            trace.clone(),
+            refusal,
+            &id,
+        )
+    };
+    if request.method == "initialize" {
+        // Only the size check: the session exists already (counted when its stream opened).
+        if let Err(refusal) = gw.limits.admit_session(0, 0, request.params()) {
+            return refuse(refusal);
+        }
+        return initialize(&gw, &session, &request, started).await;
+    }
+    // Held by the task until the answer is on the stream, as on /mcp.
+    let in_flight = match gw.limits.enter(&user) {
+        Ok(p) => p,
+        Err(refusal) => return refuse(refusal),
+    };
     let ctx = dispatch::Ctx {
         identity: principal.identity,
         scope: principal.scope,
@@ -286,9 +314,28 @@ async fn post_message(
                 },
                 Err(e) => tracing::warn!(error = %e, "reply not read; not delivered"),
             }
+            drop(in_flight);
         }
         .instrument(Span::current()),
     );
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `initialize` on a legacy session: negotiated and stored; the answer goes on the stream.
+async fn initialize(
+    gw: &Gateway,
+    session: &Session,
+    request: &jsonrpc::Request,
+    started: Instant,
+) -> Response {
+    let mut updated = Session::clone(session);
+    let reply = dispatch::negotiate(&mut updated, request, true);
+    let reply = match gw.sessions.put(updated).await {
+        Ok(()) => reply,
+        Err(e) => jsonrpc::error(&request.id, jsonrpc::INTERNAL_ERROR, &e.to_string()),
+    };
+    deliver(gw, &session.id, reply);
+    gw.count("initialize", None, "ok", started);
     StatusCode::ACCEPTED.into_response()
 }
 

@@ -451,6 +451,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.sessions.set(gw.sessions.count() as i64);
     gw.metrics.sync_audit_dropped(gw.audit.dropped());
+    gw.metrics.sync_audit_stalls(gw.audit.stalls());
     gw.metrics.sync_stdio(gw.upstream.stdio().stats());
     gw.metrics.audit_writable.set(i64::from(gw.audit.healthy()));
     if let Some(link) = &gw.controller_link {

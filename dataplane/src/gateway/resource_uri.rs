@@ -36,6 +36,25 @@ pub(crate) fn resolve<'u>(
     Some((target.clone(), upstream))
 }
 
+/// Whether an upstream's error answer says `uri` does not exist: MCP's -32002, or the
+/// invalid-params answer the SDKs give for an unknown resource ("Unknown resource: u",
+/// "Resource u not found"). Any other error passes through as the upstream gave it.
+pub(crate) fn upstream_not_found(reply: &Value, uri: &str) -> bool {
+    let Some(error) = reply.get("error") else {
+        return false;
+    };
+    match error.get("code").and_then(Value::as_i64) {
+        Some(crate::jsonrpc::RESOURCE_NOT_FOUND) => true,
+        Some(crate::jsonrpc::INVALID_PARAMS) => {
+            let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+            let lower = message.to_ascii_lowercase();
+            (lower.contains("not found") || lower.contains("unknown resource"))
+                && (message.contains(uri) || lower.contains("resource"))
+        }
+        _ => false,
+    }
+}
+
 /// Rewrites the `uri` of each entry of a `resources/read` result's `contents`.
 pub(crate) fn expose_read_result(prefix: &str, result: &mut Value) {
     if let Some(Value::Array(contents)) = result.get_mut("contents") {
@@ -97,6 +116,29 @@ fn expose_field(prefix: &str, item: &mut Value, field: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn upstream_not_found_answers_are_recognised_and_other_errors_are_not() {
+        let err = |code: i64, message: &str| json!({"error": {"code": code, "message": message}});
+        assert!(upstream_not_found(&err(-32002, "anything"), "u://1"));
+        assert!(upstream_not_found(
+            &err(-32602, "Unknown resource: u://1"),
+            "u://1"
+        ));
+        assert!(upstream_not_found(
+            &err(-32602, "MCP error -32602: Resource u://1 not found"),
+            "u://1"
+        ));
+        assert!(!upstream_not_found(
+            &err(-32602, "uri must be a string"),
+            "u://1"
+        ));
+        assert!(!upstream_not_found(
+            &err(-32603, "Resource not found"),
+            "u://1"
+        ));
+        assert!(!upstream_not_found(&json!({"result": {}}), "u://1"));
+    }
 
     #[test]
     fn exposed_uris_and_templates_keep_the_upstream_text_after_the_prefix() {

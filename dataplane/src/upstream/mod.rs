@@ -3,7 +3,7 @@
 //! Legacy HTTP+SSE lives in `sse`, `auto` detection in `auto`, per-transport dispatch in `link`.
 
 mod auto;
-mod events;
+pub(crate) mod events;
 mod expired;
 pub mod instance;
 mod link;

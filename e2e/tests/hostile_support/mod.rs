@@ -98,8 +98,20 @@ pub async fn post(
     session: Option<&str>,
     body: &Value,
 ) -> (u16, reqwest::header::HeaderMap, String) {
+    post_to(http, gw, "/mcp", user, session, body).await
+}
+
+/// As [`post`], to `path` (`/mcp/<namespace>/<target>` for a single-Target endpoint).
+pub async fn post_to(
+    http: &reqwest::Client,
+    gw: &Gw,
+    path: &str,
+    user: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let mut req = http
-        .post(gw.url("/mcp"))
+        .post(gw.url(path))
         .bearer_auth(token(user))
         .header("accept", "application/json, text/event-stream")
         .json(body);
@@ -130,4 +142,31 @@ pub async fn open_session(http: &reqwest::Client, gw: &Gw, user: &str) -> Result
         .and_then(|v| v.to_str().ok())
         .expect("session id")
         .to_owned())
+}
+
+/// A gateway with `gateway_yaml` in front of one fixture Target (`one`, with its `one_slow`
+/// tool) under the given policies (YAML documents; none: everyone may use everything); the
+/// fixture lives as long as the returned handle.
+pub fn gateway_to_fixture_with(
+    name: &str,
+    gateway_yaml: &str,
+    policies: &[String],
+) -> (reflow_e2e::harness::FixtureProcess, Gw) {
+    use reflow_e2e::fixture_bin;
+    use reflow_e2e::harness::gateway::target_yaml;
+    use reflow_e2e::harness::{FixtureProcess, PolicyDoc};
+
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let mut manifests = vec![target_yaml("one", "streamableHttp", &fixture.mcp_url())];
+    if policies.is_empty() {
+        manifests.push(
+            PolicyDoc::allow("one-all", "one")
+                .everyone()
+                .rule("all", &["*"])
+                .to_yaml(),
+        );
+    }
+    manifests.extend(policies.iter().cloned());
+    let gw = Gw::start_with(name, gateway_yaml, &manifests.join("---\n"));
+    (fixture, gw)
 }
