@@ -14,6 +14,6 @@ pub mod token;
 pub mod wire;
 
 pub use compile::{Compiled, Inputs, compile};
-pub use identity::{Fingerprint, Identity};
+pub use identity::{Claims, Fingerprint, Identity};
 pub use seal::SealingKey;
 pub use snapshot::{CompiledTarget, Decision, ItemKind, Snapshot};

@@ -1,8 +1,10 @@
 //! The compiled, immutable model every dataplane serves from: targets with routing, policy index
 //! and sealed credentials. Versioned, content-hashed, cheap to clone, validated on deserialize.
 
+pub mod condition;
 mod credentials;
 mod policy;
+pub mod rate_limit;
 mod revocations;
 mod sandbox;
 
