@@ -8,6 +8,7 @@ pub mod glob;
 pub mod identity;
 pub mod instance_wire;
 pub mod loader;
+pub mod rate_limiter;
 pub mod seal;
 pub mod snapshot;
 pub mod token;

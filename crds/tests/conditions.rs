@@ -537,3 +537,51 @@ fn rate_limits_apply_once_per_policy_and_follow_conditions() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_readme_examples_compile_and_mean_what_they_say() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("### Policy conditions (`when:`) and rate limits")
+        .expect("the README section");
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |i| i + 4)];
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a yaml block");
+    let ns = "dev-tools";
+    let mut all = String::new();
+    for t in ["github", "fs", "ledger"] {
+        all.push_str(&http_target(ns, t));
+    }
+    all.push_str(yaml);
+    let c = compile(&all);
+    for p in ["acme-repos", "fs-shared-only", "finance-ledger"] {
+        let a = cond(&c, ObjectKind::Policy, ns, p, ACCEPTED);
+        assert!(a.status, "{p}: {}", a.message);
+    }
+    let dev = id("dana", &["developers"], &[]);
+    let decide = |t: &str, who: &Identity, tool: &str, args: Value| {
+        let req = Request {
+            kind: ItemKind::Tool,
+            name: tool,
+            target: t,
+            args: Some(&args),
+            now: 0,
+        };
+        target(&c, ns, t).policy.decide_request(who, &req).allowed
+    };
+    assert!(decide("github", &dev, "create_issue", json!({"repo": "acme/x"})));
+    assert!(!decide("github", &dev, "create_issue", json!({"repo": "other/x"})));
+    let fin = with_claims(id("fi", &[], &[]), json!({"department": "finance"}));
+    assert!(decide("ledger", &fin, "post", json!({})));
+    assert!(!decide("ledger", &dev, "post", json!({})));
+    let spec = c
+        .report(ObjectKind::Policy, ns, "finance-ledger")
+        .and_then(|r| r.rate_limit)
+        .expect("a rate limit");
+    assert_eq!((spec.requests, spec.interval_ms, spec.burst), (60, 60_000, 10));
+}

@@ -95,6 +95,14 @@ pub struct Metrics {
     pub audit_writable: Gauge<i64, AtomicI64>,
     /// Connections and requests closed by a timer of the server loop (see `listener`).
     pub http_timeouts: Family<TimeoutLabels, Counter>,
+    /// Calls refused by a Policy's rate limit (labels: Target and Policy, both admin-defined).
+    pub rate_limited: Family<RateLimitedLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitedLabels {
+    pub target: Arc<str>,
+    pub policy: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,8 +177,15 @@ impl Metrics {
             "Connections or requests closed because a peer stalled, by timer",
             http_timeouts.clone(),
         );
+        let rate_limited = Family::<RateLimitedLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Calls refused by a Policy's rate limit on this dataplane",
+            rate_limited.clone(),
+        );
         Self {
             registry,
+            rate_limited,
             http_timeouts,
             stdio_live,
             stdio_events,

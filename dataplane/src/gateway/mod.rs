@@ -21,6 +21,7 @@ mod mrtr;
 pub mod net;
 mod preamble;
 mod proxy;
+mod rate_limit;
 mod recycle;
 mod relay;
 mod resource_uri;
@@ -200,6 +201,8 @@ pub struct Gateway {
     child_levels: log_fanout::ChildLevels,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
     me: Weak<Self>,
+    /// Policy rate limits on this replica.
+    rate_limiter: reflow_crds::rate_limiter::RateLimiter,
 }
 
 impl Gateway {
@@ -251,6 +254,7 @@ impl Gateway {
                 subscriptions: Default::default(),
                 child_levels: Default::default(),
                 me: weak.clone(),
+                rate_limiter: Default::default(),
             }
         });
         let weak = Arc::downgrade(&gw);

@@ -285,6 +285,11 @@ impl Gateway {
                         }
                     }
                     if early.is_empty() {
+                        if outcome == super::rate_limit::RATE_LIMITED_OUTCOME {
+                            // A plain JSON reply: the HTTP status can say it too.
+                            let secs = super::rate_limit::retry_after(&reply);
+                            return (StatusCode::TOO_MANY_REQUESTS, [(http::header::RETRY_AFTER, secs.to_string())], axum::Json(reply)).into_response();
+                        }
                         return (StatusCode::OK, axum::Json(reply)).into_response();
                     }
                     if !accepts_sse {
