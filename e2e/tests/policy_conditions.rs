@@ -114,7 +114,8 @@ fn python_sdk_argument_and_claims_conditions() {
         Some("deny")
     );
     audited("denied", "acme-echo when=error");
-    audited("denied", "finance-add when=false");
+    // carol's token has no `department` claim: an error, so the Allow does not apply.
+    audited("denied", "finance-add when=error");
 
     // A caller whose token says department: finance sees and may call `add`.
     let fin = token_with("fiona", json!({"department": "finance"}));
