@@ -574,8 +574,18 @@ fn the_readme_examples_compile_and_mean_what_they_say() {
         };
         target(&c, ns, t).policy.decide_request(who, &req).allowed
     };
-    assert!(decide("github", &dev, "create_issue", json!({"repo": "acme/x"})));
-    assert!(!decide("github", &dev, "create_issue", json!({"repo": "other/x"})));
+    assert!(decide(
+        "github",
+        &dev,
+        "create_issue",
+        json!({"repo": "acme/x"})
+    ));
+    assert!(!decide(
+        "github",
+        &dev,
+        "create_issue",
+        json!({"repo": "other/x"})
+    ));
     let fin = with_claims(id("fi", &[], &[]), json!({"department": "finance"}));
     assert!(decide("ledger", &fin, "post", json!({})));
     assert!(!decide("ledger", &dev, "post", json!({})));
@@ -583,5 +593,8 @@ fn the_readme_examples_compile_and_mean_what_they_say() {
         .report(ObjectKind::Policy, ns, "finance-ledger")
         .and_then(|r| r.rate_limit)
         .expect("a rate limit");
-    assert_eq!((spec.requests, spec.interval_ms, spec.burst), (60, 60_000, 10));
+    assert_eq!(
+        (spec.requests, spec.interval_ms, spec.burst),
+        (60, 60_000, 10)
+    );
 }

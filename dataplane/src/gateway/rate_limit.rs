@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
 use reflow_crds::snapshot::condition::{Request as PolicyRequest, now_seconds};
 use reflow_crds::snapshot::{CompiledTarget, Decision, ItemKind};
 use serde_json::json;
@@ -80,11 +83,21 @@ impl Gateway {
     }
 }
 
-/// `Retry-After` for a reply refused by a rate limit: its `data.retryAfter`, at least 1.
-pub(super) fn retry_after(reply: &serde_json::Value) -> u64 {
-    reply
+/// A reply sent as plain JSON: 200, or for a rate-limit refusal 429 with `Retry-After` (its
+/// `data.retryAfter`, at least 1), since the HTTP status can say it too.
+pub(super) fn json_reply(reply: serde_json::Value, outcome: &str) -> Response {
+    if outcome != RATE_LIMITED_OUTCOME {
+        return (StatusCode::OK, axum::Json(reply)).into_response();
+    }
+    let secs = reply
         .pointer("/error/data/retryAfter")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(1)
-        .max(1)
+        .max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(http::header::RETRY_AFTER, secs.to_string())],
+        axum::Json(reply),
+    )
+        .into_response()
 }

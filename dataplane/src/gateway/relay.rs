@@ -4,8 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug};
@@ -285,18 +284,13 @@ impl Gateway {
                         }
                     }
                     if early.is_empty() {
-                        if outcome == super::rate_limit::RATE_LIMITED_OUTCOME {
-                            // A plain JSON reply: the HTTP status can say it too.
-                            let secs = super::rate_limit::retry_after(&reply);
-                            return (StatusCode::TOO_MANY_REQUESTS, [(http::header::RETRY_AFTER, secs.to_string())], axum::Json(reply)).into_response();
-                        }
-                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                        return super::rate_limit::json_reply(reply, outcome);
                     }
                     if !accepts_sse {
                         for up in early {
                             relay.handle(up, GET_STREAM);
                         }
-                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                        return super::rate_limit::json_reply(reply, outcome);
                     }
                     // The whole upstream stream arrived before we looked: relay it in order.
                     let (stream, frames) = hub.open_stream();
