@@ -41,7 +41,7 @@ fn token_with(user: &str, extra: Value) -> String {
 }
 
 fn gateway() -> (FixtureProcess, TestGateway) {
-    let one = FixtureProcess::spawn_with(&fixture_bin!(), &["--name", "one"]).expect("fixture");
+    let one = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
     let gw = TestGateway::builder()
         .target("one", &one.mcp_url())
         .manifest(policy(

@@ -308,11 +308,7 @@ impl Condition {
             },
         };
         let claims = if self.uses_claims {
-            match id
-                .claims
-                .map()
-                .map_or(Some(empty_map()), |m| object_to_cel(m))
-            {
+            match id.claims.map().map_or(Some(empty_map()), object_to_cel) {
                 Some(v) => Some(v),
                 None => return Outcome::Exceeded,
             }
