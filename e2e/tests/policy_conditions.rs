@@ -117,6 +117,15 @@ fn python_sdk_argument_and_claims_conditions() {
     // carol's token has no `department` claim: an error, so the Allow does not apply.
     audited("denied", "finance-add when=error");
 
+    // The list hid `add` and says why.
+    let hidden = gw
+        .wait_for_audit(Duration::from_secs(5), |e| {
+            e.method == "tools/list" && e.name.as_deref() == Some("one_add")
+        })
+        .expect("the hidden tool is audited");
+    assert_eq!(hidden.policy.as_deref(), Some("finance-add when=error"));
+    assert_eq!(hidden.decision, Some("deny"));
+
     // A caller whose token says department: finance sees and may call `add`.
     let fin = token_with("fiona", json!({"department": "finance"}));
     let report = PyClient::streamable_http(gw.mcp_url())

@@ -690,7 +690,7 @@ impl Gateway {
 /// The audit `policy` field: the deciding Policy, and for a condition that mattered its outcome,
 /// as `name when=<true|false|error|exceeded>` (default deny after a conditional allow that did
 /// not apply reads `name when=false`).
-fn audited_policy(d: &Decision) -> Option<String> {
+pub(super) fn audited_policy(d: &Decision) -> Option<String> {
     match (&d.policy, &d.condition) {
         (Some(p), Some((c, o))) if p == c => Some(format!("{p} when={}", o.as_str())),
         (Some(p), Some((c, o))) => Some(format!("{p} ({c} when={})", o.as_str())),
