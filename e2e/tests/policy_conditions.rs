@@ -3,11 +3,11 @@
 //! allowed or denied per call, a claims condition, and a rate-limited caller refused (JSON-RPC
 //! error with a retry hint, HTTP 429 + Retry-After, audited, counted) while another is not.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reflow_e2e::fixture_bin;
-use reflow_e2e::harness::gateway::{AUDIENCE, HS256_SECRET, ISSUER, NAMESPACE};
+use reflow_e2e::harness::gateway::{AUDIENCE, HS256_SECRET, ISSUER, NAMESPACE, target_yaml};
 use reflow_e2e::harness::py_ops::{self, err_result, first_text, names, ok_result};
 use reflow_e2e::harness::{FixtureProcess, PyClient, TestGateway, http_client};
 use serde_json::{Value, json};
@@ -261,4 +261,56 @@ async fn raw_call(url: &str, token: &str) -> (u16, String, Value) {
         .to_owned();
     let body: Value = resp.json().await.expect("a JSON body");
     (status, retry, body)
+}
+
+#[test]
+fn editing_a_condition_re_filters_live_sessions() {
+    const LIST_CHANGED: &str = "notifications/tools/list_changed";
+    let one = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "one"]).expect("fixture");
+    let finance = |dept: &str| {
+        policy(
+            "finance-add",
+            "Allow",
+            &format!("[{{kind: tool, names: [add], when: 'claims.department == \"{dept}\"'}}]"),
+            "",
+        )
+    };
+    let gw = TestGateway::builder()
+        .target("one", &one.mcp_url())
+        .manifest(finance("finance"))
+        .start()
+        .expect("gateway starts");
+    let client = PyClient::streamable_http(gw.mcp_url())
+        .token(token_with("fiona", json!({"department": "finance"})))
+        .actions([
+            py_ops::list_tools(),
+            py_ops::wait_notification(LIST_CHANGED, 30.0),
+            py_ops::list_tools(),
+        ]);
+    let run = std::thread::spawn(move || client.run());
+    gw.wait_for_audit(Duration::from_secs(60), |e| {
+        e.user == "fiona" && e.method == "tools/list"
+    })
+    .expect("the first list happened");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.gateway().live_get_streams() == 0 {
+        assert!(Instant::now() < deadline, "no GET stream");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Only the condition changes: the rule's names, subjects and priority stay.
+    gw.replace_manifests(&[
+        target_yaml("one", "streamableHttp", &one.mcp_url()),
+        finance("legal"),
+    ])
+    .expect("manifests replaced");
+    let report = run
+        .join()
+        .expect("client thread")
+        .expect("python client runs");
+    assert_eq!(names(ok_result(&report, 0), "tools"), vec!["one_add"]);
+    assert_eq!(ok_result(&report, 1)["method"], LIST_CHANGED, "{report:#}");
+    assert!(
+        names(ok_result(&report, 2), "tools").is_empty(),
+        "{report:#}"
+    );
 }
