@@ -121,6 +121,7 @@ pub fn object_status(
         })
         .collect();
     conditions.push(programmed(report, fleet, source_error));
+    conditions.extend(crate::policy_status::rate_limited(report, fleet));
     for c in &mut conditions {
         let kept = previous
             .and_then(|p| p.conditions.iter().find(|p| p.type_ == c.type_))

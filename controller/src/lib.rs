@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod instance;
 pub mod lease;
 pub mod metrics;
+pub mod policy_status;
 pub mod publish;
 pub mod roster;
 pub mod server;

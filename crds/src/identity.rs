@@ -15,6 +15,28 @@ pub struct Identity {
     pub name: Option<Arc<str>>,
     pub groups: Arc<[Arc<str>]>,
     pub roles: Arc<[Arc<str>]>,
+    /// The verified token's claims, for policy conditions (`claims.department`). Not part of
+    /// equality's meaning beyond content, nor of the fingerprint; never logged.
+    pub claims: Claims,
+}
+
+/// A caller's raw claims (empty for callers without a JWT). Compared by content; hashes to
+/// nothing, so identities that differ only in claims still hash alike (and compare unequal).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Claims(Option<Arc<serde_json::Map<String, serde_json::Value>>>);
+
+impl Claims {
+    pub fn new(map: serde_json::Map<String, serde_json::Value>) -> Self {
+        Self(Some(Arc::new(map)))
+    }
+
+    pub fn map(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.0.as_deref()
+    }
+}
+
+impl std::hash::Hash for Claims {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 impl Identity {
@@ -32,6 +54,7 @@ impl Identity {
             name: None,
             groups: sorted_unique(groups),
             roles: sorted_unique(roles),
+            claims: Claims::default(),
         }
     }
 

@@ -11,12 +11,13 @@ pub mod identity;
 pub mod instance_wire;
 pub mod loader;
 pub mod observed;
+pub mod rate_limiter;
 pub mod seal;
 pub mod snapshot;
 pub mod token;
 pub mod wire;
 
 pub use compile::{Compiled, Inputs, compile};
-pub use identity::{Fingerprint, Identity};
+pub use identity::{Claims, Fingerprint, Identity};
 pub use seal::SealingKey;
 pub use snapshot::{CompiledTarget, Decision, ItemKind, Snapshot};

@@ -51,7 +51,8 @@ fn semantic_1_default_deny() {
         decide(&c, NS, "gh", &dev, ItemKind::Tool, "get_repo"),
         Decision {
             allowed: true,
-            policy: Some("dev-read".into())
+            policy: Some("dev-read".into()),
+            condition: None,
         }
     );
     assert!(tool_allowed(&c, NS, "gh", &dev, "create_issue"));
@@ -140,7 +141,8 @@ fn semantic_2_priority_then_deny_wins_ties() {
         decide(&c, NS, "gh", &dev, ItemKind::Tool, "delete_repo"),
         Decision {
             allowed: true,
-            policy: Some("dev-all".into())
+            policy: Some("dev-all".into()),
+            condition: None,
         }
     );
     // Equal priority: deny wins, whatever the subject kinds and input order.
@@ -150,7 +152,8 @@ fn semantic_2_priority_then_deny_wins_ties() {
             decide(&c, NS, "gh", &dev, ItemKind::Tool, "delete_repo"),
             Decision {
                 allowed: false,
-                policy: Some("no-delete".into())
+                policy: Some("no-delete".into()),
+                condition: None,
             }
         );
         assert!(tool_allowed(&c, NS, "gh", &dev, "get_repo"));
@@ -371,6 +374,7 @@ fn semantic_2_index_agrees_with_a_naive_evaluator() {
             Some((_, e, i)) => Decision {
                 allowed: e == Effect::Allow,
                 policy: Some(pol.rules()[i].policy.clone()),
+                condition: None,
             },
         }
     };
@@ -479,7 +483,8 @@ fn semantic_3_invalid_pattern_rejects_policy_never_fails_open() {
             decide(&c, NS, "gh", &contractor, kind, "get_repo"),
             Decision {
                 allowed: false,
-                policy: Some("bad-deny".into())
+                policy: Some("bad-deny".into()),
+                condition: None,
             }
         );
     }

@@ -104,6 +104,8 @@ pub struct Metrics {
     /// Tools hidden, refused or passed with a warning because their definition is not the
     /// pinned one.
     pub tool_pins: Family<PinLabels, Counter>,
+    /// Calls refused by a Policy's rate limit (labels: Target and Policy, both admin-defined).
+    pub rate_limited: Family<RateLimitedLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +113,12 @@ pub struct PinLabels {
     pub target: Arc<str>,
     /// hidden | refused | warned
     pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitedLabels {
+    pub target: Arc<str>,
+    pub policy: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,11 +217,18 @@ impl Metrics {
             "Tools hidden, refused or passed with a warning because their definition is not the pinned one",
             tool_pins.clone(),
         );
+        let rate_limited = Family::<RateLimitedLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Calls refused by a Policy's rate limit on this dataplane",
+            rate_limited.clone(),
+        );
         Self {
             registry,
             controller_link_up,
             snapshot_age,
             tool_pins,
+            rate_limited,
             http_timeouts,
             stdio_live,
             stdio_events,

@@ -16,7 +16,9 @@ mod target;
 pub use common::{Condition, LocalRef, ObjectStatus, SecretKeyRef};
 pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValue};
 pub use instance::{InstanceIdentity, InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
-pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
+pub use policy::{
+    Effect, Policy, PolicyRule, PolicySpec, RateLimit, RateLimitScope, RuleKind, Subject,
+};
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
 pub use sandbox::{ProcessLimits, SandboxMode, SandboxSpec};
 pub use target::{

@@ -47,6 +47,39 @@ pub struct PolicySpec {
     #[serde(default)]
     #[schemars(range(min = -1000, max = 1000))]
     pub priority: i32,
+    /// Allow policies only: how often each caller may use what this policy allows, on each
+    /// dataplane (a token bucket per replica, like Envoy's local rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `requests` per `interval`, refilled continuously, with up to `burst` at once. Counted per
+/// caller (user) and, with `per: tool`, per tool; on each dataplane replica separately.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests: u32,
+    /// `<n>s`, `<n>m` or `<n>h`, from 1s to 24h.
+    #[schemars(length(min = 2, max = 16))]
+    pub interval: String,
+    /// Calls admitted at once after a quiet period; defaults to `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<u32>,
+    /// One bucket per caller and tool (`tool`, the default) or per caller and Target (`target`).
+    #[serde(default)]
+    pub per: RateLimitScope,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitScope {
+    #[default]
+    Tool,
+    Target,
 }
 
 /// Who a policy applies to: exactly one of `user`, `group`, `role`, or `everyone: true`.
@@ -75,6 +108,12 @@ pub struct PolicyRule {
     /// Tool and prompt names (unprefixed, as the upstream names them) or resource URIs.
     #[schemars(length(min = 1, max = 1024))]
     pub names: Vec<String>,
+    /// A CEL condition over `user`, `groups`, `roles`, `claims`, `kind`, `name`, `tool`,
+    /// `resource`, `prompt`, `args`, `target` and `now`: the rule applies only when it is true.
+    /// An Allow whose condition fails to evaluate does not apply; a Deny does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Option<String>,
 }
 
 #[derive(

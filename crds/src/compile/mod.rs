@@ -21,7 +21,8 @@ use crate::snapshot::{
 };
 
 pub use report::{
-    ACCEPTED, CONFLICTED, ConditionReport, ObjectKind, ObjectReport, RESOLVED_REFS, SANDBOXED,
+    ACCEPTED, CONFLICTED, ConditionReport, ObjectKind, ObjectReport, RATE_LIMITED, RESOLVED_REFS,
+    SANDBOXED,
 };
 
 /// Everything the compiler reads. Objects without a namespace are taken to be in `default`.
@@ -223,6 +224,7 @@ fn compile_policies(inputs: &Inputs, builds: &mut Builds<'_>, reports: &mut Vec<
                 b.rules.extend(compiled.rules.iter().cloned());
             }
         }
+        r.rate_limit = compiled.rate_limit;
         reports.push(r);
     }
 

@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{Effect, Policy, PolicySpec, RuleKind, Subject};
 use crate::glob::Glob;
+use crate::snapshot::condition::Condition;
+use crate::snapshot::rate_limit::RateSpec;
 use crate::snapshot::{CompiledRule, SubjectMatch};
 
 /// A Target as policy selection sees it.
@@ -24,6 +26,34 @@ pub(super) struct CompiledPolicy {
     pub rejected: Option<(&'static str, String)>,
     /// Why a reference did not resolve.
     pub unresolved: Option<(&'static str, String)>,
+    /// The rate limit each dataplane enforces (accepted Allow policies only).
+    pub rate_limit: Option<RateSpec>,
+}
+
+/// One rule as read: its kind, name globs and condition.
+type ParsedRule = (RuleKind, Vec<Glob>, Option<Condition>);
+
+/// The rate limit, if any and valid; only an Allow policy may carry one.
+fn parse_rate_limit(
+    s: &PolicySpec,
+    problems: &mut Vec<String>,
+    reason: &mut &'static str,
+) -> Option<RateSpec> {
+    let r = s.rate_limit.as_ref()?;
+    let spec = match RateSpec::from_api(r) {
+        Ok(spec) => spec,
+        Err(e) => {
+            *reason = "InvalidRateLimit";
+            problems.push(e);
+            return None;
+        }
+    };
+    if s.effect != Effect::Allow {
+        *reason = "InvalidRateLimit";
+        problems.push("rateLimit applies to Allow policies only".to_owned());
+        return None;
+    }
+    Some(spec)
 }
 
 pub(super) fn subject_match(s: &Subject) -> Result<SubjectMatch, String> {
@@ -124,7 +154,7 @@ fn parse_rules(
     s: &PolicySpec,
     problems: &mut Vec<String>,
     reason: &mut &'static str,
-) -> Vec<(RuleKind, Vec<Glob>)> {
+) -> Vec<ParsedRule> {
     let mut rules = Vec::new();
     if s.rules.is_empty() {
         problems.push("rules must not be empty".to_owned());
@@ -143,7 +173,18 @@ fn parse_rules(
                 }
             }
         }
-        rules.push((rule.kind, globs));
+        let when = rule
+            .when
+            .as_deref()
+            .and_then(|src| match Condition::compile(src) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    *reason = e.reason();
+                    problems.push(format!("rules[{i}].when: {e}"));
+                    None
+                }
+            });
+        rules.push((rule.kind, globs, when));
     }
     rules
 }
@@ -182,6 +223,7 @@ pub(super) fn compile_policy(
         problems.push(format!("priority {} is outside -1000..=1000", s.priority));
     }
     let rules = parse_rules(s, &mut problems, &mut reason);
+    let rate_limit = parse_rate_limit(s, &mut problems, &mut reason);
 
     let policy: Arc<str> = name.into();
     if !problems.is_empty() {
@@ -206,6 +248,8 @@ pub(super) fn compile_policy(
                     subject,
                     kind: RuleKind::All,
                     names: vec![deny_all.clone()],
+                    when: None,
+                    rate_limit: None,
                 })
                 .collect()
         } else {
@@ -226,6 +270,7 @@ pub(super) fn compile_policy(
             rules,
             rejected: Some((reason, message)),
             unresolved: None,
+            rate_limit: None,
         };
     }
 
@@ -233,13 +278,15 @@ pub(super) fn compile_policy(
     let compiled = subjects
         .iter()
         .flat_map(|subject| {
-            rules.iter().map(|(kind, names)| CompiledRule {
+            rules.iter().map(|(kind, names, when)| CompiledRule {
                 policy: policy.clone(),
                 priority: s.priority,
                 effect: s.effect,
                 subject: subject.clone(),
                 kind: *kind,
                 names: names.clone(),
+                when: when.clone(),
+                rate_limit,
             })
         })
         .collect();
@@ -248,5 +295,6 @@ pub(super) fn compile_policy(
         rules: compiled,
         rejected: None,
         unresolved,
+        rate_limit,
     }
 }

@@ -31,6 +31,10 @@ pub struct ObjectReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
     pub conditions: Vec<ConditionReport>,
+    /// An accepted Policy's rate limit, per dataplane (the controller states the fleet-wide
+    /// effect in status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::snapshot::rate_limit::RateSpec>,
 }
 
 pub const ACCEPTED: &str = "Accepted";
@@ -38,6 +42,8 @@ pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const CONFLICTED: &str = "Conflicted";
 /// On STDIO Targets only: whether their children run sandboxed (False means `sandbox.mode: off`).
 pub const SANDBOXED: &str = "Sandboxed";
+/// On Policies with a rate limit: what each dataplane admits and what that makes fleet-wide.
+pub const RATE_LIMITED: &str = "RateLimited";
 
 impl ObjectReport {
     pub fn new(kind: ObjectKind, namespace: &str, name: &str, generation: Option<i64>) -> Self {
@@ -47,6 +53,7 @@ impl ObjectReport {
             name: name.to_owned(),
             generation,
             conditions: Vec::new(),
+            rate_limit: None,
         }
     }
 

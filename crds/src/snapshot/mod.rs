@@ -1,9 +1,11 @@
 //! The compiled, immutable model every dataplane serves from: targets with routing, policy index
 //! and sealed credentials. Versioned, content-hashed, cheap to clone, validated on deserialize.
 
+pub mod condition;
 mod credentials;
 mod pinning;
 mod policy;
+pub mod rate_limit;
 mod revocations;
 mod sandbox;
 

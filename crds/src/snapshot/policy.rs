@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::condition::{Condition, Outcome, Request};
+use super::rate_limit::RateSpec;
 use crate::api::{Effect, RuleKind};
 use crate::glob::{Glob, GlobError, byte_mask};
 use crate::identity::Identity;
@@ -83,6 +85,18 @@ pub struct CompiledRule {
     pub kind: RuleKind,
     #[serde(serialize_with = "ser_globs", deserialize_with = "de_globs")]
     pub names: Vec<Glob>,
+    /// The rule applies only when this holds (kept out of the name index: decided per request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// The Policy's rate limit (Allow policies only), charged whenever this rule matches a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateSpec>,
+}
+
+impl CompiledRule {
+    fn names_match(&self, item: ItemKind, name: &str) -> bool {
+        covers(self.kind, item) && self.names.iter().any(|g| g.matches(name))
+    }
 }
 
 fn ser_globs<S: Serializer>(globs: &[Glob], s: S) -> Result<S::Ok, S::Error> {
@@ -103,13 +117,29 @@ pub struct Decision {
     pub allowed: bool,
     /// The deciding Policy; `None` means default deny.
     pub policy: Option<Arc<str>>,
+    /// The condition that mattered: the deciding rule's, or else the first one evaluated that
+    /// did not apply (why a conditional allow did not grant), with its outcome.
+    pub condition: Option<(Arc<str>, Outcome)>,
 }
 
 impl Decision {
     pub const DEFAULT_DENY: Decision = Decision {
         allowed: false,
         policy: None,
+        condition: None,
     };
+}
+
+/// Whether a rule whose condition came out `o` decides: a true condition always; an error or an
+/// oversized input only for a Deny (fail closed); an undecidable one (`args` while listing) only
+/// for an Allow (the item is shown; the call decides).
+fn applies(effect: Effect, o: Outcome) -> bool {
+    match o {
+        Outcome::True => true,
+        Outcome::False => false,
+        Outcome::Error | Outcome::Exceeded => effect == Effect::Deny,
+        Outcome::Unknown => effect == Effect::Allow,
+    }
 }
 
 /// FxHash (as in rustc): a few cycles for the short names hashed on every decision, where
@@ -168,12 +198,23 @@ struct SubjectRules {
     /// Wildcard patterns, indexed by their literal prefix or suffix.
     globs: GlobIndex,
     has_allow: bool,
+    /// Rules with a condition, strongest first: decided per request, after the index.
+    conditional: Vec<Rank>,
+    /// Rules whose Policy has a rate limit.
+    limited: Vec<u32>,
 }
 
 impl SubjectRules {
     fn add(&mut self, rank: Rank, rule: &CompiledRule) {
         if rule.effect == Effect::Allow {
             self.has_allow = true;
+        }
+        if rule.rate_limit.is_some() {
+            self.limited.push(rank.rule);
+        }
+        if rule.when.is_some() {
+            self.conditional.push(rank);
+            return;
         }
         for g in &rule.names {
             match g.literal() {
@@ -196,6 +237,7 @@ impl SubjectRules {
 
     fn finish(&mut self) {
         self.globs.finish();
+        self.conditional.sort();
     }
 
     /// The strongest matching rank in this subject's rules, if stronger than `best`.
@@ -440,7 +482,7 @@ impl PolicySet {
     }
 
     /// The rules relevant to one caller, gathered once for many decisions.
-    pub fn view(&self, id: &Identity) -> PolicyView<'_> {
+    pub fn view<'a>(&'a self, id: &'a Identity) -> PolicyView<'a> {
         let ix = &self.index;
         // Sized up front: a flattened iterator's size hint would make `collect` reallocate.
         let mut subjects = Vec::with_capacity(2 + id.groups.len() + id.roles.len());
@@ -450,6 +492,7 @@ impl PolicySet {
         subjects.push(&ix.everyone);
         PolicyView {
             set: self,
+            id,
             subjects,
         }
     }
@@ -457,24 +500,69 @@ impl PolicySet {
     pub fn decide(&self, id: &Identity, kind: ItemKind, name: &str) -> Decision {
         self.view(id).decide(kind, name)
     }
+
+    pub fn decide_request(&self, id: &Identity, req: &Request<'_>) -> Decision {
+        self.view(id).decide_request(req)
+    }
 }
 
 /// One caller's slice of a PolicySet.
 pub struct PolicyView<'a> {
     set: &'a PolicySet,
+    id: &'a Identity,
     subjects: Vec<&'a SubjectRules>,
 }
 
 impl PolicyView<'_> {
-    /// Default deny; the strongest matching rule wins (priority, then deny over allow).
+    /// As a list decides: no arguments, no Target name.
     pub fn decide(&self, kind: ItemKind, name: &str) -> Decision {
-        let probe = Probe::new(name);
+        self.decide_request(&Request::listing(kind, name, ""))
+    }
+
+    /// Default deny; the strongest applying rule wins (priority, then deny over allow). Rules
+    /// with a condition count only when it applies (see [`applies`]).
+    pub fn decide_request(&self, req: &Request<'_>) -> Decision {
+        let probe = Probe::new(req.name);
         let best = self
             .subjects
             .iter()
-            .fold(None, |best, sr| sr.best(kind, &probe, best));
+            .fold(None, |best, sr| sr.best(req.kind, &probe, best));
+        let mut first_skipped = None;
+        if self.subjects.iter().any(|s| !s.conditional.is_empty()) {
+            let mut stronger: Vec<Rank> = self
+                .subjects
+                .iter()
+                .flat_map(|s| s.conditional.iter())
+                .filter(|r| best.is_none_or(|b| **r < b))
+                .copied()
+                .collect();
+            stronger.sort();
+            for rank in stronger {
+                let Some(rule) = self.set.rules.get(rank.rule as usize) else {
+                    continue;
+                };
+                let Some(cond) = rule.when.as_ref() else {
+                    continue;
+                };
+                if !rule.names_match(req.kind, req.name) {
+                    continue;
+                }
+                let outcome = cond.eval(self.id, req);
+                if applies(rule.effect, outcome) {
+                    return Decision {
+                        allowed: rule.effect == Effect::Allow,
+                        policy: Some(rule.policy.clone()),
+                        condition: Some((rule.policy.clone(), outcome)),
+                    };
+                }
+                first_skipped.get_or_insert((rule.policy.clone(), outcome));
+            }
+        }
         match best {
-            None => Decision::DEFAULT_DENY,
+            None => Decision {
+                condition: first_skipped,
+                ..Decision::DEFAULT_DENY
+            },
             Some(rank) => Decision {
                 allowed: rank.effect == Effect::Allow,
                 policy: self
@@ -482,8 +570,33 @@ impl PolicyView<'_> {
                     .rules
                     .get(rank.rule as usize)
                     .map(|r| r.policy.clone()),
+                condition: first_skipped,
             },
         }
+    }
+
+    /// The rate limits an allowed call is charged against: each rate-limited Policy whose rule
+    /// matches it (condition included) once, as (policy, spec).
+    pub fn rate_limits(&self, req: &Request<'_>) -> Vec<(Arc<str>, RateSpec)> {
+        let mut out: Vec<(Arc<str>, RateSpec)> = Vec::new();
+        for idx in self.subjects.iter().flat_map(|s| s.limited.iter()) {
+            let Some(rule) = self.set.rules.get(*idx as usize) else {
+                continue;
+            };
+            let Some(spec) = rule.rate_limit else {
+                continue;
+            };
+            if out.iter().any(|(p, _)| *p == rule.policy) || !rule.names_match(req.kind, req.name) {
+                continue;
+            }
+            if let Some(c) = &rule.when
+                && c.eval(self.id, req) != Outcome::True
+            {
+                continue;
+            }
+            out.push((rule.policy.clone(), spec));
+        }
+        out
     }
 
     /// False when no rule could allow this caller anything: the upstream need not be contacted.

@@ -32,6 +32,8 @@ pub(crate) fn identity(
     );
     id.email = optional_string(claims, &mapping.email).map(Into::into);
     id.name = optional_string(claims, &mapping.name).map(Into::into);
+    // For policy conditions (`claims.department`); bounded when evaluated.
+    id.claims = reflow_crds::Claims::new(claims.clone());
     Ok(id)
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use futures::future::join_all;
 use reflow_crds::observed::ObservedReason;
+use reflow_crds::snapshot::condition::{Request as PolicyRequest, now_seconds};
 use reflow_crds::snapshot::{CompiledTarget, PREFIX_SEPARATOR, Upstream};
 use reflow_crds::{Decision, Identity, ItemKind, Snapshot};
 use serde_json::{Map, Value, json};
@@ -35,6 +36,9 @@ pub const FORBIDDEN: i64 = -32003;
 
 /// The decider named in audit events when a token scope, not a Policy, refused.
 pub static TOKEN_SCOPE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("token-scope"));
+
+/// The arguments of a call that sent none.
+static NO_ARGS: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
 
 pub(crate) struct Ctx {
     pub identity: Identity,
@@ -99,15 +103,30 @@ impl Ctx {
     }
 
     /// The policy decision for one item, narrowed by the token scope: a target outside the
-    /// scope is denied whatever the policies say.
-    fn decide(&self, target: &CompiledTarget, kind: ItemKind, name: &str) -> Decision {
+    /// scope is denied whatever the policies say. `args` are the call's arguments (absent ones
+    /// read as `{}`, so a condition on them fails closed rather than being skipped).
+    pub(super) fn decide(
+        &self,
+        target: &CompiledTarget,
+        kind: ItemKind,
+        name: &str,
+        args: Option<&Value>,
+    ) -> Decision {
         if !self.scope.allows_target(&target.namespace, &target.name) {
             return Decision {
                 allowed: false,
                 policy: Some(TOKEN_SCOPE.clone()),
+                condition: None,
             };
         }
-        target.policy.view(&self.identity).decide(kind, name)
+        let req = PolicyRequest {
+            kind,
+            name,
+            target: &target.name,
+            args: Some(args.unwrap_or(&NO_ARGS)),
+            now: now_seconds(),
+        };
+        target.policy.view(&self.identity).decide_request(&req)
     }
 
     /// The target and upstream name for a tool/prompt name as the client sees it.
@@ -384,7 +403,8 @@ impl Gateway {
                 let Some(key) = item.get(kind.key).and_then(Value::as_str) else {
                     continue;
                 };
-                let mut decision = view.decide(kind.kind, key);
+                let listing = PolicyRequest::listing(kind.kind, key, &target.name);
+                let mut decision = view.decide_request(&listing);
                 if let Some(seen) = seen.as_mut() {
                     let shown_as = if ctx.aggregated() {
                         format!("{}{PREFIX_SEPARATOR}{key}", target.prefix)
@@ -459,7 +479,8 @@ impl Gateway {
             return (unknown(&req.id), None, "unknown");
         };
         let key = key_of(&target);
-        let decision = ctx.decide(&target, kind, &upstream_name);
+        let args = req.params().and_then(|p| p.get("arguments"));
+        let decision = ctx.decide(&target, kind, &upstream_name, args);
         self.count_decision(&key, kind, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &name, &decision, "denied");
@@ -481,6 +502,11 @@ impl Gateway {
             };
             self.audit_decision(ctx, &req.method, Some(&key), &name, &pinned, "denied");
             return (unknown(&req.id), Some(key), "denied");
+        }
+        if let Some(refused) =
+            self.rate_limited(ctx, &req, (&target, &key), (kind, &upstream_name, &name))
+        {
+            return refused;
         }
         req.params_mut()
             .insert("name".into(), Value::String(upstream_name.clone()));
@@ -534,11 +560,21 @@ impl Gateway {
         };
         let key = key_of(&target);
         // Decided on the serving Target's own URI, as its policies are written.
-        let decision = ctx.decide(&target, ItemKind::Resource, &upstream_uri);
+        let decision = ctx.decide(&target, ItemKind::Resource, &upstream_uri, None);
         self.count_decision(&key, ItemKind::Resource, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &uri, &decision, "denied");
             return (not_found(&req.id), Some(key), "denied");
+        }
+        if req.method == "resources/read"
+            && let Some(refused) = self.rate_limited(
+                ctx,
+                &req,
+                (&target, &key),
+                (ItemKind::Resource, &upstream_uri, &uri),
+            )
+        {
+            return refused;
         }
         let mut req = req;
         req.params_mut()
@@ -591,7 +627,7 @@ impl Gateway {
             );
         };
         let key = key_of(&target);
-        let decision = ctx.decide(&target, item, &upstream_name);
+        let decision = ctx.decide(&target, item, &upstream_name, None);
         self.count_decision(&key, item, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &shown, &decision, "denied");
@@ -707,7 +743,7 @@ impl Gateway {
         });
     }
 
-    fn audit_decision(
+    pub(super) fn audit_decision(
         &self,
         ctx: &Ctx,
         method: &str,
@@ -725,10 +761,22 @@ impl Gateway {
             target: target.map(|k| k.to_string()),
             name: Some(name.to_owned()),
             decision: Some(if d.allowed { "allow" } else { "deny" }),
-            policy: d.policy.as_deref().map(str::to_owned),
+            policy: audited_policy(d),
             outcome: outcome.to_owned(),
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             trace_id: ctx.trace_id.clone(),
         });
+    }
+}
+
+/// The audit `policy` field: the deciding Policy, and for a condition that mattered its outcome,
+/// as `name when=<true|false|error|exceeded>` (default deny after a conditional allow that did
+/// not apply reads `name when=false`).
+pub(super) fn audited_policy(d: &Decision) -> Option<String> {
+    match (&d.policy, &d.condition) {
+        (Some(p), Some((c, o))) if p == c => Some(format!("{p} when={}", o.as_str())),
+        (Some(p), Some((c, o))) => Some(format!("{p} ({c} when={})", o.as_str())),
+        (None, Some((c, o))) => Some(format!("{c} when={}", o.as_str())),
+        (p, None) => p.as_deref().map(str::to_owned),
     }
 }

@@ -28,7 +28,8 @@ pub(crate) const UNAVAILABLE: &str = "upstream_unavailable";
 #[derive(Default)]
 pub(crate) struct ListDecisions {
     pub shown: usize,
-    hidden: Vec<(String, Option<Arc<str>>)>,
+    /// Name and the audited policy (with a condition's outcome when one mattered).
+    hidden: Vec<(String, Option<String>)>,
     hidden_more: usize,
     pub failed: bool,
 }
@@ -36,7 +37,8 @@ pub(crate) struct ListDecisions {
 impl ListDecisions {
     pub fn hide(&mut self, name: &str, d: &Decision) {
         if self.hidden.len() < MAX_HIDDEN_EVENTS {
-            self.hidden.push((name.to_owned(), d.policy.clone()));
+            self.hidden
+                .push((name.to_owned(), super::dispatch::audited_policy(d)));
         } else {
             self.hidden_more += 1;
         }
@@ -69,12 +71,8 @@ impl Gateway {
             self.audit.record(event(None, Some("allow"), None, LISTED));
         }
         for (name, policy) in d.hidden {
-            self.audit.record(event(
-                Some(name),
-                Some("deny"),
-                policy.as_deref().map(str::to_owned),
-                HIDDEN,
-            ));
+            self.audit
+                .record(event(Some(name), Some("deny"), policy, HIDDEN));
         }
         if d.hidden_more > 0 {
             self.audit

@@ -65,6 +65,8 @@ fn hash_target(target: &CompiledTarget, id: &Identity, kind: ItemKind, h: &mut D
         for glob in &rule.names {
             glob.as_str().hash(h);
         }
+        // A condition can hide or show items (claims, groups, time): its edit counts.
+        rule.when.as_ref().map(|c| c.source()).hash(h);
     }
     // Ends the target, so rules cannot run into the next target's fields.
     u8::MAX.hash(h);

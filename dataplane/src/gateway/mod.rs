@@ -22,6 +22,7 @@ pub mod net;
 mod pins;
 mod preamble;
 mod proxy;
+mod rate_limit;
 mod recycle;
 mod relay;
 mod resource_uri;
@@ -208,6 +209,8 @@ pub struct Gateway {
     controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
     me: Weak<Self>,
+    /// Policy rate limits on this replica.
+    rate_limiter: reflow_crds::rate_limiter::RateLimiter,
 }
 
 impl Gateway {
@@ -261,6 +264,7 @@ impl Gateway {
                 observed: p.observed,
                 controller_link: p.controller_link,
                 me: weak.clone(),
+                rate_limiter: Default::default(),
             }
         });
         let weak = Arc::downgrade(&gw);

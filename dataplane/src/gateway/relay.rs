@@ -4,8 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug};
@@ -294,13 +293,13 @@ impl Gateway {
                         }
                     }
                     if early.is_empty() {
-                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                        return super::rate_limit::json_reply(reply, outcome);
                     }
                     if !accepts_sse {
                         for up in early {
                             relay.handle(up, GET_STREAM);
                         }
-                        return (StatusCode::OK, axum::Json(reply)).into_response();
+                        return super::rate_limit::json_reply(reply, outcome);
                     }
                     // The whole upstream stream arrived before we looked: relay it in order.
                     let (stream, frames) = hub.open_stream();
