@@ -499,6 +499,7 @@ impl Gateway {
                     pins::TOOL_PINNING.as_ref(),
                     verdict.label()
                 ))),
+                condition: None,
             };
             self.audit_decision(ctx, &req.method, Some(&key), &name, &pinned, "denied");
             return (unknown(&req.id), Some(key), "denied");

@@ -73,6 +73,7 @@ impl Gateway {
         Some(Decision {
             allowed: false,
             policy: Some(TOOL_PINNING.clone()),
+            condition: None,
         })
     }
 
