@@ -18,7 +18,7 @@ pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValu
 pub use instance::{InstanceIdentity, InstancePhase, InstanceSpec, InstanceStatus, MCPInstance};
 pub use policy::{Effect, Policy, PolicyRule, PolicySpec, RuleKind, Subject};
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
-pub use sandbox::{ProcessLimits, SandboxMode, SandboxSpec};
+pub use sandbox::{NamespaceMode, ProcessLimits, SandboxMode, SandboxSpec};
 pub use target::{
     EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PodSpecTemplate, PodTransport,
     Target, TargetSpec, TargetStatus, Timeouts, Transport,
