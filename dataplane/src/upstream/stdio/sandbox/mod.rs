@@ -118,7 +118,9 @@ pub fn prepare(sandbox: &ChildSandbox, paths: &ChildPaths<'_>) -> Result<Prepare
         NamespaceMode::Auto | NamespaceMode::Required => {
             namespaces::available().map_err(SandboxError::Namespaces)?;
             let tmp_mib = settings.limits.memory_mib.unwrap_or(DEFAULT_TMP_MIB);
-            let mut plan = namespaces::NsPlan::new(Some(paths.home), tmp_mib)?;
+            let mut needed: Vec<&Path> = vec![paths.program];
+            needed.extend(settings.read_only_paths.iter().map(|p| Path::new(&**p)));
+            let mut plan = namespaces::NsPlan::new(Some(paths.home), &needed, tmp_mib)?;
             plan.proc_access = landlock_rules::proc_self_access();
             plan.tmp_access = landlock_rules::all_access();
             Some(Arc::new(plan))
@@ -188,6 +190,26 @@ mod tests {
         let default: StdioConfig = serde_yaml::from_str("maxProcesses: 3").expect("parses");
         assert_eq!(default.sandbox, SandboxMode::Enforce);
         assert!(serde_yaml::from_str::<StdioConfig>("sandbox: maybe").is_err());
+        let ns: StdioConfig = serde_yaml::from_str("namespaces: required").expect("parses");
+        assert_eq!(ns.namespaces, NamespaceMode::Required);
+        assert_eq!(default.namespaces, NamespaceMode::Auto);
+        assert!(serde_yaml::from_str::<StdioConfig>("namespaces: maybe").is_err());
+    }
+
+    #[test]
+    fn the_namespace_probe_succeeds_or_names_the_step_that_failed() {
+        match namespaces_available() {
+            Ok(()) => {}
+            Err(why) => {
+                assert!(
+                    namespaces::STEPS.iter().any(|s| why.starts_with(s)) || why.contains("fork"),
+                    "{why}"
+                );
+                eprintln!("namespaces unavailable here: {why}");
+            }
+        }
+        // Cached: the second answer is the first.
+        assert_eq!(namespaces_available(), namespaces_available());
     }
 
     #[test]

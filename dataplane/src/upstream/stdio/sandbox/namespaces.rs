@@ -46,13 +46,18 @@ pub(in crate::upstream::stdio) struct NsPlan {
 
 impl NsPlan {
     /// A plan for one child whose HOME is `home` (created already), with a private /tmp of at
-    /// most `tmp_mib` MiB.
-    pub(super) fn new(home: Option<&Path>, tmp_mib: u32) -> Result<Self, SandboxError> {
+    /// most `tmp_mib` MiB, unless one of `needed` (its program, its read-only paths) lies
+    /// under /tmp: the private /tmp would hide it, so the child keeps the host's (where
+    /// Landlock still grants it only its HOME and those paths).
+    pub(super) fn new(
+        home: Option<&Path>,
+        needed: &[&Path],
+        tmp_mib: u32,
+    ) -> Result<Self, SandboxError> {
         // SAFETY: plain getters.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let tmp = Path::new("/tmp");
-        let tmp_opts = tmp
-            .is_dir()
+        let tmp_opts = (tmp.is_dir() && !needed.iter().any(|p| p.starts_with(tmp)))
             .then(|| CString::new(format!("size={tmp_mib}m,mode=0700")))
             .transpose()
             .map_err(|e| SandboxError::Namespaces(e.to_string()))?;
@@ -129,7 +134,7 @@ pub fn available() -> Result<(), String> {
 }
 
 fn probe() -> Result<(), String> {
-    let plan = NsPlan::new(None, 1).map_err(|e| e.to_string())?;
+    let plan = NsPlan::new(None, &[], 1).map_err(|e| e.to_string())?;
     // SAFETY: a fork-like clone; the child makes only raw syscalls (`ns_child`) and `_exit`s.
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
     if pid < 0 {
