@@ -170,7 +170,17 @@ impl Session {
 
 /// The host pid of the one process whose environment has every one of `vars`.
 fn host_pid_of(vars: &[&str]) -> u64 {
-    let found: Vec<u64> = std::fs::read_dir("/proc")
+    let found = host_pids_with_all(vars);
+    assert_eq!(found.len(), 1, "one process with {vars:?}: {found:?}");
+    found[0]
+}
+
+fn host_pids_with(var: &str) -> Vec<u64> {
+    host_pids_with_all(&[var])
+}
+
+fn host_pids_with_all(vars: &[&str]) -> Vec<u64> {
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .filter(|pid| {
@@ -179,9 +189,7 @@ fn host_pid_of(vars: &[&str]) -> u64 {
                 vars.iter().all(|v| env.contains(&v.as_bytes()))
             })
         })
-        .collect();
-    assert_eq!(found.len(), 1, "one process with {vars:?}: {found:?}");
-    found[0]
+        .collect()
 }
 
 /// Every attack of bob's child on `target`, as (name, report).
@@ -378,7 +386,25 @@ fn a_hostile_stdio_child_is_contained_by_the_sandbox_and_not_without_it() {
         "its init is out of reach: {:?}",
         view.kill_init
     );
+    // Every child (namespaced or not) goes when the gateway goes.
+    let children = host_pids_with("API_TOKEN=alice-child-secret");
+    assert_eq!(
+        children.len(),
+        3,
+        "alice's open, flat and boxed children: {children:?}"
+    );
     drop(gw);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while children
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children outlived the gateway: {children:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
