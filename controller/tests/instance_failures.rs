@@ -1,7 +1,8 @@
 //! Issue #18 items 1–2 and issue #17's pod template rule, against kube-rs's mock API server: a
 //! Failed instance whose status already says so is not rewritten (no write loop); a Pod the API
 //! server refuses fails the instance with a condition and an Event; a Target asking for the host
-//! gets no Pod, and its instances say why.
+//! gets no Pod, and its instances say why; a Pod whose container cannot start (a root image
+//! under runAsNonRoot) fails the instance with the kubelet's reason, a hint and an Event.
 
 use std::time::Duration;
 
@@ -277,4 +278,96 @@ async fn an_instance_of_a_target_asking_for_the_host_gets_no_pod_and_a_clear_con
             "{message}"
         );
     }
+}
+
+/// Issue #18 item 8: a stock image that runs as root cannot start under the enforced
+/// `runAsNonRoot`; the kubelet says so only on the Pod. The instance fails with that reason, a
+/// hint, and an Event, so the caller and `kubectl get mcpinstance` see why there are no tools.
+#[tokio::test]
+async fn a_pod_whose_container_cannot_start_fails_the_instance_with_a_hint_and_an_event() {
+    let c = compiled(&target("gh", ""));
+    let (client, mut h) = mock_client();
+    let verifier = tokio::spawn(async move {
+        // First reconcile: the children are created; the Pod is pending.
+        let pod = reconcile_children(&mut h, None).await;
+        let (status, send) = expect(
+            &mut h,
+            Method::PATCH,
+            &format!("{INSTANCES}/gh-alice/status?"),
+        )
+        .await;
+        assert_eq!(status["status"]["phase"], "Pending", "{status}");
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "mcp.reflow.io/v1alpha1",
+            "kind": "MCPInstance", "metadata": {"name": "gh-alice"},
+            "spec": {"targetRef": {"name": "gh"}, "isolationKey": "alice"}}),
+        );
+        // Second: the kubelet refused to create the container.
+        let mut stuck = pod;
+        stuck["status"] = json!({"containerStatuses": [{
+            "name": "s", "image": "registry.invalid/s:1", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"waiting": {"reason": "CreateContainerConfigError",
+            "message": "container has runAsNonRoot and image will run as root (pod: \"mcpi-gh-alice_team\", container: s)"}}}]});
+        reconcile_children(&mut h, Some(stuck)).await;
+        let cond = expect_failed(&mut h).await;
+        assert_eq!(cond["reason"], "CreateContainerConfigError");
+        let message = cond["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("image will run as root") && message.contains("runAsUser"),
+            "{message}"
+        );
+        expect_quiet(&mut h).await;
+    });
+    let inst = instance("gh", None);
+    for _ in 0..2 {
+        instance::reconcile_with(&inst, &c.snapshot, &client, &config(), Timestamp::now())
+            .await
+            .expect("reconcile");
+    }
+    verifier.await.expect("verifier");
+}
+
+/// Serves one reconcile's child calls up to the status write; `existing` is the Pod the API
+/// holds. Returns the Pod applied (or `existing`).
+async fn reconcile_children(h: &mut ApiHandle, existing: Option<Value>) -> Value {
+    let (_, send) = expect(h, Method::GET, &format!("{CORE}/secrets/mcpi-gh-alice")).await;
+    not_found(send);
+    let (secret, send) = expect(
+        h,
+        Method::PATCH,
+        &format!("{CORE}/secrets/mcpi-gh-alice{SSA}"),
+    )
+    .await;
+    respond(send, StatusCode::OK, &secret);
+    let (_, send) = expect(h, Method::GET, &format!("{CORE}/pods/mcpi-gh-alice")).await;
+    let pod = match existing {
+        Some(pod) => {
+            respond(send, StatusCode::OK, &pod);
+            pod
+        }
+        None => {
+            not_found(send);
+            let (pod, send) =
+                expect(h, Method::PATCH, &format!("{CORE}/pods/mcpi-gh-alice{SSA}")).await;
+            respond(send, StatusCode::OK, &pod);
+            pod
+        }
+    };
+    let (svc, send) = expect(
+        h,
+        Method::PATCH,
+        &format!("{CORE}/services/mcpi-gh-alice{SSA}"),
+    )
+    .await;
+    respond(send, StatusCode::OK, &svc);
+    let (np, send) = expect(
+        h,
+        Method::PATCH,
+        &format!("/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/mcpi-gh-alice{SSA}"),
+    )
+    .await;
+    respond(send, StatusCode::OK, &np);
+    pod
 }

@@ -109,9 +109,13 @@ fn raw_sample_manifests_pass_cel_against_the_crd_schema() {
     .collect();
     let validator = Validator::new();
     let mut checked = 0;
-    let mut files: Vec<_> = std::fs::read_dir(samples_dir())
-        .unwrap()
+    // The examples an admin edits before applying (config/examples) too.
+    let examples = samples_dir().join("../examples");
+    let mut files: Vec<_> = [samples_dir(), examples]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
     for f in files {

@@ -277,6 +277,7 @@ impl Metrics {
             ("unrouted_message", &stats.unrouted),
             ("stopped_idle", &stats.stopped_idle),
             ("stopped_max_age", &stats.stopped_max_age),
+            ("spawned_without_namespaces", &stats.unnamespaced),
         ] {
             self.stdio_events
                 .get_or_create(&StdioLabels { event })

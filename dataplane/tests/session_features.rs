@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::upstream::StdioConfig;
+use reflow_dataplane::upstream::stdio::NamespaceMode;
 use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -74,6 +75,9 @@ async fn gateway_on(
         stdio: StdioConfig {
             sweep_ms: 100,
             stop_grace_ms: 300,
+            // These tests tell children apart by the pid they report; in its own PID
+            // namespace every child is PID 2 (namespaces: e2e/tests/sandbox.rs).
+            namespaces: NamespaceMode::Off,
             ..StdioConfig::default()
         },
         ..GatewayConfig::default()

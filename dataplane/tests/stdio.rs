@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use reflow_dataplane::gateway::GatewayConfig;
 use reflow_dataplane::upstream::StdioConfig;
+use reflow_dataplane::upstream::stdio::NamespaceMode;
 use serde_json::{Value, json};
 use support::*;
 
@@ -100,6 +101,9 @@ fn config(stdio: StdioConfig) -> GatewayConfig {
             sweep_ms: 100,
             stop_grace_ms: 300,
             restart_backoff_ms: 100,
+            // These tests tell children apart by the pid they report; in its own PID
+            // namespace every child is PID 2 (namespaces: e2e/tests/sandbox.rs).
+            namespaces: NamespaceMode::Off,
             ..stdio
         },
         ..GatewayConfig::default()
@@ -155,6 +159,22 @@ async fn whoami(h: &Harness, target: &str, user: &str, sid: &str) -> Value {
 
 fn pid_of(report: &Value) -> u64 {
     report["pid"].as_u64().expect("pid")
+}
+
+/// The host pid of the child whose whoami `report` this is, found by its HOME in the host's
+/// /proc: in its own PID namespace the child reports pid 2.
+fn host_pid_of(report: &Value) -> u64 {
+    let home = format!("HOME={}", report["env"]["HOME"].as_str().expect("HOME"));
+    let found: Vec<u64> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == home.as_bytes()))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one process with {home}: {found:?}");
+    found[0]
 }
 
 fn alive(pid: u64) -> bool {
@@ -652,7 +672,7 @@ async fn the_gateway_process_environment_never_reaches_a_child() {
         assert!(!env.contains_key("REFLOW_SEALING_KEY") && !env.contains_key("GATEWAY_CANARY"));
         let values = serde_json::to_string(env).unwrap();
         assert!(!values.contains(CANARY) && !values.contains(&sealing_key));
-        let pid = pid_of(&report);
+        let pid = host_pid_of(&report);
         assert!(alive(pid));
 
         // SIGTERM: the gateway stops its children before it exits.

@@ -70,7 +70,11 @@ fn python_sdk_reaches_per_user_stdio_fixture_children() {
     assert_eq!(alice["transport"], "stdio");
     assert_eq!(alice["env"]["API_TOKEN"], "alice-stdio-token");
     assert_eq!(bob["env"]["API_TOKEN"], "bob-stdio-token");
-    assert_ne!(alice["pid"], bob["pid"], "alice and bob share a child");
+    // Each child has its own HOME (its pid would be 2 for both in their PID namespaces).
+    assert_ne!(
+        alice["env"]["HOME"], bob["env"]["HOME"],
+        "alice and bob share a child"
+    );
     // The gateway's own environment (this test process's) never reaches a child.
     let env = alice["env"].as_object().expect("env");
     let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();

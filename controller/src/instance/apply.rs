@@ -1,5 +1,6 @@
 //! Applies an instance's built children (server-side apply) and decides the Pod's phase: rolls a
-//! Pod whose credentials or template changed, and reports a Pod the API server refuses.
+//! Pod whose credentials or template changed, and reports a Pod the API server refuses or whose
+//! server cannot start.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -15,6 +16,8 @@ pub(super) enum PodOutcome {
     Phase(InstancePhase),
     /// The API server refused the Pod (Pod Security, a quota, a webhook): its message.
     Rejected(String),
+    /// The Pod exists but a container cannot start (`waiting::stuck`): reason and message.
+    Stuck(String, String),
 }
 
 /// Whether the refusal is the API server's answer about this Pod (4xx but conflicts), not a
@@ -43,6 +46,7 @@ pub(super) async fn children(
     let existing = pods.get_opt(&name).await?;
     let annotation = |pod: &Pod, key: &str| pod.annotations().get(key).cloned();
     let wanted_template = annotation(&built.pod, children::TEMPLATE_ANNOTATION);
+    let mut stuck = None;
     let phase = match &existing {
         Some(p)
             if annotation(p, children::FINGERPRINT_ANNOTATION).as_deref() != Some(fingerprint) =>
@@ -68,6 +72,7 @@ pub(super) async fn children(
             if ready {
                 InstancePhase::Running
             } else {
+                stuck = super::waiting::stuck(p);
                 InstancePhase::Pending
             }
         }
@@ -85,5 +90,8 @@ pub(super) async fn children(
     Api::<NetworkPolicy>::namespaced(client.clone(), ns)
         .patch(&name, &ssa, &Patch::Apply(&built.network_policy))
         .await?;
-    Ok(PodOutcome::Phase(phase))
+    Ok(match stuck {
+        Some((reason, message)) => PodOutcome::Stuck(reason, message),
+        None => PodOutcome::Phase(phase),
+    })
 }

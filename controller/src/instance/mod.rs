@@ -9,6 +9,7 @@ mod apply;
 pub mod children;
 pub mod cleanup;
 pub mod report;
+pub mod waiting;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,6 +202,9 @@ pub async fn reconcile_against(
         apply::PodOutcome::Rejected(message) => {
             let message = format!("the API server refused the Pod: {message}");
             return fail(client, inst, "PodRejected", message, now).await;
+        }
+        apply::PodOutcome::Stuck(reason, message) => {
+            return fail(client, inst, &reason, message, now).await;
         }
     };
     let running = phase == InstancePhase::Running;

@@ -20,7 +20,7 @@ pub use policy::{
     Effect, Policy, PolicyRule, PolicySpec, RateLimit, RateLimitScope, RuleKind, Subject,
 };
 pub use revocation::{RevokedSubject, TokenRevocation, TokenRevocationSpec};
-pub use sandbox::{ProcessLimits, SandboxMode, SandboxSpec};
+pub use sandbox::{NamespaceMode, ProcessLimits, SandboxMode, SandboxSpec};
 pub use target::{
     EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PinMode, PodSpecTemplate,
     PodTransport, Target, TargetSpec, TargetStatus, Timeouts, ToolDigest, ToolPinning, Transport,

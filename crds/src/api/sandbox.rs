@@ -23,6 +23,24 @@ pub struct SandboxSpec {
     #[schemars(length(max = 32), inner(length(max = 4096)))]
     #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/') && !p.contains('..'))").message("readOnlyPaths must be absolute paths without '..'"))]
     pub read_only_paths: Vec<String>,
+    /// `auto` (unset: the gateway's `gateway.stdio.namespaces`, itself `auto` by default): each
+    /// child also gets its own user, PID and mount namespaces (a private `/proc` and `/tmp`)
+    /// where the kernel allows it unprivileged, and runs without them (logged, counted) where
+    /// not. `required`: refuse to spawn without them. `off`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<NamespaceMode>,
+}
+
+/// Whether a STDIO child gets its own user, PID and mount namespaces.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum NamespaceMode {
+    #[default]
+    Auto,
+    Required,
+    Off,
 }
 
 #[derive(

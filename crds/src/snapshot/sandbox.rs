@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ProcessLimits, SandboxMode, SandboxSpec};
+use crate::api::{NamespaceMode, ProcessLimits, SandboxMode, SandboxSpec};
 
 /// Default RLIMIT_DATA of a child: 2 GiB of private writable memory.
 pub const DEFAULT_MEMORY_MIB: u32 = 2048;
@@ -20,6 +20,9 @@ pub struct StdioSandbox {
     pub limits: EffectiveLimits,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_only_paths: Vec<Arc<str>>,
+    /// The Target's namespace policy; `None` defers to the gateway's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<NamespaceMode>,
 }
 
 impl Default for StdioSandbox {
@@ -28,6 +31,7 @@ impl Default for StdioSandbox {
             enforce: true,
             limits: EffectiveLimits::default(),
             read_only_paths: Vec::new(),
+            namespaces: None,
         }
     }
 }
@@ -74,6 +78,7 @@ impl StdioSandbox {
                 .iter()
                 .map(|p| Arc::from(p.as_str()))
                 .collect(),
+            namespaces: spec.namespaces,
         }
     }
 }

@@ -29,7 +29,22 @@ impl DataplaneProcess {
     /// `reflow-dataplane --manifests DIR --config FILE --listen 127.0.0.1:0` with extra `env`;
     /// waits for its `listening on http://ADDR` line.
     pub fn spawn(manifests: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_as(manifests, config, env, None)
+    }
+
+    /// As `spawn`, but as `(uid, gid)` with no supplementary groups when given (the caller
+    /// must be root): the gateway as an unprivileged user.
+    pub fn spawn_as(
+        manifests: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Result<Self> {
         let mut cmd = Command::new(dataplane_bin()?);
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         cmd.arg("--manifests")
             .arg(manifests)
             .arg("--config")

@@ -15,7 +15,7 @@ pub use env::{ChildEnv, EnvError};
 pub use pool::{Boundary, IsolationKey, SessionRelay, SharedRelay, Start, StdioPool, StdioStats};
 pub use process::{ChildProcess, ChildSpec, Unrouted};
 pub use redact::Redactor;
-pub use sandbox::{ChildSandbox, Protected, SandboxError, SandboxMode};
+pub use sandbox::{ChildSandbox, NamespaceMode, Protected, SandboxError, SandboxMode};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,6 +46,9 @@ pub struct StdioConfig {
     /// `enforce` (default): every child runs sandboxed, or is not spawned. `off` runs every
     /// child unconfined, with a warning per spawn.
     pub sandbox: SandboxMode,
+    /// Namespaces for Targets that do not set `sandbox.namespaces`: `auto` (default: used
+    /// where the kernel allows them unprivileged), `required` or `off`.
+    pub namespaces: NamespaceMode,
     /// The gateway's own files (config folder, keys): no sandbox rule may expose them. Filled
     /// in by the config loader, not read from the file.
     #[serde(skip)]
@@ -64,6 +67,7 @@ impl Default for StdioConfig {
             restart_backoff_ms: 200,
             max_restart_backoff_ms: 30_000,
             sandbox: SandboxMode::Enforce,
+            namespaces: NamespaceMode::Auto,
             protected: Protected::default(),
         }
     }

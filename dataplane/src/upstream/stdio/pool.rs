@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::backoff::{HEALTHY_UPTIME, RestartBackoff};
 use super::env::ChildEnv;
 use super::process::{ChildProcess, ChildSpec, Unrouted};
-use super::{ChildSandbox, SandboxMode, StdioConfig, StdioError};
+use super::{ChildSandbox, NamespaceMode, SandboxMode, StdioConfig, StdioError, sandbox};
 use crate::upstream::upcall;
 use crate::upstream::{CallHooks, Inbound};
 
@@ -109,6 +109,8 @@ pub struct StdioStats {
     pub unrouted: AtomicU64,
     pub stopped_idle: AtomicU64,
     pub stopped_max_age: AtomicU64,
+    /// Children spawned without namespaces because `auto` found the kernel does not allow them.
+    pub unnamespaced: AtomicU64,
 }
 
 struct SlotState {
@@ -206,9 +208,24 @@ impl StdioPool {
             warn!(child = %label, "STDIO server runs UNSANDBOXED: gateway.stdio.sandbox is off");
             return None;
         }
+        let mut namespaces = target.namespaces.unwrap_or(self.config.namespaces);
+        if namespaces == NamespaceMode::Auto {
+            namespaces = match sandbox::namespaces_available() {
+                Ok(()) => NamespaceMode::Required,
+                Err(why) => {
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        warn!(reason = %why, "STDIO children run without their own PID and mount namespaces (namespaces: auto); Landlock, seccomp and rlimits still apply");
+                    });
+                    self.stats.unnamespaced.fetch_add(1, Ordering::Relaxed);
+                    NamespaceMode::Off
+                }
+            };
+        }
         Some(ChildSandbox {
             settings: target.clone(),
             protected: self.config.protected.clone(),
+            namespaces,
         })
     }
 

@@ -360,10 +360,7 @@ fn start_process(spec: &ChildSpec) -> Result<tokio::process::Child, StdioError> 
                 program: &program,
                 home,
             };
-            Some(
-                sandbox::prepare(&sb.settings, &paths, &sb.protected)
-                    .map_err(|e| cleanup(e.into()))?,
-            )
+            Some(sandbox::prepare(sb, &paths).map_err(|e| cleanup(e.into()))?)
         }
         (Some(_), None) => {
             return Err(StdioError::Spawn(
@@ -387,7 +384,12 @@ fn start_process(spec: &ChildSpec) -> Result<tokio::process::Child, StdioError> 
         p.install(&mut cmd);
     }
     let spawned = cmd.spawn();
-    drop(prepared);
+    // The pre-exec step holds the namespace plan: dropped first, so `finish` can read the
+    // child's report.
+    drop(cmd);
+    if let Some(Err(e)) = prepared.map(sandbox::Prepared::finish) {
+        return Err(cleanup(e.into()));
+    }
     spawned.map_err(|e| cleanup(StdioError::Spawn(format!("{}: {e}", spec.command))))
 }
 

@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
+use super::namespaces::NsPlan;
 use super::rlimits::Limits;
 use super::seccomp_filter::Filters;
 
@@ -14,22 +15,35 @@ pub(super) struct Plan {
     proc_self: u64,
     limits: Limits,
     filters: Arc<Filters>,
+    /// The namespaces to enter first, if this child gets them.
+    ns: Option<Arc<NsPlan>>,
 }
 
 impl Plan {
     /// `ruleset` must stay open until the spawn returned (the parent keeps it in `Prepared`).
-    pub(super) fn new(ruleset: &OwnedFd, limits: &Limits, filters: Arc<Filters>) -> Self {
+    pub(super) fn new(
+        ruleset: &OwnedFd,
+        limits: &Limits,
+        filters: Arc<Filters>,
+        ns: Option<Arc<NsPlan>>,
+    ) -> Self {
         Self {
             ruleset: ruleset.as_raw_fd(),
             proc_self: super::landlock_rules::proc_self_access(),
             limits: *limits,
             filters,
+            ns,
         }
     }
 
-    /// rlimits, no_new_privs, the Landlock domain, then seccomp (last: it denies nothing the
-    /// earlier steps need, but a filter installed first would also apply to them).
+    /// The namespaces (first: mounting needs the capabilities the user namespace gives and
+    /// seccomp would deny), then rlimits, no_new_privs, the Landlock domain, then seccomp
+    /// (last: it denies nothing the earlier steps need, but a filter installed first would
+    /// also apply to them).
     pub(super) fn apply(&self) -> std::io::Result<()> {
+        if let Some(ns) = &self.ns {
+            super::ns_child::enter(ns, self.ruleset)?;
+        }
         for (resource, value) in self.limits.0 {
             if value == libc::RLIM_INFINITY {
                 continue;
@@ -73,28 +87,37 @@ impl Plan {
     /// Adds the child's own /proc/<pid> to its ruleset. Only the child can: `/proc/self` names
     /// it only here, after the fork. The ruleset object is this child's alone (one per spawn).
     fn allow_own_proc(&self) -> std::io::Result<()> {
-        // SAFETY: open(2) of a static NUL-terminated path.
-        let fd = unsafe { libc::open(c"/proc/self".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let attr = PathBeneathAttr {
-            allowed_access: self.proc_self,
-            parent_fd: fd,
-        };
-        // SAFETY: landlock_add_rule(2) reads `attr` on our stack; `fd` is ours and closed after.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_add_rule,
-                self.ruleset,
-                RULE_PATH_BENEATH,
-                &raw const attr,
-                0u32,
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        // SAFETY: closing the descriptor opened above.
-        unsafe { libc::close(fd) };
-        if rc != 0 { Err(err) } else { Ok(()) }
+        add_path_rule(self.ruleset, c"/proc/self", self.proc_self)
     }
+}
+
+/// Adds a rule granting `access` beneath `path` to `ruleset`, with raw syscalls only.
+pub(super) fn add_path_rule(
+    ruleset: libc::c_int,
+    path: &std::ffi::CStr,
+    access: u64,
+) -> std::io::Result<()> {
+    // SAFETY: open(2) of a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let attr = PathBeneathAttr {
+        allowed_access: access,
+        parent_fd: fd,
+    };
+    // SAFETY: landlock_add_rule(2) reads `attr` on our stack; `fd` is ours and closed after.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            RULE_PATH_BENEATH,
+            &raw const attr,
+            0u32,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if rc != 0 { Err(err) } else { Ok(()) }
 }

@@ -23,6 +23,11 @@ pub(super) fn proc_self_access() -> u64 {
     AccessFs::from_read(ABI_USED).bits()
 }
 
+/// Every right (the child's private /tmp).
+pub(super) fn all_access() -> u64 {
+    AccessFs::from_all(ABI_USED).bits()
+}
+
 /// Trees a program needs to load and run: read and execute, never write.
 const SYSTEM_TREES: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",

@@ -1,9 +1,12 @@
-//! The sandbox of one STDIO child: Landlock (filesystem, ptrace, signal and abstract-socket
-//! scoping), no_new_privs, a seccomp deny list and rlimits. Built in the gateway before fork,
-//! applied in the child between fork and exec (`child`), so the child only makes raw syscalls.
+//! The sandbox of one STDIO child: user/PID/mount namespaces where the kernel allows them,
+//! Landlock (filesystem, ptrace, signal and abstract-socket scoping), no_new_privs, a seccomp
+//! deny list and rlimits. Built in the gateway before fork, applied in the child between fork
+//! and exec (`child`, `ns_child`), so the child only makes raw syscalls.
 
 mod child;
 mod landlock_rules;
+mod namespaces;
+mod ns_child;
 mod rlimits;
 mod seccomp_filter;
 
@@ -15,6 +18,8 @@ use reflow_crds::snapshot::StdioSandbox;
 use serde::Deserialize;
 
 pub use landlock_rules::{MIN_LANDLOCK_ABI, kernel_landlock_abi};
+pub use namespaces::available as namespaces_available;
+pub use reflow_crds::api::NamespaceMode;
 
 /// The gateway-wide switch (`gateway.stdio.sandbox`): `enforce` unless the operator says `off`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -35,6 +40,10 @@ pub enum SandboxError {
     Landlock(String),
     #[error("cannot build the seccomp filter: {0}")]
     Seccomp(String),
+    #[error(
+        "cannot give the child its own namespaces ({0}); set sandbox.namespaces auto or off to run without them"
+    )]
+    Namespaces(String),
     #[error("sandbox path {path} would expose the gateway's {what} ({protected})")]
     Exposes {
         path: PathBuf,
@@ -72,6 +81,9 @@ impl Protected {
 pub struct ChildSandbox {
     pub settings: StdioSandbox,
     pub protected: Protected,
+    /// The effective namespace policy (the Target's, else the gateway's); `auto` has been
+    /// resolved by the pool to `required` (available) or `off` (not).
+    pub namespaces: NamespaceMode,
 }
 
 /// What one child may touch besides the system paths.
@@ -87,6 +99,7 @@ pub struct Prepared {
     ruleset: OwnedFd,
     limits: rlimits::Limits,
     filters: Arc<seccomp_filter::Filters>,
+    ns: Option<Arc<namespaces::NsPlan>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -97,28 +110,60 @@ impl std::fmt::Debug for Prepared {
 
 /// Builds everything the child needs before the fork: the Landlock ruleset (opened and filled
 /// here), the rlimits and the compiled seccomp programs.
-pub fn prepare(
-    settings: &StdioSandbox,
-    paths: &ChildPaths<'_>,
-    protected: &Protected,
-) -> Result<Prepared, SandboxError> {
-    let ruleset = landlock_rules::build(settings, paths, protected)?;
+pub fn prepare(sandbox: &ChildSandbox, paths: &ChildPaths<'_>) -> Result<Prepared, SandboxError> {
+    let settings = &sandbox.settings;
+    let ruleset = landlock_rules::build(settings, paths, &sandbox.protected)?;
+    let ns = match sandbox.namespaces {
+        NamespaceMode::Off => None,
+        NamespaceMode::Auto | NamespaceMode::Required => {
+            namespaces::available().map_err(SandboxError::Namespaces)?;
+            let tmp_mib = settings.limits.memory_mib.unwrap_or(DEFAULT_TMP_MIB);
+            let mut needed: Vec<&Path> = vec![paths.program];
+            needed.extend(settings.read_only_paths.iter().map(|p| Path::new(&**p)));
+            let mut plan = namespaces::NsPlan::new(Some(paths.home), &needed, tmp_mib)?;
+            plan.proc_access = landlock_rules::proc_self_access();
+            plan.tmp_access = landlock_rules::all_access();
+            Some(Arc::new(plan))
+        }
+    };
     Ok(Prepared {
         ruleset,
         limits: rlimits::Limits::from(&settings.limits),
         filters: seccomp_filter::filters()?,
+        ns,
     })
 }
+
+/// Size cap of a private /tmp when the Target sets no memory limit.
+const DEFAULT_TMP_MIB: u32 = 512;
 
 impl Prepared {
     /// Registers the sandbox as the command's pre-exec step. The closure makes only raw
     /// syscalls on data built here: it is async-signal-safe.
     pub fn install(&self, cmd: &mut tokio::process::Command) {
-        let plan = child::Plan::new(&self.ruleset, &self.limits, self.filters.clone());
+        let plan = child::Plan::new(
+            &self.ruleset,
+            &self.limits,
+            self.filters.clone(),
+            self.ns.clone(),
+        );
         // SAFETY: `Plan::apply` only calls setrlimit, prctl, landlock_restrict_self and seccomp
         // with memory the closure owns; it neither allocates nor takes locks.
         unsafe {
             cmd.pre_exec(move || plan.apply());
+        }
+    }
+}
+
+impl Prepared {
+    /// After the spawn (and after the command holding the pre-exec step was dropped): the
+    /// namespace step that failed in the child, if any. The child then is already gone or
+    /// going (its init exited), so the spawn counts as failed.
+    pub fn finish(self) -> Result<(), SandboxError> {
+        let Some(ns) = self.ns else { return Ok(()) };
+        match Arc::try_unwrap(ns) {
+            Ok(plan) => plan.failure().map_or(Ok(()), Err),
+            Err(_) => Ok(()),
         }
     }
 }
@@ -145,6 +190,26 @@ mod tests {
         let default: StdioConfig = serde_yaml::from_str("maxProcesses: 3").expect("parses");
         assert_eq!(default.sandbox, SandboxMode::Enforce);
         assert!(serde_yaml::from_str::<StdioConfig>("sandbox: maybe").is_err());
+        let ns: StdioConfig = serde_yaml::from_str("namespaces: required").expect("parses");
+        assert_eq!(ns.namespaces, NamespaceMode::Required);
+        assert_eq!(default.namespaces, NamespaceMode::Auto);
+        assert!(serde_yaml::from_str::<StdioConfig>("namespaces: maybe").is_err());
+    }
+
+    #[test]
+    fn the_namespace_probe_succeeds_or_names_the_step_that_failed() {
+        match namespaces_available() {
+            Ok(()) => {}
+            Err(why) => {
+                assert!(
+                    namespaces::STEPS.iter().any(|s| why.starts_with(s)) || why.contains("fork"),
+                    "{why}"
+                );
+                eprintln!("namespaces unavailable here: {why}");
+            }
+        }
+        // Cached: the second answer is the first.
+        assert_eq!(namespaces_available(), namespaces_available());
     }
 
     #[test]
