@@ -199,30 +199,8 @@ impl Metrics {
             "Connections or requests closed because a peer stalled, by timer",
             http_timeouts.clone(),
         );
-        let controller_link_up = Gauge::<i64, AtomicI64>::default();
-        let snapshot_age = Gauge::<i64, AtomicI64>::default();
-        let tool_pins = Family::<PinLabels, Counter>::default();
-        registry.register(
-            "controller_link_up",
-            "Controller mode: 1 while the snapshot watch stream is up, 0 while cut off",
-            controller_link_up.clone(),
-        );
-        registry.register(
-            "snapshot_age_seconds",
-            "Controller mode: seconds since the controller last confirmed the served snapshot",
-            snapshot_age.clone(),
-        );
-        registry.register(
-            "tool_pin_actions",
-            "Tools hidden, refused or passed with a warning because their definition is not the pinned one",
-            tool_pins.clone(),
-        );
-        let rate_limited = Family::<RateLimitedLabels, Counter>::default();
-        registry.register(
-            "rate_limited",
-            "Calls refused by a Policy's rate limit on this dataplane",
-            rate_limited.clone(),
-        );
+        let (controller_link_up, snapshot_age, tool_pins, rate_limited) =
+            register_control(&mut registry);
         Self {
             registry,
             controller_link_up,
@@ -293,6 +271,44 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Controller link up, snapshot age, pinned-tool actions, rate-limit refusals.
+type ControlMetrics = (
+    Gauge<i64, AtomicI64>,
+    Gauge<i64, AtomicI64>,
+    Family<PinLabels, Counter>,
+    Family<RateLimitedLabels, Counter>,
+);
+
+/// The metrics of what the control plane decided: the controller link, pinned tools and rate
+/// limits (split from `Metrics::new` to keep it short).
+fn register_control(registry: &mut Registry) -> ControlMetrics {
+    let controller_link_up = Gauge::<i64, AtomicI64>::default();
+    let snapshot_age = Gauge::<i64, AtomicI64>::default();
+    let tool_pins = Family::<PinLabels, Counter>::default();
+    registry.register(
+        "controller_link_up",
+        "Controller mode: 1 while the snapshot watch stream is up, 0 while cut off",
+        controller_link_up.clone(),
+    );
+    registry.register(
+        "snapshot_age_seconds",
+        "Controller mode: seconds since the controller last confirmed the served snapshot",
+        snapshot_age.clone(),
+    );
+    registry.register(
+        "tool_pin_actions",
+        "Tools hidden, refused or passed with a warning because their definition is not the pinned one",
+        tool_pins.clone(),
+    );
+    let rate_limited = Family::<RateLimitedLabels, Counter>::default();
+    registry.register(
+        "rate_limited",
+        "Calls refused by a Policy's rate limit on this dataplane",
+        rate_limited.clone(),
+    );
+    (controller_link_up, snapshot_age, tool_pins, rate_limited)
 }
 
 impl Default for Metrics {
