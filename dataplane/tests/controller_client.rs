@@ -60,6 +60,28 @@ async fn applied(State(f): State<Fake>, Json(r): Json<AppliedReport>) -> StatusC
     StatusCode::NO_CONTENT
 }
 
+/// The fake controller on loopback: each watch connection takes the next of `streams` (popped
+/// from the end); applied and observed reports are recorded.
+async fn serve_fake(
+    streams: Vec<mpsc::Receiver<Vec<u8>>>,
+) -> (Fake, String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let fake = Fake {
+        streams: Arc::new(Mutex::new(streams)),
+        connects: Arc::default(),
+        reports: Arc::default(),
+        observed: Arc::default(),
+    };
+    let app = Router::new()
+        .route(WATCH_PATH, get(watch))
+        .route(APPLIED_PATH, post(applied))
+        .route(reflow_crds::observed::OBSERVED_PATH, post(observed))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    (fake, url, server)
+}
+
 async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     for _ in 0..500 {
         if ok() {
@@ -94,20 +116,8 @@ async fn applies_good_snapshots_refuses_tampered_ones_and_reconnects() {
 
     let (tx1, rx1) = mpsc::channel(8);
     let (tx2, rx2) = mpsc::channel(8);
-    let fake = Fake {
-        // Popped from the end: the first connection gets rx1.
-        streams: Arc::new(Mutex::new(vec![rx2, rx1])),
-        connects: Arc::default(),
-        reports: Arc::default(),
-        observed: Arc::default(),
-    };
-    let app = Router::new()
-        .route(WATCH_PATH, get(watch))
-        .route(APPLIED_PATH, post(applied))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Popped from the end: the first connection gets rx1.
+    let (fake, url, server) = serve_fake(vec![rx2, rx1]).await;
 
     let cache = support::temp_dir().join("cache.sealed");
     let store = SnapshotStore::new();
@@ -189,19 +199,7 @@ async fn a_garbage_line_breaks_the_stream_but_not_the_snapshot() {
     let key = SealingKey::from_bytes(&[6; 32]);
     let good = snapshot("good2", "http://127.0.0.1:9/a", &key, 1);
     let (tx1, rx1) = mpsc::channel(8);
-    let fake = Fake {
-        streams: Arc::new(Mutex::new(vec![rx1])),
-        connects: Arc::default(),
-        reports: Arc::default(),
-        observed: Arc::default(),
-    };
-    let app = Router::new()
-        .route(WATCH_PATH, get(watch))
-        .route(APPLIED_PATH, post(applied))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (fake, url, server) = serve_fake(vec![rx1]).await;
     let store = SnapshotStore::new();
     let _client = controller_client::spawn(
         ControllerConfig {
@@ -253,20 +251,7 @@ async fn observations_are_reported_and_a_cut_off_link_says_so() {
     let good = snapshot("good3", "http://127.0.0.1:9/a", &key, 1);
     let target = good.targets()[0].clone();
     let (tx1, rx1) = mpsc::channel(8);
-    let fake = Fake {
-        streams: Arc::new(Mutex::new(vec![rx1])),
-        connects: Arc::default(),
-        reports: Arc::default(),
-        observed: Arc::default(),
-    };
-    let app = Router::new()
-        .route(WATCH_PATH, get(watch))
-        .route(APPLIED_PATH, post(applied))
-        .route(reflow_crds::observed::OBSERVED_PATH, post(observed))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (fake, url, server) = serve_fake(vec![rx1]).await;
     let store = SnapshotStore::new();
     let observations = Arc::new(reflow_dataplane::observed::Observations::default());
     let strict = Arc::new(controller_client::ControllerLink::new(Some(
@@ -422,20 +407,7 @@ async fn the_binary_fails_readiness_when_cut_off_only_past_the_opt_in_limit() {
     let key = SealingKey::from_base64(&key_b64).unwrap();
     let good = snapshot("good4", "http://127.0.0.1:9/a", &key, 1);
     let (tx1, rx1) = mpsc::channel(8);
-    let fake = Fake {
-        streams: Arc::new(Mutex::new(vec![rx1])),
-        connects: Arc::default(),
-        reports: Arc::default(),
-        observed: Arc::default(),
-    };
-    let app = Router::new()
-        .route(WATCH_PATH, get(watch))
-        .route(APPLIED_PATH, post(applied))
-        .route(reflow_crds::observed::OBSERVED_PATH, post(observed))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_fake, url, server) = serve_fake(vec![rx1]).await;
     tx1.send(WatchFrame::snapshot_line(&good).unwrap())
         .await
         .unwrap();
