@@ -757,4 +757,34 @@ async fn keys_that_cannot_be_fetched_answer_503_not_401_on_every_endpoint() {
         .await
         .unwrap();
     assert_eq!(sse.status(), 503, "legacy SSE answers alike");
+    // Every other handler runs the same admission: the GET stream, DELETE, legacy POST and
+    // the stateless envelope (a POST /mcp with the revision in `_meta`).
+    let get = h
+        .http
+        .get(format!("{}/mcp", h.base))
+        .bearer_auth("alice")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", "s")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 503, "GET /mcp");
+    let delete = h
+        .http
+        .delete(format!("{}/mcp", h.base))
+        .bearer_auth("alice")
+        .header("mcp-session-id", "s")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 503, "DELETE /mcp");
+    let post = h
+        .http
+        .post(format!("{}/messages?sessionId=s", h.base))
+        .bearer_auth("alice")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 503, "POST /messages");
 }

@@ -9,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tracing::{Span, instrument};
 
+use super::admission::Admitted;
 use super::net::Peer;
-use super::{
-    Gateway, UpcallError, authenticate, check_host_origin, find_session, rpc_failure, streams,
-};
+use super::{Gateway, UpcallError, find_session, rpc_failure, streams};
 use crate::jsonrpc;
 use crate::mcp::list_changed::Viewer;
 use crate::session::{Scope, Session};
@@ -47,14 +46,10 @@ pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
 /// `Last-Event-ID` the rest of any stream of the session (SSE polling, SEP-1699).
 #[instrument(skip_all, fields(session, user))]
 async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
-    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
-        return refusal.into_response();
-    }
-    let identity = match authenticate(&gw, peer, &headers).await {
-        Ok(p) => p.identity,
+    let identity = match Admitted::admit(&gw, peer, &headers).await {
+        Ok(a) => a.identity,
         Err(resp) => return resp,
     };
-    Span::current().record("user", &*identity.user);
     if !accepts(&headers, "text/event-stream") {
         return (
             StatusCode::NOT_ACCEPTABLE,

@@ -72,21 +72,15 @@ pub(super) async fn owned_session(
     identity: &Identity,
     id: &str,
 ) -> Result<Arc<Session>, Response> {
-    let unavailable = |e: crate::session::SessionError| {
-        rpc_failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        )
-    };
     match gw.sessions.get(id).await {
         // Another user's session is indistinguishable from an unknown one; the same user with
         // other groups or roles keeps it, moved to the new claims.
         Ok(Some(s)) if s.owner == crate::session::subject_of(identity) && s.scope == *scope => {
-            gw.sessions.touch(id).await.map_err(unavailable)?;
+            gw.sessions.touch(id).await.map_err(store_unavailable)?;
             Ok(gw.adopt_claims(s, identity).await)
         }
         Ok(_) => Err(session_not_found()),
-        Err(e) => Err(unavailable(e)),
+        Err(e) => Err(store_unavailable(e)),
     }
 }
 
@@ -120,26 +114,17 @@ async fn serve_post(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
-        return refusal.into_response();
-    }
-    let principal = match authenticate(&gw, peer, &headers).await {
-        Ok(p) => p,
-        Err(resp) => return resp,
-    };
-    let Principal {
+    let Admitted {
         identity,
         scope: token_scope,
-        ..
-    } = principal;
-    Span::current().record("user", &*identity.user);
-    let message = match jsonrpc::parse(&body) {
-        Ok(m) => m,
-        Err(e) => return rpc_failure(StatusCode::BAD_REQUEST, e.to_response()),
+    } = match Admitted::admit(&gw, peer, &headers).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
     };
-    if gw.audit.fail_closed() && !gw.audit.healthy() {
-        return audit_unavailable(&gw, &message, started);
-    }
+    let message = match read_message(&gw, &body, started) {
+        Ok(m) => m,
+        Err(unread) => return unread.into_response(),
+    };
     let trace = request_trace_id(&headers);
     // Held until the response has been sent to its end (an SSE reply outlives this handler):
     // one user's flood cannot take every worker.
@@ -267,27 +252,6 @@ fn refuse_limit(
     crate::limits::refuse(&*gw.audit, &identity.user, method, trace, refusal, &id)
 }
 
-/// `audit.failurePolicy: failClosed` and the audit store cannot be written: nothing is served,
-/// so nothing happens unaudited. 503 with `Retry-After`, and a JSON-RPC error for requests.
-pub(super) fn audit_unavailable(gw: &Gateway, message: &Message, started: Instant) -> Response {
-    let id = match message {
-        Message::Request(r) => r.id.clone(),
-        _ => Value::Null,
-    };
-    gw.count("-", None, "audit_unavailable", started);
-    let mut resp = rpc_failure(
-        StatusCode::SERVICE_UNAVAILABLE,
-        jsonrpc::error(
-            &id,
-            jsonrpc::INTERNAL_ERROR,
-            "audit log unavailable: requests are refused until audit events can be written (audit.failurePolicy: failClosed)",
-        ),
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
 /// DELETE of a session, in a server span like POST (continuing the caller's trace).
 async fn handle_delete(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
     let span = info_span!(
@@ -308,14 +272,10 @@ async fn delete_session(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
-        return refusal.into_response();
-    }
-    let identity = match authenticate(&gw, peer, &headers).await {
-        Ok(p) => p.identity,
+    let identity = match Admitted::admit(&gw, peer, &headers).await {
+        Ok(a) => a.identity,
         Err(resp) => return resp,
     };
-    Span::current().record("user", &*identity.user);
     let session = match find_session(&gw, &scope, &identity, &headers).await {
         Ok(s) => s,
         Err(resp) => return resp,

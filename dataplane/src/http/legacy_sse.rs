@@ -15,11 +15,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span, field, info_span, instrument};
 
+use super::admission::{Admitted, read_message};
 use super::net::Peer;
-use super::{
-    Gateway, authenticate, check_host_origin, client_stream, owned_session, rpc_failure,
-    session_not_found, trace_id,
-};
+use super::{Gateway, client_stream, owned_session, rpc_failure, session_not_found, trace_id};
 use crate::jsonrpc::{self, Message};
 use crate::mcp::dispatch;
 use crate::mcp::list_changed::Viewer;
@@ -104,14 +102,10 @@ fn endpoint(scope: &Scope, session_id: &str) -> String {
 /// its stream; the session ends when the stream does.
 #[instrument(skip_all, fields(session, user))]
 async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderMap) -> Response {
-    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
-        return refusal.into_response();
-    }
-    let identity = match authenticate(&gw, peer, &headers).await {
-        Ok(p) => p.identity,
+    let identity = match Admitted::admit(&gw, peer, &headers).await {
+        Ok(a) => a.identity,
         Err(resp) => return resp,
     };
-    Span::current().record("user", &*identity.user);
     // The same session limits as `initialize` on /mcp: a legacy stream is a session too.
     let owned = gw
         .sessions
@@ -236,26 +230,19 @@ async fn post_message(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    if let Err(refusal) = check_host_origin(&gw.config, &headers) {
-        return refusal.into_response();
-    }
-    let principal = match authenticate(&gw, peer, &headers).await {
-        Ok(p) => p,
+    let principal = match Admitted::admit(&gw, peer, &headers).await {
+        Ok(a) => a,
         Err(resp) => return resp,
     };
-    Span::current().record("user", &*principal.identity.user);
     let session = match find_session(&gw, &scope, &principal.identity, &q).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
     Span::current().record("session", session.id.as_str());
-    let message = match jsonrpc::parse(&body) {
+    let message = match read_message(&gw, &body, started) {
         Ok(m) => m,
-        Err(e) => return rpc_failure(StatusCode::BAD_REQUEST, e.to_response()),
+        Err(unread) => return unread.into_response(),
     };
-    if gw.audit.fail_closed() && !gw.audit.healthy() {
-        return super::endpoints::audit_unavailable(&gw, &message, started);
-    }
     let request = match message {
         Message::Request(r) => r,
         Message::Notification { method, object } => {

@@ -3,6 +3,8 @@
 //! the connection loop, and the health, metrics and metadata endpoints; requests go on to the
 //! MCP router (`crate::mcp`).
 
+mod admission;
+use admission::{Admitted, read_message, store_unavailable};
 mod client_stream;
 mod endpoints;
 use endpoints::{find_session, owned_session, session_not_found};
@@ -29,7 +31,7 @@ use reflow_crds::Identity;
 use serde_json::Value;
 use tracing::{Instrument, Span, field, info_span};
 
-use crate::authn::{self, Principal};
+use crate::authn;
 use crate::identity_token::JWKS_PATH;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{Gateway, SUPPORTED_PROTOCOLS, UpcallError, dispatch, streams};
@@ -42,8 +44,7 @@ pub(crate) use hardening::Guard;
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
 pub(crate) use preamble::request_trace_id;
 use preamble::{
-    authenticate, base_url, check_host_origin, continue_caller_trace, json_response, rpc_failure,
-    trace_id,
+    base_url, check_host_origin, continue_caller_trace, json_response, rpc_failure, trace_id,
 };
 pub use proxy::TrustedProxyConfig;
 pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};

@@ -1,21 +1,15 @@
-//! The request preamble every handler runs before MCP: Host/Origin checks, authentication
-//! (proxy, mTLS, bearer) with revocation and scope limits, the one refusal answers, trace ids.
+//! What the handlers share besides admission (`admission.rs`): the Host/Origin check, the
+//! public base URL, JSON answers, and the request's trace ids.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use reflow_crds::Identity;
 use serde_json::Value;
 use tracing::Span;
 
-use super::METADATA_PATH;
-use super::net::Peer;
-use crate::audit::now_ms;
-use crate::authn::{self, Principal};
-use crate::mcp::{Gateway, GatewayConfig, REVOKED_BY};
-use crate::scope::OutOfScope;
+use crate::mcp::{Gateway, GatewayConfig};
 
 pub(super) fn base_url(gw: &Gateway, headers: &HeaderMap) -> String {
     match &gw.config.public_url {
@@ -67,69 +61,6 @@ pub(super) fn check_host_origin(
         }
     }
     Ok(())
-}
-
-/// Authenticates the request (a trusted proxy's identity headers, else the bearer token),
-/// refuses revoked tokens, and applies the request-level limits of a scoped token: the client
-/// address and the time window (403 `insufficient_scope`, audited).
-pub(super) async fn authenticate(
-    gw: &Gateway,
-    peer: Peer,
-    headers: &HeaderMap,
-) -> Result<Principal, Response> {
-    let unauthorized = |failure: authn::AuthFailure| {
-        let url = format!("{}{METADATA_PATH}", base_url(gw, headers));
-        let mut resp = (failure.status(), failure.message.clone()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&authn::challenge(&failure, &url)) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        resp
-    };
-    let proxy = gw.config.trusted_proxy.as_ref();
-    let principal = if let Some(cert) = &peer.cert {
-        // A verified client certificate that names the caller (mTLS, clientIdentity: certificate).
-        Principal::from_identity(Identity::clone(cert))
-    } else {
-        match proxy.and_then(|p| p.principal(peer.ip, headers)) {
-            Some(asserted) => asserted.map_err(unauthorized)?,
-            None => gw.auth.authenticate(headers).await.map_err(unauthorized)?,
-        }
-    };
-    let client = proxy.map_or(peer.ip, |p| p.client_addr(peer.ip, headers));
-    // Checked on every request against the active snapshot (never cached with the token), so
-    // a revocation applies as soon as the snapshot carrying it is.
-    if gw.snapshots.load().revocations().revokes(
-        principal.token_id.as_deref(),
-        &principal.identity.user,
-        principal.issued_at,
-    ) {
-        gw.audit_token_refusal(&principal.identity, REVOKED_BY, "revoked", headers);
-        return Err(unauthorized(authn::AuthFailure {
-            label: "revoked",
-            message: "the token has been revoked".to_owned(),
-            token_presented: true,
-        }));
-    }
-    let now = u64::try_from(now_ms() / 1000).unwrap_or(u64::MAX);
-    if let Err(why) = principal.scope.admits(client, now) {
-        gw.audit_token_refusal(
-            &principal.identity,
-            &crate::mcp::dispatch::TOKEN_SCOPE,
-            why.label(),
-            headers,
-        );
-        return Err(insufficient_scope(why));
-    }
-    Ok(principal)
-}
-
-pub(super) fn insufficient_scope(why: OutOfScope) -> Response {
-    let mut resp = (StatusCode::FORBIDDEN, why.to_string()).into_response();
-    let challenge = format!("Bearer error=\"insufficient_scope\", error_description=\"{why}\"");
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    resp
 }
 
 /// Random per process (drawn once), so ids from different replicas do not collide.

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use reflow_crds::Identity;
 use serde_json::{Map, Value, json};
 
+use super::admission::store_unavailable;
 use super::{Gateway, json_response, rpc_failure};
 use crate::era::{self, RequestMeta, STATELESS};
 use crate::jsonrpc::{self, Message, Request};
@@ -250,21 +251,15 @@ async fn own_session(
     h.push(0);
     h.extend_from_slice(capabilities.to_string().as_bytes());
     let id = hex::encode(&gw.key.mac("reflow/stateless-session/v2", &h)[..16]);
-    let unavailable = |e: crate::session::SessionError| {
-        rpc_failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            jsonrpc::error(&Value::Null, jsonrpc::INTERNAL_ERROR, &e.to_string()),
-        )
-    };
     match gw.sessions.get(&id).await {
         Ok(Some(s)) if s.owner == owner && s.scope == *endpoint => {
-            gw.sessions.touch(&id).await.map_err(unavailable)?;
+            gw.sessions.touch(&id).await.map_err(store_unavailable)?;
             return Ok(s);
         }
         // A digest collision with someone else's session: refuse rather than share it.
         Ok(Some(_)) => return Err(super::session_not_found()),
         Ok(None) => {}
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(store_unavailable(e)),
     }
     let mut session = Session::opened_by(identity, endpoint.clone(), STATELESS.to_owned());
     session.id = id;
@@ -273,7 +268,7 @@ async fn own_session(
     gw.sessions
         .create(session.clone())
         .await
-        .map_err(unavailable)?;
+        .map_err(store_unavailable)?;
     Ok(Arc::new(session))
 }
 

@@ -26,13 +26,12 @@ pub(crate) mod upcalls;
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
-use reflow_crds::{Identity, SealingKey};
+use reflow_crds::SealingKey;
 use serde::Deserialize;
 
-use crate::audit::{AuditEvent, AuditSink, now_ms};
+use crate::audit::AuditSink;
 use crate::authn::Authenticate;
-use crate::http::{HttpConfig, TlsConfig, TrustedProxyConfig, request_trace_id};
+use crate::http::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::session::SessionStore;
@@ -45,9 +44,6 @@ pub use relay::TARGET_META;
 pub use streams::StreamError;
 pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;
-
-/// The decider named in audit events for a revoked token.
-pub(crate) const REVOKED_BY: &str = "token-revocation";
 
 /// Server settings (also read from `--config FILE` as YAML, camelCase keys).
 #[derive(Debug, Clone, Deserialize)]
@@ -342,31 +338,6 @@ impl Gateway {
 static NO_TARGET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
 
 impl Gateway {
-    /// A request refused for what its token is (revoked, out of scope) before it reached a
-    /// session; its row carries the request's trace id like every other row.
-    pub(crate) fn audit_token_refusal(
-        &self,
-        identity: &Identity,
-        by: &str,
-        outcome: &str,
-        headers: &HeaderMap,
-    ) {
-        self.audit.record(AuditEvent {
-            id: crate::audit::new_event_id(),
-            time_ms: now_ms(),
-            user: identity.user.to_string(),
-            session: None,
-            method: "-".to_owned(),
-            target: None,
-            name: None,
-            decision: Some("deny"),
-            policy: Some(by.to_owned()),
-            outcome: outcome.to_owned(),
-            duration_ms: 0.0,
-            trace_id: request_trace_id(headers),
-        });
-    }
-
     pub(crate) fn count(
         &self,
         method: impl Into<std::borrow::Cow<'static, str>>,
