@@ -149,7 +149,7 @@ async fn authenticate(
         audit_token_refusal(
             gw,
             &principal.identity,
-            &crate::mcp::dispatch::TOKEN_SCOPE,
+            &crate::mcp::authz::TOKEN_SCOPE,
             why.label(),
             headers,
         );

@@ -194,7 +194,7 @@ async fn route_post(
         Err(resp) => return resp,
     };
     Span::current().record("session", session.id.as_str());
-    let ctx = dispatch::Ctx {
+    let ctx = call::Ctx {
         identity,
         scope: token_scope,
         snapshot: gw.snapshots.load(),

@@ -19,9 +19,9 @@ use super::admission::{Admitted, read_message};
 use super::net::Peer;
 use super::{Gateway, client_stream, owned_session, rpc_failure, session_not_found, trace_id};
 use crate::jsonrpc::{self, Message};
-use crate::mcp::dispatch;
 use crate::mcp::list_changed::Viewer;
 use crate::mcp::streams::{Frame, GET_STREAM};
+use crate::mcp::{call, dispatch, protocol};
 use crate::session::{Scope, Session};
 
 /// The query of `POST /messages`.
@@ -124,7 +124,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
     let session = Session::opened_by(
         &identity,
         scope.clone(),
-        dispatch::LEGACY_PROTOCOL.to_owned(),
+        protocol::LEGACY_PROTOCOL.to_owned(),
     );
     let sid = session.id.clone();
     if let Err(e) = gw.sessions.create(session).await {
@@ -279,7 +279,7 @@ async fn post_message(
         Ok(p) => p,
         Err(refusal) => return refuse(refusal),
     };
-    let ctx = dispatch::Ctx {
+    let ctx = call::Ctx {
         identity: principal.identity,
         scope: principal.scope,
         snapshot: gw.snapshots.load(),

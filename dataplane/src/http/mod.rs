@@ -34,7 +34,7 @@ use tracing::{Instrument, Span, field, info_span};
 use crate::authn;
 use crate::identity_token::JWKS_PATH;
 use crate::jsonrpc::{self, Message};
-use crate::mcp::{Gateway, SUPPORTED_PROTOCOLS, UpcallError, dispatch, streams};
+use crate::mcp::{Gateway, SUPPORTED_PROTOCOLS, UpcallError, call, streams};
 use crate::session::{Scope, Session};
 use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER};
 use net::Peer;

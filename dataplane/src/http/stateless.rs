@@ -18,7 +18,7 @@ use super::admission::store_unavailable;
 use super::{Gateway, json_response, rpc_failure};
 use crate::era::{self, RequestMeta, STATELESS};
 use crate::jsonrpc::{self, Message, Request};
-use crate::mcp::dispatch::Ctx;
+use crate::mcp::call::Ctx;
 use crate::mcp::list_changed::Viewer;
 use crate::mcp::streams::Frame;
 use crate::scope::TokenScope;

@@ -1,72 +1,29 @@
 //! Method handling: initialize/ping locally, lists aggregated across permitted targets and
 //! filtered by policy, named calls routed by prefix (resource URIs by `resource_uri`).
 
-use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use futures::future::join_all;
 use reflow_crds::observed::ObservedReason;
-use reflow_crds::snapshot::condition::{Request as PolicyRequest, now_seconds};
 use reflow_crds::snapshot::{CompiledTarget, PREFIX_SEPARATOR, Upstream};
-use reflow_crds::{Decision, Identity, ItemKind, Snapshot};
+use reflow_crds::{Decision, Identity, ItemKind};
 use serde_json::{Map, Value, json};
 use tracing::warn;
 
 use super::Gateway;
-use super::forward::Caller;
-use super::list_audit::ListDecisions;
+use super::authz::{self, FORBIDDEN, ListDecisions};
+use super::call::{Ctx, Reply};
 use super::pins;
+use super::protocol::{LATEST_PROTOCOL, LEGACY_PROTOCOL, SUPPORTED_PROTOCOLS};
 use super::resource_uri;
-use crate::audit::{AuditEvent, now_ms};
 use crate::jsonrpc::{self, Request};
-use crate::metrics::DecisionLabels;
-use crate::scope::{OutOfScope, Permission, TokenScope};
+use crate::scope::Permission;
 use crate::session::{Scope, Session};
-use crate::upstream::CallHooks;
 
-pub const SUPPORTED_PROTOCOLS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
-pub const LATEST_PROTOCOL: &str = "2025-11-25";
-/// The HTTP+SSE revision: accepted only on sessions opened through the legacy `/sse` endpoint.
-pub const LEGACY_PROTOCOL: &str = "2024-11-05";
 /// Upstream pages followed per list before giving up on a misbehaving cursor chain.
 const MAX_PAGES: usize = 64;
 
-/// JSON-RPC error code for a request the caller's token scope does not permit.
-pub const FORBIDDEN: i64 = -32003;
-
-/// The decider named in audit events when a token scope, not a Policy, refused.
-pub static TOKEN_SCOPE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("token-scope"));
-
-/// The arguments of a call that sent none.
-static NO_ARGS: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
-
-pub(crate) struct Ctx {
-    pub identity: Identity,
-    pub scope: Arc<TokenScope>,
-    pub snapshot: Arc<Snapshot>,
-    pub session: Arc<Session>,
-    pub trace_id: String,
-    pub started: Instant,
-    /// Where upstream notifications and requests for this request go, and its cancellation.
-    pub hooks: CallHooks,
-    /// The Target a multi round-trip retry must reach (the one whose `requestState` it carries).
-    pub pin: Option<Arc<str>>,
-}
-
 impl Ctx {
-    pub(crate) fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
-        Caller {
-            identity: &self.identity,
-            target_key,
-            session_id: &self.session.id,
-            seed: None,
-            protocol_version: &self.session.protocol_version,
-            client_capabilities: &self.session.client_capabilities,
-            hooks: &self.hooks,
-            log_level: self.session.log_level,
-        }
-    }
-
     fn aggregated(&self) -> bool {
         self.session.scope == Scope::Aggregated
     }
@@ -100,33 +57,6 @@ impl Ctx {
             .collect();
         let keys = targets.iter().map(|t| key_of(t)).collect();
         (targets, keys)
-    }
-
-    /// The policy decision for one item, narrowed by the token scope: a target outside the
-    /// scope is denied whatever the policies say. `args` are the call's arguments (absent ones
-    /// read as `{}`, so a condition on them fails closed rather than being skipped).
-    pub(crate) fn decide(
-        &self,
-        target: &CompiledTarget,
-        kind: ItemKind,
-        name: &str,
-        args: Option<&Value>,
-    ) -> Decision {
-        if !self.scope.allows_target(&target.namespace, &target.name) {
-            return Decision {
-                allowed: false,
-                policy: Some(TOKEN_SCOPE.clone()),
-                condition: None,
-            };
-        }
-        let req = PolicyRequest {
-            kind,
-            name,
-            target: &target.name,
-            args: Some(args.unwrap_or(&NO_ARGS)),
-            now: now_seconds(),
-        };
-        target.policy.view(&self.identity).decide_request(&req)
     }
 
     /// The target and upstream name for a tool/prompt name as the client sees it.
@@ -225,8 +155,6 @@ const TEMPLATES: ListKind = ListKind {
     key: "uriTemplate",
     prefixed: false,
 };
-
-pub(crate) type Reply = (Value, Option<Arc<str>>, &'static str);
 
 /// `namespace/name`, shared by the labels, the link table and the audit event of one request.
 fn key_of(target: &CompiledTarget) -> Arc<str> {
@@ -403,8 +331,7 @@ impl Gateway {
                 let Some(key) = item.get(kind.key).and_then(Value::as_str) else {
                     continue;
                 };
-                let listing = PolicyRequest::listing(kind.kind, key, &target.name);
-                let mut decision = view.decide_request(&listing);
+                let mut decision = authz::listed(&view, kind.kind, key, &target.name);
                 if let Some(seen) = seen.as_mut() {
                     let shown_as = if ctx.aggregated() {
                         format!("{}{PREFIX_SEPARATOR}{key}", target.prefix)
@@ -713,71 +640,5 @@ impl Gateway {
         };
         self.audit_decision(ctx, &req.method, Some(&key), name, decision, outcome);
         (reply, Some(key), outcome)
-    }
-
-    fn count_decision(&self, key: &Arc<str>, kind: ItemKind, d: &Decision) {
-        self.metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                target: key.clone(),
-                kind: kind.as_str(),
-                decision: if d.allowed { "allow" } else { "deny" },
-            })
-            .inc();
-    }
-
-    /// A request refused by the token scope before any target was chosen.
-    fn audit_out_of_scope(&self, ctx: &Ctx, method: &str, why: OutOfScope) {
-        self.audit.record(AuditEvent {
-            id: crate::audit::new_event_id(),
-            time_ms: now_ms(),
-            user: ctx.identity.user.to_string(),
-            session: Some(ctx.session.id.clone()),
-            method: method.to_owned(),
-            target: None,
-            name: None,
-            decision: Some("deny"),
-            policy: Some(TOKEN_SCOPE.to_string()),
-            outcome: why.label().to_owned(),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            trace_id: ctx.trace_id.clone(),
-        });
-    }
-
-    pub(crate) fn audit_decision(
-        &self,
-        ctx: &Ctx,
-        method: &str,
-        target: Option<&Arc<str>>,
-        name: &str,
-        d: &Decision,
-        outcome: &str,
-    ) {
-        self.audit.record(AuditEvent {
-            id: crate::audit::new_event_id(),
-            time_ms: now_ms(),
-            user: ctx.identity.user.to_string(),
-            session: Some(ctx.session.id.clone()),
-            method: method.to_owned(),
-            target: target.map(|k| k.to_string()),
-            name: Some(name.to_owned()),
-            decision: Some(if d.allowed { "allow" } else { "deny" }),
-            policy: audited_policy(d),
-            outcome: outcome.to_owned(),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            trace_id: ctx.trace_id.clone(),
-        });
-    }
-}
-
-/// The audit `policy` field: the deciding Policy, and for a condition that mattered its outcome,
-/// as `name when=<true|false|error|exceeded>` (default deny after a conditional allow that did
-/// not apply reads `name when=false`).
-pub(crate) fn audited_policy(d: &Decision) -> Option<String> {
-    match (&d.policy, &d.condition) {
-        (Some(p), Some((c, o))) if p == c => Some(format!("{p} when={}", o.as_str())),
-        (Some(p), Some((c, o))) => Some(format!("{p} ({c} when={})", o.as_str())),
-        (None, Some((c, o))) => Some(format!("{c} when={}", o.as_str())),
-        (p, None) => p.as_deref().map(str::to_owned),
     }
 }

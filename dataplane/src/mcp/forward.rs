@@ -153,7 +153,7 @@ impl Caller<'_> {
     /// handshake when the client has none (stateless).
     pub fn handshake_version(&self) -> &str {
         if self.is_stateless() {
-            super::dispatch::LATEST_PROTOCOL
+            super::protocol::LATEST_PROTOCOL
         } else {
             self.protocol_version
         }
@@ -319,7 +319,7 @@ impl Gateway {
             .cell(caller.session_id, caller.identity, key, caller.seed);
         let init = InitParams {
             protocol_version: caller.handshake_version().to_owned(),
-            capabilities: super::relay::relayable_capabilities(caller.client_capabilities),
+            capabilities: relayable_capabilities(caller.client_capabilities),
             stateless_client: caller.is_stateless(),
         };
         let link = {
@@ -458,4 +458,15 @@ impl Gateway {
             let _ = self.sessions.put(s).await;
         }
     }
+}
+
+/// What the gateway declares to an HTTP upstream: the relayable capabilities its client has.
+pub(crate) fn relayable_capabilities(client: &Value) -> Value {
+    let mut out = Map::new();
+    for cap in ["sampling", "elicitation", "roots"] {
+        if let Some(v) = client.get(cap) {
+            out.insert(cap.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
 }

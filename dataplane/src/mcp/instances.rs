@@ -243,7 +243,7 @@ impl Gateway {
             target_key,
             session_id,
             seed: None,
-            protocol_version: super::LATEST_PROTOCOL,
+            protocol_version: super::protocol::LATEST_PROTOCOL,
             client_capabilities: &Value::Null,
             hooks: &hooks,
             log_level: None,

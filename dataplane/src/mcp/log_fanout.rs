@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
 use super::Gateway;
-use super::dispatch::Ctx;
+use super::call::{Ctx, Reply};
 use super::forward::Caller;
 use super::subscriptions::Holder;
 use crate::jsonrpc::{self, Request};
@@ -173,8 +173,6 @@ pub(crate) fn message_level(msg: &Map<String, Value>) -> Option<LogLevel> {
 pub(crate) fn level_params(level: LogLevel) -> Value {
     json!({"level": level.as_str()})
 }
-
-type Reply = (Value, Option<Arc<str>>, &'static str);
 
 impl Gateway {
     /// Answers `logging/setLevel`: remembers the level on the session and tells its upstreams.

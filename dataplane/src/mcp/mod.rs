@@ -3,17 +3,19 @@
 //! session's streams), subscriptions, log fan-out, list cache and list_changed, pins, rate
 //! limits, parked calls of stateless clients and cross-replica delivery.
 
+pub(crate) mod authz;
+pub(crate) mod call;
 mod cross_replica;
 pub(crate) mod dispatch;
 mod forward;
 mod forward_stateless;
 mod instances;
-mod list_audit;
 mod list_cache;
 pub(crate) mod list_changed;
 mod log_fanout;
 pub(crate) mod mrtr;
 mod pins;
+pub(crate) mod protocol;
 mod rate_limit;
 mod recycle;
 pub(crate) mod relay;
@@ -39,8 +41,7 @@ use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
 
-pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
-pub use relay::TARGET_META;
+pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
 pub use streams::StreamError;
 pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::dispatch::Reply;
+use super::call::Reply;
 use super::relay::Progress;
 use crate::audit::now_ms;
 use crate::upstream::{Cancel, Upcall};

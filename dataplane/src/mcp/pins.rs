@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use super::Gateway;
-use super::dispatch::Ctx;
+use super::call::Ctx;
 use crate::audit::{AuditEvent, new_event_id, now_ms};
 use crate::metrics::PinLabels;
 use crate::session::Scope;

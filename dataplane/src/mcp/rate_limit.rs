@@ -12,7 +12,7 @@ use reflow_crds::snapshot::{CompiledTarget, Decision, ItemKind};
 use serde_json::json;
 
 use super::Gateway;
-use super::dispatch::{Ctx, Reply};
+use super::call::{Ctx, Reply};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::RateLimitedLabels;
 

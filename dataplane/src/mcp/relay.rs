@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug};
 
 use super::Gateway;
-use super::dispatch::Ctx;
+use super::call::{Ctx, Reply};
+use super::protocol::TARGET_META;
 use super::streams::{GET_STREAM, Hub, primes, sse_response};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::method_label;
@@ -19,8 +20,6 @@ use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
 
 /// Upcalls queued per request before the relay drops notifications (and refuses requests).
 const SINK_CAPACITY: usize = 256;
-/// Where in `_meta` a relayed notification names the Target it came from.
-pub const TARGET_META: &str = "io.reflow/target";
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 /// Random per process: minted tokens of two replicas never collide at a shared upstream.
@@ -62,17 +61,6 @@ fn declared_for(declared: &Value, method: &str, params: Option<&Value>) -> bool 
     let url_mode = method == "elicitation/create"
         && params.and_then(|p| p.get("mode")).and_then(Value::as_str) == Some("url");
     !url_mode || declared.get("url").is_some()
-}
-
-/// What the gateway declares to an HTTP upstream: the relayable capabilities its client has.
-pub(crate) fn relayable_capabilities(client: &Value) -> Value {
-    let mut out = Map::new();
-    for cap in ["sampling", "elicitation", "roots"] {
-        if let Some(v) = client.get(cap) {
-            out.insert(cap.to_owned(), v.clone());
-        }
-    }
-    Value::Object(out)
 }
 
 /// Turns upcalls into messages for the client, on one stream.
@@ -212,8 +200,6 @@ fn result_of(result: Value) -> Map<String, Value> {
     m
 }
 
-type Outcome = (Value, Option<Arc<str>>, &'static str);
-
 impl Gateway {
     /// What a session's own upstream (a stateful STDIO child) says outside any call: to that
     /// session's GET stream, with the same capability checks and id minting as during a call.
@@ -323,7 +309,7 @@ impl Gateway {
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
-                let (reply, target, outcome): Outcome = loop {
+                let (reply, target, outcome): Reply = loop {
                     tokio::select! {
                         biased;
                         Some(up) = rx.recv() => relay.handle(up, stream),

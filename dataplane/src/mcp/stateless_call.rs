@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug};
 
 use super::Gateway;
-use super::dispatch::{Ctx, Reply};
+use super::call::{Ctx, Reply};
 use super::log_fanout::message_level;
 use super::mrtr::{self, Held, Parked};
 use super::relay::{Progress, admit_upcall, mint_progress, rewrite_notification};

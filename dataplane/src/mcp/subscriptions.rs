@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::Gateway;
 use super::forward::Caller;
-use super::relay::TARGET_META;
+use super::protocol::TARGET_META;
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
 use crate::upstream::{CallHooks, Inbound, UpstreamError};
 

@@ -1,0 +1,47 @@
+//! What one client request carries through the router: who asks (`Ctx`), and what the router
+//! answers (`Reply`). A leaf below dispatch, relay, authz and the rest, so they share it
+//! without using each other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use reflow_crds::{Identity, Snapshot};
+use serde_json::Value;
+
+use super::forward::Caller;
+use crate::scope::TokenScope;
+use crate::session::Session;
+use crate::upstream::CallHooks;
+
+/// A dispatched request's answer: the JSON-RPC reply, the Target key it reached (for metrics
+/// and audit) and the outcome label.
+pub(crate) type Reply = (Value, Option<Arc<str>>, &'static str);
+
+/// Who asks, on which session and snapshot, with the hooks of this one request.
+pub(crate) struct Ctx {
+    pub identity: Identity,
+    pub scope: Arc<TokenScope>,
+    pub snapshot: Arc<Snapshot>,
+    pub session: Arc<Session>,
+    pub trace_id: String,
+    pub started: Instant,
+    /// Where upstream notifications and requests for this request go, and its cancellation.
+    pub hooks: CallHooks,
+    /// The Target a multi round-trip retry must reach (the one whose `requestState` it carries).
+    pub pin: Option<Arc<str>>,
+}
+
+impl Ctx {
+    pub(crate) fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
+        Caller {
+            identity: &self.identity,
+            target_key,
+            session_id: &self.session.id,
+            seed: None,
+            protocol_version: &self.session.protocol_version,
+            client_capabilities: &self.session.client_capabilities,
+            hooks: &self.hooks,
+            log_level: self.session.log_level,
+        }
+    }
+}
