@@ -9,13 +9,13 @@ use serde_json::{Map, Value};
 use tracing::{Span, debug, field, instrument};
 
 use super::cache::TokenCache;
-use super::challenge::{self, ProtectedResourceMetadata};
 use super::claims;
 use super::config::{AuthConfig, ClaimMapping};
 use super::error::{AuthConfigError, AuthError};
 use super::jwks::{self, Jwks, Refresh};
 use super::jwt::{self, Unverified, Validations};
 use super::keys::VerifyingKey;
+use super::metadata::{self, ProtectedResourceMetadata};
 use crate::authn::Principal;
 use crate::scope::{SCOPE_CLAIM, TokenScope};
 
@@ -135,7 +135,7 @@ impl Authenticator {
 
     /// RFC 9728 metadata for `resource` (the gateway's public MCP URL).
     pub fn protected_resource_metadata(&self, resource: &str) -> ProtectedResourceMetadata {
-        challenge::protected_resource_metadata(
+        metadata::protected_resource_metadata(
             resource,
             &self.inner.issuers,
             &self.inner.scopes_supported,

@@ -1,5 +1,5 @@
 //! Bearer-token authentication for MCP clients: JWT verification (HS256, RS*, PS*, ES*, EdDSA),
-//! JWKS via OIDC discovery, claim mapping to `Identity`, 401 challenges and dev-token minting.
+//! JWKS via OIDC discovery, claim mapping to `Identity`, RFC 9728 metadata and dev-token minting.
 //!
 //! The HTTP layer calls it through `authn::Authenticate`; a refusal becomes an
 //! `authn::AuthFailure`, whose `status()` and `authn::challenge` are the one answer to it.
@@ -7,16 +7,16 @@
 mod adapter;
 mod authenticator;
 mod cache;
-mod challenge;
 pub(crate) mod claims;
 mod config;
 mod error;
 mod jwks;
 pub(crate) mod jwt;
 pub(crate) mod keys;
+mod metadata;
 
 pub use authenticator::Authenticator;
-pub use challenge::{ProtectedResourceMetadata, protected_resource_metadata};
 pub use config::{AuthConfig, ClaimMapping, ClaimPath, IssuerConfig, PublicKeyConfig};
 pub use error::{AuthConfigError, AuthError};
+pub use metadata::{ProtectedResourceMetadata, protected_resource_metadata};
 pub use reflow_crds::token::{MintError, MintedToken, TokenRequest, mint_dev_token, mint_token};
