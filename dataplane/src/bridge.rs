@@ -165,11 +165,11 @@ impl Bridge {
         })
         .inspect_err(|_| restarts.failed())?;
         info!(pid = child.pid(), "STDIO server started");
-        let default = json!({
-            "protocolVersion": crate::mcp::LATEST_PROTOCOL,
-            "capabilities": {},
-            "clientInfo": {"name": "reflow-bridge", "version": env!("CARGO_PKG_VERSION")},
-        });
+        let default = crate::upstream::handshake::initialize_params(
+            crate::mcp::LATEST_PROTOCOL,
+            &json!({}),
+            crate::upstream::handshake::BRIDGE,
+        );
         let init = match child
             .initialize(params.unwrap_or(&default), self.config.init_timeout)
             .await

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reflow_crds::snapshot::{CompiledTarget, Upstream};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
@@ -170,11 +170,11 @@ impl UpstreamClient {
     ) -> Result<Link, UpstreamError> {
         let timeout = Duration::from_millis(u64::from(target.timeouts.init_ms));
         let sse = SseLink::open(&self.http, url, &headers.0, timeout).await?;
-        let params = json!({
-            "protocolVersion": init.protocol_version,
-            "capabilities": init.capabilities,
-            "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
-        });
+        let params = super::handshake::initialize_params(
+            &init.protocol_version,
+            &init.capabilities,
+            super::handshake::GATEWAY,
+        );
         let reply = sse
             .request(
                 &self.http,
@@ -185,17 +185,7 @@ impl UpstreamClient {
                 &CallHooks::default(),
             )
             .await?;
-        let result = reply
-            .get("result")
-            .ok_or_else(|| UpstreamError::Protocol("initialize failed".into()))?;
-        let state = UpstreamState {
-            session_id: None,
-            protocol_version: result
-                .get("protocolVersion")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            initialized: true,
-        };
+        let state = super::handshake::initialized(&reply, None)?;
         sse.notify(&self.http, &headers.0, "notifications/initialized", timeout)
             .await?;
         Ok(Link {

@@ -5,6 +5,7 @@
 mod auto;
 pub(crate) mod events;
 mod expired;
+pub(crate) mod handshake;
 pub mod instance;
 mod link;
 mod listen;
@@ -310,11 +311,11 @@ impl UpstreamClient {
         init: &InitParams,
         timeout: Duration,
     ) -> Result<UpstreamState, UpstreamError> {
-        let params = json!({
-            "protocolVersion": init.protocol_version,
-            "capabilities": init.capabilities,
-            "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
-        });
+        let params = handshake::initialize_params(
+            &init.protocol_version,
+            &init.capabilities,
+            handshake::GATEWAY,
+        );
         let blank = UpstreamState::default();
         let (reply, session_id) = self
             .exchange(
@@ -326,17 +327,7 @@ impl UpstreamClient {
                 &CallHooks::default(),
             )
             .await?;
-        let result = reply
-            .get("result")
-            .ok_or_else(|| UpstreamError::Protocol("initialize failed".into()))?;
-        let state = UpstreamState {
-            session_id,
-            protocol_version: result
-                .get("protocolVersion")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            initialized: true,
-        };
+        let state = handshake::initialized(&reply, session_id)?;
         let note = Outgoing::notification("notifications/initialized").to_vec()?;
         let resp = tokio::time::timeout(timeout, self.post(url, headers, &state, note))
             .await

@@ -419,14 +419,14 @@ impl StdioPool {
         label: &str,
         start: &Start<'_>,
     ) -> Result<Arc<ChildProcess>, StdioError> {
-        let params = json!({
-            "protocolVersion": start.protocol_version,
-            // A child may serve many sessions: it is told the gateway can relay every kind of
-            // request (elicitation in both modes: an empty object would mean form only), and
-            // the gateway refuses per session what that client did not declare.
-            "capabilities": {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}},
-            "clientInfo": {"name": "reflow", "version": env!("CARGO_PKG_VERSION")},
-        });
+        // A child may serve many sessions: it is told the gateway can relay every kind of
+        // request (elicitation in both modes: an empty object would mean form only), and the
+        // gateway refuses per session what that client did not declare.
+        let params = crate::upstream::handshake::initialize_params(
+            start.protocol_version,
+            &json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}}),
+            crate::upstream::handshake::GATEWAY,
+        );
         let init_timeout = Duration::from_millis(u64::from(start.target.timeouts.init_ms));
         match child.initialize(&params, init_timeout).await {
             Ok(_) => Ok(child),
