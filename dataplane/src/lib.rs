@@ -8,7 +8,7 @@
 //!
 //! 1. **app**: `app` (the one wiring entry, `App::build`, and the commands) and `config`.
 //! 2. **gateway**: `gateway` (the HTTP surface with its connection loop and timers, and the
-//!    MCP router), `limits` (per-user and global quotas), `bridge` (one STDIO server
+//!    MCP router), `console` (the web console at `/console`), `limits` (per-user and global quotas), `bridge` (one STDIO server
 //!    over HTTP) and `metrics` (which reads every layer's counters).
 //! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
 //!    and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
@@ -26,6 +26,7 @@ pub mod auth;
 pub mod authn;
 pub mod bridge;
 pub mod config;
+pub mod console;
 pub mod controller_client;
 pub mod era;
 #[doc(hidden)]

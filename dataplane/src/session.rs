@@ -148,6 +148,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn on_expire(&self, hook: ExpiryHook) {
         let _ = hook;
     }
+
+    /// Live sessions, most recently used first, at most `limit`: `owner`'s, or everyone's
+    /// with `None` (the web console). A store that cannot list answers none.
+    fn list<'a>(
+        &'a self,
+        owner: Option<&'a Fingerprint>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Session>>, SessionError>> {
+        let _ = (owner, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 struct Entry {
@@ -287,6 +298,23 @@ impl SessionStore for MemorySessionStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(hook);
+    }
+
+    fn list<'a>(
+        &'a self,
+        owner: Option<&'a Fingerprint>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Session>>, SessionError>> {
+        let mut found: Vec<(Instant, Arc<Session>)> = self
+            .lock()
+            .values()
+            .filter(|e| e.last_used.elapsed() < self.idle)
+            .filter(|e| owner.is_none_or(|o| &e.session.owner == o))
+            .map(|e| (e.last_used, e.session.clone()))
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.truncate(limit);
+        Box::pin(async move { Ok(found.into_iter().map(|(_, s)| s).collect()) })
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// `src/lib.rs`'s layers, highest first.
 const LAYERS: [&[&str]; 4] = [
     &["app", "config"],
-    &["gateway", "limits", "bridge", "metrics"],
+    &["gateway", "console", "limits", "bridge", "metrics"],
     &["upstream", "fuzzing"],
     &[
         "auth",
