@@ -24,7 +24,10 @@ fn oidc_login(b: &mut Browser, gw: &ConsoleGw, user: &str, shot: Option<&str>) {
     }
     b.click("#oidc-login").expect("start OIDC login");
     if let Err(e) = b.wait_for_selector("input[name=login]", WAIT) {
-        let (url, text) = (b.url().unwrap_or_default(), b.text(None).unwrap_or_default());
+        let (url, text) = (
+            b.url().unwrap_or_default(),
+            b.text(None).unwrap_or_default(),
+        );
         panic!("no IdP login form ({e}) at {url}: {text}");
     }
     b.fill("input[name=login]", user).expect("login");
@@ -59,7 +62,9 @@ fn console_end_to_end_in_chromium() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let op = OidcProvider::builder()
-        .client(OidcClient::public("console").redirect_uri(&format!("http://{addr}/console/callback")))
+        .client(
+            OidcClient::public("console").redirect_uri(&format!("http://{addr}/console/callback")),
+        )
         .start()
         .expect("oidc-provider");
     let gw = ConsoleGw::start(
@@ -70,7 +75,9 @@ fn console_end_to_end_in_chromium() {
         },
     );
     let aud = &console_support::resource(addr);
-    let alice_token = gw.block_on(op.mint("alice", aud, None)).expect("alice token");
+    let alice_token = gw
+        .block_on(op.mint("alice", aud, None))
+        .expect("alice token");
     let bob_token = gw.block_on(op.mint("bob", aud, None)).expect("bob token");
 
     // MCP traffic before anyone looks: alice echoes (allowed) and tries `fail` (denied by
@@ -81,7 +88,9 @@ fn console_end_to_end_in_chromium() {
         alice.open("alice-client").await;
         let (s, list) = alice.send("tools/list", json!({}), false).await;
         assert_eq!(s, 200, "{list}");
-        let (s, r) = alice.call("tools_echo", json!({"text": "hello from alice"})).await;
+        let (s, r) = alice
+            .call("tools_echo", json!({"text": "hello from alice"}))
+            .await;
         assert_eq!(s, 200, "{r}");
         assert!(r.to_string().contains("hello from alice"), "{r}");
         alice.call("tools_fail", json!({})).await;
@@ -90,7 +99,10 @@ fn console_end_to_end_in_chromium() {
         let (s, r) = bob.call("tools_add", json!({"a": 2, "b": 3})).await;
         assert_eq!(s, 200, "{r}");
         alice
-            .call("tools_<img src=x onerror=window.__xss=1>", json!({"<script>": "x"}))
+            .call(
+                "tools_<img src=x onerror=window.__xss=1>",
+                json!({"<script>": "x"}),
+            )
             .await;
     });
     let alice_sid = alice.session.clone().expect("alice session");
@@ -100,7 +112,10 @@ fn console_end_to_end_in_chromium() {
     // --- alice ---
     oidc_login(&mut b, &gw, "alice", Some("login"));
     let me = body(&mut b);
-    assert!(me.contains("tools_echo") && me.contains("alice-echo"), "{me}");
+    assert!(
+        me.contains("tools_echo") && me.contains("alice-echo"),
+        "{me}"
+    );
     assert!(!me.contains("tools_add"), "bob's tool is not alice's: {me}");
     let cookies = b.cookies().expect("cookies");
     let sid = cookies
@@ -115,29 +130,48 @@ fn console_end_to_end_in_chromium() {
     );
     b.screenshot(&screenshot_path("me")).expect("screenshot");
 
-    let nav = b.goto(&gw.url("/console/activity?user=bob")).expect("activity");
+    let nav = b
+        .goto(&gw.url("/console/activity?user=bob"))
+        .expect("activity");
     assert_eq!(nav.status, Some(200));
     assert_eq!(nav.header("x-frame-options"), Some("DENY"));
     assert!(
-        nav.header("content-security-policy")
-            .is_some_and(|c| c.contains("frame-ancestors 'none'") && c.contains("script-src 'self'")),
+        nav.header("content-security-policy").is_some_and(
+            |c| c.contains("frame-ancestors 'none'") && c.contains("script-src 'self'")
+        ),
         "{:?}",
         nav.headers
     );
     let activity = body(&mut b);
-    assert!(activity.contains("echo") && activity.contains("alice-no-fail"), "{activity}");
+    assert!(
+        activity.contains("echo") && activity.contains("alice-no-fail"),
+        "{activity}"
+    );
     assert!(
         !activity.contains("bob-add") && !activity.lines().any(|l| l.contains("\tadd\t")),
         "`?user=bob` does not show bob's rows: {activity}"
     );
-    assert!(activity.contains("<img src=x onerror=window.__xss=1>"), "markup shown as text");
-    assert_eq!(b.eval("window.__xss === undefined").expect("eval"), true, "no XSS");
-    b.screenshot(&screenshot_path("activity")).expect("screenshot");
+    assert!(
+        activity.contains("<img src=x onerror=window.__xss=1>"),
+        "markup shown as text"
+    );
+    assert_eq!(
+        b.eval("window.__xss === undefined").expect("eval"),
+        true,
+        "no XSS"
+    );
+    b.screenshot(&screenshot_path("activity"))
+        .expect("screenshot");
 
-    let filtered = b.goto(&gw.url("/console/activity?decision=deny")).expect("filter");
+    let filtered = b
+        .goto(&gw.url("/console/activity?decision=deny"))
+        .expect("filter");
     assert_eq!(filtered.status, Some(200));
     let denied = body(&mut b);
-    assert!(denied.contains("alice-no-fail") && !denied.contains("alice-echo"), "{denied}");
+    assert!(
+        denied.contains("alice-no-fail") && !denied.contains("alice-echo"),
+        "{denied}"
+    );
 
     // One of her events, by its link.
     b.goto(&gw.url("/console/activity")).expect("activity");
@@ -150,8 +184,12 @@ fn console_end_to_end_in_chromium() {
     b.screenshot(&screenshot_path("event")).expect("screenshot");
 
     b.goto(&gw.url("/console/sessions")).expect("sessions");
-    assert!(body(&mut b).contains("alice-client"), "her session is listed");
-    b.screenshot(&screenshot_path("sessions")).expect("screenshot");
+    assert!(
+        body(&mut b).contains("alice-client"),
+        "her session is listed"
+    );
+    b.screenshot(&screenshot_path("sessions"))
+        .expect("screenshot");
 
     // --- bob: alice's URLs are 404, and so is ending her session ---
     oidc_login(&mut b, &gw, "bob", None);
@@ -159,7 +197,8 @@ fn console_end_to_end_in_chromium() {
         let nav = b.goto(&gw.url(&path)).expect("goto");
         assert_eq!(nav.status, Some(404), "bob at {path}");
     }
-    b.goto(&gw.url("/console/sessions")).expect("bob's sessions");
+    b.goto(&gw.url("/console/sessions"))
+        .expect("bob's sessions");
     let csrf = b
         .eval("document.querySelector('input[name=csrf]').value")
         .expect("csrf");
@@ -181,8 +220,14 @@ fn console_end_to_end_in_chromium() {
     b.goto(&gw.url("/console/admin")).expect("admin page");
     b.wait_for_text("live", WAIT).expect("stream connected");
     let admin_text = body(&mut b);
-    assert!(admin_text.contains("e2e/tools") && admin_text.contains("dataplane-e2e"), "{admin_text}");
-    assert!(admin_text.contains("alice-no-fail"), "denials with their Policy: {admin_text}");
+    assert!(
+        admin_text.contains("e2e/tools") && admin_text.contains("dataplane-e2e"),
+        "{admin_text}"
+    );
+    assert!(
+        admin_text.contains("alice-no-fail"),
+        "denials with their Policy: {admin_text}"
+    );
     let mut bob2 = Mcp::new(&gw, gw.block_on(op.mint("bob", aud, None)).expect("token"));
     let called = gw.block_on(async {
         bob2.open("bob-live").await;
@@ -194,7 +239,10 @@ fn console_end_to_end_in_chromium() {
         .expect("the call appears in the live view within 2 s");
     let seen_after = called.elapsed();
     let live_text = b.text(Some("#live")).expect("live text");
-    assert!(live_text.contains("bob") && live_text.contains("add"), "{live_text}");
+    assert!(
+        live_text.contains("bob") && live_text.contains("add"),
+        "{live_text}"
+    );
     assert_eq!(b.eval("window.__xss === undefined").expect("eval"), true);
     eprintln!("live view showed the call {seen_after:?} after it returned");
     b.screenshot(&screenshot_path("admin")).expect("screenshot");
@@ -205,7 +253,10 @@ fn console_end_to_end_in_chromium() {
         .expect("her session");
     b.click("button.end").expect("end it");
     if let Err(e) = b.wait_for_text("No live sessions", WAIT) {
-        let (url, text) = (b.url().unwrap_or_default(), b.text(None).unwrap_or_default());
+        let (url, text) = (
+            b.url().unwrap_or_default(),
+            b.text(None).unwrap_or_default(),
+        );
         panic!("session still listed ({e}) at {url}: {text}");
     }
     let (after, _) = gw.block_on(alice.send("ping", json!({}), false));

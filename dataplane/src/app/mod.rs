@@ -15,7 +15,8 @@ use reflow_crds::SealingKey;
 use crate::audit::AuditSink;
 use crate::authn::Authenticate;
 use crate::console::{self, Console};
-use crate::gateway::{self, Gateway, GatewayConfig, GatewayError, PeerAddr};
+use crate::http::{self, PeerAddr};
+use crate::mcp::{self, Gateway, GatewayConfig, GatewayError};
 use crate::metrics::Metrics;
 use crate::postgres::NotificationBus;
 use crate::session::SessionStore;
@@ -132,7 +133,7 @@ impl App {
             Some(tap) => tap.clone(),
             None => config.audit,
         };
-        let gateway = Gateway::new(gateway::Parts {
+        let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
             sessions: config.sessions,
@@ -164,7 +165,7 @@ impl App {
 
     /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Router {
-        let router = gateway::router(self.gateway.clone());
+        let router = http::router(self.gateway.clone());
         match &self.console {
             Some(c) => router.merge(console::router(c.clone())),
             None => router,

@@ -14,7 +14,7 @@ use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditSink, MemorySink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig};
 use reflow_dataplane::console::{Admins, ConsoleConfig, OidcConfig};
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::postgres::Database;
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_dataplane::source::{self, SnapshotStore};
@@ -29,9 +29,18 @@ pub const ADMIN_GROUP: &str = "reflow-admins";
 pub fn manifests(fixture_url: &str) -> String {
     [
         target_yaml("tools", "streamableHttp", fixture_url),
-        PolicyDoc::allow("alice-echo", "tools").user("alice").rule("tool", &["echo"]).to_yaml(),
-        PolicyDoc::allow("bob-add", "tools").user("bob").rule("tool", &["add"]).to_yaml(),
-        PolicyDoc::allow("admins-all", "tools").group(ADMIN_GROUP).rule("all", &["*"]).to_yaml(),
+        PolicyDoc::allow("alice-echo", "tools")
+            .user("alice")
+            .rule("tool", &["echo"])
+            .to_yaml(),
+        PolicyDoc::allow("bob-add", "tools")
+            .user("bob")
+            .rule("tool", &["add"])
+            .to_yaml(),
+        PolicyDoc::allow("admins-all", "tools")
+            .group(ADMIN_GROUP)
+            .rule("all", &["*"])
+            .to_yaml(),
         PolicyDoc::deny("alice-no-fail", "tools")
             .user("alice")
             .rule("tool", &["fail"])
@@ -109,7 +118,8 @@ impl ConsoleGw {
     pub fn start(listener: std::net::TcpListener, opts: Options) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let fixture = FixtureProcess::spawn(["--listen", "127.0.0.1:0"]).expect("fixture");
-        let dir = std::env::temp_dir().join(format!("reflow-console-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("reflow-console-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("all.yaml"), manifests(&fixture.mcp_url())).expect("manifests");
         let key = SealingKey::from_base64(&SealingKey::generate_base64()).expect("key");
@@ -125,15 +135,18 @@ impl ConsoleGw {
             .expect("runtime");
         let audit = MemorySink::default();
         let app = runtime.block_on(async {
-            let (sessions, sink, database): (Arc<dyn SessionStore>, Arc<dyn AuditSink>, Option<Database>) =
-                match &opts.database_url {
-                    Some(url) => pg_stores(url, &key, &dir).await,
-                    None => (
-                        MemorySessionStore::new(Duration::from_secs(600)),
-                        Arc::new(audit.clone()),
-                        None,
-                    ),
-                };
+            let (sessions, sink, database): (
+                Arc<dyn SessionStore>,
+                Arc<dyn AuditSink>,
+                Option<Database>,
+            ) = match &opts.database_url {
+                Some(url) => pg_stores(url, &key, &dir).await,
+                None => (
+                    MemorySessionStore::new(Duration::from_secs(600)),
+                    Arc::new(audit.clone()),
+                    None,
+                ),
+            };
             let mut parts = AppConfig::new(
                 config,
                 snapshots,
@@ -178,8 +191,11 @@ async fn pg_stores(
 ) -> (Arc<dyn SessionStore>, Arc<dyn AuditSink>, Option<Database>) {
     use reflow_dataplane::postgres::{AuditSettings, PgAuditSink, PgSessionStore, SessionSettings};
     let db = Database::new(&SecretString::from(url.to_owned()), 8).expect("database");
-    db.connect_and_migrate(Duration::from_secs(30)).await.expect("migrate");
-    let audit = PgAuditSink::start(db.clone(), AuditSettings::new(dir.join("spill"))).expect("audit");
+    db.connect_and_migrate(Duration::from_secs(30))
+        .await
+        .expect("migrate");
+    let audit =
+        PgAuditSink::start(db.clone(), AuditSettings::new(dir.join("spill"))).expect("audit");
     let sessions = PgSessionStore::start(
         db.clone(),
         key.clone(),
@@ -244,7 +260,11 @@ impl Mcp {
         }
         let resp = req.send().await.expect("gateway answers");
         let status = resp.status().as_u16();
-        if let Some(sid) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+        if let Some(sid) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
             self.session = Some(sid.to_owned());
         }
         let text = resp.text().await.unwrap_or_default();
@@ -272,18 +292,25 @@ impl Mcp {
             )
             .await;
         assert_eq!(status, 200, "initialize: {body}");
-        self.send("notifications/initialized", json!({}), true).await;
+        self.send("notifications/initialized", json!({}), true)
+            .await;
     }
 
     pub async fn call(&mut self, tool: &str, args: Value) -> (u16, Value) {
-        self.send("tools/call", json!({"name": tool, "arguments": args}), false)
-            .await
+        self.send(
+            "tools/call",
+            json!({"name": tool, "arguments": args}),
+            false,
+        )
+        .await
     }
 }
 
 /// Where the console screenshots go (referenced by the README).
 pub fn screenshot_path(name: &str) -> PathBuf {
-    paths::target_dir().join("console-screenshots").join(format!("{name}.png"))
+    paths::target_dir()
+        .join("console-screenshots")
+        .join(format!("{name}.png"))
 }
 
 /// A console client without a browser: cookies by hand, no redirects followed.
@@ -327,7 +354,9 @@ impl Web {
             let Some((kv, _)) = v.to_str().unwrap_or_default().split_once(';') else {
                 continue;
             };
-            let Some((k, v)) = kv.split_once('=') else { continue };
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
             self.cookies.retain(|(name, _)| name != k);
             if !v.is_empty() {
                 self.cookies.push((k.to_owned(), v.to_owned()));
@@ -336,7 +365,10 @@ impl Web {
     }
 
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.cookies.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.cookies
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub async fn get(&mut self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
