@@ -312,7 +312,7 @@ impl SessionStore for MemorySessionStore {
             .filter(|e| owner.is_none_or(|o| &e.session.owner == o))
             .map(|e| (e.last_used, e.session.clone()))
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
         found.truncate(limit);
         Box::pin(async move { Ok(found.into_iter().map(|(_, s)| s).collect()) })
     }

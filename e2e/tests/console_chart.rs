@@ -58,3 +58,23 @@ fn make_run_turns_the_console_on_with_the_dev_token_login() {
     .expect("run-local.sh");
     assert!(script.contains("--group developers") && script.contains("/console"));
 }
+
+#[test]
+fn the_readme_console_config_is_accepted() {
+    let readme =
+        std::fs::read_to_string(reflow_e2e::harness::paths::workspace_root().join("README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("## The web console (`/console`)")
+        .nth(1)
+        .expect("console section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("yaml block");
+    let config: serde_yaml::Value = serde_yaml::from_str(block).expect("yaml");
+    let gateway: GatewayConfig =
+        serde_yaml::from_value(config["gateway"].clone()).expect("the dataplane accepts it");
+    assert!(gateway.console.enabled && gateway.console.oidc.is_some());
+}

@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn minutes_percentiles_and_error_rates() {
-        let t0 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+        let t0: i64 = 30_000_000 * 60_000;
         let mut events: Vec<(String, i64, f64, bool)> = (1..=100)
             .map(|i| ("ns/a".to_owned(), t0 + 10, f64::from(i), i % 10 == 0))
             .collect();

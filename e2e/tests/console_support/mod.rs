@@ -126,8 +126,10 @@ impl ConsoleGw {
         let snapshots = SnapshotStore::new();
         snapshots.publish(source::compile_dir(&dir, &key).expect("compile"));
         let addr = listener.local_addr().expect("addr");
-        let mut config = GatewayConfig::default();
-        config.console = console_config(addr, opts.oidc_issuer.as_deref());
+        let config = GatewayConfig {
+            console: console_config(addr, opts.oidc_issuer.as_deref()),
+            ..GatewayConfig::default()
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -274,7 +276,7 @@ impl Mcp {
                 text.lines()
                     .filter_map(|l| l.strip_prefix("data:"))
                     .map(|d| serde_json::from_str(d.trim()))
-                    .last()
+                    .next_back()
                     .unwrap_or(Ok(Value::Null))
             })
             .unwrap_or(Value::Null);
