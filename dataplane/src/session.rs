@@ -353,6 +353,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn list_gives_one_owners_sessions_newest_use_first() {
+        let store = MemorySessionStore::new(Duration::from_secs(60));
+        let mut ids = Vec::new();
+        for user in ["alice", "bob", "alice"] {
+            let s = Session::new(fp(user), Scope::Aggregated, "2025-06-18".into());
+            ids.push(s.id.clone());
+            store.create(s).await.unwrap();
+        }
+        store.touch(&ids[0]).await.unwrap();
+        let alice: Vec<String> = store
+            .list(Some(&fp("alice")), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        assert_eq!(alice, [ids[0].clone(), ids[2].clone()]);
+        assert_eq!(store.list(None, 10).await.unwrap().len(), 3);
+        assert_eq!(store.list(None, 1).await.unwrap().len(), 1);
+        assert!(store.list(Some(&fp("carol")), 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn idle_sessions_expire() {
         let store = MemorySessionStore::new(Duration::from_millis(20));
         let s = Session::new(fp("bob"), Scope::Aggregated, "2025-06-18".into());
