@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use reflow_dataplane::postgres::Database;
 use reflow_e2e::harness::TestPostgres;
+use reflow_e2e::harness::browser::{Browser, chromium_path};
 use secrecy::SecretString;
 
 mod console_support;
-use console_support::{ADMIN_GROUP, ConsoleGw, Options, Web, token};
+use console_support::{ADMIN_GROUP, ConsoleGw, Options, Web, screenshot_path, token};
 
 const ROWS: i64 = 10_000;
 const BUDGET: Duration = Duration::from_millis(200);
@@ -118,4 +119,60 @@ fn pages_load_fast_with_10k_audit_rows_and_stay_per_user() {
             assert!(median < BUDGET, "{path}: median {median:?} over {BUDGET:?}");
         }
     });
+    browser_loads(&gw);
+}
+
+/// The same pages in chromium, logged in with a pasted token: the browser's own navigation
+/// timing (request start to the load event, CSS and JavaScript included), median of 5.
+fn browser_loads(gw: &ConsoleGw) {
+    if let Err(why) = chromium_path() {
+        eprintln!("skipping the browser timings: {why}");
+        return;
+    }
+    let mut b = Browser::launch().expect("chromium");
+    for (user, groups, pages) in [
+        (
+            "alice",
+            &[][..],
+            &["/console/me", "/console/activity", "/console/sessions"][..],
+        ),
+        ("root", &[ADMIN_GROUP][..], &["/console/admin"][..]),
+    ] {
+        b.new_context().expect("context");
+        b.goto(&gw.url("/console/login")).expect("login page");
+        b.fill("#token", &token(user, groups)).expect("token");
+        b.click("#token-login").expect("sign in");
+        b.wait_for_text("What you may use", Duration::from_secs(15))
+            .expect("signed in with the token");
+        for path in pages {
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let nav = b.goto(&gw.url(path)).expect("page");
+                assert_eq!(nav.status, Some(200), "{path}");
+                let ms = b
+                    .eval(
+                        "(() => { const n = performance.getEntriesByType('navigation')[0]; \
+                         return n.loadEventEnd - n.requestStart; })()",
+                    )
+                    .expect("timing")
+                    .as_f64()
+                    .expect("a number");
+                times.push(ms);
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            eprintln!(
+                "chromium load  {path:<20} median {median:>6.1} ms  max {:>6.1} ms",
+                times[times.len() - 1]
+            );
+            assert!(
+                median < BUDGET.as_secs_f64() * 1000.0,
+                "{path}: {median} ms in chromium"
+            );
+        }
+        if user == "root" {
+            b.screenshot(&screenshot_path("admin-10k-rows"))
+                .expect("screenshot");
+        }
+    }
 }
