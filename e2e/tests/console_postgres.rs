@@ -176,3 +176,65 @@ fn browser_loads(gw: &ConsoleGw) {
         }
     }
 }
+
+/// Reads `resp` (an SSE stream) until a chunk contains `needle` or `within` passes.
+async fn sse_shows(resp: &mut reqwest::Response, needle: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, resp.chunk()).await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn the_live_view_shows_calls_served_by_another_replica() {
+    let pg = TestPostgres::start().expect("postgres starts");
+    let url = pg.create_database("console_live").expect("database");
+    let start = || {
+        ConsoleGw::start(
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+            Options {
+                oidc_issuer: None,
+                database_url: Some(url.clone()),
+            },
+        )
+    };
+    let (watched, other) = (start(), start());
+    watched.block_on(async {
+        let mut admin = Web::new(&watched);
+        assert_eq!(admin.token_login(&token("root", &[ADMIN_GROUP])).await, 303);
+        let cookie = format!(
+            "reflow_console={}",
+            admin.cookie("reflow_console").expect("cookie")
+        );
+        let mut live = admin
+            .http
+            .get(watched.url("/console/admin/live"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("live stream");
+        assert_eq!(live.status(), 200);
+        // A call served by the other replica only.
+        let mut client =
+            console_support::Mcp::new(&other, token("carol-elsewhere", &[ADMIN_GROUP]));
+        client.open("elsewhere").await;
+        let (status, body) = client
+            .call("tools_echo", serde_json::json!({"text": "x"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let called = Instant::now();
+        assert!(
+            sse_shows(&mut live, "carol-elsewhere", Duration::from_secs(2)).await,
+            "the other replica's call reaches this replica's live view within 2 s"
+        );
+        eprintln!(
+            "another replica's call reached the live view after {:?}",
+            called.elapsed()
+        );
+    });
+}

@@ -8,6 +8,7 @@ mod connections;
 mod error;
 mod guard;
 mod html;
+mod live;
 mod login;
 mod logins;
 mod oidc;

@@ -3,18 +3,14 @@
 //! A non-admin gets 404 for all of it.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::audit_read::{self, Filter};
 use super::html::{esc, sparkline};
@@ -147,17 +143,7 @@ pub async fn live(State(console): State<Arc<Console>>, headers: HeaderMap) -> Re
         Err(e) => return e.into_response(),
     };
     tracing::debug!(user = %login.identity.user, "console: live stream");
-    let events = BroadcastStream::new(console.parts.tap.subscribe()).map(|item| {
-        Ok::<_, Infallible>(match item {
-            Ok(e) => Event::default()
-                .event("audit")
-                .data(serde_json::to_string(&*e).unwrap_or_default()),
-            Err(BroadcastStreamRecvError::Lagged(n)) => {
-                Event::default().event("lagged").data(n.to_string())
-            }
-        })
-    });
-    Sse::new(events)
+    Sse::new(super::live::stream(console))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }

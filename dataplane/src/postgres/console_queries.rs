@@ -1,5 +1,5 @@
-//! The web console's reads: one audit event by id, per-Target per-minute figures for the
-//! health charts, and the ids of live sessions (one owner's, or everyone's).
+//! The web console's reads: one audit event by id, the last seconds of events (live view across
+//! replicas), per-Target per-minute figures for the charts, and the ids of live sessions.
 
 use serde::Serialize;
 
@@ -17,20 +17,23 @@ pub struct MinuteStats {
     pub p99_ms: f64,
 }
 
-pub async fn audit_event_by_id(
-    db: &Database,
-    id: &uuid::Uuid,
-) -> Result<Option<AuditRow>, PgError> {
+/// Every event of the last `seconds` (for the console's live stream across replicas), oldest first.
+pub async fn audit_events_since(db: &Database, seconds: f64) -> Result<Vec<AuditRow>, PgError> {
     let client = db.client().await?;
     let stmt = client
         .prepare_cached(
             "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
                     target, name, decision, policy, outcome, duration_ms, trace_id
-             FROM reflow_audit_events WHERE id = $1",
+             FROM reflow_audit_events WHERE time > now() - make_interval(secs => $1)
+             ORDER BY time LIMIT 5000",
         )
         .await?;
-    let row = client.query_opt(&stmt, &[id]).await?;
-    Ok(row.map(|r| AuditRow {
+    let rows = client.query(&stmt, &[&seconds]).await?;
+    Ok(rows.iter().map(row).collect())
+}
+
+fn row(r: &tokio_postgres::Row) -> AuditRow {
+    AuditRow {
         id: r.get(0),
         time_ms: r.get(1),
         user: r.get(2),
@@ -43,7 +46,22 @@ pub async fn audit_event_by_id(
         outcome: r.get(9),
         duration_ms: r.get(10),
         trace_id: r.get(11),
-    }))
+    }
+}
+
+pub async fn audit_event_by_id(
+    db: &Database,
+    id: &uuid::Uuid,
+) -> Result<Option<AuditRow>, PgError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
+                    target, name, decision, policy, outcome, duration_ms, trace_id
+             FROM reflow_audit_events WHERE id = $1",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[id]).await?.as_ref().map(row))
 }
 
 /// Calls per Target and minute over the last `minutes` (denials are not errors of the Target).
