@@ -68,6 +68,7 @@ cat <<INFO
   Reflow (local)  gateway $URL  ->  fixture http://$FIXTURE_ADDR/mcp (pid $FIXTURE_PID)
   Manifests: $MANIFESTS (edits apply live)   Config: $CONFIG
   Audit:     tail -f $STATE/audit.jsonl       Fixture log: $STATE/fixture.log
+  Console:   http://$LISTEN/console  (sign in by pasting the dev token below)
 
   Dev token for user "$USER_NAME", group "developers" (8h; mint more with:
     $GATEWAY token --config $CONFIG --user NAME --group developers):

@@ -131,6 +131,16 @@ annotations of both Deployments see the same values.
 {{- $_ := set $identity "signingKeyFile" "/etc/reflow/secrets/identity-signing-key" -}}
 {{- end -}}
 {{- $_ := set $gateway "identityTokens" $identity -}}
+{{- if .Values.console.enabled -}}
+{{- $console := dict "enabled" true "admins" .Values.console.admins "secureCookies" .Values.console.secureCookies -}}
+{{- if .Values.console.oidc -}}
+{{- $_ := set $console "oidc" .Values.console.oidc -}}
+{{- end -}}
+{{- if .Values.console.sessionSeconds -}}
+{{- $_ := set $console "sessionSeconds" .Values.console.sessionSeconds -}}
+{{- end -}}
+{{- $_ := set $gateway "console" $console -}}
+{{- end -}}
 {{- $config := dict "gateway" $gateway "sealingKeyFile" "/etc/reflow/secrets/sealing-key" -}}
 {{- if .Values.auth.issuers -}}
 {{- $auth := deepCopy .Values.auth.settings -}}

@@ -12,7 +12,8 @@
 //!    (one STDIO server over HTTP).
 //! 3. **mcp**: `mcp` (the transport-agnostic MCP router: dispatch, relay, server-to-client
 //!    calls, subscriptions, log fan-out, list cache, list_changed, pins, rate limits, parked
-//!    calls, cross-replica delivery), `limits` (per-user and global quotas) and `metrics`
+//!    calls, cross-replica delivery), `limits` (per-user and global quotas), `console` (the web console at
+//!    `/console`) and `metrics`
 //!    (which reads every lower layer's counters).
 //! 4. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
 //!    and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod authn;
 pub mod bridge;
 pub mod config;
+pub mod console;
 pub mod controller_client;
 pub mod era;
 #[doc(hidden)]

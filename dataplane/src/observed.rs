@@ -38,6 +38,16 @@ impl Default for Observations {
     }
 }
 
+/// One Target as this dataplane last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealth {
+    pub reachable: bool,
+    /// The last failure (cleaned of credentials), while unreachable.
+    pub error: Option<String>,
+    /// Upstream tool names of the last good tools/list.
+    pub tools: Option<Vec<String>>,
+}
+
 /// What a recorded list changed, for the pin checks and `list_changed`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ListChange {
@@ -125,6 +135,17 @@ impl Observations {
         let map = self.lock();
         let tools = map.get(&(ns.to_owned(), name.to_owned()))?.tools.as_ref()?;
         Some(tools.get(tool).cloned())
+    }
+
+    /// What was last seen of one Target (the web console's health view); `None` before any list.
+    pub fn health(&self, ns: &str, name: &str) -> Option<TargetHealth> {
+        let map = self.lock();
+        let e = map.get(&(ns.to_owned(), name.to_owned()))?;
+        Some(TargetHealth {
+            reachable: e.reachable,
+            error: e.error.clone(),
+            tools: e.tools.as_ref().map(|t| t.keys().cloned().collect()),
+        })
     }
 
     /// The report for the Targets of `snapshot` (others are dropped here too).

@@ -148,6 +148,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn on_expire(&self, hook: ExpiryHook) {
         let _ = hook;
     }
+
+    /// Live sessions, most recently used first, at most `limit`: `owner`'s, or everyone's
+    /// with `None` (the web console). A store that cannot list answers none.
+    fn list<'a>(
+        &'a self,
+        owner: Option<&'a Fingerprint>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Session>>, SessionError>> {
+        let _ = (owner, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 struct Entry {
@@ -288,6 +299,23 @@ impl SessionStore for MemorySessionStore {
             .unwrap_or_else(|p| p.into_inner())
             .push(hook);
     }
+
+    fn list<'a>(
+        &'a self,
+        owner: Option<&'a Fingerprint>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Session>>, SessionError>> {
+        let mut found: Vec<(Instant, Arc<Session>)> = self
+            .lock()
+            .values()
+            .filter(|e| e.last_used.elapsed() < self.idle)
+            .filter(|e| owner.is_none_or(|o| &e.session.owner == o))
+            .map(|e| (e.last_used, e.session.clone()))
+            .collect();
+        found.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+        found.truncate(limit);
+        Box::pin(async move { Ok(found.into_iter().map(|(_, s)| s).collect()) })
+    }
 }
 
 /// Live sessions of `owner` among `sessions` (what a store counts per user for the limits).
@@ -322,6 +350,29 @@ mod tests {
         );
         assert!(store.delete(&id).await.unwrap());
         assert!(store.get(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn list_gives_one_owners_sessions_newest_use_first() {
+        let store = MemorySessionStore::new(Duration::from_secs(60));
+        let mut ids = Vec::new();
+        for user in ["alice", "bob", "alice"] {
+            let s = Session::new(fp(user), Scope::Aggregated, "2025-06-18".into());
+            ids.push(s.id.clone());
+            store.create(s).await.unwrap();
+        }
+        store.touch(&ids[0]).await.unwrap();
+        let alice: Vec<String> = store
+            .list(Some(&fp("alice")), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        assert_eq!(alice, [ids[0].clone(), ids[2].clone()]);
+        assert_eq!(store.list(None, 10).await.unwrap().len(), 3);
+        assert_eq!(store.list(None, 1).await.unwrap().len(), 1);
+        assert!(store.list(Some(&fp("carol")), 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&[&str]; 5] = [
     &["app", "config"],
     &["http", "bridge"],
-    &["mcp", "limits", "metrics"],
+    &["mcp", "console", "limits", "metrics"],
     &["upstream", "fuzzing"],
     &[
         "auth",

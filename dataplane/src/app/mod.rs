@@ -14,6 +14,7 @@ use reflow_crds::SealingKey;
 
 use crate::audit::AuditSink;
 use crate::authn::Authenticate;
+use crate::console::{self, Console};
 use crate::http::{self, PeerAddr};
 use crate::mcp::{self, Gateway, GatewayConfig, GatewayError};
 use crate::metrics::Metrics;
@@ -48,6 +49,28 @@ pub struct AppConfig {
     pub observed: Arc<crate::observed::Observations>,
     /// The controller link (controller mode): its state is in `/metrics` and, opt-in, `/readyz`.
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    /// The web console's extra parts (used only when `gateway.console.enabled`).
+    pub console: ConsoleWiring,
+}
+
+/// What the web console reads besides the gateway's own parts.
+pub struct ConsoleWiring {
+    /// Audit is read from Postgres when set (else from an in-memory ring of recent events).
+    pub database: Option<crate::postgres::Database>,
+    /// The user's upstream connections (bring-your-own credentials); none by default.
+    pub connections: Arc<dyn console::Connections>,
+    /// This dataplane's name on the admin page.
+    pub dataplane: String,
+}
+
+impl Default for ConsoleWiring {
+    fn default() -> Self {
+        Self {
+            database: None,
+            connections: Arc::new(console::NoConnections),
+            dataplane: "this dataplane".to_owned(),
+        }
+    }
 }
 
 impl AppConfig {
@@ -72,6 +95,7 @@ impl AppConfig {
             instances: None,
             observed: Arc::default(),
             controller_link: None,
+            console: ConsoleWiring::default(),
         }
     }
 
@@ -90,18 +114,31 @@ impl AppConfig {
 #[derive(Clone)]
 pub struct App {
     gateway: Arc<Gateway>,
+    console: Option<Arc<Console>>,
 }
 
 impl App {
     /// Builds the gateway with every part in place (must run inside a tokio runtime: the
     /// snapshot follower, the stream sweeper and the bus tasks are spawned here).
     pub fn build(config: AppConfig) -> Result<Self, GatewayError> {
+        let console_config = config.gateway.console.clone();
+        // With the console on, every audit event also passes its tap (ring + live stream).
+        let tap = console_config.enabled.then(|| {
+            console::AuditTap::new(
+                config.audit.clone(),
+                console_config.ring_capacity.unwrap_or(10_000),
+            )
+        });
+        let audit: Arc<dyn AuditSink> = match &tap {
+            Some(tap) => tap.clone(),
+            None => config.audit,
+        };
         let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
             sessions: config.sessions,
             auth: config.auth,
-            audit: config.audit,
+            audit,
             metrics: config.metrics,
             key: config.key,
             bus: config.bus,
@@ -109,7 +146,16 @@ impl App {
             observed: config.observed,
             controller_link: config.controller_link,
         })?;
-        Ok(Self { gateway })
+        let console = match tap {
+            Some(tap) => Some(build_console(
+                &gateway,
+                console_config,
+                tap,
+                config.console,
+            )?),
+            None => None,
+        };
+        Ok(Self { gateway, console })
     }
 
     /// The gateway itself (its stores, metrics, STDIO pool), for inspection.
@@ -119,16 +165,57 @@ impl App {
 
     /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Router {
-        http::router(self.gateway.clone())
+        let router = http::router(self.gateway.clone());
+        match &self.console {
+            Some(c) => router.merge(console::router(c.clone())),
+            None => router,
+        }
     }
 
     /// The router with each connection's peer address, as the binary serves it.
     pub fn service(&self) -> IntoMakeServiceWithConnectInfo<Router, PeerAddr> {
-        http::service(self.gateway.clone())
+        self.router()
+            .into_make_service_with_connect_info::<PeerAddr>()
     }
 
     /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).
     pub async fn shutdown(&self) {
         self.gateway.shutdown().await;
     }
+}
+
+/// The console over the built gateway: ending a session from it is what `DELETE /mcp` does.
+fn build_console(
+    gw: &Arc<Gateway>,
+    config: console::ConsoleConfig,
+    tap: Arc<console::AuditTap>,
+    wiring: ConsoleWiring,
+) -> Result<Arc<Console>, GatewayError> {
+    let weak = Arc::downgrade(gw);
+    let end_session: console::EndSession = Arc::new(move |id: String| {
+        let weak = weak.clone();
+        Box::pin(async move {
+            let Some(gw) = weak.upgrade() else {
+                return false;
+            };
+            let deleted = gw.sessions.delete(&id).await.unwrap_or(false);
+            gw.close_session_links(&id);
+            deleted
+        })
+    });
+    let parts = console::ConsoleParts {
+        secure_cookies: gw.config.tls.is_some() || gw.config.console.secure_cookies,
+        allowed_hosts: gw.config.allowed_hosts.clone(),
+        config,
+        auth: gw.auth.clone(),
+        sessions: gw.sessions.clone(),
+        snapshots: gw.snapshots.clone(),
+        observed: gw.observed.clone(),
+        tap,
+        database: wiring.database,
+        end_session,
+        connections: wiring.connections,
+        dataplane: wiring.dataplane,
+    };
+    Ok(Console::new(parts)?)
 }

@@ -75,6 +75,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     app_config.instances = controller_instances(&opts)?;
     app_config.observed = observed;
     app_config.controller_link = link;
+    app_config.console.database = stores.database.clone();
+    if let Some(name) = opts
+        .dataplane_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+    {
+        app_config.console.dataplane = name;
+    }
     let app = App::build(app_config)?;
 
     let listener = tokio::net::TcpListener::bind(&opts.listen)

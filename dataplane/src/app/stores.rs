@@ -21,6 +21,8 @@ pub struct Stores {
     pub pg_audit: Option<Arc<postgres::PgAuditSink>>,
     /// Only with a database: one replica needs no bus (its own streams are all there is).
     pub bus: Option<Arc<dyn postgres::NotificationBus>>,
+    /// The database itself, when configured (the web console reads audit and sessions there).
+    pub database: Option<postgres::Database>,
 }
 
 /// Opens the stores the configuration names (migrating the database first).
@@ -41,12 +43,14 @@ pub async fn stores(config: &Config, key: &SealingKey) -> Result<Stores, AppErro
         None => None,
     };
     let (audit, pg_audit) = audit_sink(config, db.as_ref())?;
+    let database = db.clone();
     let (sessions, bus) = session_store(db, key, idle);
     Ok(Stores {
         sessions,
         audit,
         pg_audit,
         bus,
+        database,
     })
 }
 

@@ -79,6 +79,8 @@ pub struct GatewayConfig {
     pub sse_keepalive_ms: u64,
     /// Sessions and requests in flight per user and in total (`limits`).
     pub limits: crate::limits::LimitsConfig,
+    /// The web console at `/console` (off by default).
+    pub console: crate::console::ConsoleConfig,
 }
 
 impl Default for GatewayConfig {
@@ -99,6 +101,7 @@ impl Default for GatewayConfig {
             instances: InstancesConfig::default(),
             sse_keepalive_ms: 15_000,
             limits: crate::limits::LimitsConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }
@@ -109,6 +112,8 @@ pub enum GatewayError {
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
     IdentityTokens(#[from] IdentityTokenError),
+    #[error("console: {0}")]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 impl GatewayError {
@@ -116,6 +121,7 @@ impl GatewayError {
         match self {
             Self::Upstream(e) => e.label(),
             Self::IdentityTokens(_) => "identity_tokens",
+            Self::Console(e) => e.label(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod audit;
 mod bus;
+mod console_queries;
 mod migrations;
 mod query;
 mod sessions;
@@ -20,6 +21,9 @@ use tokio_postgres::NoTls;
 
 pub use audit::{AuditSettings, FailurePolicy, PgAuditSink, SPILL_FILE};
 pub use bus::{BusError, BusMessage, LocalBus, NotificationBus, PgBus};
+pub use console_queries::{
+    MinuteStats, audit_event_by_id, audit_events_since, live_session_ids, minute_stats,
+};
 pub use migrations::{MIGRATIONS, migrate};
 pub use query::{AuditFilter, AuditRow, purge_expired_audit, query_audit};
 pub use sessions::{PgSessionStore, SessionSettings};

@@ -636,6 +636,27 @@ impl SessionStore for PgSessionStore {
     fn on_expire(&self, hook: ExpiryHook) {
         lock(&self.hooks).push(hook);
     }
+
+    fn list<'a>(
+        &'a self,
+        owner: Option<&'a Fingerprint>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Session>>, SessionError>> {
+        Box::pin(async move {
+            let owner = owner.map(Fingerprint::to_hex);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let ids = super::live_session_ids(&self.db, owner.as_deref(), limit)
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(s) = self.lookup(&id, false).await? {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+    }
 }
 
 #[cfg(test)]

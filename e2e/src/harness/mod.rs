@@ -2,6 +2,7 @@
 //! clients, bounded and on loopback; the cached, concurrency-safe installs (Python venv, npm
 //! packages, helm/kubectl/lua) those peers need.
 
+pub mod browser;
 pub mod byte_relay;
 pub mod cache;
 pub mod conformance;
@@ -19,6 +20,7 @@ pub mod manifests;
 pub mod mcp_remote;
 pub mod net;
 pub mod node;
+pub mod oidc;
 pub mod otlp;
 pub mod paths;
 pub mod postgres;

@@ -1,0 +1,149 @@
+//! What an admin sees: this dataplane's snapshot, every Target's health with small charts,
+//! everyone's activity as a live stream, denials with their Policies, sessions per user.
+//! A non-admin gets 404 for all of it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+
+use super::audit_read::{self, Filter};
+use super::html::{esc, sparkline};
+use super::pages_user::{render, rows_table};
+use super::stats::{self, WINDOW_MINUTES};
+use super::{Console, ConsoleError, guard};
+use crate::audit::now_ms;
+
+pub async fn admin(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    render(console, headers, "Admin", |c, login| async move {
+        if !login.admin {
+            return Err(ConsoleError::NotFound);
+        }
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let mut out = dataplane_section(&c);
+        out.push_str(&targets_section(&c, now).await?);
+        let live = audit_read::recent(
+            &c,
+            &Filter {
+                limit: 50,
+                ..Filter::default()
+            },
+        )
+        .await?;
+        out.push_str(
+            "<h2>Live activity <span id=\"live-state\" class=\"muted\">connecting…</span></h2>\
+             <div id=\"live\" data-src=\"/console/admin/live\">",
+        );
+        out.push_str(&rows_table(&live, true));
+        out.push_str("</div>");
+        let denials = audit_read::recent(
+            &c,
+            &Filter {
+                decision: Some("deny".into()),
+                limit: 50,
+                ..Filter::default()
+            },
+        )
+        .await?;
+        out.push_str("<h2>Recent denials</h2>");
+        out.push_str(&rows_table(&denials, true));
+        out.push_str(&sessions_section(&c).await);
+        Ok(out)
+    })
+    .await
+}
+
+fn dataplane_section(c: &Console) -> String {
+    let snap = c.parts.snapshots.load();
+    format!(
+        "<h1>Admin</h1><h2>Dataplanes</h2><table class=\"dataplanes\"><thead><tr><th>Dataplane</th>\
+         <th>Snapshot version</th><th>Hash</th><th>Targets</th></tr></thead><tbody><tr><td>{}</td>\
+         <td class=\"version\">{}</td><td><code>{}</code></td><td>{}</td></tr></tbody></table>",
+        esc(&c.parts.dataplane),
+        snap.version(),
+        esc(snap.hash().get(..16).unwrap_or(snap.hash())),
+        snap.targets().len()
+    )
+}
+
+async fn targets_section(c: &Console, now: i64) -> Result<String, ConsoleError> {
+    let series = stats::load(c, now).await?;
+    let snap = c.parts.snapshots.load();
+    let mut out = format!(
+        "<h2>Targets</h2><table class=\"targets\"><thead><tr><th>Target</th><th>Transport</th>\
+         <th>Reachable</th><th>Last error</th><th>Tools</th><th>p50 ms ({WINDOW_MINUTES} min)</th>\
+         <th>p99 ms</th><th>Error rate</th><th>Calls/min</th></tr></thead><tbody>"
+    );
+    let empty = stats::Series::default();
+    for t in snap.targets() {
+        let key = t.key();
+        let h = c.parts.observed.health(&t.namespace, &t.name);
+        let (reach, error, tools) = match &h {
+            Some(h) => (
+                if h.reachable { "yes" } else { "no" },
+                h.error.clone().unwrap_or_default(),
+                h.tools
+                    .as_ref()
+                    .map_or("-".to_owned(), |t| t.len().to_string()),
+            ),
+            None => ("not contacted yet", String::new(), "-".to_owned()),
+        };
+        let s = series.get(&key).unwrap_or(&empty);
+        let _ = write!(
+            out,
+            "<tr data-target=\"{k}\"><td>{k}</td><td>{}</td><td class=\"reach-{reach_class}\">{reach}</td>\
+             <td class=\"error\">{}</td><td>{tools}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            t.upstream.transport_name(),
+            esc(&error),
+            sparkline(&s.p50, "p50 latency, ms"),
+            sparkline(&s.p99, "p99 latency, ms"),
+            sparkline(&s.error_rate, "error rate"),
+            sparkline(&s.calls, "calls per minute"),
+            k = esc(&key),
+            reach_class = if reach == "yes" { "ok" } else { "bad" },
+        );
+    }
+    out.push_str("</tbody></table>");
+    Ok(out)
+}
+
+async fn sessions_section(c: &Console) -> String {
+    let list = c.parts.sessions.list(None, 5000).await.unwrap_or_default();
+    let mut per_user: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &list {
+        let user = s.claims.as_ref().map_or_else(
+            || format!("owner {}", &s.owner.to_hex()[..12]),
+            |c| c.user.to_string(),
+        );
+        *per_user.entry(user).or_default() += 1;
+    }
+    let mut out = String::from(
+        "<h2>Sessions per user</h2><table class=\"per-user\"><thead><tr><th>User</th><th>Live sessions</th></tr></thead><tbody>",
+    );
+    for (user, n) in &per_user {
+        let _ = write!(out, "<tr><td>{}</td><td>{n}</td></tr>", esc(user));
+    }
+    if per_user.is_empty() {
+        out.push_str("<tr><td colspan=\"2\" class=\"muted\">No live sessions.</td></tr>");
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// Everyone's audit events as Server-Sent Events, as they are recorded (admins only).
+pub async fn live(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let login = match guard::login(&console, &headers) {
+        Ok((_, l)) if l.admin => l,
+        Ok(_) => return ConsoleError::NotFound.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    tracing::debug!(user = %login.identity.user, "console: live stream");
+    Sse::new(super::live::stream(console))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

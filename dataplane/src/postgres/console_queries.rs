@@ -1,0 +1,111 @@
+//! The web console's reads: one audit event by id, the last seconds of events (live view across
+//! replicas), per-Target per-minute figures for the charts, and the ids of live sessions.
+
+use serde::Serialize;
+
+use super::{AuditRow, Database, PgError};
+
+/// One Target's calls in one minute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinuteStats {
+    pub target: String,
+    /// Start of the minute, milliseconds since the epoch.
+    pub minute_ms: i64,
+    pub calls: i64,
+    pub errors: i64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Every event of the last `seconds` (for the console's live stream across replicas), oldest first.
+pub async fn audit_events_since(db: &Database, seconds: f64) -> Result<Vec<AuditRow>, PgError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
+                    target, name, decision, policy, outcome, duration_ms, trace_id
+             FROM reflow_audit_events WHERE time > now() - make_interval(secs => $1)
+             ORDER BY time LIMIT 5000",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&seconds]).await?;
+    Ok(rows.iter().map(row).collect())
+}
+
+fn row(r: &tokio_postgres::Row) -> AuditRow {
+    AuditRow {
+        id: r.get(0),
+        time_ms: r.get(1),
+        user: r.get(2),
+        session: r.get(3),
+        method: r.get(4),
+        target: r.get(5),
+        name: r.get(6),
+        decision: r.get(7),
+        policy: r.get(8),
+        outcome: r.get(9),
+        duration_ms: r.get(10),
+        trace_id: r.get(11),
+    }
+}
+
+pub async fn audit_event_by_id(
+    db: &Database,
+    id: &uuid::Uuid,
+) -> Result<Option<AuditRow>, PgError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
+                    target, name, decision, policy, outcome, duration_ms, trace_id
+             FROM reflow_audit_events WHERE id = $1",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[id]).await?.as_ref().map(row))
+}
+
+/// Calls per Target and minute over the last `minutes` (denials are not errors of the Target).
+pub async fn minute_stats(db: &Database, minutes: i32) -> Result<Vec<MinuteStats>, PgError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT target, (extract(epoch FROM date_trunc('minute', time)) * 1000)::int8 AS m,
+                    count(*), count(*) FILTER (WHERE outcome <> 'ok' AND decision IS DISTINCT FROM 'deny'),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms)
+             FROM reflow_audit_events
+             WHERE time >= now() - make_interval(mins => $1) AND target IS NOT NULL
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&minutes]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| MinuteStats {
+            target: r.get(0),
+            minute_ms: r.get(1),
+            calls: r.get(2),
+            errors: r.get(3),
+            p50_ms: r.get(4),
+            p99_ms: r.get(5),
+        })
+        .collect())
+}
+
+/// Ids of live sessions, most recently used first: `owner`'s (fingerprint hex) or everyone's.
+pub async fn live_session_ids(
+    db: &Database,
+    owner: Option<&str>,
+    limit: i64,
+) -> Result<Vec<String>, PgError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id FROM reflow_sessions
+             WHERE expires_at > now() AND ($1::text IS NULL OR owner = $1)
+             ORDER BY updated_at DESC LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&owner, &limit]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
