@@ -35,6 +35,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Timers on every wait for a peer (`listener::Timeouts`).
     pub timeouts: super::listener::Timeouts,
+    /// Serve thread-per-core (`percore`): one single-threaded runtime, `SO_REUSEPORT` listener
+    /// and upstream pool per CPU, instead of one multi-thread runtime.
+    pub thread_per_core: bool,
 }
 
 impl Default for HttpConfig {
@@ -47,6 +50,7 @@ impl Default for HttpConfig {
             max_concurrent_requests: 4096,
             max_connections: 10_000,
             timeouts: super::listener::Timeouts::default(),
+            thread_per_core: false,
         }
     }
 }

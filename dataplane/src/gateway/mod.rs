@@ -19,6 +19,7 @@ pub mod listener;
 mod log_fanout;
 mod mrtr;
 pub mod net;
+pub mod percore;
 mod pins;
 mod preamble;
 mod proxy;
