@@ -38,7 +38,8 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditSink, JsonLinesSink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, mint_dev_token};
-use reflow_dataplane::gateway::{GatewayConfig, LimitedListener, listener, percore};
+use reflow_dataplane::http::{LimitedListener, listener, percore};
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, SnapshotStore};
 use reflow_e2e::harness::load::{self, McpSession, Percentiles, Tally, Throughput};
@@ -369,7 +370,7 @@ struct GatewayThread {
 /// Where the gateway and the two reference proxies listen.
 struct Listening {
     gateway: SocketAddr,
-    /// The same gateway served thread-per-core (`gateway::percore`).
+    /// The same gateway served thread-per-core (`http::percore`).
     percore: SocketAddr,
     passthrough: SocketAddr,
     relay: SocketAddr,

@@ -17,7 +17,8 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditEvent, AuditSink, MemorySink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
-use reflow_dataplane::gateway::{Gateway, GatewayConfig, listener, percore};
+use reflow_dataplane::http::{listener, percore};
+use reflow_dataplane::mcp::{Gateway, GatewayConfig};
 use reflow_dataplane::postgres::NotificationBus;
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_dataplane::source::{self, SnapshotStore};
@@ -369,7 +370,7 @@ impl TestGateway {
             .map_err(|e| other("gateway address")(&e))?;
         let mut per_core = None;
         let server = if serve_per_core() {
-            // The whole suite can run against the thread-per-core server (`gateway::percore`).
+            // The whole suite can run against the thread-per-core server (`http::percore`).
             drop(listener);
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let options = listener::ServeOptions {

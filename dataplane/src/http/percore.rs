@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::gateway::listener::{self, ServeOptions};
-use crate::gateway::{LimitedListener, TlsConfig, TlsListener};
+use crate::http::listener::{self, ServeOptions};
+use crate::http::{LimitedListener, TlsConfig, TlsListener};
 use crate::upstream::pools;
 
 /// The serving threads; [`PerCore::join`] waits for them after `stop` turned true.
