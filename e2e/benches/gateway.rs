@@ -47,6 +47,19 @@ use reflow_e2e::harness::{FixtureProcess, byte_relay};
 use serde_json::json;
 use tokio::sync::oneshot;
 
+/// The allocator profile: `--features mimalloc` puts the whole bench process (gateway included)
+/// on mimalloc; `make bench` runs the gateway paths once with it, beside the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which allocator this bench process runs on (printed with the figures).
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system (glibc)"
+};
+
 /// DESIGN.md §7 budgets.
 const BUDGET_ADDED_P50_US: f64 = 100.0;
 const BUDGET_THROUGHPUT_RATIO: f64 = 0.50;
@@ -61,7 +74,7 @@ const ECHO_TEXT: &str = "bench";
 
 /// The gateway paths, each one profile of the same in-process gateway (same App, same Target,
 /// same auth, policy and audit), judged against the budgets side by side.
-const GATEWAY_PROFILES: [(&str, &str); 2] = [
+const GATEWAY_PROFILES: [(&str, &str); 3] = [
     (
         "gateway",
         "the default: multi-thread runtime, served like the binary (listener::serve)",
@@ -69,6 +82,10 @@ const GATEWAY_PROFILES: [(&str, &str); 2] = [
     (
         "gw-percore",
         "thread-per-core: one current-thread runtime, SO_REUSEPORT listener and upstream pool per CPU",
+    ),
+    (
+        "gw-percore-h1",
+        "thread-per-core, upstream POSTs on hyper's HTTP/1 client directly (per-thread connections)",
     ),
 ];
 
@@ -258,6 +275,12 @@ fn run(plan: &Plan) -> BenchResult<Report> {
             tool: format!("{TARGET}_echo"),
         },
         Path {
+            name: "gw-percore-h1",
+            url: format!("http://{}/mcp", gw.percore_h1),
+            token: Some(token.clone()),
+            tool: format!("{TARGET}_echo"),
+        },
+        Path {
             name: "gateway-stdio",
             url: format!("http://{}/mcp", gw.addr),
             token: Some(token),
@@ -360,6 +383,7 @@ impl Drop for RemoveOnDrop {
 struct GatewayThread {
     addr: SocketAddr,
     percore: SocketAddr,
+    percore_h1: SocketAddr,
     passthrough: SocketAddr,
     relay: SocketAddr,
     audit: Arc<JsonLinesSink>,
@@ -372,6 +396,8 @@ struct Listening {
     gateway: SocketAddr,
     /// The same gateway served thread-per-core (`http::percore`).
     percore: SocketAddr,
+    /// ... and with hyper's HTTP/1 client directly to the upstream (`upstream::h1`).
+    percore_h1: SocketAddr,
     passthrough: SocketAddr,
     relay: SocketAddr,
     audit: Arc<JsonLinesSink>,
@@ -418,6 +444,7 @@ impl GatewayThread {
             Ok(Ok(l)) => Ok(Self {
                 addr: l.gateway,
                 percore: l.percore,
+                percore_h1: l.percore_h1,
                 passthrough: l.passthrough,
                 relay: l.relay,
                 audit: l.audit,
@@ -503,14 +530,18 @@ async fn serve_gateway(
             max_connections: config_http.max_connections,
             metrics: Some(gw.gateway().metrics.clone()),
         };
-        let percore = percore::serve(
-            ("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?, None),
-            percore::default_cores(),
-            gw.router(),
-            options.clone(),
-            stop_cores.clone(),
-        )
-        .map_err(|e| format!("per-core listen: {e}"))?;
+        let start_cores = |direct_upstream| {
+            percore::serve(
+                (SocketAddr::from(([127, 0, 0, 1], 0)), None),
+                percore::Cores::all(direct_upstream),
+                gw.router(),
+                options.clone(),
+                stop_cores.clone(),
+            )
+            .map_err(|e| format!("per-core listen: {e}"))
+        };
+        let percore = start_cores(false)?;
+        let percore_h1 = start_cores(true)?;
         let bare = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("pass-through listen: {e}"))?;
@@ -536,14 +567,15 @@ async fn serve_gateway(
         let listening = Listening {
             gateway: addr,
             percore: percore.addr,
+            percore_h1: percore_h1.addr,
             passthrough: bare_addr,
             relay: relay_addr,
             audit,
         };
-        Ok((listener, listening, gw, options, percore))
+        Ok((listener, listening, gw, options, [percore, percore_h1]))
     }
     .await;
-    let (listener, listening, gw, options, percore) = match built {
+    let (listener, listening, gw, options, cores) = match built {
         Ok(parts) => parts,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -559,7 +591,7 @@ async fn serve_gateway(
     listener::serve(listener, gw.router(), options, stopped).await;
     let _ = stop_cores_tx.send(true);
     // The serving threads block while draining: off this runtime's worker.
-    let _ = tokio::task::spawn_blocking(move || percore.join()).await;
+    let _ = tokio::task::spawn_blocking(move || cores.map(percore::PerCore::join)).await;
 }
 
 /// The reference proxy: forwards the body and the MCP headers, returns the upstream's bytes.

@@ -92,10 +92,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     };
     let (addr, mut server) = if config.gateway.http.thread_per_core {
         let at = resolve_listen(&opts.listen).await?;
-        let cores = http::percore::default_cores();
+        let cores = http::percore::Cores::all(config.gateway.http.direct_upstream);
         let tls = config.gateway.tls.clone();
         let served = http::percore::serve((at, tls), cores, router, options, stop_rx)
-            .with_context(|| format!("binding {} on {cores} cores", opts.listen))?;
+            .with_context(|| format!("binding {} on {} cores", opts.listen, cores.count))?;
         let addr = served.addr;
         (addr, tokio::task::spawn_blocking(move || served.join()))
     } else {

@@ -20,6 +20,24 @@ use crate::http::listener::{self, ServeOptions};
 use crate::http::{LimitedListener, TlsConfig, TlsListener};
 use crate::upstream::pools;
 
+/// How many serving threads, and whether their plain-HTTP upstream POSTs use hyper directly.
+#[derive(Debug, Clone, Copy)]
+pub struct Cores {
+    pub count: usize,
+    /// `upstream::h1` (this thread's hyper connections) instead of this thread's reqwest pool.
+    pub direct_upstream: bool,
+}
+
+impl Cores {
+    /// One serving thread per CPU this process may use.
+    pub fn all(direct_upstream: bool) -> Self {
+        Self {
+            count: default_cores(),
+            direct_upstream,
+        }
+    }
+}
+
 /// The serving threads; [`PerCore::join`] waits for them after `stop` turned true.
 pub struct PerCore {
     /// Where every listener is bound (the port chosen by the first when `addr` had port 0).
@@ -46,12 +64,13 @@ pub fn default_cores() -> usize {
 /// Returns once every listener is bound; the threads serve until `stop` is true, then drain.
 pub fn serve(
     (addr, tls): (SocketAddr, Option<TlsConfig>),
-    cores: usize,
+    cores: Cores,
     router: Router,
     options: ServeOptions,
     stop: watch::Receiver<bool>,
 ) -> io::Result<PerCore> {
-    let cores = cores.max(1);
+    let direct = cores.direct_upstream;
+    let cores = cores.count.max(1);
     let share = options.max_connections.div_ceil(cores);
     let mut threads = Vec::with_capacity(cores);
     let mut bound = addr;
@@ -62,7 +81,11 @@ pub fn serve(
         options.max_connections = share;
         let thread = std::thread::Builder::new()
             .name(format!("reflow-core-{slot}"))
-            .spawn(move || serve_one(slot, (bound, tls), router, options, stop, ready_tx))?;
+            .spawn(move || {
+                pools::enter_slot(slot);
+                pools::use_direct_h1(direct);
+                serve_one((bound, tls), router, options, stop, ready_tx);
+            })?;
         match ready_rx.recv() {
             Ok(Ok(a)) => bound = a,
             Ok(Err(e)) => {
@@ -83,14 +106,12 @@ pub fn serve(
 }
 
 fn serve_one(
-    slot: usize,
     (addr, tls): (SocketAddr, Option<TlsConfig>),
     router: Router,
     options: ServeOptions,
     mut stop: watch::Receiver<bool>,
     ready: std_mpsc::Sender<io::Result<SocketAddr>>,
 ) {
-    pools::enter_slot(slot);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,6 +5,7 @@
 mod auto;
 pub(crate) mod events;
 mod expired;
+mod h1;
 pub mod instance;
 mod link;
 mod listen;
@@ -405,7 +406,7 @@ impl UpstreamClient {
             if stateless {
                 req = stateless::mirror_headers(req, method, params);
             }
-            let resp = req.send().await.map_err(map_reqwest)?;
+            let resp = h1::send_via(&self.http, req).await?;
             let status = resp.status();
             if matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST)
                 && state.session_id.is_some()

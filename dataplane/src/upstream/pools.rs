@@ -16,11 +16,22 @@ pub const MAX_SLOTS: usize = 64;
 
 thread_local! {
     static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+    static DIRECT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks the current thread as serving runtime `slot` (called once, when the thread starts).
 pub fn enter_slot(slot: usize) {
     SLOT.with(|s| s.set((slot < MAX_SLOTS).then_some(slot)));
+}
+
+/// On this (slotted) thread, plain-HTTP upstream POSTs go through hyper directly (`h1`).
+pub fn use_direct_h1(on: bool) {
+    DIRECT.with(|d| d.set(on));
+}
+
+/// Whether this thread sends plain-HTTP upstream POSTs through `h1`.
+pub fn direct_h1() -> bool {
+    current_slot().is_some() && DIRECT.with(Cell::get)
 }
 
 fn current_slot() -> Option<usize> {
@@ -41,6 +52,10 @@ impl Pools {
             shared: build(connect_timeout)?,
             per_slot: (0..MAX_SLOTS).map(|_| OnceLock::new()).collect(),
         })
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// The calling thread's pool (built on first use on a slotted thread).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    BUDGET_ADDED_P50_US, BUDGET_THROUGHPUT_RATIO, GATEWAY_PROFILES, PathFigures, Plan,
+    ALLOCATOR, BUDGET_ADDED_P50_US, BUDGET_THROUGHPUT_RATIO, GATEWAY_PROFILES, PathFigures, Plan,
 };
 
 pub(crate) struct Report {
@@ -60,6 +60,7 @@ impl Report {
             plan.name
         );
         println!("  upstream:     {} (echo)", self.fixture.display());
+        println!("  allocator:    {ALLOCATOR} (the whole bench process, gateway included)");
         println!(
             "  gateway:      in-process, own runtime; HS256 JWT auth, Policy allowing echo, JSON-lines audit to a file"
         );

@@ -380,7 +380,7 @@ impl TestGateway {
             };
             let served = percore::serve(
                 (SocketAddr::from(([127, 0, 0, 1], 0)), None),
-                percore::default_cores(),
+                percore::Cores::all(std::env::var_os("REFLOW_E2E_DIRECT_UPSTREAM").is_some()),
                 app.router(),
                 options,
                 stop_rx,
