@@ -143,3 +143,120 @@ async fn connect(
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A raw upstream: answers each request on a connection with `reply`; closes a connection
+    /// after `per_conn` answers. Counts connections.
+    async fn upstream(reply: &'static [u8], per_conn: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/mcp?x=1", listener.local_addr().expect("addr"));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    for _ in 0..per_conn {
+                        let mut got = Vec::new();
+                        // Head and the small body arrive together on loopback.
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&got).to_lowercase();
+                        assert!(head.starts_with("post /mcp?x=1 http/1.1"), "{head}");
+                        assert!(head.contains("\r\nhost: 127.0.0.1:"), "{head}");
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, conns)
+    }
+
+    fn post(url: &str) -> reqwest::Request {
+        reqwest::Client::new()
+            .post(url)
+            .body("{}")
+            .build()
+            .expect("request")
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+
+    fn rt() -> tokio::runtime::Runtime {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn sequential_posts_reuse_one_connection() {
+        rt().block_on(async {
+            let (url, conns) = upstream(OK, 100).await;
+            for _ in 0..5 {
+                let resp = send(post(&url), Duration::from_secs(2)).await.expect("send");
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.text().await.expect("body"), "{}");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(conns.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn an_idle_connection_the_upstream_closed_is_replaced() {
+        rt().block_on(async {
+            let (url, conns) = upstream(OK, 1).await;
+            for _ in 0..3 {
+                let resp = send(post(&url), Duration::from_secs(2)).await.expect("send");
+                assert_eq!(resp.text().await.expect("body"), "{}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(conns.load(Ordering::SeqCst), 3);
+        });
+    }
+
+    #[test]
+    fn a_hostile_upstream_gets_errors_not_panics() {
+        rt().block_on(async {
+            // Garbage instead of HTTP, and a body shorter than its content-length.
+            let (garbage, _) = upstream(b"SSH-2.0-nope\r\n\r\n", 1).await;
+            let e = send(post(&garbage), Duration::from_secs(2)).await;
+            assert!(matches!(e, Err(H1Error::Http(_))), "{e:?}");
+            let short: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}";
+            let (url, _) = upstream(short, 1).await;
+            let resp = send(post(&url), Duration::from_secs(2)).await.expect("head");
+            assert!(resp.bytes().await.is_err(), "a truncated body is an error");
+            // Nobody listening: a connect error.
+            let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}/", closed.local_addr().expect("addr"));
+            drop(closed);
+            let e = send(post(&url), Duration::from_secs(2)).await;
+            assert!(matches!(e, Err(H1Error::Connect(_))), "{e:?}");
+        });
+    }
+
+    #[test]
+    fn only_plain_http_urls_take_this_path() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        assert!(eligible(&post("http://127.0.0.1:1/mcp")));
+        assert!(!eligible(&post("https://127.0.0.1:1/mcp")));
+    }
+}
