@@ -28,7 +28,7 @@ alloc, cur, n = set(), False, 0
 for line in open(sys.argv[1], errors="replace"):
     m = re.match(r"c?fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
     if m:
-        if m.group(2) and re.fullmatch(r"__rust_(alloc|alloc_zeroed|realloc)", m.group(2)):
+        if m.group(2) and re.fullmatch(r"(__rustc::)?__rust_(alloc|alloc_zeroed|realloc)", m.group(2)):
             alloc.add(m.group(1))
         if line.startswith("cfn="):
             cur = m.group(1) in alloc
