@@ -98,7 +98,10 @@ fn a_per_core_gateway_serves_decides_and_audits_like_the_default_one() {
                 .await
                 .expect("an allowed call");
             let denied = s
-                .request("tools/call", json!({"name": "one_add", "arguments": {"a": 1, "b": 2}}))
+                .request(
+                    "tools/call",
+                    json!({"name": "one_add", "arguments": {"a": 1, "b": 2}}),
+                )
                 .await
                 .expect("a JSON-RPC answer");
             assert_eq!(

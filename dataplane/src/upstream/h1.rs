@@ -196,7 +196,8 @@ mod tests {
             .expect("request")
     }
 
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    const OK: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
 
     fn rt() -> tokio::runtime::Runtime {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -211,7 +212,9 @@ mod tests {
         rt().block_on(async {
             let (url, conns) = upstream(OK, 100).await;
             for _ in 0..5 {
-                let resp = send(post(&url), Duration::from_secs(2)).await.expect("send");
+                let resp = send(post(&url), Duration::from_secs(2))
+                    .await
+                    .expect("send");
                 assert_eq!(resp.status(), 200);
                 assert_eq!(resp.text().await.expect("body"), "{}");
                 tokio::task::yield_now().await;
@@ -225,7 +228,9 @@ mod tests {
         rt().block_on(async {
             let (url, conns) = upstream(OK, 1).await;
             for _ in 0..3 {
-                let resp = send(post(&url), Duration::from_secs(2)).await.expect("send");
+                let resp = send(post(&url), Duration::from_secs(2))
+                    .await
+                    .expect("send");
                 assert_eq!(resp.text().await.expect("body"), "{}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -242,7 +247,9 @@ mod tests {
             assert!(matches!(e, Err(H1Error::Http(_))), "{e:?}");
             let short: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}";
             let (url, _) = upstream(short, 1).await;
-            let resp = send(post(&url), Duration::from_secs(2)).await.expect("head");
+            let resp = send(post(&url), Duration::from_secs(2))
+                .await
+                .expect("head");
             assert!(resp.bytes().await.is_err(), "a truncated body is an error");
             // Nobody listening: a connect error.
             let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -125,6 +125,10 @@ mod tests {
         assert_ne!(one, shared);
         assert_ne!(zero, one);
         assert_eq!(on(Some(0)), zero, "a slot keeps its pool across threads");
-        assert_eq!(on(Some(MAX_SLOTS)), shared, "beyond the slots: the shared pool");
+        assert_eq!(
+            on(Some(MAX_SLOTS)),
+            shared,
+            "beyond the slots: the shared pool"
+        );
     }
 }

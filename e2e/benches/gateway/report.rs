@@ -196,7 +196,13 @@ impl Report {
             "  audit: {} lines written, {} dropped, for {} successful gateway calls (warm-ups included)",
             self.audit_lines,
             self.audit_dropped,
-            g.calls + self.path("gateway-stdio").map_or(0, |p| p.calls)
+            GATEWAY_PROFILES
+                .iter()
+                .map(|(name, _)| *name)
+                .chain(["gateway-stdio"])
+                .filter_map(|name| self.path(name))
+                .map(|p| p.calls)
+                .sum::<u64>()
         );
         for p in &self.measured {
             let first = p.latency_tally.first_error.as_ref().or(p
