@@ -40,6 +40,8 @@ conformance:
 bench:
 	$(CARGO) bench -p reflow-crds --bench compile
 	$(CARGO) bench -p reflow-e2e --bench gateway
+	# The allocator profile (issue #24): the same run on mimalloc, gateway paths only.
+	REFLOW_BENCH_PATHS=direct,byte-relay,gateway,gw-percore,gw-percore-h1 $(CARGO) bench -p reflow-e2e --features mimalloc --bench gateway
 	$(CARGO) bench -p reflow-e2e --bench sandbox
 
 ## crds: regenerate crds/yaml from the Rust types, and the copies the Helm chart and the kustomize

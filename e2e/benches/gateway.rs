@@ -38,6 +38,7 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditSink, JsonLinesSink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, mint_dev_token};
+use reflow_dataplane::http::{LimitedListener, listener, percore};
 use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, SnapshotStore};
@@ -45,6 +46,19 @@ use reflow_e2e::harness::load::{self, McpSession, Percentiles, Tally, Throughput
 use reflow_e2e::harness::{FixtureProcess, byte_relay};
 use serde_json::json;
 use tokio::sync::oneshot;
+
+/// The allocator profile: `--features mimalloc` puts the whole bench process (gateway included)
+/// on mimalloc; `make bench` runs the gateway paths once with it, beside the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which allocator this bench process runs on (printed with the figures).
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system (glibc)"
+};
 
 /// DESIGN.md §7 budgets.
 const BUDGET_ADDED_P50_US: f64 = 100.0;
@@ -57,6 +71,23 @@ const TARGET: &str = "fx";
 /// The STDIO Target (same fixture binary, `--stdio`, same server name so echo answers alike).
 const STDIO_TARGET: &str = "fxstdio";
 const ECHO_TEXT: &str = "bench";
+
+/// The gateway paths, each one profile of the same in-process gateway (same App, same Target,
+/// same auth, policy and audit), judged against the budgets side by side.
+const GATEWAY_PROFILES: [(&str, &str); 3] = [
+    (
+        "gateway",
+        "the default: multi-thread runtime, served like the binary (listener::serve)",
+    ),
+    (
+        "gw-percore",
+        "thread-per-core: one current-thread runtime, SO_REUSEPORT listener and upstream pool per CPU",
+    ),
+    (
+        "gw-percore-h1",
+        "thread-per-core, upstream POSTs on hyper's HTTP/1 client directly (per-thread connections)",
+    ),
+];
 
 struct Plan {
     name: &'static str,
@@ -97,14 +128,32 @@ const SMOKE: Plan = Plan {
     throughput_time: Duration::from_millis(500),
 };
 
+/// `REFLOW_BENCH_CALLS=N`: N sequential calls per path and no concurrent phase, for counting
+/// instructions under `valgrind --tool=callgrind` (two runs with different N, divided by the
+/// difference, give the instructions of one call; see the README's performance section).
+fn counting_plan() -> Option<Plan> {
+    let n: usize = std::env::var("REFLOW_BENCH_CALLS").ok()?.parse().ok()?;
+    Some(Plan {
+        name: "counting (REFLOW_BENCH_CALLS)",
+        judged: false,
+        warmup_calls: 20,
+        latency_calls: n,
+        block: n.max(1),
+        workers: 32,
+        throughput_warmup: Duration::ZERO,
+        throughput_time: Duration::ZERO,
+    })
+}
+
 type BenchResult<T> = Result<T, String>;
 
 fn main() -> ExitCode {
     keep_loopback_off_proxies();
-    let plan = if std::env::args().any(|a| a == "--bench") {
-        &FULL
-    } else {
-        &SMOKE
+    let counting = counting_plan();
+    let plan = match &counting {
+        Some(p) => p,
+        None if std::env::args().any(|a| a == "--bench") => &FULL,
+        None => &SMOKE,
     };
     let started = Instant::now();
     let outcome = run(plan);
@@ -220,6 +269,18 @@ fn run(plan: &Plan) -> BenchResult<Report> {
             tool: format!("{TARGET}_echo"),
         },
         Path {
+            name: "gw-percore",
+            url: format!("http://{}/mcp", gw.percore),
+            token: Some(token.clone()),
+            tool: format!("{TARGET}_echo"),
+        },
+        Path {
+            name: "gw-percore-h1",
+            url: format!("http://{}/mcp", gw.percore_h1),
+            token: Some(token.clone()),
+            tool: format!("{TARGET}_echo"),
+        },
+        Path {
             name: "gateway-stdio",
             url: format!("http://{}/mcp", gw.addr),
             token: Some(token),
@@ -321,6 +382,8 @@ impl Drop for RemoveOnDrop {
 /// JWT authenticator.
 struct GatewayThread {
     addr: SocketAddr,
+    percore: SocketAddr,
+    percore_h1: SocketAddr,
     passthrough: SocketAddr,
     relay: SocketAddr,
     audit: Arc<JsonLinesSink>,
@@ -331,6 +394,10 @@ struct GatewayThread {
 /// Where the gateway and the two reference proxies listen.
 struct Listening {
     gateway: SocketAddr,
+    /// The same gateway served thread-per-core (`http::percore`).
+    percore: SocketAddr,
+    /// ... and with hyper's HTTP/1 client directly to the upstream (`upstream::h1`).
+    percore_h1: SocketAddr,
     passthrough: SocketAddr,
     relay: SocketAddr,
     audit: Arc<JsonLinesSink>,
@@ -376,6 +443,8 @@ impl GatewayThread {
         match ready_rx.recv_timeout(Duration::from_secs(15)) {
             Ok(Ok(l)) => Ok(Self {
                 addr: l.gateway,
+                percore: l.percore,
+                percore_h1: l.percore_h1,
                 passthrough: l.passthrough,
                 relay: l.relay,
                 audit: l.audit,
@@ -422,6 +491,7 @@ async fn serve_gateway(
     ready: std_mpsc::Sender<Started>,
     stop: oneshot::Receiver<()>,
 ) {
+    let (stop_cores_tx, stop_cores) = tokio::sync::watch::channel(false);
     let built = async {
         let key = SealingKey::from_base64(&SealingKey::generate_base64())
             .map_err(|e| format!("sealing key: {e}"))?;
@@ -440,6 +510,7 @@ async fn serve_gateway(
             .map_err(|e| format!("{}: {e}", audit_file.display()))?;
         let audit = Arc::new(JsonLinesSink::spawn(file, 4096));
         let config = GatewayConfig::default();
+        let config_http = config.http.clone();
         let sessions = MemorySessionStore::new(Duration::from_secs(config.session_idle_seconds));
         let gw = App::build(AppConfig::new(
             config,
@@ -454,6 +525,23 @@ async fn serve_gateway(
             .await
             .map_err(|e| format!("gateway listen: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let options = listener::ServeOptions {
+            timeouts: config_http.timeouts.clone(),
+            max_connections: config_http.max_connections,
+            metrics: Some(gw.gateway().metrics.clone()),
+        };
+        let start_cores = |direct_upstream| {
+            percore::serve(
+                (SocketAddr::from(([127, 0, 0, 1], 0)), None),
+                percore::Cores::all(direct_upstream),
+                gw.router(),
+                options.clone(),
+                stop_cores.clone(),
+            )
+            .map_err(|e| format!("per-core listen: {e}"))
+        };
+        let percore = start_cores(false)?;
+        let percore_h1 = start_cores(true)?;
         let bare = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("pass-through listen: {e}"))?;
@@ -478,14 +566,16 @@ async fn serve_gateway(
         tokio::spawn(byte_relay::serve(relay, upstream_addr));
         let listening = Listening {
             gateway: addr,
+            percore: percore.addr,
+            percore_h1: percore_h1.addr,
             passthrough: bare_addr,
             relay: relay_addr,
             audit,
         };
-        Ok((listener, listening, gw))
+        Ok((listener, listening, gw, options, [percore, percore_h1]))
     }
     .await;
-    let (listener, listening, gw) = match built {
+    let (listener, listening, gw, options, cores) = match built {
         Ok(parts) => parts,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -493,15 +583,15 @@ async fn serve_gateway(
         }
     };
     let _ = ready.send(Ok(listening));
-    // Served exactly like the reflow-dataplane binary does.
-    tokio::select! {
-        served = axum::serve(listener, gw.service()) => {
-            if let Err(e) = served {
-                eprintln!("gateway bench: gateway stopped serving: {e}");
-            }
-        }
-        _ = stop => {}
-    }
+    // Served exactly like the reflow-dataplane binary does (its connection loop and timers).
+    let listener = LimitedListener::new(listener, options.max_connections);
+    let stopped = async move {
+        let _ = stop.await;
+    };
+    listener::serve(listener, gw.router(), options, stopped).await;
+    let _ = stop_cores_tx.send(true);
+    // The serving threads block while draining: off this runtime's worker.
+    let _ = tokio::task::spawn_blocking(move || cores.map(percore::PerCore::join)).await;
 }
 
 /// The reference proxy: forwards the body and the MCP headers, returns the upstream's bytes.
@@ -636,6 +726,9 @@ async fn measure(plan: &Plan, paths: &[Path]) -> BenchResult<Vec<PathFigures>> {
 
     // Concurrency N: one fixed window per path, each preceded by its own warm-up.
     for (f, call) in figures.iter_mut().zip(&calls) {
+        if plan.throughput_time.is_zero() {
+            continue;
+        }
         if !plan.throughput_warmup.is_zero() {
             let w = load::closed_loop(call, plan.workers, plan.throughput_warmup).await;
             if w.tally.failed > 0 {
@@ -656,182 +749,6 @@ async fn measure(plan: &Plan, paths: &[Path]) -> BenchResult<Vec<PathFigures>> {
     Ok(figures)
 }
 
-struct Report {
-    measured: Vec<PathFigures>,
-    audit_lines: u64,
-    audit_dropped: u64,
-    fixture: PathBuf,
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn verdict(plan: &Plan, pass: bool) -> &'static str {
-    match (plan.judged, pass) {
-        (false, _) => "not judged (smoke run)",
-        (true, true) => "PASS",
-        (true, false) => "FAIL",
-    }
-}
-
-impl Report {
-    fn failures(&self) -> u64 {
-        self.measured
-            .iter()
-            .map(|p| p.latency_tally.failed + p.throughput.tally.failed)
-            .sum()
-    }
-
-    fn path(&self, name: &str) -> Option<&PathFigures> {
-        self.measured.iter().find(|p| p.name == name)
-    }
-
-    fn print(&self, plan: &Plan, wall: Duration) {
-        let bare = self.path("pass-through");
-        let floor = self.path("byte-relay");
-        // Judged on the gateway; a run filtered to a reference path shows that one instead.
-        let Some(d) = self.path("direct") else {
-            return;
-        };
-        let Some(g) = self.path("gateway").or(bare).or(floor) else {
-            return;
-        };
-        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        };
-        println!();
-        println!(
-            "gateway load run — {} — {profile} build, {cpus} CPUs, loopback",
-            plan.name
-        );
-        println!("  upstream:     {} (echo)", self.fixture.display());
-        println!(
-            "  gateway:      in-process, own runtime; HS256 JWT auth, Policy allowing echo, JSON-lines audit to a file"
-        );
-        println!(
-            "  gateway-stdio: the same gateway to a STDIO Target (the fixture with --stdio, one warm shared child)"
-        );
-        println!(
-            "  pass-through: reference proxy on the gateway's runtime (axum + reqwest, bytes only, no auth/policy/audit)"
-        );
-        println!(
-            "  byte-relay:   the floor: whole messages relayed on raw sockets, one upstream connection per client connection"
-        );
-        println!();
-        println!(
-            "  concurrency 1: {} sequential tools/call per path, blocks of {} alternating",
-            plan.latency_calls, plan.block
-        );
-        println!(
-            "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
-            "path", "p50 µs", "p90 µs", "p99 µs", "mean µs", "max µs", "failed"
-        );
-        for p in &self.measured {
-            let l = &p.latency;
-            println!(
-                "  {:<14} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7}",
-                p.name,
-                us(l.p50),
-                us(l.p90),
-                us(l.p99),
-                us(l.mean),
-                us(l.max),
-                p.latency_tally.failed
-            );
-        }
-        let added_row = |label: &str, a: &PathFigures, b: &PathFigures| {
-            println!(
-                "  {:<14} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                label,
-                us(a.latency.p50) - us(b.latency.p50),
-                us(a.latency.p90) - us(b.latency.p90),
-                us(a.latency.p99) - us(b.latency.p99),
-                us(a.latency.mean) - us(b.latency.mean),
-            );
-        };
-        added_row("added by gw", g, d);
-        if let Some(b) = bare {
-            added_row("added by bare", b, d);
-        }
-        if let Some(f) = floor {
-            added_row("added by relay", f, d);
-        }
-        if let Some(st) = self.path("gateway-stdio") {
-            // The STDIO hop's own cost: the same gateway work, a child's pipes instead of HTTP.
-            added_row("stdio vs http", st, g);
-            added_row("stdio vs direct", st, d);
-        }
-        let added = us(g.latency.p50) - us(d.latency.p50);
-        println!();
-        println!(
-            "  concurrency {}: {:.1} s closed loop per path, one keep-alive HTTP/1.1 pool",
-            plan.workers,
-            plan.throughput_time.as_secs_f64()
-        );
-        println!(
-            "  {:<14} {:>9} {:>10} {:>9} {:>7}",
-            "path", "calls", "req/s", "vs direct", "failed"
-        );
-        let direct_rps = d.throughput.rps().max(1e-9);
-        for p in &self.measured {
-            let t = &p.throughput;
-            println!(
-                "  {:<14} {:>9} {:>10.0} {:>8.1}% {:>7}",
-                p.name,
-                t.tally.ok,
-                t.rps(),
-                t.rps() / direct_rps * 100.0,
-                t.tally.failed
-            );
-        }
-        let ratio = g.throughput.rps() / direct_rps;
-        println!();
-        println!("  DESIGN.md §7 budgets (gateway vs direct)");
-        println!(
-            "  p50 added latency at c=1      {:>7.1} µs  (≤ {BUDGET_ADDED_P50_US} µs)  {}",
-            added,
-            verdict(plan, added <= BUDGET_ADDED_P50_US)
-        );
-        println!(
-            "  throughput vs direct at c={:<3} {:>7.1} %   (≥ {:.0} %)     {}",
-            plan.workers,
-            ratio * 100.0,
-            BUDGET_THROUGHPUT_RATIO * 100.0,
-            verdict(plan, ratio >= BUDGET_THROUGHPUT_RATIO)
-        );
-        for (label, r) in [
-            ("axum+reqwest pass-through", bare),
-            ("byte relay (floor)", floor),
-        ] {
-            if let Some(r) = r {
-                println!(
-                    "  the same budgets for the {label}: {:+.1} µs, {:.1} %",
-                    us(r.latency.p50) - us(d.latency.p50),
-                    r.throughput.rps() / direct_rps * 100.0
-                );
-            }
-        }
-        println!(
-            "  audit: {} lines written, {} dropped, for {} successful gateway calls (warm-ups included)",
-            self.audit_lines,
-            self.audit_dropped,
-            g.calls + self.path("gateway-stdio").map_or(0, |p| p.calls)
-        );
-        for p in &self.measured {
-            let first = p.latency_tally.first_error.as_ref().or(p
-                .throughput
-                .tally
-                .first_error
-                .as_ref());
-            if let Some(e) = first {
-                println!("  first {} failure: {e}", p.name);
-            }
-        }
-        println!("  wall time {:.1} s", wall.as_secs_f64());
-        println!();
-    }
-}
+#[path = "gateway/report.rs"]
+mod report;
+use report::Report;

@@ -85,38 +85,49 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     }
     let app = App::build(app_config)?;
 
-    let listener = tokio::net::TcpListener::bind(&opts.listen)
-        .await
-        .with_context(|| format!("binding {}", opts.listen))?;
-    let addr = listener.local_addr().context("listener address")?;
     let scheme = if config.gateway.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    info!(listen = %addr, scheme, "serving");
     let max_connections = config.gateway.http.max_connections;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    };
     let router = app.router();
     let options = listener::ServeOptions {
         timeouts: config.gateway.http.timeouts.clone(),
         max_connections,
         metrics: Some(app.gateway().metrics.clone()),
     };
-    let mut server = match config.gateway.tls.clone() {
-        Some(tls) => {
-            let listener =
-                http::TlsListener::new(listener, tls, max_connections).context("TLS listener")?;
-            tokio::spawn(listener::serve(listener, router, options, stopped))
-        }
-        None => {
-            let listener = http::LimitedListener::new(listener, max_connections);
-            tokio::spawn(listener::serve(listener, router, options, stopped))
-        }
+    let (addr, mut server) = if config.gateway.http.thread_per_core {
+        let at = resolve_listen(&opts.listen).await?;
+        let cores = http::percore::Cores::all(config.gateway.http.direct_upstream);
+        let tls = config.gateway.tls.clone();
+        let served = http::percore::serve((at, tls), cores, router, options, stop_rx)
+            .with_context(|| format!("binding {} on {} cores", opts.listen, cores.count))?;
+        let addr = served.addr;
+        (addr, tokio::task::spawn_blocking(move || served.join()))
+    } else {
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .with_context(|| format!("binding {}", opts.listen))?;
+        let addr = listener.local_addr().context("listener address")?;
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        let server = match config.gateway.tls.clone() {
+            Some(tls) => {
+                let listener = http::TlsListener::new(listener, tls, max_connections)
+                    .context("TLS listener")?;
+                tokio::spawn(listener::serve(listener, router, options, stopped))
+            }
+            None => {
+                let listener = http::LimitedListener::new(listener, max_connections);
+                tokio::spawn(listener::serve(listener, router, options, stopped))
+            }
+        };
+        (addr, server)
     };
+    info!(listen = %addr, scheme, "serving");
     print_listening(&format!("{scheme}://{addr}"))?;
     tokio::select! {
         done = &mut server => {
@@ -137,6 +148,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
         sink.close().await;
     }
     Ok(())
+}
+
+/// The first address `listen` (`host:port`) resolves to.
+async fn resolve_listen(listen: &str) -> Result<std::net::SocketAddr, AppError> {
+    tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("resolving {listen}"))?
+        .next()
+        .ok_or_else(|| AppError::Invalid(format!("{listen} resolves to no address")))
 }
 
 /// `listening on URL` alone on stdout: scripts and tests wait for it.

@@ -35,6 +35,12 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Timers on every wait for a peer (`listener::Timeouts`).
     pub timeouts: super::listener::Timeouts,
+    /// Serve thread-per-core (`percore`): one single-threaded runtime, `SO_REUSEPORT` listener
+    /// and upstream pool per CPU, instead of one multi-thread runtime.
+    pub thread_per_core: bool,
+    /// With `threadPerCore`: plain-HTTP upstream POSTs on hyper's HTTP/1 client directly, one
+    /// set of connections per serving thread (`upstream::h1`), instead of reqwest's pool.
+    pub direct_upstream: bool,
 }
 
 impl Default for HttpConfig {
@@ -47,6 +53,8 @@ impl Default for HttpConfig {
             max_concurrent_requests: 4096,
             max_connections: 10_000,
             timeouts: super::listener::Timeouts::default(),
+            thread_per_core: false,
+            direct_upstream: false,
         }
     }
 }

@@ -13,6 +13,7 @@ mod hygiene;
 mod legacy_sse;
 pub mod listener;
 pub mod net;
+pub mod percore;
 mod preamble;
 mod proxy;
 mod stateless;

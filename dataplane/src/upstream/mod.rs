@@ -5,10 +5,12 @@
 mod auto;
 pub(crate) mod events;
 mod expired;
+mod h1;
 pub(crate) mod handshake;
 pub mod instance;
 mod link;
 mod listen;
+pub mod pools;
 mod sse;
 pub mod stateless;
 pub mod stdio;
@@ -186,7 +188,8 @@ const MAX_RESUME_WAIT: Duration = Duration::from_secs(5);
 const MAX_RESUMES: u32 = 8;
 
 pub struct UpstreamClient {
-    http: reqwest::Client,
+    /// Derefs to the calling runtime's pool (`pools`: one per serving core when thread-per-core).
+    http: pools::Pools,
     next_id: AtomicU64,
     /// What `auto` targets turned out to speak, per (target, url).
     detected: auto::Detected,
@@ -208,15 +211,8 @@ impl UpstreamClient {
         connect_timeout: Duration,
         stdio: StdioConfig,
     ) -> Result<Self, UpstreamError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // A redirect would carry the caller's injected credentials to wherever the upstream
-            // points (reqwest only strips `Authorization` and cookies across hosts): an upstream
-            // answers, or its 3xx is an error. Following also re-parsed the URL on every call.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| UpstreamError::Client(e.to_string()))?;
+        let http =
+            pools::Pools::new(connect_timeout).map_err(|e| UpstreamError::Client(e.to_string()))?;
         Ok(Self {
             http,
             next_id: AtomicU64::new(1),
@@ -401,7 +397,7 @@ impl UpstreamClient {
             if stateless {
                 req = stateless::mirror_headers(req, method, params);
             }
-            let resp = req.send().await.map_err(map_reqwest)?;
+            let resp = h1::send_via(&self.http, req).await?;
             let status = resp.status();
             if matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST)
                 && state.session_id.is_some()

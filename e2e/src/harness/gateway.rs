@@ -17,6 +17,7 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditEvent, AuditSink, MemorySink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
+use reflow_dataplane::http::{listener, percore};
 use reflow_dataplane::mcp::{Gateway, GatewayConfig};
 use reflow_dataplane::postgres::NotificationBus;
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
@@ -282,6 +283,8 @@ pub struct TestGateway {
     key: SealingKey,
     gateway: Arc<Gateway>,
     server: JoinHandle<()>,
+    /// Under `REFLOW_E2E_SERVE=percore`: the thread-per-core servers' stop switch.
+    per_core: Option<tokio::sync::watch::Sender<bool>>,
     runtime: Option<Runtime>,
     dir: TempDir,
 }
@@ -337,6 +340,7 @@ impl TestGateway {
             .map_err(|e| other("gateway runtime")(&e))?;
         let audit = MemorySink::default();
         let config = b.config;
+        let http = config.http.clone();
         let stores = b.stores.clone();
         let (app, listener) = runtime.block_on(async {
             let stores = match stores {
@@ -361,15 +365,38 @@ impl TestGateway {
                 .map_err(|e| other("gateway listen")(&e))?;
             Ok::<_, HarnessError>((app, listener))
         })?;
-        let addr = listener
+        let mut addr = listener
             .local_addr()
             .map_err(|e| other("gateway address")(&e))?;
-        let service = app.service();
-        let server = runtime.spawn(async move {
-            if let Err(e) = axum::serve(listener, service).await {
-                eprintln!("test gateway stopped serving: {e}");
-            }
-        });
+        let mut per_core = None;
+        let server = if serve_per_core() {
+            // The whole suite can run against the thread-per-core server (`http::percore`).
+            drop(listener);
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let options = listener::ServeOptions {
+                timeouts: http.timeouts.clone(),
+                max_connections: http.max_connections,
+                metrics: Some(app.gateway().metrics.clone()),
+            };
+            let served = percore::serve(
+                (SocketAddr::from(([127, 0, 0, 1], 0)), None),
+                percore::Cores::all(std::env::var_os("REFLOW_E2E_DIRECT_UPSTREAM").is_some()),
+                app.router(),
+                options,
+                stop_rx,
+            )
+            .map_err(|e| other("per-core gateway")(&e))?;
+            addr = served.addr;
+            per_core = Some(stop_tx);
+            runtime.spawn_blocking(move || served.join())
+        } else {
+            let service = app.service();
+            runtime.spawn(async move {
+                if let Err(e) = axum::serve(listener, service).await {
+                    eprintln!("test gateway stopped serving: {e}");
+                }
+            })
+        };
         let gateway = app.gateway().clone();
         Ok(Self {
             addr,
@@ -378,6 +405,7 @@ impl TestGateway {
             key,
             gateway,
             server,
+            per_core,
             runtime: Some(runtime),
             dir,
         })
@@ -526,8 +554,17 @@ fn mint(issuer: &str, secret: &str, user: &str, groups: &[&str], roles: &[&str])
     .expect("the test secret is strong and the TTL positive")
 }
 
+/// `REFLOW_E2E_SERVE=percore`: test gateways serve thread-per-core instead of on their runtime.
+fn serve_per_core() -> bool {
+    std::env::var("REFLOW_E2E_SERVE").is_ok_and(|v| v == "percore")
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
+        if let Some(stop) = self.per_core.take() {
+            // Each serving thread drains its own connections and stops by itself.
+            let _ = stop.send(true);
+        }
         self.server.abort();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
