@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod mcp_remote;
 pub mod net;
 pub mod node;
+pub mod oidc;
 pub mod otlp;
 pub mod paths;
 pub mod postgres;
