@@ -2,6 +2,7 @@
 //! clients, bounded and on loopback; the cached, concurrency-safe installs (Python venv, npm
 //! packages, helm/kubectl/lua) those peers need.
 
+pub mod browser;
 pub mod byte_relay;
 pub mod cache;
 pub mod conformance;
