@@ -15,14 +15,15 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span, field, info_span, instrument};
 
-use super::list_changed::Viewer;
 use super::net::Peer;
-use super::streams::{Frame, GET_STREAM};
 use super::{
-    Gateway, authenticate, check_host_origin, client_stream, dispatch, owned_session, rpc_failure,
+    Gateway, authenticate, check_host_origin, client_stream, owned_session, rpc_failure,
     session_not_found, trace_id,
 };
 use crate::jsonrpc::{self, Message};
+use crate::mcp::dispatch;
+use crate::mcp::list_changed::Viewer;
+use crate::mcp::streams::{Frame, GET_STREAM};
 use crate::session::{Scope, Session};
 
 /// The query of `POST /messages`.
