@@ -320,3 +320,32 @@ fn the_crd_cel_rules_refuse_the_same_shapes_at_admission() {
         assert!(got.iter().any(|m| m.starts_with(want)), "{yaml}: {got:?}");
     }
 }
+
+/// The README's `userCredential` example compiles as shown: both Targets accepted.
+#[test]
+fn the_readme_example_compiles() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .expect("README");
+    let section = readme
+        .split("## Bring your own credentials (`userCredential`)")
+        .nth(1)
+        .expect("README section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("yaml block");
+    let c = compile(yaml);
+    for name in ["github", "linear"] {
+        let a = cond(&c, ObjectKind::Target, "team", name, ACCEPTED);
+        assert!(a.status, "{name}: {a:?}");
+        assert!(
+            c.snapshot
+                .target("team", name)
+                .and_then(|t| t.user_credential.as_ref())
+                .is_some()
+        );
+    }
+}

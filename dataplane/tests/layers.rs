@@ -19,6 +19,7 @@ const LAYERS: [&[&str]; 5] = [
         "postgres",
         "source",
         "controller_client",
+        "connect",
         "observed",
         "identity_token",
         "era",

@@ -48,6 +48,8 @@ pub struct AppConfig {
     pub observed: Arc<crate::observed::Observations>,
     /// The controller link (controller mode): its state is in `/metrics` and, opt-in, `/readyz`.
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    /// Where users' connections (`spec.userCredential`) are kept in standalone mode.
+    pub connections: Option<crate::connect::ConnectionStore>,
 }
 
 impl AppConfig {
@@ -72,7 +74,13 @@ impl AppConfig {
             instances: None,
             observed: Arc::default(),
             controller_link: None,
+            connections: None,
         }
+    }
+
+    pub fn with_connections(mut self, store: crate::connect::ConnectionStore) -> Self {
+        self.connections = Some(store);
+        self
     }
 
     pub fn with_bus(mut self, bus: Arc<dyn NotificationBus>) -> Self {
@@ -108,6 +116,7 @@ impl App {
             instances: config.instances,
             observed: config.observed,
             controller_link: config.controller_link,
+            connections: config.connections,
         })?;
         Ok(Self { gateway })
     }

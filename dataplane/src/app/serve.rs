@@ -75,6 +75,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     app_config.instances = controller_instances(&opts)?;
     app_config.observed = observed;
     app_config.controller_link = link;
+    if opts.controller.is_none()
+        && let Some(dir) = &opts.manifests
+    {
+        app_config.connections = Some(crate::connect::ConnectionStore::in_manifests(
+            dir,
+            app_config.key.clone(),
+        ));
+    }
     let app = App::build(app_config)?;
 
     let listener = tokio::net::TcpListener::bind(&opts.listen)

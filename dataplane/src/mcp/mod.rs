@@ -3,6 +3,7 @@
 //! session's streams), subscriptions, log fan-out, list cache and list_changed, pins, rate
 //! limits, parked calls of stateless clients and cross-replica delivery.
 
+mod connect_gate;
 mod cross_replica;
 pub(crate) mod dispatch;
 mod forward;
@@ -40,6 +41,7 @@ use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
 
+pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use relay::TARGET_META;
 pub use streams::StreamError;
@@ -136,6 +138,7 @@ pub(crate) struct Parts {
     pub instances: Option<ControllerApi>,
     pub observed: Arc<crate::observed::Observations>,
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    pub connections: Option<crate::connect::ConnectionStore>,
 }
 
 pub struct Gateway {
@@ -181,6 +184,10 @@ pub struct Gateway {
     pub(crate) me: Weak<Self>,
     /// Policy rate limits on this replica.
     pub(crate) rate_limiter: reflow_crds::rate_limiter::RateLimiter,
+    /// Live connect links (`spec.userCredential`) minted by this replica.
+    pub(crate) connect_links: crate::connect::ConnectLinks,
+    /// Where connections are stored (standalone mode); none: connecting is not available here.
+    pub(crate) connections: Option<crate::connect::ConnectionStore>,
 }
 
 impl Gateway {
@@ -235,6 +242,8 @@ impl Gateway {
                 controller_link: p.controller_link,
                 me: weak.clone(),
                 rate_limiter: Default::default(),
+                connect_links: Default::default(),
+                connections: p.connections,
             }
         });
         let weak = Arc::downgrade(&gw);
