@@ -18,8 +18,8 @@
 //! 4. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
 //!    and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
 //! 5. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
-//!    `controller_client`, `observed` (what this dataplane saw of each upstream),
-//!    `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
+//!    `controller_client`, `connect` (user-brought credentials: connect links and the local
+//!    store), `observed` (what this dataplane saw of each upstream), `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
 //!    `process_guard` (the gateway's own secrets kept out of `/proc`).
 //!
 //! `tests/layers.rs` reads every `crate::` path under `src/` and keeps this true; a new
@@ -31,6 +31,7 @@ pub mod auth;
 pub mod authn;
 pub mod bridge;
 pub mod config;
+pub mod connect;
 pub mod console;
 pub mod controller_client;
 pub mod era;

@@ -79,7 +79,14 @@ impl SnapshotStore {
 /// Loads and compiles a folder. Per-object problems are logged as warnings; the objects that
 /// compiled are still served.
 pub fn compile_dir(dir: &Path, key: &SealingKey) -> Result<Snapshot, SourceError> {
-    let loaded = reflow_crds::loader::load_dir(dir)?;
+    let mut loaded = reflow_crds::loader::load_dir(dir)?;
+    // What users connected (`spec.userCredential`), as the user-managed Credentials the
+    // controller would write in cluster mode.
+    let refused =
+        crate::connect::ConnectionStore::in_manifests(dir, key.clone()).add_to(&mut loaded.inputs);
+    if refused > 0 {
+        warn!(refused, "stored connections that do not open were left out");
+    }
     for skipped in &loaded.skipped {
         info!(%skipped, "ignoring a manifest of another kind");
     }

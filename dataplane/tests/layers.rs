@@ -21,6 +21,7 @@ const LAYERS: [&[&str]; 5] = [
         "postgres",
         "source",
         "controller_client",
+        "connect",
         "observed",
         "identity_token",
         "era",

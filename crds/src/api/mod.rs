@@ -12,6 +12,7 @@ mod policy;
 mod revocation;
 mod sandbox;
 mod target;
+mod user_credential;
 
 pub use common::{Condition, LocalRef, ObjectStatus, SecretKeyRef};
 pub use credential::{Credential, CredentialSpec, CredentialSubject, InjectedValue};
@@ -24,6 +25,10 @@ pub use sandbox::{NamespaceMode, ProcessLimits, SandboxMode, SandboxSpec};
 pub use target::{
     EnvVar, ForwardedJwt, IdentityForwarding, Isolation, Lifetimes, PinMode, PodSpecTemplate,
     PodTransport, Target, TargetSpec, TargetStatus, Timeouts, ToolDigest, ToolPinning, Transport,
+};
+pub use user_credential::{
+    OAuth2Mode, OAuthClient, SecretMode, TokenExchangeMode, USER_MANAGED_LABEL, UserCredential,
+    UserCredentialMode, UserInjection,
 };
 
 pub const GROUP: &str = "mcp.reflow.io";

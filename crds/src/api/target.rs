@@ -37,7 +37,9 @@ use super::common::Condition;
     validation = Rule::new("!has(self.command) || self.transport == 'stdio'").message("command is only valid for the stdio transport"),
     validation = Rule::new("!has(self.pod) || self.transport == 'kubernetes'").message("pod is only valid for the kubernetes transport"),
     validation = Rule::new("self.transport in ['stdio', 'kubernetes'] || self.isolation == 'shared'").message("per-identity isolation needs a process to isolate: use the stdio or kubernetes transport"),
-    validation = Rule::new("!has(self.sandbox) || self.transport == 'stdio'").message("sandbox is only valid for the stdio transport")
+    validation = Rule::new("!has(self.sandbox) || self.transport == 'stdio'").message("sandbox is only valid for the stdio transport"),
+    validation = Rule::new("!has(self.userCredential) || !has(self.userCredential.inject.header) || self.transport in ['streamableHttp', 'sse', 'auto']").message("userCredential.inject.header is for HTTP transports; use inject.env for stdio and kubernetes"),
+    validation = Rule::new("!has(self.userCredential) || !has(self.userCredential.inject.env) || self.transport in ['stdio', 'kubernetes']").message("userCredential.inject.env is for the stdio and kubernetes transports; use inject.header for HTTP")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
@@ -91,6 +93,10 @@ pub struct TargetSpec {
     /// differs from its pin, or that has no pin, is hidden and refused until approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_pinning: Option<ToolPinning>,
+    /// What each user brings for this Target (their own upstream account or token), connected
+    /// through the gateway's `/connect` pages; see `api::user_credential`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_credential: Option<super::user_credential::UserCredential>,
 }
 
 /// `spec.toolPinning`: the mode and the approved digests (see `snapshot::pinning`).

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::api::{Credential, CredentialSubject, InjectedValue};
+use crate::api::{Credential, CredentialSubject, InjectedValue, SecretKeyRef, USER_MANAGED_LABEL};
 use crate::seal::{SealingKey, slot_aad};
 use crate::snapshot::{CompiledCredential, CredentialMatch, InjectAs, SealedEntry};
 
-const FORBIDDEN_HEADERS: [&str; 8] = [
+pub(super) const FORBIDDEN_HEADERS: [&str; 8] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -50,13 +50,13 @@ pub(super) fn subject_match(s: &CredentialSubject) -> Result<CredentialMatch, St
     })
 }
 
-fn valid_header_name(n: &str) -> bool {
+pub(super) fn valid_header_name(n: &str) -> bool {
     !n.is_empty()
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn valid_env_name(n: &str) -> bool {
+pub(super) fn valid_env_name(n: &str) -> bool {
     let mut bytes = n.bytes();
     bytes
         .next()
@@ -64,10 +64,29 @@ fn valid_env_name(n: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Labelled `mcp.reflow.io/user-managed: "true"`: written for one user from a grant they brought.
+pub(super) fn is_user_managed(c: &Credential) -> bool {
+    c.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(USER_MANAGED_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
 /// Checks that do not need other objects. Returns the subject on success.
 pub(super) fn validate(c: &Credential) -> Result<CredentialMatch, String> {
     let s = &c.spec;
-    let subject = subject_match(&s.subject)?;
+    let mut subject = subject_match(&s.subject)?;
+    if is_user_managed(c) {
+        subject = match subject {
+            CredentialMatch::User(u) => CredentialMatch::UserBrought(u),
+            _ => {
+                return Err(format!(
+                    "a {USER_MANAGED_LABEL} Credential holds one user's own value: its subject must be a user"
+                ));
+            }
+        };
+    }
     if s.headers.is_empty() && s.env.is_empty() {
         return Err("a Credential injects at least one header or env var".to_owned());
     }
@@ -106,12 +125,12 @@ pub(super) fn validate(c: &Credential) -> Result<CredentialMatch, String> {
     Ok(subject)
 }
 
-fn secret_value(
+/// The UTF-8 text of a Secret key in namespace `ns`.
+pub(super) fn secret_text(
     secrets: &Secrets<'_>,
     ns: &str,
-    v: &InjectedValue,
+    r: &SecretKeyRef,
 ) -> Result<String, (&'static str, String)> {
-    let r = &v.secret_key_ref;
     let secret = secrets.get(&(ns, r.name.as_str())).ok_or_else(|| {
         (
             "SecretNotFound",
@@ -134,12 +153,20 @@ fn secret_value(
                 format!("Secret {:?} has no key {:?}", r.name, r.key),
             )
         })?;
-    let text = String::from_utf8(raw).map_err(|_| {
+    String::from_utf8(raw).map_err(|_| {
         (
             "InvalidSecretValue",
             format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key),
         )
-    })?;
+    })
+}
+
+fn secret_value(
+    secrets: &Secrets<'_>,
+    ns: &str,
+    v: &InjectedValue,
+) -> Result<String, (&'static str, String)> {
+    let text = secret_text(secrets, ns, &v.secret_key_ref)?;
     Ok(format!("{}{}", v.prefix.as_deref().unwrap_or(""), text))
 }
 
@@ -198,9 +225,10 @@ pub(super) fn seal_entries(
 pub(super) fn ambiguities(creds: &[CompiledCredential]) -> Vec<(Arc<str>, String)> {
     let tier = |m: &CredentialMatch| match m {
         CredentialMatch::User(_) => 0,
-        CredentialMatch::Group(_) => 1,
-        CredentialMatch::Role(_) => 2,
-        CredentialMatch::Default => 3,
+        CredentialMatch::UserBrought(_) => 1,
+        CredentialMatch::Group(_) => 2,
+        CredentialMatch::Role(_) => 3,
+        CredentialMatch::Default => 4,
     };
     let mut out = Vec::new();
     let mut sorted: Vec<&CompiledCredential> = creds.iter().collect();
@@ -210,7 +238,8 @@ pub(super) fn ambiguities(creds: &[CompiledCredential]) -> Vec<(Arc<str>, String
             let overlap = tier(&a.subject) == tier(&b.subject)
                 && match (&a.subject, &b.subject) {
                     // One caller has one user name: different users never overlap.
-                    (CredentialMatch::User(x), CredentialMatch::User(y)) => x == y,
+                    (CredentialMatch::User(x), CredentialMatch::User(y))
+                    | (CredentialMatch::UserBrought(x), CredentialMatch::UserBrought(y)) => x == y,
                     _ => true,
                 };
             if !overlap {

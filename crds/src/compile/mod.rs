@@ -6,6 +6,7 @@ pub mod pod_security;
 mod policy;
 mod report;
 mod target;
+mod user_credential;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use kube::ResourceExt;
 use crate::api::{Credential, Policy, Target, TokenRevocation};
 use crate::seal::SealingKey;
 use crate::snapshot::{
-    CompiledCredential, CompiledRule, CompiledTarget, PolicySet, Revocations, Snapshot,
-    SnapshotError,
+    CompiledCredential, CompiledRule, CompiledTarget, CompiledUserCredential, CredentialMatch,
+    PolicySet, Revocations, Snapshot, SnapshotError,
 };
 
 pub use report::{
@@ -100,13 +101,15 @@ struct TargetBuild<'a> {
     routing: target::Routing,
     rules: Vec<CompiledRule>,
     credentials: Vec<CompiledCredential>,
+    user_credential: Option<CompiledUserCredential>,
 }
 
 pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotError> {
     let mut reports = Vec::new();
-    let mut builds = compile_targets(inputs, &mut reports);
+    let secrets = secrets_by_name(inputs);
+    let mut builds = compile_targets(inputs, &secrets, key, &mut reports);
     compile_policies(inputs, &mut builds, &mut reports);
-    compile_credentials(inputs, key, &mut builds, &mut reports);
+    compile_credentials(inputs, &secrets, key, &mut builds, &mut reports);
     let targets = builds
         .into_iter()
         .map(|((ns, name), b)| {
@@ -129,6 +132,7 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                     .clone()
                     .filter(|f| f.jwt.is_some() || f.headers),
                 pinning: b.routing.pinning,
+                user_credential: b.user_credential,
             })
         })
         .collect();
@@ -142,16 +146,38 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
 /// Accepted Targets by (namespace, name), with what policies and credentials add to them.
 type Builds<'a> = BTreeMap<(String, String), TargetBuild<'a>>;
 
-/// Targets: routing, prefix uniqueness (first by namespace/name wins).
-fn compile_targets<'a>(inputs: &'a Inputs, reports: &mut Vec<ObjectReport>) -> Builds<'a> {
+fn secrets_by_name(inputs: &Inputs) -> credential::Secrets<'_> {
+    inputs
+        .secrets
+        .iter()
+        .filter_map(|s| {
+            Some((
+                (s.metadata.namespace.as_deref().unwrap_or("default")),
+                s.metadata.name.as_deref()?,
+            ))
+            .map(|k| (k, s))
+        })
+        .collect()
+}
+
+/// Targets: routing, prefix uniqueness (first by namespace/name wins), `userCredential`.
+fn compile_targets<'a>(
+    inputs: &'a Inputs,
+    secrets: &credential::Secrets<'_>,
+    key: &SealingKey,
+    reports: &mut Vec<ObjectReport>,
+) -> Builds<'a> {
     let mut builds: Builds<'_> = BTreeMap::new();
     let mut prefixes: HashMap<Arc<str>, String> = HashMap::new();
     let (targets, target_dups) = sorted(&inputs.targets, ObjectKind::Target);
     for (ns, name, t) in targets {
         let mut r = ObjectReport::new(ObjectKind::Target, &ns, &name, t.metadata.generation);
-        match target::routing(t, &name) {
+        let routed = target::routing(t, &name).and_then(|routing| {
+            user_credential::compile(&t.spec, &ns, &name, secrets, key).map(|u| (routing, u))
+        });
+        match routed {
             Err((reason, msg)) => r.set(ACCEPTED, false, reason, msg),
-            Ok(routing) => {
+            Ok((routing, user_credential)) => {
                 if let Some(owner) = prefixes.get(&routing.prefix) {
                     r.set(
                         ACCEPTED,
@@ -178,6 +204,7 @@ fn compile_targets<'a>(inputs: &'a Inputs, reports: &mut Vec<ObjectReport>) -> B
                             routing,
                             rules: Vec::new(),
                             credentials: Vec::new(),
+                            user_credential,
                         },
                     );
                 }
@@ -234,21 +261,11 @@ fn compile_policies(inputs: &Inputs, builds: &mut Builds<'_>, reports: &mut Vec<
 /// Credentials: validated, sealed, attached to their Target; ambiguous precedence reported.
 fn compile_credentials(
     inputs: &Inputs,
+    secrets: &credential::Secrets<'_>,
     key: &SealingKey,
     builds: &mut Builds<'_>,
     reports: &mut Vec<ObjectReport>,
 ) {
-    let secrets: credential::Secrets<'_> = inputs
-        .secrets
-        .iter()
-        .filter_map(|s| {
-            Some((
-                (s.metadata.namespace.as_deref().unwrap_or("default")),
-                s.metadata.name.as_deref()?,
-            ))
-            .map(|k| (k, s))
-        })
-        .collect();
     let mut cred_reports: HashMap<(String, String), usize> = HashMap::new();
     let (credentials, credential_dups) = sorted(&inputs.credentials, ObjectKind::Credential);
     for (ns, name, c) in credentials {
@@ -266,7 +283,12 @@ fn compile_credentials(
                         format!("no accepted Target {tname:?} in this namespace"),
                     ),
                     Some(b) => {
-                        match credential::seal_entries(c, &ns, &tname, &subject, &secrets, key) {
+                        let sealed =
+                            credential::seal_entries(c, &ns, &tname, &subject, secrets, key)
+                                .and_then(|entries| {
+                                    user_slot_only(&subject, b.user_credential.as_ref(), entries)
+                                });
+                        match sealed {
                             Err((reason, msg)) => r.set(RESOLVED_REFS, false, reason, msg),
                             Ok(entries) => {
                                 r.set(RESOLVED_REFS, true, "ResolvedRefs", "");
@@ -286,13 +308,75 @@ fn compile_credentials(
         reports.push(r);
     }
     reports.extend(credential_dups);
-    for ((ns, _), b) in builds.iter() {
+    for ((ns, _), b) in builds.iter_mut() {
+        for (cred, msg) in shadow_user_slot(b) {
+            if let Some(i) = cred_reports.get(&(ns.clone(), cred.to_string())) {
+                reports[*i].set(CONFLICTED, true, "ShadowedByUserCredential", msg);
+            }
+        }
         for (cred, msg) in credential::ambiguities(&b.credentials) {
             if let Some(i) = cred_reports.get(&(ns.clone(), cred.to_string())) {
                 reports[*i].set(CONFLICTED, true, "AmbiguousPrecedence", msg);
             }
         }
     }
+}
+
+/// A user-brought Credential fills exactly the Target's `userCredential` slot and nothing else:
+/// a grant written for a user can never set other headers or env vars.
+fn user_slot_only(
+    subject: &CredentialMatch,
+    slot: Option<&CompiledUserCredential>,
+    entries: Vec<crate::snapshot::SealedEntry>,
+) -> Result<Vec<crate::snapshot::SealedEntry>, (&'static str, String)> {
+    if !matches!(subject, CredentialMatch::UserBrought(_)) {
+        return Ok(entries);
+    }
+    match slot {
+        None => Err((
+            "NoUserCredential",
+            "the Target declares no spec.userCredential for a user-managed Credential to fill"
+                .to_owned(),
+        )),
+        Some(u) if entries.len() == 1 && u.is_slot(&entries[0]) => Ok(entries),
+        Some(u) => Err((
+            "NotTheUserSlot",
+            format!(
+                "a user-managed Credential injects exactly the Target's userCredential slot ({} {:?})",
+                u.inject_as.as_str(),
+                &*u.name
+            ),
+        )),
+    }
+}
+
+/// On a Target with `userCredential`, group, role and default Credentials never fill the user's
+/// slot: a shared value there would make everyone act upstream as one account. Returns the
+/// Credentials whose value for the slot was dropped, with the message for their status.
+fn shadow_user_slot(b: &mut TargetBuild<'_>) -> Vec<(Arc<str>, String)> {
+    let Some(u) = &b.user_credential else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for c in &mut b.credentials {
+        if matches!(
+            c.subject,
+            CredentialMatch::Group(_) | CredentialMatch::Role(_) | CredentialMatch::Default
+        ) && c.entries.iter().any(|e| u.is_slot(e))
+        {
+            c.entries.retain(|e| !u.is_slot(e));
+            out.push((
+                c.credential.clone(),
+                format!(
+                    "{} {:?} is brought by each user (the Target's spec.userCredential); this {} Credential's value for it is never injected",
+                    u.inject_as.as_str(),
+                    &*u.name,
+                    c.subject.label()
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Token revocations are cluster-scoped and independent of Targets: each valid one adds its

@@ -1,5 +1,5 @@
 //! The compiled credentials of one Target and their resolution for a caller: per injected key,
-//! user > group > role > default, ties broken by subject name then Credential name.
+//! user > user-brought > group > role > default, ties broken by subject name then Credential name.
 
 use std::sync::Arc;
 
@@ -14,6 +14,9 @@ use crate::seal::SealedValue;
 #[serde(rename_all = "camelCase")]
 pub enum CredentialMatch {
     User(Arc<str>),
+    /// A user's own value for the Target's `userCredential` slot (a Credential labelled
+    /// `mcp.reflow.io/user-managed`): below an admin's explicit user Credential, above groups.
+    UserBrought(Arc<str>),
     Group(Arc<str>),
     Role(Arc<str>),
     Default,
@@ -22,7 +25,7 @@ pub enum CredentialMatch {
 impl CredentialMatch {
     pub fn applies_to(&self, id: &Identity) -> bool {
         match self {
-            CredentialMatch::User(u) => **u == *id.user,
+            CredentialMatch::User(u) | CredentialMatch::UserBrought(u) => **u == *id.user,
             CredentialMatch::Group(g) => id.in_group(g),
             CredentialMatch::Role(r) => id.has_role(r),
             CredentialMatch::Default => true,
@@ -33,6 +36,7 @@ impl CredentialMatch {
     pub fn label(&self) -> String {
         match self {
             CredentialMatch::User(u) => format!("user:{u}"),
+            CredentialMatch::UserBrought(u) => format!("user-brought:{u}"),
             CredentialMatch::Group(g) => format!("group:{g}"),
             CredentialMatch::Role(r) => format!("role:{r}"),
             CredentialMatch::Default => "default".to_owned(),

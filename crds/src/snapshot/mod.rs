@@ -8,6 +8,7 @@ mod policy;
 pub mod rate_limit;
 mod revocations;
 mod sandbox;
+mod user_credential;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +25,10 @@ pub use pinning::{DIGESTED_FIELDS, PinVerdict, ToolPins, tool_digest, valid_dige
 pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch, covers};
 pub use revocations::Revocations;
 pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, EffectiveLimits, StdioSandbox};
+pub use user_credential::{
+    CompiledClient, CompiledOAuth2, CompiledTokenExchange, CompiledUserCredential,
+    SealedClientSecret,
+};
 
 use crate::api::{Isolation, PodSpecTemplate};
 
@@ -127,6 +132,9 @@ pub struct CompiledTarget {
     /// Approved tool definitions (`spec.toolPinning`); absent: every definition is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinning: Option<ToolPins>,
+    /// What each user brings (`spec.userCredential`); absent: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_credential: Option<CompiledUserCredential>,
 }
 
 impl CompiledTarget {

@@ -51,6 +51,8 @@ pub struct AppConfig {
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
     /// The web console's extra parts (used only when `gateway.console.enabled`).
     pub console: ConsoleWiring,
+    /// Where users' connections (`spec.userCredential`) are kept in standalone mode.
+    pub connections: Option<crate::connect::ConnectionStore>,
 }
 
 /// What the web console reads besides the gateway's own parts.
@@ -96,7 +98,13 @@ impl AppConfig {
             observed: Arc::default(),
             controller_link: None,
             console: ConsoleWiring::default(),
+            connections: None,
         }
+    }
+
+    pub fn with_connections(mut self, store: crate::connect::ConnectionStore) -> Self {
+        self.connections = Some(store);
+        self
     }
 
     pub fn with_bus(mut self, bus: Arc<dyn NotificationBus>) -> Self {
@@ -145,6 +153,7 @@ impl App {
             instances: config.instances,
             observed: config.observed,
             controller_link: config.controller_link,
+            connections: config.connections,
         })?;
         let console = match tap {
             Some(tap) => Some(build_console(

@@ -83,6 +83,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     {
         app_config.console.dataplane = name;
     }
+    if opts.controller.is_none()
+        && let Some(dir) = &opts.manifests
+    {
+        app_config.connections = Some(crate::connect::ConnectionStore::in_manifests(
+            dir,
+            app_config.key.clone(),
+        ));
+    }
     let app = App::build(app_config)?;
 
     let scheme = if config.gateway.tls.is_some() {

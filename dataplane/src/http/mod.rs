@@ -6,6 +6,7 @@
 mod admission;
 use admission::{Admitted, read_message, store_unavailable};
 mod client_stream;
+mod connect;
 mod endpoints;
 use endpoints::{find_session, owned_session, session_not_found};
 mod hardening;
@@ -87,6 +88,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
+        .route(
+            &format!("{}/{{link}}", crate::mcp::CONNECT_PATH),
+            get(connect::show).post(connect::submit),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -436,6 +436,11 @@ impl Gateway {
         {
             return refused;
         }
+        if kind == ItemKind::Tool
+            && let Some(connect) = self.connect_gate(ctx, &req.id, &target, &key, &name)
+        {
+            return connect;
+        }
         req.params_mut()
             .insert("name".into(), Value::String(upstream_name.clone()));
         let (mut reply, t, outcome) = self.relay(ctx, req, &target, key, &name, &decision).await;

@@ -5,6 +5,7 @@
 
 pub(crate) mod authz;
 pub(crate) mod call;
+mod connect_gate;
 mod cross_replica;
 pub(crate) mod dispatch;
 mod forward;
@@ -42,6 +43,7 @@ use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
 
 pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
+pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use streams::StreamError;
 pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;
@@ -139,6 +141,7 @@ pub(crate) struct Parts {
     pub instances: Option<ControllerApi>,
     pub observed: Arc<crate::observed::Observations>,
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    pub connections: Option<crate::connect::ConnectionStore>,
 }
 
 pub struct Gateway {
@@ -184,6 +187,10 @@ pub struct Gateway {
     pub(crate) me: Weak<Self>,
     /// Policy rate limits on this replica.
     pub(crate) rate_limiter: reflow_crds::rate_limiter::RateLimiter,
+    /// Live connect links (`spec.userCredential`) minted by this replica.
+    pub(crate) connect_links: crate::connect::ConnectLinks,
+    /// Where connections are stored (standalone mode); none: connecting is not available here.
+    pub(crate) connections: Option<crate::connect::ConnectionStore>,
 }
 
 impl Gateway {
@@ -238,6 +245,8 @@ impl Gateway {
                 controller_link: p.controller_link,
                 me: weak.clone(),
                 rate_limiter: Default::default(),
+                connect_links: Default::default(),
+                connections: p.connections,
             }
         });
         let weak = Arc::downgrade(&gw);

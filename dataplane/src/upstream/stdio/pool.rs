@@ -613,6 +613,7 @@ mod tests {
             credentials: Default::default(),
             identity_forwarding: None,
             pinning: None,
+            user_credential: None,
         }
     }
 

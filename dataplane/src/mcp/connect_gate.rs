@@ -1,0 +1,117 @@
+//! The gate before a call to a Target whose users bring their own credential: a caller whose
+//! resolved credentials lack the `userCredential` slot is sent to a connect link instead of
+//! reaching the upstream: `-32042` (URL elicitation required) for clients that declared URL
+//! elicitation, a tool error carrying the link for the others.
+
+use std::sync::Arc;
+
+use reflow_crds::api::UserCredentialMode;
+use reflow_crds::snapshot::CompiledTarget;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use super::dispatch::{Ctx, Reply};
+use crate::audit::{AuditEvent, now_ms};
+use crate::connect::LinkGrant;
+use crate::jsonrpc;
+
+/// MCP 2025-11-25: the request needs the user to visit a URL first.
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
+/// Where the connect pages are served.
+pub const CONNECT_PATH: &str = "/connect";
+
+/// Whether the client declared URL-mode elicitation (`capabilities.elicitation.url`).
+fn wants_url_elicitation(caps: &Value) -> bool {
+    caps.pointer("/elicitation/url")
+        .is_some_and(Value::is_object)
+}
+
+impl Gateway {
+    /// `None`: go on to the upstream. `Some(reply)`: the caller must connect first.
+    pub(crate) fn connect_gate(
+        &self,
+        ctx: &Ctx,
+        req_id: &Value,
+        target: &CompiledTarget,
+        key: &Arc<str>,
+        name: &str,
+    ) -> Option<Reply> {
+        let u = target.user_credential.as_ref()?;
+        let resolved = target.credentials.resolve(&ctx.identity);
+        if resolved.entries.iter().any(|e| u.is_slot(&e.entry)) {
+            return None;
+        }
+        let tool_error = |text: String| {
+            jsonrpc::result(
+                req_id,
+                json!({"content": [{"type": "text", "text": text}], "isError": true}),
+            )
+        };
+        if u.mode != UserCredentialMode::Secret || self.connections.is_none() {
+            // Fail closed: never call the upstream without the caller's own credential.
+            self.audit_connect(ctx, key, name, "connect_unavailable");
+            return Some((
+                tool_error(format!(
+                    "{} needs your own {} credential, and this gateway cannot connect it yet (mode {}{})",
+                    u.display_name,
+                    u.display_name,
+                    u.mode.as_str(),
+                    if self.connections.is_none() {
+                        ", no connection store"
+                    } else {
+                        ""
+                    }
+                )),
+                Some(key.clone()),
+                "connect_unavailable",
+            ));
+        }
+        let link = self.connect_links.mint(LinkGrant {
+            user: ctx.identity.user.to_string(),
+            namespace: target.namespace.to_string(),
+            target: target.name.to_string(),
+        });
+        let base = self
+            .config
+            .public_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/'))
+            .unwrap_or_default();
+        let url = format!("{base}{CONNECT_PATH}/{link}");
+        let message = format!(
+            "Connect your {} account to use {name}: open {url} (single use, valid 10 minutes), then call again.",
+            u.display_name
+        );
+        self.audit_connect(ctx, key, name, "connect_required");
+        let reply = if wants_url_elicitation(&ctx.session.client_capabilities) {
+            let mut e = jsonrpc::error(req_id, URL_ELICITATION_REQUIRED, &message);
+            e["error"]["data"] = json!({"elicitations": [{
+                "mode": "url",
+                "elicitationId": uuid::Uuid::new_v4().to_string(),
+                "url": url,
+                "message": message,
+            }]});
+            e
+        } else {
+            tool_error(message)
+        };
+        Some((reply, Some(key.clone()), "connect_required"))
+    }
+
+    fn audit_connect(&self, ctx: &Ctx, key: &Arc<str>, name: &str, outcome: &str) {
+        self.audit.record(AuditEvent {
+            id: crate::audit::new_event_id(),
+            time_ms: now_ms(),
+            user: ctx.identity.user.to_string(),
+            session: Some(ctx.session.id.clone()),
+            method: "tools/call".to_owned(),
+            target: Some(key.to_string()),
+            name: Some(name.to_owned()),
+            decision: Some("allow"),
+            policy: None,
+            outcome: outcome.to_owned(),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            trace_id: ctx.trace_id.clone(),
+        });
+    }
+}
