@@ -47,6 +47,9 @@ pub struct AppConfig {
     pub observed: Arc<crate::observed::Observations>,
     /// The controller link (controller mode): its state is in `/metrics` and, opt-in, `/readyz`.
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    /// The replica registry (database and replica token): requests for sessions another replica
+    /// owns are handed to it; none keeps every request on this replica.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
 impl AppConfig {
@@ -71,6 +74,7 @@ impl AppConfig {
             instances: None,
             observed: Arc::default(),
             controller_link: None,
+            replicas: None,
         }
     }
 
@@ -107,6 +111,7 @@ impl App {
             instances: config.instances,
             observed: config.observed,
             controller_link: config.controller_link,
+            replicas: config.replicas,
         })?;
         Ok(Self { gateway })
     }

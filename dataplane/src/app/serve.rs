@@ -62,21 +62,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     });
     let _source = start_source(&opts, &key, &snapshots, (&observed, link.as_ref()))?;
 
-    let stores = stores(&config, &key).await?;
-    let mut app_config = AppConfig::new(
-        config.gateway.clone(),
-        snapshots,
-        stores.sessions.clone(),
-        auth,
-        stores.audit.clone(),
-        key,
-    );
-    app_config.bus = stores.bus.clone();
-    app_config.instances = controller_instances(&opts)?;
-    app_config.observed = observed;
-    app_config.controller_link = link;
-    let app = App::build(app_config)?;
-
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -86,6 +71,22 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     } else {
         "http"
     };
+    let stores = stores(&config, &key, &format!("{scheme}://{addr}")).await?;
+    let mut app_config = AppConfig::new(
+        config.gateway.clone(),
+        snapshots,
+        stores.sessions.clone(),
+        auth,
+        stores.audit.clone(),
+        key,
+    );
+    app_config.bus = stores.bus.clone();
+    app_config.replicas = stores.replicas.clone();
+    app_config.instances = controller_instances(&opts)?;
+    app_config.observed = observed;
+    app_config.controller_link = link;
+    let app = App::build(app_config)?;
+
     info!(listen = %addr, scheme, "serving");
     let max_connections = config.gateway.http.max_connections;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

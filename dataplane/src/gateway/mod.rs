@@ -8,6 +8,7 @@ mod endpoints;
 use endpoints::{find_session, owned_session, session_not_found};
 mod forward;
 mod forward_stateless;
+mod handoff;
 mod hardening;
 mod hygiene;
 mod instances;
@@ -62,6 +63,7 @@ use net::Peer;
 
 pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
+pub use handoff::ReplicasConfig;
 pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
 use preamble::{
     authenticate, base_url, check_host_origin, continue_caller_trace, json_response,
@@ -112,6 +114,8 @@ pub struct GatewayConfig {
     pub sse_keepalive_ms: u64,
     /// Sessions and requests in flight per user and in total (`limits`).
     pub limits: crate::limits::LimitsConfig,
+    /// How replicas sharing a database hand requests to each other (`handoff`).
+    pub replicas: ReplicasConfig,
 }
 
 impl Default for GatewayConfig {
@@ -132,6 +136,7 @@ impl Default for GatewayConfig {
             instances: InstancesConfig::default(),
             sse_keepalive_ms: 15_000,
             limits: crate::limits::LimitsConfig::default(),
+            replicas: ReplicasConfig::default(),
         }
     }
 }
@@ -166,6 +171,8 @@ pub(crate) struct Parts {
     pub instances: Option<ControllerApi>,
     pub observed: Arc<crate::observed::Observations>,
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    /// The replica registry: requests for what another replica owns are handed to it.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
 pub struct Gateway {
@@ -211,6 +218,8 @@ pub struct Gateway {
     me: Weak<Self>,
     /// Policy rate limits on this replica.
     rate_limiter: reflow_crds::rate_limiter::RateLimiter,
+    /// Hands requests to the replica that owns their session (with a replica registry).
+    handoff: Option<handoff::Handoff>,
 }
 
 impl Gateway {
@@ -230,6 +239,13 @@ impl Gateway {
             instances.use_controller(api);
         }
         let bus = p.bus;
+        let handoff = match p.replicas {
+            Some(r) => Some(
+                handoff::Handoff::new(r, &p.config.replicas)
+                    .map_err(|e| GatewayError::Upstream(UpstreamError::Client(e.to_string())))?,
+            ),
+            None => None,
+        };
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -265,6 +281,7 @@ impl Gateway {
                 controller_link: p.controller_link,
                 me: weak.clone(),
                 rate_limiter: Default::default(),
+                handoff,
             }
         });
         let weak = Arc::downgrade(&gw);
@@ -418,6 +435,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            handoff::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             hygiene::middleware,

@@ -9,6 +9,7 @@ mod audit;
 mod bus;
 mod migrations;
 mod query;
+mod replicas;
 mod sessions;
 
 use std::str::FromStr;
@@ -22,6 +23,9 @@ pub use audit::{AuditSettings, FailurePolicy, PgAuditSink, SPILL_FILE};
 pub use bus::{BusError, BusMessage, LocalBus, NotificationBus, PgBus};
 pub use migrations::{MIGRATIONS, migrate};
 pub use query::{AuditFilter, AuditRow, purge_expired_audit, query_audit};
+pub use replicas::{
+    Ownership, Peer, REPLICA_TOKEN_ENV, RegistryError, RegistrySettings, ReplicaRegistry, ReplicaToken,
+};
 pub use sessions::{PgSessionStore, SessionSettings};
 
 /// How long one connection attempt may take: a dead database must not hold requests long.

@@ -1,0 +1,288 @@
+//! Any replica serves any request: three `reflow-dataplane` processes on one Postgres behind a
+//! round-robin balancer that sends every request (each POST of a session too) to the next
+//! replica. Driven by the Python and TypeScript SDKs and by raw HTTP where event ids matter:
+//! sampling and elicitation answered through other replicas, a GET stream resumed on another
+//! replica with nothing lost or repeated, a legacy `/sse` client, a 2026-07-28 parked call
+//! retried elsewhere, a stateful STDIO session; then the replica owning the sessions is killed
+//! and they go on. Prints the counts (requests, failures, lost events).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use reflow_e2e::harness::py_ops::{self, first_text, ok_result};
+use reflow_e2e::harness::{PyClient, SseReader, TsClient};
+use serde_json::{Value, json};
+
+mod replicas_support;
+use replicas_support::*;
+
+/// What the run counted, printed for the closing note.
+#[derive(Default)]
+struct Tally {
+    sdk_actions: usize,
+    failures: Vec<String>,
+    events_sent: usize,
+    events_lost: usize,
+    events_repeated: usize,
+}
+
+impl Tally {
+    /// Counts a client report's actions; failed ones are recorded.
+    fn report(&mut self, what: &str, report: &Value) {
+        let results = report["results"].as_array().cloned().unwrap_or_default();
+        self.sdk_actions += results.len();
+        for (i, r) in results.iter().enumerate() {
+            if r["ok"] != json!(true) {
+                self.failures.push(format!("{what} action {i}: {r}"));
+            }
+        }
+        if report["ok"] != json!(true) {
+            self.failures.push(format!("{what}: {}", report["error"]));
+        }
+    }
+
+    /// Counts `expected` log messages against what arrived (by event id: each is one event).
+    fn events(&mut self, expected: usize, got: &[(String, String)]) {
+        self.events_sent += expected;
+        let unique: BTreeSet<&str> = got.iter().map(|(_, id)| id.as_str()).collect();
+        self.events_repeated += got.len() - unique.len();
+        self.events_lost += expected.saturating_sub(unique.len());
+    }
+}
+
+/// Sampling and elicitation, asked by the upstream during a call whose POST landed on one
+/// replica, answered by POSTs the balancer sends to the others.
+fn sdk_upcalls(c: &Cluster, tally: &mut Tally) {
+    let report = PyClient::streamable_http(c.mcp_url())
+        .token(dev_token("alice"))
+        .answer_client_requests()
+        .actions([
+            py_ops::call_tool("cf_test_sampling", json!({"prompt": "Say hi"})),
+            py_ops::call_tool("cf_test_elicitation", json!({"message": "Who are you?"})),
+            py_ops::call_tool("cf_test_sampling", json!({"prompt": "Again"})),
+        ])
+        .run()
+        .expect("python client runs");
+    tally.report("python upcalls", &report);
+    assert!(first_text(ok_result(&report, 0)).contains("sampled: Say hi"), "{report:#}");
+    assert!(first_text(ok_result(&report, 1)).contains("py-user"), "{report:#}");
+    assert!(first_text(ok_result(&report, 2)).contains("sampled: Again"), "{report:#}");
+
+    let report = TsClient::streamable_http(c.mcp_url())
+        .token(dev_token("tess"))
+        .sampling_reply("ts sampled")
+        .elicitation_reply(json!({"username": "ts-user", "email": "ts@example.com"}))
+        .actions([
+            py_ops::call_tool("cf_test_sampling", json!({"prompt": "From TS"})),
+            py_ops::call_tool("cf_test_elicitation", json!({"message": "Name?"})),
+        ])
+        .run()
+        .expect("typescript client runs");
+    tally.report("typescript upcalls", &report);
+    assert!(first_text(ok_result(&report, 0)).contains("ts sampled"), "{report:#}");
+    assert!(first_text(ok_result(&report, 1)).contains("ts-user"), "{report:#}");
+}
+
+/// A legacy HTTP+SSE client: its stream is on one replica, its POSTs go round the others.
+fn legacy_sse(c: &Cluster, tally: &mut Tally) {
+    let report = PyClient::sse(format!("{}/sse", c.lb.url()))
+        .token(dev_token("lee"))
+        .actions([
+            py_ops::call_tool("cf_echo", json!({"text": "one"})),
+            py_ops::call_tool("cf_echo", json!({"text": "two"})),
+            py_ops::list_tools(),
+            py_ops::call_tool("cf_echo", json!({"text": "three"})),
+        ])
+        .run()
+        .expect("python sse client runs");
+    tally.report("legacy sse", &report);
+    assert_eq!(first_text(ok_result(&report, 3)), "[cf] three", "{report:#}");
+}
+
+/// A 2026-07-28 client: the upstream asks mid-call, the call is parked on one replica and the
+/// retry carrying the answer reaches another.
+fn parked_call(c: &Cluster, tally: &mut Tally) {
+    let report = PyClient::streamable_http(c.mcp_url())
+        .mode("2026-07-28")
+        .token(dev_token("sam"))
+        .answer_client_requests()
+        .actions([
+            py_ops::call_tool("cf_test_elicitation", json!({"message": "Stateless?"})),
+            py_ops::call_tool("cf_test_sampling", json!({"prompt": "Parked"})),
+        ])
+        .run()
+        .expect("python 2026 client runs");
+    tally.report("parked call", &report);
+    assert_eq!(report["protocol_version"], "2026-07-28", "{report:#}");
+    assert!(first_text(ok_result(&report, 0)).contains("py-user"), "{report:#}");
+    assert!(first_text(ok_result(&report, 1)).contains("sampled: Parked"), "{report:#}");
+}
+
+/// Which child answered a `whoami`: each child has a HOME folder of its own (the pid is the
+/// same in every sandboxed child).
+fn child_of(me: &Value) -> String {
+    me["env"]["HOME"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A stateful STDIO session: every call, whichever replica it reaches, is served by the one
+/// child of this session (same HOME), which keeps the session's log level.
+fn stateful_stdio(c: &Cluster, tally: &mut Tally) -> Vec<String> {
+    let report = PyClient::streamable_http(c.mcp_url())
+        .token(dev_token("stella"))
+        .actions([
+            py_ops::set_logging_level("debug"),
+            py_ops::call_tool("st_whoami", json!({})),
+            py_ops::call_tool("st_whoami", json!({})),
+            py_ops::call_tool("st_whoami", json!({})),
+        ])
+        .run()
+        .expect("python stdio client runs");
+    tally.report("stateful stdio", &report);
+    let homes: Vec<String> = (1..4)
+        .map(|i| {
+            let me: Value = serde_json::from_str(first_text(ok_result(&report, i))).expect("json");
+            assert_eq!(me["transport"], "stdio", "{me}");
+            assert_eq!(me["logLevel"], "debug", "{me}");
+            child_of(&me)
+        })
+        .collect();
+    assert!(homes.iter().all(|h| *h == homes[0]), "one child: {homes:?}");
+    homes
+}
+
+/// Events for a GET stream held through one replica; the stream is dropped, more events come,
+/// and it is resumed with `Last-Event-ID` through another replica: all arrive once, in order.
+async fn resumed_stream(c: &Cluster, tally: &mut Tally) {
+    const CALLS: usize = 4;
+    let per_round = CALLS * LOGGED.len();
+    let http = http();
+    let (url, token) = (c.mcp_url(), dev_token("gina"));
+    let sid = open_session(&http, &url, &token).await;
+    let before = c.lb.routed().len();
+    let get = get_stream(&http, &url, &token, &sid, None).await;
+    assert_eq!(get.status(), 200);
+    let first_at = c.lb.routed()[before].replica;
+    let mut stream = SseReader::new(get);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    emit(&http, &url, &token, &sid, CALLS).await;
+    let got = read_labels(&mut stream, per_round).await;
+    let last = got.last().map(|(_, id)| id.clone()).expect("events came");
+    drop(stream);
+    // Said while nobody listens: kept for the resumption.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    emit(&http, &url, &token, &sid, CALLS).await;
+    // Resumed at a replica that neither held the stream nor owns the session.
+    let owner = c.owner_of(&format!("s:{sid}")).expect("an owner");
+    let other = (0..c.replicas.len())
+        .find(|i| *i != first_at && *i != owner)
+        .expect("a third replica");
+    let other_url = c.replicas[other].mcp_url();
+    let again = get_stream(&http, &other_url, &token, &sid, Some(&last)).await;
+    assert_eq!(again.status(), 200);
+    let mut stream = SseReader::new(again);
+    emit(&http, &url, &token, &sid, CALLS).await;
+    let rest = read_labels(&mut stream, 2 * per_round).await;
+    let all: Vec<_> = got.into_iter().chain(rest).collect();
+    tally.events(3 * per_round, &all);
+    let texts: Vec<&str> = all.iter().map(|(l, _)| l.as_str()).collect();
+    let expected: Vec<&str> = LOGGED.iter().copied().cycle().take(3 * per_round).collect();
+    assert_eq!(texts, expected, "every event once, in order");
+}
+
+#[test]
+fn three_replicas_behind_a_round_robin_balancer_serve_every_session() {
+    let c = Cluster::start(3);
+    let mut tally = Tally::default();
+    runtime().block_on(resumed_stream(&c, &mut tally));
+    sdk_upcalls(&c, &mut tally);
+    legacy_sse(&c, &mut tally);
+    parked_call(&c, &mut tally);
+    let _homes = stateful_stdio(&c, &mut tally);
+    let spread: BTreeSet<usize> = c.lb.routed().iter().map(|r| r.replica).collect();
+    assert_eq!(spread.len(), 3, "every replica got requests");
+    let mut c = c;
+    killed_owner(&mut c, &mut tally);
+    println!(
+        "replicas: {} requests through the balancer ({} connections to the killed replica \
+         refused and sent on), {} SDK actions, {} failures, {} events sent, {} lost, {} repeated",
+        c.lb.requests(),
+        c.lb.skipped(),
+        tally.sdk_actions,
+        tally.failures.len(),
+        tally.events_sent,
+        tally.events_lost,
+        tally.events_repeated,
+    );
+    assert!(tally.failures.is_empty(), "{:#?}", tally.failures);
+    assert_eq!(tally.events_lost, 0);
+    assert_eq!(tally.events_repeated, 0);
+    assert_eq!(c.lb.unserved(), 0);
+}
+
+/// The replica that owns a live session (with a stateful STDIO child and a GET stream) is
+/// killed; the session goes on through the others: calls answer, the child is restarted on the
+/// new owner with the session's log level, sampling still reaches the client.
+fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
+    let rt = runtime();
+    let http = http();
+    let (url, token) = (c.mcp_url(), dev_token("kim"));
+    let sid = rt.block_on(open_session(&http, &url, &token));
+    let owner = c.owner_of(&format!("s:{sid}")).expect("the session has an owner");
+    let call = |name: &str, id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": {}}})
+    };
+    let set_level = json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
+                           "params": {"level": "debug"}});
+    let pid_of = |resp: Value| -> String {
+        let text = resp["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+        let me: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_eq!(me["logLevel"], "debug", "{me}");
+        child_of(&me)
+    };
+    let before: String = rt.block_on(async {
+        let r = post(&http, &url, &token, Some(&sid), "application/json", set_level).await;
+        assert_eq!(r.status(), 200);
+        let r = post(&http, &url, &token, Some(&sid), "application/json", call("st_whoami", 2)).await;
+        assert_eq!(r.status(), 200);
+        pid_of(r.json().await.expect("json"))
+    });
+    let started = Instant::now();
+    c.replicas[owner].kill();
+    let mut answered = 0;
+    let mut failed = 0;
+    let after: Vec<String> = rt.block_on(async {
+        let mut pids = Vec::new();
+        for id in 10..16 {
+            let r = post(&http, &url, &token, Some(&sid), "application/json", call("st_whoami", id)).await;
+            if r.status() == 200 {
+                answered += 1;
+                pids.push(pid_of(r.json().await.expect("json")));
+            } else {
+                failed += 1;
+                tally.failures.push(format!("after the kill: HTTP {}", r.status()));
+            }
+        }
+        pids
+    });
+    println!(
+        "replicas: owner r{owner} killed; {answered} calls answered by the others, {failed} failed, \
+         first answer within {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !after.is_empty() && after.iter().all(|h| *h == after[0] && *h != before),
+        "child {before} then {after:?}"
+    );
+    let new_owner = c.owner_of(&format!("s:{sid}")).expect("claimed");
+    assert_ne!(new_owner, owner);
+    // An SDK session opened after the kill works through the two that are left.
+    let report = PyClient::streamable_http(c.mcp_url())
+        .token(dev_token("alice"))
+        .answer_client_requests()
+        .actions([py_ops::call_tool("cf_test_sampling", json!({"prompt": "Still here"}))])
+        .run()
+        .expect("python client runs");
+    tally.report("after the kill", &report);
+}
+
