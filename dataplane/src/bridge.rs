@@ -166,7 +166,7 @@ impl Bridge {
         .inspect_err(|_| restarts.failed())?;
         info!(pid = child.pid(), "STDIO server started");
         let default = json!({
-            "protocolVersion": crate::gateway::LATEST_PROTOCOL,
+            "protocolVersion": crate::mcp::LATEST_PROTOCOL,
             "capabilities": {},
             "clientInfo": {"name": "reflow-bridge", "version": env!("CARGO_PKG_VERSION")},
         });
@@ -333,7 +333,7 @@ impl Bridge {
                 }
             }
         });
-        crate::gateway::plain_sse(tokio_stream::wrappers::ReceiverStream::new(rx))
+        crate::mcp::plain_sse(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// One thing the child said about a call, as an event for its client; a request is kept
@@ -409,7 +409,7 @@ async fn post_mcp(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: B
         )
             .into_response();
     }
-    let streams = crate::gateway::accepts(&headers, "text/event-stream");
+    let streams = crate::http::accepts(&headers, "text/event-stream");
     match jsonrpc::parse(&body) {
         Ok(m) => bridge.handle(m, streams).await,
         Err(e) => (StatusCode::BAD_REQUEST, axum::Json(e.to_response())).into_response(),

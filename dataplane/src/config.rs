@@ -25,7 +25,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::auth::{AuthConfig, AuthConfigError, IssuerConfig};
-use crate::gateway::GatewayConfig;
+use crate::mcp::GatewayConfig;
 use crate::postgres::FailurePolicy;
 
 /// Environment variable holding the base64 sealing key itself; wins over `sealingKeyFile`.

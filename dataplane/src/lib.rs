@@ -3,16 +3,20 @@
 //!
 //! # Layers
 //!
-//! The top-level modules form four layers; a module uses (`crate::…`) only modules of its own
+//! The top-level modules form five layers; a module uses (`crate::…`) only modules of its own
 //! layer or of a lower one, never a higher one, and the uses within a layer have no cycle:
 //!
 //! 1. **app**: `app` (the one wiring entry, `App::build`, and the commands) and `config`.
-//! 2. **gateway**: `gateway` (the HTTP surface with its connection loop and timers, and the
-//!    MCP router), `limits` (per-user and global quotas), `bridge` (one STDIO server
-//!    over HTTP) and `metrics` (which reads every layer's counters).
-//! 3. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
+//! 2. **http**: `http` (routes, the Streamable HTTP / legacy SSE / stateless envelopes, the
+//!    request preamble, hardening, TLS, trusted proxies, the connection loop) and `bridge`
+//!    (one STDIO server over HTTP).
+//! 3. **mcp**: `mcp` (the transport-agnostic MCP router: dispatch, relay, server-to-client
+//!    calls, subscriptions, log fan-out, list cache, list_changed, pins, rate limits, parked
+//!    calls, cross-replica delivery), `limits` (per-user and global quotas) and `metrics`
+//!    (which reads every lower layer's counters).
+//! 4. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
 //!    and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
-//! 4. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
+//! 5. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
 //!    `controller_client`, `observed` (what this dataplane saw of each upstream),
 //!    `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
 //!    `process_guard` (the gateway's own secrets kept out of `/proc`).
@@ -30,11 +34,12 @@ pub mod controller_client;
 pub mod era;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gateway;
+pub mod http;
 pub mod identity_token;
 pub mod jsonrpc;
 pub mod limits;
 pub mod log_level;
+pub mod mcp;
 pub mod metrics;
 pub mod observed;
 pub mod postgres;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use serde_json::{Value, json};
 use support::SseReader;
 

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use serde_json::{Value, json};
 use support::*;
@@ -204,7 +204,7 @@ async fn call_routes_by_prefix_remaps_ids_and_progress_tokens_and_passes_meta() 
     assert_eq!(r.events.len(), 1, "{:?}", r.events);
     assert_eq!(r.events[0]["method"], "notifications/message");
     assert_eq!(
-        r.events[0]["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+        r.events[0]["params"]["_meta"][reflow_dataplane::mcp::TARGET_META],
         "t/two"
     );
     assert_eq!(r.body["result"]["args"]["q"], 1);

@@ -6,9 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use reflow_dataplane::gateway::{
-    CorsConfig, GatewayConfig, HttpConfig, LimitedListener, TrustedProxyConfig,
-};
+use reflow_dataplane::http::{CorsConfig, HttpConfig, LimitedListener, TrustedProxyConfig};
+use reflow_dataplane::mcp::GatewayConfig;
 use serde_json::json;
 use support::*;
 

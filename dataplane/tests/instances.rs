@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use reflow_crds::instance_wire::{BridgeToken, EnsureRequest, EnsureResponse, UsedRequest};
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::upstream::instance::{ControllerApi, InstancesConfig};
 use serde_json::{Value, json};
 use support::{Harness, policy_yaml, start_gateway, start_gateway_instances, temp_dir};

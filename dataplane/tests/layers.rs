@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// `src/lib.rs`'s layers, highest first.
-const LAYERS: [&[&str]; 4] = [
+const LAYERS: [&[&str]; 5] = [
     &["app", "config"],
-    &["gateway", "limits", "bridge", "metrics"],
+    &["http", "bridge"],
+    &["mcp", "limits", "metrics"],
     &["upstream", "fuzzing"],
     &[
         "auth",
@@ -27,6 +28,11 @@ const LAYERS: [&[&str]; 4] = [
         "process_guard",
     ],
 ];
+
+/// Upward uses not yet removed, as (file under `src/`, used top-level module): the gateway's
+/// state (`mcp::Gateway`) still holds the HTTP settings and guard. Stage 2 of the re-layering
+/// empties this list; an entry that no longer occurs fails `the_allowlist_is_not_stale`.
+const ALLOWED_UPWARD: &[(&str, &str)] = &[("mcp/mod.rs", "http")];
 
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
@@ -75,7 +81,17 @@ fn crate_paths(text: &str) -> BTreeSet<String> {
     found
 }
 
-/// Module → the other top-level modules it uses.
+/// `file`'s path under `src/`, with `/` separators.
+fn relative(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap_or(file);
+    let parts: Vec<&str> = rel
+        .components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .collect();
+    parts.join("/")
+}
+
+/// Module → the other top-level modules it uses (the allowlisted upward uses left out).
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
@@ -86,8 +102,13 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         };
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+        let rel = relative(&src, &file);
         let uses = graph.entry(module.clone()).or_default();
-        uses.extend(crate_paths(&text).into_iter().filter(|m| *m != module));
+        uses.extend(
+            crate_paths(&text)
+                .into_iter()
+                .filter(|m| *m != module && !ALLOWED_UPWARD.contains(&(rel.as_str(), m.as_str()))),
+        );
     }
     graph
 }
@@ -155,6 +176,19 @@ fn the_module_graph_has_no_cycle() {
             cycle.is_none(),
             "cycle: {}",
             cycle.unwrap_or_default().join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn the_allowlist_is_not_stale() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for (file, used) in ALLOWED_UPWARD {
+        let text =
+            std::fs::read_to_string(src.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            crate_paths(&text).contains(*used),
+            "{file} no longer uses crate::{used}: drop it from ALLOWED_UPWARD"
         );
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, TokenRequest, mint_token};
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use secrecy::SecretString;
 use serde_json::{Value, json};

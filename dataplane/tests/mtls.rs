@@ -12,9 +12,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
-use reflow_dataplane::gateway::{
-    ClientAuth, ClientIdentity, GatewayConfig, TlsConfig, TlsListener, UserFrom,
-};
+use reflow_dataplane::http::{ClientAuth, ClientIdentity, TlsConfig, TlsListener, UserFrom};
+use reflow_dataplane::mcp::GatewayConfig;
 use serde_json::Value;
 use support::*;
 

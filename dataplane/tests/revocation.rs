@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reflow_dataplane::auth::{
     AuthConfig, Authenticator, IssuerConfig, MintedToken, TokenRequest, mint_token,
 };
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use secrecy::SecretString;
 use serde_json::json;

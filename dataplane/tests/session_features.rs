@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::upstream::StdioConfig;
 use reflow_dataplane::upstream::stdio::NamespaceMode;

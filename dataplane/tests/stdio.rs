@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::upstream::StdioConfig;
 use reflow_dataplane::upstream::stdio::NamespaceMode;
 use serde_json::{Value, json};
@@ -554,7 +554,7 @@ async fn a_childs_progress_reaches_the_calling_session_with_its_own_token() {
             // The child saw a gateway-minted token; the client gets its own back.
             assert_eq!(p["params"]["progressToken"], "p1", "{p}");
             assert_eq!(
-                p["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+                p["params"]["_meta"][reflow_dataplane::mcp::TARGET_META],
                 "t/fx"
             );
         }
@@ -904,7 +904,7 @@ async fn a_stateful_childs_messages_outside_calls_reach_its_sessions_get_stream(
         .await;
         assert_eq!(log["params"]["data"], "after the call");
         assert_eq!(
-            log["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+            log["params"]["_meta"][reflow_dataplane::mcp::TARGET_META],
             "t/later"
         );
         let asked = next_matching(&mut body, &mut buf, |m| {

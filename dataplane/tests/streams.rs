@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use serde_json::{Value, json};
 use support::*;
 use tokio::sync::oneshot;
@@ -523,7 +523,7 @@ async fn what_the_upstream_says_outside_requests_reaches_the_sessions_get_stream
     let (_, note) = stream.next().await.expect("the upstream's notification");
     assert_eq!(note["method"], "notifications/tools/list_changed");
     assert_eq!(
-        note["params"]["_meta"][reflow_dataplane::gateway::TARGET_META],
+        note["params"]["_meta"][reflow_dataplane::mcp::TARGET_META],
         "t/up"
     );
     // Ending the session ends the client's stream.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, TokenRequest, mint_token};
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::scope::TokenScope;
 use reflow_dataplane::session::MemorySessionStore;
 use secrecy::SecretString;

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use serde_json::json;
 use support::*;
 

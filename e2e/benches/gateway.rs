@@ -38,7 +38,7 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditSink, JsonLinesSink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, mint_dev_token};
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, SnapshotStore};
 use reflow_e2e::harness::load::{self, McpSession, Percentiles, Tally, Throughput};

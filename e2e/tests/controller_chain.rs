@@ -23,7 +23,7 @@ use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::MemorySink;
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
 use reflow_dataplane::controller_client::{self, Backoff, ControllerConfig};
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::SnapshotStore;
 use reflow_e2e::fixture_bin;

@@ -2,7 +2,7 @@
 //! gateway's JWKS URL verifies the gateway-signed identity token on every call and reports the
 //! verified claims through `whoami`, called by the official Python SDK through the gateway.
 
-use reflow_dataplane::gateway::GatewayConfig;
+use reflow_dataplane::mcp::GatewayConfig;
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::{NAMESPACE, target_yaml};
 use reflow_e2e::harness::py_ops::{self, first_text, ok_result};

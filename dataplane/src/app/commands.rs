@@ -12,7 +12,7 @@ use tracing::info;
 use super::error::{AppError, Context};
 use super::serve::{print_listening, shutdown_signal};
 use crate::config::{Config, DATABASE_URL_ENV};
-use crate::gateway::listener;
+use crate::http::listener;
 use crate::process_guard::secret_env;
 use crate::{audit, auth, bridge, postgres, upstream};
 

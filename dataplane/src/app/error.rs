@@ -14,7 +14,7 @@ pub enum AppError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Gateway(#[from] crate::gateway::GatewayError),
+    Gateway(#[from] crate::mcp::GatewayError),
     #[error(transparent)]
     Database(#[from] crate::postgres::PgError),
     /// The arguments or the configuration do not allow the command.

@@ -14,7 +14,8 @@ use reflow_crds::SealingKey;
 
 use crate::audit::AuditSink;
 use crate::authn::Authenticate;
-use crate::gateway::{self, Gateway, GatewayConfig, GatewayError, PeerAddr};
+use crate::http::{self, PeerAddr};
+use crate::mcp::{self, Gateway, GatewayConfig, GatewayError};
 use crate::metrics::Metrics;
 use crate::postgres::NotificationBus;
 use crate::session::SessionStore;
@@ -99,7 +100,7 @@ impl App {
     /// Builds the gateway with every part in place (must run inside a tokio runtime: the
     /// snapshot follower, the stream sweeper and the bus tasks are spawned here).
     pub fn build(config: AppConfig) -> Result<Self, GatewayError> {
-        let gateway = Gateway::new(gateway::Parts {
+        let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
             sessions: config.sessions,
@@ -123,12 +124,12 @@ impl App {
 
     /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Router {
-        gateway::router(self.gateway.clone())
+        http::router(self.gateway.clone())
     }
 
     /// The router with each connection's peer address, as the binary serves it.
     pub fn service(&self) -> IntoMakeServiceWithConnectInfo<Router, PeerAddr> {
-        gateway::service(self.gateway.clone())
+        http::service(self.gateway.clone())
     }
 
     /// Stops every STDIO child gracefully (stdin closed, then SIGTERM, then SIGKILL).

@@ -12,10 +12,10 @@ use tracing::{error, info, warn};
 use super::error::{AppError, Context};
 use super::{App, AppConfig, stores};
 use crate::config::{Config, SEALING_KEY_ENV};
-use crate::gateway::listener;
+use crate::http::listener;
 use crate::process_guard::secret_env;
 use crate::upstream::instance::ControllerApi;
-use crate::{auth, authn, controller_client, gateway, source};
+use crate::{auth, authn, controller_client, http, source};
 use secrecy::ExposeSecret;
 
 /// How long open connections get to finish after SIGTERM/SIGINT.
@@ -101,12 +101,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     };
     let mut server = match config.gateway.tls.clone() {
         Some(tls) => {
-            let listener = gateway::TlsListener::new(listener, tls, max_connections)
-                .context("TLS listener")?;
+            let listener =
+                http::TlsListener::new(listener, tls, max_connections).context("TLS listener")?;
             tokio::spawn(listener::serve(listener, router, options, stopped))
         }
         None => {
-            let listener = gateway::LimitedListener::new(listener, max_connections);
+            let listener = http::LimitedListener::new(listener, max_connections);
             tokio::spawn(listener::serve(listener, router, options, stopped))
         }
     };
@@ -144,7 +144,7 @@ fn authenticator(
     config: &Config,
 ) -> Result<Arc<dyn authn::Authenticate>, AppError> {
     Ok(match &opts.insecure_dev_user {
-        Some(_) if !gateway::net::is_loopback_listen(&opts.listen) => {
+        Some(_) if !http::net::is_loopback_listen(&opts.listen) => {
             return Err(AppError::Invalid(format!(
                 "--insecure-dev-user serves without authentication: refused on {}, which is not a loopback address (use 127.0.0.1, [::1] or localhost)",
                 opts.listen

@@ -16,7 +16,7 @@ use reflow_crds::{Identity, SealingKey};
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::MemorySink;
 use reflow_dataplane::authn::{AuthFailure, Authenticate, Principal};
-use reflow_dataplane::gateway::{Gateway, GatewayConfig};
+use reflow_dataplane::mcp::{Gateway, GatewayConfig};
 use reflow_dataplane::session::MemorySessionStore;
 use reflow_dataplane::source::{self, ManifestsWatch, SnapshotStore};
 use reflow_dataplane::upstream::instance::ControllerApi;

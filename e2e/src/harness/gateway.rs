@@ -17,7 +17,7 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::app::{App, AppConfig};
 use reflow_dataplane::audit::{AuditEvent, AuditSink, MemorySink};
 use reflow_dataplane::auth::{AuthConfig, Authenticator, IssuerConfig, mint_dev_token};
-use reflow_dataplane::gateway::{Gateway, GatewayConfig};
+use reflow_dataplane::mcp::{Gateway, GatewayConfig};
 use reflow_dataplane::postgres::NotificationBus;
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_dataplane::source::{self, SnapshotStore};

@@ -30,7 +30,7 @@ fn stale(e: &UpstreamError) -> bool {
 
 impl Gateway {
     #[instrument(skip_all, fields(target = %caller.target_key, method))]
-    pub(super) async fn forward_instance(
+    pub(crate) async fn forward_instance(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,
@@ -222,7 +222,7 @@ impl Gateway {
     /// `method` to an instance outside any call of it (a session ended, or set a level): sent
     /// only if the instance is still cached here; one that is not has been replaced or
     /// stopped, and a new one starts from scratch anyway.
-    pub(super) async fn instance_request(
+    pub(crate) async fn instance_request(
         &self,
         target_key: &Arc<str>,
         identity: &reflow_crds::Identity,

@@ -31,7 +31,7 @@ impl Gateway {
     /// One request on a stateless link; for a client with a handshake, `input_required` rounds
     /// are answered by asking the client and retrying with its `inputResponses`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn send_stateless(
+    pub(crate) async fn send_stateless(
         &self,
         target: &CompiledTarget,
         headers: &InjectedHeaders,
@@ -151,7 +151,7 @@ impl Gateway {
     }
 
     /// Ends the listen streams a session held for its subscriptions.
-    pub(super) fn drop_listen_subscriptions(&self, session: &str) {
+    pub(crate) fn drop_listen_subscriptions(&self, session: &str) {
         self.listen_subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())

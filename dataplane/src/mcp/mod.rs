@@ -1,85 +1,55 @@
-//! The MCP server side (axum): `/mcp` for every target, `/mcp/{ns}/{target}` for one, legacy `/sse`,
-//! with Host/Origin checks, body limits, authentication, sessions, health and metrics endpoints.
+//! The MCP router, transport-agnostic: a session's requests dispatched by method, relayed to
+//! their upstreams and answered (with progress, logging and server-to-client requests on the
+//! session's streams), subscriptions, log fan-out, list cache and list_changed, pins, rate
+//! limits, parked calls of stateless clients and cross-replica delivery.
 
-mod client_stream;
 mod cross_replica;
-mod dispatch;
-mod endpoints;
-use endpoints::{find_session, owned_session, session_not_found};
+pub(crate) mod dispatch;
 mod forward;
 mod forward_stateless;
-mod handoff;
-mod hardening;
-mod hygiene;
+pub(crate) mod handoff;
 mod instances;
-mod legacy_sse;
 mod list_audit;
 mod list_cache;
-mod list_changed;
-pub mod listener;
+pub(crate) mod list_changed;
 mod log_fanout;
-mod mrtr;
-pub mod net;
+pub(crate) mod mrtr;
 mod pins;
-mod preamble;
-mod proxy;
 mod rate_limit;
 mod recycle;
-mod relay;
+pub(crate) mod relay;
 mod resource_uri;
-mod stateless;
 mod stateless_call;
-mod streams;
+pub(crate) mod streams;
 mod subscriptions;
-mod tls;
-mod upcalls;
+pub(crate) mod upcalls;
 
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::HeaderMap;
 use reflow_crds::{Identity, SealingKey};
 use serde::Deserialize;
-use serde_json::Value;
-use tracing::{Instrument, Span, field, info_span};
 
 use crate::audit::{AuditEvent, AuditSink, now_ms};
-use crate::authn::{self, Authenticate, Principal};
-use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig, JWKS_PATH};
-use crate::jsonrpc::{self, Message};
+use crate::authn::Authenticate;
+use crate::http::{HttpConfig, TlsConfig, TrustedProxyConfig, request_trace_id};
+use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::session::{Scope, Session, SessionStore};
+use crate::session::SessionStore;
 use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
-use crate::upstream::{
-    PROTOCOL_HEADER, SESSION_HEADER, StdioConfig, UpstreamClient, UpstreamError,
-};
-use net::Peer;
+use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
 
-pub(crate) use client_stream::accepts;
 pub use dispatch::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS};
 pub use handoff::ReplicasConfig;
-pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
-use preamble::{
-    authenticate, base_url, check_host_origin, continue_caller_trace, json_response,
-    request_trace_id, rpc_failure, trace_id,
-};
-pub use proxy::TrustedProxyConfig;
 pub use relay::TARGET_META;
 pub use streams::StreamError;
 pub(crate) use streams::plain_sse;
-pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};
 pub use upcalls::UpcallError;
 
-pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
-
 /// The decider named in audit events for a revoked token.
-const REVOKED_BY: &str = "token-revocation";
+pub(crate) const REVOKED_BY: &str = "token-revocation";
 
 /// Server settings (also read from `--config FILE` as YAML, camelCase keys).
 #[derive(Debug, Clone, Deserialize)]
@@ -182,44 +152,44 @@ pub struct Gateway {
     pub auth: Arc<dyn Authenticate>,
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
-    key: SealingKey,
-    upstream: UpstreamClient,
-    conns: forward::Conns,
+    pub(crate) key: SealingKey,
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) conns: forward::Conns,
     /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
-    instances: Instances,
-    guard: Arc<hardening::Guard>,
-    limits: Arc<crate::limits::Limits>,
+    pub(crate) instances: Instances,
+    pub(crate) guard: Arc<crate::http::Guard>,
+    pub(crate) limits: Arc<crate::limits::Limits>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
     /// Where links of sessions that expire outside a request are closed.
-    runtime: Option<tokio::runtime::Handle>,
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Each session's SSE streams (GET and streamed POST replies) and cancellable requests.
-    hubs: streams::Hubs,
+    pub(crate) hubs: streams::Hubs,
     /// Server-to-client requests waiting for the client's answer.
-    upcalls: Arc<upcalls::Upcalls>,
+    pub(crate) upcalls: Arc<upcalls::Upcalls>,
     /// Calls of stateless clients waiting for their input (multi round-trip requests).
-    parking: mrtr::Parking,
+    pub(crate) parking: mrtr::Parking,
     /// Answers of stateless upstreams that their `ttlMs`/`cacheScope` let the gateway reuse.
-    list_cache: list_cache::ListCache,
+    pub(crate) list_cache: list_cache::ListCache,
     /// Resource subscriptions held on stateless upstreams as listen streams.
-    listen_subs: forward_stateless::ListenSubscriptions,
+    pub(crate) listen_subs: forward_stateless::ListenSubscriptions,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
-    bus: std::sync::OnceLock<cross_replica::BusLink>,
+    pub(crate) bus: std::sync::OnceLock<cross_replica::BusLink>,
     /// Subscribers per resource on shared STDIO children.
-    subscriptions: subscriptions::SharedSubscriptions,
+    pub(crate) subscriptions: subscriptions::SharedSubscriptions,
     /// The sessions using each STDIO child and the log level each asked for.
-    child_levels: log_fanout::ChildLevels,
+    pub(crate) child_levels: log_fanout::ChildLevels,
     /// What this dataplane saw of each upstream (tool digests for pins, reported to the
     /// controller for Target status).
     pub observed: Arc<crate::observed::Observations>,
     /// The controller link (controller mode), for `/metrics` and the opt-in `/readyz` cut-off.
-    controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    pub(crate) controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
     /// Itself, for what outlives a request (upstream GET streams relaying to a session).
-    me: Weak<Self>,
+    pub(crate) me: Weak<Self>,
     /// Policy rate limits on this replica.
-    rate_limiter: reflow_crds::rate_limiter::RateLimiter,
+    pub(crate) rate_limiter: reflow_crds::rate_limiter::RateLimiter,
     /// Hands requests to the replica that owns their session (with a replica registry).
-    handoff: Option<handoff::Handoff>,
+    pub(crate) handoff: Option<handoff::Handoff>,
 }
 
 impl Gateway {
@@ -228,7 +198,7 @@ impl Gateway {
             Duration::from_millis(p.config.connect_timeout_ms),
             p.config.stdio.clone(),
         )?;
-        let guard = hardening::Guard::new(&p.config.http);
+        let guard = crate::http::Guard::new(&p.config.http);
         let limits = crate::limits::Limits::new(p.config.limits.clone());
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
@@ -385,130 +355,13 @@ impl Gateway {
     }
 }
 
-/// The router as a service that records each connection's peer address, which token source
-/// ranges and trusted proxies need: serve with `axum::serve(listener, gateway::service(gw))`.
-/// A server built from [`router`] alone refuses source-limited tokens (fail closed).
-/// Works with a plain `TcpListener` or a [`LimitedListener`].
-pub fn service(
-    gw: Arc<Gateway>,
-) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, PeerAddr> {
-    router(gw).into_make_service_with_connect_info::<PeerAddr>()
-}
-
-/// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
-pub fn router(gw: Arc<Gateway>) -> Router {
-    let limit = gw.config.max_body_bytes;
-    Router::new()
-        .route(
-            "/mcp",
-            get(client_stream::get_aggregated)
-                .post(endpoints::post_aggregated)
-                .delete(endpoints::delete_aggregated),
-        )
-        .route(
-            "/mcp/{namespace}/{target}",
-            get(client_stream::get_target)
-                .post(endpoints::post_target)
-                .delete(endpoints::delete_target),
-        )
-        .route("/sse", get(legacy_sse::get_aggregated))
-        .route("/sse/{namespace}/{target}", get(legacy_sse::get_target))
-        .route("/messages", post(legacy_sse::post_aggregated))
-        .route(
-            "/messages/{namespace}/{target}",
-            post(legacy_sse::post_target),
-        )
-        .route(METADATA_PATH, get(metadata))
-        .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/robots.txt", get(hardening::robots_txt))
-        .route(
-            JWKS_PATH,
-            get(|State(gw): State<Arc<Gateway>>| async move {
-                axum::Json(gw.signer.jwks().clone()).into_response()
-            }),
-        )
-        .route(
-            "/.well-known/security.txt",
-            get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
-        )
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            handoff::middleware,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            hygiene::middleware,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            gw.guard.clone(),
-            hardening::middleware,
-        ))
-        .with_state(gw)
-}
-
-async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if let Some(age) = gw
-        .controller_link
-        .as_ref()
-        .and_then(|l| l.cut_off_too_long())
-    {
-        // Opt-in (`--cutoff-unready-after`): better no traffic than an out-of-date policy.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "cut off from the controller for {}s; the served snapshot may be out of date",
-                age.as_secs()
-            ),
-        )
-            .into_response();
-    }
-    if gw.snapshots.is_ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet").into_response()
-    }
-}
-
-async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    gw.metrics.sessions.set(gw.sessions.count() as i64);
-    gw.metrics.sync_audit_dropped(gw.audit.dropped());
-    gw.metrics.sync_audit_stalls(gw.audit.stalls());
-    gw.metrics.sync_stdio(gw.upstream.stdio().stats());
-    gw.metrics.audit_writable.set(i64::from(gw.audit.healthy()));
-    if let Some(link) = &gw.controller_link {
-        gw.metrics
-            .controller_link_up
-            .set(i64::from(link.connected()));
-        gw.metrics
-            .snapshot_age
-            .set(i64::try_from(link.snapshot_age().as_secs()).unwrap_or(i64::MAX));
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        gw.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn metadata(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let resource = format!("{}/mcp", base_url(&gw, &headers));
-    axum::Json(authn::resource_metadata(gw.auth.as_ref(), &resource)).into_response()
-}
-
 /// The `target` label of requests that reached no target.
 static NO_TARGET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
 
 impl Gateway {
     /// A request refused for what its token is (revoked, out of scope) before it reached a
     /// session; its row carries the request's trace id like every other row.
-    fn audit_token_refusal(
+    pub(crate) fn audit_token_refusal(
         &self,
         identity: &Identity,
         by: &str,
@@ -531,7 +384,7 @@ impl Gateway {
         });
     }
 
-    fn count(
+    pub(crate) fn count(
         &self,
         method: impl Into<std::borrow::Cow<'static, str>>,
         target: Option<Arc<str>>,

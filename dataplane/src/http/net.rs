@@ -8,7 +8,7 @@ use http::request::Parts;
 pub use reflow_crds::token::cidr::{Cidr, CidrError, any_contains};
 
 /// The TCP peer of a request, when the server was started with connect info (see
-/// `gateway::service`), and the identity its verified client certificate names (mTLS with
+/// `http::service`), and the identity its verified client certificate names (mTLS with
 /// `clientIdentity: certificate`). Absent in servers built without connect info: checks that
 /// need the address then fail closed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -15,14 +15,15 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span, field, info_span, instrument};
 
-use super::list_changed::Viewer;
 use super::net::Peer;
-use super::streams::{Frame, GET_STREAM};
 use super::{
-    Gateway, authenticate, check_host_origin, client_stream, dispatch, owned_session, rpc_failure,
+    Gateway, authenticate, check_host_origin, client_stream, owned_session, rpc_failure,
     session_not_found, trace_id,
 };
 use crate::jsonrpc::{self, Message};
+use crate::mcp::dispatch;
+use crate::mcp::list_changed::Viewer;
+use crate::mcp::streams::{Frame, GET_STREAM};
 use crate::session::{Scope, Session};
 
 /// The query of `POST /messages`.
@@ -138,7 +139,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
     }
     Span::current().record("session", sid.as_str());
     // Its POSTs may reach any replica: they are handed here, where the stream is.
-    gw.own(&super::handoff::session_key(&sid)).await;
+    gw.own(&crate::mcp::handoff::session_key(&sid)).await;
     let hub = gw.hubs.get(&sid);
     // The legacy stream is the session's GET stream: snapshot changes are announced on it too.
     hub.set_viewer(Viewer {

@@ -10,10 +10,11 @@ use reflow_crds::Identity;
 use serde_json::Value;
 use tracing::Span;
 
+use super::METADATA_PATH;
 use super::net::Peer;
-use super::{Gateway, GatewayConfig, METADATA_PATH, REVOKED_BY};
 use crate::audit::now_ms;
 use crate::authn::{self, Principal};
+use crate::mcp::{Gateway, GatewayConfig, REVOKED_BY};
 use crate::scope::OutOfScope;
 
 pub(super) fn base_url(gw: &Gateway, headers: &HeaderMap) -> String {
@@ -113,7 +114,7 @@ pub(super) async fn authenticate(
     if let Err(why) = principal.scope.admits(client, now) {
         gw.audit_token_refusal(
             &principal.identity,
-            &super::dispatch::TOKEN_SCOPE,
+            &crate::mcp::dispatch::TOKEN_SCOPE,
             why.label(),
             headers,
         );
@@ -164,7 +165,7 @@ pub(super) fn continue_caller_trace(span: &Span, headers: &HeaderMap, body: &[u8
 
 /// The trace id of the request being served: the OTel one when tracing is on (so the audit row
 /// leads to the trace), else the caller's `traceparent` one, else a fresh one.
-pub(super) fn request_trace_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_trace_id(headers: &HeaderMap) -> String {
     reflow_telemetry::propagation::trace_id(&Span::current()).unwrap_or_else(|| trace_id(headers))
 }
 

@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tracing::{Span, instrument};
 
-use super::list_changed::Viewer;
 use super::net::Peer;
 use super::{
     Gateway, UpcallError, authenticate, check_host_origin, find_session, rpc_failure, streams,
 };
 use crate::jsonrpc;
+use crate::mcp::list_changed::Viewer;
 use crate::session::{Scope, Session};
 
 pub(super) async fn get_aggregated(

@@ -159,7 +159,7 @@ impl Gateway {
 }
 
 /// Follows `snapshots` for the gateway's lifetime, announcing each change to live sessions.
-pub(super) fn follow_snapshots(
+pub(crate) fn follow_snapshots(
     gw: Weak<Gateway>,
     snapshots: &SnapshotStore,
     rt: &tokio::runtime::Handle,

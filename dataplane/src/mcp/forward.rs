@@ -341,7 +341,7 @@ impl Gateway {
 
     /// Connects the session to an HTTP `target` ahead of any call, so what the upstream says
     /// outside calls (list changes) reaches the session from now on.
-    pub(super) async fn warm_link(
+    pub(crate) async fn warm_link(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,
@@ -393,7 +393,7 @@ impl Gateway {
     }
 
     /// The caller's credential headers and, where the Target opted in, forwarded identity.
-    pub(super) fn call_headers(
+    pub(crate) fn call_headers(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,
@@ -435,7 +435,7 @@ impl Gateway {
     }
 
     /// Where what an upstream says outside any call goes: the caller's session (its GET stream).
-    pub(super) fn to_session(&self, caller: &Caller<'_>) -> Deliver {
+    pub(crate) fn to_session(&self, caller: &Caller<'_>) -> Deliver {
         let weak = self.me.clone();
         let session = caller.session_id.to_owned();
         let from = caller.target_key.clone();

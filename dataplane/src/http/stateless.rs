@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use reflow_crds::Identity;
 use serde_json::{Map, Value, json};
 
-use super::dispatch::Ctx;
-use super::list_changed::Viewer;
-use super::streams::Frame;
 use super::{Gateway, json_response, rpc_failure};
 use crate::era::{self, RequestMeta, STATELESS};
 use crate::jsonrpc::{self, Message, Request};
+use crate::mcp::dispatch::Ctx;
+use crate::mcp::list_changed::Viewer;
+use crate::mcp::streams::Frame;
 use crate::scope::TokenScope;
 use crate::session::{Scope, Session};
 use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER};

@@ -28,10 +28,10 @@ pub const PIN_WARNED: &str = "tool_unapproved";
 const MAX_PAGES: usize = 64;
 
 /// The (upstream name, digest) of each tool a list saw.
-pub(super) type Seen = Vec<(String, String)>;
+pub(crate) type Seen = Vec<(String, String)>;
 
 /// The stable reason a failed upstream exchange gives the `Ready` condition.
-pub(super) fn reason_of(e: &UpstreamError) -> ObservedReason {
+pub(crate) fn reason_of(e: &UpstreamError) -> ObservedReason {
     match e {
         UpstreamError::Instance(InstanceError::NotReady(_)) => ObservedReason::NotReady,
         UpstreamError::Connect | UpstreamError::Timeout(_) | UpstreamError::Client(_) => {
@@ -48,7 +48,7 @@ impl Gateway {
     /// One tool of a tools/list page: its digest is noted in `seen`; returns the deciding
     /// pin when `enforce` hides it. `allowed` is the policy's decision (a tool the policy hides
     /// is not audited again here).
-    pub(super) fn pin_list_item(
+    pub(crate) fn pin_list_item(
         &self,
         ctx: &Ctx,
         target: &CompiledTarget,
@@ -79,7 +79,7 @@ impl Gateway {
 
     /// After a successful tools/list of `target`: records what it saw; when a definition
     /// changed since the previous list of a pinned Target, live sessions hear `list_changed`.
-    pub(super) fn observe_list(&self, target: &CompiledTarget, mut seen: Seen) {
+    pub(crate) fn observe_list(&self, target: &CompiledTarget, mut seen: Seen) {
         seen.sort();
         seen.dedup_by(|a, b| a.0 == b.0);
         let change = self
@@ -110,7 +110,7 @@ impl Gateway {
     }
 
     /// A failed list of `target`, for its `Ready` condition.
-    pub(super) fn observe_failure(&self, target: &CompiledTarget, reason: ObservedReason, e: &str) {
+    pub(crate) fn observe_failure(&self, target: &CompiledTarget, reason: ObservedReason, e: &str) {
         self.observed
             .record_failure(&target.namespace, &target.name, reason, e);
     }
@@ -118,7 +118,7 @@ impl Gateway {
     /// Checks a tools/call against the pins of `target`; `Err` carries the verdict that refuses
     /// it (`enforce`). Learns the tool's definition with a tools/list when this dataplane has
     /// not seen it yet (another replica may have served the session's list).
-    pub(super) async fn pin_call(
+    pub(crate) async fn pin_call(
         &self,
         ctx: &Ctx,
         target: &CompiledTarget,

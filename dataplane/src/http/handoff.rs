@@ -2,30 +2,23 @@
 //! another replica owns is handed to that replica over HTTP, signed with the replica token, and
 //! its answer streamed back; when the owner is gone, this replica claims the session and serves
 //! it itself. Without a replica registry (no database, or no replica token) this layer passes
-//! every request through untouched.
-//!
-//! Why a direct hand-off and not the Postgres bus: the owner holds live things (the client's
-//! streams and their replay buffers, server-to-client requests waiting for answers, parked
-//! calls, stateful STDIO children) and a request for them needs an answer, often a stream. A
-//! direct HTTP exchange carries both ways with one extra hop on the cluster network; the bus
-//! would need two NOTIFY round trips through the database per message and a correlation layer
-//! for replies. A dead owner shows at once as a refused connection, or as a heartbeat gone
-//! stale, both of which the registry tells.
+//! every request through untouched. Why a direct hand-off: see `mcp::handoff`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{Gateway, PeerAddr};
-use crate::postgres::{Ownership, Peer, RegistryError, RegistrySettings, ReplicaRegistry};
+use super::PeerAddr;
+use crate::mcp::Gateway;
+use crate::mcp::handoff::{Handoff, parked_key, session_key};
+use crate::postgres::{Ownership, Peer, RegistryError};
+use crate::upstream::SESSION_HEADER;
 
 /// Carries `v1.<unix ms>.<from replica>.<signature>` on a handed-off request.
 pub(crate) const HANDOFF_HEADER: &str = "reflow-handoff";
@@ -37,97 +30,8 @@ const MOVED_HEADER: &str = "reflow-handoff-moved";
 const MAX_SKEW_MS: u64 = 30_000;
 /// Owner changes followed for one request before giving up.
 const MAX_HOPS: usize = 3;
-/// The gateway's own prefix of a sealed `requestState` (see `mrtr`).
+/// The gateway's own prefix of a sealed `requestState` (see `mcp::mrtr`).
 const STATE_PREFIX: &str = "reflow1.";
-
-/// `gateway.replicas`: how replicas sharing one database find and reach each other. The
-/// registry is on when a database is configured and `REFLOW_REPLICA_TOKEN` is set.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ReplicasConfig {
-    /// The base URL other replicas reach this one at (`http://$(POD_IP):8080`); derived from the
-    /// listen address when that names a host (not `0.0.0.0`).
-    pub advertise: Option<String>,
-    /// Connecting to the owner; a refused or timed-out connection counts as unreachable.
-    pub connect_timeout_ms: u64,
-    /// Waiting for the owner's response headers, at most.
-    pub response_timeout_ms: u64,
-    pub heartbeat_ms: u64,
-    /// A replica silent this long is dead; what it owned is claimed by the next replica to
-    /// need it.
-    pub dead_after_ms: u64,
-}
-
-impl Default for ReplicasConfig {
-    fn default() -> Self {
-        Self {
-            advertise: None,
-            connect_timeout_ms: 1_000,
-            response_timeout_ms: 300_000,
-            heartbeat_ms: 1_000,
-            dead_after_ms: 5_000,
-        }
-    }
-}
-
-impl ReplicasConfig {
-    pub fn registry_settings(&self) -> RegistrySettings {
-        RegistrySettings {
-            heartbeat: Duration::from_millis(self.heartbeat_ms.max(50)),
-            dead_after: Duration::from_millis(self.dead_after_ms.max(100)),
-            ..RegistrySettings::default()
-        }
-    }
-}
-
-/// This replica's side of the hand-off: the registry and the client to other replicas.
-pub(crate) struct Handoff {
-    registry: Arc<ReplicaRegistry>,
-    http: reqwest::Client,
-    response_timeout: Duration,
-}
-
-impl Handoff {
-    pub(crate) fn new(
-        registry: Arc<ReplicaRegistry>,
-        config: &ReplicasConfig,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self {
-            registry,
-            http,
-            response_timeout: Duration::from_millis(config.response_timeout_ms.max(1)),
-        })
-    }
-}
-
-/// The ownership key of a session.
-pub(crate) fn session_key(id: &str) -> String {
-    format!("s:{id}")
-}
-
-/// The ownership key of a parked call, by its sealed state (the state itself is not stored).
-pub(crate) fn parked_key(state: &str) -> String {
-    let digest = Sha256::digest(state.as_bytes());
-    format!("p:{}", hex::encode(&digest[..16]))
-}
-
-impl Gateway {
-    /// Records that this replica owns `key` (no-op without a registry). Awaited before the
-    /// client learns the key, so a next request on another replica finds the owner.
-    pub(crate) async fn own(&self, key: &str) {
-        if let Some(h) = &self.handoff
-            && let Err(e) = h.registry.record(key).await
-        {
-            warn!(error = %e, label = e.label(), "ownership not recorded");
-        }
-    }
-}
 
 /// Why a hand-off did not get an answer.
 enum Failed {
@@ -192,13 +96,13 @@ async fn serve_here(
     next: Next,
 ) -> Response {
     let opens = parts.uri.path().starts_with("/mcp")
-        && !parts.headers.contains_key(super::SESSION_HEADER);
+        && !parts.headers.contains_key(SESSION_HEADER);
     let ends = parts.method == Method::DELETE;
     let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
     if opens
         && let Some(sid) = resp
             .headers()
-            .get(super::SESSION_HEADER)
+            .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
         gw.own(&session_key(sid)).await;
@@ -285,7 +189,7 @@ async fn route(h: &Handoff, key: &str, parts: &request::Parts, body: &Bytes, han
 fn key_of(parts: &request::Parts, body: &Bytes) -> Option<String> {
     let path = parts.uri.path();
     if path == "/mcp" || path.starts_with("/mcp/") {
-        if let Some(sid) = parts.headers.get(super::SESSION_HEADER) {
+        if let Some(sid) = parts.headers.get(SESSION_HEADER) {
             return sid.to_str().ok().map(session_key);
         }
         if parts.method == Method::POST {

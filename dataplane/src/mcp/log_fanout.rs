@@ -21,7 +21,7 @@ use crate::log_level::LogLevel;
 use crate::session::Session;
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
 
-pub(super) const SET_LEVEL: &str = "logging/setLevel";
+pub(crate) const SET_LEVEL: &str = "logging/setLevel";
 /// How long a child may take to accept a level (the client's call waits for it).
 const SET_LEVEL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -170,7 +170,7 @@ pub(crate) fn message_level(msg: &Map<String, Value>) -> Option<LogLevel> {
         .and_then(|l| l.parse::<LogLevel>().ok())
 }
 
-pub(super) fn level_params(level: LogLevel) -> Value {
+pub(crate) fn level_params(level: LogLevel) -> Value {
     json!({"level": level.as_str()})
 }
 
@@ -179,7 +179,7 @@ type Reply = (Value, Option<Arc<str>>, &'static str);
 impl Gateway {
     /// Answers `logging/setLevel`: remembers the level on the session and tells its upstreams.
     /// An upstream that refuses is logged; the client's request still succeeds.
-    pub(super) async fn set_log_level(&self, ctx: &Ctx, req: &Request) -> Reply {
+    pub(crate) async fn set_log_level(&self, ctx: &Ctx, req: &Request) -> Reply {
         let Some(level) = req
             .param_str("level")
             .and_then(|l| l.parse::<LogLevel>().ok())
@@ -235,7 +235,7 @@ impl Gateway {
     }
 
     /// A call of `caller` is about to use `child`: the child learns a more verbose level first.
-    pub(super) async fn attach_child(
+    pub(crate) async fn attach_child(
         &self,
         caller: &Caller<'_>,
         key: &IsolationKey,
@@ -251,7 +251,7 @@ impl Gateway {
     }
 
     /// A new link of a session with a level: told right after its initialize.
-    pub(super) fn level_for_new_link(caller: &Caller<'_>) -> Option<Value> {
+    pub(crate) fn level_for_new_link(caller: &Caller<'_>) -> Option<Value> {
         caller.log_level.map(level_params)
     }
 
@@ -277,7 +277,7 @@ impl Gateway {
 
     /// A session that ended (or left the children `leaving` picks) no longer holds them at its
     /// level.
-    pub(super) async fn release_levels(
+    pub(crate) async fn release_levels(
         &self,
         session_id: &str,
         leaving: impl Fn(&IsolationKey) -> bool,

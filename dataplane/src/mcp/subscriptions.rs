@@ -21,8 +21,8 @@ use super::relay::TARGET_META;
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
 use crate::upstream::{CallHooks, Inbound, UpstreamError};
 
-pub(super) const SUBSCRIBE: &str = "resources/subscribe";
-pub(super) const UNSUBSCRIBE: &str = "resources/unsubscribe";
+pub(crate) const SUBSCRIBE: &str = "resources/subscribe";
+pub(crate) const UNSUBSCRIBE: &str = "resources/unsubscribe";
 const UPDATED: &str = "notifications/resources/updated";
 /// How long a release-time unsubscribe may take (no client waits for it).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,14 +217,14 @@ impl SharedSubscriptions {
 }
 
 /// A child that is gone (dropped by the pool, or exited and not yet replaced there).
-pub(super) fn exited(holder: &Holder) -> bool {
+pub(crate) fn exited(holder: &Holder) -> bool {
     match holder {
         Holder::Child(weak) => weak.upgrade().is_none_or(|c| !c.is_alive()),
         Holder::Instance { .. } => false,
     }
 }
 
-pub(super) fn empty_result() -> Map<String, Value> {
+pub(crate) fn empty_result() -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("result".into(), json!({}));
     m
@@ -233,7 +233,7 @@ pub(super) fn empty_result() -> Map<String, Value> {
 impl Gateway {
     /// `resources/subscribe`/`unsubscribe` on a STDIO child: counted per URI; the child hears
     /// the first subscribe and the last unsubscribe only.
-    pub(super) async fn stdio_subscription(
+    pub(crate) async fn stdio_subscription(
         &self,
         caller: &Caller<'_>,
         (child, key): (&Arc<ChildProcess>, &IsolationKey),
@@ -271,7 +271,7 @@ impl Gateway {
     /// A child new for its isolation key takes over what its exited predecessors held: it is
     /// subscribed to their subscribers' URIs (a refusal is logged; those sessions keep their
     /// count, so the next subscribe is answered here as before).
-    pub(super) async fn carry_subscriptions(&self, key: &IsolationKey, child: &Arc<ChildProcess>) {
+    pub(crate) async fn carry_subscriptions(&self, key: &IsolationKey, child: &Arc<ChildProcess>) {
         for uri in self.subscriptions.inherit(key, child) {
             let params = json!({"uri": uri});
             match child
@@ -297,7 +297,7 @@ impl Gateway {
 
     /// Releases what a session held on the upstreams `leaving` picks (all of them when it ends):
     /// the last subscriber of a URI unsubscribes it upstream (best effort).
-    pub(super) async fn release_subscriptions(
+    pub(crate) async fn release_subscriptions(
         &self,
         session_id: &str,
         leaving: impl Fn(&IsolationKey) -> bool,
@@ -331,7 +331,7 @@ impl Gateway {
 
     /// A shared child's message outside any call: a resource update goes to the GET stream of
     /// each session subscribed to its URI there; anything else is handed back.
-    pub(super) fn relay_shared(
+    pub(crate) fn relay_shared(
         &self,
         child: &str,
         target: Arc<str>,

@@ -28,7 +28,7 @@ impl Gateway {
     /// Sends notifications for GET streams this replica does not hold through `bus`, and writes
     /// what the bus brings for GET streams it does hold. Called once, while the gateway is built
     /// (a later call changes nothing). Needs a tokio runtime (it spawns the two bus tasks).
-    pub(super) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn NotificationBus>) {
+    pub(crate) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn NotificationBus>) {
         let inbox = bus.subscribe();
         let (tx, outbox) = mpsc::channel(OUTBOX);
         if self.bus.set(BusLink { outbox: tx }).is_err() {

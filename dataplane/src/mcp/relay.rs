@@ -29,12 +29,12 @@ static TOKEN_PREFIX: LazyLock<String> =
 
 /// The client's progress token, and the one the upstreams got instead: unique per gateway
 /// process, so tokens of different clients sharing an upstream (a STDIO child) never collide.
-pub(super) struct Progress {
-    pub(super) minted: Value,
-    pub(super) original: Value,
+pub(crate) struct Progress {
+    pub(crate) minted: Value,
+    pub(crate) original: Value,
 }
 
-pub(super) fn mint_progress(req: &mut Request) -> Option<Progress> {
+pub(crate) fn mint_progress(req: &mut Request) -> Option<Progress> {
     let meta = req.params_mut().get_mut("_meta")?.as_object_mut()?;
     let original = meta.get("progressToken")?.clone();
     let minted = json!(format!(
@@ -136,7 +136,7 @@ impl Relay {
 
 /// An upstream notification as the client sees it: its own progress token back, and the Target
 /// it came from named in `_meta`.
-pub(super) fn rewrite_notification(
+pub(crate) fn rewrite_notification(
     msg: &mut Map<String, Value>,
     progress: Option<&Progress>,
     target: &str,
@@ -164,7 +164,7 @@ pub(super) fn rewrite_notification(
 /// gateway is the upstream's client); a method the gateway does not relay, one asked where the
 /// client cannot be asked (`askable` false), or one whose capability the client did not declare
 /// is refused; otherwise it is registered and its gateway-minted id returned, for the client.
-pub(super) fn admit_upcall(
+pub(crate) fn admit_upcall(
     gw: &Gateway,
     session: &Session,
     msg: &Map<String, Value>,

@@ -52,7 +52,7 @@ fn child_left_behind(
 impl Gateway {
     /// `session` for a request by `identity` (whose subject owns it): as is when the claims are
     /// the ones it knows, else moved to the new claims first.
-    pub(super) async fn adopt_claims(
+    pub(crate) async fn adopt_claims(
         &self,
         session: Arc<Session>,
         identity: &Identity,

@@ -54,7 +54,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub(super) fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
+    pub(crate) fn caller<'a>(&'a self, target_key: &'a Arc<str>) -> Caller<'a> {
         Caller {
             identity: &self.identity,
             target_key,
@@ -105,7 +105,7 @@ impl Ctx {
     /// The policy decision for one item, narrowed by the token scope: a target outside the
     /// scope is denied whatever the policies say. `args` are the call's arguments (absent ones
     /// read as `{}`, so a condition on them fails closed rather than being skipped).
-    pub(super) fn decide(
+    pub(crate) fn decide(
         &self,
         target: &CompiledTarget,
         kind: ItemKind,
@@ -744,7 +744,7 @@ impl Gateway {
         });
     }
 
-    pub(super) fn audit_decision(
+    pub(crate) fn audit_decision(
         &self,
         ctx: &Ctx,
         method: &str,
@@ -773,7 +773,7 @@ impl Gateway {
 /// The audit `policy` field: the deciding Policy, and for a condition that mattered its outcome,
 /// as `name when=<true|false|error|exceeded>` (default deny after a conditional allow that did
 /// not apply reads `name when=false`).
-pub(super) fn audited_policy(d: &Decision) -> Option<String> {
+pub(crate) fn audited_policy(d: &Decision) -> Option<String> {
     match (&d.policy, &d.condition) {
         (Some(p), Some((c, o))) if p == c => Some(format!("{p} when={}", o.as_str())),
         (Some(p), Some((c, o))) => Some(format!("{p} ({c} when={})", o.as_str())),

@@ -25,7 +25,7 @@ pub const RATE_LIMITED_OUTCOME: &str = "rate_limited";
 impl Gateway {
     /// Charges an allowed call to the rate limits that cover it; the refusal if one is spent:
     /// a JSON-RPC error with `retryAfter` (seconds) in `data`, audited and counted.
-    pub(super) fn rate_limited(
+    pub(crate) fn rate_limited(
         &self,
         ctx: &Ctx,
         req: &Request,
@@ -85,7 +85,7 @@ impl Gateway {
 
 /// A reply sent as plain JSON: 200, or for a rate-limit refusal 429 with `Retry-After` (its
 /// `data.retryAfter`, at least 1), since the HTTP status can say it too.
-pub(super) fn json_reply(reply: serde_json::Value, outcome: &str) -> Response {
+pub(crate) fn json_reply(reply: serde_json::Value, outcome: &str) -> Response {
     if outcome != RATE_LIMITED_OUTCOME {
         return (StatusCode::OK, axum::Json(reply)).into_response();
     }

@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tracing::debug;
 
-use crate::gateway::{LimitedStream, PeerAddr};
+use crate::http::{LimitedStream, PeerAddr};
 use crate::metrics::Metrics;
 
 /// How long a connection must have been idle before a full listener may close it for a newcomer:
