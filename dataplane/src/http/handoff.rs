@@ -161,11 +161,11 @@ async fn route(h: &Handoff, key: &str, parts: &request::Parts, body: &Bytes, han
         if matches!(failed, Failed::Moved) {
             continue;
         }
-        let current = h.registry.read_owner(key).await;
-        if !matches!(&current, Ok(Ownership::Theirs(p)) if p.id == peer.id) {
-            continue;
-        }
-        let gone = matches!(failed, Failed::Refused) || h.registry.is_dead(&peer);
+        let now = match h.registry.read_owner(key).await {
+            Ok(Ownership::Theirs(p)) if p.id == peer.id => p,
+            _ => continue,
+        };
+        let gone = matches!(failed, Failed::Refused) || h.registry.is_dead(&now);
         if !gone {
             let msg = "the replica that holds this session does not answer; retry";
             return Route::Answered(refusal(StatusCode::GATEWAY_TIMEOUT, msg));
