@@ -64,9 +64,18 @@ fn sdk_upcalls(c: &Cluster, tally: &mut Tally) {
         .run()
         .expect("python client runs");
     tally.report("python upcalls", &report);
-    assert!(first_text(ok_result(&report, 0)).contains("sampled: Say hi"), "{report:#}");
-    assert!(first_text(ok_result(&report, 1)).contains("py-user"), "{report:#}");
-    assert!(first_text(ok_result(&report, 2)).contains("sampled: Again"), "{report:#}");
+    assert!(
+        first_text(ok_result(&report, 0)).contains("sampled: Say hi"),
+        "{report:#}"
+    );
+    assert!(
+        first_text(ok_result(&report, 1)).contains("py-user"),
+        "{report:#}"
+    );
+    assert!(
+        first_text(ok_result(&report, 2)).contains("sampled: Again"),
+        "{report:#}"
+    );
 
     let report = TsClient::streamable_http(c.mcp_url())
         .token(dev_token("tess"))
@@ -79,8 +88,14 @@ fn sdk_upcalls(c: &Cluster, tally: &mut Tally) {
         .run()
         .expect("typescript client runs");
     tally.report("typescript upcalls", &report);
-    assert!(first_text(ok_result(&report, 0)).contains("ts sampled"), "{report:#}");
-    assert!(first_text(ok_result(&report, 1)).contains("ts-user"), "{report:#}");
+    assert!(
+        first_text(ok_result(&report, 0)).contains("ts sampled"),
+        "{report:#}"
+    );
+    assert!(
+        first_text(ok_result(&report, 1)).contains("ts-user"),
+        "{report:#}"
+    );
 }
 
 /// A legacy HTTP+SSE client: its stream is on one replica, its POSTs go round the others.
@@ -96,7 +111,11 @@ fn legacy_sse(c: &Cluster, tally: &mut Tally) {
         .run()
         .expect("python sse client runs");
     tally.report("legacy sse", &report);
-    assert_eq!(first_text(ok_result(&report, 3)), "[cf] three", "{report:#}");
+    assert_eq!(
+        first_text(ok_result(&report, 3)),
+        "[cf] three",
+        "{report:#}"
+    );
 }
 
 /// A 2026-07-28 client: the upstream asks mid-call, the call is parked on one replica and the
@@ -114,8 +133,14 @@ fn parked_call(c: &Cluster, tally: &mut Tally) {
         .expect("python 2026 client runs");
     tally.report("parked call", &report);
     assert_eq!(report["protocol_version"], "2026-07-28", "{report:#}");
-    assert!(first_text(ok_result(&report, 0)).contains("py-user"), "{report:#}");
-    assert!(first_text(ok_result(&report, 1)).contains("sampled: Parked"), "{report:#}");
+    assert!(
+        first_text(ok_result(&report, 0)).contains("py-user"),
+        "{report:#}"
+    );
+    assert!(
+        first_text(ok_result(&report, 1)).contains("sampled: Parked"),
+        "{report:#}"
+    );
 }
 
 /// Which child answered a `whoami`: each child has a HOME folder of its own (the pid is the
@@ -219,70 +244,153 @@ fn three_replicas_behind_a_round_robin_balancer_serve_every_session() {
     assert_eq!(c.lb.unserved(), 0);
 }
 
-/// The replica that owns a live session (with a stateful STDIO child and a GET stream) is
-/// killed; the session goes on through the others: calls answer, the child is restarted on the
-/// new owner with the session's log level, sampling still reaches the client.
+/// Session keys recorded so far.
+fn owned_keys(c: &Cluster) -> BTreeSet<String> {
+    psql(
+        &c.db_url,
+        "SELECT key FROM reflow_owners WHERE key LIKE 's:%'",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A Python SDK session runs (a call, a pause, more calls with sampling and the stateful
+/// child); during its pause the replica that owns it is killed. A raw session on the same
+/// replica holds a stateful STDIO child (log level `debug`) and a GET stream. Both go on
+/// through the other two: the SDK's calls answer, the child is restarted on the new owner with
+/// the session's log level, and the GET stream resumes there with nothing lost.
 fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
     let rt = runtime();
     let http = http();
     let (url, token) = (c.mcp_url(), dev_token("kim"));
-    let sid = rt.block_on(open_session(&http, &url, &token));
-    let owner = c.owner_of(&format!("s:{sid}")).expect("the session has an owner");
-    let call = |name: &str, id: u64| {
-        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-               "params": {"name": name, "arguments": {}}})
-    };
-    let set_level = json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
-                           "params": {"level": "debug"}});
-    let pid_of = |resp: Value| -> String {
-        let text = resp["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned();
-        let me: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        assert_eq!(me["logLevel"], "debug", "{me}");
-        child_of(&me)
-    };
-    let before: String = rt.block_on(async {
-        let r = post(&http, &url, &token, Some(&sid), "application/json", set_level).await;
-        assert_eq!(r.status(), 200);
-        let r = post(&http, &url, &token, Some(&sid), "application/json", call("st_whoami", 2)).await;
-        assert_eq!(r.status(), 200);
-        pid_of(r.json().await.expect("json"))
+    let known = owned_keys(c);
+    let sdk_url = c.mcp_url();
+    let sdk = std::thread::spawn(move || {
+        PyClient::streamable_http(sdk_url)
+            .token(dev_token("kai"))
+            .answer_client_requests()
+            .actions([
+                py_ops::call_tool("cf_echo", json!({"text": "before"})),
+                py_ops::sleep(4.0),
+                py_ops::call_tool("cf_test_sampling", json!({"prompt": "After the kill"})),
+                py_ops::call_tool("cf_echo", json!({"text": "after"})),
+                py_ops::call_tool("st_echo", json!({"text": "stdio after"})),
+            ])
+            .run()
+            .expect("python client runs")
     });
-    let started = Instant::now();
-    c.replicas[owner].kill();
-    let mut answered = 0;
-    let mut failed = 0;
-    let after: Vec<String> = rt.block_on(async {
-        let mut pids = Vec::new();
-        for id in 10..16 {
-            let r = post(&http, &url, &token, Some(&sid), "application/json", call("st_whoami", id)).await;
-            if r.status() == 200 {
-                answered += 1;
-                pids.push(pid_of(r.json().await.expect("json")));
-            } else {
-                failed += 1;
-                tally.failures.push(format!("after the kill: HTTP {}", r.status()));
+    let deadline = Instant::now() + WAIT;
+    let sdk_key = loop {
+        if let Some(k) = owned_keys(c).difference(&known).next() {
+            break k.clone();
+        }
+        assert!(Instant::now() < deadline, "the SDK session never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let victim = c.owner_of(&sdk_key).expect("the SDK session has an owner");
+    // A raw session on the same replica (round robin: within three tries).
+    let sid = rt.block_on(async {
+        for _ in 0..6 {
+            let sid = open_session(&http, &url, &token).await;
+            if c.owner_of(&format!("s:{sid}")) == Some(victim) {
+                return sid;
             }
         }
-        pids
+        panic!("no session landed on r{victim}");
     });
-    println!(
-        "replicas: owner r{owner} killed; {answered} calls answered by the others, {failed} failed, \
-         first answer within {:?}",
-        started.elapsed()
-    );
+    let (before, mut stream, last) = rt.block_on(async {
+        let set_level = json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
+                               "params": {"level": "debug"}});
+        let r = post(
+            &http,
+            &url,
+            &token,
+            Some(&sid),
+            "application/json",
+            set_level,
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let child = stdio_child(&http, &url, &token, &sid)
+            .await
+            .expect("a child");
+        let get = get_stream(&http, &url, &token, &sid, None).await;
+        let mut stream = SseReader::new(get);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        emit(&http, &url, &token, &sid, 1).await;
+        let got = read_labels(&mut stream, LOGGED.len()).await;
+        tally.events(LOGGED.len(), &got);
+        let last = got.last().map(|(_, id)| id.clone()).expect("events came");
+        (child, stream, last)
+    });
+    let started = Instant::now();
+    c.replicas[victim].kill();
+    let (after, first_answer) = rt.block_on(async {
+        // The stream through the dead replica ends; what comes now is kept for the resumption.
+        let ended = read_labels(&mut stream, 1).await;
+        assert!(ended.is_empty(), "{ended:?}");
+        let mut homes = Vec::new();
+        let mut first_answer = None;
+        for _ in 0..4 {
+            match stdio_child(&http, &url, &token, &sid).await {
+                Ok(home) => {
+                    first_answer.get_or_insert(started.elapsed());
+                    homes.push(home);
+                }
+                Err(e) => tally.failures.push(format!("after the kill: {e}")),
+            }
+        }
+        emit(&http, &url, &token, &sid, 2).await;
+        let again = get_stream(&http, &url, &token, &sid, Some(&last)).await;
+        assert_eq!(again.status(), 200);
+        let mut stream = SseReader::new(again);
+        let rest = read_labels(&mut stream, 2 * LOGGED.len()).await;
+        tally.events(2 * LOGGED.len(), &rest);
+        (homes, first_answer)
+    });
     assert!(
         !after.is_empty() && after.iter().all(|h| *h == after[0] && *h != before),
         "child {before} then {after:?}"
     );
     let new_owner = c.owner_of(&format!("s:{sid}")).expect("claimed");
-    assert_ne!(new_owner, owner);
-    // An SDK session opened after the kill works through the two that are left.
-    let report = PyClient::streamable_http(c.mcp_url())
-        .token(dev_token("alice"))
-        .answer_client_requests()
-        .actions([py_ops::call_tool("cf_test_sampling", json!({"prompt": "Still here"}))])
-        .run()
-        .expect("python client runs");
-    tally.report("after the kill", &report);
+    assert_ne!(new_owner, victim);
+    let report = sdk.join().expect("sdk thread");
+    tally.report("sdk across the kill", &report);
+    assert!(
+        first_text(ok_result(&report, 2)).contains("sampled: After the kill"),
+        "{report:#}"
+    );
+    assert_eq!(
+        first_text(ok_result(&report, 4)),
+        "[st] stdio after",
+        "{report:#}"
+    );
+    println!(
+        "replicas: owner r{victim} killed mid-run; its sessions answered on r{new_owner}, first \
+         answer {first_answer:?} after the kill"
+    );
 }
 
+/// `st_whoami` in the session: the child's HOME (which child answered); it must keep the
+/// session's log level (`debug`).
+async fn stdio_child(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    sid: &str,
+) -> Result<String, String> {
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "st_whoami", "arguments": {}}});
+    let r = post(http, url, token, Some(sid), "application/json", call).await;
+    if r.status() != 200 {
+        return Err(format!("HTTP {}", r.status()));
+    }
+    let reply: Value = r.json().await.map_err(|e| e.to_string())?;
+    let text = reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    let me: Value = serde_json::from_str(text).map_err(|_| format!("{reply}"))?;
+    assert_eq!(me["logLevel"], "debug", "{me}");
+    Ok(child_of(&me))
+}

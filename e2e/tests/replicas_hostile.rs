@@ -57,9 +57,18 @@ fn forged_hand_offs_foreign_answers_forged_owners_and_frozen_owners() {
         // Forged hand-offs, straight at a replica: each refused with 403, nothing served.
         for (what, header) in [
             ("garbage", "v1.1.x.00".to_owned()),
-            ("wrong token", handoff("not-the-replica-token-0123456789", now_ms(), "POST", "/mcp")),
-            ("replayed", handoff(REPLICA_TOKEN, now_ms() - 120_000, "POST", "/mcp")),
-            ("other path", handoff(REPLICA_TOKEN, now_ms(), "POST", "/mcp/e2e/cf")),
+            (
+                "wrong token",
+                handoff("not-the-replica-token-0123456789", now_ms(), "POST", "/mcp"),
+            ),
+            (
+                "replayed",
+                handoff(REPLICA_TOKEN, now_ms() - 120_000, "POST", "/mcp"),
+            ),
+            (
+                "other path",
+                handoff(REPLICA_TOKEN, now_ms(), "POST", "/mcp/e2e/cf"),
+            ),
         ] {
             let resp = http
                 .post(&direct)
@@ -80,7 +89,10 @@ fn forged_hand_offs_foreign_answers_forged_owners_and_frozen_owners() {
             .bearer_auth(&alice)
             .header("accept", BOTH)
             .header("mcp-session-id", &sid)
-            .header("reflow-handoff", handoff(REPLICA_TOKEN, now_ms(), "POST", "/mcp"))
+            .header(
+                "reflow-handoff",
+                handoff(REPLICA_TOKEN, now_ms(), "POST", "/mcp"),
+            )
             .json(&ping(1))
             .send()
             .await

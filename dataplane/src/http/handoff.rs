@@ -77,6 +77,7 @@ pub(crate) async fn middleware(
     async {
         if let Some(key) = &key {
             match route(h, key, &parts, &body, handed).await {
+                Route::Claimed => gw.took_over(key),
                 Route::Local => {}
                 Route::Answered(resp) => return resp,
             }
@@ -95,8 +96,7 @@ async fn serve_here(
     body: Bytes,
     next: Next,
 ) -> Response {
-    let opens = parts.uri.path().starts_with("/mcp")
-        && !parts.headers.contains_key(SESSION_HEADER);
+    let opens = parts.uri.path().starts_with("/mcp") && !parts.headers.contains_key(SESSION_HEADER);
     let ends = parts.method == Method::DELETE;
     let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
     if opens
@@ -119,12 +119,20 @@ async fn serve_here(
 
 /// What a session key's owner means for this request.
 enum Route {
-    /// This replica serves it (it owns the key, nobody does, or it just claimed it).
+    /// This replica serves it (it owns the key, or nobody does).
     Local,
+    /// This replica serves it, having just claimed it from a dead owner.
+    Claimed,
     Answered(Response),
 }
 
-async fn route(h: &Handoff, key: &str, parts: &request::Parts, body: &Bytes, handed: bool) -> Route {
+async fn route(
+    h: &Handoff,
+    key: &str,
+    parts: &request::Parts,
+    body: &Bytes,
+    handed: bool,
+) -> Route {
     let mut fresh = false;
     for _ in 0..MAX_HOPS {
         let owner = if fresh {
@@ -171,7 +179,7 @@ async fn route(h: &Handoff, key: &str, parts: &request::Parts, body: &Bytes, han
             return Route::Answered(refusal(StatusCode::GATEWAY_TIMEOUT, msg));
         }
         match h.registry.claim(key, &peer.id).await {
-            Ok(true) => return Route::Local,
+            Ok(true) => return Route::Claimed,
             Ok(false) => continue,
             Err(e) => {
                 warn!(error = %e, label = e.label(), "cannot claim a dead replica's session");
@@ -308,13 +316,10 @@ fn handed_headers(h: &Handoff, parts: &request::Parts) -> HeaderMap {
     let ms = now_ms().to_string();
     let me = h.registry.id();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let sig = h.registry.token().sign(&signed_parts(
-        &ms,
-        me,
-        parts.method.as_str(),
-        target,
-        &peer,
-    ));
+    let sig = h
+        .registry
+        .token()
+        .sign(&signed_parts(&ms, me, parts.method.as_str(), target, &peer));
     if let Ok(v) = HeaderValue::from_str(&format!("v1.{ms}.{me}.{sig}")) {
         headers.insert(HANDOFF_HEADER, v);
     }
@@ -410,7 +415,9 @@ mod tests {
         let p = parts(Method::POST, "/messages/ns/t?sessionId=xyz", &[]);
         assert_eq!(key_of(&p, &Bytes::new()).as_deref(), Some("s:xyz"));
         let p = parts(Method::POST, "/mcp", &[]);
-        let body = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"requestState":"reflow1.zzz"}}"#);
+        let body = Bytes::from(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"requestState":"reflow1.zzz"}}"#,
+        );
         assert_eq!(key_of(&p, &body), Some(parked_key("reflow1.zzz")));
         let foreign = Bytes::from(r#"{"params":{"requestState":"upstream-own"}}"#);
         assert_eq!(key_of(&p, &foreign), None);

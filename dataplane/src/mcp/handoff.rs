@@ -98,6 +98,18 @@ pub(crate) fn parked_key(state: &str) -> String {
 }
 
 impl Gateway {
+    /// This replica has just claimed `key` from a dead owner: the session's stream events are
+    /// numbered above the previous owner's (microseconds since the epoch, which the previous
+    /// owner's per-session counter cannot have reached).
+    pub(crate) fn took_over(&self, key: &str) {
+        if let Some(sid) = key.strip_prefix("s:") {
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            self.hubs.get(sid).number_from(micros);
+        }
+    }
+
     /// Records that this replica owns `key` (no-op without a registry). Awaited before the
     /// client learns the key, so a next request on another replica finds the owner.
     pub(crate) async fn own(&self, key: &str) {
@@ -108,4 +120,3 @@ impl Gateway {
         }
     }
 }
-

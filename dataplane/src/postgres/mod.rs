@@ -24,7 +24,8 @@ pub use bus::{BusError, BusMessage, LocalBus, NotificationBus, PgBus};
 pub use migrations::{MIGRATIONS, migrate};
 pub use query::{AuditFilter, AuditRow, purge_expired_audit, query_audit};
 pub use replicas::{
-    Ownership, Peer, REPLICA_TOKEN_ENV, RegistryError, RegistrySettings, ReplicaRegistry, ReplicaToken,
+    Ownership, Peer, REPLICA_TOKEN_ENV, RegistryError, RegistrySettings, ReplicaRegistry,
+    ReplicaToken,
 };
 pub use sessions::{PgSessionStore, SessionSettings};
 

@@ -58,7 +58,10 @@ impl Cluster {
                 DataplaneProcess::spawn(
                     &manifests,
                     &config,
-                    &[("REFLOW_REPLICA_TOKEN", REPLICA_TOKEN), ("RUST_LOG", "warn")],
+                    &[
+                        ("REFLOW_REPLICA_TOKEN", REPLICA_TOKEN),
+                        ("RUST_LOG", "warn"),
+                    ],
                 )
                 .expect("replica starts")
             })
