@@ -41,6 +41,8 @@ bench:
 	$(CARGO) bench -p reflow-crds --bench compile
 	$(CARGO) bench -p reflow-e2e --bench gateway
 	$(CARGO) bench -p reflow-e2e --bench sandbox
+	$(CARGO) build --release -p reflow-dataplane --bin reflow-dataplane
+	REFLOW_DATAPLANE_BIN=$(CURDIR)/target/release/reflow-dataplane $(CARGO) bench -p reflow-e2e --bench replicas
 
 ## crds: regenerate crds/yaml from the Rust types, and the copies the Helm chart and the kustomize
 ## base ship (tests fail when any of them drift)
