@@ -259,7 +259,7 @@ fn owned_keys(c: &Cluster) -> BTreeSet<String> {
 /// child); during its pause the replica that owns it is killed. A raw session on the same
 /// replica holds a stateful STDIO child (log level `debug`) and a GET stream. Both go on
 /// through the other two: the SDK's calls answer, the child is restarted on the new owner with
-/// the session's log level, and the GET stream resumes there with nothing lost.
+/// the session's log level and subscription, and the GET stream resumes there with nothing lost.
 fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
     let rt = runtime();
     let http = http();
@@ -312,6 +312,12 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
         )
         .await;
         assert_eq!(r.status(), 200);
+        let uri = st_resource(&http, &url, &token, &sid).await;
+        let sub = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+                         "params": {"uri": uri}});
+        let r = post(&http, &url, &token, Some(&sid), "application/json", sub).await;
+        let reply: Value = r.json().await.expect("json");
+        assert!(reply["result"].is_object(), "subscribed: {reply}");
         let child = stdio_child(&http, &url, &token, &sid)
             .await
             .expect("a child");
@@ -373,7 +379,7 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
 }
 
 /// `st_whoami` in the session: the child's HOME (which child answered); it must keep the
-/// session's log level (`debug`).
+/// session's log level (`debug`) and its resource subscription.
 async fn stdio_child(
     http: &reqwest::Client,
     url: &str,
@@ -392,5 +398,25 @@ async fn stdio_child(
         .unwrap_or_default();
     let me: Value = serde_json::from_str(text).map_err(|_| format!("{reply}"))?;
     assert_eq!(me["logLevel"], "debug", "{me}");
+    let subscribed = me["subscriptions"].to_string();
+    assert!(
+        subscribed.contains("watched-resource"),
+        "the child holds the subscription: {me}"
+    );
     Ok(child_of(&me))
+}
+
+/// The URI of the `st` Target's static resource, as the session's resource list names it.
+async fn st_resource(http: &reqwest::Client, url: &str, token: &str, sid: &str) -> String {
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "resources/list"});
+    let r = post(http, url, token, Some(sid), "application/json", list).await;
+    let reply: Value = r.json().await.expect("json");
+    reply["result"]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uri"].as_str())
+        .find(|u| u.starts_with("reflow://st/") && u.ends_with("watched-resource"))
+        .unwrap_or_else(|| panic!("no st resource in {reply}"))
+        .to_owned()
 }

@@ -249,11 +249,25 @@ impl Gateway {
             let child = self.upstream.stdio().acquire(&key, &start).await?;
             self.attach_child(caller, &key, &child).await;
             self.carry_subscriptions(&key, &child).await;
+            let sid = caller.session_id;
+            if target.stateful {
+                self.restore_subscriptions(sid, caller.target_key, (&key, &child))
+                    .await;
+            }
             let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
             if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
-                return self
+                let out = self
                     .stdio_subscription(caller, (&child, &key), (method, params), timeout, &hooks)
                     .await;
+                let uri = params.and_then(|p| p.get("uri")).and_then(Value::as_str);
+                if let (true, Ok(reply), Some(uri)) = (target.stateful, &out, uri)
+                    && reply.contains_key("result")
+                {
+                    let on = method == "resources/subscribe";
+                    self.record_subscription(sid, caller.target_key, uri, on)
+                        .await;
+                }
+                return out;
             }
             return Ok(child
                 .request_with(method, params, timeout, &hooks, Some(caller.session_id))

@@ -93,6 +93,14 @@ CREATE TABLE reflow_owners (
 CREATE INDEX reflow_owners_created_at ON reflow_owners (created_at);
 "#,
     ),
+    (
+        6,
+        "subscriptions on a session's own children",
+        r#"
+ALTER TABLE reflow_sessions
+    ADD COLUMN subscriptions jsonb;             -- target key -> resource URIs (stateful STDIO)
+"#,
+    ),
 ];
 
 /// Applies the migrations this database has not seen, under the migration lock.

@@ -106,7 +106,7 @@ impl Cluster {
 fn manifests_yaml(fixture: &FixtureProcess) -> String {
     let stdio = format!(
         "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: st, namespace: e2e}}\n\
-         spec:\n  transport: stdio\n  command: {}\n  args: [--stdio, --name, st]\n  prefix: st\n  \
+         spec:\n  transport: stdio\n  command: {}\n  args: [--stdio, --conformance, --name, st]\n  prefix: st\n  \
          stateful: true\n  isolation: shared\n  timeouts: {{requestMs: 20000, initMs: 30000}}\n",
         fixture_bin!().display()
     );
