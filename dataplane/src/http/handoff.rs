@@ -65,8 +65,8 @@ pub(crate) async fn middleware(
     let handed = req.headers().contains_key(HANDOFF_HEADER);
     let (mut parts, body) = req.into_parts();
     let peer = parts.headers.remove(PEER_HEADER);
-    if handed && let Err(resp) = accept(h, &mut parts, peer.as_ref()) {
-        return resp;
+    if handed && !accept(h, &mut parts, peer.as_ref()) {
+        return refusal(StatusCode::FORBIDDEN, "hand-off refused");
     }
     let body = match axum::body::to_bytes(body, gw.config.max_body_bytes).await {
         Ok(b) => b,
@@ -239,25 +239,23 @@ fn signed_parts<'a>(
     ["reflow-handoff", ms, from, method, target, peer]
 }
 
-/// Verifies a handed-off request's signature and age; on success the request carries the
-/// client's address (for token source ranges) instead of the handing replica's.
-fn accept(
-    h: &Handoff,
-    parts: &mut request::Parts,
-    peer: Option<&HeaderValue>,
-) -> Result<(), Response> {
-    let forged = || refusal(StatusCode::FORBIDDEN, "hand-off refused");
-    let value = parts
+/// Verifies a handed-off request's signature and age (`false`: refuse it); on success the
+/// request carries the client's address (for token source ranges) instead of the handing
+/// replica's, and no client certificate (it does not travel: certificate users fail closed).
+fn accept(h: &Handoff, parts: &mut request::Parts, peer: Option<&HeaderValue>) -> bool {
+    let Some(value) = parts
         .headers
         .remove(HANDOFF_HEADER)
         .and_then(|v| v.to_str().ok().map(str::to_owned))
-        .ok_or_else(forged)?;
+    else {
+        return false;
+    };
     let mut fields = value.splitn(4, '.');
     let (Some("v1"), Some(ms), Some(from), Some(sig)) =
         (fields.next(), fields.next(), fields.next(), fields.next())
     else {
         warn!("malformed hand-off header; refused");
-        return Err(forged());
+        return false;
     };
     let peer = peer.and_then(|v| v.to_str().ok()).unwrap_or_default();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -272,18 +270,14 @@ fn accept(
             .verify(&signed_parts(ms, from, &method, target, peer), sig)
     {
         warn!(from, "hand-off with a bad or stale signature; refused");
-        return Err(forged());
+        return false;
     }
     if let Ok(addr) = peer.parse() {
-        let cert = parts
-            .extensions
-            .get::<ConnectInfo<PeerAddr>>()
-            .and_then(|c| c.0.cert.clone());
         parts
             .extensions
-            .insert(ConnectInfo(PeerAddr { addr, cert }));
+            .insert(ConnectInfo(PeerAddr { addr, cert: None }));
     }
-    Ok(())
+    true
 }
 
 /// Headers that describe one connection, not the message: never handed on.
@@ -357,7 +351,7 @@ async fn forward(
     };
     let resp = match answer {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) if e.is_connect() && !e.is_timeout() => {
+        Ok(Err(e)) if connection_refused(&e) => {
             debug!(owner = %peer.id, error = %e, "owner refused the hand-off");
             return Err(Failed::Refused);
         }
@@ -381,6 +375,22 @@ async fn forward(
     }
     out.body(Body::from_stream(resp.bytes_stream()))
         .map_err(|_| Failed::NoAnswer)
+}
+
+/// Whether nothing listened at the owner's address (the kernel refused the connection): a
+/// process that is gone. A TLS failure or a timeout is not that, and leaves the owner alone
+/// until its heartbeat says otherwise.
+fn connection_refused(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Resolves once `peer` is dead by its heartbeat (polled at half the dead-after interval).
