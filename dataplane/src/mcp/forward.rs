@@ -259,12 +259,8 @@ impl Gateway {
                 let out = self
                     .stdio_subscription(caller, (&child, &key), (method, params), timeout, &hooks)
                     .await;
-                let uri = params.and_then(|p| p.get("uri")).and_then(Value::as_str);
-                if let (true, Ok(reply), Some(uri)) = (target.stateful, &out, uri)
-                    && reply.contains_key("result")
-                {
-                    let on = method == "resources/subscribe";
-                    self.record_subscription(sid, caller.target_key, uri, on)
+                if target.stateful {
+                    self.keep_subscription(sid, caller.target_key, (method, params), &out)
                         .await;
                 }
                 return out;

@@ -295,9 +295,27 @@ impl Gateway {
         }
     }
 
+    /// After a (un)subscribe on a session's own child (a stateful Target's): what the child
+    /// accepted is kept in the session's row.
+    pub(crate) async fn keep_subscription(
+        &self,
+        sid: &str,
+        target: &str,
+        (method, params): (&str, Option<&Value>),
+        out: &Result<Map<String, Value>, UpstreamError>,
+    ) {
+        let uri = params.and_then(|p| p.get("uri")).and_then(Value::as_str);
+        if let (Ok(reply), Some(uri)) = (out, uri)
+            && reply.contains_key("result")
+        {
+            self.record_subscription(sid, target, uri, method == SUBSCRIBE)
+                .await;
+        }
+    }
+
     /// Keeps a subscription on a session's own child (a stateful Target's) in the session's
     /// row, so a child started for the session elsewhere is subscribed again.
-    pub(crate) async fn record_subscription(&self, sid: &str, target: &str, uri: &str, on: bool) {
+    async fn record_subscription(&self, sid: &str, target: &str, uri: &str, on: bool) {
         let Ok(Some(session)) = self.sessions.get(sid).await else {
             return;
         };

@@ -260,6 +260,7 @@ impl PgSessionStore {
     }
 
     /// Inserts or replaces the row (`insert`), or only replaces it, and tells other replicas.
+    /// Subscriptions are taken as they are (only the session's owner changes them).
     async fn save(&self, s: &Session, insert: bool) -> Result<(), PgError> {
         let client = self.db.client().await?;
         let scope = match &s.scope {
@@ -278,7 +279,6 @@ impl PgSessionStore {
             .unwrap_or_else(|_| Value::Object(Default::default()));
         let claims = s.claims.as_ref().map(claims_to_json);
         let log_level = s.log_level.map(|l| l.as_str());
-        // Only the session's owner changes them: the row takes this copy's as they are.
         let subscriptions = serde_json::to_value(&s.subscriptions)
             .unwrap_or_else(|_| Value::Object(Default::default()));
         let idle = self.settings.idle.as_secs_f64();
