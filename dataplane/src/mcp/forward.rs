@@ -250,10 +250,8 @@ impl Gateway {
             self.attach_child(caller, &key, &child).await;
             self.carry_subscriptions(&key, &child).await;
             let sid = caller.session_id;
-            if target.stateful {
-                self.restore_subscriptions(sid, caller.target_key, (&key, &child))
-                    .await;
-            }
+            self.restore_subscriptions((target.stateful, sid), caller.target_key, (&key, &child))
+                .await;
             let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
             if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
                 let out = self

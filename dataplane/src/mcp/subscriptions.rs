@@ -339,13 +339,17 @@ impl Gateway {
     }
 
     /// A child serving a session of a stateful Target takes the subscriptions the session
-    /// recorded that it does not hold yet (the session moved here from a dead replica).
+    /// recorded that it does not hold yet (the session moved here from a dead replica); a
+    /// shared child (not `stateful`) has none of its own.
     pub(crate) async fn restore_subscriptions(
         &self,
-        sid: &str,
+        (stateful, sid): (bool, &str),
         target: &str,
         (key, child): (&IsolationKey, &Arc<ChildProcess>),
     ) {
+        if !stateful {
+            return;
+        }
         let Ok(Some(session)) = self.sessions.get(sid).await else {
             return;
         };
