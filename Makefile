@@ -43,6 +43,8 @@ bench:
 	# The allocator profile (issue #24): the same run on mimalloc, gateway paths only.
 	REFLOW_BENCH_PATHS=direct,byte-relay,gateway,gw-percore,gw-percore-h1 $(CARGO) bench -p reflow-e2e --features mimalloc --bench gateway
 	$(CARGO) bench -p reflow-e2e --bench sandbox
+	$(CARGO) build --release -p reflow-dataplane --bin reflow-dataplane
+	REFLOW_DATAPLANE_BIN=$(CURDIR)/target/release/reflow-dataplane $(CARGO) bench -p reflow-e2e --bench replicas
 
 ## crds: regenerate crds/yaml from the Rust types, and the copies the Helm chart and the kustomize
 ## base ship (tests fail when any of them drift)

@@ -189,6 +189,7 @@ fn main() -> anyhow::Result<()> {
         reflow_dataplane::process_guard::seal(&[
             reflow_dataplane::config::SEALING_KEY_ENV,
             reflow_dataplane::config::DATABASE_URL_ENV,
+            reflow_dataplane::postgres::REPLICA_TOKEN_ENV,
         ])
     };
     let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));

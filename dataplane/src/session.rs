@@ -60,6 +60,9 @@ pub struct Session {
     pub resources: HashMap<String, String>,
     /// What `logging/setLevel` asked for; `None` until the client sets one.
     pub log_level: Option<LogLevel>,
+    /// Resources subscribed on the session's own children (stateful STDIO Targets), by target
+    /// key: a child started for the session on another replica is subscribed to them again.
+    pub subscriptions: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl Session {
@@ -75,6 +78,7 @@ impl Session {
             upstreams: BTreeMap::new(),
             resources: HashMap::new(),
             log_level: None,
+            subscriptions: BTreeMap::new(),
         }
     }
 }

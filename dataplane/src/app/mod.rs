@@ -53,6 +53,9 @@ pub struct AppConfig {
     pub console: ConsoleWiring,
     /// Where users' connections (`spec.userCredential`) are kept in standalone mode.
     pub connections: Option<crate::connect::ConnectionStore>,
+    /// The replica registry (database and replica token): requests for sessions another replica
+    /// owns are handed to it; none keeps every request on this replica.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
 /// What the web console reads besides the gateway's own parts.
@@ -99,6 +102,7 @@ impl AppConfig {
             controller_link: None,
             console: ConsoleWiring::default(),
             connections: None,
+            replicas: None,
         }
     }
 
@@ -154,6 +158,7 @@ impl App {
             observed: config.observed,
             controller_link: config.controller_link,
             connections: config.connections,
+            replicas: config.replicas,
         })?;
         let console = match tap {
             Some(tap) => Some(build_console(

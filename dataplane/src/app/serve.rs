@@ -62,7 +62,22 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     });
     let _source = start_source(&opts, &key, &snapshots, (&observed, link.as_ref()))?;
 
-    let stores = stores(&config, &key).await?;
+    // Bound before the stores start, so replicas advertise the address they really serve on;
+    // thread-per-core binds its own SO_REUSEPORT listeners later, on the resolved address.
+    let early = match config.gateway.http.thread_per_core {
+        true => None,
+        false => Some(bind(&opts.listen).await?),
+    };
+    let addr = match &early {
+        Some(l) => l.local_addr().context("listener address")?,
+        None => resolve_listen(&opts.listen).await?,
+    };
+    let scheme = if config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let stores = stores(&config, &key, &format!("{scheme}://{addr}")).await?;
     let mut app_config = AppConfig::new(
         config.gateway.clone(),
         snapshots,
@@ -72,6 +87,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
         key,
     );
     app_config.bus = stores.bus.clone();
+    app_config.replicas = stores.replicas.clone();
     app_config.instances = controller_instances(&opts)?;
     app_config.observed = observed;
     app_config.controller_link = link;
@@ -93,11 +109,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     }
     let app = App::build(app_config)?;
 
-    let scheme = if config.gateway.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     let max_connections = config.gateway.http.max_connections;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let router = app.router();
@@ -115,9 +126,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
         let addr = served.addr;
         (addr, tokio::task::spawn_blocking(move || served.join()))
     } else {
-        let listener = tokio::net::TcpListener::bind(&opts.listen)
-            .await
-            .with_context(|| format!("binding {}", opts.listen))?;
+        let listener = match early {
+            Some(l) => l,
+            None => bind(&opts.listen).await?,
+        };
         let addr = listener.local_addr().context("listener address")?;
         let stopped = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -156,6 +168,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
         sink.close().await;
     }
     Ok(())
+}
+
+/// A plain TCP listener on `listen`.
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, AppError> {
+    Ok(tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?)
 }
 
 /// The first address `listen` (`host:port`) resolves to.

@@ -23,10 +23,18 @@ pub struct Stores {
     pub bus: Option<Arc<dyn postgres::NotificationBus>>,
     /// The database itself, when configured (the web console reads audit and sessions there).
     pub database: Option<postgres::Database>,
+    /// With a database and a replica token: where replicas find what each owns.
+    pub replicas: Option<Arc<postgres::ReplicaRegistry>>,
 }
 
-/// Opens the stores the configuration names (migrating the database first).
-pub async fn stores(config: &Config, key: &SealingKey) -> Result<Stores, AppError> {
+/// Opens the stores the configuration names (migrating the database first). `listening` is the
+/// address this replica serves on, advertised to the others when no `gateway.replicas.advertise`
+/// is set.
+pub async fn stores(
+    config: &Config,
+    key: &SealingKey,
+    listening: &str,
+) -> Result<Stores, AppError> {
     let idle = Duration::from_secs(config.gateway.session_idle_seconds);
     let env_url = secret_env(DATABASE_URL_ENV).map(|s| s.expose_secret().to_owned());
     let db = match config.database_url(env_url.as_deref())? {
@@ -44,14 +52,63 @@ pub async fn stores(config: &Config, key: &SealingKey) -> Result<Stores, AppErro
     };
     let (audit, pg_audit) = audit_sink(config, db.as_ref())?;
     let database = db.clone();
-    let (sessions, bus) = session_store(db, key, idle);
+    let replica = uuid::Uuid::new_v4().simple().to_string();
+    let replicas = match &db {
+        Some(db) => replica_registry(config, db, &replica, listening).await?,
+        None => None,
+    };
+    let (sessions, bus) = session_store(db, key, idle, replica);
     Ok(Stores {
         sessions,
         audit,
         pg_audit,
         bus,
         database,
+        replicas,
     })
+}
+
+/// The replica registry, when the replica token is set (without it no replica trusts another,
+/// and each serves only what reaches it: the client's load balancer must be sticky).
+async fn replica_registry(
+    config: &Config,
+    db: &postgres::Database,
+    replica: &str,
+    listening: &str,
+) -> Result<Option<Arc<postgres::ReplicaRegistry>>, AppError> {
+    let Some(token) = secret_env(postgres::REPLICA_TOKEN_ENV) else {
+        warn!(
+            "{} is not set: replicas do not hand requests to each other",
+            postgres::REPLICA_TOKEN_ENV
+        );
+        return Ok(None);
+    };
+    if token.expose_secret().len() < 16 {
+        return Err(AppError::Invalid(format!(
+            "{} must be at least 16 characters",
+            postgres::REPLICA_TOKEN_ENV
+        )));
+    }
+    let r = &config.gateway.replicas;
+    let address = match &r.advertise {
+        Some(a) => a.clone(),
+        None if listening.contains("://0.0.0.0:") || listening.contains("://[::]:") => {
+            return Err(AppError::Invalid(
+                "gateway.replicas.advertise is required when listening on every address".into(),
+            ));
+        }
+        None => listening.to_owned(),
+    };
+    let registry = postgres::ReplicaRegistry::start(
+        db.clone(),
+        replica.to_owned(),
+        address,
+        postgres::ReplicaToken::new(token),
+        r.registry_settings(),
+    )
+    .await
+    .context("registering this replica")?;
+    Ok(Some(registry))
 }
 
 type AuditSinks = (
@@ -121,11 +178,11 @@ fn session_store(
     db: Option<postgres::Database>,
     key: &SealingKey,
     idle: Duration,
+    replica: String,
 ) -> SessionStores {
     match db {
         Some(db) => {
             let bus = postgres::PgBus::start(db.clone());
-            let replica = uuid::Uuid::new_v4().simple().to_string();
             let store = postgres::PgSessionStore::start(
                 db,
                 key.clone(),

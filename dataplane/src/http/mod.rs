@@ -8,6 +8,7 @@ use admission::{Admitted, read_message, store_unavailable};
 mod client_stream;
 mod connect;
 mod endpoints;
+mod handoff;
 use endpoints::{find_session, owned_session, session_not_found};
 mod hardening;
 mod hygiene;
@@ -107,6 +108,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            handoff::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             hygiene::middleware,

@@ -42,7 +42,9 @@ impl Gateway {
     /// (or no bus is attached), else through the bus (and not kept here, so a resume on this
     /// replica cannot repeat what the other replica delivered).
     pub(crate) fn to_get_stream(&self, session_id: &str, hub: &Hub, msg: &Map<String, Value>) {
+        // With hand-off, the session's owner holds all of it: what is not live is kept for replay.
         if let Some(link) = self.bus.get()
+            && self.handoff.is_none()
             && !hub.has_live(GET_STREAM)
         {
             let queued = link

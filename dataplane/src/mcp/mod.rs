@@ -10,6 +10,7 @@ mod cross_replica;
 pub(crate) mod dispatch;
 mod forward;
 mod forward_stateless;
+pub(crate) mod handoff;
 mod instances;
 mod list_cache;
 pub(crate) mod list_changed;
@@ -44,6 +45,7 @@ use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
 
 pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
 pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
+pub use handoff::ReplicasConfig;
 pub use streams::StreamError;
 pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;
@@ -83,6 +85,8 @@ pub struct GatewayConfig {
     pub limits: crate::limits::LimitsConfig,
     /// The web console at `/console` (off by default).
     pub console: crate::console::ConsoleConfig,
+    /// How replicas sharing a database hand requests to each other (`handoff`).
+    pub replicas: ReplicasConfig,
 }
 
 impl Default for GatewayConfig {
@@ -104,6 +108,7 @@ impl Default for GatewayConfig {
             sse_keepalive_ms: 15_000,
             limits: crate::limits::LimitsConfig::default(),
             console: crate::console::ConsoleConfig::default(),
+            replicas: ReplicasConfig::default(),
         }
     }
 }
@@ -142,6 +147,8 @@ pub(crate) struct Parts {
     pub observed: Arc<crate::observed::Observations>,
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
     pub connections: Option<crate::connect::ConnectionStore>,
+    /// The replica registry: requests for what another replica owns are handed to it.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
 pub struct Gateway {
@@ -191,6 +198,8 @@ pub struct Gateway {
     pub(crate) connect_links: crate::connect::ConnectLinks,
     /// Where connections are stored (standalone mode); none: connecting is not available here.
     pub(crate) connections: Option<crate::connect::ConnectionStore>,
+    /// Hands requests to the replica that owns their session (with a replica registry).
+    pub(crate) handoff: Option<handoff::Handoff>,
 }
 
 impl Gateway {
@@ -210,6 +219,13 @@ impl Gateway {
             instances.use_controller(api);
         }
         let bus = p.bus;
+        let handoff = match p.replicas {
+            Some(r) => Some(
+                handoff::Handoff::new(r, &p.config.replicas)
+                    .map_err(|e| GatewayError::Upstream(UpstreamError::Client(e.to_string())))?,
+            ),
+            None => None,
+        };
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -247,6 +263,7 @@ impl Gateway {
                 rate_limiter: Default::default(),
                 connect_links: Default::default(),
                 connections: p.connections,
+                handoff,
             }
         });
         let weak = Arc::downgrade(&gw);

@@ -334,6 +334,8 @@ impl Call {
                     Held::Parked(pid),
                     ttl,
                 );
+                // A retry may reach any replica: it is handed here, where the call waits.
+                self.gw.own(&super::handoff::parked_key(&state)).await;
                 let mut result = Map::new();
                 result.insert("resultType".into(), json!("input_required"));
                 result.insert("inputRequests".into(), Value::Object(requests));

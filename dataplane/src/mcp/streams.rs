@@ -130,6 +130,14 @@ impl Hub {
         (event_id(GET_STREAM, st.next_seq - 1), rx)
     }
 
+    /// Numbers the next events from `floor` on (if higher): a replica that took a session over
+    /// continues above every id the previous owner gave out, so a client's `Last-Event-ID` from
+    /// there replays all that this replica has kept since.
+    pub(crate) fn number_from(&self, floor: u64) {
+        let mut st = self.lock();
+        st.next_seq = st.next_seq.max(floor);
+    }
+
     /// Records who watches the GET stream (the session's identity and endpoint).
     pub(crate) fn set_viewer(&self, viewer: Viewer) {
         self.lock().viewer = Some(Arc::new(viewer));

@@ -295,6 +295,95 @@ impl Gateway {
         }
     }
 
+    /// After a (un)subscribe on a session's own child (a stateful Target's): what the child
+    /// accepted is kept in the session's row.
+    pub(crate) async fn keep_subscription(
+        &self,
+        sid: &str,
+        target: &str,
+        (method, params): (&str, Option<&Value>),
+        out: &Result<Map<String, Value>, UpstreamError>,
+    ) {
+        let uri = params.and_then(|p| p.get("uri")).and_then(Value::as_str);
+        if let (Ok(reply), Some(uri)) = (out, uri)
+            && reply.contains_key("result")
+        {
+            self.record_subscription(sid, target, uri, method == SUBSCRIBE)
+                .await;
+        }
+    }
+
+    /// Keeps a subscription on a session's own child (a stateful Target's) in the session's
+    /// row, so a child started for the session elsewhere is subscribed again.
+    async fn record_subscription(&self, sid: &str, target: &str, uri: &str, on: bool) {
+        let Ok(Some(session)) = self.sessions.get(sid).await else {
+            return;
+        };
+        let mut s = (*session).clone();
+        let changed = if on {
+            s.subscriptions
+                .entry(target.to_owned())
+                .or_default()
+                .insert(uri.to_owned())
+        } else {
+            let gone = s
+                .subscriptions
+                .get_mut(target)
+                .is_some_and(|uris| uris.remove(uri));
+            s.subscriptions.retain(|_, uris| !uris.is_empty());
+            gone
+        };
+        if changed && let Err(e) = self.sessions.put(s).await {
+            warn!(error = %e, label = e.label(), "subscription not kept with the session");
+        }
+    }
+
+    /// A child serving a session of a stateful Target takes the subscriptions the session
+    /// recorded that it does not hold yet (the session moved here from a dead replica); a
+    /// shared child (not `stateful`) has none of its own.
+    pub(crate) async fn restore_subscriptions(
+        &self,
+        (stateful, sid): (bool, &str),
+        target: &str,
+        (key, child): (&IsolationKey, &Arc<ChildProcess>),
+    ) {
+        if !stateful {
+            return;
+        }
+        let Ok(Some(session)) = self.sessions.get(sid).await else {
+            return;
+        };
+        let Some(uris) = session.subscriptions.get(target) else {
+            return;
+        };
+        for uri in uris {
+            let holder = (child.label(), || Holder::Child(Arc::downgrade(child)));
+            if self.subscriptions.join(holder, key, uri, sid) != Joined::First {
+                continue;
+            }
+            let params = json!({"uri": uri});
+            match child
+                .request(SUBSCRIBE, Some(&params), RELEASE_TIMEOUT)
+                .await
+            {
+                Ok(reply) if reply.contains_key("result") => {
+                    debug!(
+                        child = child.label(),
+                        "subscription restored on a new owner's child"
+                    )
+                }
+                other => {
+                    self.subscriptions.leave(child.label(), uri, sid);
+                    let error = match other {
+                        Ok(reply) => reply.get("error").map(Value::to_string).unwrap_or_default(),
+                        Err(e) => e.to_string(),
+                    };
+                    warn!(child = child.label(), %error, "a recorded subscription was not restored");
+                }
+            }
+        }
+    }
+
     /// Releases what a session held on the upstreams `leaving` picks (all of them when it ends):
     /// the last subscriber of a URI unsubscribes it upstream (best effort).
     pub(crate) async fn release_subscriptions(

@@ -75,6 +75,32 @@ ALTER TABLE reflow_sessions
     ADD COLUMN log_level text;                  -- what logging/setLevel asked for
 "#,
     ),
+    (
+        5,
+        "replicas and what each owns",
+        r#"
+CREATE TABLE reflow_replicas (
+    id          text PRIMARY KEY,
+    address     text NOT NULL,                  -- base URL other replicas hand requests to
+    proof       text NOT NULL,                  -- HMAC of id and address under the replica token
+    seen_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE reflow_owners (
+    key         text PRIMARY KEY,               -- 's:' session id, 'p:' digest of a parked state
+    replica     text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX reflow_owners_created_at ON reflow_owners (created_at);
+"#,
+    ),
+    (
+        6,
+        "subscriptions on a session's own children",
+        r#"
+ALTER TABLE reflow_sessions
+    ADD COLUMN subscriptions jsonb;             -- target key -> resource URIs (stateful STDIO)
+"#,
+    ),
 ];
 
 /// Applies the migrations this database has not seen, under the migration lock.

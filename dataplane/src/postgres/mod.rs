@@ -10,6 +10,7 @@ mod bus;
 mod console_queries;
 mod migrations;
 mod query;
+mod replicas;
 mod sessions;
 
 use std::str::FromStr;
@@ -26,6 +27,10 @@ pub use console_queries::{
 };
 pub use migrations::{MIGRATIONS, migrate};
 pub use query::{AuditFilter, AuditRow, purge_expired_audit, query_audit};
+pub use replicas::{
+    Ownership, Peer, REPLICA_TOKEN_ENV, RegistryError, RegistrySettings, ReplicaRegistry,
+    ReplicaToken,
+};
 pub use sessions::{PgSessionStore, SessionSettings};
 
 /// How long one connection attempt may take: a dead database must not hold requests long.

@@ -205,7 +205,7 @@ impl PgSessionStore {
         let stmt = client
             .prepare_cached(
                 "SELECT owner, scope, protocol_version, client_info, client_capabilities,
-                        upstreams, resources, claims, log_level
+                        upstreams, resources, claims, log_level, subscriptions
                  FROM reflow_sessions WHERE id = $1 AND expires_at > now()",
             )
             .await?;
@@ -241,6 +241,7 @@ impl PgSessionStore {
         let resources: Value = row.get(6);
         let claims: Option<Value> = row.get(7);
         let log_level: Option<String> = row.get(8);
+        let subscriptions: Option<Value> = row.get(9);
         Ok(Some(Session {
             id: id.to_owned(),
             owner,
@@ -252,10 +253,14 @@ impl PgSessionStore {
             upstreams,
             resources: serde_json::from_value(resources).unwrap_or_default(),
             log_level: log_level.and_then(|l| l.parse().ok()),
+            subscriptions: subscriptions
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
         }))
     }
 
     /// Inserts or replaces the row (`insert`), or only replaces it, and tells other replicas.
+    /// Subscriptions are taken as they are (only the session's owner changes them).
     async fn save(&self, s: &Session, insert: bool) -> Result<(), PgError> {
         let client = self.db.client().await?;
         let scope = match &s.scope {
@@ -274,6 +279,8 @@ impl PgSessionStore {
             .unwrap_or_else(|_| Value::Object(Default::default()));
         let claims = s.claims.as_ref().map(claims_to_json);
         let log_level = s.log_level.map(|l| l.as_str());
+        let subscriptions = serde_json::to_value(&s.subscriptions)
+            .unwrap_or_else(|_| Value::Object(Default::default()));
         let idle = self.settings.idle.as_secs_f64();
         let change = format!("{} {}", self.replica, s.id);
         if insert {
@@ -281,14 +288,16 @@ impl PgSessionStore {
                 .prepare_cached(
                     "WITH w AS (
                        INSERT INTO reflow_sessions (id, owner, scope, protocol_version, client_info,
-                           client_capabilities, upstreams, resources, expires_at, claims, log_level)
+                           client_capabilities, upstreams, resources, expires_at, claims, log_level,
+                           subscriptions)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9),
-                           $12, $13)
+                           $12, $13, $14)
                        ON CONFLICT (id) DO UPDATE
                        SET upstreams = reflow_sessions.upstreams || EXCLUDED.upstreams,
                            resources = reflow_sessions.resources || EXCLUDED.resources,
                            claims = COALESCE(EXCLUDED.claims, reflow_sessions.claims),
                            log_level = COALESCE(EXCLUDED.log_level, reflow_sessions.log_level),
+                           subscriptions = EXCLUDED.subscriptions,
                            updated_at = now(),
                            expires_at = EXCLUDED.expires_at
                        RETURNING id)
@@ -312,6 +321,7 @@ impl PgSessionStore {
                         &change,
                         &claims,
                         &log_level,
+                        &subscriptions,
                     ],
                 )
                 .await?;
@@ -325,6 +335,7 @@ impl PgSessionStore {
                        UPDATE reflow_sessions SET upstreams = upstreams || $2,
                            resources = resources || $3, updated_at = now(),
                            claims = COALESCE($7, claims), log_level = COALESCE($8, log_level),
+                           subscriptions = $9,
                            expires_at = now() + make_interval(secs => $4)
                        WHERE id = $1
                        RETURNING id)
@@ -343,6 +354,7 @@ impl PgSessionStore {
                         &change,
                         &claims,
                         &log_level,
+                        &subscriptions,
                     ],
                 )
                 .await?;

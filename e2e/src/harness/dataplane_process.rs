@@ -70,6 +70,16 @@ impl DataplaneProcess {
         Ok(Self { child, addr })
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// SIGKILL, no grace (a replica that dies): its STDIO children are left to notice.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
     /// The aggregated endpoint, `http://ADDR/mcp`.
     pub fn mcp_url(&self) -> String {
         format!("http://{}/mcp", self.addr)

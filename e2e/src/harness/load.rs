@@ -109,6 +109,14 @@ impl McpSession {
         &self.url
     }
 
+    /// The same session, its requests sent to `url` (another replica of the same gateway).
+    pub fn at(&self, url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            ..self.clone()
+        }
+    }
+
     async fn post(&self, body: Bytes) -> Result<(u16, Bytes)> {
         let resp = self
             .client

@@ -2,6 +2,7 @@
 //! clients, bounded and on loopback; the cached, concurrency-safe installs (Python venv, npm
 //! packages, helm/kubectl/lua) those peers need.
 
+pub mod balancer;
 pub mod browser;
 pub mod byte_relay;
 pub mod cache;
@@ -33,6 +34,7 @@ pub mod sse;
 pub mod ts_server;
 pub mod typescript;
 
+pub use balancer::RoundRobin;
 pub use controller_bin::controller_bin;
 pub use dataplane_process::{DataplaneProcess, dataplane_bin};
 pub use error::{HarnessError, Result};
