@@ -2,6 +2,7 @@
 //! source, authenticator, bus, instance API); the binary, the tests, the e2e harness and the bench all call it.
 
 mod commands;
+mod connections;
 mod error;
 mod serve;
 mod stores;
@@ -145,6 +146,7 @@ impl App {
             Some(tap) => tap.clone(),
             None => config.audit,
         };
+        let stored_connections = config.connections.clone();
         let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
@@ -160,13 +162,13 @@ impl App {
             connections: config.connections,
             replicas: config.replicas,
         })?;
+        let mut wiring = config.console;
+        if let Some(store) = stored_connections {
+            // The console lists what the connect pages stored.
+            wiring.connections = Arc::new(connections::StoredConnections(store));
+        }
         let console = match tap {
-            Some(tap) => Some(build_console(
-                &gateway,
-                console_config,
-                tap,
-                config.console,
-            )?),
+            Some(tap) => Some(build_console(&gateway, console_config, tap, wiring)?),
             None => None,
         };
         Ok(Self { gateway, console })

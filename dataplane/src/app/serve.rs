@@ -62,16 +62,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     });
     let _source = start_source(&opts, &key, &snapshots, (&observed, link.as_ref()))?;
 
-    // Bound before the stores start, so replicas advertise the address they really serve on;
-    // thread-per-core binds its own SO_REUSEPORT listeners later, on the resolved address.
-    let early = match config.gateway.http.thread_per_core {
-        true => None,
-        false => Some(bind(&opts.listen).await?),
-    };
-    let addr = match &early {
-        Some(l) => l.local_addr().context("listener address")?,
-        None => resolve_listen(&opts.listen).await?,
-    };
+    let (early, addr) = bind_early(&opts.listen, config.gateway.http.thread_per_core).await?;
     let scheme = if config.gateway.tls.is_some() {
         "https"
     } else {
@@ -91,26 +82,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     app_config.instances = controller_instances(&opts)?;
     app_config.observed = observed;
     app_config.controller_link = link;
-    app_config.console.database = stores.database.clone();
-    if let Some(name) = opts
-        .dataplane_name
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-    {
-        app_config.console.dataplane = name;
-    }
-    if opts.controller.is_none()
-        && let Some(dir) = &opts.manifests
-    {
-        app_config.connections = Some(crate::connect::ConnectionStore::in_manifests(
-            dir,
-            app_config.key.clone(),
-        ));
-    }
+    wire_console_and_connections(&opts, &stores, &mut app_config);
     let app = App::build(app_config)?;
 
     let max_connections = config.gateway.http.max_connections;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let router = app.router();
     let options = listener::ServeOptions {
         timeouts: config.gateway.http.timeouts.clone(),
@@ -131,20 +107,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
             None => bind(&opts.listen).await?,
         };
         let addr = listener.local_addr().context("listener address")?;
-        let stopped = async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        };
-        let server = match config.gateway.tls.clone() {
-            Some(tls) => {
-                let listener = http::TlsListener::new(listener, tls, max_connections)
-                    .context("TLS listener")?;
-                tokio::spawn(listener::serve(listener, router, options, stopped))
-            }
-            None => {
-                let listener = http::LimitedListener::new(listener, max_connections);
-                tokio::spawn(listener::serve(listener, router, options, stopped))
-            }
-        };
+        let server = serve_plain(
+            listener,
+            config.gateway.tls.clone(),
+            router,
+            options,
+            stop_rx,
+        )?;
         (addr, server)
     };
     info!(listen = %addr, scheme, "serving");
@@ -170,11 +139,76 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The console's reads (database, this dataplane's name) and, in standalone mode, the folder
+/// where users' connections are kept.
+fn wire_console_and_connections(
+    opts: &ServeOptions,
+    stores: &super::Stores,
+    app_config: &mut AppConfig,
+) {
+    app_config.console.database = stores.database.clone();
+    if let Some(name) = opts
+        .dataplane_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+    {
+        app_config.console.dataplane = name;
+    }
+    if opts.controller.is_none()
+        && let Some(dir) = &opts.manifests
+    {
+        app_config.connections = Some(crate::connect::ConnectionStore::in_manifests(
+            dir,
+            app_config.key.clone(),
+        ));
+    }
+}
+
+/// Serves on one plain (or TLS) listener until `stop` turns true.
+fn serve_plain(
+    listener: tokio::net::TcpListener,
+    tls: Option<http::TlsConfig>,
+    router: axum::Router,
+    options: listener::ServeOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, AppError> {
+    let max_connections = options.max_connections;
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    Ok(match tls {
+        Some(tls) => {
+            let listener =
+                http::TlsListener::new(listener, tls, max_connections).context("TLS listener")?;
+            tokio::spawn(listener::serve(listener, router, options, stopped))
+        }
+        None => {
+            let listener = http::LimitedListener::new(listener, max_connections);
+            tokio::spawn(listener::serve(listener, router, options, stopped))
+        }
+    })
+}
+
+/// The listener, bound before the stores start so replicas advertise the address they really
+/// serve on, and that address. Thread-per-core binds its own `SO_REUSEPORT` listeners later, on
+/// the resolved address, so nothing is bound here for it.
+async fn bind_early(
+    listen: &str,
+    thread_per_core: bool,
+) -> Result<(Option<tokio::net::TcpListener>, std::net::SocketAddr), AppError> {
+    if thread_per_core {
+        return Ok((None, resolve_listen(listen).await?));
+    }
+    let listener = bind(listen).await?;
+    let addr = listener.local_addr().context("listener address")?;
+    Ok((Some(listener), addr))
+}
+
 /// A plain TCP listener on `listen`.
 async fn bind(listen: &str) -> Result<tokio::net::TcpListener, AppError> {
-    Ok(tokio::net::TcpListener::bind(listen)
+    tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {listen}"))?)
+        .with_context(|| format!("binding {listen}"))
 }
 
 /// The first address `listen` (`host:port`) resolves to.

@@ -10,7 +10,7 @@ use reflow_crds::snapshot::CompiledTarget;
 use serde_json::{Value, json};
 
 use super::Gateway;
-use super::dispatch::{Ctx, Reply};
+use super::call::{Ctx, Reply};
 use crate::audit::{AuditEvent, now_ms};
 use crate::connect::LinkGrant;
 use crate::jsonrpc;

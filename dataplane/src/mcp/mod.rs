@@ -43,9 +43,9 @@ use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
 use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
 
-pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
 pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use handoff::ReplicasConfig;
+pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
 pub use streams::StreamError;
 pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;
