@@ -143,44 +143,12 @@ fn no_module_uses_a_higher_layer() {
 
 #[test]
 fn the_module_graph_has_no_cycle() {
-    let graph = module_graph();
-    // Depth-first search with colours: grey on the stack, black done.
-    fn visit(
-        m: &str,
-        graph: &BTreeMap<String, BTreeSet<String>>,
-        colour: &mut BTreeMap<String, u8>,
-        stack: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        match colour.get(m) {
-            Some(2) => return None,
-            Some(1) => {
-                let at = stack.iter().position(|s| s == m).unwrap_or(0);
-                let mut cycle = stack[at..].to_vec();
-                cycle.push(m.to_owned());
-                return Some(cycle);
-            }
-            _ => {}
-        }
-        colour.insert(m.to_owned(), 1);
-        stack.push(m.to_owned());
-        for next in graph.get(m).into_iter().flatten() {
-            if let Some(cycle) = visit(next, graph, colour, stack) {
-                return Some(cycle);
-            }
-        }
-        stack.pop();
-        colour.insert(m.to_owned(), 2);
-        None
-    }
-    let mut colour = BTreeMap::new();
-    for m in graph.keys() {
-        let cycle = visit(m, &graph, &mut colour, &mut Vec::new());
-        assert!(
-            cycle.is_none(),
-            "cycle: {}",
-            cycle.unwrap_or_default().join(" -> ")
-        );
-    }
+    let cycle = find_cycle(&module_graph());
+    assert!(
+        cycle.is_none(),
+        "cycle: {}",
+        cycle.unwrap_or_default().join(" -> ")
+    );
 }
 
 /// The sub-modules of `src/<top>/` (files and folders, `mod.rs` excepted).
