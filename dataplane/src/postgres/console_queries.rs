@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::query::audit_row;
 use super::{AuditRow, Database, PgError};
 
 /// One Target's calls in one minute.
@@ -21,32 +22,13 @@ pub struct MinuteStats {
 pub async fn audit_events_since(db: &Database, seconds: f64) -> Result<Vec<AuditRow>, PgError> {
     let client = db.client().await?;
     let stmt = client
-        .prepare_cached(
-            "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
-                    target, name, decision, policy, outcome, duration_ms, trace_id
-             FROM reflow_audit_events WHERE time > now() - make_interval(secs => $1)
-             ORDER BY time LIMIT 5000",
-        )
+        .prepare_cached(concat!(
+            select_audit_rows!(),
+            " WHERE time > now() - make_interval(secs => $1) ORDER BY time LIMIT 5000"
+        ))
         .await?;
     let rows = client.query(&stmt, &[&seconds]).await?;
-    Ok(rows.iter().map(row).collect())
-}
-
-fn row(r: &tokio_postgres::Row) -> AuditRow {
-    AuditRow {
-        id: r.get(0),
-        time_ms: r.get(1),
-        user: r.get(2),
-        session: r.get(3),
-        method: r.get(4),
-        target: r.get(5),
-        name: r.get(6),
-        decision: r.get(7),
-        policy: r.get(8),
-        outcome: r.get(9),
-        duration_ms: r.get(10),
-        trace_id: r.get(11),
-    }
+    Ok(rows.iter().map(audit_row).collect())
 }
 
 pub async fn audit_event_by_id(
@@ -55,13 +37,13 @@ pub async fn audit_event_by_id(
 ) -> Result<Option<AuditRow>, PgError> {
     let client = db.client().await?;
     let stmt = client
-        .prepare_cached(
-            "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
-                    target, name, decision, policy, outcome, duration_ms, trace_id
-             FROM reflow_audit_events WHERE id = $1",
-        )
+        .prepare_cached(concat!(select_audit_rows!(), " WHERE id = $1"))
         .await?;
-    Ok(client.query_opt(&stmt, &[id]).await?.as_ref().map(row))
+    Ok(client
+        .query_opt(&stmt, &[id])
+        .await?
+        .as_ref()
+        .map(audit_row))
 }
 
 /// Calls per Target and minute over the last `minutes` (denials are not errors of the Target).

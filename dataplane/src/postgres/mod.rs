@@ -5,6 +5,16 @@
 //! the audit sink, the notification bus and the retention job. The URL is a secret: it is held
 //! as a `SecretString`, never logged, and errors never quote it.
 
+/// `SELECT <the columns of an AuditRow> FROM reflow_audit_events`, for `concat!` with a
+/// `WHERE` clause; `query::audit_row` reads a row in this order.
+macro_rules! select_audit_rows {
+    () => {
+        "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, \
+         method, target, name, decision, policy, outcome, duration_ms, trace_id \
+         FROM reflow_audit_events"
+    };
+}
+
 mod audit;
 mod bus;
 mod console_queries;

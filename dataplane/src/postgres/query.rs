@@ -47,11 +47,7 @@ pub struct AuditRow {
 
 /// The newest `limit` matching events, newest first.
 pub async fn query_audit(db: &Database, f: &AuditFilter) -> Result<Vec<AuditRow>, PgError> {
-    let mut sql = String::from(
-        "SELECT id::text, (extract(epoch FROM time) * 1000)::int8, user_name, session_id, method,
-                target, name, decision, policy, outcome, duration_ms, trace_id
-         FROM reflow_audit_events WHERE true",
-    );
+    let mut sql = String::from(concat!(select_audit_rows!(), " WHERE true"));
     let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
     // Each condition is a fixed column with a bind parameter; values never enter the SQL text.
     let clauses: [(&str, Option<&String>); 5] = [
@@ -89,23 +85,25 @@ pub async fn query_audit(db: &Database, f: &AuditFilter) -> Result<Vec<AuditRow>
     ));
     let client = db.client().await?;
     let rows = client.query(&sql, &params).await?;
-    Ok(rows
-        .iter()
-        .map(|r| AuditRow {
-            id: r.get(0),
-            time_ms: r.get(1),
-            user: r.get(2),
-            session: r.get(3),
-            method: r.get(4),
-            target: r.get(5),
-            name: r.get(6),
-            decision: r.get(7),
-            policy: r.get(8),
-            outcome: r.get(9),
-            duration_ms: r.get(10),
-            trace_id: r.get(11),
-        })
-        .collect())
+    Ok(rows.iter().map(audit_row).collect())
+}
+
+/// One row of `select_audit_rows!()`, read in the order that macro names its columns.
+pub(super) fn audit_row(r: &tokio_postgres::Row) -> AuditRow {
+    AuditRow {
+        id: r.get(0),
+        time_ms: r.get(1),
+        user: r.get(2),
+        session: r.get(3),
+        method: r.get(4),
+        target: r.get(5),
+        name: r.get(6),
+        decision: r.get(7),
+        policy: r.get(8),
+        outcome: r.get(9),
+        duration_ms: r.get(10),
+        trace_id: r.get(11),
+    }
 }
 
 /// Deletes audit events older than `retention` (and stale large-notification rows). Returns the
