@@ -75,6 +75,10 @@ struct Cli {
     /// `span_id` inside traced spans when OTEL_EXPORTER_OTLP_ENDPOINT turns tracing on).
     #[arg(long, env = "REFLOW_LOG_FORMAT", value_enum, default_value = "pretty")]
     log_format: reflow_telemetry::LogFormat,
+    /// Seconds before an access token expires that the lease holder refreshes a user's oauth2
+    /// grant (cluster mode).
+    #[arg(long, env = "REFLOW_REFRESH_BEFORE", default_value_t = 60)]
+    refresh_before: u64,
 }
 
 #[derive(clap::Subcommand)]
@@ -219,6 +223,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         token,
         metrics,
         heartbeat: server::HEARTBEAT,
+        grants: instance_client
+            .as_ref()
+            .map(|_| reflow_controller::grants::GrantsApi { key: key.clone() }),
         instances: instance_client,
     });
     tokio::select! {

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub reports: Family<OutcomeLabels, Counter>,
     pub status_patches: Family<OutcomeLabels, Counter>,
     pub reconciles: Family<OutcomeLabels, Counter>,
+    /// Users' oauth2 grants refreshed by the lease holder, by outcome.
+    pub grant_refreshes: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,12 @@ impl Metrics {
             "MCPInstance reconciles, by outcome (ok or the error label)",
             reconciles.clone(),
         );
+        let grant_refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "grant_refreshes",
+            "Users' oauth2 grants refreshed as the lease holder, by outcome (refreshed or the error label)",
+            grant_refreshes.clone(),
+        );
         Self {
             registry,
             compiles,
@@ -85,6 +93,7 @@ impl Metrics {
             reports,
             status_patches,
             reconciles,
+            grant_refreshes,
         }
     }
 

@@ -13,6 +13,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use reflow_crds::grant::{
+    DISCONNECT_PATH, GRANTS_PATH, Grant, GrantKey, MAX_GRANT_BYTES, REFRESH_PATH,
+};
 use reflow_crds::observed::{MAX_REPORT_BYTES, OBSERVED_PATH, ObservedReport};
 use reflow_crds::wire::{
     APPLIED_PATH, AppliedReport, DATAPLANE_HEADER, NDJSON, Outcome, WATCH_PATH, WatchFrame,
@@ -40,6 +43,9 @@ pub struct ApiState {
     pub heartbeat: Duration,
     /// The cluster client for the instance API; `None` in folder mode (the API answers 501).
     pub instances: Option<kube::Client>,
+    /// Users' grants (cluster mode, with `instances`): the sealing key they are sealed under
+    /// and the lease holder's refresher; `None`: the connections API answers 501.
+    pub grants: Option<crate::grants::GrantsApi>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -53,6 +59,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/instances/ensure", post(ensure_instance))
         .route("/v1/instances/used", post(instance_used))
+        .route(
+            GRANTS_PATH,
+            post(put_grant).layer(DefaultBodyLimit::max(MAX_GRANT_BYTES)),
+        )
+        .route(
+            DISCONNECT_PATH,
+            post(delete_grant).layer(DefaultBodyLimit::max(MAX_GRANT_BYTES)),
+        )
+        .route(
+            REFRESH_PATH,
+            post(refresh_grant).layer(DefaultBodyLimit::max(MAX_GRANT_BYTES)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -390,5 +408,88 @@ async fn instance_used(State(state): State<ApiState>, headers: HeaderMap, body: 
     match crate::instance::api::used(client, &req).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ensure_failure(&e),
+    }
+}
+
+fn grants_unavailable() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "users' connections are stored by a controller watching a cluster\n",
+    )
+        .into_response()
+}
+
+fn grant_failure(e: &crate::grants::GrantsError) -> Response {
+    warn!(error = %e, label = e.label(), "a connections request was refused");
+    let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    (code, format!("{e}\n")).into_response()
+}
+
+/// `POST /v1/connections`: a dataplane hands over one user's grant.
+async fn put_grant(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let grant: Grant = match parse(&body) {
+        Ok(g) => g,
+        Err(resp) => return *resp,
+    };
+    let (Some(client), Some(api)) = (&state.instances, &state.grants) else {
+        return grants_unavailable();
+    };
+    let snapshot = state
+        .published
+        .borrow()
+        .as_ref()
+        .map(|p| p.snapshot.clone());
+    let span =
+        info_span!("put_grant", target = %format!("{}/{}", grant.key.namespace, grant.key.target));
+    match crate::grants::put(client, snapshot.as_ref(), &api.key, &grant)
+        .instrument(span)
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => grant_failure(&e),
+    }
+}
+
+/// `POST /v1/connections/disconnect`: deletes one user's grant (404 when there was none).
+async fn delete_grant(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let key: GrantKey = match parse(&body) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
+    let (Some(client), Some(_)) = (&state.instances, &state.grants) else {
+        return grants_unavailable();
+    };
+    match crate::grants::delete(client, &key).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => (StatusCode::NOT_FOUND, "no such connection\n").into_response(),
+        Err(e) => grant_failure(&e),
+    }
+}
+
+/// `POST /v1/connections/refresh`: an upstream refused a grant's token; the lease holder's
+/// refresher takes it at once (any replica accepts: the holder reads the request from the API).
+async fn refresh_grant(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let key: GrantKey = match parse(&body) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
+    if let Err(e) = key.validate() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response();
+    }
+    let (Some(client), Some(api)) = (&state.instances, &state.grants) else {
+        return grants_unavailable();
+    };
+    match api.request_refresh(client, &key).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => grant_failure(&e),
     }
 }

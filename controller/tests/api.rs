@@ -39,6 +39,7 @@ fn state(publisher: &Publisher, fleet: &Fleet) -> ApiState {
         metrics: Arc::new(Metrics::new()),
         heartbeat: Duration::from_millis(200),
         instances: None,
+        grants: None,
     }
 }
 

@@ -648,6 +648,7 @@ mod ensure_api {
             metrics: Arc::new(Metrics::new()),
             heartbeat: Duration::from_secs(10),
             instances: client,
+            grants: None,
         };
         (router(state), publisher)
     }

@@ -87,6 +87,7 @@ impl Controller {
                 metrics,
                 heartbeat: server::HEARTBEAT,
                 instances: None,
+                grants: None,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

@@ -498,6 +498,10 @@ fn helm_install_and_rbac(k: &KubeCluster) {
         ("delete", "leases.coordination.k8s.io", "reflow-helm"),
         ("list", "mcpinstances.mcp.reflow.io", SAMPLES),
         ("delete", "mcpinstances.mcp.reflow.io", SAMPLES),
+        // Users' grants: a sealed Secret and a user-managed Credential per user and Target.
+        ("delete", "secrets", SAMPLES),
+        ("patch", "credentials.mcp.reflow.io", SAMPLES),
+        ("delete", "credentials.mcp.reflow.io", SAMPLES),
     ] {
         assert!(
             can(controller, verb, what, ns),
@@ -525,6 +529,7 @@ fn helm_install_and_rbac(k: &KubeCluster) {
         ("list", "targets.mcp.reflow.io", SAMPLES),
         ("create", "pods", SAMPLES),
         ("get", "leases.coordination.k8s.io", "reflow-helm"),
+        ("create", "credentials.mcp.reflow.io", SAMPLES),
     ] {
         assert!(
             !can("reflow-dataplane", verb, what, ns),

@@ -235,9 +235,11 @@ pub fn start(
             }
             info!("every reflector has listed once; compiling");
             loop {
-                let inputs = loop_stores.inputs();
+                let mut inputs = loop_stores.inputs();
                 let (k, p, m) = (key.clone(), publisher.clone(), metrics.clone());
                 let _ = tokio::task::spawn_blocking(move || {
+                    // Users' grants are sealed in their Secrets; opened here, in memory only.
+                    crate::grants::open_user_managed(&mut inputs, &k);
                     compile_and_publish(&inputs, &k, &p, &m, explain_secret_scoping)
                 })
                 .await;

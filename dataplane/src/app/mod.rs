@@ -54,6 +54,8 @@ pub struct AppConfig {
     pub console: ConsoleWiring,
     /// Where users' connections (`spec.userCredential`) are kept in standalone mode.
     pub connections: Option<crate::connect::ConnectionStore>,
+    /// Controller mode: connections are handed to the controller (wins over `connections`).
+    pub grant_store: Option<Arc<dyn crate::connect::GrantStore>>,
     /// The replica registry (database and replica token): requests for sessions another replica
     /// owns are handed to it; none keeps every request on this replica.
     pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
@@ -103,6 +105,7 @@ impl AppConfig {
             controller_link: None,
             console: ConsoleWiring::default(),
             connections: None,
+            grant_store: None,
             replicas: None,
         }
     }
@@ -159,7 +162,11 @@ impl App {
             instances: config.instances,
             observed: config.observed,
             controller_link: config.controller_link,
-            connections: config.connections,
+            connections: config.grant_store.or_else(|| {
+                config
+                    .connections
+                    .map(|s| Arc::new(s) as Arc<dyn crate::connect::GrantStore>)
+            }),
             replicas: config.replicas,
         })?;
         let mut wiring = config.console;

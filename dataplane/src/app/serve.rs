@@ -154,7 +154,13 @@ fn wire_console_and_connections(
     {
         app_config.console.dataplane = name;
     }
-    if opts.controller.is_none()
+    if let Some(api) = &app_config.instances {
+        // Controller mode: the controller writes connections as Secrets and Credentials.
+        match crate::connect::ControllerGrants::new(&api.url, api.token.clone()) {
+            Ok(g) => app_config.grant_store = Some(Arc::new(g)),
+            Err(e) => warn!(error = %e, "connecting users' credentials is not available"),
+        }
+    } else if opts.controller.is_none()
         && let Some(dir) = &opts.manifests
     {
         app_config.connections = Some(crate::connect::ConnectionStore::in_manifests(

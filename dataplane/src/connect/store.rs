@@ -5,14 +5,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use futures::future::BoxFuture;
 use reflow_crds::SealingKey;
 use reflow_crds::compile::Inputs;
+// One definition for both stores: a file here and a controller-written Secret seal alike.
+use reflow_crds::grant::{Grant, GrantKey, connection_aad as aad, connection_id as file_id};
 use reflow_crds::seal::SealedValue;
 use reflow_crds::snapshot::InjectAs;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::ConnectError;
 
@@ -33,25 +35,15 @@ pub struct Connection {
     pub prefix: String,
     pub connected_at_ms: u64,
     value: SealedValue,
+    /// `mode: oauth2`: the refresh material, sealed under the value's AAD + `/oauth2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth2: Option<SealedValue>,
 }
 
 #[derive(Clone)]
 pub struct ConnectionStore {
     dir: PathBuf,
     key: SealingKey,
-}
-
-fn aad(ns: &str, target: &str, user: &str) -> String {
-    format!("reflow/connect/v1/{ns}/{target}/{user}")
-}
-
-fn file_id(ns: &str, target: &str, user: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [ns, target, user] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..16])
 }
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> ConnectError {
@@ -112,6 +104,18 @@ impl ConnectionStore {
         slot: &Slot<'_>,
         value: &SecretString,
     ) -> Result<(), ConnectError> {
+        self.write(ns, target, user, slot, value, None)
+    }
+
+    fn write(
+        &self,
+        ns: &str,
+        target: &str,
+        user: &str,
+        slot: &Slot<'_>,
+        value: &SecretString,
+        oauth2: Option<SealedValue>,
+    ) -> Result<(), ConnectError> {
         if !valid_value(value.expose_secret()) {
             return Err(ConnectError::BadValue);
         }
@@ -125,6 +129,7 @@ impl ConnectionStore {
             prefix: slot.prefix.to_owned(),
             connected_at_ms: u64::try_from(crate::audit::now_ms()).unwrap_or(u64::MAX),
             value: self.key.seal(&aad(ns, target, user), value.expose_secret()),
+            oauth2,
         };
         let id = file_id(ns, target, user);
         let path = self.dir.join(format!("{id}.json"));
@@ -228,6 +233,34 @@ impl ConnectionStore {
             }
         }
         refused
+    }
+}
+
+impl super::GrantStore for ConnectionStore {
+    fn put<'a>(
+        &'a self,
+        slot: &'a Slot<'a>,
+        grant: &'a Grant,
+    ) -> BoxFuture<'a, Result<(), ConnectError>> {
+        Box::pin(async move {
+            grant.validate().map_err(|_| ConnectError::BadValue)?;
+            let k = &grant.key;
+            let oauth2 = match &grant.oauth2 {
+                None => None,
+                Some(o) => {
+                    let json = serde_json::to_string(o).map_err(|_| ConnectError::BadValue)?;
+                    Some(self.key.seal(&format!("{}/oauth2", k.aad()), &json))
+                }
+            };
+            let value = SecretString::from(grant.value.expose().to_owned());
+            self.write(&k.namespace, &k.target, &k.user, slot, &value, oauth2)
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a GrantKey) -> BoxFuture<'a, Result<bool, ConnectError>> {
+        Box::pin(
+            async move { ConnectionStore::remove(self, &key.namespace, &key.target, &key.user) },
+        )
     }
 }
 

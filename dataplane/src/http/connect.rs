@@ -175,7 +175,16 @@ pub(super) async fn submit(
         name: &u.name,
         prefix: &u.prefix,
     };
-    if let Err(e) = store.put(&grant.namespace, &grant.target, &grant.user, &slot, &value) {
+    let stored = reflow_crds::grant::Grant {
+        key: reflow_crds::grant::GrantKey {
+            namespace: grant.namespace.clone(),
+            target: grant.target.clone(),
+            user: grant.user.clone(),
+        },
+        value: value.into(),
+        oauth2: None,
+    };
+    if let Err(e) = store.put(&slot, &stored).await {
         audit(&gw, Some(&grant), "connect_failed");
         warn!(error = %e, label = e.label(), "a connection was not stored");
         return page(
@@ -189,7 +198,8 @@ pub(super) async fn submit(
     }
     audit(&gw, Some(&grant), "connected");
     info!(user = %grant.user, target = %format!("{}/{}", grant.namespace, grant.target), "user connected a credential");
-    // The folder watch recompiles; answer once the new snapshot is live (bounded).
+    // The folder watch (or the controller) recompiles; answer once the new snapshot is live
+    // (bounded).
     let _ = tokio::time::timeout(APPLY_WAIT, applied.changed()).await;
     page(
         StatusCode::OK,

@@ -146,7 +146,7 @@ pub(crate) struct Parts {
     pub instances: Option<ControllerApi>,
     pub observed: Arc<crate::observed::Observations>,
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
-    pub connections: Option<crate::connect::ConnectionStore>,
+    pub connections: Option<Arc<dyn crate::connect::GrantStore>>,
     /// The replica registry: requests for what another replica owns are handed to it.
     pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
@@ -196,8 +196,9 @@ pub struct Gateway {
     pub(crate) rate_limiter: reflow_crds::rate_limiter::RateLimiter,
     /// Live connect links (`spec.userCredential`) minted by this replica.
     pub(crate) connect_links: crate::connect::ConnectLinks,
-    /// Where connections are stored (standalone mode); none: connecting is not available here.
-    pub(crate) connections: Option<crate::connect::ConnectionStore>,
+    /// Where connections are stored (the local folder, or the controller); none: connecting is
+    /// not available here.
+    pub(crate) connections: Option<Arc<dyn crate::connect::GrantStore>>,
     /// Hands requests to the replica that owns their session (with a replica registry).
     pub(crate) handoff: Option<handoff::Handoff>,
 }

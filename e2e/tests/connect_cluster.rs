@@ -1,0 +1,438 @@
+//! `userCredential` in controller mode on a real API server (`../shared/kube/cluster.sh`, else
+//! skipped with the reason printed): the real `reflow-dataplane` follows a real
+//! `reflow-controller`; a user connects on the dataplane's connect page, the dataplane (no API
+//! rights) hands the grant to the controller, which writes a sealed Secret and a user-managed
+//! Credential; the snapshot brings the value back and the next call reaches the upstream with
+//! the user's own token. Hostile grants are refused with clear statuses, and disconnecting
+//! deletes both objects.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reflow_crds::grant::{DISCONNECT_PATH, GRANTS_PATH, GrantKey};
+use reflow_dataplane::connect::{ControllerGrants, GrantStore};
+use reflow_e2e::fixture_bin;
+use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
+use reflow_e2e::harness::oidc::form_urlencoded;
+use reflow_e2e::harness::process::SpawnOptions;
+use reflow_e2e::harness::{
+    FixtureProcess, KubeCluster, ManagedChild, controller_bin, dataplane_bin, http_client,
+};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const SYSTEM: &str = "reflow-system";
+const NS: &str = reflow_e2e::harness::gateway::NAMESPACE;
+const TOKEN: &str = "connect-cluster-controller-token";
+const DEV_SECRET: &str = "connect-cluster-dev-secret-0123456789abcdef";
+const PUBLIC: &str = "http://gateway.test";
+const ALICE_TOKEN: &str = "ghp_alice_cluster_0123456789";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn dev_token(user: &str) -> String {
+    reflow_dataplane::auth::mint_dev_token(
+        &SecretString::from(DEV_SECRET),
+        "reflow-dev",
+        "reflow",
+        user,
+        &["dev".to_owned()],
+        &[],
+        Duration::from_secs(600),
+    )
+    .expect("token")
+}
+
+fn first_line_url(c: &ManagedChild, prefix: &str) -> String {
+    let line = c
+        .next_line(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("no listening line: {e}\n{}", c.output()));
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned()
+}
+
+fn controller(k: &KubeCluster, name: &str, key: &str) -> (ManagedChild, String) {
+    let mut cmd = Command::new(controller_bin().expect("controller binary"));
+    cmd.env("KUBECONFIG", &k.kubeconfig)
+        .env("REFLOW_CONTROLLER_TOKEN", TOKEN)
+        .env("REFLOW_SEALING_KEY", key)
+        .env("POD_NAME", name)
+        .env("POD_NAMESPACE", SYSTEM)
+        .env("RUST_LOG", "info")
+        .env(
+            "REFLOW_BRIDGE_IMAGE",
+            "registry.invalid/reflow-dataplane:test",
+        )
+        .args(["--listen", "127.0.0.1:0"]);
+    let opts = SpawnOptions {
+        stdout_lines: true,
+        ..SpawnOptions::default()
+    };
+    let c = ManagedChild::spawn(name, &mut cmd, opts).expect("controller starts");
+    let url = first_line_url(&c, "listening on ");
+    (c, url)
+}
+
+/// The real dataplane binary in controller mode (no manifests, no Kubernetes rights).
+fn dataplane(dir: &std::path::Path, controller: &str, key: &str) -> (ManagedChild, String) {
+    std::fs::write(dir.join("sealing-key"), key).expect("key");
+    std::fs::write(dir.join("controller-token"), TOKEN).expect("token");
+    let audit = dir.join("audit.jsonl");
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "dev: {{hs256Secret: {DEV_SECRET}}}\nsealingKeyFile: sealing-key\naudit: {{sink: file, path: {}}}\ngateway: {{publicUrl: '{PUBLIC}'}}\n",
+            audit.display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(dataplane_bin().expect("dataplane binary"));
+    cmd.arg("--controller")
+        .arg(controller)
+        .arg("--controller-token-file")
+        .arg(dir.join("controller-token"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--dataplane-name", "dp-0"])
+        .env("RUST_LOG", "debug");
+    let opts = SpawnOptions {
+        stdout_lines: true,
+        ..SpawnOptions::default()
+    };
+    let c = ManagedChild::spawn("reflow-dataplane", &mut cmd, opts).expect("dataplane starts");
+    let url = first_line_url(&c, "listening on ");
+    (c, url)
+}
+
+async fn rpc_body(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.expect("body");
+    let json_text = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .map_or(text.as_str(), str::trim);
+    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// One `tools/call gh_whoami` in a fresh session.
+async fn whoami(base: &str, user: &str) -> Value {
+    call_tool(base, user, "gh_whoami").await
+}
+
+async fn call_tool(base: &str, user: &str, tool: &str) -> Value {
+    let http = http_client().expect("client");
+    let url = format!("{base}/mcp");
+    let token = dev_token(user);
+    let resp = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "connect-cluster", "version": "0"}}}),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("session id")
+        .to_owned();
+    let _ = rpc_body(resp).await;
+    let call = |body: Value| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+            .send()
+    };
+    let _ = call(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await
+        .expect("initialized");
+    rpc_body(
+        call(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}}}))
+        .await
+        .expect("call"),
+    )
+    .await
+}
+
+fn text_of(v: &Value) -> String {
+    v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The connect link in a tool error, moved from the public URL to the dataplane's address.
+fn link_in(text: &str, base: &str) -> String {
+    let start = text
+        .find(PUBLIC)
+        .unwrap_or_else(|| panic!("no link in {text:?}"));
+    let url = text[start..].split_whitespace().next().expect("link");
+    url.replacen(PUBLIC, base, 1)
+}
+
+/// Posts JSON to the controller's API with `token`; the status.
+async fn post(url: &str, path: &str, token: &str, body: String) -> (u16, String) {
+    let resp = http_client()
+        .expect("client")
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("controller answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+fn grant_json(ns: &str, target: &str, user: &str, value: &str) -> String {
+    json!({"namespace": ns, "target": target, "user": user, "value": value}).to_string()
+}
+
+fn label(o: &Value, name: &str) -> Option<String> {
+    o["metadata"]["labels"][name].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_connects_through_the_controller_and_disconnects() {
+    let Some(k) = KubeCluster::start("connect-cluster").expect("cluster") else {
+        return;
+    };
+    let r = k.run(&["apply", "-f", &root().join("crds/yaml").to_string_lossy()]);
+    assert!(r.ok, "CRDs: {}", r.stderr);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=30s",
+    ]);
+    k.ok(&["create", "namespace", SYSTEM]);
+    k.ok(&["create", "namespace", NS]);
+    let fixture = FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "gh"]).expect("fixture");
+    let target = target_yaml("gh", "streamableHttp", &fixture.mcp_url())
+        + "  userCredential:\n    mode: secret\n    displayName: GitHub\n    inject: {header: Authorization, prefix: 'token '}\n";
+    let plain = target_yaml("plain", "streamableHttp", &fixture.mcp_url());
+    let policy = PolicyDoc::allow("gh-all", "gh")
+        .everyone()
+        .rule("all", &["*"])
+        .to_yaml();
+    let r = k.apply(&[target, plain, policy].join("---\n"));
+    assert!(r.ok, "manifests: {}", r.stderr);
+
+    let key = reflow_crds::SealingKey::generate_base64();
+    let (mut ctl, ctl_url) = controller(&k, "ctl-a", &key);
+    let (mut ctl_b, _ctl_b_url) = controller(&k, "ctl-b", &key);
+    let dir = std::env::temp_dir().join(format!("reflow-conncl-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (mut dp, base) = dataplane(&dir, &ctl_url, &key);
+
+    // Not connected: a tool error with a link (once the controller's snapshot is live).
+    let started = Instant::now();
+    let first = loop {
+        let v = whoami(&base, "alice").await;
+        if text_of(&v).contains("Connect your GitHub account") {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no connect link: {v}\n{}",
+            dp.output()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let link = link_in(&text_of(&first), &base);
+    let resp = http_client()
+        .expect("client")
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_urlencoded(&[("value", ALICE_TOKEN)]))
+        .send()
+        .await
+        .expect("connect post");
+    let status = resp.status().as_u16();
+    let page = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{page}\n{}\n{}", dp.output(), ctl.output());
+
+    // The controller wrote a Secret and a Credential, both labelled user-managed; the Secret
+    // holds the value sealed, never in plain text.
+    let alice = GrantKey {
+        namespace: NS.into(),
+        target: "gh".into(),
+        user: "alice".into(),
+    };
+    let name = alice.object_name();
+    let secret = k.get(&["secret", &name, "-n", NS]).expect("the Secret");
+    let credential = k
+        .get(&["credential", &name, "-n", NS])
+        .expect("the Credential");
+    for o in [&secret, &credential] {
+        assert_eq!(
+            label(o, "mcp.reflow.io/user-managed").as_deref(),
+            Some("true")
+        );
+        assert_eq!(o["metadata"]["ownerReferences"][0]["kind"], "Target");
+    }
+    assert_eq!(credential["spec"]["subject"]["user"], "alice");
+    assert_eq!(credential["spec"]["headers"][0]["name"], "authorization");
+    use base64::Engine;
+    let data = secret["data"].as_object().expect("data");
+    assert!(!data.is_empty());
+    for (k_, v) in data {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("base64"))
+            .expect("base64");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains(ALICE_TOKEN), "plaintext in Secret key {k_}");
+        assert!(text.contains("\"sealed\""), "{k_}: {text}");
+    }
+
+    // The snapshot carried it back: Alice's call reaches the upstream with her own token.
+    let after = whoami(&base, "alice").await;
+    assert_eq!(
+        after["result"]["isError"],
+        false,
+        "{after}\n{}",
+        dp.output()
+    );
+    assert!(
+        text_of(&after).contains(&format!("token {ALICE_TOKEN}")),
+        "{after}"
+    );
+    // Bob is not Alice.
+    assert!(text_of(&whoami(&base, "bob").await).contains("Connect your GitHub account"));
+
+    hostile_grants_are_refused(&k, &ctl_url).await;
+
+    // Disconnect (what the dataplane's store does): both objects go, Alice is asked again.
+    let store = ControllerGrants::new(&ctl_url, SecretString::from(TOKEN)).expect("store");
+    assert!(store.remove(&alice).await.expect("disconnect"));
+    assert!(!store.remove(&alice).await.expect("disconnect again"));
+    k.wait_for(
+        "the grant's objects deleted",
+        Duration::from_secs(10),
+        || {
+            (k.get(&["secret", &name, "-n", NS]).is_none()
+                && k.get(&["credential", &name, "-n", NS]).is_none())
+            .then_some(())
+        },
+    );
+    let started = Instant::now();
+    loop {
+        let v = whoami(&base, "alice").await;
+        if text_of(&v).contains("Connect your GitHub account") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still connected: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let oauth_tokens: Vec<String> = Vec::new();
+
+    // No token is in any log of the three processes, nor in the audit log.
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
+    for (what, text) in [
+        ("dataplane logs", dp.output()),
+        ("controller logs", ctl.output()),
+        ("second controller logs", ctl_b.output()),
+        ("audit", audit),
+    ] {
+        assert!(!text.contains(ALICE_TOKEN), "{what} holds the token");
+        assert!(
+            !text.contains("hostile-value"),
+            "{what} holds a refused value"
+        );
+        for t in &oauth_tokens {
+            assert!(!text.contains(t.as_str()), "{what} holds an oauth2 token");
+        }
+    }
+    dp.kill();
+    ctl.kill();
+    ctl_b.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Straight at the controller's API, as a stolen dataplane token could.
+async fn hostile_grants_are_refused(k: &KubeCluster, url: &str) {
+    let g = |ns: &str, t: &str, u: &str| grant_json(ns, t, u, "hostile-value");
+    assert_eq!(
+        post(url, GRANTS_PATH, "wrong", g(NS, "gh", "eve")).await.0,
+        401
+    );
+    let (s, body) = post(url, GRANTS_PATH, TOKEN, g(NS, "plain", "eve")).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("does not declare userCredential"), "{body}");
+    let (s, body) = post(url, GRANTS_PATH, TOKEN, g("kube-system", "gh", "eve")).await;
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = post(url, GRANTS_PATH, TOKEN, g("Kube_System", "gh", "eve")).await;
+    assert_eq!(s, 422, "{body}");
+    let long = grant_json(NS, "gh", "eve", &"x".repeat(9 * 1024));
+    let (s, body) = post(url, GRANTS_PATH, TOKEN, long).await;
+    assert_eq!(s, 422, "{body}");
+    let huge = grant_json(NS, "gh", "eve", &"x".repeat(64 * 1024));
+    assert_eq!(post(url, GRANTS_PATH, TOKEN, huge).await.0, 413);
+    let (s, body) = post(
+        url,
+        GRANTS_PATH,
+        TOKEN,
+        grant_json(NS, "gh", "eve", "a\r\nb"),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    // An admin's object under the name a grant would take is never overwritten or deleted.
+    let mallory = GrantKey {
+        namespace: NS.into(),
+        target: "gh".into(),
+        user: "mallory".into(),
+    };
+    let taken = mallory.object_name();
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        &taken,
+        "-n",
+        NS,
+        "--from-literal=value=admin-owned",
+    ]);
+    let (s, body) = post(url, GRANTS_PATH, TOKEN, g(NS, "gh", "mallory")).await;
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("not user-managed"), "{body}");
+    let key = serde_json::to_string(&mallory).expect("json");
+    assert_eq!(post(url, DISCONNECT_PATH, TOKEN, key).await.0, 409);
+    assert!(k.get(&["secret", &taken, "-n", NS]).is_some());
+    // Nothing was written for the refused grants.
+    let list = k
+        .get(&[
+            "credentials",
+            "-n",
+            NS,
+            "-l",
+            "mcp.reflow.io/user-managed=true",
+        ])
+        .expect("list");
+    let users: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|c| c["spec"]["subject"]["user"].as_str())
+        .collect();
+    assert_eq!(users, ["alice"]);
+}
