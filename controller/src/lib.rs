@@ -10,6 +10,7 @@ pub mod lease;
 pub mod metrics;
 pub mod policy_status;
 pub mod publish;
+pub mod refresher;
 pub mod roster;
 pub mod server;
 pub mod source;

@@ -321,6 +321,21 @@ async fn start_cluster_mode(
         leading.clone(),
     );
     guards.push(Box::new(AbortOnDrop(roster_task)));
+    // Users' oauth2 grants: refreshed by the lease holder only.
+    let refresher = reflow_controller::refresher::Refresher {
+        client: client.clone(),
+        secrets: source.stores.secrets.clone(),
+        key: key.clone(),
+        published: publisher.subscribe(),
+        leading: leading.clone(),
+        metrics: metrics.clone(),
+        config: reflow_controller::refresher::RefreshConfig {
+            before: Duration::from_secs(cli.refresh_before),
+            ..Default::default()
+        },
+    }
+    .spawn();
+    guards.push(Box::new(AbortOnDrop(refresher)));
     let shutdown = Shutdown {
         client: client.clone(),
         lease: lease_config_for_release,

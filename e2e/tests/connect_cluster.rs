@@ -11,10 +11,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reflow_crds::grant::{DISCONNECT_PATH, GRANTS_PATH, GrantKey};
+use reflow_crds::grant::{Grant, GrantClient, OAuth2Grant, Redacted};
+use reflow_crds::snapshot::InjectAs;
+use reflow_dataplane::connect::Slot;
 use reflow_dataplane::connect::{ControllerGrants, GrantStore};
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
-use reflow_e2e::harness::oidc::form_urlencoded;
+use reflow_e2e::harness::oidc::{OidcClient, OidcProvider, form_urlencoded};
 use reflow_e2e::harness::process::SpawnOptions;
 use reflow_e2e::harness::{
     FixtureProcess, KubeCluster, ManagedChild, controller_bin, dataplane_bin, http_client,
@@ -28,6 +31,10 @@ const TOKEN: &str = "connect-cluster-controller-token";
 const DEV_SECRET: &str = "connect-cluster-dev-secret-0123456789abcdef";
 const PUBLIC: &str = "http://gateway.test";
 const ALICE_TOKEN: &str = "ghp_alice_cluster_0123456789";
+const OAUTH_CLIENT: &str = "reflow-upstream";
+const OAUTH_SECRET: &str = "reflow-upstream-secret";
+const OAUTH_REDIRECT: &str = "http://127.0.0.1:9/connect/callback";
+const OAUTH_RESOURCE: &str = "http://127.0.0.1:9/mcp";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -64,6 +71,7 @@ fn controller(k: &KubeCluster, name: &str, key: &str) -> (ManagedChild, String) 
         .env("POD_NAME", name)
         .env("POD_NAMESPACE", SYSTEM)
         .env("RUST_LOG", "info")
+        .env("REFLOW_REFRESH_BEFORE", "5")
         .env(
             "REFLOW_BRIDGE_IMAGE",
             "registry.invalid/reflow-dataplane:test",
@@ -236,7 +244,7 @@ async fn a_user_connects_through_the_controller_and_disconnects() {
 
     let key = reflow_crds::SealingKey::generate_base64();
     let (mut ctl, ctl_url) = controller(&k, "ctl-a", &key);
-    let (mut ctl_b, _ctl_b_url) = controller(&k, "ctl-b", &key);
+    let (mut ctl_b, ctl_b_url) = controller(&k, "ctl-b", &key);
     let dir = std::env::temp_dir().join(format!("reflow-conncl-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (mut dp, base) = dataplane(&dir, &ctl_url, &key);
@@ -344,7 +352,13 @@ async fn a_user_connects_through_the_controller_and_disconnects() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let oauth_tokens: Vec<String> = Vec::new();
+    let oauth_tokens = oauth2_refreshed_by_the_lease_holder(
+        &k,
+        &[("ctl-a", &ctl_url), ("ctl-b", &ctl_b_url)],
+        &base,
+        &fixture.mcp_url(),
+    )
+    .await;
 
     // No token is in any log of the three processes, nor in the audit log.
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
@@ -435,4 +449,244 @@ async fn hostile_grants_are_refused(k: &KubeCluster, url: &str) {
         .filter_map(|c| c["spec"]["subject"]["user"].as_str())
         .collect();
     assert_eq!(users, ["alice"]);
+}
+
+/// `reflow_controller_grant_refreshes_total{outcome="refreshed"}` of a controller replica.
+async fn refreshes(url: &str) -> u64 {
+    let text = http_client()
+        .expect("client")
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("reflow_controller_grant_refreshes_total{outcome=\"refreshed\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn holder(k: &KubeCluster) -> Option<String> {
+    k.get(&["lease", "reflow-controller", "-n", SYSTEM])
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+        .filter(|h| !h.is_empty())
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+/// Alice's tokens from the provider (the code flow the dataplane's connect page runs).
+async fn alice_tokens(op: &OidcProvider) -> Value {
+    use base64::Engine;
+    use sha2::Digest;
+    let verifier = "k".repeat(50);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let mut url = reqwest::Url::parse(&op.authorization_endpoint()).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", OAUTH_CLIENT)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", OAUTH_REDIRECT)
+        .append_pair("scope", "openid mcp")
+        .append_pair("resource", OAUTH_RESOURCE)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", "st");
+    let callback = op
+        .login_with_forms(url.as_str(), "alice", OAUTH_REDIRECT)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}\n{}", op.output()));
+    let code = reqwest::Url::parse(&callback)
+        .expect("callback")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code");
+    http_client()
+        .expect("client")
+        .post(op.token_endpoint())
+        .basic_auth(OAUTH_CLIENT, Some(OAUTH_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_urlencoded(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", OAUTH_REDIRECT),
+            ("code_verifier", &verifier),
+        ]))
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token json")
+}
+
+/// Item 3 of the controller path: an oauth2 grant handed over by a dataplane is refreshed by the
+/// lease holder before it expires (and at once when a dataplane asks, after an upstream 401),
+/// the snapshot carries the new token to the dataplane, and the other replica never refreshes.
+async fn oauth2_refreshed_by_the_lease_holder(
+    k: &KubeCluster,
+    controllers: &[(&str, &str)],
+    base: &str,
+    upstream: &str,
+) -> Vec<String> {
+    let op = OidcProvider::builder()
+        .client(OidcClient::confidential(OAUTH_CLIENT, OAUTH_SECRET).redirect_uri(OAUTH_REDIRECT))
+        .access_token_ttl(Duration::from_secs(120))
+        .start()
+        .expect("oidc-provider starts");
+    let target = target_yaml("lin", "streamableHttp", upstream)
+        + &format!(
+            "  userCredential:\n    mode: oauth2\n    inject: {{header: Authorization}}\n    oauth2: {{authorizationServer: '{}', resource: '{OAUTH_RESOURCE}', client: {{clientId: {OAUTH_CLIENT}, clientSecretRef: {{name: lin-oauth, key: secret}}}}}}\n",
+            op.issuer()
+        );
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: lin-oauth, namespace: {NS}, labels: {{mcp.reflow.io/credential: 'true'}}}}\nstringData: {{secret: {OAUTH_SECRET}}}\n"
+    );
+    let policy = PolicyDoc::allow("lin-all", "lin")
+        .everyone()
+        .rule("all", &["*"])
+        .to_yaml();
+    let r = k.apply(&[target, secret, policy].join("---\n"));
+    assert!(r.ok, "manifests: {}", r.stderr);
+
+    let tokens = alice_tokens(&op).await;
+    let first = tokens["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh token");
+    let leader = k.wait_for("a lease holder", Duration::from_secs(30), || holder(k));
+    let (lead_url, follow_url) = match controllers {
+        [(a, ua), (_, ub)] if *a == leader => (*ua, *ub),
+        [(_, ua), (_, ub)] => (*ub, *ua),
+        _ => unreachable!("two controllers"),
+    };
+    // Claimed to expire in 8 s (the token lives 120 s): due 3 s from now with a 5 s margin.
+    let expires_at_ms = now_ms() + 8_000;
+    let grant = Grant {
+        key: GrantKey {
+            namespace: NS.into(),
+            target: "lin".into(),
+            user: "alice".into(),
+        },
+        value: Redacted::new(first.clone()),
+        oauth2: Some(OAuth2Grant {
+            refresh_token: Some(Redacted::new(refresh)),
+            expires_at_ms: Some(expires_at_ms),
+            token_endpoint: op.token_endpoint(),
+            issuer: Some(op.issuer().to_owned()),
+            client: GrantClient {
+                client_id: OAUTH_CLIENT.into(),
+                registered_secret: None,
+            },
+            scopes: vec![],
+            // The provider keeps the granted resource on refresh.
+            resource: None,
+        }),
+    };
+    // Handed over through the follower: any replica takes grants.
+    let store = ControllerGrants::new(follow_url, SecretString::from(TOKEN)).expect("store");
+    let slot = Slot {
+        inject_as: InjectAs::Header,
+        name: "authorization",
+        prefix: "Bearer ",
+    };
+    let started = Instant::now();
+    loop {
+        match store.put(&slot, &grant).await {
+            Ok(()) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("waiting for the Target: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("grant refused: {e}"),
+        }
+    }
+    let before = refreshes(lead_url).await;
+    let refreshed_at = loop {
+        if refreshes(lead_url).await > before {
+            break now_ms();
+        }
+        assert!(now_ms() < expires_at_ms + 5_000, "no refresh before expiry");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "refreshed by the lease holder {} ms before the claimed expiry",
+        i128::from(expires_at_ms) - i128::from(refreshed_at)
+    );
+    assert!(refreshed_at < expires_at_ms, "refreshed only after expiry");
+    // Not at once either: when due (5 s before expiry; the refresher looks every second).
+    assert!(
+        refreshed_at + 5_000 + 1_500 >= expires_at_ms,
+        "refreshed {} ms early",
+        expires_at_ms - refreshed_at
+    );
+    let events = op.events().await.expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.grant_type.as_deref() == Some("refresh_token")
+                && e.account.as_deref() == Some("alice")),
+        "{events:?}"
+    );
+    // The snapshot carried the new token: the upstream sees it, not the first one.
+    let started = Instant::now();
+    let seen = loop {
+        let v = call_tool(base, "alice", "lin_whoami").await;
+        let t = text_of(&v);
+        if t.contains("Bearer ") && !t.contains(&first) {
+            break t;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "old token still used: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(seen.contains("Bearer ey"), "{seen}");
+
+    // An upstream 401 reported by a dataplane: refreshed at once (not due for ~2 minutes).
+    let before = refreshes(lead_url).await;
+    let asked = Instant::now();
+    store
+        .refresh_now(&grant.key)
+        .await
+        .expect("refresh request");
+    while refreshes(lead_url).await == before {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "no refresh on request"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "refresh on a dataplane's request: {} ms",
+        asked.elapsed().as_millis()
+    );
+    assert_eq!(refreshes(follow_url).await, 0, "the follower refreshed");
+    let name = grant.key.object_name();
+    let s = k.get(&["secret", &name, "-n", NS]).expect("secret");
+    assert!(
+        s["metadata"]["annotations"]
+            .get("mcp.reflow.io/refresh-requested")
+            .is_none(),
+        "the request is consumed"
+    );
+    let token = seen.split("Bearer ").nth(1).unwrap_or_default();
+    let token: String = token
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    vec![first, refresh.to_owned(), token]
 }
