@@ -17,6 +17,7 @@
 
 pub mod authorize;
 pub mod discovery;
+pub mod exchange;
 pub mod http;
 pub mod pkce;
 pub mod registration;
