@@ -675,6 +675,7 @@ async fn oauth2_refreshed_by_the_lease_holder(
         asked.elapsed().as_millis()
     );
     assert_eq!(refreshes(follow_url).await, 0, "the follower refreshed");
+    upstream_401_asks_the_lease_holder(k, &op, &grant, lead_url, &store, base).await;
     let name = grant.key.object_name();
     let s = k.get(&["secret", &name, "-n", NS]).expect("secret");
     assert!(
@@ -689,4 +690,65 @@ async fn oauth2_refreshed_by_the_lease_holder(
         .take_while(|c| !c.is_whitespace() && *c != '"')
         .collect();
     vec![first, refresh.to_owned(), token]
+}
+
+/// A dataplane whose upstream answers 401 to a user's oauth2 token asks the controller for a
+/// refresh on its own (no test call to the refresh API here).
+async fn upstream_401_asks_the_lease_holder(
+    k: &KubeCluster,
+    op: &OidcProvider,
+    lin: &Grant,
+    lead_url: &str,
+    store: &ControllerGrants,
+    base: &str,
+) {
+    let refusing =
+        FixtureProcess::spawn_with(&fixture_bin!(), ["--name", "deny", "--unauthorized"])
+            .expect("refusing fixture");
+    let target = target_yaml("deny", "streamableHttp", &refusing.mcp_url())
+        + &format!(
+            "  userCredential:\n    mode: oauth2\n    inject: {{header: Authorization}}\n    oauth2: {{authorizationServer: '{}', resource: '{OAUTH_RESOURCE}', client: {{clientId: {OAUTH_CLIENT}, clientSecretRef: {{name: lin-oauth, key: secret}}}}}}\n",
+            op.issuer()
+        );
+    let policy = PolicyDoc::allow("deny-all", "deny")
+        .everyone()
+        .rule("all", &["*"])
+        .to_yaml();
+    let r = k.apply(&[target, policy].join("---\n"));
+    assert!(r.ok, "manifests: {}", r.stderr);
+    let mut grant = lin.clone();
+    grant.key.target = "deny".into();
+    if let Some(o) = grant.oauth2.as_mut() {
+        o.expires_at_ms = Some(now_ms() + 600_000);
+    }
+    let slot = Slot {
+        inject_as: InjectAs::Header,
+        name: "authorization",
+        prefix: "Bearer ",
+    };
+    let started = Instant::now();
+    while let Err(e) = store.put(&slot, &grant).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "grant refused: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let before = refreshes(lead_url).await;
+    let started = Instant::now();
+    loop {
+        let v = call_tool(base, "alice", "deny_whoami").await;
+        if refreshes(lead_url).await > before {
+            eprintln!(
+                "an upstream 401 led to a refresh by the lease holder within {} ms ({v})",
+                started.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no refresh after upstream 401s: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

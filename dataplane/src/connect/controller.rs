@@ -98,4 +98,12 @@ impl GrantStore for ControllerGrants {
             Ok(status != reqwest::StatusCode::NOT_FOUND)
         })
     }
+
+    fn upstream_refused<'a>(&'a self, key: &'a GrantKey) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.refresh_now(key).await {
+                tracing::warn!(error = %e, label = e.label(), "the controller did not take a refresh request");
+            }
+        })
+    }
 }

@@ -27,6 +27,11 @@ pub trait GrantStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), ConnectError>>;
     /// Forgets the grant; whether there was one.
     fn remove<'a>(&'a self, key: &'a GrantKey) -> BoxFuture<'a, Result<bool, ConnectError>>;
+    /// The upstream answered 401 to this grant's token: refresh it now where a refresher runs
+    /// elsewhere (the controller's lease holder). Default: nothing to do here.
+    fn upstream_refused<'a>(&'a self, _key: &'a GrantKey) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

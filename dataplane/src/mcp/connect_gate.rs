@@ -8,6 +8,7 @@ use std::sync::Arc;
 use reflow_crds::api::UserCredentialMode;
 use reflow_crds::snapshot::CompiledTarget;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::Gateway;
 use super::call::{Ctx, Reply};
@@ -96,6 +97,30 @@ impl Gateway {
             tool_error(message)
         };
         Some(Reply::new(reply, Some(key.clone()), "connect_required"))
+    }
+
+    /// An upstream refused a user's oauth2 token (401): ask whoever refreshes it (the
+    /// controller's lease holder in controller mode) to refresh it now, off the request path.
+    pub(crate) fn upstream_refused_grant(
+        &self,
+        identity: &reflow_crds::Identity,
+        target: &CompiledTarget,
+    ) {
+        let (Some(u), Some(store)) = (target.user_credential.as_ref(), self.connections.clone())
+        else {
+            return;
+        };
+        if u.mode != UserCredentialMode::OAuth2 {
+            return;
+        }
+        let key = reflow_crds::grant::GrantKey {
+            namespace: target.namespace.to_string(),
+            target: target.name.to_string(),
+            user: identity.user.to_string(),
+        };
+        tokio::spawn(
+            async move { store.upstream_refused(&key).await }.instrument(tracing::Span::current()),
+        );
     }
 
     fn audit_connect(&self, ctx: &Ctx, key: &Arc<str>, name: &str, outcome: &str) {

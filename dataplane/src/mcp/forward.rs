@@ -196,6 +196,9 @@ impl Gateway {
             .flatten();
         let params = traced.as_ref().or(params);
         let out = self.forward_inner(caller, target, method, params).await;
+        if matches!(out, Err(UpstreamError::Status(401))) {
+            self.upstream_refused_grant(caller.identity, target);
+        }
         let labels = UpstreamLabels {
             target: caller.target_key.clone(),
             outcome: match &out {
