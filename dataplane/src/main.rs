@@ -155,7 +155,7 @@ struct TokenArgs {
     #[arg(long, env = "REFLOW_CONFIG")]
     config: PathBuf,
     #[command(flatten)]
-    mint: reflow_crds::token::cli::MintArgs,
+    mint: reflow_host::cli::MintArgs,
 }
 
 /// `reflow-dataplane [--log-format F] --config …` means `serve`: the word is inserted before
