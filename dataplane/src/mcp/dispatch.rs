@@ -300,7 +300,7 @@ impl Gateway {
                 .forward(&ctx.caller(key), target, kind.method, params.as_ref())
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => r.into_object(),
                 Err(e) => {
                     warn!(target = %key, error = %e, label = e.label(), method = kind.method, "upstream list failed");
                     if seen.is_some() {
@@ -626,15 +626,16 @@ impl Gateway {
             )
             .await
         {
-            Ok(mut upstream) => {
-                let outcome = if upstream.contains_key("error") {
+            Ok(upstream) => {
+                let outcome = if upstream.is_error() {
                     "upstream_error"
                 } else {
                     "ok"
                 };
-                upstream.insert("id".into(), req.id.clone());
-                upstream.insert("jsonrpc".into(), json!("2.0"));
-                (Value::Object(upstream), outcome)
+                (
+                    jsonrpc::Outbound::answer(&req.id, upstream).into_tree(),
+                    outcome,
+                )
             }
             Err(e) => {
                 let msg = format!("upstream {key} failed: {e}");
