@@ -264,10 +264,9 @@ impl Gateway {
                 }
                 return out.map(UpstreamReply::from);
             }
-            return Ok(child
-                .request_with(method, params, timeout, &hooks, Some(caller.session_id))
-                .await?
-                .into());
+            let reply =
+                child.request_with(method, params, timeout, &hooks, Some(caller.session_id));
+            return Ok(reply.await?.into());
         }
         if let Upstream::Kubernetes { .. } = target.upstream {
             return self
