@@ -22,6 +22,9 @@ use crate::authn::Principal;
 
 /// Entries beyond this are evicted (expired first, then everything) so memory stays bounded.
 const MAX_ENTRIES: usize = 16 * 1024;
+/// Longer tokens are verified every time instead of cached: an entry keeps the whole token,
+/// so this bounds the cache's token bytes at 64 MiB however large the tokens presented.
+const MAX_CACHED_TOKEN_BYTES: usize = 4 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct TokenCache {
@@ -109,7 +112,7 @@ impl TokenCache {
     /// Remembers a verified token until the earlier of the cache TTL and the token's `exp`
     /// (without leeway, so a cached answer is never more lenient than a fresh check).
     pub fn insert(&self, token: &str, principal: &Principal, exp: Option<u64>) {
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || token.len() > MAX_CACHED_TOKEN_BYTES {
             return;
         }
         let mut lifetime = self.ttl;
@@ -219,6 +222,18 @@ mod tests {
         cache.insert("eyJ-secret-token-value", &id, None);
         let shown = format!("{cache:?}");
         assert!(!shown.contains("secret-token"), "{shown}");
+    }
+
+    #[test]
+    fn auth_cache_keeps_no_token_longer_than_its_cap() {
+        let cache = TokenCache::new(Duration::from_secs(60));
+        let id = Principal::from_identity(Identity::new("alice", ["g"], ["r"]));
+        let long = "a".repeat(MAX_CACHED_TOKEN_BYTES + 1);
+        cache.insert(&long, &id, None);
+        assert!(cache.get(&long).is_none(), "verified every time instead");
+        let at_cap = "a".repeat(MAX_CACHED_TOKEN_BYTES);
+        cache.insert(&at_cap, &id, None);
+        assert!(cache.get(&at_cap).is_some());
     }
 
     #[test]
