@@ -13,6 +13,13 @@ use reflow_dataplane::app;
 use reflow_dataplane::config::parse_duration;
 use reflow_telemetry::LogFormat;
 
+/// mimalloc (the default `mimalloc` feature): ~14 % fewer instructions per `tools/call` than
+/// glibc's malloc in the gateway bench's profile, for the same number of allocations, and the
+/// soak's memory per idle session stays within its budget (README, issue #24).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

@@ -298,9 +298,8 @@ async fn post_message(
             // Without SSE on the reply, everything upstreams say meanwhile goes to the session
             // stream, which is where this client listens.
             match worker.respond(ctx, request, false).await {
-                Answer::Json { message, .. } | Answer::StatelessJson(message) => {
-                    deliver(&worker, &session.id, message)
-                }
+                Answer::Json { message, .. } => deliver(&worker, &session.id, message.into_tree()),
+                Answer::StatelessJson(message) => deliver(&worker, &session.id, message),
                 // Not asked for (no SSE on the reply); nothing to deliver.
                 Answer::Stream { .. } | Answer::Events(_) => {
                     tracing::warn!("reply was a stream; not delivered")

@@ -300,7 +300,7 @@ impl Gateway {
                 .forward(&ctx.caller(key), target, kind.method, params.as_ref())
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => r.into_object(),
                 Err(e) => {
                     warn!(target = %key, error = %e, label = e.label(), method = kind.method, "upstream list failed");
                     if seen.is_some() {
@@ -455,14 +455,20 @@ impl Gateway {
         } else {
             "Unknown tool"
         };
-        if let Some(msg) = reply.pointer_mut("/error/message")
+        if let Some(msg) = reply
+            .as_tree_mut()
+            .and_then(|r| r.pointer_mut("/error/message"))
             && msg.as_str() == Some(format!("{label}: {upstream_name}").as_str())
         {
             *msg = Value::String(format!("{label}: {name}"));
         }
+        // A result passed through as bytes is made a tree only when it may hold a resource.
         if kind == ItemKind::Tool
             && ctx.aggregated()
-            && let Some(result) = reply.get_mut("result")
+            && reply
+                .raw_result()
+                .is_none_or(resource_uri::may_name_a_resource)
+            && let Some(result) = reply.tree_mut().get_mut("result")
         {
             resource_uri::expose_tool_result(&target.prefix, result);
         }
@@ -523,12 +529,14 @@ impl Gateway {
         } = self.relay(ctx, req, &target, key, &uri, &decision).await;
         // An upstream's own "not found" has its own wording (and its own URI); restated as the
         // gateway's, a missing resource reads exactly like a denied one.
-        if resource_uri::upstream_not_found(&reply, &upstream_uri) {
-            let id = reply.get("id").cloned().unwrap_or(Value::Null);
-            reply = not_found(&id);
+        if let Some(tree) = reply.as_tree()
+            && resource_uri::upstream_not_found(tree, &upstream_uri)
+        {
+            let id = tree.get("id").cloned().unwrap_or(Value::Null);
+            reply = not_found(&id).into();
         }
         if ctx.aggregated()
-            && let Some(result) = reply.get_mut("result")
+            && let Some(result) = reply.tree_mut().get_mut("result")
         {
             resource_uri::expose_read_result(&target.prefix, result);
         }
@@ -634,21 +642,19 @@ impl Gateway {
             )
             .await
         {
-            Ok(mut upstream) => {
-                let outcome = if upstream.contains_key("error") {
+            Ok(upstream) => {
+                let outcome = if upstream.is_error() {
                     "upstream_error"
                 } else {
                     "ok"
                 };
-                upstream.insert("id".into(), req.id.clone());
-                upstream.insert("jsonrpc".into(), json!("2.0"));
-                (Value::Object(upstream), outcome)
+                (jsonrpc::Outbound::answer(&req.id, upstream), outcome)
             }
             Err(e) => {
                 let msg = format!("upstream {key} failed: {e}");
                 let mut err = jsonrpc::error(&req.id, jsonrpc::UPSTREAM_ERROR, &msg);
                 err["error"]["data"] = json!({"reason": e.label()});
-                (err, e.label())
+                (err.into(), e.label())
             }
         };
         self.audit_decision(ctx, &req.method, Some(&key), name, decision, outcome);

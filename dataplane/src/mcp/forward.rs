@@ -13,6 +13,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{Instrument, Span, info_span};
 
 use super::Gateway;
+use crate::jsonrpc::UpstreamReply;
 use crate::log_level::LogLevel;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
@@ -168,7 +169,7 @@ impl Gateway {
         target: &CompiledTarget,
         method: &str,
         params: Option<&Value>,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         // The parent named in the `traceparent` the upstream receives. Only traced requests pay
         // for it: with tracing off, formatting its fields for the logs would be the cost.
         let span = if reflow_telemetry::propagation::enabled() {
@@ -187,7 +188,7 @@ impl Gateway {
         target: &CompiledTarget,
         method: &str,
         params: Option<&Value>,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         let started = Instant::now();
         // With tracing on, the upstream's `_meta` names this span as its parent (SEP-414; all a
         // STDIO server can read), replacing whatever trace context the caller put there.
@@ -219,7 +220,7 @@ impl Gateway {
         target: &CompiledTarget,
         method: &str,
         params: Option<&Value>,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         let creds = target.credentials.resolve(caller.identity);
         let hooks = CallHooks {
             sink: caller
@@ -261,11 +262,11 @@ impl Gateway {
                     self.keep_subscription(sid, caller.target_key, (method, params), &out)
                         .await;
                 }
-                return out;
+                return out.map(UpstreamReply::from);
             }
-            return Ok(child
-                .request_with(method, params, timeout, &hooks, Some(caller.session_id))
-                .await?);
+            let reply =
+                child.request_with(method, params, timeout, &hooks, Some(caller.session_id));
+            return Ok(reply.await?.into());
         }
         if let Upstream::Kubernetes { .. } = target.upstream {
             return self
@@ -286,7 +287,8 @@ impl Gateway {
                     caller,
                     &hooks,
                 )
-                .await;
+                .await
+                .map(UpstreamReply::from);
         }
         match self
             .upstream
