@@ -89,10 +89,8 @@ pub(crate) async fn middleware(
     let span = info_span!("handoff", key = key.as_deref().unwrap_or("-"), handed);
     async {
         if let Some(key) = &key {
-            match route(h, key, &parts, &body, handed).await {
-                Route::Claimed => gw.took_over(key).await,
-                Route::Local => {}
-                Route::Answered(resp) => return resp,
+            if let Route::Answered(resp) = route(&gw, h, key, (&parts, &body), handed).await {
+                return resp;
             }
         }
         serve_here(&gw, key, parts, body, next).await
@@ -136,18 +134,17 @@ async fn serve_here(
 
 /// What a session key's owner means for this request.
 enum Route {
-    /// This replica serves it (it owns the key, or nobody does).
+    /// This replica serves it (it owns the key, or nobody does, or it has just claimed it from
+    /// a dead owner).
     Local,
-    /// This replica serves it, having just claimed it from a dead owner.
-    Claimed,
     Answered(Response),
 }
 
 async fn route(
+    gw: &Gateway,
     h: &Handoff,
     key: &str,
-    parts: &request::Parts,
-    body: &Bytes,
+    (parts, body): (&request::Parts, &Bytes),
     handed: bool,
 ) -> Route {
     let mut fresh = false;
@@ -195,8 +192,11 @@ async fn route(
             let msg = "the replica that holds this session does not answer; retry";
             return Route::Answered(refusal(StatusCode::GATEWAY_TIMEOUT, msg));
         }
+        // What the dead owner left (its journaled stream events) is in place before the claim
+        // makes this replica the owner: a request that finds it the owner finds them too.
+        gw.take_over(key).await;
         match h.registry.claim(key, &peer.id).await {
-            Ok(true) => return Route::Claimed,
+            Ok(true) => return Route::Local,
             Ok(false) => continue,
             Err(e) => {
                 warn!(error = %e, label = e.label(), "cannot claim a dead replica's session");

@@ -101,11 +101,14 @@ pub(crate) fn parked_key(state: &str) -> String {
 const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Gateway {
-    /// This replica has just claimed `key` from a dead owner: the session's stream events are
-    /// numbered above the previous owner's (microseconds since the epoch, which the previous
-    /// owner's per-session counter cannot have reached), and what the previous owner journaled
-    /// is loaded into the replay buffer, so a client resumes here with its `Last-Event-ID`.
-    pub(crate) async fn took_over(&self, key: &str) {
+    /// This replica is about to claim `key` from a dead owner: the session's stream events
+    /// are numbered above the previous owner's (microseconds since the epoch, which the
+    /// previous owner's per-session counter cannot have reached), and what the previous owner
+    /// journaled is loaded into the replay buffer, so a client resumes here with its
+    /// `Last-Event-ID`. Done before the claim (the dead owner journals nothing more), so no
+    /// request finds this replica the owner with the buffer not restored yet; if another
+    /// replica wins the claim, the buffer is unused and swept as idle.
+    pub(crate) async fn take_over(&self, key: &str) {
         let Some(sid) = key.strip_prefix("s:") else {
             return;
         };
