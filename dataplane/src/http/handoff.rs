@@ -88,10 +88,10 @@ pub(crate) async fn middleware(
     let key = key_of(&parts, &body);
     let span = info_span!("handoff", key = key.as_deref().unwrap_or("-"), handed);
     async {
-        if let Some(key) = &key {
-            if let Route::Answered(resp) = route(&gw, h, key, (&parts, &body), handed).await {
-                return resp;
-            }
+        if let Some(key) = &key
+            && let Route::Answered(resp) = route(&gw, h, key, (&parts, &body), handed).await
+        {
+            return resp;
         }
         serve_here(&gw, key, parts, body, next).await
     }
