@@ -135,7 +135,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
     Span::current().record("session", sid.as_str());
     // Its POSTs may reach any replica: they are handed here, where the stream is.
     gw.own(&crate::mcp::handoff::session_key(&sid)).await;
-    let hub = gw.hubs.get(&sid);
+    let hub = gw.hubs.get_unjournaled(&sid);
     // The legacy stream is the session's GET stream: snapshot changes are announced on it too.
     hub.set_viewer(Viewer {
         identity: identity.clone(),

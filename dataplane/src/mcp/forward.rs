@@ -251,17 +251,15 @@ impl Gateway {
             self.attach_child(caller, &key, &child).await;
             self.carry_subscriptions(&key, &child).await;
             let sid = caller.session_id;
-            self.restore_subscriptions((target.stateful, sid), caller.target_key, (&key, &child))
+            self.restore_subscriptions(sid, caller.target_key, (&key, &child))
                 .await;
             let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
             if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
                 let out = self
                     .stdio_subscription(caller, (&child, &key), (method, params), timeout, &hooks)
                     .await;
-                if target.stateful {
-                    self.keep_subscription(sid, caller.target_key, (method, params), &out)
-                        .await;
-                }
+                self.keep_subscription(sid, caller.target_key, (method, params), &out)
+                    .await;
                 return out.map(UpstreamReply::from);
             }
             let reply =

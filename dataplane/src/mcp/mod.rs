@@ -237,6 +237,7 @@ impl Gateway {
             ),
             None => None,
         };
+        let journal = handoff.as_ref().map(|h| h.registry.journal().clone());
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -259,7 +260,7 @@ impl Gateway {
                 limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
-                hubs: streams::Hubs::default(),
+                hubs: streams::Hubs::new(journal),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
                 parking: mrtr::Parking::default(),
                 list_cache: list_cache::ListCache::default(),

@@ -18,6 +18,7 @@ macro_rules! select_audit_rows {
 mod audit;
 mod bus;
 mod console_queries;
+mod journal;
 mod migrations;
 mod query;
 mod replicas;
@@ -35,6 +36,7 @@ pub use bus::{BusError, BusMessage, LocalBus, NotificationBus, PgBus};
 pub use console_queries::{
     MinuteStats, audit_event_by_id, audit_events_since, live_session_ids, minute_stats,
 };
+pub use journal::{JournalEvent, JournalSettings, REPLAY_BYTES, REPLAY_EVENTS, StreamJournal};
 pub use migrations::{MIGRATIONS, migrate};
 pub use query::{AuditFilter, AuditRow, purge_expired_audit, query_audit};
 pub use replicas::{

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use tracing::{debug, info, warn};
 
+use super::journal::{JournalSettings, StreamJournal};
 use super::{Database, PgError};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -138,6 +139,8 @@ pub struct ReplicaRegistry {
     token: ReplicaToken,
     settings: RegistrySettings,
     cache: Mutex<HashMap<String, CachedOwner>>,
+    /// The persisted replay buffers of the sessions this replica owns.
+    journal: Arc<StreamJournal>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,8 +161,10 @@ impl ReplicaRegistry {
         token: ReplicaToken,
         settings: RegistrySettings,
     ) -> Result<Arc<Self>, PgError> {
+        let journal = StreamJournal::start(db.clone(), JournalSettings::default());
         let registry = Arc::new(Self {
             db,
+            journal,
             me,
             address,
             token,
@@ -182,6 +187,11 @@ impl ReplicaRegistry {
 
     pub fn settings(&self) -> &RegistrySettings {
         &self.settings
+    }
+
+    /// Where the sessions' stream events are kept for a replica that takes them over.
+    pub fn journal(&self) -> &Arc<StreamJournal> {
+        &self.journal
     }
 
     async fn beat(&self) -> Result<(), PgError> {
