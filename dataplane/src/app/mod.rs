@@ -67,6 +67,8 @@ pub struct ConsoleWiring {
     pub connections: Arc<dyn console::Connections>,
     /// This dataplane's name on the admin page.
     pub dataplane: String,
+    /// The replica registry, when replicas share a database: the admin page lists them all.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
 impl Default for ConsoleWiring {
@@ -75,6 +77,7 @@ impl Default for ConsoleWiring {
             database: None,
             connections: Arc::new(console::NoConnections),
             dataplane: "this dataplane".to_owned(),
+            replicas: None,
         }
     }
 }
@@ -147,6 +150,15 @@ impl App {
             None => config.audit,
         };
         let stored_connections = config.connections.clone();
+        let registry = config.replicas.clone();
+        if let Some(r) = &registry {
+            // Each heartbeat carries the snapshot this replica serves (the console lists them).
+            let snapshots = config.snapshots.clone();
+            r.report_snapshot(Box::new(move || {
+                let s = snapshots.load();
+                (s.version(), s.hash().to_owned())
+            }));
+        }
         let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
@@ -163,9 +175,14 @@ impl App {
             replicas: config.replicas,
         })?;
         let mut wiring = config.console;
+        wiring.replicas = registry;
         if let Some(store) = stored_connections {
             // The console lists what the connect pages stored.
-            wiring.connections = Arc::new(connections::StoredConnections(store));
+            wiring.connections = Arc::new(connections::StoredConnections {
+                store,
+                snapshots: gateway.snapshots.clone(),
+                gateway: Arc::downgrade(&gateway),
+            });
         }
         let console = match tap {
             Some(tap) => Some(build_console(&gateway, console_config, tap, wiring)?),
@@ -222,6 +239,7 @@ fn build_console(
     let parts = console::ConsoleParts {
         secure_cookies: gw.config.tls.is_some() || gw.config.console.secure_cookies,
         allowed_hosts: gw.config.allowed_hosts.clone(),
+        key: gw.key.clone(),
         config,
         auth: gw.auth.clone(),
         sessions: gw.sessions.clone(),
@@ -232,6 +250,7 @@ fn build_console(
         end_session,
         connections: wiring.connections,
         dataplane: wiring.dataplane,
+        replicas: wiring.replicas,
     };
     Ok(Console::new(parts)?)
 }
