@@ -86,3 +86,21 @@ impl Revocations {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn revoked_keys_stay_refused_and_states_are_used_once() {
+        let r = Revocations::new(None);
+        let until = unix_now() + 60;
+        assert!(!r.is_revoked("login-a").await);
+        r.revoke("login-a", until).await;
+        assert!(r.is_revoked("login-a").await);
+        assert!(!r.is_revoked("login-b").await);
+        assert!(r.take_once("state:x", until).await);
+        assert!(!r.take_once("state:x", until).await, "replayed");
+        assert!(r.take_once("state:y", until).await);
+    }
+}
