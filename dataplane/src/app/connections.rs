@@ -25,6 +25,14 @@ pub(super) struct StoredConnections {
     pub(super) gateway: Weak<Gateway>,
 }
 
+/// The modes a connect link can complete here (as the connect gate decides).
+fn connectable(mode: UserCredentialMode) -> bool {
+    matches!(
+        mode,
+        UserCredentialMode::Secret | UserCredentialMode::OAuth2
+    )
+}
+
 fn split(target: &str) -> Option<(&str, &str)> {
     target.split_once('/')
 }
@@ -59,7 +67,7 @@ impl Connections for StoredConnections {
                         "not connected"
                     }
                     .to_owned(),
-                    can_connect: !connected && u.mode == UserCredentialMode::Secret,
+                    can_connect: !connected && connectable(u.mode),
                     can_disconnect: stored.contains(&key),
                     target: key,
                 });
@@ -85,7 +93,7 @@ impl Connections for StoredConnections {
         let snapshot = self.snapshots.load();
         let t = snapshot.target(ns, name)?;
         let u = t.user_credential.as_ref()?;
-        if u.mode != UserCredentialMode::Secret || !t.policy.view(identity).may_allow_anything() {
+        if !connectable(u.mode) || !t.policy.view(identity).may_allow_anything() {
             return None;
         }
         let gateway = self.gateway.upgrade()?;
@@ -102,8 +110,13 @@ impl Connections for StoredConnections {
             let Some((ns, name)) = split(target) else {
                 return false;
             };
-            match self.store.remove(ns, name, &identity.user) {
-                Ok(removed) => removed,
+            // The gateway's own grants (one lock per grant, shared with the refresher): an
+            // oauth2 grant is revoked at its AS first (RFC 7009); a pasted value is removed.
+            let Some(grants) = self.gateway.upgrade().and_then(|g| g.grants().cloned()) else {
+                return false;
+            };
+            match grants.disconnect(ns, name, &identity.user).await {
+                Ok(d) => d.existed,
                 Err(e) => {
                     tracing::warn!(error = %e, "console: removing a connection");
                     false
@@ -149,11 +162,10 @@ mod tests {
             listed.connect_link(&alice, "team/gh").is_none(),
             "not served"
         );
-        assert!(!listed.disconnect(&alice, "team/nope").await);
-        let bob = Identity::new("bob", Vec::<String>::new(), Vec::<String>::new());
-        assert!(listed.disconnect(&alice, "team/jira").await);
-        assert_eq!(listed.connections(&alice).await.len(), 1);
-        assert_eq!(listed.connections(&bob).await.len(), 1, "bob's stays");
+        assert!(
+            !listed.disconnect(&alice, "team/gh").await,
+            "no gateway, no removal"
+        );
         assert!(!format!("{seen:?}").contains("secret-of"));
         let carol = Identity::new("carol", Vec::<String>::new(), Vec::<String>::new());
         assert!(listed.connections(&carol).await.is_empty());
