@@ -134,12 +134,12 @@ struct CachedOwner {
 pub struct ReplicaRegistry {
     db: Database,
     me: String,
+    /// The snapshot (version, hash) this replica serves, written with every beat.
+    serving: OnceLock<SnapshotProbe>,
     address: String,
     token: ReplicaToken,
     settings: RegistrySettings,
     cache: Mutex<HashMap<String, CachedOwner>>,
-    /// The snapshot (version, hash) this replica serves, written with every beat.
-    serving: OnceLock<SnapshotProbe>,
 }
 
 /// Reads the snapshot (version, hash) a replica serves now.
@@ -202,11 +202,11 @@ impl ReplicaRegistry {
         let registry = Arc::new(Self {
             db,
             me,
+            serving: OnceLock::new(),
             address,
             token,
             settings,
             cache: Mutex::new(HashMap::new()),
-            serving: OnceLock::new(),
         });
         registry.beat().await?;
         info!(replica = %registry.me, address = %registry.address, "replica registered");
@@ -222,13 +222,13 @@ impl ReplicaRegistry {
         &self.token
     }
 
-    pub fn settings(&self) -> &RegistrySettings {
-        &self.settings
-    }
-
     /// Reports the snapshot this replica serves with each beat (set once, by the app).
     pub fn report_snapshot(&self, probe: SnapshotProbe) {
         let _ = self.serving.set(probe);
+    }
+
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
     }
 
     async fn beat(&self) -> Result<(), PgError> {
