@@ -130,6 +130,8 @@ impl AppConfig {
 #[derive(Clone)]
 pub struct App {
     gateway: Arc<Gateway>,
+    /// The HTTP hardening (one in-flight cap for every router of this app).
+    guard: Arc<http::Guard>,
     console: Option<Arc<Console>>,
 }
 
@@ -159,6 +161,7 @@ impl App {
                 (s.version(), s.hash().to_owned())
             }));
         }
+        let guard = http::Guard::new(&config.gateway.http);
         let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
@@ -188,7 +191,11 @@ impl App {
             Some(tap) => Some(build_console(&gateway, console_config, tap, wiring)?),
             None => None,
         };
-        Ok(Self { gateway, console })
+        Ok(Self {
+            gateway,
+            guard,
+            console,
+        })
     }
 
     /// The gateway itself (its stores, metrics, STDIO pool), for inspection.
@@ -198,7 +205,7 @@ impl App {
 
     /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Router {
-        let router = http::router(self.gateway.clone());
+        let router = http::router(self.gateway.clone(), self.guard.clone());
         match &self.console {
             Some(c) => router.merge(console::router(c.clone())),
             None => router,

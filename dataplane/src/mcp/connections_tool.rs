@@ -144,7 +144,7 @@ impl Gateway {
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             trace_id: ctx.trace_id.clone(),
         });
-        (reply, None, "ok")
+        Reply::new(reply, None, "ok")
     }
 
     /// One line per Target with a userCredential the caller reaches: connected or not, when,

@@ -3,6 +3,7 @@
 //! session's streams), subscriptions, log fan-out, list cache and list_changed, pins, rate
 //! limits, parked calls of stateless clients and cross-replica delivery.
 
+pub(crate) mod answer;
 pub(crate) mod authz;
 pub(crate) mod call;
 mod connect_gate;
@@ -19,7 +20,7 @@ mod log_fanout;
 pub(crate) mod mrtr;
 mod pins;
 pub(crate) mod protocol;
-mod rate_limit;
+pub(crate) mod rate_limit;
 mod recycle;
 pub(crate) mod relay;
 mod resource_uri;
@@ -36,9 +37,9 @@ use serde::Deserialize;
 
 use crate::audit::AuditSink;
 use crate::authn::Authenticate;
-use crate::http::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::server_config::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::session::SessionStore;
 use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
@@ -48,7 +49,6 @@ pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use handoff::ReplicasConfig;
 pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
 pub use streams::StreamError;
-pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;
 
 /// Server settings (also read from `--config FILE` as YAML, camelCase keys).
@@ -164,7 +164,6 @@ pub struct Gateway {
     pub(crate) conns: forward::Conns,
     /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
     pub(crate) instances: Instances,
-    pub(crate) guard: Arc<crate::http::Guard>,
     pub(crate) limits: Arc<crate::limits::Limits>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
@@ -211,7 +210,6 @@ impl Gateway {
             Duration::from_millis(p.config.connect_timeout_ms),
             p.config.stdio.clone(),
         )?;
-        let guard = crate::http::Guard::new(&p.config.http);
         let limits = crate::limits::Limits::new(p.config.limits.clone());
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
@@ -253,7 +251,6 @@ impl Gateway {
                 upstream,
                 conns: forward::Conns::default(),
                 instances,
-                guard,
                 limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),

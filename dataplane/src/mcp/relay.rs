@@ -4,15 +4,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug};
 
 use super::Gateway;
+use super::answer::Answer;
 use super::call::{Ctx, Reply};
 use super::protocol::TARGET_META;
-use super::streams::{GET_STREAM, Hub, primes, sse_response};
+use super::streams::{GET_STREAM, Hub, primes};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::method_label;
 use crate::session::{Scope, Session};
@@ -240,7 +240,7 @@ impl Gateway {
         mut ctx: Ctx,
         mut req: Request,
         accepts_sse: bool,
-    ) -> Response {
+    ) -> Answer {
         let hub = self.hubs.get(&ctx.session.id);
         let key = req.id.to_string();
         let cancel = Cancel::default();
@@ -269,7 +269,7 @@ impl Gateway {
                     Some(up) => relay.handle(up, GET_STREAM),
                     None => {}
                 },
-                (reply, target, outcome) = &mut work => {
+                Reply { message: reply, target, outcome } = &mut work => {
                     hub.untrack(&key);
                     self.count(method, target, outcome, started);
                     let mut early = Vec::new();
@@ -279,13 +279,13 @@ impl Gateway {
                         }
                     }
                     if early.is_empty() {
-                        return super::rate_limit::json_reply(reply, outcome);
+                        return Answer::Json { message: reply, outcome };
                     }
                     if !accepts_sse {
                         for up in early {
                             relay.handle(up, GET_STREAM);
                         }
-                        return super::rate_limit::json_reply(reply, outcome);
+                        return Answer::Json { message: reply, outcome };
                     }
                     // The whole upstream stream arrived before we looked: relay it in order.
                     let (stream, frames) = hub.open_stream();
@@ -297,7 +297,7 @@ impl Gateway {
                         hub.publish(stream, text);
                     }
                     hub.finish(stream);
-                    return sse_response(priming, frames);
+                    return Answer::Stream { priming, frames };
                 }
             }
         };
@@ -309,7 +309,11 @@ impl Gateway {
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
-                let (reply, target, outcome): Reply = loop {
+                let Reply {
+                    message: reply,
+                    target,
+                    outcome,
+                } = loop {
                     tokio::select! {
                         biased;
                         Some(up) = rx.recv() => relay.handle(up, stream),
@@ -331,7 +335,7 @@ impl Gateway {
             }
             .instrument(span),
         );
-        sse_response(priming, frames)
+        Answer::Stream { priming, frames }
     }
 }
 
