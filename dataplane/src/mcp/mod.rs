@@ -43,7 +43,7 @@ use crate::server_config::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::session::SessionStore;
 use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
-use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
+use crate::upstream::{StdioConfig, ToSessions, UpstreamClient, UpstreamError};
 
 pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use handoff::ReplicasConfig;
@@ -206,9 +206,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub(crate) fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
+        let (to_sessions, unprompted) = ToSessions::channel();
         let upstream = UpstreamClient::with_stdio(
             Duration::from_millis(p.config.connect_timeout_ms),
             p.config.stdio.clone(),
+            to_sessions,
         )?;
         let limits = crate::limits::Limits::new(p.config.limits.clone());
         let signer =
@@ -272,24 +274,13 @@ impl Gateway {
                 handoff,
             }
         });
-        let weak = Arc::downgrade(&gw);
-        gw.upstream.stdio().set_session_relay(Arc::new(
-            move |sid: &str, target, inbound| match weak.upgrade() {
-                Some(gw) => gw.relay_to_session(sid, target, inbound),
-                None => crate::upstream::unroutable(inbound),
-            },
-        ));
-        let weak = Arc::downgrade(&gw);
-        gw.upstream.stdio().set_shared_relay(Arc::new(
-            move |child: &str, target, inbound| match weak.upgrade() {
-                Some(gw) => gw.relay_shared(child, target, inbound),
-                None => Some(inbound),
-            },
-        ));
         if let Some(bus) = bus {
             gw.attach_bus(bus);
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Without a runtime the receiver is dropped: upstreams' messages outside calls
+            // are then refused, as no session could take them.
+            rt.spawn(relay::take_unprompted(Arc::downgrade(&gw), unprompted));
             list_changed::follow_snapshots(Arc::downgrade(&gw), &gw.snapshots, &rt);
             let weak = Arc::downgrade(&gw);
             rt.spawn(async move {

@@ -2,7 +2,7 @@
 //! upstream streams, then as SSE (progress, logging, server-to-client requests, then the reply).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Weak};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use super::streams::{GET_STREAM, Hub, primes};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::method_label;
 use crate::session::{Scope, Session};
-use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Unprompted, Upcall};
 
 /// Upcalls queued per request before the relay drops notifications (and refuses requests).
 const SINK_CAPACITY: usize = 256;
@@ -203,12 +203,7 @@ fn result_of(result: Value) -> Map<String, Value> {
 impl Gateway {
     /// What a session's own upstream (a stateful STDIO child) says outside any call: to that
     /// session's GET stream, with the same capability checks and id minting as during a call.
-    pub(crate) fn relay_to_session(
-        self: &Arc<Self>,
-        session_id: &str,
-        target: Arc<str>,
-        inbound: Inbound,
-    ) {
+    fn relay_to_session(self: &Arc<Self>, session_id: &str, target: Arc<str>, inbound: Inbound) {
         let gw = self.clone();
         let sid = session_id.to_owned();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -336,6 +331,38 @@ impl Gateway {
             .instrument(span),
         );
         Answer::Stream { priming, frames }
+    }
+}
+
+/// Takes what upstreams say outside any call to its session(s), until the gateway or every
+/// sender is gone. A shared child's message no subscriber takes goes back to the pool.
+pub(crate) async fn take_unprompted(
+    gw: Weak<Gateway>,
+    mut unprompted: mpsc::UnboundedReceiver<Unprompted>,
+) {
+    while let Some(message) = unprompted.recv().await {
+        let Some(gw) = gw.upgrade() else {
+            let (Unprompted::Session { inbound, .. } | Unprompted::Shared { inbound, .. }) =
+                message;
+            crate::upstream::unroutable(inbound);
+            return;
+        };
+        match message {
+            Unprompted::Session {
+                session,
+                target,
+                inbound,
+            } => gw.relay_to_session(&session, target, inbound),
+            Unprompted::Shared {
+                child,
+                target,
+                inbound,
+            } => {
+                if let Some(left) = gw.relay_shared(&child, target, inbound) {
+                    gw.upstream.stdio().drop_unrouted(left);
+                }
+            }
+        }
     }
 }
 
