@@ -304,11 +304,7 @@ impl Gateway {
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
-                let Reply {
-                    message: reply,
-                    target,
-                    outcome,
-                } = loop {
+                let done: Reply = loop {
                     tokio::select! {
                         biased;
                         Some(up) = rx.recv() => relay.handle(up, stream),
@@ -321,12 +317,12 @@ impl Gateway {
                 relay.hub.untrack(&key);
                 // A cancelled request gets no response (the client has moved on).
                 if !cancel.is_cancelled()
-                    && let Ok(text) = serde_json::to_string(&reply)
+                    && let Ok(text) = serde_json::to_string(&done.message)
                 {
                     relay.hub.publish(stream, text);
                 }
                 relay.hub.finish(stream);
-                gw.count(method, target, outcome, started);
+                gw.count(method, done.target, done.outcome, started);
             }
             .instrument(span),
         );
