@@ -32,20 +32,23 @@ pub struct Connection {
     pub name: String,
     pub prefix: String,
     pub connected_at_ms: u64,
-    value: SealedValue,
+    pub(super) value: SealedValue,
+    /// `mode: oauth2`: what refreshing and revoking this grant needs (secrets sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<super::grant::StoredGrant>,
 }
 
 #[derive(Clone)]
 pub struct ConnectionStore {
     dir: PathBuf,
-    key: SealingKey,
+    pub(super) key: SealingKey,
 }
 
-fn aad(ns: &str, target: &str, user: &str) -> String {
+pub(super) fn aad(ns: &str, target: &str, user: &str) -> String {
     format!("reflow/connect/v1/{ns}/{target}/{user}")
 }
 
-fn file_id(ns: &str, target: &str, user: &str) -> String {
+pub(super) fn file_id(ns: &str, target: &str, user: &str) -> String {
     let mut h = Sha256::new();
     for part in [ns, target, user] {
         h.update(part.as_bytes());
@@ -54,7 +57,7 @@ fn file_id(ns: &str, target: &str, user: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn store_err(path: &Path, e: impl std::fmt::Display) -> ConnectError {
+pub(super) fn store_err(path: &Path, e: impl std::fmt::Display) -> ConnectError {
     ConnectError::Store {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -86,7 +89,7 @@ impl ConnectionStore {
         &self.dir
     }
 
-    fn ensure_dir(&self) -> Result<(), ConnectError> {
+    pub(super) fn ensure_dir(&self) -> Result<(), ConnectError> {
         use std::os::unix::fs::DirBuilderExt;
         if !self.dir.is_dir() {
             std::fs::DirBuilder::new()
@@ -115,7 +118,6 @@ impl ConnectionStore {
         if !valid_value(value.expose_secret()) {
             return Err(ConnectError::BadValue);
         }
-        self.ensure_dir()?;
         let c = Connection {
             namespace: ns.to_owned(),
             target: target.to_owned(),
@@ -125,11 +127,18 @@ impl ConnectionStore {
             prefix: slot.prefix.to_owned(),
             connected_at_ms: u64::try_from(crate::audit::now_ms()).unwrap_or(u64::MAX),
             value: self.key.seal(&aad(ns, target, user), value.expose_secret()),
+            oauth: None,
         };
-        let id = file_id(ns, target, user);
+        self.write(&c)
+    }
+
+    /// Writes `c` (replacing the same user's file for that Target) atomically, mode 0600.
+    pub(super) fn write(&self, c: &Connection) -> Result<(), ConnectError> {
+        self.ensure_dir()?;
+        let id = file_id(&c.namespace, &c.target, &c.user);
         let path = self.dir.join(format!("{id}.json"));
         let tmp = self.dir.join(format!(".{id}.tmp"));
-        let body = serde_json::to_vec(&c).map_err(|e| store_err(&path, e))?;
+        let body = serde_json::to_vec(c).map_err(|e| store_err(&path, e))?;
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -143,6 +152,15 @@ impl ConnectionStore {
             f.sync_all().map_err(|e| store_err(&tmp, e))?;
         }
         std::fs::rename(&tmp, &path).map_err(|e| store_err(&path, e))
+    }
+
+    /// One user's connection to one Target (value still sealed).
+    pub fn get(&self, ns: &str, target: &str, user: &str) -> Option<Connection> {
+        let path = self.dir.join(format!("{}.json", file_id(ns, target, user)));
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice::<Connection>(&bytes)
+            .ok()
+            .filter(|c| c.namespace == ns && c.target == target && c.user == user)
     }
 
     /// Forgets `user`'s connection to a Target; whether there was one.

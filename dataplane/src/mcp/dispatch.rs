@@ -24,7 +24,7 @@ use crate::session::{Scope, Session};
 const MAX_PAGES: usize = 64;
 
 impl Ctx {
-    fn aggregated(&self) -> bool {
+    pub(super) fn aggregated(&self) -> bool {
         self.session.scope == Scope::Aggregated
     }
 
@@ -49,7 +49,7 @@ impl Ctx {
 
     /// The targets some rule could open to the caller, with their keys (the others are never
     /// contacted on the caller's behalf).
-    fn open_targets(&self) -> (Vec<Arc<CompiledTarget>>, Vec<Arc<str>>) {
+    pub(super) fn open_targets(&self) -> (Vec<Arc<CompiledTarget>>, Vec<Arc<str>>) {
         let targets: Vec<_> = self
             .targets()
             .into_iter()
@@ -240,7 +240,10 @@ impl Gateway {
                 "target_not_ready",
             );
         }
-        let items: Vec<Value> = pages.into_iter().flat_map(|(items, _)| items).collect();
+        let mut items: Vec<Value> = pages.into_iter().flat_map(|(items, _)| items).collect();
+        if kind.method == "tools/list" && self.connections_tool_visible(ctx, &targets) {
+            items.push(super::connections_tool::definition());
+        }
         let mut result = Map::new();
         result.insert(kind.field.to_owned(), Value::Array(items));
         Reply::new(jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
@@ -394,6 +397,12 @@ impl Gateway {
             ItemKind::Prompt => jsonrpc::invalid_params(id, &format!("Unknown prompt: {name}")),
             _ => jsonrpc::invalid_params(id, &format!("Unknown tool: {name}")),
         };
+        if kind == ItemKind::Tool && name == super::connections_tool::NAME {
+            let (targets, _) = ctx.open_targets();
+            if self.connections_tool_visible(ctx, &targets) {
+                return self.connections_tool_call(ctx, &req, &targets).await;
+            }
+        }
         let Some((target, upstream_name)) = ctx.route(&name) else {
             self.audit_decision(
                 ctx,

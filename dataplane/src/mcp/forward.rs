@@ -196,7 +196,16 @@ impl Gateway {
             .then(|| with_trace_meta(params))
             .flatten();
         let params = traced.as_ref().or(params);
-        let out = self.forward_inner(caller, target, method, params).await;
+        let since = crate::audit::now_ms();
+        let mut out = self.forward_inner(caller, target, method, params).await;
+        // A user's oauth2 token the upstream no longer takes: refresh now, retry once.
+        if matches!(out, Err(UpstreamError::Status(401)))
+            && let Some(fresh) = self
+                .refreshed_after_401(caller.identity, target, since)
+                .await
+        {
+            out = self.forward_inner(caller, &fresh, method, params).await;
+        }
         let labels = UpstreamLabels {
             target: caller.target_key.clone(),
             outcome: match &out {

@@ -7,6 +7,7 @@ pub(crate) mod answer;
 pub(crate) mod authz;
 pub(crate) mod call;
 mod connect_gate;
+mod connections_tool;
 mod cross_replica;
 pub(crate) mod dispatch;
 mod forward;
@@ -206,6 +207,8 @@ pub struct Gateway {
     pub(crate) connect_links: crate::connect::ConnectLinks,
     /// Where connections are stored (standalone mode); none: connecting is not available here.
     pub(crate) connections: Option<crate::connect::ConnectionStore>,
+    /// `mode: oauth2`: flows in flight, registered clients, the grants' refresher.
+    pub(crate) oauth: crate::connect::OAuthSide,
     /// Hands requests to the replica that owns their session (with a replica registry).
     pub(crate) handoff: Option<handoff::Handoff>,
 }
@@ -238,6 +241,11 @@ impl Gateway {
             None => None,
         };
         let journal = handoff.as_ref().map(|h| h.registry.journal().clone());
+        let oauth = crate::connect::OAuthSide::with_store(
+            p.connections.clone(),
+            p.audit.clone(),
+            tokio::runtime::Handle::try_current().ok().as_ref(),
+        );
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -273,6 +281,7 @@ impl Gateway {
                 me: weak.clone(),
                 rate_limiter: Default::default(),
                 connect_links: Default::default(),
+                oauth,
                 connections: p.connections,
                 handoff,
             }

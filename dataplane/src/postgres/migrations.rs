@@ -102,6 +102,26 @@ ALTER TABLE reflow_sessions
 "#,
     ),
     (
+        20,
+        "the snapshot each replica serves",
+        r#"
+ALTER TABLE reflow_replicas
+    ADD COLUMN snapshot_version bigint,         -- the snapshot version it served at its last beat
+    ADD COLUMN snapshot_hash    text;
+"#,
+    ),
+    (
+        21,
+        "console logouts and used login states",
+        r#"
+CREATE TABLE reflow_console_revoked (
+    key         text PRIMARY KEY,               -- 'login id' logged out, or 'state:' keyed digest
+    expires_at  timestamptz NOT NULL            -- when the cookie it refuses expires anyway
+);
+CREATE INDEX reflow_console_revoked_expires_at ON reflow_console_revoked (expires_at);
+"#,
+    ),
+    (
         30,
         "the replay buffer of session streams",
         r#"
