@@ -333,7 +333,7 @@ impl Bridge {
                 }
             }
         });
-        crate::mcp::plain_sse(tokio_stream::wrappers::ReceiverStream::new(rx))
+        crate::http::render::plain_sse(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// One thing the child said about a call, as an event for its client; a request is kept

@@ -20,7 +20,8 @@
 //! 5. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
 //!    `controller_client`, `connect` (user-brought credentials: connect links and the local
 //!    store), `observed` (what this dataplane saw of each upstream), `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,
-//!    `process_guard` (the gateway's own secrets kept out of `/proc`).
+//!    `process_guard` (the gateway's own secrets kept out of `/proc`), `server_config` (the
+//!    HTTP server's settings as data, held by `mcp::GatewayConfig`, given behaviour in `http`).
 //!
 //! `tests/layers.rs` reads every `crate::` path under `src/` and keeps this true; a new
 //! top-level module must be given a layer there.
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod observed;
 pub mod postgres;
 pub mod process_guard;
+pub mod server_config;
 /// Token scopes live in the model (`reflow_crds::token::scope`) so every minting binary shares them.
 pub use reflow_crds::token::scope;
 pub mod session;

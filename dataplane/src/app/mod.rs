@@ -127,6 +127,8 @@ impl AppConfig {
 #[derive(Clone)]
 pub struct App {
     gateway: Arc<Gateway>,
+    /// The HTTP hardening (one in-flight cap for every router of this app).
+    guard: Arc<http::Guard>,
     console: Option<Arc<Console>>,
 }
 
@@ -147,6 +149,7 @@ impl App {
             None => config.audit,
         };
         let stored_connections = config.connections.clone();
+        let guard = http::Guard::new(&config.gateway.http);
         let gateway = Gateway::new(mcp::Parts {
             config: config.gateway,
             snapshots: config.snapshots,
@@ -171,7 +174,11 @@ impl App {
             Some(tap) => Some(build_console(&gateway, console_config, tap, wiring)?),
             None => None,
         };
-        Ok(Self { gateway, console })
+        Ok(Self {
+            gateway,
+            guard,
+            console,
+        })
     }
 
     /// The gateway itself (its stores, metrics, STDIO pool), for inspection.
@@ -181,7 +188,7 @@ impl App {
 
     /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Router {
-        let router = http::router(self.gateway.clone());
+        let router = http::router(self.gateway.clone(), self.guard.clone());
         match &self.console {
             Some(c) => router.merge(console::router(c.clone())),
             None => router,

@@ -67,7 +67,7 @@ async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderM
     let primes = streams::primes(&session.protocol_version);
     match headers.get("last-event-id").map(|v| v.to_str()) {
         Some(Ok(last)) => match hub.resume(last) {
-            Ok(frames) => streams::sse_response(None, frames),
+            Ok(frames) => super::render::sse_response(None, frames),
             Err(e) => rpc_failure(
                 StatusCode::NOT_FOUND,
                 jsonrpc::error(&Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string()),
@@ -83,7 +83,7 @@ async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderM
         ),
         None => {
             let (priming, frames) = hub.attach_get();
-            streams::sse_response(primes.then_some(priming), frames)
+            super::render::sse_response(primes.then_some(priming), frames)
         }
     }
 }

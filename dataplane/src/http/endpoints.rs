@@ -205,7 +205,7 @@ async fn route_post(
         pin: None,
     };
     let sse = client_stream::accepts(headers, "text/event-stream");
-    gw.respond(ctx, request, sse).await
+    super::render::answer(gw.respond(ctx, request, sse).await)
 }
 
 /// `initialize` on the session endpoints: admitted against the session limits, then a session.

@@ -12,91 +12,24 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
 use reflow_crds::Identity;
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// `gateway.http` in the configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct HttpConfig {
-    pub cors: CorsConfig,
-    /// Sends `Strict-Transport-Security` (only meaningful behind TLS).
-    pub hsts: bool,
-    /// RFC 9116 contact (`mailto:…` or `https://…`); without one, no security.txt is served,
-    /// since one without a real contact helps nobody.
-    pub security_contact: Option<String>,
-    /// `Expires` of security.txt (RFC 3339); RFC 9116 requires one.
-    pub security_txt_expires: Option<String>,
-    /// Requests handled at once; beyond it the gateway answers 503 with `Retry-After` instead of
-    /// queueing without bound. 0 disables the cap.
-    pub max_concurrent_requests: usize,
-    /// TCP connections open at once; at the cap, idle connections are closed for newcomers
-    /// (see `listener`), and further connections wait in the kernel backlog.
-    pub max_connections: usize,
-    /// Timers on every wait for a peer (`listener::Timeouts`).
-    pub timeouts: super::listener::Timeouts,
-    /// Serve thread-per-core (`percore`): one single-threaded runtime, `SO_REUSEPORT` listener
-    /// and upstream pool per CPU, instead of one multi-thread runtime.
-    pub thread_per_core: bool,
-    /// With `threadPerCore`: plain-HTTP upstream POSTs on hyper's HTTP/1 client directly, one
-    /// set of connections per serving thread (`upstream::h1`), instead of reqwest's pool.
-    pub direct_upstream: bool,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            cors: CorsConfig::default(),
-            hsts: false,
-            security_contact: None,
-            security_txt_expires: None,
-            max_concurrent_requests: 4096,
-            max_connections: 10_000,
-            timeouts: super::listener::Timeouts::default(),
-            thread_per_core: false,
-            direct_upstream: false,
-        }
-    }
-}
-
-/// Cross-origin browser access. Empty `allowedOrigins` (the default) means no CORS headers at
-/// all, so browsers on other origins cannot read anything.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct CorsConfig {
-    /// Exact origins (`https://app.example.com`).
-    pub allowed_origins: Vec<String>,
-    pub max_age_seconds: u32,
-}
-
-impl Default for CorsConfig {
-    fn default() -> Self {
-        Self {
-            allowed_origins: Vec::new(),
-            max_age_seconds: 600,
-        }
-    }
-}
-
-impl CorsConfig {
-    pub fn allows(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|o| o == origin)
-    }
-}
+use crate::server_config::HttpConfig;
 
 const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 const ALLOW_HEADERS: &str =
     "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id";
 const EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version, www-authenticate";
 
-/// What the middleware needs, shared by every request.
-pub(crate) struct Guard {
+/// What the middleware needs, shared by every request: the `gateway.http` settings and the
+/// cap on requests in flight.
+pub struct Guard {
     config: HttpConfig,
     in_flight: Option<Arc<Semaphore>>,
 }
 
 impl Guard {
-    pub(crate) fn new(config: &HttpConfig) -> Arc<Self> {
+    pub fn new(config: &HttpConfig) -> Arc<Self> {
         Arc::new(Self {
             config: config.clone(),
             in_flight: (config.max_concurrent_requests > 0)

@@ -19,6 +19,7 @@ use super::admission::{Admitted, read_message};
 use super::net::Peer;
 use super::{Gateway, client_stream, owned_session, rpc_failure, session_not_found, trace_id};
 use crate::jsonrpc::{self, Message};
+use crate::mcp::answer::Answer;
 use crate::mcp::list_changed::Viewer;
 use crate::mcp::streams::{Frame, GET_STREAM};
 use crate::mcp::{call, dispatch, protocol};
@@ -296,13 +297,14 @@ async fn post_message(
         async move {
             // Without SSE on the reply, everything upstreams say meanwhile goes to the session
             // stream, which is where this client listens.
-            let resp = worker.respond(ctx, request, false).await;
-            match axum::body::to_bytes(resp.into_body(), usize::MAX).await {
-                Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(reply) => deliver(&worker, &session.id, reply),
-                    Err(e) => tracing::warn!(error = %e, "reply was not JSON; not delivered"),
-                },
-                Err(e) => tracing::warn!(error = %e, "reply not read; not delivered"),
+            match worker.respond(ctx, request, false).await {
+                Answer::Json { message, .. } | Answer::StatelessJson(message) => {
+                    deliver(&worker, &session.id, message)
+                }
+                // Not asked for (no SSE on the reply); nothing to deliver.
+                Answer::Stream { .. } | Answer::Events(_) => {
+                    tracing::warn!("reply was a stream; not delivered")
+                }
             }
             drop(in_flight);
         }

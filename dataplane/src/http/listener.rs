@@ -26,7 +26,6 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use reflow_crds::Identity;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, Sleep};
@@ -35,43 +34,11 @@ use tracing::debug;
 
 use crate::http::{LimitedStream, PeerAddr};
 use crate::metrics::Metrics;
+pub use crate::server_config::Timeouts;
 
 /// How long a connection must have been idle before a full listener may close it for a newcomer:
 /// long enough for a client that just connected to send its request.
 pub const EVICT_GRACE: Duration = Duration::from_secs(1);
-
-/// `gateway.http.timeouts`: every wait on a peer is bounded. 0 turns one timer off.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct Timeouts {
-    /// An HTTP/1 request head must arrive completely within this.
-    pub header_read_ms: u64,
-    /// A connection with no request in flight is closed after this (keep-alive idle, and a
-    /// socket that never finishes its first request head).
-    pub idle_ms: u64,
-    /// A request body may start slowly for this long ...
-    pub body_grace_ms: u64,
-    /// ... and must then keep arriving at this average rate (bytes per second).
-    pub body_min_bytes_per_second: u64,
-    /// A write the peer does not read for this long closes the connection (a client that stops
-    /// reading an SSE stream is dropped once the socket buffers are full).
-    pub write_ms: u64,
-    /// HTTP/2 PING interval; a peer that does not answer within the same time is dropped.
-    pub http2_keep_alive_ms: u64,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            header_read_ms: 10_000,
-            idle_ms: 30_000,
-            body_grace_ms: 10_000,
-            body_min_bytes_per_second: 1024,
-            write_ms: 30_000,
-            http2_keep_alive_ms: 20_000,
-        }
-    }
-}
 
 fn opt(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))

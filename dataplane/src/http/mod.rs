@@ -20,6 +20,7 @@ pub mod net;
 pub mod percore;
 mod preamble;
 mod proxy;
+pub(crate) mod render;
 mod stateless;
 mod tls;
 
@@ -44,15 +45,17 @@ use crate::session::{Scope, Session};
 use crate::upstream::{PROTOCOL_HEADER, SESSION_HEADER};
 use net::Peer;
 
+pub use crate::server_config::{
+    ClientAuth, ClientIdentity, CorsConfig, HttpConfig, TlsConfig, TrustedProxyConfig, UserFrom,
+};
 pub(crate) use client_stream::accepts;
-pub(crate) use hardening::Guard;
-pub use hardening::{CorsConfig, HttpConfig, LimitedListener, LimitedStream, PeerAddr};
+pub use hardening::Guard;
+pub use hardening::{LimitedListener, LimitedStream, PeerAddr};
 pub(crate) use preamble::request_trace_id;
 use preamble::{
     base_url, check_host_origin, continue_caller_trace, json_response, rpc_failure, trace_id,
 };
-pub use proxy::TrustedProxyConfig;
-pub use tls::{ClientAuth, ClientIdentity, TlsConfig, TlsError, TlsListener, UserFrom};
+pub use tls::{TlsError, TlsListener};
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -63,12 +66,16 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 pub fn service(
     gw: Arc<Gateway>,
 ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, PeerAddr> {
-    router(gw).into_make_service_with_connect_info::<PeerAddr>()
+    let guard = Guard::new(&gw.config.http);
+    router(gw, guard).into_make_service_with_connect_info::<PeerAddr>()
 }
 
 /// The whole HTTP surface: MCP endpoints, RFC 9728 metadata, `/metrics`, `/healthz`, `/readyz`.
-pub fn router(gw: Arc<Gateway>) -> Router {
+/// `guard` (the hardening settings and the in-flight cap) is shared by every router built
+/// with it.
+pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
     let limit = gw.config.max_body_bytes;
+    let txt_guard = guard.clone();
     Router::new()
         .route(
             "/mcp",
@@ -111,7 +118,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         )
         .route(
             "/.well-known/security.txt",
-            get(|State(gw): State<Arc<Gateway>>| async move { hardening::security_txt(&gw.guard) }),
+            get(move || async move { hardening::security_txt(&txt_guard) }),
         )
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -123,7 +130,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             hygiene::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            gw.guard.clone(),
+            guard,
             hardening::middleware,
         ))
         .with_state(gw)

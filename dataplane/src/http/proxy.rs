@@ -7,45 +7,11 @@ use std::net::IpAddr;
 
 use axum::http::HeaderMap;
 use reflow_crds::Identity;
-use serde::Deserialize;
 use tracing::debug;
 
-use super::net::{Cidr, any_contains};
+use super::net::any_contains;
 use crate::authn::{AuthFailure, Principal};
-
-/// `gateway.trustedProxy` in the configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TrustedProxyConfig {
-    /// Peer addresses allowed to assert identities (the proxy pods, never a whole cluster CIDR
-    /// that clients can reach directly).
-    pub sources: Vec<Cidr>,
-    #[serde(default = "default_user_header")]
-    pub user_header: String,
-    #[serde(default = "default_groups_header")]
-    pub groups_header: String,
-    #[serde(default)]
-    pub roles_header: Option<String>,
-    #[serde(default = "default_email_header")]
-    pub email_header: String,
-    /// Take the client address from `X-Forwarded-For` (rightmost address that is not itself a
-    /// trusted proxy) for token source ranges.
-    #[serde(default = "default_true")]
-    pub use_forwarded_for: bool,
-}
-
-fn default_user_header() -> String {
-    "x-forwarded-user".into()
-}
-fn default_groups_header() -> String {
-    "x-forwarded-groups".into()
-}
-fn default_email_header() -> String {
-    "x-forwarded-email".into()
-}
-fn default_true() -> bool {
-    true
-}
+use crate::server_config::TrustedProxyConfig;
 
 /// Longest header value taken as a user, group or role name.
 const MAX_NAME: usize = 256;

@@ -140,7 +140,7 @@ pub(super) async fn serve(
         return listen(gw, ctx, &req);
     }
     let sse = super::client_stream::accepts(headers, "text/event-stream");
-    gw.respond_stateless(ctx, req, sse).await
+    super::render::answer(gw.respond_stateless(ctx, req, sse).await)
 }
 
 /// Header/body agreement and the revision; otherwise the JSON-RPC error (sent with a 400).
@@ -284,7 +284,11 @@ impl Gateway {
                 method: "resources/subscribe".into(),
                 object,
             };
-            let (reply, _, outcome) = self.dispatch(ctx, req).await;
+            let crate::mcp::call::Reply {
+                message: reply,
+                outcome,
+                ..
+            } = self.dispatch(ctx, req).await;
             if reply.get("error").is_some() {
                 tracing::debug!(uri, outcome, "a listen subscription was not taken upstream");
             }
@@ -414,5 +418,5 @@ fn listen(gw: &Arc<Gateway>, ctx: Ctx, req: &Request) -> Response {
         }
     });
     let first = futures::stream::iter([ack.to_string()]);
-    super::streams::plain_sse(futures::StreamExt::chain(first, rest))
+    super::render::plain_sse(futures::StreamExt::chain(first, rest))
 }

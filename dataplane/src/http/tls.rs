@@ -18,7 +18,6 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +26,7 @@ use tracing::debug;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::hardening::{LimitedStream, PeerAddr};
+use crate::server_config::{ClientAuth, ClientIdentity, TlsConfig, UserFrom};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -36,76 +36,7 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Whether clients must present a certificate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ClientAuth {
-    /// Plain TLS; no client certificates requested.
-    #[default]
-    None,
-    /// Verified when presented; connections without one continue (bearer tokens apply).
-    Optional,
-    /// The handshake fails without a certificate signed by the client CA.
-    Required,
-}
-
-/// What a verified client certificate means.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ClientIdentity {
-    /// The certificate admits the connection; the bearer token names the caller.
-    #[default]
-    Token,
-    /// The certificate names the caller; no token needed.
-    Certificate,
-}
-
-/// Which part of the certificate is the user.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum UserFrom {
-    #[default]
-    CommonName,
-    SanEmail,
-    SanUri,
-    SanDns,
-}
-
-/// `gateway.tls` in the configuration. Paths are relative to the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    #[serde(default)]
-    pub client_ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub client_auth: ClientAuth,
-    #[serde(default)]
-    pub client_identity: ClientIdentity,
-    #[serde(default)]
-    pub user_from: UserFrom,
-    /// Prefix for users and groups taken from certificates (e.g. `cert:`), so they cannot be
-    /// confused with IdP identities in policies.
-    #[serde(default)]
-    pub name_prefix: String,
-    #[serde(default = "default_handshake_ms")]
-    pub handshake_timeout_ms: u64,
-}
-
-fn default_handshake_ms() -> u64 {
-    10_000
-}
-
 impl TlsConfig {
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        self.cert_file = base.join(&self.cert_file);
-        self.key_file = base.join(&self.key_file);
-        if let Some(ca) = self.client_ca_file.take() {
-            self.client_ca_file = Some(base.join(ca));
-        }
-    }
-
     /// The rustls server configuration (HTTP/2 and HTTP/1.1 by ALPN).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         if self.client_auth != ClientAuth::None && self.client_ca_file.is_none() {

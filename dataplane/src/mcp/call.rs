@@ -15,7 +15,22 @@ use crate::upstream::CallHooks;
 
 /// A dispatched request's answer: the JSON-RPC reply, the Target key it reached (for metrics
 /// and audit) and the outcome label.
-pub(crate) type Reply = (Value, Option<Arc<str>>, &'static str);
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub message: Value,
+    pub target: Option<Arc<str>>,
+    pub outcome: &'static str,
+}
+
+impl Reply {
+    pub(crate) fn new(message: Value, target: Option<Arc<str>>, outcome: &'static str) -> Self {
+        Self {
+            message,
+            target,
+            outcome,
+        }
+    }
+}
 
 /// Who asks, on which session and snapshot, with the hooks of this one request.
 pub(crate) struct Ctx {

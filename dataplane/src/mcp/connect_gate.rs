@@ -54,7 +54,7 @@ impl Gateway {
         if !connectable || self.connections.is_none() {
             // Fail closed: never call the upstream without the caller's own credential.
             self.audit_connect(ctx, key, name, "connect_unavailable");
-            return Some((
+            return Some(Reply::new(
                 tool_error(format!(
                     "{} needs your own {} credential, and this gateway cannot connect it yet (mode {}{})",
                     u.display_name,
@@ -99,7 +99,7 @@ impl Gateway {
         } else {
             tool_error(message)
         };
-        Some((reply, Some(key.clone()), "connect_required"))
+        Some(Reply::new(reply, Some(key.clone()), "connect_required"))
     }
 
     /// The bounded OAuth client every authorization-server request goes through.

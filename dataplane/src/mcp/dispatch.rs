@@ -185,14 +185,14 @@ impl Gateway {
     pub(crate) async fn dispatch(&self, ctx: &Ctx, req: Request) -> Reply {
         if let Err(why) = ctx.scope.permits(Permission::for_method(&req.method)) {
             self.audit_out_of_scope(ctx, &req.method, why);
-            return (
+            return Reply::new(
                 jsonrpc::error(&req.id, FORBIDDEN, &why.to_string()),
                 None,
                 why.label(),
             );
         }
         match req.method.as_str() {
-            "ping" => (jsonrpc::result(&req.id, json!({})), None, "ok"),
+            "ping" => Reply::new(jsonrpc::result(&req.id, json!({})), None, "ok"),
             "logging/setLevel" => self.set_log_level(ctx, &req).await,
             "tools/list" => self.list(ctx, &req, &TOOLS).await,
             "prompts/list" => self.list(ctx, &req, &PROMPTS).await,
@@ -204,7 +204,7 @@ impl Gateway {
                 self.call_uri(ctx, req).await
             }
             "completion/complete" => self.complete(ctx, req).await,
-            other => (
+            other => Reply::new(
                 jsonrpc::method_not_found(&req.id, other),
                 None,
                 "method_not_found",
@@ -215,7 +215,7 @@ impl Gateway {
     async fn list(&self, ctx: &Ctx, req: &Request, kind: &ListKind) -> Reply {
         if req.param_str("cursor").is_some() {
             // Everything is returned on the first page, so no cursor of ours exists.
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "invalid cursor"),
                 None,
                 "invalid_params",
@@ -234,7 +234,7 @@ impl Gateway {
         if !ctx.aggregated()
             && let Some(why) = pages.iter().find_map(|(_, failed)| failed.clone())
         {
-            return (
+            return Reply::new(
                 jsonrpc::error(&req.id, jsonrpc::INTERNAL_ERROR, &why),
                 keys.first().cloned(),
                 "target_not_ready",
@@ -246,7 +246,7 @@ impl Gateway {
         }
         let mut result = Map::new();
         result.insert(kind.field.to_owned(), Value::Array(items));
-        (jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
+        Reply::new(jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
     }
 
     /// The permitted items of one target, all pages, renamed for the aggregated endpoint; what
@@ -387,7 +387,7 @@ impl Gateway {
     /// tools/call and prompts/get: a denied name answers exactly like an unknown one.
     async fn call_named(&self, ctx: &Ctx, mut req: Request, kind: ItemKind) -> Reply {
         let Some(name) = req.param_str("name").map(str::to_owned) else {
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "params.name is required"),
                 None,
                 "invalid_params",
@@ -412,7 +412,7 @@ impl Gateway {
                 &Decision::DEFAULT_DENY,
                 "unknown",
             );
-            return (unknown(&req.id), None, "unknown");
+            return Reply::new(unknown(&req.id), None, "unknown");
         };
         let key = key_of(&target);
         let args = req.params().and_then(|p| p.get("arguments"));
@@ -420,7 +420,7 @@ impl Gateway {
         self.count_decision(&key, kind, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &name, &decision, "denied");
-            return (unknown(&req.id), Some(key), "denied");
+            return Reply::new(unknown(&req.id), Some(key), "denied");
         }
         // A definition that is not the pinned one answers like an unknown tool (`enforce`).
         if kind == ItemKind::Tool
@@ -438,7 +438,7 @@ impl Gateway {
                 condition: None,
             };
             self.audit_decision(ctx, &req.method, Some(&key), &name, &pinned, "denied");
-            return (unknown(&req.id), Some(key), "denied");
+            return Reply::new(unknown(&req.id), Some(key), "denied");
         }
         if let Some(refused) =
             self.rate_limited(ctx, &req, (&target, &key), (kind, &upstream_name, &name))
@@ -452,7 +452,11 @@ impl Gateway {
         }
         req.params_mut()
             .insert("name".into(), Value::String(upstream_name.clone()));
-        let (mut reply, t, outcome) = self.relay(ctx, req, &target, key, &name, &decision).await;
+        let Reply {
+            message: mut reply,
+            target: t,
+            outcome,
+        } = self.relay(ctx, req, &target, key, &name, &decision).await;
         // An upstream's own "unknown" answer names its unprefixed item; restate it with the
         // client's name so an unknown name reads exactly like a denied one.
         let label = if kind == ItemKind::Prompt {
@@ -471,13 +475,13 @@ impl Gateway {
         {
             resource_uri::expose_tool_result(&target.prefix, result);
         }
-        (reply, t, outcome)
+        Reply::new(reply, t, outcome)
     }
 
     /// resources/read, subscribe, unsubscribe: routed by URI, decided on the URI.
     async fn call_uri(&self, ctx: &Ctx, req: Request) -> Reply {
         let Some(uri) = req.param_str("uri").map(str::to_owned) else {
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "params.uri is required"),
                 None,
                 "invalid_params",
@@ -498,7 +502,7 @@ impl Gateway {
                 &Decision::DEFAULT_DENY,
                 "unknown",
             );
-            return (not_found(&req.id), None, "unknown");
+            return Reply::new(not_found(&req.id), None, "unknown");
         };
         let key = key_of(&target);
         // Decided on the serving Target's own URI, as its policies are written.
@@ -506,7 +510,7 @@ impl Gateway {
         self.count_decision(&key, ItemKind::Resource, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &uri, &decision, "denied");
-            return (not_found(&req.id), Some(key), "denied");
+            return Reply::new(not_found(&req.id), Some(key), "denied");
         }
         if req.method == "resources/read"
             && let Some(refused) = self.rate_limited(
@@ -521,7 +525,11 @@ impl Gateway {
         let mut req = req;
         req.params_mut()
             .insert("uri".into(), Value::String(upstream_uri.clone()));
-        let (mut reply, t, outcome) = self.relay(ctx, req, &target, key, &uri, &decision).await;
+        let Reply {
+            message: mut reply,
+            target: t,
+            outcome,
+        } = self.relay(ctx, req, &target, key, &uri, &decision).await;
         // An upstream's own "not found" has its own wording (and its own URI); restated as the
         // gateway's, a missing resource reads exactly like a denied one.
         if resource_uri::upstream_not_found(&reply, &upstream_uri) {
@@ -533,7 +541,7 @@ impl Gateway {
         {
             resource_uri::expose_read_result(&target.prefix, result);
         }
-        (reply, t, outcome)
+        Reply::new(reply, t, outcome)
     }
 
     /// completion/complete: `ref/prompt` by name (renamed), `ref/resource` by URI template.
@@ -554,7 +562,7 @@ impl Gateway {
                 routed.map(|t| (t, upstream, u.to_owned(), ItemKind::Resource))
             }),
             _ => {
-                return (
+                return Reply::new(
                     jsonrpc::invalid_params(&req.id, "params.ref is invalid"),
                     None,
                     "invalid_params",
@@ -562,7 +570,7 @@ impl Gateway {
             }
         };
         let Some((target, upstream_name, shown, item)) = routed else {
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "Unknown reference"),
                 None,
                 "unknown",
@@ -573,7 +581,7 @@ impl Gateway {
         self.count_decision(&key, item, &decision);
         if !decision.allowed {
             self.audit_decision(ctx, &req.method, Some(&key), &shown, &decision, "denied");
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "Unknown reference"),
                 Some(key),
                 "denied",
@@ -620,7 +628,7 @@ impl Gateway {
     ) -> Reply {
         if ctx.pin.as_ref().is_some_and(|pin| *pin != key) {
             // A state issued by one Target presented to another: refused, never forwarded.
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "requestState was issued for another request"),
                 Some(key),
                 "tampered_state",
@@ -653,6 +661,6 @@ impl Gateway {
             }
         };
         self.audit_decision(ctx, &req.method, Some(&key), name, decision, outcome);
-        (reply, Some(key), outcome)
+        Reply::new(reply, Some(key), outcome)
     }
 }

@@ -453,13 +453,8 @@ impl Gateway {
 
     /// Where what an upstream says outside any call goes: the caller's session (its GET stream).
     pub(crate) fn to_session(&self, caller: &Caller<'_>) -> Deliver {
-        let weak = self.me.clone();
-        let session = caller.session_id.to_owned();
-        let from = caller.target_key.clone();
-        Arc::new(move |inbound| match weak.upgrade() {
-            Some(gw) => gw.relay_to_session(&session, from.clone(), inbound),
-            None => crate::upstream::unroutable(inbound),
-        })
+        self.upstream
+            .deliver_to(caller.session_id, caller.target_key.clone())
     }
 
     /// Records upstream state in the session record (so another replica could resume it); a

@@ -182,7 +182,7 @@ impl Gateway {
             .param_str("level")
             .and_then(|l| l.parse::<LogLevel>().ok())
         else {
-            return (
+            return Reply::new(
                 jsonrpc::invalid_params(&req.id, "params.level must be a logging level"),
                 None,
                 "invalid_params",
@@ -229,7 +229,7 @@ impl Gateway {
             }
         });
         futures::join!(join_all(stdio), join_all(http));
-        (jsonrpc::result(&req.id, json!({})), None, "ok")
+        Reply::new(jsonrpc::result(&req.id, json!({})), None, "ok")
     }
 
     /// A call of `caller` is about to use `child`: the child learns a more verbose level first.

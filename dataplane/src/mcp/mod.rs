@@ -3,6 +3,7 @@
 //! session's streams), subscriptions, log fan-out, list cache and list_changed, pins, rate
 //! limits, parked calls of stateless clients and cross-replica delivery.
 
+pub(crate) mod answer;
 pub(crate) mod authz;
 pub(crate) mod call;
 mod connect_gate;
@@ -19,7 +20,7 @@ mod log_fanout;
 pub(crate) mod mrtr;
 mod pins;
 pub(crate) mod protocol;
-mod rate_limit;
+pub(crate) mod rate_limit;
 mod recycle;
 pub(crate) mod relay;
 mod resource_uri;
@@ -36,19 +37,18 @@ use serde::Deserialize;
 
 use crate::audit::AuditSink;
 use crate::authn::Authenticate;
-use crate::http::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::identity_token::{IdentitySigner, IdentityTokenError, IdentityTokensConfig};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::server_config::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::session::SessionStore;
 use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
-use crate::upstream::{StdioConfig, UpstreamClient, UpstreamError};
+use crate::upstream::{StdioConfig, ToSessions, UpstreamClient, UpstreamError};
 
 pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use handoff::ReplicasConfig;
 pub use protocol::{LATEST_PROTOCOL, SUPPORTED_PROTOCOLS, TARGET_META};
 pub use streams::StreamError;
-pub(crate) use streams::plain_sse;
 pub use upcalls::UpcallError;
 
 /// Server settings (also read from `--config FILE` as YAML, camelCase keys).
@@ -164,7 +164,6 @@ pub struct Gateway {
     pub(crate) conns: forward::Conns,
     /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
     pub(crate) instances: Instances,
-    pub(crate) guard: Arc<crate::http::Guard>,
     pub(crate) limits: Arc<crate::limits::Limits>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
@@ -207,11 +206,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub(crate) fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
+        let (to_sessions, unprompted) = ToSessions::channel();
         let upstream = UpstreamClient::with_stdio(
             Duration::from_millis(p.config.connect_timeout_ms),
             p.config.stdio.clone(),
+            to_sessions,
         )?;
-        let guard = crate::http::Guard::new(&p.config.http);
         let limits = crate::limits::Limits::new(p.config.limits.clone());
         let signer =
             IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
@@ -253,7 +253,6 @@ impl Gateway {
                 upstream,
                 conns: forward::Conns::default(),
                 instances,
-                guard,
                 limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
@@ -275,24 +274,13 @@ impl Gateway {
                 handoff,
             }
         });
-        let weak = Arc::downgrade(&gw);
-        gw.upstream.stdio().set_session_relay(Arc::new(
-            move |sid: &str, target, inbound| match weak.upgrade() {
-                Some(gw) => gw.relay_to_session(sid, target, inbound),
-                None => crate::upstream::unroutable(inbound),
-            },
-        ));
-        let weak = Arc::downgrade(&gw);
-        gw.upstream.stdio().set_shared_relay(Arc::new(
-            move |child: &str, target, inbound| match weak.upgrade() {
-                Some(gw) => gw.relay_shared(child, target, inbound),
-                None => Some(inbound),
-            },
-        ));
         if let Some(bus) = bus {
             gw.attach_bus(bus);
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Without a runtime the receiver is dropped: upstreams' messages outside calls
+            // are then refused, as no session could take them.
+            rt.spawn(relay::take_unprompted(Arc::downgrade(&gw), unprompted));
             list_changed::follow_snapshots(Arc::downgrade(&gw), &gw.snapshots, &rt);
             let weak = Arc::downgrade(&gw);
             rt.spawn(async move {

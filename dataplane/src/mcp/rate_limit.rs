@@ -4,9 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
-
 use reflow_crds::snapshot::condition::{Request as PolicyRequest, now_seconds};
 use reflow_crds::snapshot::{CompiledTarget, Decision, ItemKind};
 use serde_json::json;
@@ -79,25 +76,6 @@ impl Gateway {
             "retryAfter": secs,
             "retryAfterMs": u64::try_from(refused.retry_after.as_millis()).unwrap_or(u64::MAX),
         });
-        Some((err, Some(key.clone()), RATE_LIMITED_OUTCOME))
+        Some(Reply::new(err, Some(key.clone()), RATE_LIMITED_OUTCOME))
     }
-}
-
-/// A reply sent as plain JSON: 200, or for a rate-limit refusal 429 with `Retry-After` (its
-/// `data.retryAfter`, at least 1), since the HTTP status can say it too.
-pub(crate) fn json_reply(reply: serde_json::Value, outcome: &str) -> Response {
-    if outcome != RATE_LIMITED_OUTCOME {
-        return (StatusCode::OK, axum::Json(reply)).into_response();
-    }
-    let secs = reply
-        .pointer("/error/data/retryAfter")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(1)
-        .max(1);
-    (
-        StatusCode::TOO_MANY_REQUESTS,
-        [(http::header::RETRY_AFTER, secs.to_string())],
-        axum::Json(reply),
-    )
-        .into_response()
 }

@@ -2,21 +2,21 @@
 //! upstream streams, then as SSE (progress, logging, server-to-client requests, then the reply).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Weak};
 
-use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug};
 
 use super::Gateway;
+use super::answer::Answer;
 use super::call::{Ctx, Reply};
 use super::protocol::TARGET_META;
-use super::streams::{GET_STREAM, Hub, primes, sse_response};
+use super::streams::{GET_STREAM, Hub, primes};
 use crate::jsonrpc::{self, Request};
 use crate::metrics::method_label;
 use crate::session::{Scope, Session};
-use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall};
+use crate::upstream::{CallHooks, Cancel, Inbound, Responder, Sink, Unprompted, Upcall};
 
 /// Upcalls queued per request before the relay drops notifications (and refuses requests).
 const SINK_CAPACITY: usize = 256;
@@ -203,12 +203,7 @@ fn result_of(result: Value) -> Map<String, Value> {
 impl Gateway {
     /// What a session's own upstream (a stateful STDIO child) says outside any call: to that
     /// session's GET stream, with the same capability checks and id minting as during a call.
-    pub(crate) fn relay_to_session(
-        self: &Arc<Self>,
-        session_id: &str,
-        target: Arc<str>,
-        inbound: Inbound,
-    ) {
+    fn relay_to_session(self: &Arc<Self>, session_id: &str, target: Arc<str>, inbound: Inbound) {
         let gw = self.clone();
         let sid = session_id.to_owned();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -240,7 +235,7 @@ impl Gateway {
         mut ctx: Ctx,
         mut req: Request,
         accepts_sse: bool,
-    ) -> Response {
+    ) -> Answer {
         let hub = self.hubs.get(&ctx.session.id);
         let key = req.id.to_string();
         let cancel = Cancel::default();
@@ -269,7 +264,7 @@ impl Gateway {
                     Some(up) => relay.handle(up, GET_STREAM),
                     None => {}
                 },
-                (reply, target, outcome) = &mut work => {
+                Reply { message: reply, target, outcome } = &mut work => {
                     hub.untrack(&key);
                     self.count(method, target, outcome, started);
                     let mut early = Vec::new();
@@ -279,13 +274,13 @@ impl Gateway {
                         }
                     }
                     if early.is_empty() {
-                        return super::rate_limit::json_reply(reply, outcome);
+                        return Answer::Json { message: reply, outcome };
                     }
                     if !accepts_sse {
                         for up in early {
                             relay.handle(up, GET_STREAM);
                         }
-                        return super::rate_limit::json_reply(reply, outcome);
+                        return Answer::Json { message: reply, outcome };
                     }
                     // The whole upstream stream arrived before we looked: relay it in order.
                     let (stream, frames) = hub.open_stream();
@@ -297,7 +292,7 @@ impl Gateway {
                         hub.publish(stream, text);
                     }
                     hub.finish(stream);
-                    return sse_response(priming, frames);
+                    return Answer::Stream { priming, frames };
                 }
             }
         };
@@ -309,7 +304,7 @@ impl Gateway {
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
-                let (reply, target, outcome): Reply = loop {
+                let done: Reply = loop {
                     tokio::select! {
                         biased;
                         Some(up) = rx.recv() => relay.handle(up, stream),
@@ -322,16 +317,48 @@ impl Gateway {
                 relay.hub.untrack(&key);
                 // A cancelled request gets no response (the client has moved on).
                 if !cancel.is_cancelled()
-                    && let Ok(text) = serde_json::to_string(&reply)
+                    && let Ok(text) = serde_json::to_string(&done.message)
                 {
                     relay.hub.publish(stream, text);
                 }
                 relay.hub.finish(stream);
-                gw.count(method, target, outcome, started);
+                gw.count(method, done.target, done.outcome, started);
             }
             .instrument(span),
         );
-        sse_response(priming, frames)
+        Answer::Stream { priming, frames }
+    }
+}
+
+/// Takes what upstreams say outside any call to its session(s), until the gateway or every
+/// sender is gone. A shared child's message no subscriber takes goes back to the pool.
+pub(crate) async fn take_unprompted(
+    gw: Weak<Gateway>,
+    mut unprompted: mpsc::UnboundedReceiver<Unprompted>,
+) {
+    while let Some(message) = unprompted.recv().await {
+        let Some(gw) = gw.upgrade() else {
+            let (Unprompted::Session { inbound, .. } | Unprompted::Shared { inbound, .. }) =
+                message;
+            crate::upstream::unroutable(inbound);
+            return;
+        };
+        match message {
+            Unprompted::Session {
+                session,
+                target,
+                inbound,
+            } => gw.relay_to_session(&session, target, inbound),
+            Unprompted::Shared {
+                child,
+                target,
+                inbound,
+            } => {
+                if let Some(left) = gw.relay_shared(&child, target, inbound) {
+                    gw.upstream.stdio().drop_unrouted(left);
+                }
+            }
+        }
     }
 }
 

@@ -6,8 +6,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use reflow_crds::Fingerprint;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -15,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug};
 
 use super::Gateway;
+use super::answer::Answer;
 use super::call::{Ctx, Reply};
 use super::log_fanout::message_level;
 use super::mrtr::{self, Held, Parked};
@@ -60,7 +59,7 @@ impl Gateway {
         mut ctx: Ctx,
         mut req: Request,
         accepts_sse: bool,
-    ) -> Response {
+    ) -> Answer {
         let started = ctx.started;
         let label = method_label(&req.method);
         let name = era::mirrored_name(&req.method, req.params())
@@ -89,11 +88,7 @@ impl Gateway {
                     self.count(label, None, e.label(), started);
                     // Every state the gateway cannot open is a bad parameter of this request.
                     let code = jsonrpc::INVALID_PARAMS;
-                    return (
-                        StatusCode::OK,
-                        axum::Json(jsonrpc::error(&req.id, code, &e.to_string())),
-                    )
-                        .into_response();
+                    return Answer::StatelessJson(jsonrpc::error(&req.id, code, &e.to_string()));
                 }
             }
         }
@@ -220,8 +215,8 @@ impl Call {
                     }
                 }
                 done = &mut work => {
-                    let (reply, target, outcome) = done.unwrap_or_else(|_| {
-                        (jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, "the request failed"), None, "internal")
+                    let Reply { message: reply, target, outcome } = done.unwrap_or_else(|_| {
+                        Reply::new(jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, "the request failed"), None, "internal")
                     });
                     while let Ok(up) = rx.try_recv() {
                         let _ = self.upcall(up, sse, &out).await;
@@ -236,7 +231,7 @@ impl Call {
                     // dispatch ends promptly (its upstream call is cancelled) and is audited.
                     self.cancel.cancel();
                     let outcome = match tokio::time::timeout(CANCEL_GRACE, &mut work).await {
-                        Ok(Ok((_, target, outcome))) => (target, outcome),
+                        Ok(Ok(Reply { target, outcome, .. })) => (target, outcome),
                         _ => {
                             work.abort();
                             (None, "cancelled")
@@ -396,18 +391,6 @@ impl Call {
     }
 }
 
-/// The HTTP status of a plain-JSON response: the revision's transport errors (header mismatch,
-/// missing capability, unsupported revision) are 400s, an unknown method a 404.
-fn status_of(reply: &Value) -> StatusCode {
-    match reply.pointer("/error/code").and_then(Value::as_i64) {
-        Some(era::HEADER_MISMATCH | era::MISSING_CAPABILITY | era::UNSUPPORTED_VERSION) => {
-            StatusCode::BAD_REQUEST
-        }
-        Some(jsonrpc::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
-        _ => StatusCode::OK,
-    }
-}
-
 fn take_str(req: &mut Request, field: &str) -> Option<String> {
     match req.params_mut().remove(field) {
         Some(Value::String(s)) => Some(s),
@@ -426,9 +409,9 @@ fn meta_log_level(req: &Request) -> Option<LogLevel> {
 
 /// The HTTP answer to a stateless request: its one reply as JSON, or an SSE stream when
 /// notifications come first.
-async fn answer(mut out_rx: mpsc::Receiver<Out>, id: &Value) -> Response {
+async fn answer(mut out_rx: mpsc::Receiver<Out>, id: &Value) -> Answer {
     match out_rx.recv().await {
-        Some(Out::Final(reply)) => (status_of(&reply), axum::Json(reply)).into_response(),
+        Some(Out::Final(reply)) => Answer::StatelessJson(reply),
         Some(Out::Note(first)) => {
             let rest = futures::stream::unfold(out_rx, |mut rx| async move {
                 match rx.recv().await {
@@ -438,16 +421,12 @@ async fn answer(mut out_rx: mpsc::Receiver<Out>, id: &Value) -> Response {
                 }
             });
             let head = futures::stream::iter([first]);
-            super::streams::plain_sse(futures::StreamExt::chain(head, rest))
+            Answer::Events(Box::pin(futures::StreamExt::chain(head, rest)))
         }
-        None => (
-            StatusCode::OK,
-            axum::Json(jsonrpc::error(
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                "the request ended without a response",
-            )),
-        )
-            .into_response(),
+        None => Answer::StatelessJson(jsonrpc::error(
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            "the request ended without a response",
+        )),
     }
 }

@@ -2,13 +2,9 @@
 //! which connection (a POST reply or the GET stream) carries each stream, so a message goes out once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
 use super::list_changed::Viewer;
@@ -325,58 +321,6 @@ impl Hubs {
     }
 }
 
-/// An SSE response: the priming event (when the client's protocol revision knows them), then
-/// each frame until `End` or the connection drops.
-pub(crate) fn sse_response(priming: Option<String>, frames: mpsc::Receiver<Frame>) -> Response {
-    let first = priming.map(|id| Bytes::from(format!("id: {id}\nretry: {RETRY_MS}\ndata: \n\n")));
-    let rest = futures::stream::unfold(frames, |mut rx| async move {
-        match rx.recv().await {
-            Some(Frame::Event { id, data }) => {
-                let text = format!("id: {id}\nevent: message\ndata: {data}\n\n");
-                Some((Ok::<_, Infallible>(Bytes::from(text)), rx))
-            }
-            Some(Frame::End) | None => None,
-        }
-    });
-    let body =
-        futures::StreamExt::chain(futures::stream::iter(first.map(Ok::<_, Infallible>)), rest);
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
-}
-
-/// An SSE response of plain events (no ids: the stateless revision does not resume streams),
-/// one per message, until the messages end; an empty message is written as a keep-alive comment.
-pub(crate) fn plain_sse<S>(messages: S) -> Response
-where
-    S: futures::Stream<Item = String> + Send + 'static,
-{
-    let body = futures::StreamExt::map(messages, |data| {
-        let frame = if data.is_empty() {
-            Bytes::from_static(b":\n\n")
-        } else {
-            Bytes::from(format!("event: message\ndata: {data}\n\n"))
-        };
-        Ok::<_, Infallible>(frame)
-    });
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
-}
-
 /// Priming events (empty data) are for clients of 2025-11-25 and later; older ones may take an
 /// empty `data` for a malformed message.
 pub(crate) fn primes(protocol_version: &str) -> bool {
@@ -386,19 +330,6 @@ pub(crate) fn primes(protocol_version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn plain_events_carry_no_ids_and_an_empty_message_is_a_keep_alive_comment() {
-        let messages = futures::stream::iter(["{\"a\":1}".to_owned(), String::new()]);
-        let resp = plain_sse(messages);
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
-        assert_eq!(resp.headers()["x-accel-buffering"], "no");
-        let body = axum::body::to_bytes(resp.into_body(), 1024)
-            .await
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        assert_eq!(body, "event: message\ndata: {\"a\":1}\n\n:\n\n");
-    }
 
     fn ids(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
         let mut out = Vec::new();

@@ -2,7 +2,6 @@
 //! request (list_changed, resource updates, its requests), handed to the session it belongs to.
 //! A stateless (2026-07-28) upstream has no GET stream: its `subscriptions/listen` stream stands in.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,15 +14,13 @@ use tokio::task::AbortHandle;
 use tracing::debug;
 
 use super::events::EventParser;
+use super::to_sessions::Deliver;
 use super::upcall::{self, Inbound, Unsolicited};
 use super::{
     InjectedHeaders, MAX_REPLY_BYTES, PROTOCOL_HEADER, Route, SESSION_HEADER, UpstreamClient,
     http_responder, is_event_stream, url_of,
 };
 use crate::session::UpstreamState;
-
-/// Where the stream's messages go.
-pub type Deliver = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 /// The running stream; it stops when this is dropped (with the last clone of its link).
 pub struct Listener {
@@ -315,9 +312,9 @@ async fn read(
                 Some(Unsolicited::Notification(n))
                     if n.get("method").and_then(Value::as_str)
                         == Some("notifications/subscriptions/acknowledged") => {}
-                Some(Unsolicited::Notification(n)) => deliver(Inbound::Notification(n)),
+                Some(Unsolicited::Notification(n)) => deliver.send(Inbound::Notification(n)),
                 Some(Unsolicited::Request(id, r)) => {
-                    deliver(Inbound::Request(r, http_responder(http, &route, id)));
+                    deliver.send(Inbound::Request(r, http_responder(http, &route, id)));
                 }
                 None => debug!("ignoring a reply on the upstream stream"),
             }

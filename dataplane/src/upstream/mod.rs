@@ -14,12 +14,14 @@ pub mod pools;
 mod sse;
 pub mod stateless;
 pub mod stdio;
+mod to_sessions;
 mod upcall;
 
 pub use link::{Link, Transport};
-pub use listen::{Deliver, Listener};
+pub use listen::Listener;
 pub use sse::SseError;
 pub use stdio::{StdioConfig, StdioError};
+pub use to_sessions::{Deliver, ToSessions, Unprompted};
 pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall, unroutable};
 
 use std::collections::HashMap;
@@ -200,16 +202,26 @@ pub struct UpstreamClient {
     urls: Mutex<HashMap<Box<str>, Url>>,
     /// Children of `stdio` targets.
     stdio: Arc<stdio::StdioPool>,
+    /// Where what upstreams say outside any call goes (the router receives).
+    to_sessions: ToSessions,
 }
 
 impl UpstreamClient {
+    /// A client whose upstreams' messages outside calls reach nobody (refused or dropped).
     pub fn new(connect_timeout: Duration) -> Result<Self, UpstreamError> {
-        Self::with_stdio(connect_timeout, StdioConfig::default())
+        Self::with_stdio(
+            connect_timeout,
+            StdioConfig::default(),
+            ToSessions::detached(),
+        )
     }
 
+    /// A client with its STDIO pool; what upstreams say outside any call is sent on
+    /// `to_sessions`.
     pub fn with_stdio(
         connect_timeout: Duration,
         stdio: StdioConfig,
+        to_sessions: ToSessions,
     ) -> Result<Self, UpstreamError> {
         let http =
             pools::Pools::new(connect_timeout).map_err(|e| UpstreamError::Client(e.to_string()))?;
@@ -219,8 +231,14 @@ impl UpstreamClient {
             detected: auto::Detected::default(),
             eras: stateless::Eras::default(),
             urls: Mutex::new(HashMap::new()),
-            stdio: stdio::StdioPool::new(stdio),
+            stdio: stdio::StdioPool::new(stdio, to_sessions.clone()),
+            to_sessions,
         })
+    }
+
+    /// Where one session's upstream stream sends what it hears (that session, from `target`).
+    pub fn deliver_to(&self, session: &str, target: Arc<str>) -> Deliver {
+        Deliver::new(self.to_sessions.clone(), session, target)
     }
 
     /// The STDIO process pool.

@@ -12,7 +12,7 @@ pub mod sandbox;
 
 pub use backoff::RestartBackoff;
 pub use env::{ChildEnv, EnvError};
-pub use pool::{Boundary, IsolationKey, SessionRelay, SharedRelay, Start, StdioPool, StdioStats};
+pub use pool::{Boundary, IsolationKey, Start, StdioPool, StdioStats};
 pub use process::{ChildProcess, ChildSpec, Unrouted};
 pub use redact::Redactor;
 pub use sandbox::{ChildSandbox, NamespaceMode, Protected, SandboxError, SandboxMode};

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use reflow_crds::api::Isolation;
@@ -26,7 +26,7 @@ use super::env::ChildEnv;
 use super::process::{ChildProcess, ChildSpec, Unrouted};
 use super::{ChildSandbox, NamespaceMode, SandboxMode, StdioConfig, StdioError, sandbox};
 use crate::upstream::upcall;
-use crate::upstream::{CallHooks, Inbound};
+use crate::upstream::{CallHooks, Inbound, ToSessions, Unprompted};
 
 /// Who may share a child, before credentials are considered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -146,18 +146,11 @@ struct Counts {
     per_target: HashMap<Arc<str>, usize>,
 }
 
-/// Takes what a session's own child (a `stateful` Target's) says outside any call: the session
-/// id, the Target (`namespace/name`) and the message.
-pub type SessionRelay = Arc<dyn Fn(&str, Arc<str>, Inbound) + Send + Sync>;
-
-/// Offered what a shared child (served to many sessions) says outside any call: the child's
-/// label (unique per child), the Target and the message; returns what it did not take.
-pub type SharedRelay = Arc<dyn Fn(&str, Arc<str>, Inbound) -> Option<Inbound> + Send + Sync>;
-
 pub struct StdioPool {
     config: StdioConfig,
-    session_relay: Arc<OnceLock<SessionRelay>>,
-    shared_relay: Arc<OnceLock<SharedRelay>>,
+    /// Where children send what belongs to no call (a stateful Target's child: its session;
+    /// a shared child: resource updates for its subscribers).
+    to_sessions: ToSessions,
     home_root: PathBuf,
     slots: Mutex<HashMap<IsolationKey, Arc<Slot>>>,
     counts: Arc<Mutex<Counts>>,
@@ -178,12 +171,11 @@ pub struct Start<'a> {
 impl StdioPool {
     /// A pool, with its sweeper running on the current runtime (if any) for as long as the
     /// pool lives.
-    pub fn new(config: StdioConfig) -> Arc<Self> {
+    pub fn new(config: StdioConfig, to_sessions: ToSessions) -> Arc<Self> {
         let pool = Arc::new(Self {
             home_root: config.home_root(),
             config,
-            session_relay: Arc::default(),
-            shared_relay: Arc::default(),
+            to_sessions,
             slots: Mutex::default(),
             counts: Arc::default(),
             stats: Arc::default(),
@@ -233,14 +225,9 @@ impl StdioPool {
         &self.config
     }
 
-    /// Where children of stateful Targets send what belongs to no call (set once).
-    pub fn set_session_relay(&self, relay: SessionRelay) {
-        let _ = self.session_relay.set(relay);
-    }
-
-    /// Where shared children send what belongs to no call (resource updates; set once).
-    pub fn set_shared_relay(&self, relay: SharedRelay) {
-        let _ = self.shared_relay.set(relay);
+    /// A message of a child that nobody took: counted, then refused (a request) or dropped.
+    pub fn drop_unrouted(&self, inbound: Inbound) {
+        drop_unrouted(&self.stats, inbound);
     }
 
     pub fn stats(&self) -> &StdioStats {
@@ -362,8 +349,7 @@ impl StdioPool {
             }
         });
         let unrouted_stats = Arc::downgrade(&self.stats);
-        let relay = self.session_relay.clone();
-        let shared = self.shared_relay.clone();
+        let to_sessions = self.to_sessions.clone();
         // Only a stateful Target's child belongs to one session; a shared one's stray
         // messages have no owner, unless the gateway knows who asked for them.
         let owner = key.session.clone();
@@ -371,22 +357,26 @@ impl StdioPool {
         let label = format!("{}#{instance}", key.target);
         let child_label = label.clone();
         let unrouted: Unrouted = Arc::new(move |inbound: Inbound| {
-            if let (Some(session), Some(relay)) = (&owner, relay.get()) {
-                relay(session, from.clone(), inbound);
-                return;
-            }
-            let inbound = match (&owner, shared.get()) {
-                (None, Some(shared)) => match shared(&child_label, from.clone(), inbound) {
-                    Some(left) => left,
-                    None => return,
+            let message = match &owner {
+                Some(session) => Unprompted::Session {
+                    session: session.to_string(),
+                    target: from.clone(),
+                    inbound,
                 },
-                _ => inbound,
+                None => Unprompted::Shared {
+                    child: child_label.clone(),
+                    target: from.clone(),
+                    inbound,
+                },
             };
-            if let Some(s) = unrouted_stats.upgrade() {
-                s.unrouted.fetch_add(1, Ordering::Relaxed);
+            // Nobody receiving any more (the gateway is going away): counted and refused here.
+            if let Err(left) = to_sessions.try_send(message)
+                && let Some(s) = unrouted_stats.upgrade()
+            {
+                let (Unprompted::Session { inbound, .. } | Unprompted::Shared { inbound, .. }) =
+                    left;
+                drop_unrouted(&s, inbound);
             }
-            debug!("message from a STDIO server dropped: no call or session to route it to");
-            upcall::unroutable(inbound);
         });
         let spec = ChildSpec {
             command: command.to_string(),
@@ -557,6 +547,13 @@ impl StdioPool {
             }
         }
     }
+}
+
+/// A child's message nobody can take: counted, then refused (a request) or dropped.
+fn drop_unrouted(stats: &StdioStats, inbound: Inbound) {
+    stats.unrouted.fetch_add(1, Ordering::Relaxed);
+    debug!("message from a STDIO server dropped: no call or session to route it to");
+    upcall::unroutable(inbound);
 }
 
 fn release_in(counts: &Mutex<Counts>, target: &Arc<str>) {
