@@ -95,7 +95,7 @@ impl Gateway {
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             trace_id: ctx.trace_id.clone(),
         });
-        (reply, None, "ok")
+        Reply::new(reply, None, "ok")
     }
 
     /// `{"action": "disconnect", "target": "ns/name"}`: the text, whether it is an error, and
