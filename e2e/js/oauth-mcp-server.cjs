@@ -7,6 +7,7 @@
 // RFC 9728 metadata is served at /.well-known/oauth-protected-resource/mcp. Stateless
 // Streamable HTTP (a transport per request), so every request is verified on its own.
 //
+// POST /test/reject-next makes the next token check fail once (a refresh-on-401 test).
 // Tools: `whoami` -> "sub=<subject> client=<client_id>" of the caller's token;
 //        `auth_stats` -> {"unauthorized": n, "verified": n} counted since start.
 // Tokens are never printed.
@@ -41,8 +42,15 @@ async function main() {
   const stats = { unauthorized: 0, verified: 0 };
   const basic = Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString('base64');
 
+  // POST /test/reject-next: the next token check fails as if the token had been revoked
+  // (exercises a gateway's refresh-on-401; loopback test server only).
+  let rejectNext = 0;
   const verifier = {
     async verifyAccessToken(token) {
+      if (rejectNext > 0) {
+        rejectNext -= 1;
+        throw new InvalidTokenError('rejected once by the test');
+      }
       const resp = await fetch(`${issuer}/token/introspection`, {
         method: 'POST',
         headers: { authorization: `Basic ${basic}`, 'content-type': 'application/x-www-form-urlencoded' },
@@ -86,6 +94,7 @@ async function main() {
     await server.connect(transport);
     await transport.handleRequest(req, res, req.body);
   });
+  app.post('/test/reject-next', (_req, res) => { rejectNext += 1; res.json({ rejectNext }); });
   const notAllowed = (_req, res) => res.status(405).set('allow', 'POST').end();
   app.get('/mcp', counted, notAllowed);
   app.delete('/mcp', counted, notAllowed);

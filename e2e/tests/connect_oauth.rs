@@ -5,6 +5,7 @@
 //! consents at the AS. Shown: the call reaches the upstream as alice; bob gets his own link and
 //! his own grant; bob's browser login on alice's link is refused; a replayed link or callback is
 //! refused; alice's token is refreshed before expiry with no failed call (no upstream 401); the
+//! an upstream 401 is answered by an immediate refresh and one retry; the
 //! `reflow_connections` tool disconnects, which revokes at the AS (the upstream then refuses
 //! the old token); no token is in the gateway's logs or the audit file.
 
@@ -403,6 +404,40 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
         "refresh: {calls} calls over {:?}, {refreshes} refreshes, 0 upstream 401s",
         started.elapsed()
     );
+
+    // An upstream 401 (the token refused although not expired): refreshed at once, the call
+    // retried once and answered; the client never sees the 401.
+    let refreshes_of = |events: &[reflow_e2e::harness::oidc::OidcEvent]| {
+        events
+            .iter()
+            .filter(|e| {
+                e.grant_type.as_deref() == Some("refresh_token")
+                    && e.account.as_deref() == Some("alice")
+            })
+            .count()
+    };
+    let before = stats(&alice);
+    let refreshed_before = refreshes_of(&rt.block_on(w.op.events()).expect("events"));
+    rt.block_on(w.upstream.reject_next()).expect("reject next");
+    let (err, who) = rt.block_on(alice.text("up_whoami", json!({})));
+    assert!(
+        !err && who.starts_with("sub=alice"),
+        "a 401 reached the client: {who}\n{}",
+        w.gw.output()
+    );
+    let after = stats(&alice);
+    assert_eq!(
+        after["unauthorized"].as_u64(),
+        before["unauthorized"].as_u64().map(|n| n + 1),
+        "exactly the one rejected check: {before} -> {after}"
+    );
+    let refreshed_after = refreshes_of(&rt.block_on(w.op.events()).expect("events"));
+    assert!(refreshed_after > refreshed_before, "no refresh on the 401");
+    for t in w.tokens_of("alice") {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
 
     // Disconnect through the built-in tool: revoked at the AS; the upstream refuses the old token.
     let old = w.tokens_of("alice");

@@ -77,6 +77,23 @@ impl OAuthUpstream {
         format!("http://127.0.0.1:{}/mcp", self.port)
     }
 
+    /// The next token check fails once with 401, as if the token had been revoked.
+    pub async fn reject_next(&self) -> Result<()> {
+        let resp = super::http_client()?
+            .post(format!("http://127.0.0.1:{}/test/reject-next", self.port))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Other(format!("oauth-upstream reject-next: {e}")))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Other(format!(
+                "oauth-upstream reject-next: {}",
+                resp.status()
+            )))
+        }
+    }
+
     pub fn output(&self) -> String {
         self.child.output()
     }
