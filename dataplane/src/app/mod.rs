@@ -17,7 +17,7 @@ use crate::audit::AuditSink;
 use crate::authn::Authenticate;
 use crate::console::{self, Console};
 use crate::http::{self, PeerAddr};
-use crate::mcp::{self, Gateway, GatewayConfig, GatewayError};
+use crate::mcp::{Gateway, GatewayConfig, GatewayError, Parts};
 use crate::metrics::Metrics;
 use crate::postgres::NotificationBus;
 use crate::session::SessionStore;
@@ -31,32 +31,26 @@ pub use error::AppError;
 pub use serve::{ServeOptions, serve, shutdown_signal};
 pub use stores::{Stores, stores};
 
-/// Everything a gateway is built from. Optional parts are chosen here, before the build: a
-/// built `App` is never patched afterwards.
+/// Everything a gateway is built from: the router's parts (`mcp::Parts`, reached through this
+/// type as its own fields: `config.bus = …`) and the console's wiring. Optional parts are
+/// chosen here, before the build: a built `App` is never patched afterwards.
 pub struct AppConfig {
-    pub gateway: GatewayConfig,
-    pub snapshots: Arc<SnapshotStore>,
-    pub sessions: Arc<dyn SessionStore>,
-    pub auth: Arc<dyn Authenticate>,
-    pub audit: Arc<dyn AuditSink>,
-    pub metrics: Arc<Metrics>,
-    pub key: SealingKey,
-    /// The notification bus to other replicas (sessions shared in Postgres); none for one replica.
-    pub bus: Option<Arc<dyn NotificationBus>>,
-    /// The controller's instance API (controller mode): `kubernetes` Targets are served through
-    /// it; without it they answer an error at once.
-    pub instances: Option<ControllerApi>,
-    /// What the gateway observes of each upstream (reported to the controller, read by pins).
-    pub observed: Arc<crate::observed::Observations>,
-    /// The controller link (controller mode): its state is in `/metrics` and, opt-in, `/readyz`.
-    pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    pub parts: Parts,
     /// The web console's extra parts (used only when `gateway.console.enabled`).
     pub console: ConsoleWiring,
-    /// Where users' connections (`spec.userCredential`) are kept in standalone mode.
-    pub connections: Option<crate::connect::ConnectionStore>,
-    /// The replica registry (database and replica token): requests for sessions another replica
-    /// owns are handed to it; none keeps every request on this replica.
-    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
+}
+
+impl std::ops::Deref for AppConfig {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
+impl std::ops::DerefMut for AppConfig {
+    fn deref_mut(&mut self) -> &mut Parts {
+        &mut self.parts
+    }
 }
 
 /// What the web console reads besides the gateway's own parts.
@@ -90,20 +84,22 @@ impl AppConfig {
         key: SealingKey,
     ) -> Self {
         Self {
-            gateway,
-            snapshots,
-            sessions,
-            auth,
-            audit,
-            metrics: Arc::new(Metrics::new()),
-            key,
-            bus: None,
-            instances: None,
-            observed: Arc::default(),
-            controller_link: None,
+            parts: Parts {
+                gateway,
+                snapshots,
+                sessions,
+                auth,
+                audit,
+                metrics: Arc::new(Metrics::new()),
+                key,
+                bus: None,
+                instances: None,
+                observed: Arc::default(),
+                controller_link: None,
+                connections: None,
+                replicas: None,
+            },
             console: ConsoleWiring::default(),
-            connections: None,
-            replicas: None,
         }
     }
 
@@ -136,36 +132,24 @@ impl App {
     /// Builds the gateway with every part in place (must run inside a tokio runtime: the
     /// snapshot follower, the stream sweeper and the bus tasks are spawned here).
     pub fn build(config: AppConfig) -> Result<Self, GatewayError> {
-        let console_config = config.gateway.console.clone();
+        let AppConfig {
+            parts: mut gateway_parts,
+            console: mut wiring,
+        } = config;
+        let console_config = gateway_parts.gateway.console.clone();
         // With the console on, every audit event also passes its tap (ring + live stream).
         let tap = console_config.enabled.then(|| {
             console::AuditTap::new(
-                config.audit.clone(),
+                gateway_parts.audit.clone(),
                 console_config.ring_capacity.unwrap_or(10_000),
             )
         });
-        let audit: Arc<dyn AuditSink> = match &tap {
-            Some(tap) => tap.clone(),
-            None => config.audit,
-        };
-        let stored_connections = config.connections.clone();
-        let guard = http::Guard::new(&config.gateway.http);
-        let gateway = Gateway::new(mcp::Parts {
-            config: config.gateway,
-            snapshots: config.snapshots,
-            sessions: config.sessions,
-            auth: config.auth,
-            audit,
-            metrics: config.metrics,
-            key: config.key,
-            bus: config.bus,
-            instances: config.instances,
-            observed: config.observed,
-            controller_link: config.controller_link,
-            connections: config.connections,
-            replicas: config.replicas,
-        })?;
-        let mut wiring = config.console;
+        if let Some(tap) = &tap {
+            gateway_parts.audit = tap.clone();
+        }
+        let stored_connections = gateway_parts.connections.clone();
+        let guard = http::Guard::new(&gateway_parts.gateway.http);
+        let gateway = Gateway::new(gateway_parts)?;
         if let Some(store) = stored_connections {
             // The console lists what the connect pages stored.
             wiring.connections = Arc::new(connections::StoredConnections(store));

@@ -134,21 +134,30 @@ impl GatewayError {
     }
 }
 
-/// What the gateway is built from (by `App::build`, the one wiring entry).
-pub(crate) struct Parts {
-    pub config: GatewayConfig,
+/// What the gateway is built from: the settings and every store and link it uses. Optional
+/// parts are chosen before the build (`app::AppConfig` is these parts and the console's
+/// wiring); a built gateway is never patched afterwards.
+pub struct Parts {
+    pub gateway: GatewayConfig,
     pub snapshots: Arc<SnapshotStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub auth: Arc<dyn Authenticate>,
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
     pub key: SealingKey,
+    /// The notification bus to other replicas (sessions shared in Postgres); none for one replica.
     pub bus: Option<Arc<dyn crate::postgres::NotificationBus>>,
+    /// The controller's instance API (controller mode): `kubernetes` Targets are served through
+    /// it; without it they answer an error at once.
     pub instances: Option<ControllerApi>,
+    /// What the gateway observes of each upstream (reported to the controller, read by pins).
     pub observed: Arc<crate::observed::Observations>,
+    /// The controller link (controller mode): its state is in `/metrics` and, opt-in, `/readyz`.
     pub controller_link: Option<Arc<crate::controller_client::ControllerLink>>,
+    /// Where users' connections (`spec.userCredential`) are kept in standalone mode.
     pub connections: Option<crate::connect::ConnectionStore>,
-    /// The replica registry: requests for what another replica owns are handed to it.
+    /// The replica registry (database and replica token): requests for sessions another replica
+    /// owns are handed to it; none keeps every request on this replica.
     pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
@@ -208,23 +217,25 @@ impl Gateway {
     pub(crate) fn new(p: Parts) -> Result<Arc<Self>, GatewayError> {
         let (to_sessions, unprompted) = ToSessions::channel();
         let upstream = UpstreamClient::with_stdio(
-            Duration::from_millis(p.config.connect_timeout_ms),
-            p.config.stdio.clone(),
+            Duration::from_millis(p.gateway.connect_timeout_ms),
+            p.gateway.stdio.clone(),
             to_sessions,
         )?;
-        let limits = crate::limits::Limits::new(p.config.limits.clone());
-        let signer =
-            IdentitySigner::from_config(&p.config.identity_tokens, p.config.public_url.as_deref())?;
-        let answer_timeout = Duration::from_millis(p.config.client_answer_timeout_ms);
-        let idle = Duration::from_secs(p.config.session_idle_seconds.max(1));
-        let instances = Instances::new(p.config.instances.clone());
+        let limits = crate::limits::Limits::new(p.gateway.limits.clone());
+        let signer = IdentitySigner::from_config(
+            &p.gateway.identity_tokens,
+            p.gateway.public_url.as_deref(),
+        )?;
+        let answer_timeout = Duration::from_millis(p.gateway.client_answer_timeout_ms);
+        let idle = Duration::from_secs(p.gateway.session_idle_seconds.max(1));
+        let instances = Instances::new(p.gateway.instances.clone());
         if let Some(api) = p.instances {
             instances.use_controller(api);
         }
         let bus = p.bus;
         let handoff = match p.replicas {
             Some(r) => Some(
-                handoff::Handoff::new(r, &p.config.replicas)
+                handoff::Handoff::new(r, &p.gateway.replicas)
                     .map_err(|e| GatewayError::Upstream(UpstreamError::Client(e.to_string())))?,
             ),
             None => None,
@@ -243,7 +254,7 @@ impl Gateway {
                 }
             }));
             Self {
-                config: p.config,
+                config: p.gateway,
                 snapshots: p.snapshots,
                 sessions: p.sessions,
                 auth: p.auth,
