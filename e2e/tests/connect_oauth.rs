@@ -439,6 +439,19 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
         }
     }
 
+    // The /connect page points at where the list is (no console here: the tool).
+    let index = rt
+        .block_on(async {
+            let r = http_client()
+                .expect("c")
+                .get(format!("{}/connect", w.base))
+                .send()
+                .await?;
+            r.text().await
+        })
+        .expect("index");
+    assert!(index.contains("reflow_connections"), "{index}");
+
     // Disconnect through the built-in tool: revoked at the AS; the upstream refuses the old token.
     let old = w.tokens_of("alice");
     seen.extend(w.tokens_of("bob"));

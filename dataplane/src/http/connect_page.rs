@@ -68,3 +68,29 @@ pub(super) fn audit(gw: &Gateway, grant: Option<&LinkGrant>, outcome: &str) {
         trace_id: String::new(),
     });
 }
+
+/// `GET /connect`: where a user finds their connections. The browser carries no bearer token,
+/// so the list lives where the user is signed in: the console (`/console/me`, with a
+/// disconnect button) when it is on, else the `reflow_connections` tool in their MCP client.
+pub(super) async fn index(
+    axum::extract::State(gw): axum::extract::State<std::sync::Arc<Gateway>>,
+) -> Response {
+    if gw.config.console.enabled {
+        let mut resp = page(
+            StatusCode::SEE_OTHER,
+            "Your connections",
+            "<p><a href=\"/console/me\">Your connections are in the console.</a></p>",
+        );
+        resp.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/console/me"));
+        return resp;
+    }
+    page(
+        StatusCode::OK,
+        "Your connections",
+        "<p>Ask your MCP client to call the <code>reflow_connections</code> tool: without \
+         arguments it lists the accounts you connected (never their tokens); with \
+         <code>{\"action\": \"disconnect\", \"target\": \"namespace/name\"}</code> it forgets \
+         one and revokes it upstream where the service supports that.</p>",
+    )
+}
