@@ -7,6 +7,7 @@ pub mod crdgen;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod glob;
+pub mod grant;
 pub mod identity;
 pub mod instance_wire;
 pub mod loader;

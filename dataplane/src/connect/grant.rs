@@ -260,3 +260,82 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// The grant as the controller takes it (`reflow_crds::grant::Grant`, `POST /v1/connections`):
+/// what the connect flow obtained, in the wire type shared with the controller's refresher. A
+/// pre-registered client's secret stays in the Target's `clientSecretRef`; only a client
+/// registered on the fly (RFC 7591) carries its secret along.
+pub fn wire_grant(
+    (ns, target, user): (&str, &str, &str),
+    origin: &GrantOrigin,
+    token: &TokenResponse,
+    registered: bool,
+) -> reflow_crds::grant::Grant {
+    use reflow_crds::grant::{Grant, GrantClient, GrantKey, OAuth2Grant, Redacted};
+    let secret = match &origin.client {
+        ClientAuth::Basic { secret, .. } | ClientAuth::Post { secret, .. } if registered => {
+            Some(Redacted::from(secret.clone()))
+        }
+        _ => None,
+    };
+    Grant {
+        key: GrantKey {
+            namespace: ns.to_owned(),
+            target: target.to_owned(),
+            user: user.to_owned(),
+        },
+        value: Redacted::from(token.access_token.clone()),
+        oauth2: Some(OAuth2Grant {
+            refresh_token: token.refresh_token.clone().map(Redacted::from),
+            expires_at_ms: token
+                .expires_in
+                .map(|s| now_ms().saturating_add(s.saturating_mul(1000))),
+            token_endpoint: origin.token_endpoint.clone(),
+            issuer: Some(origin.issuer.clone()),
+            client: GrantClient {
+                client_id: origin.client.client_id().to_owned(),
+                registered_secret: secret,
+            },
+            scopes: origin.scopes.clone(),
+            resource: Some(origin.resource.clone()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    #[test]
+    fn the_flow_produces_a_valid_wire_grant_that_prints_no_token() {
+        let origin = GrantOrigin {
+            issuer: "https://as.example".into(),
+            token_endpoint: "https://as.example/token".into(),
+            revocation_endpoint: None,
+            client: ClientAuth::Basic {
+                client_id: "dyn-1".into(),
+                secret: SecretString::from("dyn-secret"),
+            },
+            resource: "https://up.example/mcp".into(),
+            scopes: vec!["read".into()],
+        };
+        let token: TokenResponse = serde_json::from_str(
+            r#"{"access_token":"at-w","expires_in":60,"refresh_token":"rt-w"}"#,
+        )
+        .unwrap();
+        let g = wire_grant(("team", "linear", "alice"), &origin, &token, true);
+        g.validate().expect("valid");
+        let shown = format!("{g:?}");
+        assert!(
+            !shown.contains("at-w") && !shown.contains("rt-w") && !shown.contains("dyn-secret")
+        );
+        let o = g.oauth2.as_ref().unwrap();
+        assert_eq!(o.refresh_token.as_ref().unwrap().expose(), "rt-w");
+        assert_eq!(
+            o.client.registered_secret.as_ref().unwrap().expose(),
+            "dyn-secret"
+        );
+        let pre = wire_grant(("team", "linear", "alice"), &origin, &token, false);
+        assert!(pre.oauth2.unwrap().client.registered_secret.is_none());
+    }
+}

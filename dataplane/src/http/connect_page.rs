@@ -33,7 +33,7 @@ pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -67,4 +67,30 @@ pub(super) fn audit(gw: &Gateway, grant: Option<&LinkGrant>, outcome: &str) {
         duration_ms: 0.0,
         trace_id: String::new(),
     });
+}
+
+/// `GET /connect`: where a user finds their connections. The browser carries no bearer token,
+/// so the list lives where the user is signed in: the console (`/console/me`, with a
+/// disconnect button) when it is on, else the `reflow_connections` tool in their MCP client.
+pub(super) async fn index(
+    axum::extract::State(gw): axum::extract::State<std::sync::Arc<Gateway>>,
+) -> Response {
+    if gw.config.console.enabled {
+        let mut resp = page(
+            StatusCode::SEE_OTHER,
+            "Your connections",
+            "<p><a href=\"/console/me\">Your connections are in the console.</a></p>",
+        );
+        resp.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/console/me"));
+        return resp;
+    }
+    page(
+        StatusCode::OK,
+        "Your connections",
+        "<p>Ask your MCP client to call the <code>reflow_connections</code> tool: without \
+         arguments it lists the accounts you connected (never their tokens); with \
+         <code>{\"action\": \"disconnect\", \"target\": \"namespace/name\"}</code> it forgets \
+         one and revokes it upstream where the service supports that.</p>",
+    )
 }

@@ -98,6 +98,7 @@ pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
+        .route(crate::mcp::CONNECT_PATH, get(connect_page::index))
         .route(
             &format!("{}/callback", crate::mcp::CONNECT_PATH),
             get(connect_oauth::callback),

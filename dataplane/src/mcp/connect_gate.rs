@@ -143,19 +143,28 @@ impl Gateway {
         let before = target.credentials.resolve(identity).fingerprint;
         let mut applied = self.snapshots.subscribe();
         let since = u64::try_from(since_ms).unwrap_or(u64::MAX);
-        grants
+        let done = grants
             .refresh(&target.namespace, &target.name, &identity.user, Some(since))
             .await
             .ok()?;
+        if done == crate::connect::Refreshed::NotFound {
+            return None;
+        }
         // The folder watch recompiles the store: wait (bounded) for a snapshot whose credentials
         // for this caller differ from the refused ones.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let snapshot = self.snapshots.load();
-            if let Some(t) = snapshot.target(&target.namespace, &target.name)
-                && t.credentials.resolve(identity).fingerprint != before
-            {
-                return Some(t.clone());
+            if let Some(t) = snapshot.target(&target.namespace, &target.name) {
+                let now = t.credentials.resolve(identity);
+                if now.fingerprint != before {
+                    // Retry only with the caller's own (new) value in the slot.
+                    return now
+                        .entries
+                        .iter()
+                        .any(|e| u.is_slot(&e.entry))
+                        .then(|| t.clone());
+                }
             }
             if !matches!(
                 tokio::time::timeout_at(deadline, applied.changed()).await,

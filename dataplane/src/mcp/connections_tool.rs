@@ -70,57 +70,8 @@ impl Gateway {
             ),
             "disconnect" => {
                 let wanted = args.get("target").and_then(Value::as_str).unwrap_or("");
-                let target = targets.iter().find(|t| {
-                    t.user_credential.is_some() && format!("{}/{}", t.namespace, t.name) == wanted
-                });
-                match (target, self.grants()) {
-                    (Some(t), Some(grants)) => {
-                        match grants.disconnect(&t.namespace, &t.name, &user).await {
-                            Ok(d) if d.existed => (
-                                text_result(
-                                    &req.id,
-                                    format!(
-                                        "Disconnected {wanted}{}.",
-                                        match d.revoked {
-                                            Some(true) => " and revoked the grant upstream",
-                                            Some(false) =>
-                                                " (the upstream did not confirm the revocation)",
-                                            None => "",
-                                        }
-                                    ),
-                                    false,
-                                ),
-                                "disconnected",
-                            ),
-                            Ok(_) => (
-                                text_result(
-                                    &req.id,
-                                    format!("You have no connection to {wanted}."),
-                                    false,
-                                ),
-                                "not_connected",
-                            ),
-                            Err(e) => (
-                                text_result(
-                                    &req.id,
-                                    format!("Disconnecting {wanted} failed: {e}"),
-                                    true,
-                                ),
-                                e.label(),
-                            ),
-                        }
-                    }
-                    _ => (
-                        text_result(
-                            &req.id,
-                            format!(
-                                "No Target {wanted:?} with a userCredential is open to you; use action list."
-                            ),
-                            true,
-                        ),
-                        "unknown",
-                    ),
-                }
+                let (text, is_error, outcome) = self.disconnect_tool(&user, wanted, targets).await;
+                (text_result(&req.id, text, is_error), outcome)
             }
             other => (
                 jsonrpc::invalid_params(
@@ -145,6 +96,59 @@ impl Gateway {
             trace_id: ctx.trace_id.clone(),
         });
         Reply::new(reply, None, "ok")
+    }
+
+    /// `{"action": "disconnect", "target": "ns/name"}`: the text, whether it is an error, and
+    /// the audit outcome.
+    async fn disconnect_tool(
+        &self,
+        user: &str,
+        wanted: &str,
+        targets: &[Arc<CompiledTarget>],
+    ) -> (String, bool, &'static str) {
+        let target = targets.iter().find(|t| {
+            t.user_credential.is_some() && format!("{}/{}", t.namespace, t.name) == wanted
+        });
+        let (Some(t), Some(grants)) = (target, self.grants()) else {
+            return (
+                format!(
+                    "No Target {wanted:?} with a userCredential is open to you; use action list."
+                ),
+                true,
+                "unknown",
+            );
+        };
+        let mut applied = self.snapshots.subscribe();
+        let done = grants.disconnect(&t.namespace, &t.name, user).await;
+        if done.as_ref().is_ok_and(|d| d.existed) {
+            // Answer once the recompiled snapshot no longer carries the value.
+            let wait = std::time::Duration::from_secs(5);
+            let _ = tokio::time::timeout(wait, applied.changed()).await;
+        }
+        match done {
+            Ok(d) if d.existed => {
+                let how = match d.revoked {
+                    Some(true) => " and revoked the grant upstream",
+                    Some(false) => " (the upstream did not confirm the revocation)",
+                    None => "",
+                };
+                (
+                    format!("Disconnected {wanted}{how}."),
+                    false,
+                    "disconnected",
+                )
+            }
+            Ok(_) => (
+                format!("You have no connection to {wanted}."),
+                false,
+                "not_connected",
+            ),
+            Err(e) => (
+                format!("Disconnecting {wanted} failed: {e}"),
+                true,
+                e.label(),
+            ),
+        }
     }
 
     /// One line per Target with a userCredential the caller reaches: connected or not, when,
