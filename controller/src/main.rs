@@ -117,7 +117,7 @@ struct TokenArgs {
     #[arg(long, env = "REFLOW_TOKEN_AUDIENCE", default_value = "reflow")]
     audience: String,
     #[command(flatten)]
-    mint: reflow_crds::token::cli::MintArgs,
+    mint: reflow_host::cli::MintArgs,
 }
 
 /// Prints the token on stdout and its id (what a TokenRevocation names) on stderr.

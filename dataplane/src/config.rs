@@ -501,7 +501,7 @@ fn audit_config(
     })
 }
 
-pub use reflow_crds::token::cli::parse_duration;
+pub use reflow_host::cli::parse_duration;
 
 /// Everything of the gateway's own a STDIO child must never read: the config file's folder,
 /// the key and secret files it names. Sandbox rules that would expose one are refused.

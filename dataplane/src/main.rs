@@ -13,6 +13,13 @@ use reflow_dataplane::app;
 use reflow_dataplane::config::parse_duration;
 use reflow_telemetry::LogFormat;
 
+/// mimalloc (the default `mimalloc` feature): ~14 % fewer instructions per `tools/call` than
+/// glibc's malloc in the gateway bench's profile, for the same number of allocations, and the
+/// soak's memory per idle session stays within its budget (README, issue #24).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -155,7 +162,7 @@ struct TokenArgs {
     #[arg(long, env = "REFLOW_CONFIG")]
     config: PathBuf,
     #[command(flatten)]
-    mint: reflow_crds::token::cli::MintArgs,
+    mint: reflow_host::cli::MintArgs,
 }
 
 /// `reflow-dataplane [--log-format F] --config …` means `serve`: the word is inserted before

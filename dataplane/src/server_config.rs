@@ -31,10 +31,13 @@ pub struct HttpConfig {
     /// Timers on every wait for a peer (`listener::Timeouts`).
     pub timeouts: Timeouts,
     /// Serve thread-per-core (`percore`): one single-threaded runtime, `SO_REUSEPORT` listener
-    /// and upstream pool per CPU, instead of one multi-thread runtime.
+    /// and upstream pool per CPU, instead of one multi-thread runtime. On by default (issue
+    /// #24: the faster serving, with the e2e suite and conformance passing); `false` serves on
+    /// one multi-thread runtime.
     pub thread_per_core: bool,
     /// With `threadPerCore`: plain-HTTP upstream POSTs on hyper's HTTP/1 client directly, one
-    /// set of connections per serving thread (`upstream::h1`), instead of reqwest's pool.
+    /// set of connections per serving thread (`upstream::h1`), instead of reqwest's pool. On by
+    /// default.
     pub direct_upstream: bool,
 }
 
@@ -48,8 +51,8 @@ impl Default for HttpConfig {
             max_concurrent_requests: 4096,
             max_connections: 10_000,
             timeouts: Timeouts::default(),
-            thread_per_core: false,
-            direct_upstream: false,
+            thread_per_core: true,
+            direct_upstream: true,
         }
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use reflow_crds::{SealingKey, Snapshot};
-use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, error, info, info_span, warn};
+use tokio::sync::watch;
+use tracing::{error, info, info_span, warn};
 
 /// How long the folder must stay quiet before it is recompiled (editors write in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -109,16 +109,7 @@ pub fn compile_dir(dir: &Path, key: &SealingKey) -> Result<Snapshot, SourceError
 }
 
 /// A running folder watch; dropping it stops watching.
-pub struct ManifestsWatch {
-    _watcher: notify::RecommendedWatcher,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ManifestsWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type ManifestsWatch = reflow_host::FolderWatch;
 
 /// Compiles `dir` into `store` (failing if it does not load), then keeps recompiling on change.
 /// A failed recompilation is logged and the last good snapshot stays active.
@@ -131,50 +122,22 @@ pub fn watch_manifests(
     let version = store.publish(first);
     info!(dir = %dir.display(), version, "manifests loaded");
 
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| !e.kind.is_access()) {
-            // A full channel already means "recompile soon".
-            let _ = tx.try_send(());
+    let span = info_span!("manifests_watch", dir = %dir.display());
+    let watched = dir.clone();
+    reflow_host::watch_folder(&watched, DEBOUNCE, span, move || {
+        match compile_dir(&dir, &key) {
+            Ok(snapshot) if snapshot.hash() == store.load().hash() => {}
+            Ok(snapshot) => {
+                let version = store.publish(snapshot);
+                info!(version, "manifests reloaded");
+            }
+            Err(e) => {
+                error!(error = %e, label = e.label(), "manifests do not load; keeping the last good snapshot")
+            }
         }
     })
     .map_err(|e| SourceError::Watch {
-        path: dir.clone(),
-        message: e.to_string(),
-    })?;
-    notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::Recursive).map_err(|e| {
-        SourceError::Watch {
-            path: dir.clone(),
-            message: e.to_string(),
-        }
-    })?;
-
-    let span = info_span!("manifests_watch", dir = %dir.display());
-    let task = tokio::spawn(
-        async move {
-            while rx.recv().await.is_some() {
-                // Debounce: wait until the folder has been quiet for DEBOUNCE.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                let (d, k) = (dir.clone(), key.clone());
-                match tokio::task::spawn_blocking(move || compile_dir(&d, &k)).await {
-                    Ok(Ok(snapshot)) => {
-                        if snapshot.hash() == store.load().hash() {
-                            continue;
-                        }
-                        let version = store.publish(snapshot);
-                        info!(version, "manifests reloaded");
-                    }
-                    Ok(Err(e)) => {
-                        error!(error = %e, label = e.label(), "manifests do not load; keeping the last good snapshot")
-                    }
-                    Err(e) => error!(error = %e, "manifest compilation panicked"),
-                }
-            }
-        }
-        .instrument(span),
-    );
-    Ok(ManifestsWatch {
-        _watcher: watcher,
-        task,
+        path: e.path,
+        message: e.message,
     })
 }

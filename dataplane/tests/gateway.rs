@@ -788,3 +788,40 @@ async fn keys_that_cannot_be_fetched_answer_503_not_401_on_every_endpoint() {
         .unwrap();
     assert_eq!(post.status(), 503, "POST /messages");
 }
+
+/// A plain JSON result passes through as the upstream wrote it (member order, number text),
+/// under the client's id, on both endpoints: no tree is built for it (issue #24).
+#[tokio::test]
+async fn a_plain_json_result_reaches_the_client_as_the_upstream_wrote_it() {
+    let up = Upstream {
+        tools: vec!["verbatim"],
+        page: 10,
+        ..Default::default()
+    };
+    let url = start_upstream(up).await;
+    let dir = temp_dir();
+    std::fs::write(dir.join("t.yaml"), target_yaml("v", &url, 5000)).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        policy_yaml("all-v", "v", "Allow", &["*"], 0),
+    )
+    .unwrap();
+    let h = start_gateway(dir, GatewayConfig::default()).await;
+    let written = r#""result":{"z":[1.50,2],"content":[{"type":"text","text":"verbatim"}],"a":{}}"#;
+    for (path, name) in [("/mcp/t/v", "verbatim"), ("/mcp", "v_verbatim")] {
+        let sid = h.open(path, "alice").await;
+        let r = h
+            .rpc(
+                path,
+                "alice",
+                Some(&sid),
+                "tools/call",
+                json!({"name": name}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        assert_eq!(r.body["id"], 42, "{path}: the client's id");
+        assert_eq!(r.body["jsonrpc"], "2.0");
+        assert!(r.text.contains(written), "{path}: {}", r.text);
+    }
+}

@@ -77,7 +77,7 @@ const ECHO_TEXT: &str = "bench";
 const GATEWAY_PROFILES: [(&str, &str); 3] = [
     (
         "gateway",
-        "the default: multi-thread runtime, served like the binary (listener::serve)",
+        "threadPerCore off: one multi-thread runtime, served by listener::serve",
     ),
     (
         "gw-percore",
@@ -85,7 +85,7 @@ const GATEWAY_PROFILES: [(&str, &str); 3] = [
     ),
     (
         "gw-percore-h1",
-        "thread-per-core, upstream POSTs on hyper's HTTP/1 client directly (per-thread connections)",
+        "the binary's default: thread-per-core, upstream POSTs on hyper's HTTP/1 client directly",
     ),
 ];
 

@@ -149,14 +149,23 @@ fn run(plan: &Plan) -> BenchResult<()> {
     })?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let binary = std::env::var("REFLOW_DATAPLANE_BIN").unwrap_or_else(|_| "debug build".into());
-    println!("cross-replica hand-off, tools/call at concurrency 1 ({binary})");
+    // The client's own build shows in both paths alike; say which it was.
+    let client = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "optimized"
+    };
+    println!(
+        "cross-replica hand-off, tools/call at concurrency 1 (dataplane {binary}; {client} \
+         bench client)"
+    );
     println!(
         "  {:<34} {:>9} {:>9} {:>9} {:>7}",
         "path", "p50 µs", "p90 µs", "p99 µs", "n"
     );
     for (name, p) in [
-        ("session's own replica", &local),
-        ("another replica (one hop)", &hop),
+        ("direct to the session's owner", &local),
+        ("via another replica (one hop)", &hop),
     ] {
         println!(
             "  {name:<34} {:>9.1} {:>9.1} {:>9.1} {:>7}",

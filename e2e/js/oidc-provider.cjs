@@ -14,6 +14,8 @@
 // run, known only to the harness):
 //   POST /test/mint    {sub, aud, ttl?, scope?} -> {access_token}: a JWT exactly like the ones
 //                      the token endpoint issues, for tests that need a caller without a browser.
+//   POST /test/opaque  {resource}: access tokens for that resource are opaque from now on
+//                      (RFC 7662 introspection sees a revoked grant at once; JWTs it cannot).
 //   GET  /test/events  every token-endpoint success (grant_type, client, account) and every
 //                      revoked grant, in order; tokens themselves are never recorded.
 //
@@ -124,6 +126,9 @@ async function main() {
   const resourceScope = cfg.resource_scope || 'mcp';
   const testSecret = cfg.test_secret;
   const events = [];
+  // Resources whose access tokens are opaque (introspectable, so revocation shows at once);
+  // added at run time through POST /test/opaque.
+  const opaqueResources = new Set();
 
   const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   const kid = crypto.randomBytes(8).toString('hex');
@@ -182,8 +187,9 @@ async function main() {
             scope: resourceScope,
             audience: resource,
             accessTokenTTL: ttl.access,
-            accessTokenFormat: 'jwt',
-            jwt: { sign: { alg: 'RS256' } },
+            ...(opaqueResources.has(resource)
+              ? { accessTokenFormat: 'opaque' }
+              : { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } }),
           };
         },
       },
@@ -258,6 +264,13 @@ async function main() {
         email: claims.email, groups: claims.groups,
       });
       sendJson(res, 200, { access_token: token, expires_in: body.ttl || ttl.access });
+      return;
+    }
+    if (req.method === 'POST' && req.url === '/test/opaque') {
+      const body = JSON.parse((await readBody(req)) || '{}');
+      if (typeof body.resource !== 'string') { sendJson(res, 400, { error: 'resource is required' }); return; }
+      opaqueResources.add(body.resource);
+      sendJson(res, 200, { opaque: [...opaqueResources] });
       return;
     }
     sendJson(res, 404, { error: 'not found' });

@@ -257,9 +257,14 @@ fn owned_keys(c: &Cluster) -> BTreeSet<String> {
 
 /// A Python SDK session runs (a call, a pause, more calls with sampling and the stateful
 /// child); during its pause the replica that owns it is killed. A raw session on the same
-/// replica holds a stateful STDIO child (log level `debug`) and a GET stream. Both go on
-/// through the other two: the SDK's calls answer, the child is restarted on the new owner with
-/// the session's log level and subscription, and the GET stream resumes there with nothing lost.
+/// replica holds a stateful STDIO child (log level `debug`, a subscription), a subscription on
+/// the shared STDIO child, and a GET stream that it leaves while more events are said: those
+/// are buffered and undelivered when the owner dies. A legacy `/sse` client is connected to the
+/// same replica. The sessions go on through the other two: the SDK's calls answer, the child is
+/// restarted on the new owner with the session's log level and subscription, the shared child
+/// there takes the session's subscription, and the GET stream resumes with the dead owner's
+/// `Last-Event-ID` on the new owner with nothing lost or repeated; the legacy stream ends and
+/// its session answers 404 at once, so its client reconnects.
 fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
     let rt = runtime();
     let http = http();
@@ -299,7 +304,7 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
         }
         panic!("no session landed on r{victim}");
     });
-    let (before, mut stream, last) = rt.block_on(async {
+    let (before, last) = rt.block_on(async {
         let set_level = json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
                                "params": {"level": "debug"}});
         let r = post(
@@ -312,12 +317,9 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
         )
         .await;
         assert_eq!(r.status(), 200);
-        let uri = st_resource(&http, &url, &token, &sid).await;
-        let sub = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
-                         "params": {"uri": uri}});
-        let r = post(&http, &url, &token, Some(&sid), "application/json", sub).await;
-        let reply: Value = r.json().await.expect("json");
-        assert!(reply["result"].is_object(), "subscribed: {reply}");
+        for target in ["st", "sh"] {
+            subscribe(&http, &url, &token, &sid, target).await;
+        }
         let child = stdio_child(&http, &url, &token, &sid)
             .await
             .expect("a child");
@@ -328,14 +330,21 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
         let got = read_labels(&mut stream, LOGGED.len()).await;
         tally.events(LOGGED.len(), &got);
         let last = got.last().map(|(_, id)| id.clone()).expect("events came");
-        (child, stream, last)
+        // The client leaves its stream; what is said now waits in the owner's replay buffer
+        // (and the journal): buffered and undelivered when the owner dies.
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        emit(&http, &url, &token, &sid, 2).await;
+        (child, last)
     });
+    let mut legacy = rt.block_on(legacy_stream(
+        &http,
+        &format!("http://{}", c.replicas[victim].addr()),
+    ));
     let started = Instant::now();
     c.replicas[victim].kill();
     let (after, first_answer) = rt.block_on(async {
-        // The stream through the dead replica ends; what comes now is kept for the resumption.
-        let ended = read_labels(&mut stream, 1).await;
-        assert!(ended.is_empty(), "{ended:?}");
+        legacy_after_the_kill(&http, c, &mut legacy, tally).await;
         let mut homes = Vec::new();
         let mut first_answer = None;
         for _ in 0..4 {
@@ -347,12 +356,19 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
                 Err(e) => tally.failures.push(format!("after the kill: {e}")),
             }
         }
+        shared_child_kept(&http, &url, &token, &sid).await;
         emit(&http, &url, &token, &sid, 2).await;
         let again = get_stream(&http, &url, &token, &sid, Some(&last)).await;
         assert_eq!(again.status(), 200);
         let mut stream = SseReader::new(again);
-        let rest = read_labels(&mut stream, 2 * LOGGED.len()).await;
-        tally.events(2 * LOGGED.len(), &rest);
+        // Two calls' events said before the kill (only the dead owner had them in memory) and
+        // two calls' said after it, once each and in order.
+        let rest = read_labels(&mut stream, 4 * LOGGED.len()).await;
+        tally.events(4 * LOGGED.len(), &rest);
+        let texts: Vec<&str> = rest.iter().map(|(l, _)| l.as_str()).collect();
+        let expected: Vec<&str> = LOGGED.iter().copied().cycle().take(texts.len()).collect();
+        assert_eq!(texts, expected, "in order");
+        hostile_resumptions(&http, &url, &sid, &last).await;
         (homes, first_answer)
     });
     assert!(
@@ -375,6 +391,124 @@ fn killed_owner(c: &mut Cluster, tally: &mut Tally) {
     println!(
         "replicas: owner r{victim} killed mid-run; its sessions answered on r{new_owner}, first \
          answer {first_answer:?} after the kill"
+    );
+}
+
+/// `resources/subscribe` to `target`'s watched resource in the session.
+async fn subscribe(http: &reqwest::Client, url: &str, token: &str, sid: &str, target: &str) {
+    let uri = stdio_resource(http, url, token, sid, target).await;
+    let sub = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+                     "params": {"uri": uri}});
+    let r = post(http, url, token, Some(sid), "application/json", sub).await;
+    let reply: Value = r.json().await.expect("json");
+    assert!(
+        reply["result"].is_object(),
+        "subscribed on {target}: {reply}"
+    );
+}
+
+/// The shared STDIO child on the new owner holds the session's subscription (and is told the
+/// session's log level): what a takeover carries for a child shared by several sessions.
+async fn shared_child_kept(http: &reqwest::Client, url: &str, token: &str, sid: &str) {
+    let call = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+                      "params": {"name": "sh_whoami", "arguments": {}}});
+    let r = post(http, url, token, Some(sid), "application/json", call).await;
+    let reply: Value = r.json().await.expect("json");
+    let text = reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    let me: Value = serde_json::from_str(text).unwrap_or_else(|_| panic!("{reply}"));
+    assert_eq!(me["logLevel"], "debug", "{me}");
+    assert!(
+        me["subscriptions"].to_string().contains("watched-resource"),
+        "the shared child on the new owner holds the session's subscription: {me}"
+    );
+}
+
+/// A legacy `/sse` stream opened at `base` (one replica); its endpoint event is read.
+async fn legacy_stream(http: &reqwest::Client, base: &str) -> (SseReader, String) {
+    let resp = http
+        .get(format!("{base}/sse"))
+        .bearer_auth(dev_token("leila"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("legacy stream");
+    assert_eq!(resp.status(), 200);
+    let mut stream = SseReader::new(resp);
+    let first = stream
+        .next_event(WAIT)
+        .await
+        .expect("an event")
+        .expect("the endpoint event");
+    assert_eq!(first.event, "endpoint", "{first:?}");
+    (stream, first.data)
+}
+
+/// What a legacy client sees when the replica holding its stream dies: the stream ends (no
+/// hang), and a POST to its endpoint, through any replica, is answered 404 at once so the
+/// client opens a new stream.
+async fn legacy_after_the_kill(
+    http: &reqwest::Client,
+    c: &Cluster,
+    (stream, endpoint): &mut (SseReader, String),
+    tally: &mut Tally,
+) {
+    let started = Instant::now();
+    match stream.next_event(Duration::from_secs(5)).await {
+        Ok(None) | Err(reflow_e2e::harness::HarnessError::Other(_)) => {}
+        other => tally
+            .failures
+            .push(format!("legacy stream after the kill: {other:?}")),
+    }
+    let ended = started.elapsed();
+    let started = Instant::now();
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let r = http
+        .post(format!("{}{endpoint}", c.lb.url()))
+        .bearer_auth(dev_token("leila"))
+        .json(&ping)
+        .send()
+        .await
+        .expect("balancer answers");
+    let answered = started.elapsed();
+    println!(
+        "replicas: legacy /sse stream ended {ended:?} after the kill; its POST answered {} in \
+         {answered:?}",
+        r.status()
+    );
+    assert_eq!(
+        r.status(),
+        404,
+        "the legacy session is gone with its stream"
+    );
+    assert!(answered < Duration::from_secs(5), "{answered:?}");
+}
+
+/// Resumptions a client must not get anything from: another user's session (404 like any
+/// session not theirs), an id out of range (400), an id past everything (200, nothing
+/// replayed), a stream number nobody gave out (404).
+async fn hostile_resumptions(http: &reqwest::Client, url: &str, sid: &str, last: &str) {
+    let bob = dev_token("bob");
+    let r = get_stream(http, url, &bob, sid, Some(last)).await;
+    assert_eq!(r.status(), 404, "another user's session");
+    let kim = dev_token("kim");
+    for forged in ["0:99999999999999999999999999", "x:1", "0:-1"] {
+        let r = get_stream(http, url, &kim, sid, Some(forged)).await;
+        assert_eq!(r.status(), 400, "{forged}");
+    }
+    let huge = "9".repeat(16 * 1024);
+    let r = get_stream(http, url, &kim, sid, Some(&huge)).await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let r = get_stream(http, url, &kim, sid, Some(&format!("{}:1", u64::MAX))).await;
+    assert_eq!(r.status(), 404, "a stream nobody gave out");
+    let r = get_stream(http, url, &kim, sid, Some(&format!("0:{}", u64::MAX))).await;
+    assert_eq!(r.status(), 200);
+    let mut stream = SseReader::new(r);
+    let replayed = stream.next_event(Duration::from_millis(500)).await;
+    assert!(
+        !matches!(replayed, Ok(Some(_))),
+        "nothing is after the last id: {replayed:?}"
     );
 }
 
@@ -406,17 +540,25 @@ async fn stdio_child(
     Ok(child_of(&me))
 }
 
-/// The URI of the `st` Target's static resource, as the session's resource list names it.
-async fn st_resource(http: &reqwest::Client, url: &str, token: &str, sid: &str) -> String {
+/// The URI of a STDIO Target's (`st`, `sh`) watched resource, as the session's resource list
+/// names it.
+async fn stdio_resource(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    sid: &str,
+    target: &str,
+) -> String {
     let list = json!({"jsonrpc": "2.0", "id": 3, "method": "resources/list"});
     let r = post(http, url, token, Some(sid), "application/json", list).await;
     let reply: Value = r.json().await.expect("json");
+    let prefix = format!("reflow://{target}/");
     reply["result"]["resources"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|r| r["uri"].as_str())
-        .find(|u| u.starts_with("reflow://st/") && u.ends_with("watched-resource"))
-        .unwrap_or_else(|| panic!("no st resource in {reply}"))
+        .find(|u| u.starts_with(&prefix) && u.ends_with("watched-resource"))
+        .unwrap_or_else(|| panic!("no {target} resource in {reply}"))
         .to_owned()
 }

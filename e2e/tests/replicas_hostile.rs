@@ -23,10 +23,36 @@ fn now_ms() -> u64 {
 
 /// A hand-off header as a replica makes it, signed with `token`, dated `ms`.
 fn handoff(token: &str, ms: u64, method: &str, target: &str) -> String {
+    handoff_as(token, ms, method, target, "")
+}
+
+/// The same, its signature also covering a certificate identity (`identity_header`).
+fn handoff_as(token: &str, ms: u64, method: &str, target: &str, identity: &str) -> String {
     let t = ReplicaToken::new(SecretString::from(token.to_owned()));
     let ms = ms.to_string();
-    let sig = t.sign(&["reflow-handoff", &ms, "intruder", method, target, ""]);
+    let sig = t.sign(&[
+        "reflow-handoff",
+        &ms,
+        "intruder",
+        method,
+        target,
+        "",
+        identity,
+    ]);
     format!("v1.{ms}.intruder.{sig}")
+}
+
+/// A verified client certificate's identity as a replica hands it on.
+fn identity_header(user: &str) -> String {
+    hex_encode(
+        json!({"user": user, "groups": [], "roles": []})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn ping(id: u64) -> Value {
@@ -99,6 +125,8 @@ fn forged_hand_offs_foreign_answers_forged_owners_and_frozen_owners() {
             .expect("answers");
         assert_eq!(resp.status(), 421);
 
+        certificate_identities(&http, &c.replicas[owner].mcp_url(), &sid).await;
+
         // Bob answers (a JSON-RPC response) into Alice's session, through another replica:
         // handed to the owner, which refuses him; Alice's session is untouched.
         let bob = dev_token("bob");
@@ -161,4 +189,58 @@ fn forged_hand_offs_foreign_answers_forged_owners_and_frozen_owners() {
     });
     assert_eq!(status, 200);
     assert_eq!(c.owner_of(&format!("s:{sid}")), Some(claimed));
+}
+
+/// A certificate identity travels only under a hand-off signature that covers it: sent straight
+/// to the session's owner, a signed identity is served as that user (no bearer token); the same
+/// identity without a hand-off, under a signature that does not cover it, or signed with another
+/// token is refused.
+async fn certificate_identities(http: &reqwest::Client, owner: &str, sid: &str) {
+    let send = |identity: String, handoff: Option<String>| {
+        let mut req = http
+            .post(owner)
+            .header("accept", BOTH)
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-session-id", sid)
+            .header("reflow-handoff-identity", identity)
+            .json(&ping(7));
+        if let Some(h) = handoff {
+            req = req.header("reflow-handoff", h);
+        }
+        req.send()
+    };
+    let alice = identity_header("alice");
+    let signed = handoff_as(REPLICA_TOKEN, now_ms(), "POST", "/mcp", &alice);
+    let r = send(alice.clone(), Some(signed)).await.expect("answers");
+    assert_eq!(
+        r.status(),
+        200,
+        "a signed certificate identity is the caller"
+    );
+    let r = send(alice.clone(), None).await.expect("answers");
+    assert_eq!(
+        r.status(),
+        401,
+        "an identity header without a hand-off is ignored"
+    );
+    let uncovered = handoff(REPLICA_TOKEN, now_ms(), "POST", "/mcp");
+    let r = send(alice.clone(), Some(uncovered)).await.expect("answers");
+    assert_eq!(
+        r.status(),
+        403,
+        "a signature that does not cover the identity"
+    );
+    let mallory = identity_header("mallory");
+    let swapped = handoff_as(REPLICA_TOKEN, now_ms(), "POST", "/mcp", &alice);
+    let r = send(mallory, Some(swapped)).await.expect("answers");
+    assert_eq!(r.status(), 403, "an identity swapped under a signature");
+    let theirs = handoff_as(
+        "not-the-replica-token-0123456789",
+        now_ms(),
+        "POST",
+        "/mcp",
+        &alice,
+    );
+    let r = send(alice, Some(theirs)).await.expect("answers");
+    assert_eq!(r.status(), 403, "signed with another token");
 }

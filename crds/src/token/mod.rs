@@ -4,8 +4,6 @@
 
 pub mod bearer;
 pub mod cidr;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod mint;
 pub mod scope;
 

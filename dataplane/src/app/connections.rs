@@ -1,27 +1,127 @@
-//! The console's "your connections" section, read from the bring-your-own-credentials store.
+//! The console's "your connections" section: every Target whose `spec.userCredential` applies
+//! to the user (a Policy lets them use it), connected or not, with a connect link minted by the
+//! gateway (bound to the logged-in user, like the one a call gets) and removal of their own
+//! stored connection.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
 use reflow_crds::Identity;
+use reflow_crds::api::UserCredentialMode;
 
-use crate::connect::ConnectionStore;
+use crate::connect::{ConnectionStore, LinkGrant};
 use crate::console::{Connection, Connections};
+use crate::mcp::CONNECT_PATH;
+use crate::mcp::Gateway;
+use crate::source::SnapshotStore;
 
-/// The user's own stored connections (never another user's: the store is filtered by the
-/// logged-in identity's user name, the same name connect links are bound to).
-pub(super) struct StoredConnections(pub(super) ConnectionStore);
+/// The user's own connections (never another user's: the store is filtered by the logged-in
+/// identity's user name, the same name connect links are bound to) and what is left to connect.
+pub(super) struct StoredConnections {
+    pub(super) store: ConnectionStore,
+    pub(super) snapshots: Arc<SnapshotStore>,
+    /// Mints connect links (gone when the gateway is).
+    pub(super) gateway: Weak<Gateway>,
+}
+
+/// The modes a connect link can complete here (as the connect gate decides).
+fn connectable(mode: UserCredentialMode) -> bool {
+    matches!(
+        mode,
+        UserCredentialMode::Secret | UserCredentialMode::OAuth2
+    )
+}
+
+fn split(target: &str) -> Option<(&str, &str)> {
+    target.split_once('/')
+}
 
 impl Connections for StoredConnections {
     fn connections<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Vec<Connection>> {
         Box::pin(async move {
-            self.0
+            let stored: BTreeSet<String> = self
+                .store
                 .of_user(&identity.user)
                 .into_iter()
-                .map(|c| Connection {
-                    target: format!("{}/{}", c.namespace, c.target),
-                    status: "connected".to_owned(),
-                    connect_path: None,
-                })
-                .collect()
+                .map(|c| format!("{}/{}", c.namespace, c.target))
+                .collect();
+            let snapshot = self.snapshots.load();
+            let mut out = Vec::new();
+            for t in snapshot.targets() {
+                let Some(u) = &t.user_credential else {
+                    continue;
+                };
+                let key = format!("{}/{}", t.namespace, t.name);
+                if !t.policy.view(identity).may_allow_anything() && !stored.contains(&key) {
+                    continue;
+                }
+                let resolved = t.credentials.resolve(identity);
+                let connected =
+                    stored.contains(&key) || resolved.entries.iter().any(|e| u.is_slot(&e.entry));
+                out.push(Connection {
+                    credential: u.display_name.to_string(),
+                    status: if connected {
+                        "connected"
+                    } else {
+                        "not connected"
+                    }
+                    .to_owned(),
+                    can_connect: !connected && connectable(u.mode),
+                    can_disconnect: stored.contains(&key),
+                    target: key,
+                });
+            }
+            // Stored connections whose Target is gone from the snapshot: still removable.
+            for key in stored {
+                if !out.iter().any(|c| c.target == key) {
+                    out.push(Connection {
+                        credential: String::new(),
+                        status: "connected (Target not served)".to_owned(),
+                        can_connect: false,
+                        can_disconnect: true,
+                        target: key,
+                    });
+                }
+            }
+            out
+        })
+    }
+
+    fn connect_link(&self, identity: &Identity, target: &str) -> Option<String> {
+        let (ns, name) = split(target)?;
+        let snapshot = self.snapshots.load();
+        let t = snapshot.target(ns, name)?;
+        let u = t.user_credential.as_ref()?;
+        if !connectable(u.mode) || !t.policy.view(identity).may_allow_anything() {
+            return None;
+        }
+        let gateway = self.gateway.upgrade()?;
+        let link = gateway.connect_links.mint(LinkGrant {
+            user: identity.user.to_string(),
+            namespace: ns.to_owned(),
+            target: name.to_owned(),
+        });
+        Some(format!("{CONNECT_PATH}/{link}"))
+    }
+
+    fn disconnect<'a>(&'a self, identity: &'a Identity, target: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some((ns, name)) = split(target) else {
+                return false;
+            };
+            // The gateway's own grants (one lock per grant, shared with the refresher): an
+            // oauth2 grant is revoked at its AS first (RFC 7009); a pasted value is removed.
+            let Some(grants) = self.gateway.upgrade().and_then(|g| g.grants().cloned()) else {
+                return false;
+            };
+            match grants.disconnect(ns, name, &identity.user).await {
+                Ok(d) => d.existed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "console: removing a connection");
+                    false
+                }
+            }
         })
     }
 }
@@ -48,12 +148,24 @@ mod tests {
             let value = secrecy::SecretString::from(format!("secret-of-{user}"));
             store.put("team", target, user, &slot, &value).unwrap();
         }
-        let listed = StoredConnections(store);
+        let listed = StoredConnections {
+            store,
+            snapshots: SnapshotStore::new(),
+            gateway: Weak::new(),
+        };
         let alice = Identity::new("alice", Vec::<String>::new(), Vec::<String>::new());
         let seen = listed.connections(&alice).await;
         let targets: Vec<&str> = seen.iter().map(|c| c.target.as_str()).collect();
         assert_eq!(targets, ["team/gh", "team/jira"]);
-        assert!(seen.iter().all(|c| c.status == "connected"));
+        assert!(seen.iter().all(|c| c.can_disconnect && !c.can_connect));
+        assert!(
+            listed.connect_link(&alice, "team/gh").is_none(),
+            "not served"
+        );
+        assert!(
+            !listed.disconnect(&alice, "team/gh").await,
+            "no gateway, no removal"
+        );
         assert!(!format!("{seen:?}").contains("secret-of"));
         let carol = Identity::new("carol", Vec::<String>::new(), Vec::<String>::new());
         assert!(listed.connections(&carol).await.is_empty());

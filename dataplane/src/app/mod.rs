@@ -61,6 +61,8 @@ pub struct ConsoleWiring {
     pub connections: Arc<dyn console::Connections>,
     /// This dataplane's name on the admin page.
     pub dataplane: String,
+    /// The replica registry, when replicas share a database: the admin page lists them all.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
 }
 
 impl Default for ConsoleWiring {
@@ -69,6 +71,7 @@ impl Default for ConsoleWiring {
             database: None,
             connections: Arc::new(console::NoConnections),
             dataplane: "this dataplane".to_owned(),
+            replicas: None,
         }
     }
 }
@@ -149,11 +152,25 @@ impl App {
             gateway_parts.audit = tap.clone();
         }
         let stored_connections = gateway_parts.connections.clone();
+        let registry = gateway_parts.replicas.clone();
+        if let Some(r) = &registry {
+            // Each heartbeat carries the snapshot this replica serves (the console lists them).
+            let snapshots = gateway_parts.snapshots.clone();
+            r.report_snapshot(Box::new(move || {
+                let s = snapshots.load();
+                (s.version(), s.hash().to_owned())
+            }));
+        }
         let guard = http::Guard::new(&gateway_parts.gateway.http);
         let gateway = Gateway::new(gateway_parts)?;
+        wiring.replicas = registry;
         if let Some(store) = stored_connections {
             // The console lists what the connect pages stored.
-            wiring.connections = Arc::new(connections::StoredConnections(store));
+            wiring.connections = Arc::new(connections::StoredConnections {
+                store,
+                snapshots: gateway.snapshots.clone(),
+                gateway: Arc::downgrade(&gateway),
+            });
         }
         let console = match tap {
             Some(tap) => Some(build_console(&gateway, console_config, tap, wiring)?),
@@ -214,6 +231,7 @@ fn build_console(
     let parts = console::ConsoleParts {
         secure_cookies: gw.config.tls.is_some() || gw.config.console.secure_cookies,
         allowed_hosts: gw.config.allowed_hosts.clone(),
+        key: gw.key.clone(),
         config,
         auth: gw.auth.clone(),
         sessions: gw.sessions.clone(),
@@ -224,6 +242,7 @@ fn build_console(
         end_session,
         connections: wiring.connections,
         dataplane: wiring.dataplane,
+        replicas: wiring.replicas,
     };
     Ok(Console::new(parts)?)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use serde_json::{Map, Value};
-use tracing::{Span, debug, field, instrument};
+use tracing::{Instrument, Span, debug, debug_span, field, info_span, instrument};
 
 use super::cache::TokenCache;
 use super::claims;
@@ -152,9 +152,18 @@ impl Authenticator {
         &self.inner.scopes_supported
     }
 
-    /// Authenticates a request by its `Authorization: Bearer` header only.
-    #[instrument(name = "authenticate", skip_all, fields(issuer = field::Empty, user = field::Empty))]
+    /// Authenticates a request by its `Authorization: Bearer` header only. Its span is at
+    /// `info` when spans are exported, else at `debug` (off the hot path at the usual filter).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let span = if reflow_telemetry::propagation::enabled() {
+            info_span!("authenticate", issuer = field::Empty, user = field::Empty)
+        } else {
+            debug_span!("authenticate", issuer = field::Empty, user = field::Empty)
+        };
+        self.authenticate_headers(headers).instrument(span).await
+    }
+
+    async fn authenticate_headers(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let result = match jwt::bearer_token(headers) {
             Ok(token) => self.verify_token(token).await,
             Err(e) => Err(e),

@@ -9,7 +9,8 @@ use futures::future::BoxFuture;
 use reflow_crds::SealingKey;
 use reflow_crds::compile::Inputs;
 // One definition for both stores: a file here and a controller-written Secret seal alike.
-use reflow_crds::grant::{Grant, GrantKey, connection_aad as aad, connection_id as file_id};
+use reflow_crds::grant::{Grant, GrantKey};
+pub(super) use reflow_crds::grant::{connection_aad as aad, connection_id as file_id};
 use reflow_crds::seal::SealedValue;
 use reflow_crds::snapshot::InjectAs;
 use secrecy::{ExposeSecret, SecretString};
@@ -34,19 +35,19 @@ pub struct Connection {
     pub name: String,
     pub prefix: String,
     pub connected_at_ms: u64,
-    value: SealedValue,
-    /// `mode: oauth2`: the refresh material, sealed under the value's AAD + `/oauth2`.
+    pub(super) value: SealedValue,
+    /// `mode: oauth2`: what refreshing and revoking this grant needs (secrets sealed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    oauth2: Option<SealedValue>,
+    pub oauth: Option<super::grant::StoredGrant>,
 }
 
 #[derive(Clone)]
 pub struct ConnectionStore {
     dir: PathBuf,
-    key: SealingKey,
+    pub(super) key: SealingKey,
 }
 
-fn store_err(path: &Path, e: impl std::fmt::Display) -> ConnectError {
+pub(super) fn store_err(path: &Path, e: impl std::fmt::Display) -> ConnectError {
     ConnectError::Store {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -78,7 +79,7 @@ impl ConnectionStore {
         &self.dir
     }
 
-    fn ensure_dir(&self) -> Result<(), ConnectError> {
+    pub(super) fn ensure_dir(&self) -> Result<(), ConnectError> {
         use std::os::unix::fs::DirBuilderExt;
         if !self.dir.is_dir() {
             std::fs::DirBuilder::new()
@@ -104,22 +105,20 @@ impl ConnectionStore {
         slot: &Slot<'_>,
         value: &SecretString,
     ) -> Result<(), ConnectError> {
-        self.write(ns, target, user, slot, value, None)
+        self.write_value(ns, target, user, slot, value)
     }
 
-    fn write(
+    fn write_value(
         &self,
         ns: &str,
         target: &str,
         user: &str,
         slot: &Slot<'_>,
         value: &SecretString,
-        oauth2: Option<SealedValue>,
     ) -> Result<(), ConnectError> {
         if !valid_value(value.expose_secret()) {
             return Err(ConnectError::BadValue);
         }
-        self.ensure_dir()?;
         let c = Connection {
             namespace: ns.to_owned(),
             target: target.to_owned(),
@@ -129,12 +128,18 @@ impl ConnectionStore {
             prefix: slot.prefix.to_owned(),
             connected_at_ms: u64::try_from(crate::audit::now_ms()).unwrap_or(u64::MAX),
             value: self.key.seal(&aad(ns, target, user), value.expose_secret()),
-            oauth2,
+            oauth: None,
         };
-        let id = file_id(ns, target, user);
+        self.write(&c)
+    }
+
+    /// Writes `c` (replacing the same user's file for that Target) atomically, mode 0600.
+    pub(super) fn write(&self, c: &Connection) -> Result<(), ConnectError> {
+        self.ensure_dir()?;
+        let id = file_id(&c.namespace, &c.target, &c.user);
         let path = self.dir.join(format!("{id}.json"));
         let tmp = self.dir.join(format!(".{id}.tmp"));
-        let body = serde_json::to_vec(&c).map_err(|e| store_err(&path, e))?;
+        let body = serde_json::to_vec(c).map_err(|e| store_err(&path, e))?;
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -148,6 +153,15 @@ impl ConnectionStore {
             f.sync_all().map_err(|e| store_err(&tmp, e))?;
         }
         std::fs::rename(&tmp, &path).map_err(|e| store_err(&path, e))
+    }
+
+    /// One user's connection to one Target (value still sealed).
+    pub fn get(&self, ns: &str, target: &str, user: &str) -> Option<Connection> {
+        let path = self.dir.join(format!("{}.json", file_id(ns, target, user)));
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice::<Connection>(&bytes)
+            .ok()
+            .filter(|c| c.namespace == ns && c.target == target && c.user == user)
     }
 
     /// Forgets `user`'s connection to a Target; whether there was one.
@@ -245,15 +259,15 @@ impl super::GrantStore for ConnectionStore {
         Box::pin(async move {
             grant.validate().map_err(|_| ConnectError::BadValue)?;
             let k = &grant.key;
-            let oauth2 = match &grant.oauth2 {
-                None => None,
-                Some(o) => {
-                    let json = serde_json::to_string(o).map_err(|_| ConnectError::BadValue)?;
-                    Some(self.key.seal(&format!("{}/oauth2", k.aad()), &json))
-                }
-            };
+            if grant.oauth2.is_some() {
+                // Standalone oauth2 grants keep their refresh material in the connection file
+                // (`put_grant`, written by the connect flow and the local refresher).
+                return Err(ConnectError::OAuth(
+                    "an oauth2 grant is stored with put_grant in standalone mode".into(),
+                ));
+            }
             let value = SecretString::from(grant.value.expose().to_owned());
-            self.write(&k.namespace, &k.target, &k.user, slot, &value, oauth2)
+            self.write_value(&k.namespace, &k.target, &k.user, slot, &value)
         })
     }
 

@@ -17,6 +17,9 @@ pub const COOKIE: &str = "reflow_console";
 /// Binds an OIDC login (or the login form) to the browser that started it. `Lax`: it must come
 /// back on the IdP's top-level redirect to the callback.
 pub const LOGIN_COOKIE: &str = "reflow_console_login";
+/// The OIDC login in flight (state, PKCE verifier, nonce), sealed: `Lax` like the binding, so
+/// it comes back on the IdP's redirect to whichever replica serves the callback.
+pub const OIDC_COOKIE: &str = "reflow_console_oidc";
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -115,14 +118,16 @@ pub fn set_cookie(
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The caller's login, or `Unauthenticated`.
-pub fn login(console: &Console, headers: &HeaderMap) -> Result<(String, Arc<Login>), ConsoleError> {
-    let id = cookie(headers, COOKIE).ok_or(ConsoleError::Unauthenticated)?;
+/// The caller's login, or `Unauthenticated`: the sealed cookie must open with this deployment's
+/// key, be unexpired and not logged out (on any replica).
+pub async fn login(console: &Console, headers: &HeaderMap) -> Result<Arc<Login>, ConsoleError> {
+    let cookie = cookie(headers, COOKIE).ok_or(ConsoleError::Unauthenticated)?;
     let login = console
         .logins
-        .get(id)
+        .get(cookie)
+        .await
         .ok_or(ConsoleError::Unauthenticated)?;
-    Ok((id.to_owned(), login))
+    Ok(Arc::new(login))
 }
 
 /// The form's CSRF token must be the login's.

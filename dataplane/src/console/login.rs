@@ -1,6 +1,7 @@
 //! Logging in and out: the login page, a pasted bearer token (`devLogin`), OIDC authorization
-//! code + PKCE, and logout. Every login gets a fresh random cookie id; every redirect goes to a
-//! fixed console path (no `next=` parameter, so no open redirect).
+//! code + PKCE, and logout. Every login gets a fresh sealed cookie (new login id, new CSRF
+//! token); every redirect goes to a fixed console path (no `next=` parameter, so no open
+//! redirect).
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use reflow_crds::Identity;
 use serde::Deserialize;
 
-use super::guard::{self, COOKIE, LOGIN_COOKIE, cookie, set_cookie};
+use super::guard::{self, COOKIE, LOGIN_COOKIE, OIDC_COOKIE, cookie, set_cookie};
 use super::html::{csrf_field, page};
 use super::logins::{PENDING_TTL, random_token, same};
 use super::{Console, ConsoleError};
@@ -22,7 +23,7 @@ pub fn see_other(path: &'static str) -> Response {
 }
 
 pub async fn root(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match guard::login(&console, &headers) {
+    match guard::login(&console, &headers).await {
         Ok(_) => see_other("/console/me"),
         Err(_) => see_other("/console/login"),
     }
@@ -95,12 +96,7 @@ pub async fn token_login(
     let identity = verify(&console, form.token.trim())
         .await
         .ok_or_else(|| ConsoleError::Login("the token was not accepted".into()))?;
-    Ok(logged_in(
-        &console,
-        &headers,
-        identity,
-        see_other("/console/me"),
-    ))
+    Ok(logged_in(&console, &headers, identity, see_other("/console/me")).await)
 }
 
 /// Verifies a token exactly as `/mcp` does.
@@ -122,34 +118,36 @@ async fn verify(console: &Console, token: &str) -> Option<Identity> {
         .map(|p| p.identity)
 }
 
-/// Starts a fresh login (dropping the browser's old one) and sets its cookie on `resp`.
-fn logged_in(
+/// Starts a fresh login (logging the browser's old one out) and sets its cookie on `resp`.
+async fn logged_in(
     console: &Console,
     headers: &HeaderMap,
     identity: Identity,
     mut resp: Response,
 ) -> Response {
-    if let Some(old) = cookie(headers, COOKIE) {
-        console.logins.remove(old);
+    if let Some(old) = cookie(headers, COOKIE)
+        && let Some(old) = console.logins.get(old).await
+    {
+        console.logins.remove(&old).await;
     }
     let admin = console.parts.config.admins.includes(&identity);
     tracing::info!(user = %identity.user, admin, "console login");
-    let (id, _) = console.logins.create(identity, admin);
+    let (value, _) = console.logins.create(identity, admin);
+    let secure = console.parts.secure_cookies;
     let h = resp.headers_mut();
     h.append(
         header::SET_COOKIE,
         set_cookie(
             COOKIE,
-            &id,
+            &value,
             console.logins.ttl().as_secs(),
             "Strict",
-            console.parts.secure_cookies,
+            secure,
         ),
     );
-    h.append(
-        header::SET_COOKIE,
-        set_cookie(LOGIN_COOKIE, "", 0, "Lax", console.parts.secure_cookies),
-    );
+    for name in [LOGIN_COOKIE, OIDC_COOKIE] {
+        h.append(header::SET_COOKIE, set_cookie(name, "", 0, "Lax", secure));
+    }
     resp
 }
 
@@ -161,12 +159,22 @@ pub async fn oidc_start(
     let (bind, _) = binding(&headers);
     let (state, nonce, verifier) = (random_token(), random_token(), random_token());
     let url = oidc.authorize_url(&state, &nonce, &verifier).await?;
-    console.logins.start(state, verifier, nonce, bind.clone());
+    let pending = console.logins.start(state, verifier, nonce);
     let location = HeaderValue::from_str(&url)
         .map_err(|_| ConsoleError::Config("authorization endpoint is not a valid URL".into()))?;
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
-    resp.headers_mut()
-        .append(header::SET_COOKIE, binding_cookie(&console, &bind));
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, binding_cookie(&console, &bind));
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(
+            OIDC_COOKIE,
+            &pending,
+            PENDING_TTL.as_secs(),
+            "Lax",
+            console.parts.secure_cookies,
+        ),
+    );
     Ok(resp)
 }
 
@@ -193,48 +201,48 @@ pub async fn oidc_callback(
             "code and state are required".into(),
         ));
     };
-    let pending = console
-        .logins
-        .finish(&state)
-        .ok_or_else(|| ConsoleError::Login("unknown or expired login; start again".into()))?;
-    let bound = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if !same(bound, &pending.binding) {
-        // A callback URL carried to another browser (login CSRF) finds no binding.
+    // The sealed login in flight comes back only to the browser that started it (a callback
+    // URL carried to another browser finds none: login CSRF), and is used once on any replica.
+    let sealed = cookie(&headers, OIDC_COOKIE).unwrap_or_default();
+    let pending = console.logins.finish(sealed, &state).await.ok_or_else(|| {
+        ConsoleError::Login(
+            "unknown, expired or already used login, or one started in another browser; start again"
+                .into(),
+        )
+    })?;
+    let tokens = oidc.exchange(&code, &pending.verifier).await?;
+    let id_token = tokens
+        .id_token
+        .as_deref()
+        .ok_or_else(|| ConsoleError::Login("the identity provider returned no ID token".into()))?;
+    let signed_in = oidc.verify_id_token(id_token, &pending.nonce).await?;
+    // Who the user is for the gateway: the access token, verified as `/mcp` verifies it, for
+    // the subject the ID token names.
+    let identity = match tokens.access_token.as_deref() {
+        Some(access) => verify(&console, access).await,
+        None => None,
+    }
+    .ok_or_else(|| {
+        ConsoleError::Login(
+            "the gateway does not accept the access token this issuer returned".into(),
+        )
+    })?;
+    let subject = identity
+        .claims
+        .map()
+        .and_then(|m| m.get("sub"))
+        .and_then(|v| v.as_str());
+    if subject != Some(signed_in.subject.as_str()) {
         return Err(ConsoleError::Login(
-            "this login was started in another browser".into(),
+            "the access token names another subject than the ID token".into(),
         ));
     }
-    let tokens = oidc.exchange(&code, &pending.verifier).await?;
-    let mut identity = None;
-    if let Some(id_token) = tokens.id_token.as_deref()
-        && let Some(id) = verify(&console, id_token).await
-    {
-        let nonce = id
-            .claims
-            .map()
-            .and_then(|m| m.get("nonce"))
-            .and_then(|v| v.as_str());
-        if nonce.is_none_or(|n| !same(n, &pending.nonce)) {
-            return Err(ConsoleError::Login(
-                "the ID token's nonce does not match".into(),
-            ));
-        }
-        identity = Some(id);
-    }
-    if identity.is_none()
-        && let Some(access) = tokens.access_token.as_deref()
-    {
-        identity = verify(&console, access).await;
-    }
-    let identity = identity.ok_or_else(|| {
-        ConsoleError::Login("the gateway does not accept the tokens this issuer returned".into())
-    })?;
     // A page, not a redirect: the Strict cookie is sent on the next, same-site navigation.
     let body = "<h1>Signed in</h1><p><a id=\"continue\" href=\"/console/me\">Continue to the console</a></p>";
     let mut resp = page("Signed in", None, body).into_response();
     resp.headers_mut()
         .insert("refresh", HeaderValue::from_static("0; url=/console/me"));
-    Ok(logged_in(&console, &headers, identity, resp))
+    Ok(logged_in(&console, &headers, identity, resp).await)
 }
 
 #[derive(Deserialize)]
@@ -248,9 +256,9 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
-    let (id, login) = guard::login(&console, &headers)?;
+    let login = guard::login(&console, &headers).await?;
     guard::check_csrf(&login, &form.csrf)?;
-    console.logins.remove(&id);
+    console.logins.remove(&login).await;
     let mut resp = see_other("/console/login");
     resp.headers_mut().append(
         header::SET_COOKIE,

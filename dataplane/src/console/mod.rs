@@ -14,6 +14,7 @@ mod logins;
 mod oidc;
 mod pages_admin;
 mod pages_user;
+mod revoked;
 mod stats;
 mod tap;
 
@@ -115,6 +116,10 @@ pub struct ConsoleParts {
     pub secure_cookies: bool,
     /// Accepted `Host` values (the gateway's `allowedHosts`); empty accepts any.
     pub allowed_hosts: Vec<String>,
+    /// Every replica's row (address, snapshot served, last beat), when replicas share a database.
+    pub replicas: Option<Arc<crate::postgres::ReplicaRegistry>>,
+    /// Seals login cookies: the deployment's sealing key, the same on every replica.
+    pub key: reflow_crds::SealingKey,
 }
 
 /// The console's shared state.
@@ -123,6 +128,8 @@ pub struct Console {
     pub(crate) logins: logins::Logins,
     pub(crate) oidc: Option<oidc::OidcClient>,
 }
+
+pub use oidc::{IdToken, OidcClient};
 
 impl Console {
     pub fn new(parts: ConsoleParts) -> Result<Arc<Self>, ConsoleError> {
@@ -133,8 +140,9 @@ impl Console {
             .map(oidc::OidcClient::new)
             .transpose()?;
         let ttl = std::time::Duration::from_secs(parts.config.session_seconds.unwrap_or(8 * 3600));
+        let revoked = revoked::Revocations::new(parts.database.clone());
         Ok(Arc::new(Self {
-            logins: logins::Logins::new(ttl),
+            logins: logins::Logins::new(parts.key.clone(), ttl, revoked),
             oidc,
             parts,
         }))
@@ -154,6 +162,11 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/console/me", get(pages_user::overview))
         .route("/console/activity", get(pages_user::activity))
         .route("/console/activity/{id}", get(pages_user::event))
+        .route("/console/connections/connect", post(pages_user::connect))
+        .route(
+            "/console/connections/disconnect",
+            post(pages_user::disconnect),
+        )
         .route("/console/sessions", get(pages_user::sessions))
         .route("/console/sessions/{id}", get(pages_user::session))
         .route("/console/sessions/{id}/end", post(pages_user::end_session))

@@ -1,6 +1,8 @@
 //! The OIDC client of the console login: discovery, the authorization URL with PKCE (S256),
-//! state and nonce, and the code exchange at the token endpoint. The tokens it gets are
-//! verified by the gateway's own authenticator (the issuer that signs MCP tokens).
+//! state and nonce, the code exchange at the token endpoint, and the ID token's verification
+//! (signature through the issuer's JWKS, issuer, audience = this console's client id, expiry,
+//! and the nonce bound to the login). Who the user is comes from the access token, verified by
+//! the gateway's own authenticator exactly as `/mcp` verifies it, for the same subject.
 
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::html::url_component;
+use super::logins::same;
 use super::{ConsoleError, OidcConfig};
+use crate::auth::{AuthConfig, Authenticator, IssuerConfig};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,6 +40,14 @@ pub struct OidcClient {
     secret: Option<SecretString>,
     http: reqwest::Client,
     discovery: Mutex<Option<Discovery>>,
+    /// Verifies ID tokens: this issuer only, audience = the console's client id, no cache.
+    id_tokens: Authenticator,
+}
+
+/// What a verified ID token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdToken {
+    pub subject: String,
 }
 
 /// The PKCE S256 challenge of `verifier`.
@@ -65,11 +77,45 @@ impl OidcClient {
             .user_agent(concat!("reflow-console/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConsoleError::Config(e.without_url().to_string()))?;
+        let mut issuer = IssuerConfig::new(&config.issuer, [config.client_id.as_str()]);
+        issuer.discovery = true;
+        let mut auth = AuthConfig::new(vec![issuer]);
+        auth.cache_ttl = Duration::ZERO;
+        auth.http_timeout = HTTP_TIMEOUT;
+        let id_tokens = Authenticator::new(auth)
+            .map_err(|e| ConsoleError::Config(format!("ID token verification: {e}")))?;
         Ok(Self {
             config: config.clone(),
             secret,
             http,
             discovery: Mutex::new(None),
+            id_tokens,
+        })
+    }
+
+    /// Verifies an ID token for the login that sent `nonce` (OIDC Core §3.1.3.7): signed by
+    /// the issuer's key (JWKS), `iss` the issuer, `aud` this console's client id, unexpired,
+    /// `nonce` the login's.
+    pub async fn verify_id_token(&self, token: &str, nonce: &str) -> Result<IdToken, ConsoleError> {
+        let principal = self
+            .id_tokens
+            .authenticate_token(token)
+            .await
+            .map_err(|e| {
+                ConsoleError::Login(format!("the ID token was refused ({})", e.label()))
+            })?;
+        let claims = principal.identity.claims.map();
+        let claim = |name: &str| claims.and_then(|m| m.get(name)).and_then(|v| v.as_str());
+        if claim("nonce").is_none_or(|n| !same(n, nonce)) {
+            return Err(ConsoleError::Login(
+                "the ID token's nonce does not match this login".into(),
+            ));
+        }
+        let subject = claim("sub")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConsoleError::Login("the ID token names no subject".into()))?;
+        Ok(IdToken {
+            subject: subject.to_owned(),
         })
     }
 

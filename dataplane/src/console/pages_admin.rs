@@ -1,4 +1,4 @@
-//! What an admin sees: this dataplane's snapshot, every Target's health with small charts,
+//! What an admin sees: the snapshot each dataplane serves, every Target's health with small charts,
 //! everyone's activity as a live stream, denials with their Policies, sessions per user.
 //! A non-admin gets 404 for all of it.
 
@@ -25,7 +25,7 @@ pub async fn admin(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
             return Err(ConsoleError::NotFound);
         }
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
-        let mut out = dataplane_section(&c);
+        let mut out = dataplane_section(&c).await;
         out.push_str(&targets_section(&c, now).await?);
         let live = audit_read::recent(
             &c,
@@ -58,17 +58,60 @@ pub async fn admin(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
     .await
 }
 
-fn dataplane_section(c: &Console) -> String {
+/// The snapshot each dataplane serves: every replica in the registry (with its last heartbeat,
+/// stale ones marked) when replicas share a database, else this process only.
+async fn dataplane_section(c: &Console) -> String {
     let snap = c.parts.snapshots.load();
-    format!(
+    let mut out = String::from(
         "<h1>Admin</h1><h2>Dataplanes</h2><table class=\"dataplanes\"><thead><tr><th>Dataplane</th>\
-         <th>Snapshot version</th><th>Hash</th><th>Targets</th></tr></thead><tbody><tr><td>{}</td>\
-         <td class=\"version\">{}</td><td><code>{}</code></td><td>{}</td></tr></tbody></table>",
-        esc(&c.parts.dataplane),
-        snap.version(),
-        esc(snap.hash().get(..16).unwrap_or(snap.hash())),
-        snap.targets().len()
-    )
+         <th>Address</th><th>Snapshot version</th><th>Hash</th><th>Last heartbeat</th></tr></thead><tbody>",
+    );
+    let listed = match (&c.parts.replicas, &c.parts.database) {
+        (Some(registry), Some(db)) => match crate::postgres::list_replicas(db).await {
+            Ok(rows) => Some((registry, rows)),
+            Err(e) => {
+                tracing::warn!(error = %e, "console: reading the replica registry");
+                None
+            }
+        },
+        _ => None,
+    };
+    match listed {
+        Some((registry, rows)) => {
+            for r in rows {
+                let stale = r.silent_for >= registry.settings().dead_after;
+                let me = r.id == registry.id();
+                let _ = write!(
+                    out,
+                    "<tr class=\"{}\" data-replica=\"{id}\"><td>{id}{}</td><td>{}</td>\
+                     <td class=\"version\">{}</td><td><code>{}</code></td><td>{:.1} s ago{}</td></tr>",
+                    if stale { "stale" } else { "live" },
+                    if me { " (this one)" } else { "" },
+                    esc(&r.address),
+                    r.snapshot_version.map_or("-".to_owned(), |v| v.to_string()),
+                    esc(r
+                        .snapshot_hash
+                        .as_deref()
+                        .map_or("-", |h| h.get(..16).unwrap_or(h))),
+                    r.silent_for.as_secs_f64(),
+                    if stale { " <strong>stale</strong>" } else { "" },
+                    id = esc(&r.id),
+                );
+            }
+        }
+        None => {
+            let _ = write!(
+                out,
+                "<tr class=\"live\"><td>{} (this one)</td><td>-</td><td class=\"version\">{}</td>\
+                 <td><code>{}</code></td><td>-</td></tr>",
+                esc(&c.parts.dataplane),
+                snap.version(),
+                esc(snap.hash().get(..16).unwrap_or(snap.hash())),
+            );
+        }
+    }
+    out.push_str("</tbody></table>");
+    out
 }
 
 async fn targets_section(c: &Console, now: i64) -> Result<String, ConsoleError> {
@@ -137,8 +180,8 @@ async fn sessions_section(c: &Console) -> String {
 
 /// Everyone's audit events as Server-Sent Events, as they are recorded (admins only).
 pub async fn live(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let login = match guard::login(&console, &headers) {
-        Ok((_, l)) if l.admin => l,
+    let login = match guard::login(&console, &headers).await {
+        Ok(l) if l.admin => l,
         Ok(_) => return ConsoleError::NotFound.into_response(),
         Err(e) => return e.into_response(),
     };

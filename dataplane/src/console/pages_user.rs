@@ -33,8 +33,8 @@ where
     F: FnOnce(Arc<Console>, Arc<Login>) -> Fut,
     Fut: std::future::Future<Output = Result<String, ConsoleError>>,
 {
-    let login = match guard::login(&console, &headers) {
-        Ok((_, login)) => login,
+    let login = match guard::login(&console, &headers).await {
+        Ok(login) => login,
         Err(e) => return to_login(e),
     };
     match body(console, login.clone()).await {
@@ -137,25 +137,88 @@ async fn connections(console: &Console, login: &Login) -> String {
         out.push_str("<p class=\"muted\">No upstream accounts to connect.</p>");
         return out;
     }
-    out.push_str("<table><thead><tr><th>Target</th><th>Status</th><th></th></tr></thead><tbody>");
+    out.push_str(
+        "<table class=\"connections\"><thead><tr><th>Target</th><th>Account</th><th>Status</th>\
+         <th></th></tr></thead><tbody>",
+    );
     for c in list {
-        let button = match c
-            .connect_path
-            .as_deref()
-            .filter(|p| p.starts_with('/') && !p.starts_with("//"))
-        {
-            Some(p) => format!("<a class=\"button\" href=\"{}\">Connect</a>", esc(p)),
-            None => String::new(),
-        };
+        let mut buttons = String::new();
+        for (allowed, action, label) in [
+            (c.can_connect, "connect", "Connect"),
+            (c.can_disconnect, "disconnect", "Disconnect"),
+        ] {
+            if allowed {
+                let _ = write!(
+                    buttons,
+                    "<form method=\"post\" action=\"/console/connections/{action}\">{}\
+                     <input type=\"hidden\" name=\"target\" value=\"{}\">\
+                     <button type=\"submit\" class=\"{action}\">{label}</button></form>",
+                    csrf_field(&login.csrf),
+                    esc(&c.target),
+                );
+            }
+        }
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{button}</td></tr>",
-            esc(&c.target),
-            esc(&c.status)
+            "<tr data-target=\"{t}\"><td>{t}</td><td>{}</td><td class=\"status\">{}</td><td>{buttons}</td></tr>",
+            esc(&c.credential),
+            esc(&c.status),
+            t = esc(&c.target),
         );
     }
     out.push_str("</tbody></table>");
     out
+}
+
+#[derive(Deserialize)]
+pub struct TargetForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    target: String,
+}
+
+/// Mints a connect link for the logged-in user and sends the browser to it.
+pub async fn connect(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<TargetForm>,
+) -> Result<Response, ConsoleError> {
+    let login = guard::login(&console, &headers).await?;
+    check_csrf(&login, &form.csrf)?;
+    let path = console
+        .parts
+        .connections
+        .connect_link(&login.identity, &form.target)
+        .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+        .ok_or(ConsoleError::NotFound)?;
+    tracing::info!(user = %login.identity.user, target = %form.target, "console: connect link");
+    let location = axum::http::HeaderValue::from_str(&path).map_err(|_| ConsoleError::NotFound)?;
+    Ok((
+        axum::http::StatusCode::SEE_OTHER,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response())
+}
+
+/// Removes the logged-in user's own connection to a Target.
+pub async fn disconnect(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<TargetForm>,
+) -> Result<Response, ConsoleError> {
+    let login = guard::login(&console, &headers).await?;
+    check_csrf(&login, &form.csrf)?;
+    if !console
+        .parts
+        .connections
+        .disconnect(&login.identity, &form.target)
+        .await
+    {
+        return Err(ConsoleError::NotFound);
+    }
+    tracing::info!(user = %login.identity.user, target = %form.target, "console: disconnected");
+    Ok(see_other("/console/me"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,7 +453,7 @@ pub async fn end_session(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
-    let (_, login) = guard::login(&console, &headers)?;
+    let login = guard::login(&console, &headers).await?;
     check_csrf(&login, &form.csrf)?;
     let s = own_session(&console, &login, &id).await?;
     tracing::info!(user = %login.identity.user, "console: ending a session");

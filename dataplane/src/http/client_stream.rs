@@ -69,7 +69,11 @@ async fn handle_get(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: HeaderM
         Some(Ok(last)) => match hub.resume(last) {
             Ok(frames) => super::render::sse_response(None, frames),
             Err(e) => rpc_failure(
-                StatusCode::NOT_FOUND,
+                match e {
+                    // Not an id this gateway gives out (garbage, out of range): a bad request.
+                    streams::StreamError::Malformed => StatusCode::BAD_REQUEST,
+                    streams::StreamError::UnknownStream => StatusCode::NOT_FOUND,
+                },
                 jsonrpc::error(&Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string()),
             ),
         },

@@ -8,80 +8,18 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use reflow_crds::api::UserCredentialMode;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
-use crate::audit::{AuditEvent, now_ms};
-use crate::connect::LinkGrant;
+use super::connect_page::{audit, bad_link, escape, page};
 use crate::connect::store::Slot;
 use crate::mcp::Gateway;
 
 /// How long the POST waits for the recompiled snapshot that carries the new connection.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
-
-fn escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '&' => "&amp;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            '\'' => "&#39;".to_owned(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body><h1>{t}</h1>{body}</body></html>",
-        t = escape(title)
-    );
-    let mut resp = (status, html).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    resp
-}
-
-fn bad_link() -> Response {
-    page(
-        StatusCode::NOT_FOUND,
-        "Link not valid",
-        "<p>This connect link is unknown, already used or expired. Call the tool again from your client for a new one.</p>",
-    )
-}
-
-fn audit(gw: &Gateway, grant: Option<&LinkGrant>, outcome: &str) {
-    gw.audit.record(AuditEvent {
-        id: crate::audit::new_event_id(),
-        time_ms: now_ms(),
-        user: grant.map(|g| g.user.clone()).unwrap_or_default(),
-        session: None,
-        method: "connect".to_owned(),
-        target: grant.map(|g| format!("{}/{}", g.namespace, g.target)),
-        name: None,
-        decision: None,
-        policy: None,
-        outcome: outcome.to_owned(),
-        duration_ms: 0.0,
-        trace_id: String::new(),
-    });
-}
 
 /// `GET /connect/<link>`: the form, naming whose connection this is (the link is not used up).
 pub(super) async fn show(State(gw): State<Arc<Gateway>>, Path(link): Path<String>) -> Response {
@@ -95,6 +33,25 @@ pub(super) async fn show(State(gw): State<Arc<Gateway>>, Path(link): Path<String
     else {
         return bad_link();
     };
+    if u.mode == UserCredentialMode::OAuth2 {
+        let login = if gw.config.console.oidc.is_some() {
+            "You will sign in at the gateway's identity provider first (as that user), then "
+        } else {
+            "You will "
+        };
+        let body = format!(
+            "<p>You are connecting your own <b>{d}</b> account for the gateway user <b>{user}</b>. \
+             If that is not you, close this page.</p><p>{login}consent at {d}'s authorization server.</p>\
+             <form method=\"post\"><button type=\"submit\" id=\"connect\">Continue</button></form>",
+            d = escape(&u.display_name),
+            user = escape(&grant.user),
+        );
+        return page(
+            StatusCode::OK,
+            &format!("Connect {}", u.display_name),
+            &body,
+        );
+    }
     let hint = u
         .hint
         .as_deref()
@@ -144,6 +101,7 @@ fn form_value(body: &[u8]) -> Option<String> {
 pub(super) async fn submit(
     State(gw): State<Arc<Gateway>>,
     Path(link): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Ok(grant) = gw.connect_links.consume(&link) else {
@@ -152,6 +110,13 @@ pub(super) async fn submit(
         return bad_link();
     };
     let snapshot = gw.snapshots.load();
+    let mode = snapshot
+        .target(&grant.namespace, &grant.target)
+        .and_then(|t| t.user_credential.as_ref())
+        .map(|u| u.mode);
+    if mode == Some(UserCredentialMode::OAuth2) && gw.grants().is_some() {
+        return super::connect_oauth::begin(&gw, grant, &headers).await;
+    }
     let (Some(u), Some(store)) = (
         snapshot
             .target(&grant.namespace, &grant.target)

@@ -2,6 +2,7 @@
 //! (host and origin, authentication, admission, the era's envelope, then the MCP router).
 
 use super::*;
+use tracing::debug_span;
 
 pub(super) async fn post_aggregated(
     State(gw): State<Arc<Gateway>>,
@@ -93,13 +94,24 @@ async fn handle_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let span = info_span!(
-        "handle_post",
-        otel.kind = "server",
-        method = field::Empty,
-        session = field::Empty,
-        user = field::Empty
-    );
+    // At `info` only when spans are exported: at the usual `info` filter a request span costs
+    // its allocation and field formatting on every message (issue #24).
+    let span = if reflow_telemetry::propagation::enabled() {
+        info_span!(
+            "handle_post",
+            otel.kind = "server",
+            method = field::Empty,
+            session = field::Empty,
+            user = field::Empty
+        )
+    } else {
+        debug_span!(
+            "handle_post",
+            method = field::Empty,
+            session = field::Empty,
+            user = field::Empty
+        )
+    };
     continue_caller_trace(&span, &headers, &body);
     serve_post(gw, scope, peer, headers, body)
         .instrument(span)

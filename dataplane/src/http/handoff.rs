@@ -17,13 +17,17 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::PeerAddr;
 use crate::mcp::Gateway;
 use crate::mcp::handoff::{Handoff, parked_key, session_key};
-use crate::postgres::{Ownership, Peer, RegistryError};
+use crate::postgres::{Ownership, Peer, RegistryError, ReplicaToken};
 use crate::upstream::SESSION_HEADER;
+use reflow_crds::Identity;
 
 /// Carries `v1.<unix ms>.<from replica>.<signature>` on a handed-off request.
 pub(crate) const HANDOFF_HEADER: &str = "reflow-handoff";
 /// The client's address as the first replica saw it (signed with the request).
 const PEER_HEADER: &str = "reflow-handoff-peer";
+/// The identity of a client certificate the first replica verified (mTLS users), signed with
+/// the request: the owner takes it only under a valid hand-off signature that covers it.
+const IDENTITY_HEADER: &str = "reflow-handoff-identity";
 /// Set on a 421 answer: the receiving replica does not own the key (any more).
 const MOVED_HEADER: &str = "reflow-handoff-moved";
 /// How far a handed-off request's clock may be from ours.
@@ -65,7 +69,16 @@ pub(crate) async fn middleware(
     let handed = req.headers().contains_key(HANDOFF_HEADER);
     let (mut parts, body) = req.into_parts();
     let peer = parts.headers.remove(PEER_HEADER);
-    if handed && !accept(h, &mut parts, peer.as_ref()) {
+    // Never read unless a valid signature covers it; a client's own copy is dropped here.
+    let identity = parts.headers.remove(IDENTITY_HEADER);
+    if handed
+        && !accept(
+            h.registry.token(),
+            &mut parts,
+            peer.as_ref(),
+            identity.as_ref(),
+        )
+    {
         return refusal(StatusCode::FORBIDDEN, "hand-off refused");
     }
     let body = match axum::body::to_bytes(body, gw.config.max_body_bytes).await {
@@ -75,12 +88,10 @@ pub(crate) async fn middleware(
     let key = key_of(&parts, &body);
     let span = info_span!("handoff", key = key.as_deref().unwrap_or("-"), handed);
     async {
-        if let Some(key) = &key {
-            match route(h, key, &parts, &body, handed).await {
-                Route::Claimed => gw.took_over(key),
-                Route::Local => {}
-                Route::Answered(resp) => return resp,
-            }
+        if let Some(key) = &key
+            && let Route::Answered(resp) = route(&gw, h, key, (&parts, &body), handed).await
+        {
+            return resp;
         }
         serve_here(&gw, key, parts, body, next).await
     }
@@ -98,7 +109,11 @@ async fn serve_here(
 ) -> Response {
     let opens = parts.uri.path().starts_with("/mcp") && !parts.headers.contains_key(SESSION_HEADER);
     let ends = parts.method == Method::DELETE;
+    let posts = parts.method == Method::POST;
     let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
+    if let Some(key) = key.as_deref().filter(|_| posts) {
+        gw.settle_events(key).await;
+    }
     if opens
         && let Some(sid) = resp
             .headers()
@@ -119,18 +134,17 @@ async fn serve_here(
 
 /// What a session key's owner means for this request.
 enum Route {
-    /// This replica serves it (it owns the key, or nobody does).
+    /// This replica serves it (it owns the key, or nobody does, or it has just claimed it from
+    /// a dead owner).
     Local,
-    /// This replica serves it, having just claimed it from a dead owner.
-    Claimed,
     Answered(Response),
 }
 
 async fn route(
+    gw: &Gateway,
     h: &Handoff,
     key: &str,
-    parts: &request::Parts,
-    body: &Bytes,
+    (parts, body): (&request::Parts, &Bytes),
     handed: bool,
 ) -> Route {
     let mut fresh = false;
@@ -178,8 +192,11 @@ async fn route(
             let msg = "the replica that holds this session does not answer; retry";
             return Route::Answered(refusal(StatusCode::GATEWAY_TIMEOUT, msg));
         }
+        // What the dead owner left (its journaled stream events) is in place before the claim
+        // makes this replica the owner: a request that finds it the owner finds them too.
+        gw.take_over(key).await;
         match h.registry.claim(key, &peer.id).await {
-            Ok(true) => return Route::Claimed,
+            Ok(true) => return Route::Local,
             Ok(false) => continue,
             Err(e) => {
                 warn!(error = %e, label = e.label(), "cannot claim a dead replica's session");
@@ -228,21 +245,60 @@ fn parked_state(body: &[u8]) -> Option<String> {
     state.starts_with(STATE_PREFIX).then(|| state.to_owned())
 }
 
-/// The parts a hand-off signature covers.
-fn signed_parts<'a>(
+/// What one hand-off signature covers.
+struct Signed<'a> {
     ms: &'a str,
     from: &'a str,
     method: &'a str,
     target: &'a str,
     peer: &'a str,
-) -> [&'a str; 6] {
-    ["reflow-handoff", ms, from, method, target, peer]
+    /// The encoded certificate identity, empty when the client had none.
+    identity: &'a str,
+}
+
+impl Signed<'_> {
+    fn parts(&self) -> [&str; 7] {
+        [
+            "reflow-handoff",
+            self.ms,
+            self.from,
+            self.method,
+            self.target,
+            self.peer,
+            self.identity,
+        ]
+    }
+}
+
+/// A verified certificate identity as it travels: hex of `{"user", "groups", "roles"}`.
+fn encode_identity(id: &Identity) -> String {
+    let v = serde_json::json!({"user": &*id.user, "groups": &*id.groups, "roles": &*id.roles});
+    hex::encode(v.to_string())
+}
+
+fn decode_identity(value: &str) -> Option<Identity> {
+    let v: serde_json::Value = serde_json::from_slice(&hex::decode(value).ok()?).ok()?;
+    let names = |key: &str| -> Option<Vec<String>> {
+        v.get(key)?
+            .as_array()?
+            .iter()
+            .map(|g| g.as_str().map(str::to_owned))
+            .collect()
+    };
+    let user = v.get("user")?.as_str()?.to_owned();
+    Some(Identity::new(user, names("groups")?, names("roles")?))
 }
 
 /// Verifies a handed-off request's signature and age (`false`: refuse it); on success the
 /// request carries the client's address (for token source ranges) instead of the handing
-/// replica's, and no client certificate (it does not travel: certificate users fail closed).
-fn accept(h: &Handoff, parts: &mut request::Parts, peer: Option<&HeaderValue>) -> bool {
+/// replica's, and the identity of the client certificate the handing replica verified, if
+/// any, as if the client had presented it here.
+fn accept(
+    token: &ReplicaToken,
+    parts: &mut request::Parts,
+    peer: Option<&HeaderValue>,
+    identity: Option<&HeaderValue>,
+) -> bool {
     let Some(value) = parts
         .headers
         .remove(HANDOFF_HEADER)
@@ -258,24 +314,45 @@ fn accept(h: &Handoff, parts: &mut request::Parts, peer: Option<&HeaderValue>) -
         return false;
     };
     let peer = peer.and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let identity = identity.and_then(|v| v.to_str().ok()).unwrap_or_default();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fresh = ms
         .parse::<u64>()
         .is_ok_and(|t| t.abs_diff(now_ms()) <= MAX_SKEW_MS);
     let method = parts.method.as_str().to_owned();
-    if !fresh
-        || !h
-            .registry
-            .token()
-            .verify(&signed_parts(ms, from, &method, target, peer), sig)
-    {
+    let signed = Signed {
+        ms,
+        from,
+        method: &method,
+        target,
+        peer,
+        identity,
+    };
+    if !fresh || !token.verify(&signed.parts(), sig) {
         warn!(from, "hand-off with a bad or stale signature; refused");
         return false;
     }
-    if let Ok(addr) = peer.parse() {
+    let cert = if identity.is_empty() {
+        None
+    } else {
+        match decode_identity(identity) {
+            Some(id) => Some(Arc::new(id)),
+            None => {
+                warn!(from, "hand-off with an unreadable identity; refused");
+                return false;
+            }
+        }
+    };
+    let addr = peer.parse().ok().or_else(|| {
         parts
             .extensions
-            .insert(ConnectInfo(PeerAddr { addr, cert: None }));
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|c| c.0.addr)
+    });
+    if let Some(addr) = addr {
+        parts
+            .extensions
+            .insert(ConnectInfo(PeerAddr { addr, cert }));
     }
     true
 }
@@ -295,30 +372,41 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn handed_headers(h: &Handoff, parts: &request::Parts) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+/// The request's headers as handed on, with the signed hand-off headers added.
+fn handed_headers(token: &ReplicaToken, me: &str, parts: &request::Parts) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 3);
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) {
             headers.append(name.clone(), value.clone());
         }
     }
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<PeerAddr>>()
-        .map(|c| c.0.addr.to_string())
+    let connected = parts.extensions.get::<ConnectInfo<PeerAddr>>();
+    let peer = connected.map(|c| c.0.addr.to_string()).unwrap_or_default();
+    let identity = connected
+        .and_then(|c| c.0.cert.as_deref())
+        .map(encode_identity)
         .unwrap_or_default();
     let ms = now_ms().to_string();
-    let me = h.registry.id();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let sig = h
-        .registry
-        .token()
-        .sign(&signed_parts(&ms, me, parts.method.as_str(), target, &peer));
+    let signed = Signed {
+        ms: &ms,
+        from: me,
+        method: parts.method.as_str(),
+        target,
+        peer: &peer,
+        identity: &identity,
+    };
+    let sig = token.sign(&signed.parts());
     if let Ok(v) = HeaderValue::from_str(&format!("v1.{ms}.{me}.{sig}")) {
         headers.insert(HANDOFF_HEADER, v);
     }
     if let Ok(v) = HeaderValue::from_str(&peer) {
         headers.insert(PEER_HEADER, v);
+    }
+    if !identity.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&identity)
+    {
+        headers.insert(IDENTITY_HEADER, v);
     }
     headers
 }
@@ -341,7 +429,7 @@ async fn forward(
     let send = h
         .http
         .request(method, url)
-        .headers(handed_headers(h, parts))
+        .headers(handed_headers(h.registry.token(), h.registry.id(), parts))
         .body(body)
         .send();
     let watch = watch_owner(h, peer);
@@ -416,6 +504,73 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(()).unwrap().into_parts().0
+    }
+
+    fn token(secret: &str) -> ReplicaToken {
+        ReplicaToken::new(secrecy::SecretString::from(secret.to_owned()))
+    }
+
+    /// A request as replica `a` hands it on, its client having presented `cert`.
+    fn handed(t: &ReplicaToken, cert: Option<Identity>) -> (request::Parts, HeaderMap) {
+        let mut p = parts(Method::POST, "/mcp", &[("mcp-session-id", "abc")]);
+        let addr = "10.1.2.3:4567".parse().unwrap();
+        p.extensions.insert(ConnectInfo(PeerAddr {
+            addr,
+            cert: cert.map(Arc::new),
+        }));
+        let headers = handed_headers(t, "a", &p);
+        (parts(Method::POST, "/mcp", &[]), headers)
+    }
+
+    /// What the owner makes of `headers`: `None` when refused, else the certificate identity.
+    fn received(t: &ReplicaToken, headers: &HeaderMap) -> Option<Option<Identity>> {
+        let mut p = parts(Method::POST, "/mcp", &[]);
+        p.headers = headers.clone();
+        let peer = p.headers.remove(PEER_HEADER);
+        let identity = p.headers.remove(IDENTITY_HEADER);
+        if !accept(t, &mut p, peer.as_ref(), identity.as_ref()) {
+            return None;
+        }
+        let c = p.extensions.get::<ConnectInfo<PeerAddr>>().expect("peer");
+        assert_eq!(c.0.addr.to_string(), "10.1.2.3:4567");
+        Some(c.0.cert.as_deref().cloned())
+    }
+
+    #[test]
+    fn a_verified_certificate_identity_travels_only_under_a_signature_that_covers_it() {
+        let t = token("replica-token-0123456789");
+        let alice = Identity::new("alice", ["ops", "dev"], ["admin"]);
+        // Signed with the identity: the owner sees the certificate's user, groups and roles.
+        let (_, headers) = handed(&t, Some(alice.clone()));
+        assert!(headers.contains_key(IDENTITY_HEADER));
+        assert_eq!(received(&t, &headers), Some(Some(alice)));
+        // A hand-off without a certificate carries none.
+        let (_, plain) = handed(&t, None);
+        assert!(!plain.contains_key(IDENTITY_HEADER));
+        assert_eq!(received(&t, &plain), Some(None));
+        // An identity added to (or swapped into) a signed hand-off is refused.
+        let mallory = encode_identity(&Identity::new("mallory", ["ops"], Vec::<String>::new()));
+        let mut forged = plain.clone();
+        forged.insert(IDENTITY_HEADER, HeaderValue::from_str(&mallory).unwrap());
+        assert_eq!(received(&t, &forged), None);
+        let mut swapped = headers.clone();
+        swapped.insert(IDENTITY_HEADER, HeaderValue::from_str(&mallory).unwrap());
+        assert_eq!(received(&t, &swapped), None);
+        // Signed with another token: refused.
+        let (_, theirs) = handed(&token("not-the-replica-token-000"), Some(alice_again()));
+        assert_eq!(received(&t, &theirs), None);
+    }
+
+    fn alice_again() -> Identity {
+        Identity::new("alice", ["ops"], Vec::<String>::new())
+    }
+
+    #[test]
+    fn identities_round_trip_and_garbage_does_not_decode() {
+        let id = Identity::new("bob", ["b", "a"], ["r"]);
+        assert_eq!(decode_identity(&encode_identity(&id)), Some(id));
+        assert_eq!(decode_identity("zz"), None);
+        assert_eq!(decode_identity(&hex::encode("{\"user\": 1}")), None);
     }
 
     #[test]

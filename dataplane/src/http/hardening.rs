@@ -109,10 +109,14 @@ fn finish(config: &HttpConfig, cors_origin: Option<&str>, mut resp: Response) ->
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    // A page that posts its own forms (the connect pages) keeps its `same-origin`: with
+    // `no-referrer` a browser sends `Origin: null` on those POSTs and the Origin check refuses.
+    if !h.contains_key(header::REFERRER_POLICY) {
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),

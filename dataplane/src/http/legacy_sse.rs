@@ -135,7 +135,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, peer: Peer, headers: Header
     Span::current().record("session", sid.as_str());
     // Its POSTs may reach any replica: they are handed here, where the stream is.
     gw.own(&crate::mcp::handoff::session_key(&sid)).await;
-    let hub = gw.hubs.get(&sid);
+    let hub = gw.hubs.get_unjournaled(&sid);
     // The legacy stream is the session's GET stream: snapshot changes are announced on it too.
     hub.set_viewer(Viewer {
         identity: identity.clone(),
@@ -298,9 +298,8 @@ async fn post_message(
             // Without SSE on the reply, everything upstreams say meanwhile goes to the session
             // stream, which is where this client listens.
             match worker.respond(ctx, request, false).await {
-                Answer::Json { message, .. } | Answer::StatelessJson(message) => {
-                    deliver(&worker, &session.id, message)
-                }
+                Answer::Json { message, .. } => deliver(&worker, &session.id, message.into_tree()),
+                Answer::StatelessJson(message) => deliver(&worker, &session.id, message),
                 // Not asked for (no SSE on the reply); nothing to deliver.
                 Answer::Stream { .. } | Answer::Events(_) => {
                     tracing::warn!("reply was a stream; not delivered")

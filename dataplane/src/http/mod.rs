@@ -7,6 +7,8 @@ mod admission;
 use admission::{Admitted, read_message, store_unavailable};
 mod client_stream;
 mod connect;
+mod connect_oauth;
+mod connect_page;
 mod endpoints;
 mod handoff;
 use endpoints::{find_session, owned_session, session_not_found};
@@ -96,6 +98,11 @@ pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
         )
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}/{{*rest}}"), get(metadata))
+        .route(crate::mcp::CONNECT_PATH, get(connect_page::index))
+        .route(
+            &format!("{}/callback", crate::mcp::CONNECT_PATH),
+            get(connect_oauth::callback),
+        )
         .route(
             &format!("{}/{{link}}", crate::mcp::CONNECT_PATH),
             get(connect::show).post(connect::submit),

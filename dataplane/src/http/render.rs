@@ -29,12 +29,13 @@ pub(crate) fn answer(answer: Answer) -> Response {
 
 /// A reply sent as plain JSON: 200, or for a rate-limit refusal 429 with `Retry-After` (its
 /// `data.retryAfter`, at least 1), since the HTTP status can say it too.
-pub(crate) fn json_reply(reply: Value, outcome: &str) -> Response {
+pub(crate) fn json_reply(reply: jsonrpc::Outbound, outcome: &str) -> Response {
     if outcome != RATE_LIMITED_OUTCOME {
         return (StatusCode::OK, axum::Json(reply)).into_response();
     }
     let secs = reply
-        .pointer("/error/data/retryAfter")
+        .as_tree()
+        .and_then(|r| r.pointer("/error/data/retryAfter"))
         .and_then(Value::as_u64)
         .unwrap_or(1)
         .max(1);

@@ -289,7 +289,7 @@ impl Gateway {
                 outcome,
                 ..
             } = self.dispatch(ctx, req).await;
-            if reply.get("error").is_some() {
+            if reply.as_tree().is_some_and(|r| r.get("error").is_some()) {
                 tracing::debug!(uri, outcome, "a listen subscription was not taken upstream");
             }
         }

@@ -6,13 +6,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::streams::Frame;
+use crate::jsonrpc::Outbound;
 
 /// The router's answer to one client request.
 pub(crate) enum Answer {
     /// One JSON-RPC message; `outcome` is the request's outcome label (a rate-limit refusal,
     /// `rate_limit::RATE_LIMITED_OUTCOME`, can be said in the transport's status too).
     Json {
-        message: Value,
+        message: Outbound,
         outcome: &'static str,
     },
     /// One JSON-RPC message to a stateless (2026-07-28) client, whose error codes the transport

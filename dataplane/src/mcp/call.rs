@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use reflow_crds::{Identity, Snapshot};
-use serde_json::Value;
 
 use super::forward::Caller;
+use crate::jsonrpc::Outbound;
 use crate::scope::TokenScope;
 use crate::session::Session;
 use crate::upstream::CallHooks;
@@ -17,15 +17,20 @@ use crate::upstream::CallHooks;
 /// and audit) and the outcome label.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    pub message: Value,
+    /// A tree, or an upstream's plain result passed through as its bytes (`Outbound::Result`).
+    pub message: Outbound,
     pub target: Option<Arc<str>>,
     pub outcome: &'static str,
 }
 
 impl Reply {
-    pub(crate) fn new(message: Value, target: Option<Arc<str>>, outcome: &'static str) -> Self {
+    pub(crate) fn new(
+        message: impl Into<Outbound>,
+        target: Option<Arc<str>>,
+        outcome: &'static str,
+    ) -> Self {
         Self {
-            message,
+            message: message.into(),
             target,
             outcome,
         }

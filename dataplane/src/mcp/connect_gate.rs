@@ -48,7 +48,11 @@ impl Gateway {
                 json!({"content": [{"type": "text", "text": text}], "isError": true}),
             )
         };
-        if u.mode != UserCredentialMode::Secret || self.connections.is_none() {
+        let connectable = matches!(
+            u.mode,
+            UserCredentialMode::Secret | UserCredentialMode::OAuth2
+        );
+        if !connectable || self.connections.is_none() {
             // Fail closed: never call the upstream without the caller's own credential.
             self.audit_connect(ctx, key, name, "connect_unavailable");
             return Some(Reply::new(
@@ -97,6 +101,79 @@ impl Gateway {
             tool_error(message)
         };
         Some(Reply::new(reply, Some(key.clone()), "connect_required"))
+    }
+
+    /// The bounded OAuth client every authorization-server request goes through.
+    pub(crate) fn oauth_http(&self) -> reflow_oauth::OAuthHttp {
+        self.oauth.http.clone()
+    }
+
+    pub(crate) fn connect_flows(&self) -> &crate::connect::Flows {
+        &self.oauth.flows
+    }
+
+    pub(crate) fn oauth_clients(
+        &self,
+    ) -> &std::sync::Mutex<std::collections::HashMap<String, reflow_oauth::RegisteredClient>> {
+        &self.oauth.clients
+    }
+
+    /// The grants' refresher and disconnect (standalone mode with a connection store).
+    pub fn grants(&self) -> Option<&Arc<crate::connect::Grants>> {
+        self.oauth.grants.as_ref()
+    }
+
+    pub(crate) fn sealing_key(&self) -> &reflow_crds::SealingKey {
+        &self.key
+    }
+
+    /// After an upstream 401 on a Target whose users bring an oauth2 grant: refreshes the
+    /// caller's grant (unless it was renewed since `since_ms`) and answers the Target from the
+    /// snapshot that carries the new token, for one retry. `None`: nothing to retry with.
+    pub(crate) async fn refreshed_after_401(
+        &self,
+        identity: &reflow_crds::Identity,
+        target: &CompiledTarget,
+        since_ms: u128,
+    ) -> Option<Arc<CompiledTarget>> {
+        let u = target.user_credential.as_ref()?;
+        if u.mode != UserCredentialMode::OAuth2 {
+            return None;
+        }
+        let grants = self.grants()?;
+        let before = target.credentials.resolve(identity).fingerprint;
+        let mut applied = self.snapshots.subscribe();
+        let since = u64::try_from(since_ms).unwrap_or(u64::MAX);
+        let done = grants
+            .refresh(&target.namespace, &target.name, &identity.user, Some(since))
+            .await
+            .ok()?;
+        if done == crate::connect::Refreshed::NotFound {
+            return None;
+        }
+        // The folder watch recompiles the store: wait (bounded) for a snapshot whose credentials
+        // for this caller differ from the refused ones.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let snapshot = self.snapshots.load();
+            if let Some(t) = snapshot.target(&target.namespace, &target.name) {
+                let now = t.credentials.resolve(identity);
+                if now.fingerprint != before {
+                    // Retry only with the caller's own (new) value in the slot.
+                    return now
+                        .entries
+                        .iter()
+                        .any(|e| u.is_slot(&e.entry))
+                        .then(|| t.clone());
+                }
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, applied.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return None;
+            }
+        }
     }
 
     /// An upstream refused a user's oauth2 token (401): ask whoever refreshes it (the

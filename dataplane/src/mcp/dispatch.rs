@@ -24,7 +24,7 @@ use crate::session::{Scope, Session};
 const MAX_PAGES: usize = 64;
 
 impl Ctx {
-    fn aggregated(&self) -> bool {
+    pub(super) fn aggregated(&self) -> bool {
         self.session.scope == Scope::Aggregated
     }
 
@@ -49,7 +49,7 @@ impl Ctx {
 
     /// The targets some rule could open to the caller, with their keys (the others are never
     /// contacted on the caller's behalf).
-    fn open_targets(&self) -> (Vec<Arc<CompiledTarget>>, Vec<Arc<str>>) {
+    pub(super) fn open_targets(&self) -> (Vec<Arc<CompiledTarget>>, Vec<Arc<str>>) {
         let targets: Vec<_> = self
             .targets()
             .into_iter()
@@ -240,7 +240,10 @@ impl Gateway {
                 "target_not_ready",
             );
         }
-        let items: Vec<Value> = pages.into_iter().flat_map(|(items, _)| items).collect();
+        let mut items: Vec<Value> = pages.into_iter().flat_map(|(items, _)| items).collect();
+        if kind.method == "tools/list" && self.connections_tool_visible(ctx, &targets) {
+            items.push(super::connections_tool::definition());
+        }
         let mut result = Map::new();
         result.insert(kind.field.to_owned(), Value::Array(items));
         Reply::new(jsonrpc::result(&req.id, Value::Object(result)), None, "ok")
@@ -300,7 +303,7 @@ impl Gateway {
                 .forward(&ctx.caller(key), target, kind.method, params.as_ref())
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => r.into_object(),
                 Err(e) => {
                     warn!(target = %key, error = %e, label = e.label(), method = kind.method, "upstream list failed");
                     if seen.is_some() {
@@ -394,6 +397,12 @@ impl Gateway {
             ItemKind::Prompt => jsonrpc::invalid_params(id, &format!("Unknown prompt: {name}")),
             _ => jsonrpc::invalid_params(id, &format!("Unknown tool: {name}")),
         };
+        if kind == ItemKind::Tool && name == super::connections_tool::NAME {
+            let (targets, _) = ctx.open_targets();
+            if self.connections_tool_visible(ctx, &targets) {
+                return self.connections_tool_call(ctx, &req, &targets).await;
+            }
+        }
         let Some((target, upstream_name)) = ctx.route(&name) else {
             self.audit_decision(
                 ctx,
@@ -455,14 +464,20 @@ impl Gateway {
         } else {
             "Unknown tool"
         };
-        if let Some(msg) = reply.pointer_mut("/error/message")
+        if let Some(msg) = reply
+            .as_tree_mut()
+            .and_then(|r| r.pointer_mut("/error/message"))
             && msg.as_str() == Some(format!("{label}: {upstream_name}").as_str())
         {
             *msg = Value::String(format!("{label}: {name}"));
         }
+        // A result passed through as bytes is made a tree only when it may hold a resource.
         if kind == ItemKind::Tool
             && ctx.aggregated()
-            && let Some(result) = reply.get_mut("result")
+            && reply
+                .raw_result()
+                .is_none_or(resource_uri::may_name_a_resource)
+            && let Some(result) = reply.tree_mut().get_mut("result")
         {
             resource_uri::expose_tool_result(&target.prefix, result);
         }
@@ -523,12 +538,14 @@ impl Gateway {
         } = self.relay(ctx, req, &target, key, &uri, &decision).await;
         // An upstream's own "not found" has its own wording (and its own URI); restated as the
         // gateway's, a missing resource reads exactly like a denied one.
-        if resource_uri::upstream_not_found(&reply, &upstream_uri) {
-            let id = reply.get("id").cloned().unwrap_or(Value::Null);
-            reply = not_found(&id);
+        if let Some(tree) = reply.as_tree()
+            && resource_uri::upstream_not_found(tree, &upstream_uri)
+        {
+            let id = tree.get("id").cloned().unwrap_or(Value::Null);
+            reply = not_found(&id).into();
         }
         if ctx.aggregated()
-            && let Some(result) = reply.get_mut("result")
+            && let Some(result) = reply.tree_mut().get_mut("result")
         {
             resource_uri::expose_read_result(&target.prefix, result);
         }
@@ -634,21 +651,19 @@ impl Gateway {
             )
             .await
         {
-            Ok(mut upstream) => {
-                let outcome = if upstream.contains_key("error") {
+            Ok(upstream) => {
+                let outcome = if upstream.is_error() {
                     "upstream_error"
                 } else {
                     "ok"
                 };
-                upstream.insert("id".into(), req.id.clone());
-                upstream.insert("jsonrpc".into(), json!("2.0"));
-                (Value::Object(upstream), outcome)
+                (jsonrpc::Outbound::answer(&req.id, upstream), outcome)
             }
             Err(e) => {
                 let msg = format!("upstream {key} failed: {e}");
                 let mut err = jsonrpc::error(&req.id, jsonrpc::UPSTREAM_ERROR, &msg);
                 err["error"]["data"] = json!({"reason": e.label()});
-                (err, e.label())
+                (err.into(), e.label())
             }
         };
         self.audit_decision(ctx, &req.method, Some(&key), name, decision, outcome);

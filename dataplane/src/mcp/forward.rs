@@ -13,6 +13,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{Instrument, Span, info_span};
 
 use super::Gateway;
+use crate::jsonrpc::UpstreamReply;
 use crate::log_level::LogLevel;
 use crate::metrics::UpstreamLabels;
 use crate::session::UpstreamState;
@@ -168,7 +169,7 @@ impl Gateway {
         target: &CompiledTarget,
         method: &str,
         params: Option<&Value>,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         // The parent named in the `traceparent` the upstream receives. Only traced requests pay
         // for it: with tracing off, formatting its fields for the logs would be the cost.
         let span = if reflow_telemetry::propagation::enabled() {
@@ -187,7 +188,7 @@ impl Gateway {
         target: &CompiledTarget,
         method: &str,
         params: Option<&Value>,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         let started = Instant::now();
         // With tracing on, the upstream's `_meta` names this span as its parent (SEP-414; all a
         // STDIO server can read), replacing whatever trace context the caller put there.
@@ -195,9 +196,18 @@ impl Gateway {
             .then(|| with_trace_meta(params))
             .flatten();
         let params = traced.as_ref().or(params);
-        let out = self.forward_inner(caller, target, method, params).await;
+        let since = crate::audit::now_ms();
+        let mut out = self.forward_inner(caller, target, method, params).await;
+        // A user's oauth2 token the upstream no longer takes: refresh now and retry once where
+        // this dataplane refreshes (standalone); otherwise ask the controller's refresher.
         if matches!(out, Err(UpstreamError::Status(401))) {
-            self.upstream_refused_grant(caller.identity, target);
+            match self
+                .refreshed_after_401(caller.identity, target, since)
+                .await
+            {
+                Some(fresh) => out = self.forward_inner(caller, &fresh, method, params).await,
+                None => self.upstream_refused_grant(caller.identity, target),
+            }
         }
         let labels = UpstreamLabels {
             target: caller.target_key.clone(),
@@ -222,7 +232,7 @@ impl Gateway {
         target: &CompiledTarget,
         method: &str,
         params: Option<&Value>,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         let creds = target.credentials.resolve(caller.identity);
         let hooks = CallHooks {
             sink: caller
@@ -253,22 +263,20 @@ impl Gateway {
             self.attach_child(caller, &key, &child).await;
             self.carry_subscriptions(&key, &child).await;
             let sid = caller.session_id;
-            self.restore_subscriptions((target.stateful, sid), caller.target_key, (&key, &child))
+            self.restore_subscriptions(sid, caller.target_key, (&key, &child))
                 .await;
             let timeout = std::time::Duration::from_millis(u64::from(target.timeouts.request_ms));
             if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
                 let out = self
                     .stdio_subscription(caller, (&child, &key), (method, params), timeout, &hooks)
                     .await;
-                if target.stateful {
-                    self.keep_subscription(sid, caller.target_key, (method, params), &out)
-                        .await;
-                }
-                return out;
+                self.keep_subscription(sid, caller.target_key, (method, params), &out)
+                    .await;
+                return out.map(UpstreamReply::from);
             }
-            return Ok(child
-                .request_with(method, params, timeout, &hooks, Some(caller.session_id))
-                .await?);
+            let reply =
+                child.request_with(method, params, timeout, &hooks, Some(caller.session_id));
+            return Ok(reply.await?.into());
         }
         if let Upstream::Kubernetes { .. } = target.upstream {
             return self
@@ -289,7 +297,8 @@ impl Gateway {
                     caller,
                     &hooks,
                 )
-                .await;
+                .await
+                .map(UpstreamReply::from);
         }
         match self
             .upstream

@@ -56,7 +56,8 @@ impl Gateway {
             let reply = self
                 .upstream
                 .send(target, headers, link, method, Some(&params), hooks)
-                .await?;
+                .await?
+                .into_object();
             let Some(result) = reply.get("result") else {
                 return Ok(reply);
             };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Gateway;
 use crate::postgres::{RegistrySettings, ReplicaRegistry};
@@ -97,16 +97,50 @@ pub(crate) fn parked_key(state: &str) -> String {
     format!("p:{}", hex::encode(&digest[..16]))
 }
 
+/// How long a reply waits for the events published before it to be journaled.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
+
 impl Gateway {
-    /// This replica has just claimed `key` from a dead owner: the session's stream events are
-    /// numbered above the previous owner's (microseconds since the epoch, which the previous
-    /// owner's per-session counter cannot have reached).
-    pub(crate) fn took_over(&self, key: &str) {
-        if let Some(sid) = key.strip_prefix("s:") {
-            let micros = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-            self.hubs.get(sid).number_from(micros);
+    /// This replica is about to claim `key` from a dead owner: the session's stream events
+    /// are numbered above the previous owner's (microseconds since the epoch, which the
+    /// previous owner's per-session counter cannot have reached), and what the previous owner
+    /// journaled is loaded into the replay buffer, so a client resumes here with its
+    /// `Last-Event-ID`. Done before the claim (the dead owner journals nothing more), so no
+    /// request finds this replica the owner with the buffer not restored yet; if another
+    /// replica wins the claim, the buffer is unused and swept as idle.
+    pub(crate) async fn take_over(&self, key: &str) {
+        let Some(sid) = key.strip_prefix("s:") else {
+            return;
+        };
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let hub = self.hubs.get(sid);
+        hub.number_from(micros);
+        let Some(h) = &self.handoff else { return };
+        match h.registry.journal().load(sid).await {
+            Ok(events) => {
+                debug!(
+                    events = events.len(),
+                    "replay buffer restored from the journal"
+                );
+                hub.restore(events);
+            }
+            Err(e) => warn!(error = %e, label = e.label(), "journaled stream events not loaded"),
+        }
+    }
+
+    /// Waits (at most [`SETTLE_WITHIN`]) until every event the session published so far is
+    /// journaled: a reply goes out only once what came before it would survive this replica.
+    pub(crate) async fn settle_events(&self, key: &str) {
+        let (Some(h), Some(sid)) = (&self.handoff, key.strip_prefix("s:")) else {
+            return;
+        };
+        let Some(ticket) = self.hubs.find(sid).and_then(|hub| hub.last_ticket()) else {
+            return;
+        };
+        if !h.registry.journal().settled(ticket, SETTLE_WITHIN).await {
+            debug!("stream events not journaled in time; replying anyway");
         }
     }
 

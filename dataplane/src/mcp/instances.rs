@@ -9,7 +9,7 @@ use reflow_crds::instance_wire::EnsureRequest;
 use std::sync::Arc;
 
 use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tracing::{debug, instrument, warn};
 
 use super::Gateway;
@@ -37,7 +37,7 @@ impl Gateway {
         creds: &ResolvedCredentials,
         (method, params): (&str, Option<&Value>),
         hooks: &CallHooks,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<crate::jsonrpc::UpstreamReply, UpstreamError> {
         let (key, req) = ensure_request(caller, target, creds);
         let base = self.call_headers(caller, target, creds)?;
         let uri = params
@@ -61,7 +61,7 @@ impl Gateway {
                 && (method == SUBSCRIBE || !retried)
                 && self.count_instance_subscription(caller, (&counted, &key), method, uri)
             {
-                return Ok(empty_result());
+                return Ok(empty_result().into());
             }
             let holder = || Holder::Instance {
                 target: caller.target_key.clone(),
@@ -107,7 +107,7 @@ impl Gateway {
         tell: Option<crate::log_level::LogLevel>,
         (method, params): (&str, Option<&Value>),
         hooks: &CallHooks,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<crate::jsonrpc::UpstreamReply, UpstreamError> {
         let mut state = {
             let mut shared = inst.state.lock().await;
             if !shared.initialized {

@@ -7,6 +7,7 @@ pub(crate) mod answer;
 pub(crate) mod authz;
 pub(crate) mod call;
 mod connect_gate;
+mod connections_tool;
 mod cross_replica;
 pub(crate) mod dispatch;
 mod forward;
@@ -209,6 +210,8 @@ pub struct Gateway {
     /// Where connections are stored (the local folder, or the controller); none: connecting is
     /// not available here.
     pub(crate) connections: Option<Arc<dyn crate::connect::GrantStore>>,
+    /// `mode: oauth2`: flows in flight, registered clients, the grants' refresher (standalone).
+    pub(crate) oauth: crate::connect::OAuthSide,
     /// Hands requests to the replica that owns their session (with a replica registry).
     pub(crate) handoff: Option<handoff::Handoff>,
 }
@@ -240,6 +243,12 @@ impl Gateway {
             ),
             None => None,
         };
+        let journal = handoff.as_ref().map(|h| h.registry.journal().clone());
+        let oauth = crate::connect::OAuthSide::with_store(
+            p.connections.clone(),
+            p.audit.clone(),
+            tokio::runtime::Handle::try_current().ok().as_ref(),
+        );
         let gw = Arc::new_cyclic(|weak: &Weak<Self>| {
             // Sessions the store expires (idle) take their upstream links with them.
             let expiring = weak.clone();
@@ -262,7 +271,7 @@ impl Gateway {
                 limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
-                hubs: streams::Hubs::default(),
+                hubs: streams::Hubs::new(journal),
                 upcalls: upcalls::Upcalls::new(answer_timeout),
                 parking: mrtr::Parking::default(),
                 list_cache: list_cache::ListCache::default(),
@@ -275,6 +284,7 @@ impl Gateway {
                 me: weak.clone(),
                 rate_limiter: Default::default(),
                 connect_links: Default::default(),
+                oauth,
                 connections: p.grant_store.or_else(|| {
                     p.connections
                         .map(|s| Arc::new(s) as Arc<dyn crate::connect::GrantStore>)

@@ -164,7 +164,7 @@ impl Gateway {
                 .forward(&ctx.caller(key), target, "tools/list", params.as_ref())
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => r.into_object(),
                 Err(e) => {
                     self.observe_failure(target, reason_of(&e), &e.to_string());
                     return None;

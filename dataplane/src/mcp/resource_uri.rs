@@ -64,6 +64,13 @@ pub(crate) fn expose_read_result(prefix: &str, result: &mut Value) {
     }
 }
 
+/// Whether a `tools/call` result's JSON text (as an upstream sent it) may hold content that
+/// [`expose_tool_result`] rewrites: its `type` is `resource_link` or `resource`, so the text
+/// holds `resource`, unless written with `\u` escapes, which are looked for too.
+pub(crate) fn may_name_a_resource(result: &str) -> bool {
+    result.contains("resource") || result.contains("\\u")
+}
+
 /// Rewrites the URIs a `tools/call` result points at (`resource_link` and embedded `resource`
 /// content), so a client can read them back through the same endpoint.
 pub(crate) fn expose_tool_result(prefix: &str, result: &mut Value) {
@@ -116,6 +123,30 @@ fn expose_field(prefix: &str, item: &mut Value, field: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The byte check before a raw tool result is left alone: whatever `expose_tool_result`
+    /// would rewrite, it says "may".
+    #[test]
+    fn a_tool_result_that_may_name_a_resource_is_told_by_its_text() {
+        let texts = [
+            r#"{"content":[{"type":"resource_link","uri":"file:///a","name":"a"}]}"#,
+            r#"{"content":[{"type":"resource","resource":{"uri":"file:///a","text":"t"}}]}"#,
+            r#"{"content":[{"type":"res\u006furce_link","uri":"file:///a"}]}"#,
+        ];
+        for text in texts {
+            assert!(may_name_a_resource(text), "{text}");
+            let mut tree: Value = serde_json::from_str(text).unwrap_or_default();
+            let before = tree.clone();
+            expose_tool_result("p", &mut tree);
+            assert_ne!(tree, before, "{text} is rewritten");
+        }
+        let plain = r#"{"content":[{"type":"text","text":"[fx] bench"}]}"#;
+        assert!(!may_name_a_resource(plain));
+        let mut tree: Value = serde_json::from_str(plain).unwrap_or_default();
+        let before = tree.clone();
+        expose_tool_result("p", &mut tree);
+        assert_eq!(tree, before, "nothing to rewrite in {plain}");
+    }
 
     #[test]
     fn upstream_not_found_answers_are_recognised_and_other_errors_are_not() {

@@ -221,7 +221,7 @@ impl Call {
                     while let Ok(up) = rx.try_recv() {
                         let _ = self.upcall(up, sse, &out).await;
                     }
-                    let reply = self.finish(reply, &id, target.as_deref());
+                    let reply = self.finish(reply.into_tree(), &id, target.as_deref());
                     self.gw.count(label, target, outcome, started);
                     let _ = out.send(Out::Final(reply)).await;
                     return;

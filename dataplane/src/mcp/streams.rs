@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::list_changed::Viewer;
+use crate::postgres::{JournalEvent, REPLAY_BYTES, REPLAY_EVENTS, StreamJournal};
 use crate::upstream::Cancel;
 
 /// The session's GET stream; POST reply streams are numbered from 1.
 pub(crate) const GET_STREAM: u64 = 0;
-/// Events kept for replay per session (and their total size): older ones cannot be resumed.
-const REPLAY_EVENTS: usize = 256;
-const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// Events kept for replay per session (and their total size) are `REPLAY_EVENTS` and
+/// `REPLAY_BYTES`, the same bounds the journal keeps in Postgres: older ones cannot be resumed.
 /// Frames queued for one connection; a client that falls further behind is detached and
 /// resumes from the replay buffer with `Last-Event-ID`.
 const CONNECTION_QUEUE: usize = 256;
@@ -66,6 +66,10 @@ struct State {
     last_used: Instant,
     /// Who opened the GET stream, for list_changed after a snapshot change.
     viewer: Option<Arc<Viewer>>,
+    /// Where every event is also kept (several replicas), with the session's id.
+    journal: Option<(Arc<StreamJournal>, String)>,
+    /// The journal's ticket of the session's newest journaled event.
+    last_ticket: Option<u64>,
 }
 
 /// One session's streams.
@@ -76,7 +80,12 @@ fn event_id(stream: u64, seq: u64) -> String {
 }
 
 impl Hub {
+    #[cfg(test)]
     fn new() -> Self {
+        Self::journaled(None)
+    }
+
+    fn journaled(journal: Option<(Arc<StreamJournal>, String)>) -> Self {
         Self(Mutex::new(State {
             next_seq: 1,
             next_stream: 1,
@@ -87,6 +96,8 @@ impl Hub {
             inflight: HashMap::new(),
             last_used: Instant::now(),
             viewer: None,
+            journal,
+            last_ticket: None,
         }))
     }
 
@@ -132,6 +143,36 @@ impl Hub {
     pub(crate) fn number_from(&self, floor: u64) {
         let mut st = self.lock();
         st.next_seq = st.next_seq.max(floor);
+        // Stream numbers too: the previous owner's POST streams are known here (their events
+        // replay, then they end) and a new one never reuses their numbers.
+        st.next_stream = st.next_stream.max(floor);
+    }
+
+    /// Adds the events a previous owner journaled (those not held already) to the replay
+    /// buffer, within its bounds; they are not journaled again.
+    pub(crate) fn restore(&self, events: Vec<JournalEvent>) {
+        let mut st = self.lock();
+        let held: HashSet<u64> = st.replay.iter().map(|e| e.seq).collect();
+        let mut all: Vec<Stored> = st.replay.drain(..).collect();
+        all.extend(
+            events
+                .into_iter()
+                .filter(|e| !held.contains(&e.seq))
+                .map(|e| Stored {
+                    stream: e.stream,
+                    seq: e.seq,
+                    data: e.data,
+                }),
+        );
+        all.sort_by_key(|e| e.seq);
+        st.bytes = all.iter().map(|e| e.data.len()).sum();
+        st.replay = all.into();
+        trim(&mut st);
+    }
+
+    /// The journal's ticket of this session's newest journaled event (none: nothing to wait for).
+    pub(crate) fn last_ticket(&self) -> Option<u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).last_ticket
     }
 
     /// Records who watches the GET stream (the session's identity and endpoint).
@@ -158,11 +199,13 @@ impl Hub {
             seq,
             data: data.clone(),
         });
-        while st.replay.len() > REPLAY_EVENTS || st.bytes > REPLAY_BYTES {
-            match st.replay.pop_front() {
-                Some(old) => st.bytes -= old.data.len(),
-                None => break,
-            }
+        trim(&mut st);
+        let ticket = st
+            .journal
+            .as_ref()
+            .and_then(|(journal, session)| journal.append(session, stream, seq, data.clone()));
+        if ticket.is_some() {
+            st.last_ticket = ticket;
         }
         if let Some(tx) = st.live.get(&stream) {
             let frame = Frame::Event {
@@ -254,18 +297,47 @@ impl Hub {
     }
 }
 
+/// Drops the oldest events beyond the replay bounds.
+fn trim(st: &mut State) {
+    while st.replay.len() > REPLAY_EVENTS || st.bytes > REPLAY_BYTES {
+        match st.replay.pop_front() {
+            Some(old) => st.bytes -= old.data.len(),
+            None => break,
+        }
+    }
+}
+
 /// Every session's hub, created on first use.
 #[derive(Default)]
-pub(crate) struct Hubs(Mutex<HashMap<String, Arc<Hub>>>);
+pub(crate) struct Hubs(
+    Mutex<HashMap<String, Arc<Hub>>>,
+    /// Where each hub's events are also kept, when replicas share sessions.
+    Option<Arc<StreamJournal>>,
+);
 
 impl Hubs {
+    /// Hubs whose events are also journaled (for a replica taking a session over).
+    pub(crate) fn new(journal: Option<Arc<StreamJournal>>) -> Self {
+        Self(Mutex::default(), journal)
+    }
+
     pub(crate) fn get(&self, session: &str) -> Arc<Hub> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = map.get(session) {
             return h.clone();
         }
+        let journal = self.1.clone().map(|j| (j, session.to_owned()));
         map.entry(session.to_owned())
-            .or_insert_with(|| Arc::new(Hub::new()))
+            .or_insert_with(|| Arc::new(Hub::journaled(journal)))
+            .clone()
+    }
+
+    /// The hub of a session whose events are never resumed elsewhere (a legacy `/sse` stream
+    /// has no event ids): not journaled.
+    pub(crate) fn get_unjournaled(&self, session: &str) -> Arc<Hub> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(session.to_owned())
+            .or_insert_with(|| Arc::new(Hub::journaled(None)))
             .clone()
     }
 
@@ -363,6 +435,36 @@ mod tests {
         assert_eq!(ids(&mut again), ["1:4", "end"]);
         assert_eq!(hub.resume("9:0").unwrap_err(), StreamError::UnknownStream);
         assert_eq!(hub.resume("x").unwrap_err(), StreamError::Malformed);
+    }
+
+    #[test]
+    fn a_taken_over_hub_replays_the_journaled_events_once_and_numbers_above_them() {
+        let hub = Hub::new();
+        hub.number_from(1000);
+        let journaled = |stream, seq, data: &str| JournalEvent {
+            stream,
+            seq,
+            data: Arc::from(data),
+        };
+        let events = vec![
+            journaled(0, 5, "a"),
+            journaled(3, 6, "b"),
+            journaled(0, 7, "c"),
+        ];
+        hub.restore(events.clone());
+        hub.restore(events);
+        hub.publish(GET_STREAM, "d".into());
+        // After the dead owner's last delivered id: its undelivered event, then the new one.
+        let mut get = hub.resume("0:5").unwrap();
+        assert_eq!(ids(&mut get), ["0:7", "0:1000"]);
+        // The dead owner's POST stream replays what was kept and ends.
+        let mut post = hub.resume("3:0").unwrap();
+        assert_eq!(ids(&mut post), ["3:6", "end"]);
+        // New streams never reuse the dead owner's numbers; unknown ones are refused.
+        let (s, _rx) = hub.open_stream();
+        assert!(s >= 1000, "{s}");
+        let unknown = hub.resume(&format!("{}:0", u64::MAX));
+        assert_eq!(unknown.unwrap_err(), StreamError::UnknownStream);
     }
 
     #[test]

@@ -295,8 +295,8 @@ impl Gateway {
         }
     }
 
-    /// After a (un)subscribe on a session's own child (a stateful Target's): what the child
-    /// accepted is kept in the session's row.
+    /// After a (un)subscribe on a STDIO child (the session's own, or one it shares): what the
+    /// child accepted is kept in the session's row.
     pub(crate) async fn keep_subscription(
         &self,
         sid: &str,
@@ -313,8 +313,9 @@ impl Gateway {
         }
     }
 
-    /// Keeps a subscription on a session's own child (a stateful Target's) in the session's
-    /// row, so a child started for the session elsewhere is subscribed again.
+    /// Keeps a subscription on a STDIO child in the session's row, so the child that serves the
+    /// session on another replica (its own new child, or the shared child there) is subscribed
+    /// for it again.
     async fn record_subscription(&self, sid: &str, target: &str, uri: &str, on: bool) {
         let Ok(Some(session)) = self.sessions.get(sid).await else {
             return;
@@ -338,18 +339,17 @@ impl Gateway {
         }
     }
 
-    /// A child serving a session of a stateful Target takes the subscriptions the session
-    /// recorded that it does not hold yet (the session moved here from a dead replica); a
-    /// shared child (not `stateful`) has none of its own.
+    /// A child serving a session takes the subscriptions the session recorded for its Target
+    /// that it does not hold for the session yet (the session moved here from a dead replica):
+    /// the session's own child (a stateful Target's) is subscribed again; on a child shared
+    /// with other sessions the session joins the URI's subscribers, and the child hears a
+    /// subscribe only when it is the URI's first.
     pub(crate) async fn restore_subscriptions(
         &self,
-        (stateful, sid): (bool, &str),
+        sid: &str,
         target: &str,
         (key, child): (&IsolationKey, &Arc<ChildProcess>),
     ) {
-        if !stateful {
-            return;
-        }
         let Ok(Some(session)) = self.sessions.get(sid).await else {
             return;
         };

@@ -91,3 +91,47 @@ pub async fn live_session_ids(
     let rows = client.query(&stmt, &[&owner, &limit]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Records `key` (a logged-out console login, a used OIDC state) as refused until `until`
+/// (seconds since the epoch); expired rows are swept on the way.
+pub async fn console_revoke(db: &Database, key: &str, until: u64) -> Result<(), PgError> {
+    let client = db.client().await?;
+    let until = i64::try_from(until).unwrap_or(i64::MAX);
+    client
+        .execute(
+            "INSERT INTO reflow_console_revoked (key, expires_at) VALUES ($1, to_timestamp($2))
+             ON CONFLICT (key) DO NOTHING",
+            &[&key, &(until as f64)],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM reflow_console_revoked WHERE expires_at < now() - interval '1 minute'",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether `key` is refused.
+pub async fn console_is_revoked(db: &Database, key: &str) -> Result<bool, PgError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached("SELECT 1 FROM reflow_console_revoked WHERE key = $1")
+        .await?;
+    Ok(client.query_opt(&stmt, &[&key]).await?.is_some())
+}
+
+/// Records `key` as used; `true` when no replica had used it before.
+pub async fn console_take_once(db: &Database, key: &str, until: u64) -> Result<bool, PgError> {
+    let client = db.client().await?;
+    let until = i64::try_from(until).unwrap_or(i64::MAX) as f64;
+    let n = client
+        .execute(
+            "INSERT INTO reflow_console_revoked (key, expires_at) VALUES ($1, to_timestamp($2))
+             ON CONFLICT (key) DO NOTHING",
+            &[&key, &until],
+        )
+        .await?;
+    Ok(n == 1)
+}

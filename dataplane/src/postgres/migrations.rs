@@ -101,6 +101,42 @@ ALTER TABLE reflow_sessions
     ADD COLUMN subscriptions jsonb;             -- target key -> resource URIs (stateful STDIO)
 "#,
     ),
+    (
+        20,
+        "the snapshot each replica serves",
+        r#"
+ALTER TABLE reflow_replicas
+    ADD COLUMN snapshot_version bigint,         -- the snapshot version it served at its last beat
+    ADD COLUMN snapshot_hash    text;
+"#,
+    ),
+    (
+        21,
+        "console logouts and used login states",
+        r#"
+CREATE TABLE reflow_console_revoked (
+    key         text PRIMARY KEY,               -- 'login id' logged out, or 'state:' keyed digest
+    expires_at  timestamptz NOT NULL            -- when the cookie it refuses expires anyway
+);
+CREATE INDEX reflow_console_revoked_expires_at ON reflow_console_revoked (expires_at);
+"#,
+    ),
+    (
+        30,
+        "the replay buffer of session streams",
+        r#"
+CREATE TABLE reflow_stream_events (
+    session_id  text NOT NULL,
+    stream      int8 NOT NULL,                  -- 0: the GET stream, else a POST reply stream
+    seq         int8 NOT NULL,                  -- the event id's number, unique in the session
+    data        text NOT NULL,                  -- the JSON-RPC message as sent
+    bytes       int4 NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX reflow_stream_events_created_at ON reflow_stream_events (created_at);
+"#,
+    ),
 ];
 
 /// Applies the migrations this database has not seen, under the migration lock.

@@ -18,6 +18,7 @@ macro_rules! select_audit_rows {
 mod audit;
 mod bus;
 mod console_queries;
+mod journal;
 mod migrations;
 mod query;
 mod replicas;
@@ -33,13 +34,15 @@ use tokio_postgres::NoTls;
 pub use audit::{AuditSettings, FailurePolicy, PgAuditSink, SPILL_FILE};
 pub use bus::{BusError, BusMessage, LocalBus, NotificationBus, PgBus};
 pub use console_queries::{
-    MinuteStats, audit_event_by_id, audit_events_since, live_session_ids, minute_stats,
+    MinuteStats, audit_event_by_id, audit_events_since, console_is_revoked, console_revoke,
+    console_take_once, live_session_ids, minute_stats,
 };
+pub use journal::{JournalEvent, JournalSettings, REPLAY_BYTES, REPLAY_EVENTS, StreamJournal};
 pub use migrations::{MIGRATIONS, migrate};
 pub use query::{AuditFilter, AuditRow, purge_expired_audit, query_audit};
 pub use replicas::{
     Ownership, Peer, REPLICA_TOKEN_ENV, RegistryError, RegistrySettings, ReplicaRegistry,
-    ReplicaToken,
+    ReplicaStatus, ReplicaToken, SnapshotProbe, list_replicas,
 };
 pub use sessions::{PgSessionStore, SessionSettings};
 

@@ -7,7 +7,7 @@
 //! heartbeat, ownership records, lookups (cached for a short time) and claims.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use tracing::{debug, info, warn};
 
+use super::journal::{JournalSettings, StreamJournal};
 use super::{Database, PgError};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -134,10 +135,53 @@ struct CachedOwner {
 pub struct ReplicaRegistry {
     db: Database,
     me: String,
+    /// The snapshot (version, hash) this replica serves, written with every beat.
+    serving: OnceLock<SnapshotProbe>,
     address: String,
     token: ReplicaToken,
     settings: RegistrySettings,
     cache: Mutex<HashMap<String, CachedOwner>>,
+    /// The persisted replay buffers of the sessions this replica owns.
+    journal: Arc<StreamJournal>,
+}
+
+/// Reads the snapshot (version, hash) a replica serves now.
+pub type SnapshotProbe = Box<dyn Fn() -> (u64, String) + Send + Sync>;
+
+/// A replica's row as the console lists it (every replica, live or stale).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub address: String,
+    /// The snapshot it served at its last beat (none before it reported one).
+    pub snapshot_version: Option<i64>,
+    pub snapshot_hash: Option<String>,
+    /// How long ago it last beat, as the database saw it.
+    pub silent_for: Duration,
+}
+
+/// Every registered replica, most recently seen first.
+pub async fn list_replicas(db: &Database) -> Result<Vec<ReplicaStatus>, PgError> {
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT id, address, snapshot_version, snapshot_hash,
+                    EXTRACT(EPOCH FROM (now() - seen_at))::float8
+             FROM reflow_replicas ORDER BY seen_at DESC, id LIMIT 500",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ReplicaStatus {
+            id: r.get(0),
+            address: r.get(1),
+            snapshot_version: r.get(2),
+            snapshot_hash: r.get(3),
+            silent_for: Duration::from_secs_f64(r.get::<_, f64>(4).max(0.0)),
+        })
+        .collect())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,9 +202,12 @@ impl ReplicaRegistry {
         token: ReplicaToken,
         settings: RegistrySettings,
     ) -> Result<Arc<Self>, PgError> {
+        let journal = StreamJournal::start(db.clone(), JournalSettings::default());
         let registry = Arc::new(Self {
             db,
+            journal,
             me,
+            serving: OnceLock::new(),
             address,
             token,
             settings,
@@ -180,21 +227,41 @@ impl ReplicaRegistry {
         &self.token
     }
 
+    /// Reports the snapshot this replica serves with each beat (set once, by the app).
+    pub fn report_snapshot(&self, probe: SnapshotProbe) {
+        let _ = self.serving.set(probe);
+    }
+
     pub fn settings(&self) -> &RegistrySettings {
         &self.settings
     }
 
+    /// Where the sessions' stream events are kept for a replica that takes them over.
+    pub fn journal(&self) -> &Arc<StreamJournal> {
+        &self.journal
+    }
+
     async fn beat(&self) -> Result<(), PgError> {
         let proof = self.token.sign(&proof_parts(&self.me, &self.address));
+        let (version, hash) = match self.serving.get() {
+            Some(probe) => {
+                let (v, h) = probe();
+                (i64::try_from(v).ok(), Some(h))
+            }
+            None => (None, None),
+        };
         self.db
             .client()
             .await?
             .execute(
-                "INSERT INTO reflow_replicas (id, address, proof, seen_at)
-                 VALUES ($1, $2, $3, now())
+                "INSERT INTO reflow_replicas (id, address, proof, seen_at, snapshot_version,
+                                             snapshot_hash)
+                 VALUES ($1, $2, $3, now(), $4, $5)
                  ON CONFLICT (id) DO UPDATE
-                 SET address = EXCLUDED.address, proof = EXCLUDED.proof, seen_at = now()",
-                &[&self.me, &self.address, &proof],
+                 SET address = EXCLUDED.address, proof = EXCLUDED.proof, seen_at = now(),
+                     snapshot_version = EXCLUDED.snapshot_version,
+                     snapshot_hash = EXCLUDED.snapshot_hash",
+                &[&self.me, &self.address, &proof, &version, &hash],
             )
             .await?;
         Ok(())

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use reflow_crds::snapshot::{CompiledTarget, Upstream};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use std::sync::Arc;
 
 use super::listen::Listener;
 use super::sse::SseLink;
 use super::{CallHooks, InitParams, InjectedHeaders, UpstreamClient, UpstreamError};
+use crate::jsonrpc::UpstreamReply;
 use crate::session::UpstreamState;
 
 /// The wire transport a link (or a detected `auto` target) uses.
@@ -127,13 +128,13 @@ impl UpstreamClient {
         method: &str,
         params: Option<&Value>,
         hooks: &CallHooks,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         match (&link.transport, &link.sse) {
             (Some(Transport::Sse), Some(sse)) => {
                 let timeout = Duration::from_millis(u64::from(target.timeouts.request_ms));
                 let call = sse.request(&self.http, &headers.0, method, params, timeout, hooks);
                 tokio::select! {
-                    out = call => out,
+                    out = call => out.map(UpstreamReply::from),
                     () = hooks.cancelled() => Err(UpstreamError::Cancelled),
                 }
             }

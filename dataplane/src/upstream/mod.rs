@@ -40,6 +40,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tracing::{debug, instrument};
 
+use crate::jsonrpc::UpstreamReply;
 use crate::session::UpstreamState;
 use events::EventParser;
 
@@ -273,7 +274,7 @@ impl UpstreamClient {
         init: &InitParams,
         (method, params): (&str, Option<&Value>),
         hooks: &CallHooks,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         if !state.initialized {
             *state = self.initialize(target, headers, init).await?;
         }
@@ -341,7 +342,7 @@ impl UpstreamClient {
                 &CallHooks::default(),
             )
             .await?;
-        let state = handshake::initialized(&reply, session_id)?;
+        let state = handshake::initialized(&reply.into_object(), session_id)?;
         let note = Outgoing::notification("notifications/initialized").to_vec()?;
         let resp = tokio::time::timeout(timeout, self.post(url, headers, &state, note))
             .await
@@ -365,7 +366,7 @@ impl UpstreamClient {
         method: &str,
         params: Option<&Value>,
         hooks: &CallHooks,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         let url = self.parsed(url_of(target)?)?;
         let timeout = Duration::from_millis(u64::from(target.timeouts.request_ms));
         self.exchange(&url, headers, state, (method, params), timeout, hooks)
@@ -405,7 +406,7 @@ impl UpstreamClient {
         (method, params): (&str, Option<&Value>),
         timeout: Duration,
         hooks: &CallHooks,
-    ) -> Result<(Map<String, Value>, Option<String>), UpstreamError> {
+    ) -> Result<(UpstreamReply, Option<String>), UpstreamError> {
         // Our own id: the client's ids never reach the upstream (ids are remapped).
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = Outgoing::request(id, method, params).to_vec()?;
@@ -433,7 +434,7 @@ impl UpstreamClient {
                     if let Ok(Some(reply)) = match_reply(serde_json::from_slice(&bytes), id)
                         && reply.contains_key("error")
                     {
-                        return Ok((reply, None));
+                        return Ok((reply.into(), None));
                     }
                 }
                 return Err(UpstreamError::Status(status.as_u16()));
@@ -516,10 +517,12 @@ impl UpstreamClient {
         id: u64,
         route: &Route<'_>,
         hooks: &CallHooks,
-    ) -> Result<Map<String, Value>, UpstreamError> {
+    ) -> Result<UpstreamReply, UpstreamError> {
         if !is_event_stream(resp.headers()) {
             let bytes = resp.bytes().await.map_err(map_reqwest)?;
-            return match_reply(serde_json::from_slice(&bytes), id)?
+            // The envelope only: a plain `result` stays the upstream's bytes (issue #24).
+            return crate::jsonrpc::read_reply(&bytes, id)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
                 .ok_or_else(|| UpstreamError::Protocol("reply has another id".into()));
         }
         hooks.deliver(Inbound::Streaming);
@@ -542,7 +545,7 @@ impl UpstreamClient {
                         continue;
                     };
                     if let Some(reply) = match_reply(Ok(Value::Object(msg.clone())), id)? {
-                        return Ok(reply);
+                        return Ok(reply.into());
                     }
                     match upcall::classify(msg) {
                         Some(upcall::Unsolicited::Notification(n)) => {

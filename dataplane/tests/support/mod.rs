@@ -140,6 +140,14 @@ async fn upstream_handler(State(up): State<Upstream>, headers: HeaderMap, body: 
             if !up.tools.contains(&name.as_str()) {
                 return axum::Json(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":format!("Unknown tool: {name}")}})).into_response();
             }
+            if name == "verbatim" {
+                // Plain JSON, members out of order and a number as written: what a gateway
+                // that rebuilt the result would sort and reformat.
+                let body = format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"z":[1.50,2],"content":[{{"type":"text","text":"verbatim"}}],"a":{{}}}}}}"#
+                );
+                return ([("content-type", "application/json")], body).into_response();
+            }
             json!({"content":[{"type":"text","text": name}], "meta_seen": msg["params"]["_meta"], "args": msg["params"]["arguments"]})
         }
         _ => {
@@ -345,6 +353,8 @@ pub struct Reply {
     pub headers: reqwest::header::HeaderMap,
     /// For an SSE reply, every message before the response (notifications, requests).
     pub events: Vec<Value>,
+    /// The body as it came.
+    pub text: String,
 }
 
 /// The JSON messages of an SSE body, in order (priming events carry none).
@@ -458,7 +468,7 @@ impl Harness {
             let last = all.pop().unwrap_or(Value::Null);
             (last, all)
         } else {
-            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
             (body, Vec::new())
         };
         Reply {
@@ -467,6 +477,7 @@ impl Harness {
             body,
             headers,
             events,
+            text,
         }
     }
 

@@ -5,8 +5,8 @@
 //!
 //! Settings (environment): `SOAK_SESSIONS` (10000), `SOAK_ACTIVE` (1000), `SOAK_SECS` (600),
 //! `SOAK_INTERVAL_MS` (1000: each active session calls a tool once per interval),
-//! `SOAK_SAMPLE_SECS` (30), `SOAK_USERS` (100), `SOAK_THREAD_PER_CORE` (1: the gateway serves
-//! thread-per-core, `http.threadPerCore` + `directUpstream`). Binaries: `REFLOW_DATAPLANE_BIN`,
+//! `SOAK_SAMPLE_SECS` (30), `SOAK_USERS` (100), `SOAK_THREAD_PER_CORE` (0: the gateway serves
+//! on one multi-thread runtime instead of its default thread-per-core with `directUpstream`). Binaries: `REFLOW_DATAPLANE_BIN`,
 //! `REFLOW_FIXTURE_BIN` (else the ones in the target folder).
 
 use std::process::ExitCode;
@@ -107,9 +107,10 @@ fn start(s: &Settings, dir: &std::path::Path) -> (FixtureProcess, DataplaneProce
     ];
     std::fs::write(manifests.join("all.yaml"), docs.join("---\n")).expect("manifests");
     let per_user = s.sessions.div_ceil(s.users) + 10;
-    // `SOAK_THREAD_PER_CORE=1`: the gateway serves thread-per-core with hyper to the upstream.
-    let per_core = match std::env::var("SOAK_THREAD_PER_CORE").is_ok_and(|v| v == "1") {
-        true => ", threadPerCore: true, directUpstream: true",
+    // The gateway's default serving (thread-per-core with hyper to the upstream), or
+    // `SOAK_THREAD_PER_CORE=0`: one multi-thread runtime and reqwest's pool.
+    let per_core = match std::env::var("SOAK_THREAD_PER_CORE").is_ok_and(|v| v == "0") {
+        true => ", threadPerCore: false, directUpstream: false",
         false => "",
     };
     let config = format!(

@@ -40,6 +40,27 @@ impl DataplaneProcess {
         env: &[(&str, &str)],
         user: Option<(u32, u32)>,
     ) -> Result<Self> {
+        Self::spawn_inner(manifests, config, env, user, "127.0.0.1:0")
+    }
+
+    /// As `spawn`, listening on `listen` (e.g. a port picked ahead with `free_loopback_port`,
+    /// for a `publicUrl` or an OAuth redirect URI registered before the gateway starts).
+    pub fn spawn_listening(
+        manifests: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        listen: &str,
+    ) -> Result<Self> {
+        Self::spawn_inner(manifests, config, env, None, listen)
+    }
+
+    fn spawn_inner(
+        manifests: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+        listen: &str,
+    ) -> Result<Self> {
         let mut cmd = Command::new(dataplane_bin()?);
         if let Some((uid, gid)) = user {
             use std::os::unix::process::CommandExt;
@@ -49,7 +70,7 @@ impl DataplaneProcess {
             .arg(manifests)
             .arg("--config")
             .arg(config)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env("RUST_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);

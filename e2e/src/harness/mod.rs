@@ -21,6 +21,7 @@ pub mod manifests;
 pub mod mcp_remote;
 pub mod net;
 pub mod node;
+pub mod oauth_upstream;
 pub mod oidc;
 pub mod otlp;
 pub mod paths;

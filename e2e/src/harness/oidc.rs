@@ -261,6 +261,19 @@ impl OidcProvider {
             .ok_or_else(|| HarnessError::Other(format!("oidc-provider mint answered {value}")))
     }
 
+    /// Access tokens for `resource` are opaque from now on (introspectable at
+    /// `<issuer>/token/introspection`, so a revoked grant is refused at once).
+    pub async fn opaque_resource(&self, resource: &str) -> Result<()> {
+        let resp = super::http_client()?
+            .post(format!("{}/test/opaque", self.issuer))
+            .header("x-test-secret", &self.test_secret)
+            .json(&json!({"resource": resource}))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Other(format!("oidc-provider opaque: {e}")))?;
+        json_body(resp, "opaque").await.map(|_| ())
+    }
+
     /// Every token issued and grant revoked so far, in order.
     pub async fn events(&self) -> Result<Vec<OidcEvent>> {
         let resp = super::http_client()?

@@ -37,8 +37,9 @@ pub struct Cluster {
 
 impl Cluster {
     /// `n` replicas of one manifests folder: Target `cf` (the conformance fixture over HTTP,
-    /// speaking the stateful era so a stateless client's call is parked) and Target `st` (the
-    /// fixture over STDIO, `stateful: true`: one child per session).
+    /// speaking the stateful era so a stateless client's call is parked), Target `st` (the
+    /// fixture over STDIO, `stateful: true`: one child per session) and Target `sh` (the same,
+    /// not stateful: one child shared by every session).
     pub fn start(n: usize) -> Self {
         let pg = TestPostgres::start().expect("postgres starts");
         let db_url = pg.create_database("replicas").expect("database");
@@ -110,14 +111,25 @@ fn manifests_yaml(fixture: &FixtureProcess) -> String {
          stateful: true\n  isolation: shared\n  timeouts: {{requestMs: 20000, initMs: 30000}}\n",
         fixture_bin!().display()
     );
+    // The same fixture over STDIO, not stateful: one child shared by every session.
+    let shared = stdio
+        .replace("name: st,", "name: sh,")
+        .replace("--name, st]", "--name, sh]")
+        .replace("prefix: st", "prefix: sh")
+        .replace("  stateful: true\n", "");
     [
         target_yaml("cf", "streamableHttp", &fixture.mcp_url()),
         stdio,
+        shared,
         PolicyDoc::allow("cf-all", "cf")
             .everyone()
             .rule("all", &["*"])
             .to_yaml(),
         PolicyDoc::allow("st-all", "st")
+            .everyone()
+            .rule("all", &["*"])
+            .to_yaml(),
+        PolicyDoc::allow("sh-all", "sh")
             .everyone()
             .rule("all", &["*"])
             .to_yaml(),

@@ -1,13 +1,11 @@
 //! The command-line shape of minting (`reflow-dataplane token`, `reflow-controller token`): one
-//! set of flags, one validation, whichever binary mints. Behind the `cli` feature so the model
-//! itself stays free of clap.
+//! set of flags, one validation, whichever binary mints.
 
 use std::time::Duration;
 
 use clap::Args;
 
-use super::mint::TokenRequest;
-use super::scope::{ScopeError, TokenScope};
+use reflow_crds::token::{ScopeError, TokenRequest, TokenScope};
 
 /// A duration such as `8h`, `30m`, `90s`, `1d` or plain seconds (`3600`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
