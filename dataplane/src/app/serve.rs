@@ -62,7 +62,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
     });
     let _source = start_source(&opts, &key, &snapshots, (&observed, link.as_ref()))?;
 
-    let (early, addr) = bind_early(&opts.listen, config.gateway.http.thread_per_core).await?;
+    // `_reserved` holds a port-0 listen's concrete port for thread-per-core until serve returns.
+    let (early, addr, _reserved) =
+        bind_early(&opts.listen, config.gateway.http.thread_per_core).await?;
     let scheme = if config.gateway.tls.is_some() {
         "https"
     } else {
@@ -94,7 +96,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), AppError> {
         metrics: Some(app.gateway().metrics.clone()),
     };
     let (addr, mut server) = if config.gateway.http.thread_per_core {
-        let at = resolve_listen(&opts.listen).await?;
+        let at = addr;
         let cores = http::percore::Cores::all(config.gateway.http.direct_upstream);
         let tls = config.gateway.tls.clone();
         let served = http::percore::serve((at, tls), cores, router, options, stop_rx)
@@ -197,18 +199,40 @@ fn serve_plain(
 
 /// The listener, bound before the stores start so replicas advertise the address they really
 /// serve on, and that address. Thread-per-core binds its own `SO_REUSEPORT` listeners later, on
-/// the resolved address, so nothing is bound here for it.
-async fn bind_early(
-    listen: &str,
-    thread_per_core: bool,
-) -> Result<(Option<tokio::net::TcpListener>, std::net::SocketAddr), AppError> {
+/// the resolved address, so nothing listens here for it; a port-0 listen is first turned into a
+/// concrete port by a bound, not listening, `SO_REUSEPORT` socket (returned, to be held until
+/// the cores have bound), so every core binds that one port and replicas advertise it.
+async fn bind_early(listen: &str, thread_per_core: bool) -> Result<Early, AppError> {
     if thread_per_core {
-        return Ok((None, resolve_listen(listen).await?));
+        let at = resolve_listen(listen).await?;
+        if at.port() != 0 {
+            return Ok((None, at, None));
+        }
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .context("socket")?;
+        socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+        socket.set_reuseport(true).context("SO_REUSEPORT")?;
+        socket
+            .bind(at)
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = socket.local_addr().context("listener address")?;
+        return Ok((None, addr, Some(socket)));
     }
     let listener = bind(listen).await?;
     let addr = listener.local_addr().context("listener address")?;
-    Ok((Some(listener), addr))
+    Ok((Some(listener), addr, None))
 }
+
+/// The plain listener (or none for thread-per-core), the address served, and a reserved port.
+type Early = (
+    Option<tokio::net::TcpListener>,
+    std::net::SocketAddr,
+    Option<tokio::net::TcpSocket>,
+);
 
 /// A plain TCP listener on `listen`.
 async fn bind(listen: &str) -> Result<tokio::net::TcpListener, AppError> {
