@@ -239,7 +239,12 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
             vec!["get", "list", "watch", "patch"],
         ),
         ("mcp.reflow.io", "policies", read.to_vec()),
-        ("mcp.reflow.io", "credentials", read.to_vec()),
+        // create/patch/delete: users' own grants become user-managed Credentials (issue #21).
+        (
+            "mcp.reflow.io",
+            "credentials",
+            vec!["get", "list", "watch", "create", "patch", "delete"],
+        ),
         ("mcp.reflow.io", "tokenrevocations", read.to_vec()),
         ("mcp.reflow.io", "targets/status", vec!["patch"]),
         ("mcp.reflow.io", "policies/status", vec!["patch"]),
@@ -251,10 +256,11 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
             "mcpinstances",
             vec!["get", "list", "watch", "create", "patch", "delete"],
         ),
+        // delete: a user's disconnect removes their grant's Secret (issue #21).
         (
             "",
             "secrets",
-            vec!["get", "list", "watch", "create", "patch"],
+            vec!["get", "list", "watch", "create", "patch", "delete"],
         ),
         (
             "",
