@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use reflow_crds::{Identity, Snapshot};
 
-use super::forward::Caller;
 use crate::jsonrpc::Outbound;
 use crate::scope::TokenScope;
 use crate::session::Session;
-use crate::upstream::CallHooks;
+use crate::upstream::{CallHooks, Caller};
 
 /// A dispatched request's answer: the JSON-RPC reply, the Target key it reached (for metrics
 /// and audit) and the outcome label.

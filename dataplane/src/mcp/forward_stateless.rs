@@ -1,50 +1,37 @@
 //! Calls to an upstream of the stateless 2026-07-28 revision: the request `_meta` it needs,
 //! cached list answers (`ttlMs`, `cacheScope`), and `input_required` results translated into
 //! server-to-client requests for clients that have a handshake (and so no `inputResponses`);
-//! `resources/subscribe` becomes a listen stream for the URI.
+//! `resources/subscribe` becomes a listen stream for the URI (which the upstream layer holds).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
-use reflow_crds::snapshot::CompiledTarget;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 use super::Gateway;
-use super::forward::Caller;
 use crate::era;
 use crate::jsonrpc;
-use crate::upstream::{
-    CallHooks, Inbound, InitParams, InjectedHeaders, Link, Listener, Responder, UpstreamError,
-};
-
-/// Listen streams standing in for `resources/subscribe` on stateless upstreams, by
-/// (session, target, URI); dropping one ends its stream.
-pub(crate) type ListenSubscriptions = Mutex<HashMap<(String, String, String), Listener>>;
+use crate::upstream::{CallHooks, Caller, Inbound, LinkRoute, Responder, UpstreamError};
 
 /// Rounds of input one request may ask of a client before the gateway gives up on it.
 const MAX_ROUNDS: usize = 8;
 
 impl Gateway {
     /// One request on a stateless link; for a client with a handshake, `input_required` rounds
-    /// are answered by asking the client and retrying with its `inputResponses`.
-    #[allow(clippy::too_many_arguments)]
+    /// are answered by asking the client and retrying with its `inputResponses`. A
+    /// subscription becomes a listen stream the upstream layer holds for the session.
     pub(crate) async fn send_stateless(
         &self,
-        target: &CompiledTarget,
-        headers: &InjectedHeaders,
-        link: &Link,
+        route: &LinkRoute<'_>,
         (method, params): (&str, Option<&Value>),
-        init: &InitParams,
         caller: &Caller<'_>,
         hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
         if matches!(method, "resources/subscribe" | "resources/unsubscribe") {
-            return Ok(self.listen_subscription(target, headers, link, caller, method, params));
+            return Ok(route.listen_subscription(method, params));
         }
-        let mut params = era::with_request_meta(params, &init.capabilities);
+        let mut params = era::with_request_meta(params, &route.init().capabilities);
         let owner = caller.identity.fingerprint();
         if let Some(hit) = self
             .list_cache
@@ -53,9 +40,8 @@ impl Gateway {
             return Ok(hit);
         }
         for _ in 0..MAX_ROUNDS {
-            let reply = self
-                .upstream
-                .send(target, headers, link, method, Some(&params), hooks)
+            let reply = route
+                .send(method, Some(&params), hooks)
                 .await?
                 .into_object();
             let Some(result) = reply.get("result") else {
@@ -94,69 +80,6 @@ impl Gateway {
         Err(UpstreamError::Protocol(
             "the upstream kept asking for input".into(),
         ))
-    }
-
-    /// `resources/subscribe` and `unsubscribe` for an upstream that has neither (the stateless
-    /// revision): a `subscriptions/listen` stream for the URI, held for the session until it
-    /// unsubscribes or ends; its updates reach the session like any other upstream notification.
-    fn listen_subscription(
-        &self,
-        target: &CompiledTarget,
-        headers: &InjectedHeaders,
-        link: &Link,
-        caller: &Caller<'_>,
-        method: &str,
-        params: Option<&Value>,
-    ) -> Map<String, Value> {
-        let mut out = Map::new();
-        let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
-            out.insert(
-                "error".into(),
-                json!({"code": jsonrpc::INVALID_PARAMS, "message": "params.uri is required"}),
-            );
-            return out;
-        };
-        let key = (
-            caller.session_id.to_owned(),
-            caller.target_key.to_string(),
-            uri.to_owned(),
-        );
-        if method == "resources/unsubscribe" {
-            self.listen_subs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-        } else {
-            let deliver = self.to_session(caller);
-            match self
-                .upstream
-                .listen_resources(target, headers, link.state(), &[uri], deliver)
-            {
-                Some(listener) => {
-                    self.listen_subs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, listener);
-                }
-                None => {
-                    out.insert(
-                        "error".into(),
-                        json!({"code": jsonrpc::INTERNAL_ERROR, "message": "the upstream offers no subscription"}),
-                    );
-                    return out;
-                }
-            }
-        }
-        out.insert("result".into(), json!({}));
-        out
-    }
-
-    /// Ends the listen streams a session held for its subscriptions.
-    pub(crate) fn drop_listen_subscriptions(&self, session: &str) {
-        self.listen_subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(s, _, _), _| s != session);
     }
 
     /// Asks the client every input request (as server-to-client requests on its stream, with the

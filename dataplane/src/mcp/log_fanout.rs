@@ -14,14 +14,14 @@ use tracing::{debug, warn};
 
 use super::Gateway;
 use super::call::{Ctx, Reply};
-use super::forward::Caller;
 use super::subscriptions::Holder;
 use crate::jsonrpc::{self, Request};
 use crate::log_level::LogLevel;
 use crate::session::Session;
+use crate::upstream::Caller;
+use crate::upstream::handshake::{SET_LEVEL, level_params};
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
 
-pub(crate) const SET_LEVEL: &str = "logging/setLevel";
 /// How long a child may take to accept a level (the client's call waits for it).
 const SET_LEVEL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -170,10 +170,6 @@ pub(crate) fn message_level(msg: &Map<String, Value>) -> Option<LogLevel> {
         .and_then(|l| l.parse::<LogLevel>().ok())
 }
 
-pub(crate) fn level_params(level: LogLevel) -> Value {
-    json!({"level": level.as_str()})
-}
-
 impl Gateway {
     /// Answers `logging/setLevel`: remembers the level on the session and tells its upstreams.
     /// An upstream that refuses is logged; the client's request still succeeds.
@@ -204,7 +200,7 @@ impl Gateway {
         let stdio = shared
             .into_iter()
             .map(|(holder, level)| async move { self.tell(holder, sid, level).await });
-        let http = self.conns.targets_of(&ctx.session.id).into_iter().map(|key| async move {
+        let http = self.upstream.linked_targets(&ctx.session.id).into_iter().map(|key| async move {
             let Some((ns, name)) = key.split_once('/') else {
                 return;
             };
@@ -246,11 +242,6 @@ impl Gateway {
         {
             tell_child(child, level).await;
         }
-    }
-
-    /// A new link of a session with a level: told right after its initialize.
-    pub(crate) fn level_for_new_link(caller: &Caller<'_>) -> Option<Value> {
-        caller.log_level.map(level_params)
     }
 
     /// Tells a shared upstream its level outside any call of it.

@@ -43,7 +43,7 @@ use crate::server_config::{HttpConfig, TlsConfig, TrustedProxyConfig};
 use crate::session::SessionStore;
 use crate::source::SnapshotStore;
 use crate::upstream::instance::{ControllerApi, Instances, InstancesConfig};
-use crate::upstream::{StdioConfig, ToSessions, UpstreamClient, UpstreamError};
+use crate::upstream::{StdioConfig, ToSessions, UpstreamClient, UpstreamError, Upstreams};
 
 pub use connect_gate::{CONNECT_PATH, URL_ELICITATION_REQUIRED};
 pub use handoff::ReplicasConfig;
@@ -171,10 +171,8 @@ pub struct Gateway {
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
     pub(crate) key: SealingKey,
-    pub(crate) upstream: UpstreamClient,
-    pub(crate) conns: forward::Conns,
-    /// MCPInstances of `kubernetes` Targets (served only once a controller is set).
-    pub(crate) instances: Instances,
+    /// Every upstream, whatever its transport, and the sessions' upstream sessions.
+    pub(crate) upstream: Upstreams,
     pub(crate) limits: Arc<crate::limits::Limits>,
     /// Signs identity tokens for Targets that forward identities; its keys are the JWKS.
     pub(crate) signer: IdentitySigner,
@@ -188,8 +186,6 @@ pub struct Gateway {
     pub(crate) parking: mrtr::Parking,
     /// Answers of stateless upstreams that their `ttlMs`/`cacheScope` let the gateway reuse.
     pub(crate) list_cache: list_cache::ListCache,
-    /// Resource subscriptions held on stateless upstreams as listen streams.
-    pub(crate) listen_subs: forward_stateless::ListenSubscriptions,
     /// The notification bus to other replicas, when sessions are shared (Postgres).
     pub(crate) bus: std::sync::OnceLock<cross_replica::BusLink>,
     /// Subscribers per resource on shared STDIO children.
@@ -235,6 +231,7 @@ impl Gateway {
         if let Some(api) = p.instances {
             instances.use_controller(api);
         }
+        let upstream = Upstreams::new(upstream, instances, p.sessions.clone(), p.key.clone());
         let bus = p.bus;
         let handoff = match p.replicas {
             Some(r) => Some(
@@ -266,8 +263,6 @@ impl Gateway {
                 metrics: p.metrics,
                 key: p.key,
                 upstream,
-                conns: forward::Conns::default(),
-                instances,
                 limits,
                 signer,
                 runtime: tokio::runtime::Handle::try_current().ok(),
@@ -275,7 +270,6 @@ impl Gateway {
                 upcalls: upcalls::Upcalls::new(answer_timeout),
                 parking: mrtr::Parking::default(),
                 list_cache: list_cache::ListCache::default(),
-                listen_subs: Default::default(),
                 bus: std::sync::OnceLock::new(),
                 subscriptions: Default::default(),
                 child_levels: Default::default(),
@@ -329,7 +323,6 @@ impl Gateway {
     pub(crate) fn close_session_links(self: &Arc<Self>, session_id: &str) {
         self.hubs.remove(session_id);
         self.upcalls.drop_session(session_id);
-        self.drop_listen_subscriptions(session_id);
         let rt = tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.runtime.clone());
@@ -342,33 +335,12 @@ impl Gateway {
                 gw.upstream.stdio().end_session(&sid).await
             });
         }
-        let Some(links) = self.conns.remove_session(session_id) else {
+        let Some(links) = self.upstream.end_session(session_id) else {
             return;
         };
         let snapshot = self.snapshots.load();
         let gw = self.clone();
-        let close = async move {
-            let identity = links.identity;
-            for (key, cell) in links.links {
-                let Some((ns, name)) = key.split_once('/') else {
-                    continue;
-                };
-                let Some(target) = snapshot.target(ns, name) else {
-                    continue;
-                };
-                let link = cell.lock().await.clone();
-                let creds = target.credentials.resolve(&identity);
-                match crate::upstream::InjectedHeaders::open(&creds, &gw.key) {
-                    Ok(h) => gw.upstream.close_link(target, &h, &link).await,
-                    // No headers needed to end a stream; dropping `cell` and `link` closes it too.
-                    Err(_) => {
-                        gw.upstream
-                            .close_link(target, &Default::default(), &link)
-                            .await
-                    }
-                }
-            }
-        };
+        let close = async move { gw.upstream.close_links(links, &snapshot).await };
         match tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.runtime.clone())

@@ -2,7 +2,7 @@
 //! a relayed message's Target. A leaf: every other router module may use it.
 
 pub const SUPPORTED_PROTOCOLS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
-pub const LATEST_PROTOCOL: &str = "2025-11-25";
+pub use crate::upstream::handshake::LATEST_PROTOCOL;
 /// The HTTP+SSE revision: accepted only on sessions opened through the legacy `/sse` endpoint.
 pub const LEGACY_PROTOCOL: &str = "2024-11-05";
 

@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use super::Gateway;
-use super::forward::SessionLinks;
 use super::list_changed::{Viewer, changed_between, method};
 use crate::audit::{AuditEvent, now_ms};
 use crate::session::Session;
+use crate::upstream::SessionLinks;
 use crate::upstream::stdio::IsolationKey;
 
 /// The audit `method` of a claims change (no client method caused it).
@@ -66,8 +66,8 @@ impl Gateway {
         let mut updated = Session::clone(&session);
         updated.claims = Some(identity.clone());
         let stale: Vec<Arc<str>> = self
-            .conns
-            .targets_of(&sid)
+            .upstream
+            .linked_targets(&sid)
             .into_iter()
             .filter(|key| {
                 let target = key
@@ -87,7 +87,7 @@ impl Gateway {
             warn!(session = %sid, error = %e, label = e.label(), "recycled session not stored");
         }
         let updated = Arc::new(updated);
-        if let Some(links) = self.conns.leave(&sid, identity, &stale) {
+        if let Some(links) = self.upstream.leave_links(&sid, identity, &stale) {
             self.close_links(links);
         }
         if let Some(gw) = self.me.upgrade() {
@@ -133,22 +133,7 @@ impl Gateway {
             return;
         };
         let snapshot = self.snapshots.load();
-        tokio::spawn(async move {
-            let identity = links.identity;
-            for (key, cell) in links.links {
-                let Some(target) = key
-                    .split_once('/')
-                    .and_then(|(ns, name)| snapshot.target(ns, name))
-                else {
-                    continue;
-                };
-                let link = cell.lock().await.clone();
-                let creds = target.credentials.resolve(&identity);
-                let headers =
-                    crate::upstream::InjectedHeaders::open(&creds, &gw.key).unwrap_or_default();
-                gw.upstream.close_link(target, &headers, &link).await;
-            }
-        });
+        tokio::spawn(async move { gw.upstream.close_links(links, &snapshot).await });
     }
 
     fn audit_recycle(&self, identity: &Identity, session: &str, dropped: usize) {

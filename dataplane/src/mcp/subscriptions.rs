@@ -16,10 +16,9 @@ use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
 use super::Gateway;
-use super::forward::Caller;
 use super::protocol::TARGET_META;
 use crate::upstream::stdio::{ChildProcess, IsolationKey};
-use crate::upstream::{CallHooks, Inbound, UpstreamError};
+use crate::upstream::{CallHooks, Caller, ChildRoute, Inbound, UpstreamError};
 
 pub(crate) const SUBSCRIBE: &str = "resources/subscribe";
 pub(crate) const UNSUBSCRIBE: &str = "resources/unsubscribe";
@@ -236,13 +235,13 @@ impl Gateway {
     pub(crate) async fn stdio_subscription(
         &self,
         caller: &Caller<'_>,
-        (child, key): (&Arc<ChildProcess>, &IsolationKey),
+        route: &ChildRoute<'_>,
         (method, params): (&str, Option<&Value>),
-        timeout: Duration,
         hooks: &CallHooks,
     ) -> Result<Map<String, Value>, UpstreamError> {
         let sid = caller.session_id;
-        let send = || child.request_with(method, params, timeout, hooks, Some(sid));
+        let (child, key) = (&route.child, &route.key);
+        let send = || route.request(method, params, hooks);
         let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
             // Dispatch refuses these before they get here; the child answers anything else.
             return Ok(send().await?);

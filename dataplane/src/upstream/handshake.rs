@@ -6,7 +6,15 @@
 use serde_json::{Map, Value, json};
 
 use super::UpstreamError;
+use crate::log_level::LogLevel;
 use crate::session::UpstreamState;
+
+/// The newest revision with a handshake: what the gateway asks an upstream for when its
+/// client has none (stateless), and what it offers a client that names no revision.
+pub const LATEST_PROTOCOL: &str = "2025-11-25";
+/// The request telling an upstream session the log level its gateway session asked for; a new
+/// upstream session of a session with a level hears it right after the handshake.
+pub(crate) const SET_LEVEL: &str = "logging/setLevel";
 
 /// The `clientInfo.name` the gateway introduces itself with.
 pub(crate) const GATEWAY: &str = "reflow";
@@ -44,6 +52,11 @@ pub(crate) fn initialized(
             .map(str::to_owned),
         initialized: true,
     })
+}
+
+/// `logging/setLevel`'s params for `level`.
+pub(crate) fn level_params(level: LogLevel) -> Value {
+    json!({"level": level.as_str()})
 }
 
 #[cfg(test)]

@@ -1,23 +1,37 @@
-//! The MCP client side: Streamable HTTP to upstream servers over one pooled reqwest client, with
-//! lazily-initialized upstream sessions, injected credential headers and JSON or SSE replies.
-//! Legacy HTTP+SSE lives in `sse`, `auto` detection in `auto`, per-transport dispatch in `link`.
+//! The MCP client side. `Upstreams` (`upstreams.rs`) is the router's one way in: it resolves
+//! a `Route` per call (`route.rs`: a STDIO child, an instance pod, or the session's link) with
+//! the same `send` for each, and keeps the one per-(session, Target) link cache (`links.rs`).
+//! Below it, `UpstreamClient` (here) speaks Streamable HTTP over one pooled reqwest client,
+//! with lazily-initialized upstream sessions, injected credential headers and JSON or SSE
+//! replies; legacy HTTP+SSE lives in `sse`, `auto` detection in `auto`, per-transport dispatch
+//! in `link`, instances in `instance` and `instance_route`, STDIO children in `stdio`.
 
 mod auto;
+mod caller;
 pub(crate) mod events;
 mod expired;
 mod h1;
 pub(crate) mod handshake;
 pub mod instance;
+mod instance_route;
 mod link;
+mod links;
 mod listen;
 pub mod pools;
+pub mod route;
 mod sse;
 pub mod stateless;
 pub mod stdio;
 mod to_sessions;
 mod upcall;
+mod upstreams;
 
+pub use caller::Caller;
+pub use instance_route::InstanceRoute;
 pub use link::{Link, Transport};
+pub use links::SessionLinks;
+pub use route::{ChildRoute, LinkRoute};
+pub use upstreams::Upstreams;
 pub use listen::Listener;
 pub use sse::SseError;
 pub use stdio::{StdioConfig, StdioError};
