@@ -117,7 +117,10 @@ impl Gateway {
         };
         let headers = || self.call_headers(caller, target, &creds);
         match self.upstream.route(caller, target, &creds, headers).await? {
-            Route::Child(child) => self.call_child(caller, &child, (method, params), &hooks).await,
+            Route::Child(child) => {
+                self.call_child(caller, &child, (method, params), &hooks)
+                    .await
+            }
             Route::Instance(inst) => {
                 self.call_instance(caller, inst, (method, params), &hooks)
                     .await

@@ -151,7 +151,14 @@ impl InstanceRoute<'_> {
             let params = level_params(level);
             let none = CallHooks::default();
             if let Err(e) = client
-                .request(&inst.target, headers, &state, SET_LEVEL, Some(&params), &none)
+                .request(
+                    &inst.target,
+                    headers,
+                    &state,
+                    SET_LEVEL,
+                    Some(&params),
+                    &none,
+                )
                 .await
             {
                 warn!(instance = %inst.name, error = %e, label = e.label(), "logging/setLevel not passed on");

@@ -30,13 +30,13 @@ pub use caller::Caller;
 pub use instance_route::InstanceRoute;
 pub use link::{Link, Transport};
 pub use links::SessionLinks;
-pub use route::{ChildRoute, LinkRoute};
-pub use upstreams::Upstreams;
 pub use listen::Listener;
+pub use route::{ChildRoute, LinkRoute};
 pub use sse::SseError;
 pub use stdio::{StdioConfig, StdioError};
 pub use to_sessions::{Deliver, ToSessions, Unprompted};
 pub use upcall::{CallHooks, Cancel, Inbound, Responder, Sink, Upcall, unroutable};
+pub use upstreams::Upstreams;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -18,6 +18,9 @@ use super::{CallHooks, InitParams, InjectedHeaders, Link, UpstreamError};
 use crate::jsonrpc::{self, UpstreamReply};
 use std::sync::Arc;
 
+// Lives on the stack for one call and is matched once: boxing the larger variant would add an
+// allocation per call for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Route<'a> {
     /// A STDIO child, picked by isolation key (shared by the sessions with that key, or the
     /// session's own for a stateful Target).
@@ -161,8 +164,13 @@ impl LinkRoute<'_> {
         } else {
             let client = &self.up.client;
             let deliver = client.deliver_to(caller.session_id, caller.target_key.clone());
-            match client.listen_resources(self.target, &self.headers, self.link.state(), &[uri], deliver)
-            {
+            match client.listen_resources(
+                self.target,
+                &self.headers,
+                self.link.state(),
+                &[uri],
+                deliver,
+            ) {
                 Some(listener) => {
                     listening
                         .lock()
