@@ -15,8 +15,9 @@
 //!    calls, cross-replica delivery), `limits` (per-user and global quotas), `console` (the web console at
 //!    `/console`) and `metrics`
 //!    (which reads every lower layer's counters).
-//! 4. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, STDIO, instances),
-//!    and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
+//! 4. **upstream**: `upstream`, every transport to an MCP server (HTTP, SSE, auto, stateless,
+//!    STDIO, instances) behind one type, `upstream::Upstreams`, which also keeps the sessions'
+//!    upstream sessions, and `fuzzing` (the bodies of the `fuzz/` targets: JSON-RPC, SSE and JWT parsing).
 //! 5. **model and stores**: `auth`, `authn`, `audit`, `session`, `postgres`, `source`,
 //!    `controller_client`, `connect` (user-brought credentials: connect links and the local
 //!    store), `observed` (what this dataplane saw of each upstream), `identity_token`, `era`, `jsonrpc`, `log_level`, `scope`,

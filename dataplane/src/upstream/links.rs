@@ -99,3 +99,71 @@ impl Links {
         self.shard(session).remove(session)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(user: &str) -> Identity {
+        Identity::new(user, ["dev"], Vec::<String>::new())
+    }
+
+    #[test]
+    fn one_link_per_session_and_target_resumed_from_the_session_record() {
+        let links = Links::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("ns/a"), Arc::from("ns/b"));
+        let seed = UpstreamState {
+            session_id: Some("up-1".into()),
+            protocol_version: Some("2025-06-18".into()),
+            initialized: true,
+        };
+        let first = links.cell("s1", &who("alice"), &a, Some(&seed));
+        let again = links.cell("s1", &who("alice"), &a, None);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same link for the same pair"
+        );
+        let other_session = links.cell("s2", &who("alice"), &a, None);
+        assert!(!Arc::ptr_eq(&first, &other_session));
+        let other_target = links.cell("s1", &who("alice"), &b, None);
+        assert!(!Arc::ptr_eq(&first, &other_target));
+        let Ok(link) = first.try_lock() else {
+            panic!("nobody holds the new link")
+        };
+        assert!(link.is_resumable() && link.state().session_id.as_deref() == Some("up-1"));
+        let mut targets = links.targets_of("s1");
+        targets.sort();
+        assert_eq!(targets, vec![a, b]);
+        assert!(links.targets_of("s3").is_empty());
+    }
+
+    #[test]
+    fn leaving_takes_only_the_named_links_with_the_identity_that_opened_them() {
+        let links = Links::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("ns/a"), Arc::from("ns/b"));
+        links.cell("s1", &who("alice"), &a, None);
+        links.cell("s1", &who("alice"), &b, None);
+        let Some(left) = links.leave("s1", &who("alice2"), std::slice::from_ref(&a)) else {
+            panic!("a link was taken")
+        };
+        assert_eq!(&*left.identity.user, "alice");
+        assert_eq!(
+            left.links.keys().cloned().collect::<Vec<_>>(),
+            vec![a.clone()]
+        );
+        assert_eq!(links.targets_of("s1"), vec![b.clone()]);
+        assert!(
+            links.leave("s1", &who("alice3"), &[a]).is_none(),
+            "nothing left to take for that target"
+        );
+        let Some(ended) = links.remove_session("s1") else {
+            panic!("the session had links")
+        };
+        assert_eq!(
+            &*ended.identity.user, "alice3",
+            "the latest caller closes what is left"
+        );
+        assert_eq!(ended.links.len(), 1);
+        assert!(links.targets_of("s1").is_empty() && links.remove_session("s1").is_none());
+    }
+}
