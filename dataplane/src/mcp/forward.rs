@@ -115,7 +115,8 @@ impl Gateway {
                 .map(|s| s.for_target(caller.target_key.clone())),
             cancel: caller.hooks.cancel.clone(),
         };
-        let headers = || self.call_headers(caller, target, &creds);
+        let opened = &creds;
+        let headers = move || async move { self.call_headers(caller, target, opened) };
         match self.upstream.route(caller, target, &creds, headers).await? {
             Route::Child(child) => {
                 self.call_child(caller, &child, (method, params), &hooks)
@@ -167,7 +168,7 @@ impl Gateway {
         caller: &Caller<'_>,
         target: &CompiledTarget,
     ) -> Result<(), UpstreamError> {
-        let headers = || {
+        let headers = move || async move {
             let creds = target.credentials.resolve(caller.identity);
             self.call_headers(caller, target, &creds)
         };
@@ -175,6 +176,8 @@ impl Gateway {
     }
 
     /// The caller's credential headers and, where the Target opted in, forwarded identity.
+    /// `Upstreams` asks for them (through an async closure) only for transports that send
+    /// headers.
     pub(crate) fn call_headers(
         &self,
         caller: &Caller<'_>,

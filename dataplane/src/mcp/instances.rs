@@ -117,7 +117,8 @@ impl Gateway {
             hooks: &hooks,
             log_level: None,
         };
-        let headers = || self.call_headers(&caller, target, &creds);
+        let (caller_ref, opened) = (&caller, &creds);
+        let headers = move || async move { self.call_headers(caller_ref, target, opened) };
         self.upstream
             .instance_request(&caller, target, &creds, headers, (method, params))
             .await

@@ -78,19 +78,22 @@ impl Upstreams {
     /// `method` to an instance outside any call of it (a session ended, or set a level): sent
     /// only if the instance is still cached here; one that is not has been replaced or
     /// stopped, and a new one starts from scratch anyway.
-    pub async fn instance_request(
+    pub async fn instance_request<H>(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,
         creds: &ResolvedCredentials,
-        headers: impl FnOnce() -> Result<InjectedHeaders, UpstreamError>,
+        headers: impl FnOnce() -> H,
         (method, params): (&str, &Value),
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), UpstreamError>
+    where
+        H: std::future::Future<Output = Result<InjectedHeaders, UpstreamError>>,
+    {
         let (_, req) = ensure_request(caller, target, creds);
         let Some(inst) = self.instances.cached(&req).await else {
             return Ok(());
         };
-        let headers = with_bridge_token(&headers()?, &inst)?;
+        let headers = with_bridge_token(&headers().await?, &inst)?;
         let state = inst.state.lock().await.clone();
         if !state.initialized {
             return Ok(());

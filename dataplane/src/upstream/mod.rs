@@ -1,10 +1,7 @@
-//! The MCP client side. `Upstreams` (`upstreams.rs`) is the router's one way in: it resolves
-//! a `Route` per call (`route.rs`: a STDIO child, an instance pod, or the session's link) with
-//! the same `send` for each, and keeps the one per-(session, Target) link cache (`links.rs`).
-//! Below it, `UpstreamClient` (here) speaks Streamable HTTP over one pooled reqwest client,
-//! with lazily-initialized upstream sessions, injected credential headers and JSON or SSE
-//! replies; legacy HTTP+SSE lives in `sse`, `auto` detection in `auto`, per-transport dispatch
-//! in `link`, instances in `instance` and `instance_route`, STDIO children in `stdio`.
+//! The MCP client side. `Upstreams` (`upstreams.rs`, the router's one way in) resolves a `Route`
+//! per call (`route.rs`: STDIO child, instance pod or the session's link; one `send` for each)
+//! and keeps the one per-(session, Target) link cache (`links.rs`). `UpstreamClient` (here)
+//! speaks Streamable HTTP; legacy HTTP+SSE is in `sse`, `auto` detection in `auto`.
 
 mod auto;
 mod caller;

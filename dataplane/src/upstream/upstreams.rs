@@ -6,6 +6,7 @@
 //! `send`. What upstreams say outside calls goes to sessions over `ToSessions`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,25 +67,29 @@ impl Upstreams {
     /// Where `caller`'s call to `target` goes, ready to `send` on: the STDIO child of its
     /// isolation key, the instance pod of that key, or the session's link (connected and
     /// initialized once, its GET stream opened). `headers` (the caller's credentials and
-    /// forwarded identity) are opened only for transports that send headers.
-    pub async fn route<'a>(
+    /// forwarded identity, the router's `call_headers`) are opened only for transports that
+    /// send headers.
+    pub async fn route<'a, H>(
         &'a self,
         caller: &'a Caller<'a>,
         target: &'a CompiledTarget,
         creds: &ResolvedCredentials,
-        headers: impl FnOnce() -> Result<InjectedHeaders, UpstreamError>,
-    ) -> Result<Route<'a>, UpstreamError> {
+        headers: impl FnOnce() -> H,
+    ) -> Result<Route<'a>, UpstreamError>
+    where
+        H: Future<Output = Result<InjectedHeaders, UpstreamError>>,
+    {
         match target.upstream {
             Upstream::Stdio { .. } => self
                 .child_route(caller, target, creds)
                 .await
                 .map(Route::Child),
             Upstream::Kubernetes { .. } => self
-                .instance_route(caller, target, creds, headers()?)
+                .instance_route(caller, target, creds, headers().await?)
                 .await
                 .map(Route::Instance),
             _ => self
-                .link_route(caller, target, headers()?)
+                .link_route(caller, target, headers().await?)
                 .await
                 .map(Route::Link),
         }
@@ -162,19 +167,24 @@ impl Upstreams {
     /// Connects the session to an HTTP `target` ahead of any call, so what the upstream says
     /// outside calls (list changes) reaches the session from now on. STDIO and instance
     /// Targets are left alone (nothing is started for a warm-up).
-    pub async fn warm(
+    pub async fn warm<H>(
         &self,
         caller: &Caller<'_>,
         target: &CompiledTarget,
-        headers: impl FnOnce() -> Result<InjectedHeaders, UpstreamError>,
-    ) -> Result<(), UpstreamError> {
+        headers: impl FnOnce() -> H,
+    ) -> Result<(), UpstreamError>
+    where
+        H: Future<Output = Result<InjectedHeaders, UpstreamError>>,
+    {
         if matches!(
             target.upstream,
             Upstream::Stdio { .. } | Upstream::Kubernetes { .. }
         ) {
             return Ok(());
         }
-        self.link_route(caller, target, headers()?).await.map(drop)
+        self.link_route(caller, target, headers().await?)
+            .await
+            .map(drop)
     }
 
     /// A link just initialized for a session that set a log level hears it before anything
