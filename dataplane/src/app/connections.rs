@@ -19,7 +19,9 @@ use crate::source::SnapshotStore;
 /// The user's own connections (never another user's: the store is filtered by the logged-in
 /// identity's user name, the same name connect links are bound to) and what is left to connect.
 pub(super) struct StoredConnections {
-    pub(super) store: ConnectionStore,
+    /// Standalone: the local folder. `None` in controller mode: the user's connections are
+    /// the controller-written Credentials the snapshot carries (nothing new to trust).
+    pub(super) store: Option<ConnectionStore>,
     pub(super) snapshots: Arc<SnapshotStore>,
     /// Mints connect links (gone when the gateway is).
     pub(super) gateway: Weak<Gateway>,
@@ -40,13 +42,20 @@ fn split(target: &str) -> Option<(&str, &str)> {
 impl Connections for StoredConnections {
     fn connections<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Vec<Connection>> {
         Box::pin(async move {
-            let stored: BTreeSet<String> = self
-                .store
-                .of_user(&identity.user)
-                .into_iter()
-                .map(|c| format!("{}/{}", c.namespace, c.target))
-                .collect();
             let snapshot = self.snapshots.load();
+            let stored: BTreeSet<String> = match &self.store {
+                Some(store) => store
+                    .of_user(&identity.user)
+                    .into_iter()
+                    .map(|c| format!("{}/{}", c.namespace, c.target))
+                    .collect(),
+                None => snapshot
+                    .targets()
+                    .iter()
+                    .filter(|t| Gateway::connected_in_snapshot(t, &identity.user))
+                    .map(|t| format!("{}/{}", t.namespace, t.name))
+                    .collect(),
+            };
             let mut out = Vec::new();
             for t in snapshot.targets() {
                 let Some(u) = &t.user_credential else {
@@ -110,12 +119,16 @@ impl Connections for StoredConnections {
             let Some((ns, name)) = split(target) else {
                 return false;
             };
-            // The gateway's own grants (one lock per grant, shared with the refresher): an
-            // oauth2 grant is revoked at its AS first (RFC 7009); a pasted value is removed.
-            let Some(grants) = self.gateway.upgrade().and_then(|g| g.grants().cloned()) else {
+            // Standalone: the gateway's own grants (one lock per grant, shared with the
+            // refresher); controller mode: the controller. Either way an oauth2 grant is
+            // revoked at its AS first (RFC 7009); a pasted value is removed.
+            let Some(gateway) = self.gateway.upgrade() else {
                 return false;
             };
-            match grants.disconnect(ns, name, &identity.user).await {
+            match gateway
+                .disconnect_connection(ns, name, &identity.user)
+                .await
+            {
                 Ok(d) => d.existed,
                 Err(e) => {
                     tracing::warn!(error = %e, "console: removing a connection");
@@ -149,7 +162,7 @@ mod tests {
             store.put("team", target, user, &slot, &value).unwrap();
         }
         let listed = StoredConnections {
-            store,
+            store: Some(store),
             snapshots: SnapshotStore::new(),
             gateway: Weak::new(),
         };
