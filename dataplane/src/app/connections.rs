@@ -184,4 +184,60 @@ mod tests {
         assert!(listed.connections(&carol).await.is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// Controller mode: no local folder; the list is the user's controller-written Credential
+    /// as the snapshot carries it (its fixed name), never another user's, never a value.
+    #[tokio::test]
+    async fn in_controller_mode_the_list_comes_from_the_snapshot() {
+        let dir =
+            std::env::temp_dir().join(format!("reflow-console-snap-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = SealingKey::from_bytes(&[5; 32]);
+        let written = reflow_crds::grant::GrantKey {
+            namespace: "team".into(),
+            target: "gh".into(),
+            user: "alice".into(),
+        }
+        .object_name();
+        let user_managed = |name: &str, user: &str| {
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: team}}\nstringData: {{value: secret-of-{user}}}\n---\n\
+                 apiVersion: mcp.reflow.io/v1alpha1\nkind: Credential\nmetadata: {{name: {name}, namespace: team, labels: {{mcp.reflow.io/user-managed: 'true'}}}}\n\
+                 spec: {{targetRef: {{name: gh}}, subject: {{user: {user}}}, headers: [{{name: Authorization, prefix: 'token ', secretKeyRef: {{name: {name}, key: value}}}}]}}\n---\n"
+            )
+        };
+        let manifests = format!(
+            "apiVersion: mcp.reflow.io/v1alpha1\nkind: Target\nmetadata: {{name: gh, namespace: team}}\n\
+             spec: {{transport: streamableHttp, url: 'http://127.0.0.1:9/mcp', userCredential: {{mode: secret, inject: {{header: Authorization, prefix: 'token '}}}}}}\n---\n\
+             apiVersion: mcp.reflow.io/v1alpha1\nkind: Policy\nmetadata: {{name: all, namespace: team}}\n\
+             spec: {{targetRef: {{name: gh}}, subjects: [{{everyone: true}}], rules: [{{kind: all, names: ['*']}}], effect: Allow}}\n---\n{}{}",
+            user_managed(&written, "alice"),
+            // Another user-managed Credential for bob, not under the controller's name for him.
+            user_managed("hand-written", "bob"),
+        );
+        std::fs::write(dir.join("all.yaml"), manifests).unwrap();
+        let snapshots = SnapshotStore::new();
+        snapshots.publish(crate::source::compile_dir(&dir, &key).unwrap());
+        let listed = StoredConnections {
+            store: None,
+            snapshots,
+            gateway: Weak::new(),
+        };
+        let who = |u: &str| Identity::new(u, Vec::<String>::new(), Vec::<String>::new());
+        let alice = listed.connections(&who("alice")).await;
+        assert_eq!(alice.len(), 1, "{alice:?}");
+        assert_eq!(alice[0].target, "team/gh");
+        assert_eq!(alice[0].status, "connected");
+        assert!(alice[0].can_disconnect && !alice[0].can_connect);
+        assert!(!format!("{alice:?}").contains("secret-of"));
+        // Bob's value fills the slot, but it is not one the controller wrote for him: shown
+        // connected, not disconnectable here.
+        let bob = listed.connections(&who("bob")).await;
+        assert_eq!(bob[0].status, "connected");
+        assert!(!bob[0].can_disconnect);
+        let carol = listed.connections(&who("carol")).await;
+        assert_eq!(carol[0].status, "not connected");
+        assert!(carol[0].can_connect && !carol[0].can_disconnect);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
