@@ -19,6 +19,7 @@ use reflow_crds::api::{Credential, Target, USER_MANAGED_LABEL, UserCredentialMod
 use reflow_crds::grant::{Grant, GrantError, GrantKey, SECRET_VALUE_KEY};
 use reflow_crds::snapshot::InjectAs;
 use reflow_crds::{Inputs, SealingKey, Snapshot};
+use reflow_oauth::OAuthHttp;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -42,6 +43,10 @@ pub enum GrantsError {
     NotUserCredential(String),
     #[error("Target {0} is in mode tokenExchange: there is no grant to store")]
     NoStoredGrant(String),
+    #[error("the grant does not fit Target {0}")]
+    NotThisTarget(String),
+    #[error("the Target's authorization server: {0}")]
+    AuthServer(String),
     #[error("{kind} {name} exists and is not user-managed; refusing to overwrite it")]
     Collision { kind: &'static str, name: String },
     #[error("the Kubernetes API refused: {0}")]
@@ -56,6 +61,8 @@ impl GrantsError {
             Self::NoTarget(_) => "no_target",
             Self::NotUserCredential(_) => "not_user_credential",
             Self::NoStoredGrant(_) => "no_stored_grant",
+            Self::NotThisTarget(_) => "not_this_target",
+            Self::AuthServer(_) => "auth_server",
             Self::Collision { .. } => "collision",
             Self::Kube(_) => "kube",
         }
@@ -67,9 +74,9 @@ impl GrantsError {
             Self::Invalid(_) | Self::NoStoredGrant(_) => 422,
             Self::NoSnapshot => 503,
             Self::NoTarget(_) => 404,
-            Self::NotUserCredential(_) => 403,
+            Self::NotUserCredential(_) | Self::NotThisTarget(_) => 403,
             Self::Collision { .. } => 409,
-            Self::Kube(_) => 502,
+            Self::Kube(_) | Self::AuthServer(_) => 502,
         }
     }
 }
@@ -102,9 +109,29 @@ pub const REFRESH_ANNOTATION: &str = "mcp.reflow.io/refresh-requested";
 #[derive(Clone)]
 pub struct GrantsApi {
     pub key: SealingKey,
+    /// The bounded OAuth client: the Target's AS is checked at store time and revoked at on
+    /// disconnect.
+    pub http: OAuthHttp,
+}
+
+/// What a disconnect did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Deleted {
+    /// There was a connection (now gone).
+    pub existed: bool,
+    /// `Some(true)`: revoked at the AS; `Some(false)`: the AS refused or failed (deleted
+    /// anyway); `None`: nothing to revoke.
+    pub revoked: Option<bool>,
 }
 
 impl GrantsApi {
+    pub fn new(key: SealingKey) -> Self {
+        Self {
+            key,
+            http: OAuthHttp::new(std::time::Duration::from_secs(10), 256 * 1024),
+        }
+    }
+
     /// Marks the grant's Secret for an immediate refresh. Any replica takes the request; the
     /// lease holder (the one refresher) acts on it, so rotating refresh tokens are never raced.
     pub async fn request_refresh(
@@ -140,14 +167,17 @@ impl GrantsApi {
     }
 }
 
-/// Writes (or replaces) the user's Secret and Credential for a grant.
+/// Writes (or replaces) the user's Secret and Credential for a grant, once it fits its Target
+/// ([`crate::grant_oauth::check`]).
 pub async fn put(
     client: &Client,
     snapshot: Option<&Snapshot>,
-    key: &SealingKey,
+    api: &GrantsApi,
     grant: &Grant,
 ) -> Result<(), GrantsError> {
     grant.validate()?;
+    let key = &api.key;
+    let mut grant = grant.clone();
     let k = &grant.key;
     let full = format!("{}/{}", k.namespace, k.target);
     let snapshot = snapshot.ok_or(GrantsError::NoSnapshot)?;
@@ -161,6 +191,9 @@ pub async fn put(
     if u.mode == UserCredentialMode::TokenExchange {
         return Err(GrantsError::NoStoredGrant(full));
     }
+    crate::grant_oauth::check(&api.http, &full, u, &mut grant).await?;
+    let grant = &grant;
+    let k = &grant.key;
     let name = k.object_name();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &k.namespace);
     let credentials: Api<Credential> = Api::namespaced(client.clone(), &k.namespace);
@@ -221,16 +254,41 @@ pub async fn put(
     Ok(())
 }
 
-/// Deletes the user's Secret and Credential; whether there was anything to delete. Objects
-/// that are not user-managed are never deleted.
-pub async fn delete(client: &Client, key: &GrantKey) -> Result<bool, GrantsError> {
+/// Deletes the user's Secret and Credential, revoking an oauth2 grant at its AS first (RFC
+/// 7009, see [`crate::grant_oauth::revoke`]); objects that are not user-managed are never
+/// touched. A failed revocation does not keep the grant: the user asked to disconnect, and a
+/// kept grant would go on injecting their token; the AS's own expiry ends what it did not revoke.
+pub async fn delete(
+    client: &Client,
+    snapshot: Option<&Snapshot>,
+    api: &GrantsApi,
+    key: &GrantKey,
+) -> Result<Deleted, GrantsError> {
     key.validate()?;
     let name = key.object_name();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
     let credentials: Api<Credential> = Api::namespaced(client.clone(), &key.namespace);
-    check_free(&secrets, "Secret", &name).await?;
+    let stored = secrets.get_opt(&name).await?;
+    if stored
+        .as_ref()
+        .is_some_and(|s| !user_managed(s.metadata.labels.as_ref()))
+    {
+        return Err(GrantsError::Collision {
+            kind: "Secret",
+            name,
+        });
+    }
     check_free(&credentials, "Credential", &name).await?;
-    let mut any = false;
+    let grant = stored
+        .as_ref()
+        .and_then(|s| open_secret(s, &api.key))
+        .and_then(Result::ok)
+        .filter(|g| g.key == *key);
+    let revoked = match &grant {
+        Some(g) => crate::grant_oauth::revoke(&api.http, snapshot, &api.key, g).await,
+        None => None,
+    };
+    let mut existed = false;
     for deleted in [
         credentials
             .delete(&name, &DeleteParams::default())
@@ -242,15 +300,15 @@ pub async fn delete(client: &Client, key: &GrantKey) -> Result<bool, GrantsError
             .map(|_| ()),
     ] {
         match deleted {
-            Ok(()) => any = true,
+            Ok(()) => existed = true,
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    if any {
-        info!(target = %format!("{}/{}", key.namespace, key.target), user = %key.user, "a user's grant was deleted");
+    if existed {
+        info!(target = %format!("{}/{}", key.namespace, key.target), user = %key.user, ?revoked, "a user's grant was deleted");
     }
-    Ok(any)
+    Ok(Deleted { existed, revoked })
 }
 
 /// The grant a user-managed Secret holds, if it is one and opens: bound to its fixed name and

@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod fleet;
+pub mod grant_oauth;
 pub mod grants;
 pub mod instance;
 pub mod lease;

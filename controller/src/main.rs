@@ -225,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat: server::HEARTBEAT,
         grants: instance_client
             .as_ref()
-            .map(|_| reflow_controller::grants::GrantsApi { key: key.clone() }),
+            .map(|_| reflow_controller::grants::GrantsApi::new(key.clone())),
         instances: instance_client,
     });
     tokio::select! {

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub reconciles: Family<OutcomeLabels, Counter>,
     /// Users' oauth2 grants refreshed by the lease holder, by outcome.
     pub grant_refreshes: Family<OutcomeLabels, Counter>,
+    /// RFC 7009 revocations at the AS on a disconnect, by outcome (revoked, failed).
+    pub grant_revocations: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,12 @@ impl Metrics {
             "Users' oauth2 grants refreshed as the lease holder, by outcome (refreshed or the error label)",
             grant_refreshes.clone(),
         );
+        let grant_revocations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "grant_revocations",
+            "Users' oauth2 grants revoked at the authorization server on disconnect, by outcome (revoked, failed: deleted anyway)",
+            grant_revocations.clone(),
+        );
         Self {
             registry,
             compiles,
@@ -94,6 +102,7 @@ impl Metrics {
             status_patches,
             reconciles,
             grant_refreshes,
+            grant_revocations,
         }
     }
 

@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use reflow_crds::SealingKey;
 use reflow_crds::grant::{Grant, Redacted};
 use reflow_oauth::http::OAuthHttp;
-use reflow_oauth::token::{ClientAuth, TokenClient};
+use reflow_oauth::token::TokenClient;
 use secrecy::SecretString;
 use serde_json::json;
 use tokio::sync::watch;
@@ -156,31 +156,11 @@ impl Refresher {
         }
     }
 
-    /// The client secret for a grant: one registered dynamically travels with it; a
-    /// pre-registered one is the Target's, sealed in the snapshot.
+    /// The client secret for a grant (see [`crate::grant_oauth::client_secret`]).
     fn client_secret(&self, grant: &Grant) -> Option<SecretString> {
-        let o = grant.oauth2.as_ref()?;
-        if let Some(s) = &o.client.registered_secret {
-            return Some(SecretString::from(s.expose().to_owned()));
-        }
         let published = self.published.borrow();
-        let target = published
-            .as_ref()?
-            .snapshot
-            .target(&grant.key.namespace, &grant.key.target)?
-            .clone();
-        let c = target
-            .user_credential
-            .as_ref()?
-            .oauth2
-            .as_ref()?
-            .client
-            .as_ref()?;
-        if c.client_id.as_ref() != o.client.client_id {
-            return None;
-        }
-        let sealed = c.client_secret.as_ref()?;
-        self.key.open(&sealed.aad, &sealed.value).ok()
+        let snapshot = published.as_ref().map(|p| &p.snapshot);
+        crate::grant_oauth::client_secret(snapshot, &self.key, grant)
     }
 
     async fn refresh(
@@ -198,7 +178,8 @@ impl Refresher {
             .as_ref()
             .map(|r| SecretString::from(r.expose().to_owned()))
             .ok_or(RefreshError::NoRefreshToken)?;
-        let auth = ClientAuth::choose(&o.client.client_id, secret_value, &[]);
+        // As the AS's metadata called for when the grant was stored (basic, post or none).
+        let auth = crate::grant_oauth::client_auth(o, secret_value);
         let tokens = TokenClient::new(http.clone(), &o.token_endpoint, None, auth)?;
         let received = SystemTime::now();
         let answer = tokens
@@ -259,9 +240,11 @@ mod tests {
                 expires_at_ms,
                 token_endpoint: "http://127.0.0.1:1/token".into(),
                 issuer: None,
+                revocation_endpoint: None,
                 client: GrantClient {
                     client_id: "c".into(),
                     registered_secret: None,
+                    auth_method: None,
                 },
                 scopes: vec![],
                 resource: None,

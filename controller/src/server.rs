@@ -444,7 +444,7 @@ async fn put_grant(State(state): State<ApiState>, headers: HeaderMap, body: Byte
         .map(|p| p.snapshot.clone());
     let span =
         info_span!("put_grant", target = %format!("{}/{}", grant.key.namespace, grant.key.target));
-    match crate::grants::put(client, snapshot.as_ref(), &api.key, &grant)
+    match crate::grants::put(client, snapshot.as_ref(), api, &grant)
         .instrument(span)
         .await
     {
@@ -453,7 +453,8 @@ async fn put_grant(State(state): State<ApiState>, headers: HeaderMap, body: Byte
     }
 }
 
-/// `POST /v1/connections/disconnect`: deletes one user's grant (404 when there was none).
+/// `POST /v1/connections/disconnect`: revokes one user's oauth2 grant at its AS and deletes
+/// it; answers `{"existed": true, "revoked": true|false|null}` (404 when there was none).
 async fn delete_grant(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
@@ -462,12 +463,27 @@ async fn delete_grant(State(state): State<ApiState>, headers: HeaderMap, body: B
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    let (Some(client), Some(_)) = (&state.instances, &state.grants) else {
+    let (Some(client), Some(api)) = (&state.instances, &state.grants) else {
         return grants_unavailable();
     };
-    match crate::grants::delete(client, &key).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => (StatusCode::NOT_FOUND, "no such connection\n").into_response(),
+    let snapshot = state
+        .published
+        .borrow()
+        .as_ref()
+        .map(|p| p.snapshot.clone());
+    let span = info_span!("delete_grant", target = %format!("{}/{}", key.namespace, key.target));
+    match crate::grants::delete(client, snapshot.as_ref(), api, &key)
+        .instrument(span)
+        .await
+    {
+        Ok(d) if d.existed => {
+            if let Some(ok) = d.revoked {
+                let outcome = if ok { "revoked" } else { "failed" };
+                Metrics::inc(&state.metrics.grant_revocations, outcome);
+            }
+            axum::Json(d).into_response()
+        }
+        Ok(_) => (StatusCode::NOT_FOUND, "no such connection\n").into_response(),
         Err(e) => grant_failure(&e),
     }
 }

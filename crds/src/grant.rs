@@ -105,6 +105,9 @@ pub struct OAuth2Grant {
     /// The authorization server's issuer (what the token endpoint was discovered from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// RFC 7009 revocation endpoint of the authorization server (disconnect revokes there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
     pub client: GrantClient,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
@@ -122,7 +125,15 @@ pub struct GrantClient {
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_secret: Option<Redacted>,
+    /// How the client authenticates at the token and revocation endpoints (RFC 7591 names:
+    /// `none`, `client_secret_basic`, `client_secret_post`), as chosen from the authorization
+    /// server's `token_endpoint_auth_methods_supported`. Absent: HTTP Basic when there is a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
 }
+
+/// The client authentication methods a grant may name.
+pub const AUTH_METHODS: [&str; 3] = ["none", "client_secret_basic", "client_secret_post"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrantError {
@@ -220,6 +231,9 @@ impl Grant {
         if let Some(r) = &o.resource {
             url("oauth2.resource", r)?;
         }
+        if let Some(r) = &o.revocation_endpoint {
+            url("oauth2.revocationEndpoint", r)?;
+        }
         let c = &o.client;
         if c.client_id.is_empty()
             || c.client_id.len() > 256
@@ -229,6 +243,12 @@ impl Grant {
         }
         if let Some(s) = &c.registered_secret {
             value("oauth2.client.registeredSecret", s.expose())?;
+        }
+        if c.auth_method
+            .as_deref()
+            .is_some_and(|m| !AUTH_METHODS.contains(&m))
+        {
+            return Err(GrantError::BadField("oauth2.client.authMethod"));
         }
         let scope_ok = |s: &String| {
             !s.is_empty()
@@ -335,9 +355,11 @@ mod tests {
                 expires_at_ms: Some(1_800_000_000_000),
                 token_endpoint: "https://as.example/token".into(),
                 issuer: Some("https://as.example".into()),
+                revocation_endpoint: Some("https://as.example/revoke".into()),
                 client: GrantClient {
                     client_id: "reflow".into(),
                     registered_secret: None,
+                    auth_method: Some("client_secret_post".into()),
                 },
                 scopes: vec!["read".into()],
                 resource: Some("https://mcp.linear.example/mcp".into()),
@@ -416,6 +438,22 @@ mod tests {
         assert_eq!(
             g.validate(),
             Err(GrantError::BadUrl("oauth2.tokenEndpoint"))
+        );
+        let mut g = oauth_grant();
+        if let Some(o) = g.oauth2.as_mut() {
+            o.revocation_endpoint = Some("javascript:alert(1)".into());
+        }
+        assert_eq!(
+            g.validate(),
+            Err(GrantError::BadUrl("oauth2.revocationEndpoint"))
+        );
+        let mut g = oauth_grant();
+        if let Some(o) = g.oauth2.as_mut() {
+            o.client.auth_method = Some("private_key_jwt\n".into());
+        }
+        assert_eq!(
+            g.validate(),
+            Err(GrantError::BadField("oauth2.client.authMethod"))
         );
         assert!(key().object_name().starts_with(OBJECT_PREFIX));
         assert_eq!(key().object_name().len(), OBJECT_PREFIX.len() + 32);

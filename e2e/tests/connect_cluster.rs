@@ -7,7 +7,6 @@
 //! deletes both objects.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reflow_crds::grant::{DISCONNECT_PATH, GRANTS_PATH, GrantKey};
@@ -16,16 +15,15 @@ use reflow_crds::snapshot::InjectAs;
 use reflow_dataplane::connect::Slot;
 use reflow_dataplane::connect::{ControllerGrants, GrantStore};
 use reflow_e2e::fixture_bin;
+use reflow_e2e::harness::controller_process::{
+    SYSTEM_NAMESPACE as SYSTEM, spawn_controller, spawn_following_dataplane,
+};
 use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
 use reflow_e2e::harness::oidc::{OidcClient, OidcProvider, form_urlencoded};
-use reflow_e2e::harness::process::SpawnOptions;
-use reflow_e2e::harness::{
-    FixtureProcess, KubeCluster, ManagedChild, controller_bin, dataplane_bin, http_client,
-};
+use reflow_e2e::harness::{FixtureProcess, KubeCluster, ManagedChild, http_client};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-const SYSTEM: &str = "reflow-system";
 const NS: &str = reflow_e2e::harness::gateway::NAMESPACE;
 const TOKEN: &str = "connect-cluster-controller-token";
 const DEV_SECRET: &str = "connect-cluster-dev-secret-0123456789abcdef";
@@ -53,69 +51,20 @@ fn dev_token(user: &str) -> String {
     .expect("token")
 }
 
-fn first_line_url(c: &ManagedChild, prefix: &str) -> String {
-    let line = c
-        .next_line(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("no listening line: {e}\n{}", c.output()));
-    line.trim()
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned()
-}
-
 fn controller(k: &KubeCluster, name: &str, key: &str) -> (ManagedChild, String) {
-    let mut cmd = Command::new(controller_bin().expect("controller binary"));
-    cmd.env("KUBECONFIG", &k.kubeconfig)
-        .env("REFLOW_CONTROLLER_TOKEN", TOKEN)
-        .env("REFLOW_SEALING_KEY", key)
-        .env("POD_NAME", name)
-        .env("POD_NAMESPACE", SYSTEM)
-        .env("RUST_LOG", "info")
-        .env("REFLOW_REFRESH_BEFORE", "5")
-        .env(
-            "REFLOW_BRIDGE_IMAGE",
-            "registry.invalid/reflow-dataplane:test",
-        )
-        .args(["--listen", "127.0.0.1:0"]);
-    let opts = SpawnOptions {
-        stdout_lines: true,
-        ..SpawnOptions::default()
-    };
-    let c = ManagedChild::spawn(name, &mut cmd, opts).expect("controller starts");
-    let url = first_line_url(&c, "listening on ");
-    (c, url)
+    spawn_controller(k, name, key, TOKEN, &[("REFLOW_REFRESH_BEFORE", "5")])
+        .expect("controller starts")
 }
 
 /// The real dataplane binary in controller mode (no manifests, no Kubernetes rights).
 fn dataplane(dir: &std::path::Path, controller: &str, key: &str) -> (ManagedChild, String) {
-    std::fs::write(dir.join("sealing-key"), key).expect("key");
-    std::fs::write(dir.join("controller-token"), TOKEN).expect("token");
     let audit = dir.join("audit.jsonl");
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "dev: {{hs256Secret: {DEV_SECRET}}}\nsealingKeyFile: sealing-key\naudit: {{sink: file, path: {}}}\ngateway: {{publicUrl: '{PUBLIC}'}}\n",
-            audit.display()
-        ),
-    )
-    .expect("config");
-    let mut cmd = Command::new(dataplane_bin().expect("dataplane binary"));
-    cmd.arg("--controller")
-        .arg(controller)
-        .arg("--controller-token-file")
-        .arg(dir.join("controller-token"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", "127.0.0.1:0", "--dataplane-name", "dp-0"])
-        .env("RUST_LOG", "debug");
-    let opts = SpawnOptions {
-        stdout_lines: true,
-        ..SpawnOptions::default()
-    };
-    let c = ManagedChild::spawn("reflow-dataplane", &mut cmd, opts).expect("dataplane starts");
-    let url = first_line_url(&c, "listening on ");
-    (c, url)
+    let config = format!(
+        "dev: {{hs256Secret: {DEV_SECRET}}}\nsealingKeyFile: sealing-key\naudit: {{sink: file, path: {}}}\ngateway: {{publicUrl: '{PUBLIC}'}}\n",
+        audit.display()
+    );
+    spawn_following_dataplane(dir, controller, (key, TOKEN), &config, "127.0.0.1:0")
+        .expect("dataplane starts")
 }
 
 async fn rpc_body(resp: reqwest::Response) -> Value {
@@ -586,9 +535,11 @@ async fn oauth2_refreshed_by_the_lease_holder(
             expires_at_ms: Some(expires_at_ms),
             token_endpoint: op.token_endpoint(),
             issuer: Some(op.issuer().to_owned()),
+            revocation_endpoint: None,
             client: GrantClient {
                 client_id: OAUTH_CLIENT.into(),
                 registered_secret: None,
+                auth_method: None,
             },
             scopes: vec![],
             // The provider keeps the granted resource on refresh.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use reflow_crds::SealingKey;
 use reflow_dataplane::connect::ConnectionStore;
 use reflow_e2e::harness::browser::{Browser, chromium_path};
+use reflow_e2e::harness::connect_flow::{self, McpUser, assert_no_secret, rpc_body};
 use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
 use reflow_e2e::harness::net::free_loopback_port;
 use reflow_e2e::harness::oauth_upstream::OAuthUpstream;
@@ -132,155 +133,23 @@ fn setup() -> World {
     }
 }
 
-/// The body of a JSON or single-event SSE answer.
-async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.expect("body");
-    let json_text = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:").map(str::trim))
-        .rfind(|d| !d.is_empty())
-        .unwrap_or(text.as_str());
-    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-}
-
-impl Client {
-    async fn open(w: &World, user: &str) -> Self {
-        let token =
-            w.op.mint(user, GW_AUD, Some(Duration::from_secs(900)))
-                .await
-                .expect("caller token");
-        let http = http_client().expect("client");
-        let url = format!("{}/mcp", w.base);
-        let resp = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "oauth-test", "version": "0"}}}),
-            )
-            .send()
+async fn open(w: &World, user: &str) -> McpUser {
+    let token =
+        w.op.mint(user, GW_AUD, Some(Duration::from_secs(900)))
             .await
-            .expect("initialize");
-        assert_eq!(resp.status(), 200, "{}", w.gw.output());
-        let session = resp.headers()["mcp-session-id"]
-            .to_str()
-            .expect("sid")
-            .to_owned();
-        let _ = rpc_body(resp).await;
-        let c = Self {
-            http,
-            url,
-            token,
-            session,
-        };
-        c.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
-        c
-    }
-
-    async fn post(&self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("post")
-    }
-
-    async fn call(&self, name: &str, args: Value) -> Value {
-        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": name, "arguments": args}});
-        rpc_body(self.post(body).await).await
-    }
-
-    async fn text(&self, name: &str, args: Value) -> (bool, String) {
-        let r = self.call(name, args).await;
-        let text = r["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (
-            r["result"]["isError"] == true || r.get("error").is_some(),
-            if text.is_empty() { r.to_string() } else { text },
-        )
-    }
-
-    /// A fresh connect link from a call that is refused for want of a connection.
-    async fn link(&self) -> String {
-        let (err, text) = self.text("up_whoami", json!({})).await;
-        assert!(err, "expected a connect link: {text}");
-        let at = text
-            .find("/connect/")
-            .unwrap_or_else(|| panic!("no link: {text}"));
-        let start = text[..at].rfind("http").expect("absolute link");
-        text[start..]
-            .split_whitespace()
-            .next()
-            .expect("link")
-            .to_owned()
-    }
+            .expect("caller token");
+    McpUser::open(&w.base, token)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.gw.output()))
 }
 
-/// Follows the connect flow in `b` as `user` (IdP login, consent) until the gateway's
-/// callback answers; returns the final page text and URL.
+/// A fresh connect link from a call that is refused for want of a connection.
+async fn link(c: &McpUser) -> String {
+    c.link("up_whoami").await.expect("a connect link")
+}
+
 fn connect_in_browser(b: &mut Browser, link: &str, user: &str) -> (String, String) {
-    let nav = b.goto(link).expect("connect page");
-    assert_eq!(nav.status, Some(200), "{:?}", b.text(None));
-    b.click("#connect").expect("continue");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let url = b.url().expect("url");
-        if url.contains("/connect/callback") {
-            let text = b.text(None).unwrap_or_default();
-            if text.contains("connected")
-                || text.contains("Not connected")
-                || text.contains("not valid")
-            {
-                return (text, url);
-            }
-        } else if b
-            .wait_for_selector("input[name=login]", Duration::from_millis(300))
-            .is_ok()
-        {
-            b.fill("input[name=login]", user).expect("login");
-            b.fill("input[name=password]", "any").expect("password");
-            b.click("button[type=submit]").expect("submit login");
-        } else if b
-            .wait_for_selector("button[type=submit]", Duration::from_millis(300))
-            .is_ok()
-        {
-            let _ = b.click("button[type=submit]");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "flow of {user} stuck at {url}: {}",
-            b.text(None).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(150));
-    }
-}
-
-fn grep_none(what: &str, text: &str, secrets: &[String]) {
-    for s in secrets {
-        assert!(
-            !text.contains(s.as_str()),
-            "{what} holds a token ({}…)",
-            &s[..6.min(s.len())]
-        );
-    }
+    connect_flow::connect_in_browser(b, link, user, WAIT).expect("connect flow")
 }
 
 #[test]
@@ -291,13 +160,14 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
     }
     let w = setup();
     let rt = tokio::runtime::Runtime::new().expect("rt");
-    let alice = rt.block_on(Client::open(&w, "alice"));
-    let bob = rt.block_on(Client::open(&w, "bob"));
+    let alice = rt.block_on(open(&w, "alice"));
+    let bob = rt.block_on(open(&w, "bob"));
     let listed = rt.block_on(async {
         rpc_body(
             alice
                 .post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
-                .await,
+                .await
+                .expect("tools/list"),
         )
         .await
     });
@@ -313,7 +183,7 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
     let mut b = Browser::launch().expect("chromium");
 
     // Bob's browser on alice's link: he signs in as bob at the IdP, and nothing is stored.
-    let alice_link_1 = rt.block_on(alice.link());
+    let alice_link_1 = rt.block_on(link(&alice));
     let (text, _) = connect_in_browser(&mut b, &alice_link_1, "bob");
     assert!(
         text.contains("You signed in as bob") && text.contains("alice"),
@@ -324,7 +194,7 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
 
     // Alice connects with a fresh link in her own browser.
     b.new_context().expect("context");
-    let alice_link = rt.block_on(alice.link());
+    let alice_link = rt.block_on(link(&alice));
     assert_ne!(alice_link, alice_link_1);
     let (text, callback) = connect_in_browser(&mut b, &alice_link, "alice");
     assert!(text.contains("Connected"), "{text}\n{}", w.gw.output());
@@ -345,7 +215,7 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
     assert_eq!(post.status(), 404);
 
     // Bob gets his own link and his own grant.
-    let bob_link = rt.block_on(bob.link());
+    let bob_link = rt.block_on(link(&bob));
     assert_ne!(bob_link, alice_link);
     b.new_context().expect("context");
     let (text, _) = connect_in_browser(&mut b, &bob_link, "bob");
@@ -355,7 +225,7 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
 
     // Refresh before expiry, no failed call: call every 500 ms across three token lifetimes.
     let mut seen = w.tokens_of("alice");
-    let stats = |c: &Client| -> Value {
+    let stats = |c: &McpUser| -> Value {
         let (_, t) = rt.block_on(c.text("up_auth_stats", json!({})));
         serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"))
     };
@@ -460,7 +330,7 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
         listed.contains("e2e/up") && listed.contains("\"connected\": true"),
         "{listed}"
     );
-    grep_none("the tool's list", &listed, &seen);
+    assert_no_secret("the tool's list", &listed, &seen);
     let (err, done) = rt.block_on(alice.text(
         "reflow_connections",
         json!({"action": "disconnect", "target": "e2e/up"}),
@@ -491,7 +361,7 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
         "the revoked token still works upstream"
     );
     assert!(
-        rt.block_on(alice.link()).contains("/connect/"),
+        rt.block_on(link(&alice)).contains("/connect/"),
         "alice must connect again"
     );
     let (err, who) = rt.block_on(bob.text("up_whoami", json!({})));
@@ -502,8 +372,8 @@ fn oauth2_connect_refresh_disconnect_in_chromium() {
 
     // No token anywhere: the gateway's output (debug logs) and the audit file.
     let audit = std::fs::read_to_string(&w.audit).expect("audit");
-    grep_none("the gateway's logs", &w.gw.output(), &seen);
-    grep_none("the audit file", &audit, &seen);
+    assert_no_secret("the gateway's logs", &w.gw.output(), &seen);
+    assert_no_secret("the audit file", &audit, &seen);
     for outcome in [
         "connect_account_mismatch",
         "\"connected\"",

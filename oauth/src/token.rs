@@ -35,19 +35,42 @@ impl ClientAuth {
     /// A confidential client with the method the AS prefers among those it lists (`basic` when
     /// it lists none or both), or a public client without a secret.
     pub fn choose(client_id: &str, secret: Option<SecretString>, methods: &[String]) -> Self {
+        let method = Self::choose_method(secret.is_some(), methods);
+        Self::from_method(method, client_id, secret)
+    }
+
+    /// The method [`ClientAuth::choose`] picks, by name, for a client with or without a secret
+    /// at an AS listing `methods` (its `token_endpoint_auth_methods_supported`).
+    pub fn choose_method(has_secret: bool, methods: &[String]) -> &'static str {
+        let post_only = !methods.is_empty()
+            && methods.iter().any(|m| m == "client_secret_post")
+            && !methods.iter().any(|m| m == "client_secret_basic");
+        match (has_secret, post_only) {
+            (false, _) => "none",
+            (true, true) => "client_secret_post",
+            (true, false) => "client_secret_basic",
+        }
+    }
+
+    /// The RFC 7591 `token_endpoint_auth_method` name of this method.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::None { .. } => "none",
+            Self::Basic { .. } => "client_secret_basic",
+            Self::Post { .. } => "client_secret_post",
+        }
+    }
+
+    /// The method a grant was obtained with, by its [`ClientAuth::method`] name (kept beside a
+    /// stored grant, so a refresh or revocation authenticates as the connect did): a secret
+    /// with `client_secret_post` goes in the form, any other secret by HTTP Basic; no secret
+    /// is a public client.
+    pub fn from_method(method: &str, client_id: &str, secret: Option<SecretString>) -> Self {
         let client_id = client_id.to_owned();
-        match secret {
-            None => Self::None { client_id },
-            Some(secret) => {
-                let post_only = !methods.is_empty()
-                    && methods.iter().any(|m| m == "client_secret_post")
-                    && !methods.iter().any(|m| m == "client_secret_basic");
-                if post_only {
-                    Self::Post { client_id, secret }
-                } else {
-                    Self::Basic { client_id, secret }
-                }
-            }
+        match (method, secret) {
+            ("client_secret_post", Some(secret)) => Self::Post { client_id, secret },
+            (_, Some(secret)) => Self::Basic { client_id, secret },
+            (_, None) => Self::None { client_id },
         }
     }
 
@@ -338,5 +361,25 @@ mod tests {
         assert!(post.apply(&mut form).is_empty());
         assert_eq!(form, vec![("client_id", "id"), ("client_secret", "s")]);
         assert!(!format!("{post:?}").contains("\"s\""));
+    }
+
+    #[test]
+    fn a_stored_method_name_round_trips_to_the_same_client_authentication() {
+        let secret = || Some(SecretString::from("s"));
+        let post_only = ["client_secret_post".to_owned()];
+        for (methods, secret, want) in [
+            (&post_only[..], secret(), "client_secret_post"),
+            (&[][..], secret(), "client_secret_basic"),
+            (&post_only[..], None, "none"),
+        ] {
+            let chosen = ClientAuth::choose("id", secret.clone(), methods);
+            assert_eq!(chosen.method(), want);
+            let back = ClientAuth::from_method(chosen.method(), "id", secret);
+            assert_eq!(back.method(), want);
+            assert_eq!(back.client_id(), "id");
+        }
+        // A method named without a secret to go with it is a public client.
+        let public = ClientAuth::from_method("client_secret_basic", "id", None);
+        assert_eq!(public.method(), "none");
     }
 }

@@ -152,6 +152,7 @@ impl App {
             gateway_parts.audit = tap.clone();
         }
         let stored_connections = gateway_parts.connections.clone();
+        let controller_grants = gateway_parts.grant_store.is_some();
         let registry = gateway_parts.replicas.clone();
         if let Some(r) = &registry {
             // Each heartbeat carries the snapshot this replica serves (the console lists them).
@@ -164,10 +165,11 @@ impl App {
         let guard = http::Guard::new(&gateway_parts.gateway.http);
         let gateway = Gateway::new(gateway_parts)?;
         wiring.replicas = registry;
-        if let Some(store) = stored_connections {
-            // The console lists what the connect pages stored.
+        if stored_connections.is_some() || controller_grants {
+            // The console lists what the connect pages stored (the local folder, or in
+            // controller mode what the controller wrote, as the snapshot carries it).
             wiring.connections = Arc::new(connections::StoredConnections {
-                store,
+                store: stored_connections.filter(|_| !controller_grants),
                 snapshots: gateway.snapshots.clone(),
                 gateway: Arc::downgrade(&gateway),
             });

@@ -10,10 +10,12 @@ use reflow_crds::grant::{DISCONNECT_PATH, GRANTS_PATH, Grant, GrantKey, REFRESH_
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::{ConnectError, GrantStore, Slot};
+use super::{ConnectError, Disconnected, GrantStore, Slot};
 
 /// A call to the controller that takes longer is given up (the user retries from a new link).
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest answer body read from the controller (a disconnect's outcome is a few bytes).
+const MAX_ANSWER: usize = 4096;
 
 pub struct ControllerGrants {
     http: reqwest::Client,
@@ -37,12 +39,22 @@ impl ControllerGrants {
         })
     }
 
-    /// `None`: 2xx; else the controller's one-line reason (never echoes a value: it has none).
+    /// The status (2xx or 404); else the controller's one-line reason (never echoes a value:
+    /// it has none).
     async fn post<T: Serialize + ?Sized>(
         &self,
         path: &str,
         body: &T,
     ) -> Result<reqwest::StatusCode, ConnectError> {
+        self.post_reading(path, body).await.map(|(s, _)| s)
+    }
+
+    /// As [`Self::post`], with the body of a 2xx answer (at most [`MAX_ANSWER`] bytes read).
+    async fn post_reading<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), ConnectError> {
         let resp = self
             .http
             .post(format!("{}{path}", self.url))
@@ -53,7 +65,15 @@ impl ControllerGrants {
             .map_err(|e| ConnectError::Controller(e.without_url().to_string()))?;
         let status = resp.status();
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(status);
+            let mut body = Vec::new();
+            let mut resp = resp;
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                if body.len() + chunk.len() > MAX_ANSWER {
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return Ok((status, body));
         }
         let text = resp.text().await.unwrap_or_default();
         let line: String = text
@@ -96,6 +116,29 @@ impl GrantStore for ControllerGrants {
         Box::pin(async move {
             let status = self.post(DISCONNECT_PATH, key).await?;
             Ok(status != reqwest::StatusCode::NOT_FOUND)
+        })
+    }
+
+    fn disconnect<'a>(
+        &'a self,
+        key: &'a GrantKey,
+    ) -> BoxFuture<'a, Result<Disconnected, ConnectError>> {
+        Box::pin(async move {
+            let (status, body) = self.post_reading(DISCONNECT_PATH, key).await?;
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Ok(Disconnected {
+                    existed: false,
+                    revoked: None,
+                });
+            }
+            // `{"existed": true, "revoked": true|false|null}`; an empty 2xx: deleted, not revoked.
+            let revoked = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("revoked").and_then(serde_json::Value::as_bool));
+            Ok(Disconnected {
+                existed: true,
+                revoked,
+            })
         })
     }
 

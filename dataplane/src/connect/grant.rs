@@ -73,14 +73,6 @@ fn tier(ns: &str, target: &str, user: &str, what: &str) -> String {
     format!("{}/{what}", aad(ns, target, user))
 }
 
-fn auth_name(c: &ClientAuth) -> &'static str {
-    match c {
-        ClientAuth::None { .. } => "none",
-        ClientAuth::Basic { .. } => "client_secret_basic",
-        ClientAuth::Post { .. } => "client_secret_post",
-    }
-}
-
 fn now_ms() -> u64 {
     u64::try_from(crate::audit::now_ms()).unwrap_or(u64::MAX)
 }
@@ -125,7 +117,7 @@ impl ConnectionStore {
                 token_endpoint: origin.token_endpoint.clone(),
                 revocation_endpoint: origin.revocation_endpoint.clone(),
                 client_id: origin.client.client_id().to_owned(),
-                client_auth: auth_name(&origin.client).to_owned(),
+                client_auth: origin.client.method().to_owned(),
                 client_secret: secret,
                 refresh_token: refresh.map(|r| {
                     self.key
@@ -161,19 +153,7 @@ impl ConnectionStore {
             .as_ref()
             .map(|v| open(&tier(ns, t, u, "client"), v))
             .transpose()?;
-        let client = match (g.client_auth.as_str(), secret) {
-            ("client_secret_post", Some(secret)) => ClientAuth::Post {
-                client_id: g.client_id.clone(),
-                secret,
-            },
-            (_, Some(secret)) => ClientAuth::Basic {
-                client_id: g.client_id.clone(),
-                secret,
-            },
-            (_, None) => ClientAuth::None {
-                client_id: g.client_id.clone(),
-            },
-        };
+        let client = ClientAuth::from_method(&g.client_auth, &g.client_id, secret);
         Ok(Some(OpenGrant {
             origin: GrantOrigin {
                 issuer: g.issuer.clone(),
@@ -292,9 +272,11 @@ pub fn wire_grant(
                 .map(|s| now_ms().saturating_add(s.saturating_mul(1000))),
             token_endpoint: origin.token_endpoint.clone(),
             issuer: Some(origin.issuer.clone()),
+            revocation_endpoint: origin.revocation_endpoint.clone(),
             client: GrantClient {
                 client_id: origin.client.client_id().to_owned(),
                 registered_secret: secret,
+                auth_method: Some(origin.client.method().to_owned()),
             },
             scopes: origin.scopes.clone(),
             resource: Some(origin.resource.clone()),

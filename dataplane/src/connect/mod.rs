@@ -33,6 +33,19 @@ pub trait GrantStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), ConnectError>>;
     /// Forgets the grant; whether there was one.
     fn remove<'a>(&'a self, key: &'a GrantKey) -> BoxFuture<'a, Result<bool, ConnectError>>;
+    /// A user's disconnect: revokes the grant where it can (the controller at the AS), then
+    /// forgets it. Default: forgets it (nothing revoked here).
+    fn disconnect<'a>(
+        &'a self,
+        key: &'a GrantKey,
+    ) -> BoxFuture<'a, Result<Disconnected, ConnectError>> {
+        Box::pin(async move {
+            Ok(Disconnected {
+                existed: self.remove(key).await?,
+                revoked: None,
+            })
+        })
+    }
     /// The upstream answered 401 to this grant's token: refresh it now where a refresher runs
     /// elsewhere (the controller's lease holder). Default: nothing to do here.
     fn upstream_refused<'a>(&'a self, _key: &'a GrantKey) -> BoxFuture<'a, ()> {

@@ -114,7 +114,7 @@ pub(super) async fn submit(
         .target(&grant.namespace, &grant.target)
         .and_then(|t| t.user_credential.as_ref())
         .map(|u| u.mode);
-    if mode == Some(UserCredentialMode::OAuth2) && gw.grants().is_some() {
+    if mode == Some(UserCredentialMode::OAuth2) && gw.connections.is_some() {
         return super::connect_oauth::begin(&gw, grant, &headers).await;
     }
     let (Some(u), Some(store)) = (

@@ -404,9 +404,12 @@ async fn after_consent(
     code: &str,
 ) -> Response {
     let grant = &pending.grant;
-    let (Some((u, _)), Some(grants)) = (oauth2_of(gw, grant), gw.grants()) else {
+    let Some((u, o)) = oauth2_of(gw, grant) else {
         return bad_link();
     };
+    if gw.grants().is_none() && gw.connections.is_none() {
+        return bad_link();
+    }
     let client = match TokenClient::new(
         gw.oauth_http(),
         &origin.token_endpoint,
@@ -438,14 +441,25 @@ async fn after_consent(
         prefix: &u.prefix,
     };
     let mut applied = gw.snapshots.subscribe();
-    if let Err(e) = grants.store().put_grant(
-        (&grant.namespace, &grant.target, &grant.user),
-        &slot,
-        origin,
-        &token,
-        None,
-    ) {
+    let owner = (
+        grant.namespace.as_str(),
+        grant.target.as_str(),
+        grant.user.as_str(),
+    );
+    let stored = match (gw.grants(), gw.connections.as_ref()) {
+        // Standalone: the sealed local folder, refreshed by this gateway.
+        (Some(grants), _) => grants.store().put_grant(owner, &slot, origin, &token, None),
+        // Controller mode: the controller writes the Secret and Credential and refreshes.
+        (None, Some(store)) => {
+            let registered = o.client.is_none();
+            let wire = crate::connect::grant::wire_grant(owner, origin, &token, registered);
+            store.put(&slot, &wire).await
+        }
+        (None, None) => return bad_link(),
+    };
+    if let Err(e) = stored {
         audit(gw, Some(grant), "connect_failed");
+        warn!(error = %e, label = e.label(), "a user's oauth2 grant was not stored");
         return unavailable(&e.to_string());
     }
     audit(gw, Some(grant), "connected");

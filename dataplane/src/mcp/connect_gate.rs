@@ -123,6 +123,48 @@ impl Gateway {
         self.oauth.grants.as_ref()
     }
 
+    /// A user's disconnect from a Target: standalone, this gateway's grants revoke at the AS
+    /// and forget; in controller mode the controller revokes and deletes the Secret and
+    /// Credential.
+    pub async fn disconnect_connection(
+        &self,
+        ns: &str,
+        target: &str,
+        user: &str,
+    ) -> Result<crate::connect::Disconnected, crate::connect::ConnectError> {
+        if let Some(grants) = self.grants() {
+            return grants.disconnect(ns, target, user).await;
+        }
+        let Some(store) = &self.connections else {
+            return Ok(crate::connect::Disconnected {
+                existed: false,
+                revoked: None,
+            });
+        };
+        let key = reflow_crds::grant::GrantKey {
+            namespace: ns.to_owned(),
+            target: target.to_owned(),
+            user: user.to_owned(),
+        };
+        store.disconnect(&key).await
+    }
+
+    /// Controller mode keeps no local list: whether the snapshot carries `user`'s own value for
+    /// `target` as the controller writes it (a user-brought Credential under the grant's fixed
+    /// name). What every dataplane already receives, so listing adds no API and no trust.
+    pub fn connected_in_snapshot(target: &CompiledTarget, user: &str) -> bool {
+        let name = reflow_crds::grant::GrantKey {
+            namespace: target.namespace.to_string(),
+            target: target.name.to_string(),
+            user: user.to_owned(),
+        }
+        .object_name();
+        target.credentials.all().iter().any(|c| {
+            *c.credential == *name
+                && matches!(&c.subject, reflow_crds::snapshot::CredentialMatch::UserBrought(u) if **u == *user)
+        })
+    }
+
     pub(crate) fn sealing_key(&self) -> &reflow_crds::SealingKey {
         &self.key
     }

@@ -109,7 +109,7 @@ impl Gateway {
         let target = targets.iter().find(|t| {
             t.user_credential.is_some() && format!("{}/{}", t.namespace, t.name) == wanted
         });
-        let (Some(t), Some(grants)) = (target, self.grants()) else {
+        let (Some(t), true) = (target, self.connections.is_some()) else {
             return (
                 format!(
                     "No Target {wanted:?} with a userCredential is open to you; use action list."
@@ -119,7 +119,9 @@ impl Gateway {
             );
         };
         let mut applied = self.snapshots.subscribe();
-        let done = grants.disconnect(&t.namespace, &t.name, user).await;
+        let done = self
+            .disconnect_connection(&t.namespace, &t.name, user)
+            .await;
         if done.as_ref().is_ok_and(|d| d.existed) {
             // Answer once the recompiled snapshot no longer carries the value.
             let wait = std::time::Duration::from_secs(5);
@@ -154,14 +156,21 @@ impl Gateway {
     /// One line per Target with a userCredential the caller reaches: connected or not, when,
     /// and (oauth2) until when the current access token runs.
     fn list_connections(&self, user: &str, targets: &[Arc<CompiledTarget>]) -> String {
-        // The local folder (standalone); a controller's grants are not listed here yet.
-        let Some(store) = self.grants().map(|g| g.store()) else {
-            return "[]".to_owned();
-        };
+        // The local folder (standalone); in controller mode the snapshot, which carries no
+        // times (the controller keeps them sealed in the grant's Secret).
+        let store = self.grants().map(|g| g.store());
         let rows: Vec<Value> = targets
             .iter()
             .filter_map(|t| t.user_credential.as_ref().map(|u| (t, u)))
             .map(|(t, u)| {
+                let Some(store) = store else {
+                    return json!({
+                        "target": format!("{}/{}", t.namespace, t.name),
+                        "displayName": u.display_name.as_ref(),
+                        "mode": u.mode.as_str(),
+                        "connected": Self::connected_in_snapshot(t, user),
+                    });
+                };
                 let c = store.get(&t.namespace, &t.name, user);
                 json!({
                     "target": format!("{}/{}", t.namespace, t.name),

@@ -274,6 +274,21 @@ impl OidcProvider {
         json_body(resp, "opaque").await.map(|_| ())
     }
 
+    /// RFC 7662 introspection of `token` as the confidential client `client_id`: whether the
+    /// AS still holds it `active`.
+    pub async fn active(&self, token: &str, client_id: &str, client_secret: &str) -> Result<bool> {
+        let resp = super::http_client()?
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(client_id, Some(client_secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_urlencoded(&[("token", token)]))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Other(format!("oidc-provider introspection: {e}")))?;
+        let value = json_body(resp, "introspection").await?;
+        Ok(value["active"] == true)
+    }
+
     /// Every token issued and grant revoked so far, in order.
     pub async fn events(&self) -> Result<Vec<OidcEvent>> {
         let resp = super::http_client()?
