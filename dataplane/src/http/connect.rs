@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::connect_page::{audit, bad_link, escape, page};
 use crate::connect::store::Slot;
+use crate::connect::{LinkGrant, Phase};
 use crate::mcp::Gateway;
 
 /// How long the POST waits for the recompiled snapshot that carries the new connection.
@@ -57,6 +58,22 @@ pub(super) async fn show(State(gw): State<Arc<Gateway>>, Path(link): Path<String
         .as_deref()
         .map(|h| format!("<p>{}</p>", escape(h)))
         .unwrap_or_default();
+    if gw.config.console.oidc.is_some() {
+        // Who is at the browser is proven first (account swap); the form comes after.
+        let body = format!(
+            "<p>You are connecting your own <b>{d}</b> credential for the gateway user <b>{user}</b>. \
+             If that is not you, close this page.</p>{hint}<p>You will sign in at the gateway's identity \
+             provider first (as that user), then paste the token.</p>\
+             <form method=\"post\"><button type=\"submit\" id=\"connect\">Continue</button></form>",
+            d = escape(&u.display_name),
+            user = escape(&grant.user),
+        );
+        return page(
+            StatusCode::OK,
+            &format!("Connect {}", u.display_name),
+            &body,
+        );
+    }
     let body = format!(
         "<p>You are connecting your own <b>{d}</b> credential for the gateway user <b>{user}</b>. \
          If that is not you, close this page.</p>{hint}\
@@ -74,10 +91,15 @@ pub(super) async fn show(State(gw): State<Arc<Gateway>>, Path(link): Path<String
 
 /// The `value` field of an `application/x-www-form-urlencoded` body.
 fn form_value(body: &[u8]) -> Option<String> {
+    form_field(body, "value")
+}
+
+/// Field `name` of an `application/x-www-form-urlencoded` body.
+fn form_field(body: &[u8], name: &str) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     let raw = text
         .split('&')
-        .find_map(|pair| pair.strip_prefix("value="))?;
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
     let mut out = Vec::with_capacity(raw.len());
     let bytes = raw.as_bytes();
     let mut i = 0;
@@ -117,6 +139,17 @@ pub(super) async fn submit(
     if mode == Some(UserCredentialMode::OAuth2) && gw.grants().is_some() {
         return super::connect_oauth::begin(&gw, grant, &headers).await;
     }
+    if mode == Some(UserCredentialMode::Secret) && gw.config.console.oidc.is_some() {
+        // Sign-in first: a value posted with the link alone is never stored.
+        return super::connect_oauth::begin(&gw, grant, &headers).await;
+    }
+    store_value(&gw, grant, &body).await
+}
+
+/// Stores the form's `value` as `grant`'s connection (a link or a signed-in paste form was
+/// used up for it) and waits for it to apply.
+async fn store_value(gw: &Arc<Gateway>, grant: LinkGrant, body: &[u8]) -> Response {
+    let snapshot = gw.snapshots.load();
     let (Some(u), Some(store)) = (
         snapshot
             .target(&grant.namespace, &grant.target)
@@ -126,8 +159,8 @@ pub(super) async fn submit(
     ) else {
         return bad_link();
     };
-    let Some(value) = form_value(&body).map(SecretString::from) else {
-        audit(&gw, Some(&grant), "connect_bad_value");
+    let Some(value) = form_value(body).map(SecretString::from) else {
+        audit(gw, Some(&grant), "connect_bad_value");
         return page(
             StatusCode::BAD_REQUEST,
             "Not connected",
@@ -150,7 +183,7 @@ pub(super) async fn submit(
         oauth2: None,
     };
     if let Err(e) = store.put(&slot, &stored).await {
-        audit(&gw, Some(&grant), "connect_failed");
+        audit(gw, Some(&grant), "connect_failed");
         warn!(error = %e, label = e.label(), "a connection was not stored");
         return page(
             StatusCode::BAD_REQUEST,
@@ -161,7 +194,7 @@ pub(super) async fn submit(
             ),
         );
     }
-    audit(&gw, Some(&grant), "connected");
+    audit(gw, Some(&grant), "connected");
     info!(user = %grant.user, target = %format!("{}/{}", grant.namespace, grant.target), "user connected a credential");
     // The folder watch (or the controller) recompiles; answer once the new snapshot is live
     // (bounded).
@@ -171,6 +204,80 @@ pub(super) async fn submit(
         &format!("{} connected", u.display_name),
         "<p>Connected. Go back to your client and call the tool again.</p>",
     )
+}
+
+/// Where the signed-in paste form of `mode: secret` posts.
+pub(super) const PASTE_PATH: &str = "/connect/paste";
+
+/// After the IdP login proved the link's user is at the browser (`connect_oauth::after_login`):
+/// for a `secret` Target, the paste form, carrying a fresh single-use state bound to this
+/// browser (the link itself is spent). `None`: not a `secret` Target, the login goes on to the
+/// upstream's authorization server.
+pub(super) fn after_login(
+    gw: &Gateway,
+    grant: &LinkGrant,
+    redirect: &str,
+    binding: &str,
+) -> Option<Response> {
+    let snapshot = gw.snapshots.load();
+    let u = snapshot
+        .target(&grant.namespace, &grant.target)
+        .and_then(|t| t.user_credential.clone())
+        .filter(|u| u.mode == UserCredentialMode::Secret)?;
+    let state = reflow_oauth::pkce::random_token();
+    gw.connect_flows().start(
+        &state,
+        grant.clone(),
+        Phase::Paste,
+        SecretString::from(String::new()),
+        redirect.to_owned(),
+        binding,
+    );
+    let hint = u
+        .hint
+        .as_deref()
+        .map(|h| format!("<p>{}</p>", escape(h)))
+        .unwrap_or_default();
+    let body = format!(
+        "<p>Signed in as <b>{user}</b>. Paste your own <b>{d}</b> credential.</p>{hint}\
+         <form method=\"post\" action=\"{PASTE_PATH}\"><input type=\"hidden\" name=\"state\" value=\"{state}\">\
+         <label>Token <input type=\"password\" name=\"value\" autocomplete=\"off\" required></label> \
+         <button type=\"submit\" id=\"store\">Connect</button></form>",
+        d = escape(&u.display_name),
+        user = escape(&grant.user),
+    );
+    Some(page(
+        StatusCode::OK,
+        &format!("Connect {}", u.display_name),
+        &body,
+    ))
+}
+
+/// `POST /connect/paste`: the signed-in paste form. Its state is single use and must come from
+/// the browser that signed in (the binding cookie).
+pub(super) async fn paste(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pending = form_field(&body, "state")
+        .and_then(|s| gw.connect_flows().finish(&s))
+        .filter(|p| matches!(p.phase, Phase::Paste));
+    let Some(pending) = pending else {
+        audit(&gw, None, "connect_link_refused");
+        warn!("a connect paste form was refused (unknown, used or expired state)");
+        return bad_link();
+    };
+    let bound = super::connect_oauth::cookie(&headers, super::connect_oauth::BIND_COOKIE);
+    if crate::connect::flows::digest(bound.unwrap_or_default()) != pending.binding {
+        audit(&gw, Some(&pending.grant), "connect_other_browser");
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not connected",
+            "<p>This form was opened in another browser. Call the tool again for a new link.</p>",
+        );
+    }
+    store_value(&gw, pending.grant, &body).await
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::connect::{GrantOrigin, LinkGrant, Pending, Phase};
 use crate::mcp::{CONNECT_PATH, Gateway};
 
 /// The browser-binding cookie of a connect flow.
-const BIND_COOKIE: &str = "reflow_connect";
+pub(super) const BIND_COOKIE: &str = "reflow_connect";
 /// How long the callback waits for the recompiled snapshot carrying the new grant.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
@@ -61,7 +61,7 @@ fn bind_cookie(gw: &Gateway, value: &str, redirect: &str) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -334,6 +334,7 @@ pub(super) async fn callback(
     match pending.phase.clone() {
         Phase::Login(origin) => after_login(&gw, pending, &origin, &code, bound).await,
         Phase::Upstream(origin) => after_consent(&gw, pending, &origin, &code).await,
+        Phase::Paste => bad_link(),
     }
 }
 
@@ -386,6 +387,12 @@ async fn after_login(
             "You signed in as {who}, but this link connects the gateway user {}. Nothing was connected.",
             pending.grant.user
         ));
+    }
+    // `mode: secret`: the paste form, now that the right user is known to be here.
+    if let Some(form) =
+        super::connect::after_login(gw, &pending.grant, &pending.redirect_uri, binding)
+    {
+        return form;
     }
     match upstream_url(gw, &pending.grant, &pending.redirect_uri, binding).await {
         Ok(url) => see_other(&url, None),

@@ -103,6 +103,7 @@ pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
             &format!("{}/callback", crate::mcp::CONNECT_PATH),
             get(connect_oauth::callback),
         )
+        .route(connect::PASTE_PATH, post(connect::paste))
         .route(
             &format!("{}/{{link}}", crate::mcp::CONNECT_PATH),
             get(connect::show).post(connect::submit),

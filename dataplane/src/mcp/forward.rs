@@ -142,6 +142,9 @@ pub(crate) struct Caller<'a> {
     pub hooks: &'a CallHooks,
     /// What the session asked for with `logging/setLevel` (told to new upstream sessions).
     pub log_level: Option<LogLevel>,
+    /// The caller's verified bearer token, for `tokenExchange` Targets.
+    pub subject: Option<&'a crate::connect::exchange::SubjectToken>,
+    pub trace_id: &'a str,
 }
 
 impl Caller<'_> {
@@ -233,7 +236,7 @@ impl Gateway {
         method: &str,
         params: Option<&Value>,
     ) -> Result<UpstreamReply, UpstreamError> {
-        let creds = target.credentials.resolve(caller.identity);
+        let creds = self.caller_credentials(caller, target, method).await?;
         let hooks = CallHooks {
             sink: caller
                 .hooks
@@ -372,7 +375,7 @@ impl Gateway {
         ) {
             return Ok(());
         }
-        let creds = target.credentials.resolve(caller.identity);
+        let creds = self.caller_credentials(caller, target, "-").await?;
         let headers = self.call_headers(caller, target, &creds)?;
         self.link_for(caller, target, &headers).await.map(|_| ())
     }

@@ -247,6 +247,8 @@ impl Gateway {
             client_capabilities: &Value::Null,
             hooks: &hooks,
             log_level: None,
+            subject: None,
+            trace_id: "",
         };
         let (_, req) = ensure_request(&caller, target, &creds);
         let Some(inst) = self.instances.cached(&req).await else {
