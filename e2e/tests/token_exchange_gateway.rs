@@ -326,8 +326,21 @@ fn callers_tokens_are_exchanged_per_user_cached_and_never_leak() {
         "a caller's token went to a foreign endpoint"
     );
 
-    // No token anywhere: the callers' own, nor the exchanged ones' ends.
-    let audit = std::fs::read_to_string(&w.audit).expect("audit log");
+    // No token anywhere: the callers' own, nor the exchanged ones' ends. (The audit file is
+    // written behind the requests: wait, bounded, for the last outcome.)
+    let outcomes = [
+        "\"token_exchanged\"",
+        "\"token_exchange_failed\"",
+        "\"token_exchange_unavailable\"",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let text = std::fs::read_to_string(&w.audit).unwrap_or_default();
+        if outcomes.iter().all(|o| text.contains(o)) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let logs = w.gw.output();
     for (what, text) in [("audit", &audit), ("logs", &logs)] {
         for (name, secret) in [
@@ -343,11 +356,7 @@ fn callers_tokens_are_exchanged_per_user_cached_and_never_leak() {
             assert!(!text.contains(secret), "{what} holds {name}");
         }
     }
-    for outcome in [
-        "\"token_exchanged\"",
-        "\"token_exchange_failed\"",
-        "\"token_exchange_unavailable\"",
-    ] {
+    for outcome in outcomes {
         assert!(audit.contains(outcome), "audit lacks {outcome}: {audit}");
     }
     let _ = std::fs::remove_dir_all(&w.dir);
