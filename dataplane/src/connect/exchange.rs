@@ -50,6 +50,7 @@ pub const EXCHANGED: &str = "token-exchange";
 
 /// The caller's own bearer token, kept only for callers the gateway authenticated by verifying
 /// a bearer JWT. `Debug` shows the issuer, never the token; there is no `Display`.
+#[derive(Clone)]
 pub struct SubjectToken {
     /// The `Authorization` header as presented (marked sensitive; cloning shares its bytes).
     header: HeaderValue,
@@ -70,8 +71,9 @@ impl fmt::Debug for SubjectToken {
 impl SubjectToken {
     /// The request's bearer token when `principal` was verified from one (a JWT of a trusted
     /// issuer, dev tokens included); `None` for certificates, trusted proxies and fixed
-    /// identities, whose callers presented no token the gateway verified.
-    pub fn capture(principal: &Principal, headers: &HeaderMap) -> Option<Arc<Self>> {
+    /// identities, whose callers presented no token the gateway verified. Cheap on every
+    /// request: the header's bytes are shared, not copied, and read only when exchanged.
+    pub fn capture(principal: &Principal, headers: &HeaderMap) -> Option<Self> {
         let issuer = principal.issuer.clone()?;
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let mut header = values.next()?.clone();
@@ -79,12 +81,11 @@ impl SubjectToken {
             return None;
         }
         header.set_sensitive(true);
-        let token = Self {
+        Some(Self {
             header,
             issuer,
             expires_at: principal.expires_at,
-        };
-        token.token().is_some().then(|| Arc::new(token))
+        })
     }
 
     /// A subject token from its parts (tests, and callers that verified a bare token).
@@ -97,6 +98,11 @@ impl SubjectToken {
             expires_at,
         };
         t.token().is_some().then_some(t)
+    }
+
+    /// Whether it reads as `Bearer <token>` (the authenticator accepted it as one).
+    pub fn is_bearer(&self) -> bool {
+        self.token().is_some()
     }
 
     /// The token after `Bearer `, parsed as the authenticator does.

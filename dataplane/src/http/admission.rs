@@ -31,7 +31,7 @@ pub(super) struct Admitted {
     pub identity: Identity,
     pub scope: Arc<TokenScope>,
     /// The verified bearer token itself (`tokenExchange` Targets exchange it); never logged.
-    pub subject: Option<Arc<SubjectToken>>,
+    pub subject: Option<SubjectToken>,
 }
 
 impl Admitted {

@@ -72,7 +72,7 @@ pub(super) struct Caller {
     pub trace_id: String,
     pub started: Instant,
     /// The verified bearer token (`tokenExchange` Targets exchange it); never logged.
-    pub subject: Option<Arc<crate::connect::exchange::SubjectToken>>,
+    pub subject: Option<crate::connect::exchange::SubjectToken>,
 }
 
 /// Answers one stateless POST.

@@ -51,7 +51,7 @@ pub(crate) struct Ctx {
     /// The Target a multi round-trip retry must reach (the one whose `requestState` it carries).
     pub pin: Option<Arc<str>>,
     /// The caller's verified bearer token (`tokenExchange` Targets exchange it); never logged.
-    pub subject: Option<Arc<SubjectToken>>,
+    pub subject: Option<SubjectToken>,
 }
 
 impl Ctx {
@@ -65,7 +65,7 @@ impl Ctx {
             client_capabilities: &self.session.client_capabilities,
             hooks: &self.hooks,
             log_level: self.session.log_level,
-            subject: self.subject.as_deref(),
+            subject: self.subject.as_ref(),
             trace_id: &self.trace_id,
         }
     }

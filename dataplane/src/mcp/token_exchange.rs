@@ -42,7 +42,9 @@ pub(crate) fn precheck<'a>(
     subject: Option<&'a SubjectToken>,
     x: &CompiledTokenExchange,
 ) -> Result<&'a SubjectToken, ExchangeError> {
-    let subject = subject.ok_or(ExchangeError::NoBearer)?;
+    let subject = subject
+        .filter(|s| s.is_bearer())
+        .ok_or(ExchangeError::NoBearer)?;
     if !same_origin(subject.issuer(), &x.token_endpoint) {
         return Err(ExchangeError::OtherIssuer {
             issuer: subject.issuer().to_owned(),
@@ -140,7 +142,7 @@ impl Gateway {
         key: &Arc<str>,
     ) -> Option<Reply> {
         let (u, x) = exchanged_slot(target)?;
-        let e = precheck(ctx.subject.as_deref(), x).err()?;
+        let e = precheck(ctx.subject.as_ref(), x).err()?;
         self.audit.record(AuditEvent {
             id: crate::audit::new_event_id(),
             time_ms: now_ms(),
