@@ -321,7 +321,7 @@ fn the_crd_cel_rules_refuse_the_same_shapes_at_admission() {
     }
 }
 
-/// The README's `userCredential` example compiles as shown: both Targets accepted.
+/// The README's `userCredential` example compiles as shown: every Target accepted.
 #[test]
 fn the_readme_example_compiles() {
     let readme = std::fs::read_to_string(
@@ -338,7 +338,7 @@ fn the_readme_example_compiles() {
         .and_then(|b| b.split("```").next())
         .expect("yaml block");
     let c = compile(yaml);
-    for name in ["github", "linear"] {
+    for name in ["github", "linear", "jira"] {
         let a = cond(&c, ObjectKind::Target, "team", name, ACCEPTED);
         assert!(a.status, "{name}: {a:?}");
         assert!(

@@ -20,6 +20,11 @@ pub struct Principal {
     /// `iat` in seconds since the epoch, when the token carries one.
     pub issued_at: Option<u64>,
     pub scope: Arc<TokenScope>,
+    /// The `iss` of a verified bearer JWT; `None` for certificates, trusted proxies and fixed
+    /// identities (callers whose token, if any, the gateway did not verify).
+    pub issuer: Option<Arc<str>>,
+    /// The bearer token's `exp` in seconds since the epoch, when it carries one.
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -30,6 +35,8 @@ impl Principal {
             token_id: None,
             issued_at: None,
             scope: TokenScope::unrestricted(),
+            issuer: None,
+            expires_at: None,
         }
     }
 }

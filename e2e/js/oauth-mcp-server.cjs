@@ -7,17 +7,53 @@
 // RFC 9728 metadata is served at /.well-known/oauth-protected-resource/mcp. Stateless
 // Streamable HTTP (a transport per request), so every request is verified on its own.
 //
+// With `--verify jwt` (instead of --introspection-client) tokens are verified locally instead:
+// RS256 JWTs signed by a key in `<issuer>/jwks`, `iss` = the issuer, unexpired, `aud` = this
+// server's /mcp (an RFC 8693 exchanged token, which the provider does not introspect).
+//
 // POST /test/reject-next makes the next token check fail once (a refresh-on-401 test).
 // Tools: `whoami` -> "sub=<subject> client=<client_id>" of the caller's token;
-//        `auth_stats` -> {"unauthorized": n, "verified": n} counted since start.
+//        `auth_stats` -> {"unauthorized": n, "verified": n} counted since start;
+//        `token_tail` -> the last 24 characters of the caller's token.
 // Tokens are never printed.
 //
 // Usage: node --require force-loopback.cjs oauth-mcp-server.cjs --sdk PREFIX --port PORT
-//        --issuer URL --introspection-client ID:SECRET
+//        --issuer URL (--introspection-client ID:SECRET | --verify jwt)
 'use strict';
+
+const crypto = require('node:crypto');
 
 const path = require('node:path');
 const { createRequire } = require('node:module');
+
+function optArg(name) {
+  const i = process.argv.indexOf(name);
+  return i < 0 || i + 1 >= process.argv.length ? null : process.argv[i + 1];
+}
+
+// An RS256 JWT of `issuer` for `audience`, verified with the issuer's JWKS; null if not.
+async function verifyJwt(issuer, audience, token) {
+  const parts = String(token).split('.');
+  if (parts.length !== 3) return null;
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString());
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString());
+  } catch { return null; }
+  if (header.alg !== 'RS256') return null;
+  const resp = await fetch(`${issuer}/jwks`, { signal: AbortSignal.timeout(5000) });
+  const { keys } = resp.ok ? await resp.json() : { keys: [] };
+  const jwk = (keys || []).find((k) => k.kid === header.kid);
+  if (!jwk) return null;
+  const key = crypto.createPublicKey({ key: jwk, format: 'jwk' });
+  const ok = crypto.verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), key,
+    Buffer.from(parts[2], 'base64url'));
+  if (!ok || claims.iss !== issuer) return null;
+  if (typeof claims.exp !== 'number' || claims.exp <= Math.floor(Date.now() / 1000)) return null;
+  const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+  return aud.includes(audience) ? claims : null;
+}
 
 function arg(name) {
   const i = process.argv.indexOf(name);
@@ -29,7 +65,8 @@ async function main() {
   const sdk = createRequire(path.join(path.resolve(arg('--sdk')), 'reflow-e2e.cjs'));
   const port = Number(arg('--port'));
   const issuer = arg('--issuer');
-  const [clientId, clientSecret] = arg('--introspection-client').split(':');
+  const jwtMode = optArg('--verify') === 'jwt';
+  const [clientId, clientSecret] = jwtMode ? ['', ''] : arg('--introspection-client').split(':');
   const { McpServer } = sdk('@modelcontextprotocol/sdk/server/mcp.js');
   const { StreamableHTTPServerTransport } = sdk('@modelcontextprotocol/sdk/server/streamableHttp.js');
   const { createMcpExpressApp } = sdk('@modelcontextprotocol/sdk/server/express.js');
@@ -50,6 +87,18 @@ async function main() {
       if (rejectNext > 0) {
         rejectNext -= 1;
         throw new InvalidTokenError('rejected once by the test');
+      }
+      if (jwtMode) {
+        const claims = await verifyJwt(issuer, resource, token);
+        if (!claims) throw new InvalidTokenError('not a valid token for this resource');
+        return {
+          token,
+          clientId: claims.client_id,
+          scopes: typeof claims.scope === 'string' ? claims.scope.split(' ') : [],
+          expiresAt: claims.exp,
+          resource: new URL(resource),
+          extra: { sub: claims.sub },
+        };
       }
       const resp = await fetch(`${issuer}/token/introspection`, {
         method: 'POST',
@@ -87,6 +136,10 @@ async function main() {
     const server = new McpServer({ name: 'reflow-oauth-upstream', version: '1.0.0' });
     server.registerTool('whoami', { description: 'Who the bearer token is for', inputSchema: {} },
       async (_args, extra) => ({ content: [{ type: 'text', text: `sub=${extra.authInfo.extra.sub} client=${extra.authInfo.clientId}` }] }));
+    // The token's last 24 characters (its signature's end): lets a test tell tokens apart
+    // and look for them in logs without the server ever printing one.
+    server.registerTool('token_tail', { description: 'The end of the bearer token', inputSchema: {} },
+      async (_args, extra) => ({ content: [{ type: 'text', text: String(extra.authInfo.token).slice(-24) }] }));
     server.registerTool('auth_stats', { description: 'Token checks so far', inputSchema: {} },
       async () => ({ content: [{ type: 'text', text: JSON.stringify(stats) }] }));
     const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });

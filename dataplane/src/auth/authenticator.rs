@@ -207,6 +207,7 @@ impl Authenticator {
             Some(Value::String(j)) if !j.is_empty() => Some(j.as_str().into()),
             Some(_) => return Err(AuthError::invalid("jti")),
         };
+        let exp = claims.get("exp").and_then(numeric_date);
         let principal = Principal {
             identity,
             token_id,
@@ -216,8 +217,9 @@ impl Authenticator {
             } else {
                 Arc::new(scope)
             },
+            issuer: Some(Arc::from(unverified.iss.as_str())),
+            expires_at: exp,
         };
-        let exp = claims.get("exp").and_then(numeric_date);
         self.inner.cache.insert(token, &principal, exp);
         Ok(principal)
     }

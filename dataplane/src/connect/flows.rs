@@ -23,6 +23,8 @@ pub enum Phase {
     Login(GrantOrigin),
     /// The upstream's AS: the grant to store.
     Upstream(GrantOrigin),
+    /// `mode: secret` after the IdP login: the paste form's single-use state.
+    Paste,
 }
 
 /// One authorization request in flight.

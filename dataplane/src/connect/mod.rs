@@ -3,6 +3,7 @@
 //! (standalone mode), which the manifests compiler reads as user-managed Credentials.
 
 pub mod controller;
+pub mod exchange;
 pub mod flows;
 pub mod grant;
 pub mod grants;

@@ -18,6 +18,7 @@ use super::net::Peer;
 use super::preamble::{base_url, check_host_origin, request_trace_id, rpc_failure};
 use crate::audit::{AuditEvent, now_ms};
 use crate::authn::{self, Principal};
+use crate::connect::exchange::SubjectToken;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::Gateway;
 use crate::scope::{OutOfScope, TokenScope};
@@ -29,6 +30,8 @@ const REVOKED_BY: &str = "token-revocation";
 pub(super) struct Admitted {
     pub identity: Identity,
     pub scope: Arc<TokenScope>,
+    /// The verified bearer token itself (`tokenExchange` Targets exchange it); never logged.
+    pub subject: Option<SubjectToken>,
 }
 
 impl Admitted {
@@ -41,11 +44,17 @@ impl Admitted {
         headers: &HeaderMap,
     ) -> Result<Self, Response> {
         check_host_origin(&gw.config, headers).map_err(IntoResponse::into_response)?;
+        let principal = authenticate(gw, peer, headers).await?;
+        let subject = SubjectToken::capture(&principal, headers);
         let Principal {
             identity, scope, ..
-        } = authenticate(gw, peer, headers).await?;
+        } = principal;
         Span::current().record("user", &*identity.user);
-        Ok(Self { identity, scope })
+        Ok(Self {
+            identity,
+            scope,
+            subject,
+        })
     }
 }
 

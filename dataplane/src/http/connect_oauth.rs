@@ -22,14 +22,12 @@ use reflow_oauth::{
 use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
-use super::connect_page::{audit, bad_link, escape, page};
+use super::connect_page::{BIND_COOKIE, audit, bad_link, cookie, escape, page};
 use crate::connect::flows::digest;
 use crate::connect::store::Slot;
 use crate::connect::{GrantOrigin, LinkGrant, Pending, Phase};
 use crate::mcp::{CONNECT_PATH, Gateway};
 
-/// The browser-binding cookie of a connect flow.
-const BIND_COOKIE: &str = "reflow_connect";
 /// How long the callback waits for the recompiled snapshot carrying the new grant.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
@@ -59,17 +57,6 @@ fn bind_cookie(gw: &Gateway, value: &str, redirect: &str) -> HeaderValue {
         if secure { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 fn see_other(location: &str, set_cookie: Option<HeaderValue>) -> Response {
@@ -334,6 +321,7 @@ pub(super) async fn callback(
     match pending.phase.clone() {
         Phase::Login(origin) => after_login(&gw, pending, &origin, &code, bound).await,
         Phase::Upstream(origin) => after_consent(&gw, pending, &origin, &code).await,
+        Phase::Paste => bad_link(),
     }
 }
 
@@ -386,6 +374,12 @@ async fn after_login(
             "You signed in as {who}, but this link connects the gateway user {}. Nothing was connected.",
             pending.grant.user
         ));
+    }
+    // `mode: secret`: the paste form, now that the right user is known to be here.
+    if let Some(form) =
+        super::connect_paste::after_login(gw, &pending.grant, &pending.redirect_uri, binding)
+    {
+        return form;
     }
     match upstream_url(gw, &pending.grant, &pending.redirect_uri, binding).await {
         Ok(url) => see_other(&url, None),

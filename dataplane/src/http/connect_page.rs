@@ -1,12 +1,27 @@
 //! What the connect pages share: HTML escaping, the page frame with its security headers, the
 //! "link not valid" page and the connect audit event.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::audit::{AuditEvent, now_ms};
 use crate::connect::LinkGrant;
 use crate::mcp::Gateway;
+
+/// The browser-binding cookie of a connect flow (HttpOnly, `Path=/connect`).
+pub(super) const BIND_COOKIE: &str = "reflow_connect";
+
+/// The value of cookie `name`.
+pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
 
 pub(super) fn escape(s: &str) -> String {
     s.chars()

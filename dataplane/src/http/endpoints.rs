@@ -129,6 +129,7 @@ async fn serve_post(
     let Admitted {
         identity,
         scope: token_scope,
+        subject,
     } = match Admitted::admit(&gw, peer, &headers).await {
         Ok(a) => a,
         Err(resp) => return resp,
@@ -149,6 +150,7 @@ async fn serve_post(
         scope: token_scope,
         trace_id: trace,
         started,
+        subject,
     };
     in_flight.hold(route_post(&gw, scope, caller, &headers, message).await)
 }
@@ -172,6 +174,7 @@ async fn route_post(
         scope: token_scope,
         trace_id: trace,
         started,
+        subject,
     } = caller;
     if let Some(v) = headers.get(PROTOCOL_HEADER) {
         let ok = v.to_str().is_ok_and(|v| SUPPORTED_PROTOCOLS.contains(&v));
@@ -215,6 +218,7 @@ async fn route_post(
         started,
         hooks: Default::default(),
         pin: None,
+        subject,
     };
     let sse = client_stream::accepts(headers, "text/event-stream");
     super::render::answer(gw.respond(ctx, request, sse).await)

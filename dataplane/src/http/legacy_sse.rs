@@ -291,6 +291,7 @@ async fn post_message(
         started,
         hooks: Default::default(),
         pin: None,
+        subject: principal.subject,
     };
     let worker = gw.clone();
     tokio::spawn(

@@ -9,6 +9,7 @@ mod client_stream;
 mod connect;
 mod connect_oauth;
 mod connect_page;
+mod connect_paste;
 mod endpoints;
 mod handoff;
 use endpoints::{find_session, owned_session, session_not_found};
@@ -103,6 +104,7 @@ pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
             &format!("{}/callback", crate::mcp::CONNECT_PATH),
             get(connect_oauth::callback),
         )
+        .route(connect_paste::PASTE_PATH, post(connect_paste::paste))
         .route(
             &format!("{}/{{link}}", crate::mcp::CONNECT_PATH),
             get(connect::show).post(connect::submit),

@@ -71,6 +71,8 @@ pub(super) struct Caller {
     pub scope: Arc<TokenScope>,
     pub trace_id: String,
     pub started: Instant,
+    /// The verified bearer token (`tokenExchange` Targets exchange it); never logged.
+    pub subject: Option<crate::connect::exchange::SubjectToken>,
 }
 
 /// Answers one stateless POST.
@@ -132,6 +134,7 @@ pub(super) async fn serve(
         started: caller.started,
         hooks: Default::default(),
         pin: None,
+        subject: caller.subject,
     };
     if req.method == "subscriptions/listen" {
         // Upstreams connected first, so their list changes have somewhere to go once the client

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use reflow_crds::{Identity, Snapshot};
 
+use crate::connect::exchange::SubjectToken;
 use crate::jsonrpc::Outbound;
 use crate::scope::TokenScope;
 use crate::session::Session;
@@ -48,6 +49,8 @@ pub(crate) struct Ctx {
     pub hooks: CallHooks,
     /// The Target a multi round-trip retry must reach (the one whose `requestState` it carries).
     pub pin: Option<Arc<str>>,
+    /// The caller's verified bearer token (`tokenExchange` Targets exchange it); never logged.
+    pub subject: Option<SubjectToken>,
 }
 
 impl Ctx {
@@ -61,6 +64,8 @@ impl Ctx {
             client_capabilities: &self.session.client_capabilities,
             hooks: &self.hooks,
             log_level: self.session.log_level,
+            subject: self.subject.as_ref(),
+            trace_id: &self.trace_id,
         }
     }
 }

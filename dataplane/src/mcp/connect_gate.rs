@@ -42,6 +42,9 @@ impl Gateway {
         if resolved.entries.iter().any(|e| u.is_slot(&e.entry)) {
             return None;
         }
+        if u.mode == UserCredentialMode::TokenExchange {
+            return self.token_exchange_gate(ctx, req_id, target, key);
+        }
         let tool_error = |text: String| {
             jsonrpc::result(
                 req_id,
@@ -225,6 +228,7 @@ impl Gateway {
         identity: &reflow_crds::Identity,
         target: &CompiledTarget,
     ) {
+        self.forget_exchanged(identity, target);
         let (Some(u), Some(store)) = (target.user_credential.as_ref(), self.connections.clone())
         else {
             return;

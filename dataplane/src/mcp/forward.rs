@@ -106,7 +106,9 @@ impl Gateway {
         method: &str,
         params: Option<&Value>,
     ) -> Result<UpstreamReply, UpstreamError> {
-        let creds = target.credentials.resolve(caller.identity);
+        // Resolved (and, for a `tokenExchange` Target, exchanged) before the route: a STDIO
+        // child or an instance takes the same values as env vars.
+        let creds = self.caller_credentials(caller, target, method).await?;
         let hooks = CallHooks {
             sink: caller
                 .hooks
@@ -169,7 +171,7 @@ impl Gateway {
         target: &CompiledTarget,
     ) -> Result<(), UpstreamError> {
         let headers = move || async move {
-            let creds = target.credentials.resolve(caller.identity);
+            let creds = self.caller_credentials(caller, target, "-").await?;
             self.call_headers(caller, target, &creds)
         };
         self.upstream.warm(caller, target, headers).await

@@ -116,6 +116,8 @@ impl Gateway {
             client_capabilities: &Value::Null,
             hooks: &hooks,
             log_level: None,
+            subject: None,
+            trace_id: "",
         };
         let (caller_ref, opened) = (&caller, &creds);
         let headers = move || async move { self.call_headers(caller_ref, target, opened) };

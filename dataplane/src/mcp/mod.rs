@@ -27,6 +27,7 @@ mod resource_uri;
 mod stateless_call;
 pub(crate) mod streams;
 mod subscriptions;
+mod token_exchange;
 pub(crate) mod upcalls;
 
 use std::sync::{Arc, LazyLock, Weak};
@@ -210,6 +211,8 @@ pub struct Gateway {
     pub(crate) oauth: crate::connect::OAuthSide,
     /// Hands requests to the replica that owns their session (with a replica registry).
     pub(crate) handoff: Option<handoff::Handoff>,
+    /// `mode: tokenExchange`: exchanged tokens (sealed) and exchanges in flight.
+    pub(crate) exchanges: crate::connect::exchange::Exchanges,
 }
 
 impl Gateway {
@@ -284,6 +287,7 @@ impl Gateway {
                         .map(|s| Arc::new(s) as Arc<dyn crate::connect::GrantStore>)
                 }),
                 handoff,
+                exchanges: Default::default(),
             }
         });
         if let Some(bus) = bus {

@@ -23,6 +23,9 @@ pub struct Caller<'a> {
     pub hooks: &'a CallHooks,
     /// What the session asked for with `logging/setLevel` (told to new upstream sessions).
     pub log_level: Option<LogLevel>,
+    /// The caller's verified bearer token, for `tokenExchange` Targets.
+    pub subject: Option<&'a crate::connect::exchange::SubjectToken>,
+    pub trace_id: &'a str,
 }
 
 impl Caller<'_> {

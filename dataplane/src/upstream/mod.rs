@@ -115,6 +115,9 @@ pub enum UpstreamError {
     Credential,
     #[error("the caller's identity cannot be forwarded: {0}")]
     Identity(String),
+    /// `userCredential.mode: tokenExchange`: no exchanged token (never carries a token).
+    #[error("no token for the caller: {0}")]
+    TokenExchange(String),
     #[error("http client: {0}")]
     Client(String),
     #[error("the client cancelled the request")]
@@ -138,6 +141,7 @@ impl UpstreamError {
             Self::Unsupported(_) => "unsupported",
             Self::Credential => "credential",
             Self::Identity(_) => "identity",
+            Self::TokenExchange(_) => "token_exchange",
             Self::Client(_) => "client",
             Self::Cancelled => "cancelled",
             Self::Sse(e) => e.label(),

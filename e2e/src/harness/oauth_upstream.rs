@@ -27,6 +27,23 @@ impl OAuthUpstream {
     /// Starts the server against `issuer`, introspecting with the confidential client
     /// `client_id`/`client_secret` (registered at the provider).
     pub fn spawn(issuer: &str, client_id: &str, client_secret: &str) -> Result<Self> {
+        Self::spawn_with(
+            issuer,
+            &[
+                "--introspection-client",
+                &format!("{client_id}:{client_secret}"),
+            ],
+        )
+    }
+
+    /// Starts the server against `issuer`, verifying tokens locally: RS256 JWTs signed by a
+    /// key of the issuer's JWKS, with `aud` = [`Self::mcp_url`] (RFC 8693 exchanged tokens,
+    /// which the provider does not introspect).
+    pub fn spawn_jwt(issuer: &str) -> Result<Self> {
+        Self::spawn_with(issuer, &["--verify", "jwt"])
+    }
+
+    fn spawn_with(issuer: &str, verify: &[&str]) -> Result<Self> {
         let sdk = npm_package(TS_SDK_SPEC)?;
         let script = paths::js_dir().join("oauth-mcp-server.cjs");
         let preload = paths::js_dir().join("force-loopback.cjs");
@@ -43,8 +60,7 @@ impl OAuthUpstream {
                 .arg(port.to_string())
                 .arg("--issuer")
                 .arg(issuer)
-                .arg("--introspection-client")
-                .arg(format!("{client_id}:{client_secret}"));
+                .args(verify);
             let mut child =
                 ManagedChild::spawn("oauth-upstream", &mut cmd, SpawnOptions::default())?;
             let addr = loopback(port);
