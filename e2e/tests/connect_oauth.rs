@@ -19,6 +19,7 @@ use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
 use reflow_e2e::harness::net::free_loopback_port;
 use reflow_e2e::harness::oauth_upstream::OAuthUpstream;
 use reflow_e2e::harness::oidc::{OidcClient, OidcProvider};
+use reflow_e2e::harness::raw_session::{self, RawInit, RawSession};
 use reflow_e2e::harness::{DataplaneProcess, http_client};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -132,23 +133,15 @@ fn setup() -> World {
     }
 }
 
-/// The body of a JSON or single-event SSE answer.
+/// The body of a JSON or SSE answer.
 async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.expect("body");
-    let json_text = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:").map(str::trim))
-        .rfind(|d| !d.is_empty())
-        .unwrap_or(text.as_str());
-    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    raw_session::rpc_body(resp)
+        .await
+        .expect("a JSON-RPC answer")
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-}
+/// A caller's raw MCP session.
+struct Client(RawSession);
 
 impl Client {
     async fn open(w: &World, user: &str) -> Self {
@@ -156,54 +149,17 @@ impl Client {
             w.op.mint(user, GW_AUD, Some(Duration::from_secs(900)))
                 .await
                 .expect("caller token");
-        let http = http_client().expect("client");
         let url = format!("{}/mcp", w.base);
-        let resp = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "oauth-test", "version": "0"}}}),
-            )
-            .send()
-            .await
-            .expect("initialize");
-        assert_eq!(resp.status(), 200, "{}", w.gw.output());
-        let session = resp.headers()["mcp-session-id"]
-            .to_str()
-            .expect("sid")
-            .to_owned();
-        let _ = rpc_body(resp).await;
-        let c = Self {
-            http,
-            url,
-            token,
-            session,
-        };
-        c.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
-        c
+        let session = RawSession::open(&url, &token, RawInit::named("oauth-test")).await;
+        Self(session.unwrap_or_else(|e| panic!("{e}\n{}", w.gw.output())))
     }
 
     async fn post(&self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("post")
+        self.0.post(&body).await.expect("post")
     }
 
     async fn call(&self, name: &str, args: Value) -> Value {
-        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": name, "arguments": args}});
-        rpc_body(self.post(body).await).await
+        self.0.call_tool(name, args).await.expect("tools/call")
     }
 
     async fn text(&self, name: &str, args: Value) -> (bool, String) {

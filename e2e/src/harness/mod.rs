@@ -7,6 +7,7 @@ pub mod browser;
 pub mod byte_relay;
 pub mod cache;
 pub mod conformance;
+pub mod console_web;
 pub mod controller_bin;
 pub mod dataplane_process;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod process;
 pub mod py_ops;
 pub mod py_server;
 pub mod python;
+pub mod raw_session;
 pub mod render;
 pub mod sse;
 pub mod ts_server;
@@ -52,6 +54,7 @@ pub use process::{CommandLine, ManagedChild};
 pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
 };
+pub use raw_session::{RawInit, RawSession};
 pub use sse::{SseEvent, SseReader};
 pub use ts_server::TsServer;
 pub use typescript::{TS_SDK_SPEC, TsClient};
