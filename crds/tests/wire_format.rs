@@ -75,26 +75,53 @@ fn rendered(s: &Snapshot) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_else(|e| panic!("{e}")) + "\n"
 }
 
-/// The lines that differ between `want` and `got` (common head and tail cut), `-`/`+` marked.
+/// A line diff of `want` → `got` (longest common subsequence), `-`/`+` marked, with two lines
+/// of context around each change.
 fn line_diff(want: &str, got: &str) -> String {
     let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
-    let head = w.iter().zip(&g).take_while(|(a, b)| a == b).count();
-    let tail = w[head..]
-        .iter()
-        .rev()
-        .zip(g[head..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let ctx = head.saturating_sub(3);
-    let mut out = format!("@@ line {} @@\n", ctx + 1);
-    w[ctx..head].iter().for_each(|l| out += &format!("  {l}\n"));
-    w[head..w.len() - tail]
-        .iter()
-        .for_each(|l| out += &format!("- {l}\n"));
-    g[head..g.len() - tail]
-        .iter()
-        .for_each(|l| out += &format!("+ {l}\n"));
+    // lcs[i][j]: length of the longest common subsequence of w[i..] and g[j..].
+    let mut lcs = vec![vec![0usize; g.len() + 1]; w.len() + 1];
+    for i in (0..w.len()).rev() {
+        for j in (0..g.len()).rev() {
+            lcs[i][j] = if w[i] == g[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut lines) = (0, 0, Vec::new());
+    while i < w.len() || j < g.len() {
+        if i < w.len() && j < g.len() && w[i] == g[j] {
+            lines.push((' ', i + 1, w[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if i < w.len() && (j == g.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            lines.push(('-', i + 1, w[i]));
+            i += 1;
+        } else {
+            lines.push(('+', i + 1, g[j]));
+            j += 1;
+        }
+    }
+    let changed: Vec<usize> = (0..lines.len()).filter(|k| lines[*k].0 != ' ').collect();
+    let near = |k: usize| changed.iter().any(|c| c.abs_diff(k) <= 2);
+    let mut out = String::new();
+    let mut last = None;
+    for (k, (mark, line_no, text)) in lines.iter().enumerate().filter(|(k, _)| near(*k)) {
+        if last.is_none_or(|l: usize| l + 1 != k) {
+            out += &format!("@@ golden line {line_no} @@\n");
+        }
+        out += &format!("{mark} {text}\n");
+        last = Some(k);
+    }
     out
+}
+
+#[test]
+fn the_diff_shows_only_the_changed_lines() {
+    let d = line_diff("a\nb\nc\nd\ne\nf\ng\n", "a\nb\nc\nX\ne\nf\ng\n");
+    assert_eq!(d, "@@ golden line 2 @@\n  b\n  c\n- d\n+ X\n  e\n  f\n");
+    assert_eq!(line_diff("a\n", "a\n"), "");
 }
 
 #[test]
