@@ -13,9 +13,9 @@
 
 use reflow_crds::SealingKey;
 use reflow_crds::Snapshot;
-use reflow_crds::api::UserCredentialMode;
 use reflow_crds::grant::{Grant, OAuth2Grant};
 use reflow_crds::snapshot::CompiledUserCredential;
+use reflow_crds::snapshot::UserCredentialMode;
 use reflow_oauth::discovery::discover;
 use reflow_oauth::{ClientAuth, OAuthHttp, SecretString, TokenClient};
 use tracing::{info, warn};

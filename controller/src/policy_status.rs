@@ -2,8 +2,9 @@
 //! (like Envoy's local rate limit), so the condition states both what one dataplane admits and
 //! what the dataplanes serving now add up to. Pure; called by `conditions::object_status`.
 
-use reflow_crds::api::{Condition, RateLimitScope};
+use reflow_crds::api::Condition;
 use reflow_crds::compile::{ObjectReport, RATE_LIMITED};
+use reflow_crds::snapshot::RateLimitScope;
 
 use crate::fleet::Programmed;
 

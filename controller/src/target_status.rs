@@ -9,7 +9,7 @@ use std::time::Instant;
 use reflow_crds::api::{Condition, ToolDigest};
 use reflow_crds::compile::{ACCEPTED, ObjectReport};
 use reflow_crds::observed::{MAX_TOOLS, TargetObservation, clean_error};
-use reflow_crds::snapshot::{CompiledTarget, PinVerdict};
+use reflow_crds::snapshot::{CompiledTarget, PinMode, PinVerdict};
 
 pub const READY: &str = "Ready";
 pub const TOOLS_DRIFTED: &str = "ToolsDrifted";
@@ -171,7 +171,8 @@ pub fn tools_drifted(
     let pins = target.pinning.as_ref()?;
     let mut drifted: BTreeMap<String, PinVerdict> = BTreeMap::new();
     for s in observed.of(report) {
-        for (name, verdict) in pins.drift(s.observation.tools.as_deref().unwrap_or_default()) {
+        let tools = s.observation.tools.iter().flatten();
+        for (name, verdict) in pins.drift(tools.map(|t| (t.name.as_str(), t.digest.as_str()))) {
             drifted.entry(name.to_owned()).or_insert(verdict);
         }
     }
@@ -190,8 +191,8 @@ pub fn tools_drifted(
         .map(|(n, v)| format!("{n} ({})", v.label()))
         .collect();
     let what = match pins.mode {
-        reflow_crds::api::PinMode::Enforce => "hidden and refused until approved",
-        reflow_crds::api::PinMode::Warn => "served with a warning (mode warn)",
+        PinMode::Enforce => "hidden and refused until approved",
+        PinMode::Warn => "served with a warning (mode warn)",
     };
     Some(condition(
         TOOLS_DRIFTED,
@@ -260,7 +261,6 @@ pub fn approve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reflow_crds::api::PinMode;
     use reflow_crds::compile::ObjectKind;
     use reflow_crds::observed::ObservedReason;
     use reflow_crds::snapshot::ToolPins;
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn drift_is_raised_by_any_dataplane_and_approval_pins_what_was_observed() {
         let r = report();
-        let pins = ToolPins::new(PinMode::Enforce, &[tool("a", '1')]).unwrap();
+        let pins = ToolPins::new(PinMode::Enforce, [("a", d('1').as_str())]).unwrap();
         let target = CompiledTarget {
             pinning: Some(pins),
             ..test_target()

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::RateLimitScope;
+use crate::snapshot::RateLimitScope;
 use crate::snapshot::rate_limit::RateSpec;
 
 /// Buckets held per shard before the fullest are dropped (16 shards: 65,536 buckets in all).

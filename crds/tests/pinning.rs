@@ -4,9 +4,8 @@
 mod common;
 
 use common::*;
-use reflow_crds::api::{PinMode, ToolDigest};
 use reflow_crds::compile::{ACCEPTED, ObjectKind};
-use reflow_crds::snapshot::{PinVerdict, ToolPins, tool_digest};
+use reflow_crds::snapshot::{PinMode, PinVerdict, ToolPins, tool_digest};
 use serde_json::json;
 
 fn echo() -> serde_json::Value {
@@ -64,12 +63,9 @@ fn the_digest_covers_the_reviewed_fields_only_and_ignores_key_order() {
 #[test]
 fn pins_match_exactly_and_enforce_serves_only_approved_definitions() {
     let d = tool_digest(&echo());
-    let pins = [ToolDigest {
-        name: "echo".into(),
-        digest: d.clone(),
-    }];
-    let enforce = ToolPins::new(PinMode::Enforce, &pins).unwrap();
-    let warn = ToolPins::new(PinMode::Warn, &pins).unwrap();
+    let pins = [("echo", d.as_str())];
+    let enforce = ToolPins::new(PinMode::Enforce, pins).unwrap();
+    let warn = ToolPins::new(PinMode::Warn, pins).unwrap();
     let other = "0".repeat(64);
     assert_eq!(enforce.verdict("echo", &d), PinVerdict::Pinned);
     assert_eq!(enforce.verdict("echo", &other), PinVerdict::Drifted);
@@ -82,25 +78,16 @@ fn pins_match_exactly_and_enforce_serves_only_approved_definitions() {
         assert!(warn.serves(v), "{v:?} served in warn");
     }
     assert!(enforce.serves(PinVerdict::Pinned));
-    let observed = [
-        ToolDigest {
-            name: "echo".into(),
-            digest: other.clone(),
-        },
-        ToolDigest {
-            name: "fresh".into(),
-            digest: d.clone(),
-        },
-    ];
+    let observed = [("echo", other.as_str()), ("fresh", d.as_str())];
     assert_eq!(
-        enforce.drift(&observed),
+        enforce.drift(observed),
         vec![
             ("echo", PinVerdict::Drifted),
             ("fresh", PinVerdict::Unpinned)
         ]
     );
     // An empty pin set in enforce mode serves nothing: approval is explicit.
-    let empty = ToolPins::new(PinMode::Enforce, &[]).unwrap();
+    let empty = ToolPins::new(PinMode::Enforce, []).unwrap();
     assert!(!empty.serves(empty.verdict("echo", &d)));
 }
 

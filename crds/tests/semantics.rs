@@ -248,8 +248,7 @@ impl Rng {
 /// highest priority wins, deny wins ties, the earliest rule names the deciding policy.
 #[test]
 fn semantic_2_index_agrees_with_a_naive_evaluator() {
-    use reflow_crds::api::{Effect, RuleKind};
-    use reflow_crds::snapshot::SubjectMatch;
+    use reflow_crds::snapshot::{Effect, RuleKind, SubjectMatch};
 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let users = ["alice", "bob", "carol"];

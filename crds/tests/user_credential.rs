@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use reflow_crds::api::UserCredentialMode;
 use reflow_crds::compile::{ACCEPTED, CONFLICTED, ObjectKind, RESOLVED_REFS};
 use reflow_crds::snapshot::InjectAs;
+use reflow_crds::snapshot::UserCredentialMode;
 use secrecy::ExposeSecret;
 
 const NS: &str = "team";

@@ -16,7 +16,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngExt;
 use reflow_crds::Identity;
-use reflow_crds::api::IdentityForwarding;
+use reflow_crds::snapshot::IdentityForwarding;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -20,6 +20,7 @@ use reflow_e2e::harness::controller_process::{
 };
 use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
 use reflow_e2e::harness::oidc::{OidcClient, OidcProvider, form_urlencoded};
+use reflow_e2e::harness::raw_session::{RawInit, RawSession};
 use reflow_e2e::harness::{FixtureProcess, KubeCluster, ManagedChild, http_client};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -67,62 +68,17 @@ fn dataplane(dir: &std::path::Path, controller: &str, key: &str) -> (ManagedChil
         .expect("dataplane starts")
 }
 
-async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.expect("body");
-    let json_text = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data:"))
-        .map_or(text.as_str(), str::trim);
-    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// One `tools/call gh_whoami` in a fresh session.
 async fn whoami(base: &str, user: &str) -> Value {
     call_tool(base, user, "gh_whoami").await
 }
 
 async fn call_tool(base: &str, user: &str, tool: &str) -> Value {
-    let http = http_client().expect("client");
     let url = format!("{base}/mcp");
-    let token = dev_token(user);
-    let resp = http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "connect-cluster", "version": "0"}}}),
-        )
-        .send()
+    let session = RawSession::open(&url, &dev_token(user), RawInit::named("connect-cluster"))
         .await
-        .expect("initialize");
-    let session = resp
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("session id")
-        .to_owned();
-    let _ = rpc_body(resp).await;
-    let call = |body: Value| {
-        http.post(&url)
-            .bearer_auth(&token)
-            .header("mcp-session-id", &session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-    };
-    let _ = call(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await
-        .expect("initialized");
-    rpc_body(
-        call(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": tool, "arguments": {}}}))
-        .await
-        .expect("call"),
-    )
-    .await
+        .expect("session");
+    session.call_tool(tool, json!({})).await.expect("call")
 }
 
 fn text_of(v: &Value) -> String {

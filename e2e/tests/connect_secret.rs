@@ -12,6 +12,7 @@ use reflow_crds::SealingKey;
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::target_yaml;
 use reflow_e2e::harness::oidc::form_urlencoded;
+use reflow_e2e::harness::raw_session::{RawInit, RawSession};
 use reflow_e2e::harness::{DataplaneProcess, FixtureProcess, PolicyDoc, http_client};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -82,74 +83,27 @@ fn setup() -> Setup {
     }
 }
 
-/// The body of a JSON or single-event SSE answer.
-async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.expect("body");
-    let json_text = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data:"))
-        .map_or(text.as_str(), str::trim);
-    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-}
+/// A caller's raw MCP session.
+struct Client(RawSession);
 
 impl Client {
     async fn open(url: &str, user: &str, capabilities: Value) -> Self {
-        let http = http_client().expect("client");
-        let token = dev_token(user);
-        let resp = http
-            .post(url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": capabilities,
-                "clientInfo": {"name": "connect-test", "version": "0"}}}),
-            )
-            .send()
-            .await
-            .expect("initialize");
-        let session = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .expect("session id")
-            .to_owned();
-        let _ = rpc_body(resp).await;
-        let c = Self {
-            http,
-            url: url.to_owned(),
-            token,
-            session,
+        let init = RawInit {
+            capabilities,
+            ..RawInit::named("connect-test")
         };
-        c.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
-        c
-    }
-
-    async fn post(&self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("post")
+        Self(
+            RawSession::open(url, &dev_token(user), init)
+                .await
+                .expect("session"),
+        )
     }
 
     async fn whoami(&self) -> Value {
-        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": "gh_whoami", "arguments": {}}});
-        rpc_body(self.post(body).await).await
+        self.0
+            .call_tool("gh_whoami", json!({}))
+            .await
+            .expect("whoami")
     }
 }
 

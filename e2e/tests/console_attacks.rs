@@ -6,7 +6,8 @@
 use serde_json::json;
 
 mod console_support;
-use console_support::{ConsoleGw, Mcp, Options, Web, csrf_in, token};
+use console_support::{ConsoleGw, Mcp, Options, Web, token};
+use reflow_e2e::harness::console_web::csrf_in;
 
 fn gw() -> ConsoleGw {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use reflow_crds::SealingKey;
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::browser::{Browser, chromium_path};
+use reflow_e2e::harness::console_web::{ConsoleWeb as Web, csrf_in};
 use reflow_e2e::harness::gateway::target_yaml;
-use reflow_e2e::harness::oidc::form_urlencoded;
 use reflow_e2e::harness::{DataplaneProcess, FixtureProcess, PolicyDoc};
 use secrecy::SecretString;
 
@@ -30,102 +30,16 @@ fn token(user: &str) -> String {
     .expect("token")
 }
 
-struct Web {
-    http: reqwest::Client,
-    base: String,
-    cookies: Vec<String>,
-}
-
-impl Web {
-    fn new(gw: &DataplaneProcess) -> Self {
-        reflow_e2e::harness::http_client().expect("crypto provider");
-        Self {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
-            base: format!("http://{}", gw.addr()),
-            cookies: Vec::new(),
-        }
-    }
-
-    fn remember(&mut self, resp: &reqwest::Response) {
-        for v in resp.headers().get_all("set-cookie") {
-            let pair = v
-                .to_str()
-                .unwrap_or_default()
-                .split(';')
-                .next()
-                .unwrap_or_default();
-            let Some((k, val)) = pair.split_once('=') else {
-                continue;
-            };
-            self.cookies.retain(|c| !c.starts_with(&format!("{k}=")));
-            if !val.is_empty() {
-                self.cookies.push(pair.to_owned());
-            }
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> (u16, String) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookies.join("; "))
-            .send()
-            .await
-            .expect("answer");
-        self.remember(&resp);
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, Option<String>) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookies.join("; "))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form_urlencoded(form))
-            .send()
-            .await
-            .expect("answer");
-        self.remember(&resp);
-        let location = resp
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (resp.status().as_u16(), location)
-    }
-
-    async fn login(&mut self, token: &str) {
-        let (_, page) = self.get("/console/login").await;
-        let csrf = csrf_in(&page);
-        let (status, _) = self
-            .post("/console/login/token", &[("token", token), ("csrf", &csrf)])
-            .await;
-        assert_eq!(status, 303);
-    }
-}
-
-fn csrf_in(page: &str) -> String {
-    let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
-    page[at..].split('"').next().expect("csrf").to_owned()
-}
-
 /// The Connections row of `target` on /console/me.
 async fn row(web: &mut Web, target: &str) -> (String, String) {
-    let (status, page) = web.get("/console/me").await;
+    let (status, _, page) = web.get("/console/me").await;
     assert_eq!(status, 200);
     let row = page
         .split("<tr data-target=")
         .find(|r| r.starts_with(&format!("\"{target}\"")) && r.contains("class=\"status\""))
         .map(|r| r.split("</tr>").next().unwrap_or_default().to_owned())
         .unwrap_or_default();
-    (row, csrf_in(&page))
+    (row, csrf_in(&page).expect("csrf field"))
 }
 
 /// The Connections section as chromium shows it (README), when chromium is installed.
@@ -189,9 +103,9 @@ fn connect_buttons_mint_links_for_the_logged_in_user_and_disconnect_their_own() 
         .expect("runtime");
     rt.block_on(async {
         let mut alice = Web::new(&gw);
-        alice.login(&token("alice")).await;
+        assert_eq!(alice.token_login(&token("alice")).await, 303);
         let mut bob = Web::new(&gw);
-        bob.login(&token("bob")).await;
+        assert_eq!(bob.token_login(&token("bob")).await, 303);
 
         // Not connected: a Connect button, no Disconnect; a Target without userCredential is
         // not listed.
@@ -207,32 +121,41 @@ fn connect_buttons_mint_links_for_the_logged_in_user_and_disconnect_their_own() 
         // The button's POST needs the login's CSRF token.
         let form = [("target", "e2e/gh"), ("csrf", "wrong")];
         assert_eq!(
-            alice.post("/console/connections/connect", &form).await.0,
+            alice
+                .post_form("/console/connections/connect", &form)
+                .await
+                .0,
             403
         );
         let (_, bob_csrf) = row(&mut bob, "e2e/gh").await;
         let form = [("target", "e2e/gh"), ("csrf", bob_csrf.as_str())];
         assert_eq!(
-            alice.post("/console/connections/connect", &form).await.0,
+            alice
+                .post_form("/console/connections/connect", &form)
+                .await
+                .0,
             403
         );
         // A Target with nothing to connect: 404.
         let form = [("target", "e2e/plain"), ("csrf", csrf.as_str())];
         assert_eq!(
-            alice.post("/console/connections/connect", &form).await.0,
+            alice
+                .post_form("/console/connections/connect", &form)
+                .await
+                .0,
             404
         );
 
         // Connect: to a link bound to alice; the page says so; the value is stored for her.
         let form = [("target", "e2e/gh"), ("csrf", csrf.as_str())];
-        let (status, location) = alice.post("/console/connections/connect", &form).await;
+        let (status, location) = alice.post_form("/console/connections/connect", &form).await;
         assert_eq!(status, 303);
         let link = location.expect("location");
         assert!(link.starts_with("/connect/"), "{link}");
-        let (status, page) = alice.get(&link).await;
+        let (status, _, page) = alice.get(&link).await;
         assert_eq!(status, 200);
         assert!(page.contains("alice"), "{page}");
-        let (status, _) = alice.post(&link, &[("value", ALICE_VALUE)]).await;
+        let (status, _) = alice.post_form(&link, &[("value", ALICE_VALUE)]).await;
         assert!(status < 400, "connect form: {status}");
         let deadline = Instant::now() + Duration::from_secs(10);
         let gh_row = loop {
@@ -253,7 +176,9 @@ fn connect_buttons_mint_links_for_the_logged_in_user_and_disconnect_their_own() 
         assert!(bob_row.contains("not connected"), "{bob_row}");
         let form = [("target", "e2e/gh"), ("csrf", bob_csrf.as_str())];
         assert_eq!(
-            bob.post("/console/connections/disconnect", &form).await.0,
+            bob.post_form("/console/connections/disconnect", &form)
+                .await
+                .0,
             404
         );
         assert!(row(&mut alice, "e2e/gh").await.0.contains(">connected<"));
@@ -262,7 +187,10 @@ fn connect_buttons_mint_links_for_the_logged_in_user_and_disconnect_their_own() 
         let (_, csrf) = row(&mut alice, "e2e/gh").await;
         let form = [("target", "e2e/gh"), ("csrf", csrf.as_str())];
         assert_eq!(
-            alice.post("/console/connections/disconnect", &form).await.0,
+            alice
+                .post_form("/console/connections/disconnect", &form)
+                .await
+                .0,
             303
         );
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use reflow_crds::SealingKey;
 use reflow_e2e::harness::browser::{Browser, chromium_path};
+use reflow_e2e::harness::console_web::{self, ConsoleWeb};
 use reflow_e2e::harness::gateway::target_yaml;
 use reflow_e2e::harness::{DataplaneProcess, FixtureProcess, PolicyDoc, TestPostgres};
 use secrecy::SecretString;
@@ -117,44 +118,16 @@ impl Web {
     }
 }
 
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            let pair = v.split(';').next()?;
-            let (k, val) = pair.split_once('=')?;
-            (k == name && !val.is_empty()).then(|| format!("{k}={val}"))
-        })
-}
-
 fn csrf_in(page: &str) -> String {
-    let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
-    page[at..].split('"').next().expect("csrf").to_owned()
+    console_web::csrf_in(page).expect("csrf field")
 }
 
-/// Dev-token login at `at`: the login page's binding cookie and CSRF field, then the form.
+/// Dev-token login at `at`: the `Cookie` value of the login (`reflow_console=...`).
 async fn login(at: &DataplaneProcess, token: &str) -> String {
-    let web = Web::new("");
-    let resp = web
-        .http
-        .get(format!("http://{}/console/login", at.addr()))
-        .send()
-        .await
-        .expect("login page");
-    let binding = set_cookie(&resp, "reflow_console_login").expect("binding cookie");
-    let page = resp.text().await.expect("page");
-    let web = Web::new(&binding);
-    let resp = web
-        .post(
-            at,
-            "/console/login/token",
-            &format!("token={token}&csrf={}", csrf_in(&page)),
-        )
-        .await;
-    assert_eq!(resp.status().as_u16(), 303, "token login");
-    set_cookie(&resp, "reflow_console").expect("login cookie")
+    let mut web = ConsoleWeb::new(at);
+    assert_eq!(web.token_login(token).await, 303, "token login");
+    let cookie = web.cookie("reflow_console").expect("login cookie");
+    format!("reflow_console={cookie}")
 }
 
 /// A login cookie sealed by hand with `key` (the format the console seals).

@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::{AUDIENCE, HS256_SECRET, ISSUER, NAMESPACE, target_yaml};
 use reflow_e2e::harness::py_ops::{self, err_result, first_text, names, ok_result};
-use reflow_e2e::harness::{FixtureProcess, PyClient, TestGateway, http_client};
+use reflow_e2e::harness::{FixtureProcess, PyClient, RawInit, RawSession, TestGateway};
 use serde_json::{Value, json};
 
 fn policy(name: &str, effect: &str, rules: &str, extra: &str) -> String {
@@ -217,41 +217,20 @@ fn python_sdk_rate_limited_caller_is_refused_another_is_not() {
 /// initialize, then one tools/call of `one_whoami` with plain JSON accepted: (status,
 /// Retry-After, body).
 async fn raw_call(url: &str, token: &str) -> (u16, String, Value) {
-    let http = http_client().expect("http client");
-    let post = |body: Value, session: Option<&str>| {
-        let mut req = http
-            .post(url)
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(body.to_string());
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", s);
-        }
-        req.send()
+    let init = RawInit {
+        protocol: "2025-06-18".to_owned(),
+        initialized: false,
+        ..RawInit::named("raw")
     };
-    let init = post(
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"}}}),
-        None,
-    )
-    .await
-    .expect("initialize");
-    let session = init
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("a session id")
-        .to_owned();
-    let resp = post(
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-               "params": {"name": "one_whoami", "arguments": {}}}),
-        Some(&session),
-    )
-    .await
-    .expect("tools/call");
+    let session = RawSession::open(url, token, init)
+        .await
+        .expect("initialize");
+    let resp = session
+        .request(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": "one_whoami", "arguments": {}}}))
+        .send()
+        .await
+        .expect("tools/call");
     let status = resp.status().as_u16();
     let retry = resp
         .headers()

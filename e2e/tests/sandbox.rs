@@ -15,7 +15,7 @@ use reflow_dataplane::upstream::stdio::sandbox::{
     MIN_LANDLOCK_ABI, kernel_landlock_abi, namespaces_available,
 };
 use reflow_e2e::fixture_bin;
-use reflow_e2e::harness::{DataplaneProcess, PolicyDoc, http_client};
+use reflow_e2e::harness::{DataplaneProcess, PolicyDoc, RawInit, RawSession};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -76,12 +76,7 @@ fn gateway_files(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
 }
 
 /// One user's MCP session on the aggregated endpoint.
-struct Session {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    id: String,
-}
+struct Session(RawSession);
 
 impl Session {
     async fn open(url: &str, user: &str) -> Self {
@@ -95,48 +90,19 @@ impl Session {
             Duration::from_secs(600),
         )
         .unwrap();
-        let http = http_client().unwrap();
-        let resp = http
-            .post(url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "sandbox-test", "version": "0"}}}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "initialize: {}", resp.status());
-        let id = resp.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        Self {
-            http,
-            url: url.to_owned(),
-            token,
-            id,
-        }
+        let init = RawInit {
+            protocol: "2025-06-18".to_owned(),
+            initialized: false,
+            ..RawInit::named("sandbox-test")
+        };
+        Self(RawSession::open(url, &token, init).await.unwrap())
     }
 
     /// Waits (bounded) until the aggregated tool list has `tool`.
     async fn wait_for_tool(&self, tool: &str, gw: &DataplaneProcess) {
         for _ in 0..100 {
-            let reply: Value = self
-                .http
-                .post(&self.url)
-                .bearer_auth(&self.token)
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-session-id", &self.id)
-                .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+            let reply = self.0.rpc(&list).await.unwrap();
             if reply.to_string().contains(&format!("\"{tool}\"")) {
                 return;
             }
@@ -147,18 +113,10 @@ impl Session {
 
     /// tools/call; returns the result's text parsed as JSON, or the whole reply on an error.
     async fn call(&self, tool: &str, args: Value) -> Value {
-        let reply: Value = self
-            .http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.id)
-            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        let reply = self
+            .0
+            .rpc(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                 "params": {"name": tool, "arguments": args}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
             .await
             .unwrap();
         match reply["result"]["content"][0]["text"].as_str() {

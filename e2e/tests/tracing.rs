@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::gateway::target_yaml;
 use reflow_e2e::harness::{
-    DataplaneProcess, FixtureProcess, OtlpReceiver, PolicyDoc, ReceivedSpan, http_client,
+    DataplaneProcess, FixtureProcess, OtlpReceiver, PolicyDoc, RawInit, RawSession, ReceivedSpan,
+    http_client,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -81,69 +82,39 @@ fn token() -> String {
 }
 
 /// A bare MCP client: initialize, then tools/call requests carrying the client's traceparent.
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-}
+struct Client(RawSession);
 
 impl Client {
     async fn connect(url: String) -> Self {
-        let http = http_client().expect("http client");
-        let token = token();
-        let resp = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "tracing-test", "version": "0"}}}),
-            )
-            .send()
-            .await
-            .expect("initialize");
-        assert!(resp.status().is_success(), "initialize: {}", resp.status());
-        let session = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .expect("session id")
-            .to_owned();
-        Self {
-            http,
-            url,
-            token,
-            session,
-        }
+        let init = RawInit {
+            protocol: "2025-06-18".to_owned(),
+            initialized: false,
+            ..RawInit::named("tracing-test")
+        };
+        Self(
+            RawSession::open(&url, &token(), init)
+                .await
+                .expect("initialize"),
+        )
     }
 
     async fn echo(&self, id: u64, text: &str) -> Value {
         let resp = self
-            .http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.session)
-            .header("traceparent", traceparent())
-            .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            .0
+            .request(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                 "params": {"name": "one_echo", "arguments": {"text": text}}}))
+            .header("traceparent", traceparent())
             .send()
             .await
             .expect("tools/call");
         assert!(resp.status().is_success(), "tools/call: {}", resp.status());
         resp.json().await.expect("JSON reply")
     }
-}
 
-impl Client {
     /// DELETE of the session, in the client's trace `trace`; returns the HTTP status.
     async fn end(&self, trace: &str) -> u16 {
-        self.http
-            .delete(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
+        self.0
+            .delete()
             .header("traceparent", format!("00-{trace}-{CLIENT_SPAN}-01"))
             .send()
             .await
@@ -472,12 +443,8 @@ fn a_trace_in_meta_continues_through_the_gateway_into_a_stdio_server() {
     let report: Value = rt.block_on(async {
         let client = Client::connect(gateway.mcp_url()).await;
         let resp = client
-            .http
-            .post(&client.url)
-            .bearer_auth(&client.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &client.session)
-            .json(
+            .0
+            .request(
                 &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
                 "name": "kid_whoami", "arguments": {},
                 "_meta": {"traceparent": traceparent(), "tracestate": "client=kept"}}}),

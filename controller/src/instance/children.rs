@@ -20,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use reflow_crds::api::{MCPInstance, PodSpecTemplate, PodTransport};
+use reflow_crds::api::MCPInstance;
 use reflow_crds::compile::pod_security;
+use reflow_crds::snapshot::{PodTemplate, PodTransport};
 use sha2::{Digest, Sha256};
 
 /// The digest of what a Pod is built from (its spec and labels, not the credential values,
@@ -131,7 +132,7 @@ fn instance_label(inst: &MCPInstance) -> String {
 }
 
 /// `http://svc.ns.svc:port/path`, where dataplanes reach the instance.
-pub fn endpoint(inst: &MCPInstance, pod: &PodSpecTemplate) -> String {
+pub fn endpoint(inst: &MCPInstance, pod: &PodTemplate) -> String {
     format!(
         "http://{}.{}.svc:{}{}",
         child_name(inst),
@@ -181,7 +182,7 @@ fn default_limits(c: &mut Container) {
 
 pub fn build(
     inst: &MCPInstance,
-    target: &PodSpecTemplate,
+    target: &PodTemplate,
     env: &[(String, String)],
     fingerprint: &str,
     bridge_token: &str,
@@ -267,7 +268,7 @@ pub fn build(
 /// context and default limits on every container, the Secret as env, the bridge for STDIO.
 fn pod_spec(
     mut spec: PodSpec,
-    target: &PodSpecTemplate,
+    target: &PodTemplate,
     name: &str,
     cfg: &InstanceConfig,
 ) -> Result<PodSpec, BuildError> {
@@ -318,7 +319,7 @@ fn pod_spec(
 /// starts as `reflow-dataplane bridge … -- <command>`.
 fn wrap_stdio(
     spec: &mut PodSpec,
-    target: &PodSpecTemplate,
+    target: &PodTemplate,
     cfg: &InstanceConfig,
 ) -> Result<(), BuildError> {
     let server = spec.containers.first_mut().ok_or(BuildError::NoContainer)?;
@@ -475,7 +476,7 @@ mod tests {
         };
         let mut inst = named("gh-alice");
         inst.metadata.uid = Some("u".into());
-        let template = |spec: serde_json::Value| PodSpecTemplate {
+        let template = |spec: serde_json::Value| PodTemplate {
             template: serde_json::json!({ "spec": spec }),
             transport: PodTransport::StreamableHttp,
             port: 8080,
@@ -515,7 +516,7 @@ mod tests {
         };
         let mut inst = named("gh-alice");
         inst.metadata.uid = Some("u".into());
-        let stdio = PodSpecTemplate {
+        let stdio = PodTemplate {
             template: serde_json::json!({"spec": {"containers": [{"name": "s", "image": "i", "command": ["srv"]}]}}),
             transport: PodTransport::Stdio,
             port: 8080,

@@ -1,6 +1,7 @@
 //! The compiler: Targets, Policies, Credentials and Secrets in → one Snapshot plus a report per
 //! object. One bad object is rejected alone; the rest still compiles. Same code in both modes.
 
+mod convert;
 mod credential;
 pub mod pod_security;
 mod policy;
@@ -119,7 +120,7 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                 generation: b.target.metadata.generation,
                 prefix: b.routing.prefix,
                 upstream: b.routing.upstream,
-                isolation: b.target.spec.isolation,
+                isolation: b.target.spec.isolation.into(),
                 stateful: b.target.spec.stateful,
                 timeouts: b.routing.timeouts,
                 lifetimes: b.routing.lifetimes,
@@ -129,8 +130,9 @@ pub fn compile(inputs: &Inputs, key: &SealingKey) -> Result<Compiled, SnapshotEr
                     .target
                     .spec
                     .identity_forwarding
-                    .clone()
-                    .filter(|f| f.jwt.is_some() || f.headers),
+                    .as_ref()
+                    .filter(|f| f.jwt.is_some() || f.headers)
+                    .map(Into::into),
                 pinning: b.routing.pinning,
                 user_credential: b.user_credential,
             })

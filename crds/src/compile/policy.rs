@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::api::{Effect, Policy, PolicySpec, RuleKind, Subject};
+use crate::api::{self, Policy, PolicySpec, Subject};
 use crate::glob::Glob;
 use crate::snapshot::condition::Condition;
 use crate::snapshot::rate_limit::RateSpec;
-use crate::snapshot::{CompiledRule, SubjectMatch};
+use crate::snapshot::{CompiledRule, Effect, RuleKind, SubjectMatch};
 
 /// A Target as policy selection sees it.
 pub(super) struct SelectableTarget<'a> {
@@ -40,7 +40,7 @@ fn parse_rate_limit(
     reason: &mut &'static str,
 ) -> Option<RateSpec> {
     let r = s.rate_limit.as_ref()?;
-    let spec = match RateSpec::from_api(r) {
+    let spec = match RateSpec::new(r.requests, &r.interval, r.burst, r.per.into()) {
         Ok(spec) => spec,
         Err(e) => {
             *reason = "InvalidRateLimit";
@@ -48,7 +48,7 @@ fn parse_rate_limit(
             return None;
         }
     };
-    if s.effect != Effect::Allow {
+    if s.effect != api::Effect::Allow {
         *reason = "InvalidRateLimit";
         problems.push("rateLimit applies to Allow policies only".to_owned());
         return None;
@@ -184,7 +184,7 @@ fn parse_rules(
                     None
                 }
             });
-        rules.push((rule.kind, globs, when));
+        rules.push((rule.kind.into(), globs, when));
     }
     rules
 }
@@ -228,7 +228,7 @@ pub(super) fn compile_policy(
     let policy: Arc<str> = name.into();
     if !problems.is_empty() {
         let mut message = problems.join("; ");
-        let fail_closed = s.effect == Effect::Deny;
+        let fail_closed = s.effect == api::Effect::Deny;
         let rules = if fail_closed {
             // Deny everything to its subjects (everyone if any is unreadable), on the Targets we
             // could select (every Target in the namespace if none), at the stated priority.
@@ -281,7 +281,7 @@ pub(super) fn compile_policy(
             rules.iter().map(|(kind, names, when)| CompiledRule {
                 policy: policy.clone(),
                 priority: s.priority,
-                effect: s.effect,
+                effect: s.effect.into(),
                 subject: subject.clone(),
                 kind: *kind,
                 names: names.clone(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::api::{Isolation, Target, TargetSpec, Transport};
-use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, StdioSandbox, ToolPins, Upstream};
+use crate::snapshot::{EffectiveLifetimes, EffectiveTimeouts, ToolPins, Upstream};
 
 pub(super) struct Routing {
     pub prefix: Arc<str>,
@@ -59,8 +59,11 @@ pub(super) fn routing(t: &Target, name: &str) -> Result<Routing, Refusal> {
     // An unreadable pin set refuses the Target (not served) rather than serving unpinned.
     let pinning = match &s.tool_pinning {
         Some(p) => Some(
-            ToolPins::new(p.mode, &p.pins)
-                .map_err(|e| ("InvalidToolPins", format!("toolPinning: {e}")))?,
+            ToolPins::new(
+                p.mode.into(),
+                p.pins.iter().map(|d| (d.name.as_str(), d.digest.as_str())),
+            )
+            .map_err(|e| ("InvalidToolPins", format!("toolPinning: {e}")))?,
         ),
         None => None,
     };
@@ -227,7 +230,7 @@ fn stdio_upstream(s: &TargetSpec) -> Result<Upstream, Refusal> {
         command,
         args: s.args.iter().map(|a| a.as_str().into()).collect(),
         env: env(s),
-        sandbox: StdioSandbox::from_spec(s.sandbox.as_ref()),
+        sandbox: super::convert::stdio_sandbox(s.sandbox.as_ref()),
     })
 }
 
@@ -244,7 +247,7 @@ fn kubernetes_upstream(s: &TargetSpec) -> Result<Upstream, Refusal> {
                     super::pod_security::describe(&forbidden),
                 ));
             }
-            p.clone()
+            p.into()
         }
         Some(_) => {
             return Err((

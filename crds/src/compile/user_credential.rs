@@ -166,7 +166,7 @@ pub(super) fn compile(
         return Err(refuse("inject.prefix contains CR, LF or NUL"));
     }
     Ok(Some(CompiledUserCredential {
-        mode: u.mode,
+        mode: u.mode.into(),
         inject_as,
         name,
         prefix: prefix.into(),

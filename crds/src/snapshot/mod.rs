@@ -8,6 +8,7 @@ mod policy;
 pub mod rate_limit;
 mod revocations;
 mod sandbox;
+mod target;
 mod user_credential;
 
 use std::collections::HashMap;
@@ -21,16 +22,20 @@ pub use credentials::{
     CompiledCredential, CredentialMatch, CredentialSet, InjectAs, ResolvedCredentials,
     ResolvedEntry, SealedEntry,
 };
-pub use pinning::{DIGESTED_FIELDS, PinVerdict, ToolPins, tool_digest, valid_digest};
-pub use policy::{CompiledRule, Decision, ItemKind, PolicySet, PolicyView, SubjectMatch, covers};
+pub use pinning::{DIGESTED_FIELDS, PinMode, PinVerdict, ToolPins, tool_digest, valid_digest};
+pub use policy::{
+    CompiledRule, Decision, Effect, ItemKind, PolicySet, PolicyView, RuleKind, SubjectMatch, covers,
+};
+pub use rate_limit::RateLimitScope;
 pub use revocations::Revocations;
-pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, EffectiveLimits, StdioSandbox};
+pub use sandbox::{
+    DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, EffectiveLimits, NamespaceMode, StdioSandbox,
+};
+pub use target::{ForwardedJwt, IdentityForwarding, Isolation, PodTemplate, PodTransport};
 pub use user_credential::{
     CompiledClient, CompiledOAuth2, CompiledTokenExchange, CompiledUserCredential,
-    SealedClientSecret,
+    SealedClientSecret, UserCredentialMode,
 };
-
-use crate::api::{Isolation, PodSpecTemplate};
 
 /// Separates a Target's prefix from an item name on the aggregated endpoint (`github_create_issue`).
 /// Prefixes cannot contain it, so the first occurrence always splits correctly.
@@ -58,7 +63,7 @@ pub enum Upstream {
         sandbox: StdioSandbox,
     },
     Kubernetes {
-        pod: PodSpecTemplate,
+        pod: PodTemplate,
         env: Vec<(Arc<str>, Arc<str>)>,
     },
 }
@@ -128,7 +133,7 @@ pub struct CompiledTarget {
     pub credentials: CredentialSet,
     /// Opted-in identity forwarding (absent: the upstream learns nothing about the caller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity_forwarding: Option<crate::api::IdentityForwarding>,
+    pub identity_forwarding: Option<IdentityForwarding>,
     /// Approved tool definitions (`spec.toolPinning`); absent: every definition is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinning: Option<ToolPins>,

@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{PinMode, ToolDigest};
-
 /// The fields of a tool definition the digest covers: everything a model reads or a client
 /// validates against. Anything else (`_meta`, icons, unknown fields) may change freely.
 pub const DIGESTED_FIELDS: [&str; 6] = [
@@ -83,6 +81,17 @@ pub fn valid_digest(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// What a Target does with a tool definition that is not the approved one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PinMode {
+    /// Unapproved definitions are hidden from lists and refused on call.
+    #[default]
+    Enforce,
+    /// Unapproved definitions are served, with an audit event and the `ToolsDrifted` condition.
+    Warn,
+}
+
 /// How an observed tool definition stands against the pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinVerdict {
@@ -113,25 +122,25 @@ pub struct ToolPins {
 }
 
 impl ToolPins {
-    /// Builds the pin set; names must be unique and digests well-formed (the compiler refuses
-    /// the Target otherwise: a pin set that cannot be read never fails open).
-    pub fn new(mode: PinMode, pins: &[ToolDigest]) -> Result<Self, String> {
+    /// Builds the pin set from (tool name, digest) pairs; names must be unique and digests
+    /// well-formed (the compiler refuses the Target otherwise: a pin set that cannot be read
+    /// never fails open).
+    pub fn new<'p>(
+        mode: PinMode,
+        pins: impl IntoIterator<Item = (&'p str, &'p str)>,
+    ) -> Result<Self, String> {
         let mut map = BTreeMap::new();
-        for p in pins {
-            if p.name.is_empty() {
+        for (name, digest) in pins {
+            if name.is_empty() {
                 return Err("a pin needs a tool name".to_owned());
             }
-            if !valid_digest(&p.digest) {
+            if !valid_digest(digest) {
                 return Err(format!(
-                    "pin {:?}: digest must be 64 lower-case hex characters (sha256)",
-                    p.name
+                    "pin {name:?}: digest must be 64 lower-case hex characters (sha256)"
                 ));
             }
-            if map
-                .insert(Arc::from(p.name.as_str()), Arc::from(p.digest.as_str()))
-                .is_some()
-            {
-                return Err(format!("tool {:?} is pinned twice", p.name));
+            if map.insert(Arc::from(name), Arc::from(digest)).is_some() {
+                return Err(format!("tool {name:?} is pinned twice"));
             }
         }
         Ok(Self { mode, pins: map })
@@ -152,11 +161,15 @@ impl ToolPins {
         verdict == PinVerdict::Pinned || self.mode == PinMode::Warn
     }
 
-    /// Tools in `observed` that are not served as approved (drifted or unpinned), by name.
-    pub fn drift<'a>(&self, observed: &'a [ToolDigest]) -> Vec<(&'a str, PinVerdict)> {
+    /// Tools in `observed` (name, digest) that are not served as approved (drifted or
+    /// unpinned), by name.
+    pub fn drift<'a>(
+        &self,
+        observed: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(&'a str, PinVerdict)> {
         observed
-            .iter()
-            .map(|t| (t.name.as_str(), self.verdict(&t.name, &t.digest)))
+            .into_iter()
+            .map(|(name, digest)| (name, self.verdict(name, digest)))
             .filter(|(_, v)| *v != PinVerdict::Pinned)
             .collect()
     }

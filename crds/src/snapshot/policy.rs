@@ -10,9 +10,28 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::condition::{Condition, Outcome, Request};
 use super::rate_limit::RateSpec;
-use crate::api::{Effect, RuleKind};
 use crate::glob::{Glob, GlobError, byte_mask};
 use crate::identity::Identity;
+
+/// The kinds of item a rule decides.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum RuleKind {
+    #[default]
+    All,
+    Tool,
+    Resource,
+    Prompt,
+}
+
+/// What a rule does when it decides. Deny sorts first: at equal priority it wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Effect {
+    Deny,
+    Allow,
+}
 
 /// The kind of an item being decided on (a rule may also say `all`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -3,11 +3,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{RateLimit, RateLimitScope};
-
 /// Shortest and longest accepted interval.
 const MIN_INTERVAL_MS: u64 = 1_000;
 const MAX_INTERVAL_MS: u64 = 24 * 3_600_000;
+
+/// One bucket per caller and tool, or per caller and Target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitScope {
+    #[default]
+    Tool,
+    Target,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,22 +26,27 @@ pub struct RateSpec {
 }
 
 impl RateSpec {
-    pub fn from_api(r: &RateLimit) -> Result<Self, String> {
-        if r.requests == 0 || r.requests > 1_000_000 {
+    /// `requests` per `interval` (`30s`, `5m`, `1h`), `burst` at once (default `requests`).
+    pub fn new(
+        requests: u32,
+        interval: &str,
+        burst: Option<u32>,
+        per: RateLimitScope,
+    ) -> Result<Self, String> {
+        if requests == 0 || requests > 1_000_000 {
             return Err(format!(
-                "rateLimit.requests {} is outside 1..=1000000",
-                r.requests
+                "rateLimit.requests {requests} is outside 1..=1000000"
             ));
         }
-        let burst = r.burst.unwrap_or(r.requests);
+        let burst = burst.unwrap_or(requests);
         if burst == 0 || burst > 1_000_000 {
             return Err(format!("rateLimit.burst {burst} is outside 1..=1000000"));
         }
         Ok(Self {
-            requests: r.requests,
-            interval_ms: parse_interval(&r.interval)?,
+            requests,
+            interval_ms: parse_interval(interval)?,
             burst,
-            per: r.per,
+            per,
         })
     }
 

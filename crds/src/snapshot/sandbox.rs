@@ -5,12 +5,22 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{NamespaceMode, ProcessLimits, SandboxMode, SandboxSpec};
-
 /// Default RLIMIT_DATA of a child: 2 GiB of private writable memory.
 pub const DEFAULT_MEMORY_MIB: u32 = 2048;
 /// Default RLIMIT_NOFILE of a child.
 pub const DEFAULT_OPEN_FILES: u32 = 4096;
+
+/// Whether a STDIO child gets its own user, PID and mount namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NamespaceMode {
+    /// Where the kernel allows it unprivileged; without them (logged, counted) where not.
+    #[default]
+    Auto,
+    /// Refuse to spawn without them.
+    Required,
+    Off,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -53,32 +63,6 @@ impl Default for EffectiveLimits {
             cpu_seconds: None,
             processes: None,
             open_files: Some(DEFAULT_OPEN_FILES),
-        }
-    }
-}
-
-impl StdioSandbox {
-    /// The effective sandbox of `spec` (absent: enforced with default limits).
-    pub fn from_spec(spec: Option<&SandboxSpec>) -> Self {
-        let Some(spec) = spec else {
-            return Self::default();
-        };
-        let d = EffectiveLimits::default();
-        let l = spec.limits.clone().unwrap_or(ProcessLimits::default());
-        Self {
-            enforce: spec.mode == SandboxMode::Enforce,
-            limits: EffectiveLimits {
-                memory_mib: l.memory_mib.or(d.memory_mib),
-                cpu_seconds: l.cpu_seconds.or(d.cpu_seconds),
-                processes: l.processes.or(d.processes),
-                open_files: l.open_files.or(d.open_files),
-            },
-            read_only_paths: spec
-                .read_only_paths
-                .iter()
-                .map(|p| Arc::from(p.as_str()))
-                .collect(),
-            namespaces: spec.namespaces,
         }
     }
 }

@@ -6,8 +6,31 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::credentials::{InjectAs, SealedEntry};
-use crate::api::UserCredentialMode;
 use crate::seal::SealedValue;
+
+/// How the gateway obtains a user's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UserCredentialMode {
+    /// The user pastes a personal token or API key once on the connect page.
+    Secret,
+    /// The user consents at the upstream's authorization server; the gateway keeps and
+    /// refreshes the grant.
+    #[serde(rename = "oauth2")]
+    OAuth2,
+    /// RFC 8693 at the caller's IdP: no connect step, an audience-scoped token per caller.
+    TokenExchange,
+}
+
+impl UserCredentialMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::OAuth2 => "oauth2",
+            Self::TokenExchange => "tokenExchange",
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

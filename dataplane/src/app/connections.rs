@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
 use reflow_crds::Identity;
-use reflow_crds::api::UserCredentialMode;
+use reflow_crds::snapshot::UserCredentialMode;
 
 use crate::connect::{ConnectionStore, LinkGrant};
 use crate::console::{Connection, Connections};

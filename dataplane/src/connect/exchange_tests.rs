@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use reflow_crds::api::UserCredentialMode;
+use reflow_crds::snapshot::UserCredentialMode;
 use reflow_crds::snapshot::{
     CompiledClient, CompiledTokenExchange, CompiledUserCredential, InjectAs, ResolvedCredentials,
 };

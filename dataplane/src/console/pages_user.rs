@@ -9,7 +9,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
-use reflow_crds::api::Effect;
+use reflow_crds::snapshot::Effect;
 use reflow_crds::snapshot::{ItemKind, covers};
 use serde::Deserialize;
 

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use reflow_crds::api::UserCredentialMode;
+use reflow_crds::snapshot::UserCredentialMode;
 use tracing::warn;
 
 use super::connect_page::{audit, bad_link, escape, page};

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use reflow_crds::api::UserCredentialMode;
+use reflow_crds::snapshot::UserCredentialMode;
 use secrecy::SecretString;
 use tracing::{info, warn};
 

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use reflow_crds::api::UserCredentialMode;
 use reflow_crds::snapshot::CompiledTarget;
+use reflow_crds::snapshot::UserCredentialMode;
 use serde_json::{Value, json};
 use tracing::Instrument;
 

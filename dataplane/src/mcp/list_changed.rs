@@ -6,7 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
-use reflow_crds::api::Effect;
+use reflow_crds::snapshot::Effect;
 use reflow_crds::snapshot::{CompiledRule, covers};
 use reflow_crds::{CompiledTarget, Identity, ItemKind, Snapshot};
 use serde_json::{Map, Value};

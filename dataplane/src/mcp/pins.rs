@@ -6,8 +6,8 @@
 use std::sync::{Arc, LazyLock};
 
 use reflow_crds::Decision;
-use reflow_crds::api::PinMode;
 use reflow_crds::observed::ObservedReason;
+use reflow_crds::snapshot::PinMode;
 use reflow_crds::snapshot::{CompiledTarget, PinVerdict, tool_digest};
 use serde_json::{Map, Value};
 use tracing::{info, warn};

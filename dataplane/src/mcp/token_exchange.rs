@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use reflow_crds::api::UserCredentialMode;
+use reflow_crds::snapshot::UserCredentialMode;
 use reflow_crds::snapshot::{
     CompiledTarget, CompiledTokenExchange, CompiledUserCredential, ResolvedCredentials, SealedEntry,
 };

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use reflow_crds::api::PodTransport;
 use reflow_crds::instance_wire::{
     ENSURE_PATH, EnsureRequest, EnsureResponse, USED_PATH, UsedRequest,
 };
+use reflow_crds::snapshot::PodTransport;
 use reflow_crds::snapshot::{CompiledTarget, Upstream};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};

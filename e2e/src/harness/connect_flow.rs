@@ -9,72 +9,29 @@ use serde_json::{Value, json};
 
 use super::browser::Browser;
 use super::error::{HarnessError, Result};
+use super::raw_session::{self, RawInit, RawSession};
 
-/// The body of a JSON or single-event SSE answer.
+/// The body of a JSON or single-event SSE answer (`{"unparsed": …}` when it is neither).
 pub async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.unwrap_or_default();
-    let json_text = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:").map(str::trim))
-        .rfind(|d| !d.is_empty())
-        .unwrap_or(text.as_str());
-    serde_json::from_str(json_text).unwrap_or_else(|e| json!({"unparsed": format!("{e}: {text}")}))
+    raw_session::rpc_body(resp)
+        .await
+        .unwrap_or_else(|e| json!({"unparsed": e.to_string()}))
 }
 
 /// One initialized MCP session on a gateway's `/mcp`, as one caller.
-pub struct McpUser {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-}
+pub struct McpUser(RawSession);
 
 impl McpUser {
     /// Initializes a session at `<base>/mcp` with `token`.
     pub async fn open(base: &str, token: String) -> Result<Self> {
-        let http = super::http_client()?;
         let url = format!("{base}/mcp");
-        let resp = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "connect-test", "version": "0"}}}),
-            )
-            .send()
+        RawSession::open(&url, &token, RawInit::named("connect-test"))
             .await
-            .map_err(|e| HarnessError::Other(format!("initialize: {e}")))?;
-        let session = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or_else(|| HarnessError::Other(format!("initialize: {}", resp.status())))?;
-        let _ = rpc_body(resp).await;
-        let c = Self {
-            http,
-            url,
-            token,
-            session,
-        };
-        c.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await?;
-        Ok(c)
+            .map(Self)
     }
 
     pub async fn post(&self, body: Value) -> Result<reqwest::Response> {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| HarnessError::Other(format!("post: {e}")))
+        self.0.post(&body).await
     }
 
     /// `tools/call` and its JSON-RPC answer.

@@ -8,6 +8,7 @@ pub mod byte_relay;
 pub mod cache;
 pub mod conformance;
 pub mod connect_flow;
+pub mod console_web;
 pub mod controller_bin;
 pub mod controller_process;
 pub mod dataplane_process;
@@ -32,6 +33,7 @@ pub mod process;
 pub mod py_ops;
 pub mod py_server;
 pub mod python;
+pub mod raw_session;
 pub mod render;
 pub mod sse;
 pub mod ts_server;
@@ -54,6 +56,7 @@ pub use process::{CommandLine, ManagedChild};
 pub use python::{
     MCP_PIN, PyClient, PyTransport, python_venv, run_python_client, run_python_script,
 };
+pub use raw_session::{RawInit, RawSession};
 pub use sse::{SseEvent, SseReader};
 pub use ts_server::TsServer;
 pub use typescript::{TS_SDK_SPEC, TsClient};

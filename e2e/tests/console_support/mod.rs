@@ -18,6 +18,7 @@ use reflow_dataplane::mcp::GatewayConfig;
 use reflow_dataplane::postgres::Database;
 use reflow_dataplane::session::{MemorySessionStore, SessionStore};
 use reflow_dataplane::source::{self, SnapshotStore};
+use reflow_e2e::harness::console_web::{ConsoleAt, ConsoleWeb};
 use reflow_e2e::harness::gateway::{AUDIENCE, HS256_SECRET, ISSUER, PolicyDoc, target_yaml};
 use reflow_e2e::harness::{FixtureProcess, paths};
 use secrecy::SecretString;
@@ -315,122 +316,11 @@ pub fn screenshot_path(name: &str) -> PathBuf {
         .join(format!("{name}.png"))
 }
 
-/// A console client without a browser: cookies by hand, no redirects followed.
-pub struct Web {
-    pub http: reqwest::Client,
-    base: String,
-    /// `name=value` pairs sent as `Cookie`.
-    pub cookies: Vec<(String, String)>,
-}
+/// A console client without a browser (the harness's), at a [`ConsoleGw`].
+pub type Web = ConsoleWeb;
 
-/// The value of `name="csrf" value="..."` in a page.
-pub fn csrf_in(page: &str) -> Option<String> {
-    let at = page.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
-    Some(page[at..].split('"').next()?.to_owned())
-}
-
-impl Web {
-    pub fn new(gw: &ConsoleGw) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("http"),
-            base: gw.url(""),
-            cookies: Vec::new(),
-        }
+impl ConsoleAt for ConsoleGw {
+    fn console_base(&self) -> String {
+        self.url("")
     }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn remember(&mut self, resp: &reqwest::Response) {
-        for v in resp.headers().get_all("set-cookie") {
-            let Some((kv, _)) = v.to_str().unwrap_or_default().split_once(';') else {
-                continue;
-            };
-            let Some((k, v)) = kv.split_once('=') else {
-                continue;
-            };
-            self.cookies.retain(|(name, _)| name != k);
-            if !v.is_empty() {
-                self.cookies.push((k.to_owned(), v.to_owned()));
-            }
-        }
-    }
-
-    pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.cookies
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub async fn get(&mut self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .expect("console answers");
-        self.remember(&resp);
-        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-        (status, headers, resp.text().await.unwrap_or_default())
-    }
-
-    /// POSTs a form (already encoded), with extra headers.
-    pub async fn post(
-        &mut self,
-        path: &str,
-        form: &str,
-        headers: &[(&str, &str)],
-    ) -> (u16, reqwest::header::HeaderMap, String) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_owned());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("console answers");
-        self.remember(&resp);
-        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-        (status, headers, resp.text().await.unwrap_or_default())
-    }
-
-    /// Logs in with a pasted token (devLogin); returns the status of the POST.
-    pub async fn token_login(&mut self, token: &str) -> u16 {
-        let (_, _, page) = self.get("/console/login").await;
-        let csrf = csrf_in(&page).expect("login form csrf");
-        let form = format!("token={}&csrf={csrf}", urlencode(token));
-        self.post("/console/login/token", &form, &[]).await.0
-    }
-
-    /// The CSRF token of the logged-in page at `path`.
-    pub async fn csrf(&mut self, path: &str) -> String {
-        let (_, _, page) = self.get(path).await;
-        csrf_in(&page).expect("csrf on page")
-    }
-}
-
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

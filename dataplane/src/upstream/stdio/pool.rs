@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use reflow_crds::api::Isolation;
+use reflow_crds::snapshot::Isolation;
 use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials, StdioSandbox, Upstream};
 use reflow_crds::{Fingerprint, Identity, SealingKey};
 use serde_json::{Map, Value, json};

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 pub use landlock_rules::{MIN_LANDLOCK_ABI, kernel_landlock_abi};
 pub use namespaces::available as namespaces_available;
-pub use reflow_crds::api::NamespaceMode;
+pub use reflow_crds::snapshot::NamespaceMode;
 
 /// The gateway-wide switch (`gateway.stdio.sandbox`): `enforce` unless the operator says `off`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
