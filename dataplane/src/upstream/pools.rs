@@ -52,14 +52,14 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The shared client and one per serving core (`percore::default_cores`), all from one TLS
-    /// configuration.
+    /// The shared client and one per serving core (one per CPU this process may use, as
+    /// `http::percore` serves), all from one TLS configuration.
     pub fn new(connect_timeout: Duration) -> Result<Self, String> {
         let tls = tls_config()?;
         let shared = build(connect_timeout, &tls).map_err(|e| e.to_string())?;
         let per_slot: Box<[OnceLock<reqwest::Client>]> =
             (0..MAX_SLOTS).map(|_| OnceLock::new()).collect();
-        let cores = crate::http::percore::default_cores().min(MAX_SLOTS);
+        let cores = serving_cores();
         for cell in &per_slot[..cores] {
             let client = build(connect_timeout, &tls).map_err(|e| e.to_string())?;
             let _ = cell.set(client);
@@ -100,6 +100,14 @@ impl Deref for Pools {
     fn deref(&self) -> &reqwest::Client {
         self.current()
     }
+}
+
+/// The slots that serving threads take: one per CPU this process may use (what
+/// `http::percore::default_cores` counts; this layer does not use the HTTP one).
+fn serving_cores() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_SLOTS)
 }
 
 /// The TLS configuration reqwest builds for itself by default (rustls: the installed crypto
@@ -179,7 +187,7 @@ mod tests {
     fn the_serving_cores_clients_are_built_up_front_and_others_on_first_use() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pools = Pools::new(Duration::from_secs(1)).expect("client");
-        let cores = crate::http::percore::default_cores().min(MAX_SLOTS);
+        let cores = serving_cores();
         assert!(pools.per_slot[..cores].iter().all(|c| c.get().is_some()));
         assert!(pools.per_slot[cores..].iter().all(|c| c.get().is_none()));
         if cores < MAX_SLOTS {
