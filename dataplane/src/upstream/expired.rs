@@ -1,7 +1,6 @@
 //! Whether an upstream's refusal means it forgot the session: a 404 (what the specification
 //! asks), or a 400 whose JSON-RPC error names the session (what many servers answer instead).
 
-use futures::StreamExt;
 use http::StatusCode;
 use serde_json::Value;
 
@@ -12,13 +11,12 @@ const MAX_REFUSAL_BYTES: usize = 4096;
 /// Servers built from the TypeScript SDK's examples (server-everything among them) answer an
 /// unknown session id with `400 {"error": {"message": "Bad Request: No valid session ID
 /// provided"}}`; any other 400 stays an error (it is not retried in a new session).
-pub(super) async fn session_forgotten(resp: reqwest::Response) -> bool {
+pub(super) async fn session_forgotten(mut resp: super::h1::Reply) -> bool {
     match resp.status() {
         StatusCode::NOT_FOUND => true,
         StatusCode::BAD_REQUEST => {
             let mut body = Vec::new();
-            let mut chunks = resp.bytes_stream();
-            while let Some(Ok(chunk)) = chunks.next().await {
+            while let Ok(Some(chunk)) = resp.chunk().await {
                 body.extend_from_slice(&chunk);
                 if body.len() > MAX_REFUSAL_BYTES {
                     return false;

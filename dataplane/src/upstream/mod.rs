@@ -41,7 +41,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use reflow_crds::SealingKey;
 use reflow_crds::snapshot::{CompiledTarget, ResolvedCredentials, Upstream};
@@ -427,11 +426,11 @@ impl UpstreamClient {
         let body = Outgoing::request(id, method, params).to_vec()?;
         let stateless = stateless::is_stateless(state);
         let work = async {
-            let mut req = self.post_request(url, headers, state, body);
+            let mut sent = post_headers(headers, state)?;
             if stateless {
-                req = stateless::mirror_headers(req, method, params);
+                stateless::mirror_into(&mut sent, method, params);
             }
-            let resp = h1::send_via(&self.http, req).await?;
+            let resp = h1::post_via(&self.http, url, sent, body).await?;
             let status = resp.status();
             if matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST)
                 && state.session_id.is_some()
@@ -445,7 +444,7 @@ impl UpstreamClient {
             if !status.is_success() {
                 // A stateless upstream says what is wrong in a JSON-RPC error (with a 4xx).
                 if stateless && status.is_client_error() {
-                    let bytes = resp.bytes().await.map_err(map_reqwest)?;
+                    let bytes = resp.bytes().await?;
                     if let Ok(Some(reply)) = match_reply(serde_json::from_slice(&bytes), id)
                         && reply.contains_key("error")
                     {
@@ -528,13 +527,13 @@ impl UpstreamClient {
     /// event id is resumed with `GET` + `Last-Event-ID` (SSE polling, SEP-1699).
     async fn read_reply(
         &self,
-        resp: reqwest::Response,
+        resp: h1::Reply,
         id: u64,
         route: &Route<'_>,
         hooks: &CallHooks,
     ) -> Result<UpstreamReply, UpstreamError> {
         if !is_event_stream(resp.headers()) {
-            let bytes = resp.bytes().await.map_err(map_reqwest)?;
+            let bytes = resp.bytes().await?;
             // The envelope only: a plain `result` stays the upstream's bytes (issue #24).
             return crate::jsonrpc::read_reply(&bytes, id)
                 .map_err(|e| UpstreamError::Protocol(e.to_string()))?
@@ -545,12 +544,8 @@ impl UpstreamClient {
         let mut resp = resp;
         let mut resumes = 0;
         loop {
-            let mut stream = resp.bytes_stream();
-            while let Some(chunk) = stream.next().await {
-                let Ok(chunk) = chunk else {
-                    // A dropped connection is resumable like a closed one.
-                    break;
-                };
+            // A dropped connection (an error) is resumable like a closed one.
+            while let Ok(Some(chunk)) = resp.chunk().await {
                 if sse.buffered() + chunk.len() > MAX_REPLY_BYTES {
                     return Err(UpstreamError::Protocol("reply too large".into()));
                 }
@@ -591,7 +586,7 @@ impl UpstreamClient {
             tokio::time::sleep(wait).await;
             sse.discard_partial();
             debug!(last_event_id = %last, "resuming the upstream reply stream");
-            resp = self.resume(route, &last).await?;
+            resp = self.resume(route, &last).await?.into();
         }
     }
 
@@ -681,6 +676,38 @@ fn post_builder(
         req = req.header(PROTOCOL_HEADER, v.as_str());
     }
     req
+}
+
+/// The headers of [`post_builder`]'s request, as a map for [`h1::post_via`] (no reqwest
+/// request in between). A session id or protocol version that cannot be a header value fails
+/// the request, as it failed reqwest's builder.
+fn post_headers(
+    headers: &InjectedHeaders,
+    state: &UpstreamState,
+) -> Result<HeaderMap, UpstreamError> {
+    let mut map = HeaderMap::with_capacity(headers.0.len() + 4);
+    for (name, value) in &headers.0 {
+        map.append(name.clone(), value.clone());
+    }
+    map.append(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    map.append(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    if let Some(sid) = &state.session_id {
+        map.append(HeaderName::from_static(SESSION_HEADER), header_value(sid)?);
+    }
+    if let Some(v) = &state.protocol_version {
+        map.append(HeaderName::from_static(PROTOCOL_HEADER), header_value(v)?);
+    }
+    Ok(map)
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, UpstreamError> {
+    HeaderValue::from_str(text).map_err(|_| UpstreamError::Client("builder error".into()))
 }
 
 /// Answers a server-to-client request by POSTing to the upstream session it came from.

@@ -5,10 +5,14 @@
 //! A serving thread names its slot once ([`enter_slot`]); every use of the client on that
 //! thread then reaches that slot's pool. Threads without a slot (the multi-thread runtime,
 //! background tasks) use the shared pool, exactly as before per-core serving existed.
+//!
+//! Every client is built from one TLS configuration made once ([`tls_config`]: the system's CA
+//! store is read once, not once per client), and the clients of the serving cores are built up
+//! front: the first call on a core does not pay for building its client.
 
 use std::cell::Cell;
 use std::ops::Deref;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Serving runtimes that get a pool of their own; threads beyond it share the common pool.
@@ -41,16 +45,30 @@ fn current_slot() -> Option<usize> {
 /// The upstream clients: `Deref`s to the one of the calling thread's runtime.
 pub struct Pools {
     connect_timeout: Duration,
+    /// What every client of this set is built with (cloning it shares the certificate verifier).
+    tls: rustls::ClientConfig,
     shared: reqwest::Client,
     per_slot: Box<[OnceLock<reqwest::Client>]>,
 }
 
 impl Pools {
-    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// The shared client and one per serving core (one per CPU this process may use, as
+    /// `http::percore` serves), all from one TLS configuration.
+    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
+        let tls = tls_config()?;
+        let shared = build(connect_timeout, &tls).map_err(|e| e.to_string())?;
+        let per_slot: Box<[OnceLock<reqwest::Client>]> =
+            (0..MAX_SLOTS).map(|_| OnceLock::new()).collect();
+        let cores = serving_cores();
+        for cell in &per_slot[..cores] {
+            let client = build(connect_timeout, &tls).map_err(|e| e.to_string())?;
+            let _ = cell.set(client);
+        }
         Ok(Self {
             connect_timeout,
-            shared: build(connect_timeout)?,
-            per_slot: (0..MAX_SLOTS).map(|_| OnceLock::new()).collect(),
+            tls,
+            shared,
+            per_slot,
         })
     }
 
@@ -58,7 +76,8 @@ impl Pools {
         self.connect_timeout
     }
 
-    /// The calling thread's pool (built on first use on a slotted thread).
+    /// The calling thread's pool (built at start for the serving cores, on first use for a
+    /// slot beyond them).
     pub fn current(&self) -> &reqwest::Client {
         let Some(cell) = current_slot().and_then(|i| self.per_slot.get(i)) else {
             return &self.shared;
@@ -68,7 +87,7 @@ impl Pools {
         }
         // Building can only fail where the shared client's build (same settings) did not,
         // which reqwest does not do; fall back to the shared pool rather than fail a request.
-        match build(self.connect_timeout) {
+        match build(self.connect_timeout, &self.tls) {
             Ok(client) => cell.get_or_init(|| client),
             Err(_) => &self.shared,
         }
@@ -83,8 +102,40 @@ impl Deref for Pools {
     }
 }
 
-fn build(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// The slots that serving threads take: one per CPU this process may use (what
+/// `http::percore::default_cores` counts; this layer does not use the HTTP one).
+fn serving_cores() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_SLOTS)
+}
+
+/// The TLS configuration reqwest builds for itself by default (rustls: the installed crypto
+/// provider, TLS 1.2 and 1.3, the platform verifier over the system's CA store, ALPN `h2` and
+/// `http/1.1`), made once: each client reqwest builds alone reads the CA store again (~45 M
+/// instructions in a release build).
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let verifier =
+        rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| e.to_string())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+fn build(
+    connect_timeout: Duration,
+    tls: &rustls::ClientConfig,
+) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
         .connect_timeout(connect_timeout)
         // A redirect would carry the caller's injected credentials to wherever the upstream
         // points (reqwest only strips `Authorization` and cookies across hosts): an upstream
@@ -130,5 +181,23 @@ mod tests {
             shared,
             "beyond the slots: the shared pool"
         );
+    }
+
+    #[test]
+    fn the_serving_cores_clients_are_built_up_front_and_others_on_first_use() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pools = Pools::new(Duration::from_secs(1)).expect("client");
+        let cores = serving_cores();
+        assert!(pools.per_slot[..cores].iter().all(|c| c.get().is_some()));
+        assert!(pools.per_slot[cores..].iter().all(|c| c.get().is_none()));
+        if cores < MAX_SLOTS {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    enter_slot(cores);
+                    let _ = pools.current();
+                });
+            });
+            assert!(pools.per_slot[cores].get().is_some());
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_json::{Value, json};
 use tracing::debug;
@@ -56,15 +56,30 @@ pub(crate) fn mirror_headers(
     method: &str,
     params: Option<&Value>,
 ) -> reqwest::RequestBuilder {
-    if let Ok(v) = HeaderValue::from_str(method) {
-        req = req.header(era::METHOD_HEADER, v);
-    }
-    if let Some(name) = era::mirrored_name(method, params)
-        && let Ok(v) = HeaderValue::from_str(&era::encode_header_value(name))
-    {
-        req = req.header(era::NAME_HEADER, v);
+    for (name, value) in mirrored(method, params) {
+        req = req.header(name, value);
     }
     req
+}
+
+/// [`mirror_headers`] into a header map.
+pub(crate) fn mirror_into(map: &mut HeaderMap, method: &str, params: Option<&Value>) {
+    for (name, value) in mirrored(method, params) {
+        map.append(HeaderName::from_static(name), value);
+    }
+}
+
+fn mirrored(
+    method: &str,
+    params: Option<&Value>,
+) -> impl Iterator<Item = (&'static str, HeaderValue)> {
+    let method_value = HeaderValue::from_str(method).ok();
+    let name_value = era::mirrored_name(method, params)
+        .and_then(|name| HeaderValue::from_str(&era::encode_header_value(name)).ok());
+    let method_value = method_value.map(|v| (era::METHOD_HEADER, v));
+    method_value
+        .into_iter()
+        .chain(name_value.map(|v| (era::NAME_HEADER, v)))
 }
 
 impl UpstreamClient {
