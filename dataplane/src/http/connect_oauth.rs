@@ -210,11 +210,7 @@ async fn upstream_url(
     .await?;
     let meta = found.server;
     let scopes: Vec<String> = o.scopes.iter().map(|s| s.to_string()).collect();
-    let source = client_source(
-        o.client.is_some(),
-        &meta,
-        gw.config.public_url.as_deref(),
-    );
+    let source = client_source(o.client.is_some(), &meta, gw.config.public_url.as_deref());
     let client = match (&o.client, source) {
         (Some(c), _) => {
             let secret =

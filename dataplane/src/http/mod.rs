@@ -106,7 +106,10 @@ pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
             get(connect_oauth::callback),
         )
         .route(connect_paste::PASTE_PATH, post(connect_paste::paste))
-        .route(connect_cimd::CLIENT_METADATA_PATH, get(connect_cimd::document))
+        .route(
+            connect_cimd::CLIENT_METADATA_PATH,
+            get(connect_cimd::document),
+        )
         .route(
             &format!("{}/{{link}}", crate::mcp::CONNECT_PATH),
             get(connect::show).post(connect::submit),
