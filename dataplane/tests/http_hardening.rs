@@ -66,6 +66,58 @@ async fn every_response_carries_security_headers() {
     }
 }
 
+/// The OAuth Client ID Metadata Document: served only with a `publicUrl`, its `client_id` is
+/// its own URL built from that setting (a forged `Host` changes nothing), no secret in it.
+#[tokio::test]
+async fn the_client_metadata_document_is_served_only_under_a_public_url() {
+    const PATH: &str = "/connect/client-metadata.json";
+    let h = gateway_with(GatewayConfig::default(), Duration::ZERO).await;
+    let none = h
+        .http
+        .get(format!("{}{PATH}", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404, "no publicUrl, no document");
+
+    let config = GatewayConfig {
+        public_url: Some("https://gw.example.com/".into()),
+        ..GatewayConfig::default()
+    };
+    let h = gateway_with(config, Duration::ZERO).await;
+    let resp = h
+        .http
+        .get(format!("{}{PATH}", h.base))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header("content-type").starts_with("application/json"));
+    assert_eq!(header("cache-control"), "public, max-age=3600");
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("evil.example"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        doc["client_id"],
+        "https://gw.example.com/connect/client-metadata.json"
+    );
+    assert_eq!(
+        doc["redirect_uris"],
+        json!(["https://gw.example.com/connect/callback"])
+    );
+    assert_eq!(doc["token_endpoint_auth_method"], "none");
+    assert_eq!(doc["response_types"], json!(["code"]));
+}
+
 #[tokio::test]
 async fn robots_and_security_txt() {
     let h = gateway_with(GatewayConfig::default(), Duration::ZERO).await;

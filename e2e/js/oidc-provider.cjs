@@ -4,7 +4,12 @@
 // verifies its RS256 JWT access tokens through discovery + JWKS) and an upstream's authorization
 // server (authorization code + PKCE S256, RFC 8707 resource indicators -> JWT access tokens with
 // `aud` = the resource, refresh tokens, RFC 7009 revocation, RFC 7662 introspection, optional
-// dynamic client registration and an RFC 8693 token-exchange grant).
+// dynamic client registration, an RFC 8693 token-exchange grant, and optional OAuth Client ID
+// Metadata Documents: with `client_id_metadata_documents`, discovery says
+// `client_id_metadata_document_supported: true` and an unknown client id that is an http(s) URL
+// on a loopback host is fetched (no redirect) and accepted when the document's `client_id` is
+// that URL and it holds no secret. oidc-provider's own CIMD feature insists on https, which
+// the loopback e2e gateway does not speak; each fetch is recorded as a `cimd_fetch` event).
 //
 // Login and consent are oidc-provider's devInteractions pages (`/interaction/<uid>`): a form with
 // `login` + `password` (the password is not checked; the login must be a configured account) and
@@ -142,7 +147,46 @@ async function main() {
   const entry = path.join(args.provider, 'node_modules', 'oidc-provider', 'lib', 'index.js');
   const { default: Provider, errors } = await import(pathToFileURL(entry).href);
 
+  const cimd = Boolean(cfg.client_id_metadata_documents);
+  const memoryEntry = path.join(args.provider, 'node_modules', 'oidc-provider', 'lib', 'adapters',
+    'memory_adapter.js');
+  const { createMemoryAdapter } = await import(pathToFileURL(memoryEntry).href);
+  const memory = createMemoryAdapter(0);
+  const fetchDocument = async (id) => {
+    let url;
+    try { url = new URL(id); } catch { return undefined; }
+    if (!['http:', 'https:'].includes(url.protocol)) return undefined;
+    if (!['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) return undefined;
+    if (url.username || url.password || url.hash) return undefined;
+    const res = await fetch(id, { redirect: 'manual', headers: { accept: 'application/json' } });
+    if (res.status !== 200) return undefined;
+    const text = await res.text();
+    if (text.length > 5 * 1024) return undefined;
+    let doc;
+    try { doc = JSON.parse(text); } catch { return undefined; }
+    if (!doc || typeof doc !== 'object' || Array.isArray(doc)) return undefined;
+    if (doc.client_id !== id || 'client_secret' in doc) return undefined;
+    if (doc.token_endpoint_auth_method !== 'none') return undefined;
+    events.push({ kind: 'cimd_fetch', client_id: id });
+    return doc;
+  };
+  const adapter = (model) => {
+    const inner = memory(model);
+    if (!cimd || model !== 'Client') return inner;
+    return new Proxy(inner, {
+      get(target, prop) {
+        if (prop === 'find') {
+          return async (id) => (await target.find(id)) || fetchDocument(id);
+        }
+        const v = target[prop];
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+  };
+
   const provider = new Provider(issuer, {
+    adapter,
+    discovery: cimd ? { client_id_metadata_document_supported: true } : {},
     clients: (cfg.clients || []).map(clientMetadata),
     jwks: { keys: [jwk] },
     scopes: ['openid', 'offline_access', 'email', 'groups', 'profile', ...(cfg.scopes || [])],

@@ -39,6 +39,10 @@ pub struct AuthServerMetadata {
     pub scopes_supported: Vec<String>,
     #[serde(default)]
     pub grant_types_supported: Vec<String>,
+    /// Whether the AS accepts an `https` URL as `client_id` and fetches the client's metadata
+    /// from it (OAuth Client ID Metadata Document; MCP 2025-11-25 authorization).
+    #[serde(default)]
+    pub client_id_metadata_document_supported: bool,
 }
 
 impl AuthServerMetadata {
@@ -257,6 +261,7 @@ mod tests {
             token_endpoint_auth_methods_supported: vec![],
             scopes_supported: vec![],
             grant_types_supported: vec![],
+            client_id_metadata_document_supported: false,
         };
         assert!(
             check_server(

@@ -22,6 +22,7 @@ use reflow_oauth::{
 use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
+use super::connect_cimd::{ClientSource, client_source};
 use super::connect_page::{BIND_COOKIE, audit, bad_link, cookie, escape, page};
 use crate::connect::flows::digest;
 use crate::connect::store::Slot;
@@ -186,7 +187,8 @@ fn oauth2_of(gw: &Gateway, grant: &LinkGrant) -> Option<(CompiledUserCredential,
 }
 
 /// The authorization request at the upstream's AS (discovered or configured), with the
-/// configured client or one registered on the fly (RFC 7591).
+/// configured client, else this gateway's client ID metadata document URL where the AS accepts
+/// one, else one registered on the fly (RFC 7591); see [`client_source`].
 async fn upstream_url(
     gw: &Gateway,
     grant: &LinkGrant,
@@ -208,8 +210,9 @@ async fn upstream_url(
     .await?;
     let meta = found.server;
     let scopes: Vec<String> = o.scopes.iter().map(|s| s.to_string()).collect();
-    let client = match &o.client {
-        Some(c) => {
+    let source = client_source(o.client.is_some(), &meta, gw.config.public_url.as_deref());
+    let client = match (&o.client, source) {
+        (Some(c), _) => {
             let secret =
                 match &c.client_secret {
                     Some(s) => Some(gw.sealing_key().open(&s.aad, &s.value).map_err(|_| {
@@ -223,7 +226,13 @@ async fn upstream_url(
                 &meta.token_endpoint_auth_methods_supported,
             )
         }
-        None => gw.registered_client(&meta, redirect, &scopes).await?,
+        // A public client: PKCE S256 is its proof (the authorization request insists on it).
+        (None, ClientSource::MetadataDocument(url)) => ClientAuth::None { client_id: url },
+        (None, ClientSource::Register) => gw.registered_client(&meta, redirect, &scopes).await?,
+        (None, ClientSource::Unavailable(why)) => return Err(OAuthError::Unsupported(why)),
+        (None, ClientSource::Configured) => {
+            return Err(OAuthError::Unsupported("configured client"));
+        }
     };
     let origin = GrantOrigin {
         issuer: meta.issuer.clone(),

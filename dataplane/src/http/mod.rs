@@ -7,6 +7,7 @@ mod admission;
 use admission::{Admitted, read_message, store_unavailable};
 mod client_stream;
 mod connect;
+mod connect_cimd;
 mod connect_oauth;
 mod connect_page;
 mod connect_paste;
@@ -105,6 +106,10 @@ pub fn router(gw: Arc<Gateway>, guard: Arc<Guard>) -> Router {
             get(connect_oauth::callback),
         )
         .route(connect_paste::PASTE_PATH, post(connect_paste::paste))
+        .route(
+            connect_cimd::CLIENT_METADATA_PATH,
+            get(connect_cimd::document),
+        )
         .route(
             &format!("{}/{{link}}", crate::mcp::CONNECT_PATH),
             get(connect::show).post(connect::submit),

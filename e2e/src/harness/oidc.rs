@@ -84,6 +84,7 @@ pub struct OidcProviderBuilder {
     exchange_token_ttl: Option<Duration>,
     registration: bool,
     resource_scope: Option<String>,
+    client_id_metadata_documents: bool,
 }
 
 impl OidcProviderBuilder {
@@ -115,6 +116,14 @@ impl OidcProviderBuilder {
         self
     }
 
+    /// Advertises `client_id_metadata_document_supported` and accepts a loopback http(s) URL as
+    /// a client id by fetching its metadata document (whose `client_id` must be that URL);
+    /// each fetch shows in [`OidcProvider::events`] as kind `cimd_fetch`.
+    pub fn client_id_metadata_documents(mut self) -> Self {
+        self.client_id_metadata_documents = true;
+        self
+    }
+
     /// The scopes every resource server accepts (space separated; default `mcp`).
     pub fn resource_scope(mut self, scope: &str) -> Self {
         self.resource_scope = Some(scope.to_owned());
@@ -141,6 +150,7 @@ impl OidcProviderBuilder {
                 "exchange_token_ttl": secs(self.exchange_token_ttl),
                 "registration": self.registration,
                 "resource_scope": self.resource_scope,
+                "client_id_metadata_documents": self.client_id_metadata_documents,
             });
             let mut cmd = Command::new(node_bin());
             cmd.env("REFLOW_OIDC_CONFIG", config.to_string())
@@ -188,7 +198,8 @@ impl OidcProviderBuilder {
 /// Something the provider did, as `/test/events` reports it (never a token).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct OidcEvent {
-    /// `token` (a token-endpoint success) or `revoked` (a grant revoked through RFC 7009).
+    /// `token` (a token-endpoint success), `revoked` (a grant revoked through RFC 7009) or
+    /// `cimd_fetch` (a client ID metadata document fetched and accepted; `client_id` is its URL).
     pub kind: String,
     pub grant_type: Option<String>,
     pub client_id: Option<String>,
