@@ -12,11 +12,12 @@ use reflow_crds::SealingKey;
 use reflow_dataplane::connect::ConnectionStore;
 use reflow_e2e::fixture_bin;
 use reflow_e2e::harness::browser::{Browser, chromium_path};
+use reflow_e2e::harness::connect_flow::McpUser;
 use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
 use reflow_e2e::harness::net::free_loopback_port;
 use reflow_e2e::harness::oidc::{OidcClient, OidcProvider, form_urlencoded};
-use reflow_e2e::harness::{DataplaneProcess, FixtureProcess, http_client};
-use serde_json::{Value, json};
+use reflow_e2e::harness::{DataplaneProcess, FixtureProcess};
+use serde_json::json;
 
 const GW_AUD: &str = "https://gateway.reflow.test/mcp";
 const ALICE_TOKEN: &str = "ghp_alice_signed_in_0123456789";
@@ -96,21 +97,10 @@ fn setup() -> World {
     }
 }
 
-async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.expect("body");
-    let json_text = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:").map(str::trim))
-        .rfind(|d| !d.is_empty())
-        .unwrap_or(text.as_str());
-    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
+/// A caller's MCP session at the gateway, and the token it presents.
 struct Client {
-    http: reqwest::Client,
-    url: String,
+    user: McpUser,
     token: String,
-    session: String,
 }
 
 impl Client {
@@ -119,80 +109,19 @@ impl Client {
             w.op.mint(user, GW_AUD, Some(Duration::from_secs(900)))
                 .await
                 .expect("token");
-        let http = http_client().expect("client");
-        let url = format!("{}/mcp", w.base);
-        let resp = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "secret-login-test", "version": "0"}}}),
-            )
-            .send()
+        let user = McpUser::open(&w.base, token.clone())
             .await
-            .expect("initialize");
-        assert_eq!(resp.status(), 200, "{}", w.gw.output());
-        let session = resp.headers()["mcp-session-id"]
-            .to_str()
-            .expect("sid")
-            .to_owned();
-        let _ = rpc_body(resp).await;
-        let c = Self {
-            http,
-            url,
-            token,
-            session,
-        };
-        c.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
-        c
-    }
-
-    async fn post(&self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("post")
+            .unwrap_or_else(|e| panic!("{e}\n{}", w.gw.output()));
+        Self { user, token }
     }
 
     /// (failed, text) of `gh_whoami`.
     async fn whoami(&self) -> (bool, String) {
-        let r = rpc_body(
-            self.post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                "params": {"name": "gh_whoami", "arguments": {}}}))
-                .await,
-        )
-        .await;
-        let text = r["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (
-            r["result"]["isError"] == true || r.get("error").is_some(),
-            text,
-        )
+        self.user.text("gh_whoami", json!({})).await
     }
 
     async fn link(&self) -> String {
-        let (err, text) = self.whoami().await;
-        assert!(err, "expected a connect link: {text}");
-        let at = text
-            .find("/connect/")
-            .unwrap_or_else(|| panic!("no link: {text}"));
-        let start = text[..at].rfind("http").expect("absolute link");
-        text[start..]
-            .split_whitespace()
-            .next()
-            .expect("link")
-            .to_owned()
+        self.user.link("gh_whoami").await.expect("a connect link")
     }
 }
 

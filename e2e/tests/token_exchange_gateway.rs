@@ -20,8 +20,9 @@ use reflow_e2e::harness::gateway::{PolicyDoc, target_yaml};
 use reflow_e2e::harness::net::free_loopback_port;
 use reflow_e2e::harness::oauth_upstream::OAuthUpstream;
 use reflow_e2e::harness::oidc::{OidcClient, OidcProvider, TOKEN_EXCHANGE_GRANT};
+use reflow_e2e::harness::raw_session::{RawInit, RawSession};
 use reflow_e2e::harness::{DataplaneProcess, http_client};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The gateway's own audience (what its authenticator accepts from the IdP).
 const GW_AUD: &str = "https://gateway.reflow.test/mcp";
@@ -155,22 +156,10 @@ fn setup() -> World {
     }
 }
 
-/// The body of a JSON or single-event SSE answer.
-async fn rpc_body(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.expect("body");
-    let json_text = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:").map(str::trim))
-        .rfind(|d| !d.is_empty())
-        .unwrap_or(text.as_str());
-    serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
+/// A caller's raw MCP session at the gateway, and the token it presents.
 struct Client {
-    http: reqwest::Client,
-    url: String,
+    session: RawSession,
     token: String,
-    session: String,
 }
 
 impl Client {
@@ -179,55 +168,20 @@ impl Client {
             w.op.mint(user, GW_AUD, Some(Duration::from_secs(900)))
                 .await
                 .expect("caller token");
-        let http = http_client().expect("client");
         let url = format!("{}/mcp", w.base);
-        let resp = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "tx-test", "version": "0"}}}),
-            )
-            .send()
+        let session = RawSession::open(&url, &token, RawInit::named("tx-test"))
             .await
-            .expect("initialize");
-        assert_eq!(resp.status(), 200, "{}", w.gw.output());
-        let session = resp.headers()["mcp-session-id"]
-            .to_str()
-            .expect("sid")
-            .to_owned();
-        let _ = rpc_body(resp).await;
-        let c = Self {
-            http,
-            url,
-            token,
-            session,
-        };
-        c.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
-        c
-    }
-
-    async fn post(&self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("post")
+            .unwrap_or_else(|e| panic!("{e}\n{}", w.gw.output()));
+        Self { session, token }
     }
 
     /// (failed, text): a tool's text, or the JSON-RPC error's message.
     async fn call(&self, name: &str) -> (bool, String) {
-        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": name, "arguments": {}}});
-        let r = rpc_body(self.post(body).await).await;
+        let r = self
+            .session
+            .call_tool(name, json!({}))
+            .await
+            .expect("tools/call");
         if let Some(e) = r.get("error") {
             return (true, e["message"].as_str().unwrap_or_default().to_owned());
         }
