@@ -45,6 +45,10 @@ pub const MAX_ANSWER: usize = 64 * 1024;
 pub const MAX_CACHED: usize = 10_000;
 /// Longest an exchanged token is reused, whatever `expires_in` says.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a failed exchange answers for its key without asking the IdP again: concurrent
+/// callers waiting on it, and callers right after, share the failure instead of each waiting
+/// out their own (a refusing or silent IdP is asked once per key per hold, not once per request).
+pub const FAILURE_HOLD: Duration = Duration::from_secs(5);
 /// The name audit and `Debug` give the entry an exchanged token fills.
 pub const EXCHANGED: &str = "token-exchange";
 
@@ -320,7 +324,10 @@ pub struct Exchanges {
     http: OAuthHttp,
     cache: Mutex<HashMap<ExchangeKey, Cached>>,
     inflight: Mutex<HashMap<ExchangeKey, Arc<AsyncMutex<()>>>>,
+    /// The last failure per key and until when it answers for that key.
+    failed: Mutex<HashMap<ExchangeKey, (ExchangeError, Instant)>>,
     timeout: Duration,
+    failure_hold: Duration,
 }
 
 impl Default for Exchanges {
@@ -337,7 +344,41 @@ impl Exchanges {
             http: OAuthHttp::new(timeout + Duration::from_secs(1), MAX_ANSWER),
             cache: Mutex::default(),
             inflight: Mutex::default(),
+            failed: Mutex::default(),
             timeout,
+            failure_hold: FAILURE_HOLD,
+        }
+    }
+
+    /// The same with another [`FAILURE_HOLD`] (tests).
+    pub fn with_failure_hold(mut self, hold: Duration) -> Self {
+        self.failure_hold = hold;
+        self
+    }
+
+    /// The failure that still answers for `key`, if any.
+    fn held_failure(&self, key: &ExchangeKey) -> Option<ExchangeError> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(e, _)| e.clone())
+    }
+
+    /// Records the outcome of an exchange for `key`: a failure is held, a success clears it.
+    fn note_outcome(&self, key: &ExchangeKey, out: &Result<SealedEntry, ExchangeError>) {
+        let now = Instant::now();
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.retain(|_, (_, until)| *until > now);
+        match out {
+            Ok(_) => {
+                failed.remove(key);
+            }
+            // Bounded like the cache: past the cap a new failure is simply not held.
+            Err(e) if failed.len() < MAX_CACHED => {
+                failed.insert(key.clone(), (e.clone(), now + self.failure_hold));
+            }
+            Err(_) => {}
         }
     }
 
@@ -387,8 +428,8 @@ impl Exchanges {
             .retain(|k, _| !(&*k.target == target && &*k.user == user));
     }
 
-    /// The cached entry, else one exchange (concurrent callers of one key wait for it); `true`
-    /// when this call exchanged.
+    /// The cached entry, else one exchange (concurrent callers of one key wait for it, and a
+    /// failure answers for its key for [`FAILURE_HOLD`]); `true` when this call exchanged.
     pub async fn get_or_exchange(
         &self,
         key: &ExchangeKey,
@@ -406,9 +447,14 @@ impl Exchanges {
             .clone();
         let out = {
             let _one = lock.lock().await;
-            match self.get(key) {
-                Some(e) => Ok((e, false)),
-                None => self.exchange_now(key, &call).await.map(|e| (e, true)),
+            match (self.get(key), self.held_failure(key)) {
+                (Some(e), _) => Ok((e, false)),
+                (None, Some(failure)) => Err(failure),
+                (None, None) => {
+                    let out = self.exchange_now(key, &call).await;
+                    self.note_outcome(key, &out);
+                    out.map(|e| (e, true))
+                }
             }
         };
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());

@@ -450,3 +450,41 @@ async fn refused_slow_oversize_and_unusable_answers_are_clear_errors_without_tok
     );
     assert!(rig.exchanges.is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_exchange_is_shared_by_its_waiters_and_held_briefly() {
+    // A silent IdP: every exchange times out. Five concurrent first calls of one key wait for
+    // one attempt, not five in a row (which would keep the last one waiting five timeouts).
+    let ep = endpoint(200, ok_body("late", 300), Duration::from_secs(5)).await;
+    let mut rig = Rig::new(&ep.url, Duration::from_millis(300));
+    rig.exchanges =
+        Exchanges::new(Duration::from_millis(300)).with_failure_hold(Duration::from_millis(800));
+    let alice = subject(ALICE_TOKEN, None);
+    let started = Instant::now();
+    let all = futures::future::join_all((0..5).map(|_| rig.run("alice", &alice))).await;
+    assert!(
+        all.iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.label() == "timeout"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "the waiters shared one attempt: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ep.hits.load(Ordering::SeqCst), 1);
+    // Right after, the same key answers the held failure without asking the IdP.
+    assert!(rig.run("alice", &alice).await.is_err());
+    assert_eq!(ep.hits.load(Ordering::SeqCst), 1);
+    // Another user (or another token) is not held by alice's failure.
+    assert!(
+        rig.run("bob", &subject("bob.token.sig", None))
+            .await
+            .is_err()
+    );
+    assert_eq!(ep.hits.load(Ordering::SeqCst), 2);
+    // Once the hold is over the IdP is asked again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(rig.run("alice", &alice).await.is_err());
+    assert_eq!(ep.hits.load(Ordering::SeqCst), 3);
+    assert!(rig.exchanges.is_empty(), "no token kept");
+}
