@@ -256,6 +256,19 @@ fn callers_tokens_are_exchanged_per_user_cached_and_never_leak() {
     assert_eq!(exchanges_of(&events, "alice"), 1);
     assert_eq!(exchanges_of(&events, "bob"), 1);
 
+    // The upstream refuses alice's exchanged token once (as if revoked): the gateway forgets
+    // it, exchanges anew and retries, so her call still succeeds.
+    rt.block_on(w.upstream.reject_next()).expect("reject next");
+    let (err, who) = rt.block_on(alice.call("up_whoami"));
+    assert!(!err, "the retry with a new exchange failed: {who}");
+    assert!(who.contains("sub=alice"), "{who}");
+    let events = rt.block_on(w.op.events()).expect("events");
+    assert_eq!(
+        exchanges_of(&events, "alice"),
+        2,
+        "one more exchange after the 401"
+    );
+
     // Refused by the IdP: a clear error, nothing reaches that Target's upstream.
     let (err, text) = rt.block_on(alice.call("bad_whoami"));
     assert!(err, "{text}");

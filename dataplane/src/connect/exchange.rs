@@ -421,11 +421,12 @@ impl Exchanges {
     }
 
     /// Forgets `user`'s tokens for `target` (`namespace/name`): the upstream refused one.
-    pub fn forget(&self, target: &str, user: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| !(&*k.target == target && &*k.user == user));
+    /// How many were kept.
+    pub fn forget(&self, target: &str, user: &str) -> usize {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let before = cache.len();
+        cache.retain(|k, _| !(&*k.target == target && &*k.user == user));
+        before - cache.len()
     }
 
     /// The cached entry, else one exchange (concurrent callers of one key wait for it, and a

@@ -228,7 +228,7 @@ impl Gateway {
         identity: &reflow_crds::Identity,
         target: &CompiledTarget,
     ) {
-        self.forget_exchanged(identity, target);
+        let _ = self.forget_exchanged(identity, target);
         let (Some(u), Some(store)) = (target.user_credential.as_ref(), self.connections.clone())
         else {
             return;

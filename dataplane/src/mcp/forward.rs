@@ -72,13 +72,18 @@ impl Gateway {
         let since = crate::audit::now_ms();
         let mut out = self.forward_inner(caller, target, method, params).await;
         // A user's oauth2 token the upstream no longer takes: refresh now and retry once where
-        // this dataplane refreshes (standalone); otherwise ask the controller's refresher.
+        // this dataplane refreshes (standalone); otherwise ask the controller's refresher. An
+        // exchanged token it no longer takes: forget it and retry once with a new exchange
+        // (a 401 is a refusal before the request was acted on, so the retry is safe).
         if matches!(out, Err(UpstreamError::Status(401))) {
             match self
                 .refreshed_after_401(caller.identity, target, since)
                 .await
             {
                 Some(fresh) => out = self.forward_inner(caller, &fresh, method, params).await,
+                None if self.forget_exchanged(caller.identity, target) => {
+                    out = self.forward_inner(caller, target, method, params).await;
+                }
                 None => self.upstream_refused_grant(caller.identity, target),
             }
         }

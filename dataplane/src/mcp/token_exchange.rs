@@ -169,14 +169,13 @@ impl Gateway {
     }
 
     /// The upstream refused an exchanged token (401): the next request exchanges anew.
+    /// Whether a kept token was forgotten (then a retry gets a new one).
     pub(crate) fn forget_exchanged(
         &self,
         identity: &reflow_crds::Identity,
         target: &CompiledTarget,
-    ) {
-        if exchanged_slot(target).is_some() {
-            self.exchanges.forget(&target.key(), &identity.user);
-        }
+    ) -> bool {
+        exchanged_slot(target).is_some() && self.exchanges.forget(&target.key(), &identity.user) > 0
     }
 
     fn audit_exchange(&self, caller: &Caller<'_>, method: &str, outcome: &str) {
