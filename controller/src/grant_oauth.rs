@@ -257,4 +257,70 @@ mod tests {
         assert_eq!(client_auth(&o, s()).method(), "client_secret_post");
         assert_eq!(client_auth(&o, None).method(), "none");
     }
+
+    /// A revocation endpoint on loopback answering every request with `status`; what it was
+    /// sent comes back on the channel.
+    async fn revocation_endpoint(status: u16) -> (String, tokio::sync::mpsc::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/revoke", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut got = 0;
+                // One small form POST: read until its body (after the head) has arrived.
+                while let Ok(n) = sock.read(&mut buf[got..]).await {
+                    got += n;
+                    let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                    if n == 0 || text.contains("token=") {
+                        let _ = tx.send(text).await;
+                        break;
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_revokes_the_refresh_token_and_reports_a_refusal() {
+        let http = OAuthHttp::default();
+        let key = SealingKey::from_bytes(&[9; 32]);
+        // Revoked: the refresh token (which ends the whole grant), with its hint.
+        let (url, mut sent) = revocation_endpoint(200).await;
+        let mut g = grant(true);
+        g.oauth2.as_mut().unwrap().revocation_endpoint = Some(url);
+        assert_eq!(revoke(&http, None, &key, &g).await, Some(true));
+        let body = sent.recv().await.expect("a revocation request");
+        assert!(
+            body.contains("token=rt-x") && body.contains("token_type_hint=refresh_token"),
+            "{body}"
+        );
+        // Without a refresh token, the access token.
+        g.oauth2.as_mut().unwrap().refresh_token = None;
+        assert_eq!(revoke(&http, None, &key, &g).await, Some(true));
+        let body = sent.recv().await.expect("a revocation request");
+        assert!(
+            body.contains("token=at-x") && body.contains("token_type_hint=access_token"),
+            "{body}"
+        );
+        // Refused by the AS, or nobody answering: reported as not revoked (the caller deletes
+        // the grant anyway); no endpoint or no oauth2 material: nothing to revoke.
+        let (url, mut sent) = revocation_endpoint(503).await;
+        let mut g = grant(true);
+        g.oauth2.as_mut().unwrap().revocation_endpoint = Some(url);
+        assert_eq!(revoke(&http, None, &key, &g).await, Some(false));
+        assert!(sent.recv().await.is_some(), "the refusing AS was asked");
+        g.oauth2.as_mut().unwrap().revocation_endpoint = Some("http://127.0.0.1:9/revoke".into());
+        assert_eq!(revoke(&http, None, &key, &g).await, Some(false));
+        assert_eq!(revoke(&http, None, &key, &grant(true)).await, None);
+        assert_eq!(revoke(&http, None, &key, &grant(false)).await, None);
+    }
 }
